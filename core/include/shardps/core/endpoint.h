@@ -1,0 +1,112 @@
+// Endpoint: the one communication thread of a process. It owns the Transport, decodes every
+// incoming frame, and hands it to the server handler (requests) or the client handler (replies).
+//
+//   Endpoint ep(std::move(transport), EndpointOptions{});
+//   ep.SetServerHandler(&server);   // if this rank serves
+//   ep.SetClientHandler(&client);   // if this rank works
+//   SHARDPS_RETURN_IF_ERROR(ep.Start());
+//   ...                             // client calls from any thread
+//   ep.Stop(std::chrono::seconds(5));
+//
+// Why one thread (see docs/architecture.md): MPI then needs no MPI_THREAD_MULTIPLE; all protocol
+// state (shards, pending requests) is touched by one thread, so it needs no locks; and the order
+// in which work happens is explicit. Other threads reach it only through Post().
+//
+// A frame that fails to decode, or that names an op this rank does not handle, gets an ERROR reply
+// and its payload is discarded; nothing a peer sends can stop the thread.
+// Thread safety: Post(), Start(), Stop() and the accessors are thread-safe; everything marked
+// "comm thread only" must run on the communication thread (inside a handler or a Post()ed task).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "shardps/core/frame.h"
+#include "shardps/core/transport.h"
+
+namespace shardps {
+
+// Receives decoded frames on the communication thread.
+class FrameHandler {
+ public:
+  virtual ~FrameHandler() = default;
+  // `in.frame` has been decoded into `frame`; the handler owns consuming the payload (receive or
+  // discard) when in.payload_bytes > 0.
+  virtual void OnFrame(IncomingFrame in, Frame frame) = 0;
+  // Called on every loop turn; returns when it next needs a call (a deadline to enforce).
+  virtual Clock::time_point OnTick(Clock::time_point now) = 0;
+};
+
+struct EndpointOptions {
+  FrameLimits limits;
+  bool checksum_payloads = false;  // CRC32C over payloads; transports here are already reliable
+  std::chrono::milliseconds max_idle_wait{100};
+  // Where warnings go (a reply to an unknown request, a frame that failed to decode). Called on
+  // the communication thread. Default: stderr with the rank.
+  std::function<void(const std::string&)> on_warning;
+};
+
+class Endpoint {
+ public:
+  Endpoint(std::unique_ptr<Transport> transport, EndpointOptions options);
+  ~Endpoint();
+  Endpoint(const Endpoint&) = delete;
+  Endpoint& operator=(const Endpoint&) = delete;
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  const EndpointOptions& options() const { return options_; }
+
+  // Set before Start().
+  void SetServerHandler(FrameHandler* handler) { server_ = handler; }
+  void SetClientHandler(FrameHandler* handler) { client_ = handler; }
+
+  Status Start();
+  // Stops the thread after flushing sends still in flight (up to `flush`), then joins it.
+  void Stop(std::chrono::milliseconds flush = std::chrono::milliseconds(2000));
+  bool running() const { return running_.load(); }
+
+  // Runs `task` on the communication thread. Thread-safe.
+  void Post(std::function<void()> task);
+
+  // --- comm thread only ---
+  // Encodes `header` (sender filled in) and sends it with `payload`.
+  void Send(int dest, wire::Header header, std::span<const uint8_t> payload, Completion on_sent);
+  // Answers `request` from `dest` with an ERROR frame carrying `status`.
+  void SendError(int dest, const wire::Header& request, const Status& status);
+  void Warn(const std::string& message);
+  Transport& transport() { return *transport_; }
+
+ private:
+  void Loop();
+  void Dispatch(IncomingFrame in);
+  void ReplyToUndecodable(const IncomingFrame& in, const Status& why);
+
+  // Constant after construction.
+  const std::unique_ptr<Transport> transport_;
+  const EndpointOptions options_;
+  const int rank_;
+  const int size_;
+  FrameHandler* server_ = nullptr;  // set before Start()
+  FrameHandler* client_ = nullptr;
+
+  std::mutex mu_;
+  std::vector<std::function<void()>> tasks_;  // GUARDED_BY(mu_)
+
+  std::atomic<bool> running_{false};
+  std::atomic<bool> stop_{false};
+  std::chrono::milliseconds flush_{0};
+  std::thread thread_;
+};
+
+// Op names for messages: "PUSH", "PULL", ...
+std::string OpName(int op);
+
+}  // namespace shardps

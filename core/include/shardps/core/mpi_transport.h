@@ -1,0 +1,40 @@
+// MPI transport: non-blocking point-to-point over a private duplicate of the given communicator.
+//
+//   MPI_Init_thread(&argc, &argv, MPI_THREAD_SERIALIZED, &provided);   // at the program's edge
+//   SHARDPS_ASSIGN_OR_RETURN(auto transport, CreateMpiTransport(MPI_COMM_WORLD));
+//
+// Each message is two MPI messages: an envelope (payload length, payload tag, frame bytes) on a
+// fixed tag, then the payload on a tag unique to that (sender, receiver, message), sent with
+// MPI_Isend from the caller's buffer and received with MPI_Irecv into the buffer the receiver
+// picks after reading the envelope. Frames are matched with MPI_Improbe/MPI_Mrecv so their size
+// is checked before any allocation; oversized envelopes are consumed into a fixed 16-byte buffer.
+// The communicator uses MPI_ERRORS_RETURN: an MPI error becomes a Status, never an abort.
+//
+// Threading: one thread calls the transport (the Endpoint's); MPI_THREAD_SERIALIZED suffices when
+// the application itself only calls MPI before the Endpoint starts or after it stops.
+// Polling: MPI has no blocking wait on "a message or a local wake-up", so Poll() spins for
+// `spin_polls` tries and then sleeps `idle_sleep` between tries until its deadline.
+#pragma once
+
+#include <mpi.h>
+
+#include <chrono>
+#include <memory>
+
+#include "shardps/core/transport.h"
+
+namespace shardps {
+
+struct MpiTransportOptions {
+  uint64_t max_frame_bytes = 64 * 1024;
+  uint64_t max_payload_bytes = 0x7FFFFFFF;  // one MPI message; chunks are far smaller
+  int spin_polls = 4000;
+  std::chrono::microseconds idle_sleep{50};
+};
+
+Result<std::unique_ptr<Transport>> CreateMpiTransport(MPI_Comm comm, const MpiTransportOptions& options = {});
+
+// "MPI_ERR_TRUNCATE: message truncated" for an MPI error code.
+std::string MpiErrorString(int code);
+
+}  // namespace shardps

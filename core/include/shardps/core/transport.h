@@ -1,0 +1,67 @@
+// Transport: moves frames and their payloads between ranks. Backends: MPI (mpi_transport.h) and
+// in-process ranks-as-threads (inproc_transport.h); a TCP backend fits the same interface.
+//
+// A message is a small frame (prefix + protobuf header, owned bytes) plus an optional payload
+// that is sent straight from the caller's buffer and, on the receiving side, received straight
+// into a buffer the receiver chooses after it has read the frame: no intermediate copies and no
+// allocation sized by a remote peer. Every frame whose payload_bytes > 0 must be consumed with
+// exactly one ReceivePayload or DiscardPayload.
+//
+// Thread safety: a Transport is owned by one communication thread (the Endpoint's). Only Wake()
+// may be called from other threads. Completions run on the owning thread, inside Poll().
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "shardps/core/status.h"
+
+namespace shardps {
+
+using Clock = std::chrono::steady_clock;
+using Completion = std::function<void(Status)>;
+
+struct IncomingFrame {
+  int source = -1;
+  std::vector<uint8_t> frame;   // prefix + header bytes, not yet validated
+  uint64_t payload_bytes = 0;   // announced by the transport envelope; still on the wire
+  uint64_t token = 0;           // identifies the payload to ReceivePayload/DiscardPayload
+  Status error;                 // transport-level rejection (e.g. oversized frame); frame empty
+};
+
+class Transport {
+ public:
+  virtual ~Transport() = default;
+
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual std::string name() const = 0;
+
+  // Starts sending `frame` and then `payload` to `dest`. `payload` must stay valid and unchanged
+  // until `on_sent` runs. Errors in the arguments are returned; later failures reach `on_sent`.
+  virtual Status Send(int dest, std::vector<uint8_t> frame, std::span<const uint8_t> payload,
+                      Completion on_sent) = 0;
+
+  // Receives the payload of `in` into `dest` (dest.size() == in.payload_bytes); `done` runs once
+  // the bytes are there.
+  virtual Status ReceivePayload(const IncomingFrame& in, std::span<uint8_t> dest, Completion done) = 0;
+
+  // Drops the payload of `in` without storing it anywhere.
+  virtual Status DiscardPayload(const IncomingFrame& in) = 0;
+
+  // Makes progress: runs completions and appends newly arrived frames to `frames`. Returns as soon
+  // as something happened, Wake() was called, or `deadline` passed.
+  virtual Status Poll(std::vector<IncomingFrame>* frames, Clock::time_point deadline) = 0;
+
+  // Thread-safe: makes a concurrent or the next Poll() return promptly.
+  virtual void Wake() = 0;
+
+  // True when no send is still in flight (used to flush before stopping).
+  virtual bool Idle() const = 0;
+};
+
+}  // namespace shardps

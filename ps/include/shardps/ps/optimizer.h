@@ -1,0 +1,27 @@
+// Optimizers applied by a server to one chunk: weights, their state slots and the summed
+// gradient all have the chunk's length. Element-wise, so the result of an element does not
+// depend on how a table is cut into chunks or spread over servers.
+//
+//   std::vector<float> w(n), slots(n * OptimizerSlots(cfg.kind)), g(n);
+//   ApplyOptimizer(cfg, /*step=*/1, w, slots, g);   // step counts from 1 (Adam's bias correction)
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "shardps/core/layout.h"
+
+namespace shardps::ps {
+
+// SGD:      w -= lr * (g + wd*w)
+// Momentum: v = mu*v + (g + wd*w); w -= lr * v                      (slot 0: v)
+// Adam:     m = b1*m + (1-b1)*g'; v = b2*v + (1-b2)*g'^2;           (slots: m, v)
+//           w -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps),  g' = g + wd*w
+// `slots` holds OptimizerSlots(kind) arrays of weights.size() floats, one after another.
+void ApplyOptimizer(const OptimizerConfig& config, uint64_t step, std::span<float> weights,
+                    std::span<float> slots, std::span<const float> gradient);
+
+// dst[i] += src[i], vectorised.
+void AddInto(std::span<float> dst, std::span<const float> src);
+
+}  // namespace shardps::ps

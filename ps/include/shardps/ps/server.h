@@ -1,0 +1,141 @@
+// Server: holds this rank's chunks of every table (weights and optimizer state) and runs the
+// synchronous step on them.
+//
+//   ps::Server server(endpoint, cluster, layout, {});
+//   endpoint.SetServerHandler(&server);
+//   endpoint.Start();
+//   server.WaitForWorkers(std::chrono::minutes(10));   // until every worker sent SHUTDOWN
+//
+// The synchronous step, per chunk (docs/architecture.md has the whole life of a step):
+//  * A push carries the worker's step t. Each worker covers every key of the chunk once per step,
+//    in one push or several disjoint ones (e.g. layer by layer). Pushes for t are summed in
+//    worker-rank order: the payload of worker k is received only after workers 0..k-1 are summed,
+//    so the sum is the same bits whatever order messages arrive in. Worker 0's values are received
+//    straight into the accumulator; later ones into a scratch buffer and added (vectorised).
+//  * When every worker has contributed to step t the optimizer runs once (after any pull reply
+//    still being sent from the weights has left) and the chunk moves to version t+1.
+//  * A pull for version v is answered when the chunk's version reaches v, straight from the
+//    weights buffer.
+//  * Every held request has a deadline; on expiry it gets an ERROR naming the step and the worker
+//    ranks whose pushes are missing.
+// Every request is validated before its payload is touched: unknown table, key range out of
+// bounds or across chunks, wrong length, stale or duplicate step all get an ERROR reply, the
+// payload is discarded and no table changes.
+//
+// Thread safety: OnFrame/OnTick run on the endpoint's communication thread. WaitForWorkers,
+// Snapshot and stats() may be called from any thread.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "shardps/core/cluster.h"
+#include "shardps/core/endpoint.h"
+#include "shardps/core/layout.h"
+
+namespace shardps::ps {
+
+struct ServerOptions {
+  // Longest a request is held (a pull waiting for a step, a push waiting for lower-ranked
+  // workers) when the request itself names no shorter timeout.
+  std::chrono::milliseconds max_hold{60000};
+  // Pushes for future steps parked per chunk before further ones are refused.
+  size_t max_future_pushes_per_chunk = 4096;
+  // Pulls waiting per chunk before further ones are refused.
+  size_t max_waiting_pulls_per_chunk = 4096;
+  // Scratch buffers (one chunk each) for receiving the second and later gradients of a step.
+  size_t scratch_buffers = 4;
+};
+
+struct ServerStats {
+  uint64_t pushes = 0;
+  uint64_t pulls = 0;
+  uint64_t steps_applied = 0;  // chunk updates
+  uint64_t errors_sent = 0;
+};
+
+class Server final : public FrameHandler {
+ public:
+  Server(Endpoint& endpoint, const Cluster& cluster, const TableLayout& layout, ServerOptions options = {});
+  ~Server() override;
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  void OnFrame(IncomingFrame in, Frame frame) override;
+  Clock::time_point OnTick(Clock::time_point now) override;
+
+  // Blocks until every worker has sent SHUTDOWN; on timeout names the workers that have not.
+  Status WaitForWorkers(std::chrono::milliseconds timeout);
+
+  struct ChunkCopy {
+    ChunkInfo info;
+    uint64_t version = 0;
+    std::vector<float> weights;
+    std::vector<float> slots;
+  };
+  // Copies of this server's chunks of `table` (all tables when nullopt). Safe while serving: runs
+  // on the communication thread when it is running.
+  Result<std::vector<ChunkCopy>> Snapshot(std::optional<uint32_t> table, std::chrono::milliseconds timeout);
+
+  ServerStats stats() const;
+
+ private:
+  struct Held;
+  struct ChunkState;
+  struct BarrierState;
+
+  void HandleHello(IncomingFrame& in, const wire::Header& h);
+  void HandlePush(IncomingFrame& in, Frame& f);
+  void HandlePull(IncomingFrame& in, Frame& f);
+  void HandleBarrier(IncomingFrame& in, const wire::Header& h);
+  void HandleShutdown(IncomingFrame& in, const wire::Header& h);
+  Result<ChunkState*> ValidateKeys(const wire::Header& h, bool allow_empty);
+  void Reject(IncomingFrame& in, const wire::Header& h, const Status& s);
+  void AcceptPush(ChunkState& cs, std::shared_ptr<Held> held);
+  bool Claim(ChunkState& cs, Held& held);  // false (and rejected) if it overlaps this step's keys
+  void Unclaim(ChunkState& cs, const Held& held);
+  void Advance(ChunkState& cs);
+  void OnPushPayload(ChunkState& cs, std::shared_ptr<Held> held, float* dest, bool scratch, Status st);
+  void FinishContribution(ChunkState& cs, Held& held);
+  void ApplyStep(ChunkState& cs);
+  void AnswerPulls(ChunkState& cs);
+  void SendWeights(ChunkState& cs, Held& held);
+  void SendOk(int dest, const wire::Header& request);
+  Clock::time_point DeadlineFor(const wire::Header& h, Clock::time_point now) const;
+  void ExpireHeld(Clock::time_point now);
+  std::vector<int> MissingWorkers(const ChunkState& cs) const;
+  std::string Describe(const ChunkState& cs) const;
+  float* AcquireScratch();
+  void ReleaseScratch(float* p);
+
+  // Constant after construction.
+  Endpoint& endpoint_;
+  const Cluster cluster_;
+  const TableLayout layout_;
+  const ServerOptions options_;
+  const int num_workers_;
+
+  // Communication thread only.
+  std::vector<std::unique_ptr<ChunkState>> chunks_;
+  std::unordered_map<uint64_t, ChunkState*> by_key_;  // (table << 32 | chunk index)
+  std::vector<std::unique_ptr<float[]>> scratch_pool_;
+  std::vector<float*> free_scratch_;
+  size_t scratch_allocated_ = 0;
+  std::vector<ChunkState*> scratch_waiters_;
+  std::unique_ptr<BarrierState> barrier_;
+  Clock::time_point next_expiry_ = Clock::time_point::max();
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<bool> worker_done_;  // GUARDED_BY(mu_)
+  ServerStats stats_;              // GUARDED_BY(mu_)
+};
+
+}  // namespace shardps::ps

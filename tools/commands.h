@@ -1,0 +1,8 @@
+#pragma once
+
+namespace shardps::tools {
+
+// Each returns the process exit code. argv[0] is the command name.
+int BenchMain(int argc, char** argv);
+
+}  // namespace shardps::tools

@@ -1,0 +1,41 @@
+// The shardps command-line program: `shardps <command> [flags]`.
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "commands.h"
+
+namespace {
+
+void Usage(std::FILE* out) {
+  std::fprintf(out,
+               "usage: shardps <command> [flags]\n"
+               "\n"
+               "commands:\n"
+               "  bench     time synchronous push/pull rounds against MPI_Allreduce (run under mpirun)\n"
+               "  version   print the version\n"
+               "\n"
+               "`shardps <command> --help` lists a command's flags.\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    Usage(stderr);
+    return 2;
+  }
+  const std::string cmd = argv[1];
+  if (cmd == "bench") return shardps::tools::BenchMain(argc - 1, argv + 1);
+  if (cmd == "version" || cmd == "--version") {
+    std::printf("shardps 0.1.0\n");
+    return 0;
+  }
+  if (cmd == "help" || cmd == "--help" || cmd == "-h") {
+    Usage(stdout);
+    return 0;
+  }
+  std::fprintf(stderr, "shardps: unknown command '%s'\n\n", cmd.c_str());
+  Usage(stderr);
+  return 2;
+}

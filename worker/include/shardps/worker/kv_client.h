@@ -1,0 +1,131 @@
+// KVClient: a worker's view of the parameter servers. Thread-safe; every call returns at once
+// with a Handle whose wait(timeout) yields the outcome.
+//
+//   worker::KVClient client(endpoint, cluster, layout, {.request_timeout = std::chrono::seconds(30)});
+//   std::vector<float> w(n), g(n);
+//   for (uint64_t step = 0; step < steps; ++step) {
+//     SHARDPS_RETURN_IF_ERROR(client.Pull(table, w, /*version=*/step).wait(timeout));
+//     ComputeGradient(w, g);
+//     SHARDPS_RETURN_IF_ERROR(client.Push(table, g, step).wait(timeout));
+//   }
+//   // or, one round trip per step: client.PushPull(table, g, w, step).wait(timeout);
+//
+// Synchronous semantics: in each step every worker pushes every key of a table exactly once (in
+// one push or several disjoint key ranges); the servers sum the pushes of step t in worker-rank
+// order and apply the optimizer once; Pull(version = t + 1) returns the weights after that.
+// Buffers passed in must stay valid and unchanged until the handle completes: payloads are sent
+// from and received into them directly.
+// Thread safety: all methods may be called concurrently from any threads.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "shardps/core/cluster.h"
+#include "shardps/core/endpoint.h"
+#include "shardps/core/layout.h"
+
+namespace shardps::worker {
+
+// Half-open range of global element offsets within a table; the default is the whole table.
+struct KeyRange {
+  uint64_t begin = 0;
+  uint64_t end = std::numeric_limits<uint64_t>::max();
+};
+
+struct ClientOptions {
+  // How long a server may hold one of this client's requests (sent in every request). A server
+  // that gives up answers with an error naming the step and the workers it was waiting for.
+  std::chrono::milliseconds request_timeout{60000};
+};
+
+namespace internal {
+struct OpState;
+}
+
+// The outcome of an asynchronous operation. Cheap to copy; all copies share the outcome.
+class Handle {
+ public:
+  Handle() = default;  // an operation that has already succeeded
+  explicit Handle(std::shared_ptr<internal::OpState> state) : state_(std::move(state)) {}
+
+  // Waits up to `timeout`. On expiry the status is DEADLINE_EXCEEDED and names the server ranks
+  // that have not answered; the operation stays pending and may be waited on again.
+  Status wait(std::chrono::milliseconds timeout) const;
+  bool done() const;
+
+ private:
+  std::shared_ptr<internal::OpState> state_;
+};
+
+class KVClient final : public FrameHandler {
+ public:
+  KVClient(Endpoint& endpoint, const Cluster& cluster, const TableLayout& layout, ClientOptions options = {});
+  ~KVClient() override;
+  KVClient(const KVClient&) = delete;
+  KVClient& operator=(const KVClient&) = delete;
+
+  // Sends the gradient of `range` (grad.size() == range length) for `step`.
+  Handle Push(uint32_t table, std::span<const float> grad, uint64_t step, KeyRange range = {});
+  // Receives the weights of `range` once the servers have applied `version` steps.
+  Handle Pull(uint32_t table, std::span<float> out, uint64_t version, KeyRange range = {});
+  // Push for `step`, then receive the weights after that step's update, in one round trip.
+  Handle PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step,
+                  KeyRange range = {});
+  // Completes when every worker has entered the same (n-th) barrier.
+  Handle Barrier();
+  // Checks with every server that both sides use the same table layout.
+  Handle Hello();
+  // Tells every server this worker is done; call after all other handles completed.
+  Handle Shutdown();
+
+  const TableLayout& layout() const { return layout_; }
+
+  // FrameHandler (communication thread).
+  void OnFrame(IncomingFrame in, Frame frame) override;
+  Clock::time_point OnTick(Clock::time_point now) override { return Clock::time_point::max(); }
+
+ private:
+  struct Piece {
+    int server_rank = 0;
+    wire::Header header;
+    std::span<const uint8_t> payload;
+    std::span<uint8_t> out;  // where a pull reply's payload goes
+  };
+  struct Pending {
+    std::shared_ptr<internal::OpState> op;
+    size_t piece = 0;
+    std::span<uint8_t> out;
+    wire::Op op_code = wire::OP_UNSPECIFIED;
+  };
+
+  Handle Start(std::string what, std::vector<Piece> pieces);
+  Handle Failed(Status s);
+  Result<std::pair<uint64_t, uint64_t>> Resolve(uint32_t table, KeyRange range, size_t buffer_size,
+                                                const char* what) const;
+  std::vector<Piece> Split(wire::Op op, uint32_t table, uint64_t begin, uint64_t end, uint64_t step,
+                           const float* grad, float* out) const;
+
+  // Constant after construction.
+  Endpoint& endpoint_;
+  const Cluster cluster_;
+  const TableLayout layout_;
+  const ClientOptions options_;
+
+  std::mutex mu_;
+  uint64_t barrier_count_ = 0;  // GUARDED_BY(mu_)
+
+  // Communication thread only.
+  uint64_t next_request_id_ = 1;
+  std::unordered_map<uint64_t, Pending> pending_;
+};
+
+}  // namespace shardps::worker

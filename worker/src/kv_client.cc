@@ -1,0 +1,256 @@
+#include "shardps/worker/kv_client.h"
+
+#include <algorithm>
+#include <set>
+
+namespace shardps::worker {
+
+namespace internal {
+
+// Shared by a Handle and the communication thread. Each piece (one message to one server)
+// finishes when its send has completed and its reply has arrived (and, for pulls, its payload).
+struct OpState {
+  std::string what;
+  mutable std::mutex mu;
+  std::condition_variable cv;
+  std::vector<int> server;          // by piece
+  std::vector<uint8_t> parts_left;  // GUARDED_BY(mu), by piece
+  size_t remaining = 0;             // GUARDED_BY(mu)
+  Status error;                     // GUARDED_BY(mu): first failure
+
+  void Part(size_t piece, const Status& s) {
+    bool all = false;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!s.ok() && error.ok()) error = s;
+      if (parts_left[piece] == 0) return;
+      if (--parts_left[piece] == 0) all = --remaining == 0;
+    }
+    if (all) cv.notify_all();
+  }
+};
+
+}  // namespace internal
+
+using internal::OpState;
+
+Status Handle::wait(std::chrono::milliseconds timeout) const {
+  if (!state_) return Status::Ok();
+  std::unique_lock<std::mutex> lock(state_->mu);
+  if (state_->cv.wait_for(lock, timeout, [&] { return state_->remaining == 0; })) return state_->error;
+  std::set<int> missing;
+  for (size_t i = 0; i < state_->parts_left.size(); ++i) if (state_->parts_left[i] > 0) missing.insert(state_->server[i]);
+  return DeadlineExceeded(state_->what + ": no reply within " + std::to_string(timeout.count()) +
+                          " ms from server ranks " + FormatRanks(std::vector<int>(missing.begin(), missing.end())));
+}
+
+bool Handle::done() const {
+  if (!state_) return true;
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->remaining == 0;
+}
+
+namespace {
+
+std::span<const uint8_t> Bytes(const float* p, uint64_t n) {
+  return {reinterpret_cast<const uint8_t*>(p), n * sizeof(float)};
+}
+std::span<uint8_t> Bytes(float* p, uint64_t n) { return {reinterpret_cast<uint8_t*>(p), n * sizeof(float)}; }
+
+}  // namespace
+
+KVClient::KVClient(Endpoint& endpoint, const Cluster& cluster, const TableLayout& layout, ClientOptions options)
+    : endpoint_(endpoint), cluster_(cluster), layout_(layout), options_(options) {}
+
+KVClient::~KVClient() = default;
+
+Handle KVClient::Failed(Status s) {
+  auto op = std::make_shared<OpState>();
+  op->error = std::move(s);
+  return Handle(op);
+}
+
+Result<std::pair<uint64_t, uint64_t>> KVClient::Resolve(uint32_t table, KeyRange range, size_t buffer_size,
+                                                        const char* what) const {
+  if (table >= layout_.num_tables()) {
+    return NotFound(std::string(what) + ": unknown table id " + std::to_string(table) + " (this job has " +
+                    std::to_string(layout_.num_tables()) + " tables)");
+  }
+  const TableSpec& spec = layout_.table(table);
+  const uint64_t end = range.end == std::numeric_limits<uint64_t>::max() ? spec.size : range.end;
+  if (range.begin >= end || end > spec.size) {
+    return OutOfRange(std::string(what) + " of table '" + spec.name + "': key range [" + std::to_string(range.begin) + "," +
+                      std::to_string(end) + ") is empty or outside its " + std::to_string(spec.size) + " elements");
+  }
+  if (buffer_size != end - range.begin) {
+    return InvalidArgument(std::string(what) + " of table '" + spec.name + "': buffer has " + std::to_string(buffer_size) +
+                           " floats, the key range [" + std::to_string(range.begin) + "," + std::to_string(end) + ") has " +
+                           std::to_string(end - range.begin));
+  }
+  return std::make_pair(range.begin, end);
+}
+
+std::vector<KVClient::Piece> KVClient::Split(wire::Op op, uint32_t table, uint64_t begin, uint64_t end, uint64_t step,
+                                             const float* grad, float* out) const {
+  std::vector<Piece> pieces;
+  for (const ChunkInfo& c : layout_.ChunksIn(table, begin, end)) {
+    const uint64_t b = std::max(begin, c.begin);
+    const uint64_t e = std::min(end, c.end);
+    Piece p;
+    p.server_rank = cluster_.server_rank(c.server);
+    p.header.set_op(op);
+    p.header.set_table(table);
+    p.header.set_chunk(c.index);
+    p.header.set_key_begin(b);
+    p.header.set_key_end(e);
+    p.header.set_step(step);
+    if (grad) {
+      p.header.set_element_count(e - b);
+      p.payload = Bytes(grad + (b - begin), e - b);
+    }
+    if (out) p.out = Bytes(out + (b - begin), e - b);
+    pieces.push_back(std::move(p));
+  }
+  return pieces;
+}
+
+Handle KVClient::Push(uint32_t table, std::span<const float> grad, uint64_t step, KeyRange range) {
+  auto r = Resolve(table, range, grad.size(), "push");
+  if (!r.ok()) return Failed(r.status());
+  return Start("push of table '" + layout_.table(table).name + "' step " + std::to_string(step),
+               Split(wire::PUSH, table, r->first, r->second, step, grad.data(), nullptr));
+}
+
+Handle KVClient::Pull(uint32_t table, std::span<float> out, uint64_t version, KeyRange range) {
+  auto r = Resolve(table, range, out.size(), "pull");
+  if (!r.ok()) return Failed(r.status());
+  return Start("pull of table '" + layout_.table(table).name + "' version " + std::to_string(version),
+               Split(wire::PULL, table, r->first, r->second, version, nullptr, out.data()));
+}
+
+Handle KVClient::PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step,
+                          KeyRange range) {
+  auto r = Resolve(table, range, grad.size(), "push-pull");
+  if (!r.ok()) return Failed(r.status());
+  if (out.size() != grad.size()) {
+    return Failed(InvalidArgument("push-pull: gradient has " + std::to_string(grad.size()) + " floats, output " +
+                                  std::to_string(out.size())));
+  }
+  return Start("push-pull of table '" + layout_.table(table).name + "' step " + std::to_string(step),
+               Split(wire::PUSH_PULL, table, r->first, r->second, step, grad.data(), out.data()));
+}
+
+Handle KVClient::Barrier() {
+  uint64_t id;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    id = barrier_count_++;
+  }
+  Piece p;
+  p.server_rank = cluster_.server_rank(0);
+  p.header.set_op(wire::BARRIER);
+  p.header.set_barrier_id(id);
+  std::vector<Piece> pieces;
+  pieces.push_back(std::move(p));
+  return Start("barrier " + std::to_string(id), std::move(pieces));
+}
+
+Handle KVClient::Hello() {
+  std::vector<Piece> pieces;
+  for (int s : cluster_.server_ranks()) {
+    Piece p;
+    p.server_rank = s;
+    p.header.set_op(wire::HELLO);
+    p.header.set_layout_digest(layout_.digest());
+    pieces.push_back(std::move(p));
+  }
+  return Start("hello", std::move(pieces));
+}
+
+Handle KVClient::Shutdown() {
+  std::vector<Piece> pieces;
+  for (int s : cluster_.server_ranks()) {
+    Piece p;
+    p.server_rank = s;
+    p.header.set_op(wire::SHUTDOWN);
+    pieces.push_back(std::move(p));
+  }
+  return Start("shutdown", std::move(pieces));
+}
+
+Handle KVClient::Start(std::string what, std::vector<Piece> pieces) {
+  auto op = std::make_shared<OpState>();
+  op->what = std::move(what);
+  op->remaining = pieces.size();
+  op->parts_left.assign(pieces.size(), 2);  // sent + answered
+  for (const Piece& p : pieces) op->server.push_back(p.server_rank);
+  if (pieces.empty()) return Handle(op);
+  if (!endpoint_.running()) {
+    std::lock_guard<std::mutex> lock(op->mu);
+    op->error = Unavailable(op->what + ": the communication thread is not running");
+    op->remaining = 0;
+    return Handle(op);
+  }
+  endpoint_.Post([this, op, pieces = std::move(pieces)]() mutable {
+    for (size_t i = 0; i < pieces.size(); ++i) {
+      Piece& p = pieces[i];
+      const uint64_t id = next_request_id_++;
+      p.header.set_request_id(id);
+      p.header.set_timeout_ms(static_cast<uint64_t>(options_.request_timeout.count()));
+      pending_[id] = Pending{op, i, p.out, p.header.op()};
+      endpoint_.Send(p.server_rank, p.header, p.payload, [this, op, i, id](Status s) {
+        op->Part(i, s);
+        if (!s.ok() && pending_.erase(id) > 0) op->Part(i, s);  // no reply will come
+      });
+    }
+  });
+  return Handle(op);
+}
+
+void KVClient::OnFrame(IncomingFrame in, Frame frame) {
+  const wire::Header& h = frame.header;
+  auto it = pending_.find(h.request_id());
+  if (it == pending_.end()) {
+    endpoint_.Warn(std::string(h.op() == wire::ERROR ? "error" : "reply") + " from rank " + std::to_string(in.source) +
+                   " for unknown request " + std::to_string(h.request_id()) +
+                   (h.op() == wire::ERROR ? ": " + h.error() : std::string()));
+    if (in.payload_bytes > 0) (void)endpoint_.transport().DiscardPayload(in);
+    return;
+  }
+  Pending p = std::move(it->second);
+  pending_.erase(it);
+  if (h.op() == wire::ERROR) {
+    if (in.payload_bytes > 0) (void)endpoint_.transport().DiscardPayload(in);
+    int code = h.error_code();
+    if (code <= 0 || code > static_cast<int>(StatusCode::kCancelled)) code = static_cast<int>(StatusCode::kInternal);
+    p.op->Part(p.piece, Status(static_cast<StatusCode>(code), p.op->what + ": " + h.error()));
+    return;
+  }
+  const bool wants_payload = p.op_code == wire::PULL || p.op_code == wire::PUSH_PULL;
+  if (!wants_payload) {
+    if (in.payload_bytes > 0) {
+      (void)endpoint_.transport().DiscardPayload(in);
+      p.op->Part(p.piece, DataLoss(p.op->what + ": unexpected payload in the reply from rank " + std::to_string(in.source)));
+      return;
+    }
+    p.op->Part(p.piece, Status::Ok());
+    return;
+  }
+  if (in.payload_bytes != p.out.size()) {
+    if (in.payload_bytes > 0) (void)endpoint_.transport().DiscardPayload(in);
+    p.op->Part(p.piece, DataLoss(p.op->what + ": reply from rank " + std::to_string(in.source) + " carries " +
+                                     std::to_string(in.payload_bytes) + " bytes, expected " + std::to_string(p.out.size())));
+    return;
+  }
+  auto op = p.op;
+  const size_t piece = p.piece;
+  auto out = p.out;
+  auto fr = std::make_shared<Frame>(std::move(frame));
+  Status s = endpoint_.transport().ReceivePayload(in, out, [op, piece, out, fr](Status st) {
+    if (st.ok()) st = VerifyPayload(*fr, out);
+    op->Part(piece, st.ok() ? st : st.WithContext(op->what));
+  });
+  if (!s.ok()) p.op->Part(p.piece, s.WithContext(p.op->what));
+}
+
+}  // namespace shardps::worker

@@ -1,0 +1,70 @@
+// Runs a shardps job with ranks as threads over the in-process transport.
+//
+//   ThreadsJob job({.world = 4, .servers = 2, .tables = {...}});
+//   auto statuses = job.Run([&](int rank, Node& node) -> Status { ... node.client() ... });
+//
+// Each rank builds its own Cluster, TableLayout and Node exactly as a real process would.
+#pragma once
+
+#include <functional>
+#include <thread>
+#include <vector>
+
+#include "shardps/core/inproc_transport.h"
+#include "shardps/node.h"
+
+namespace shardps::testing {
+
+struct JobConfig {
+  int world = 2;
+  int servers = 1;
+  bool colocated = false;
+  std::vector<TableSpec> tables;
+  uint64_t chunk_floats = 64;
+  InProcOptions inproc;
+  NodeOptions node;
+};
+
+class ThreadsJob {
+ public:
+  explicit ThreadsJob(JobConfig config) : config_(std::move(config)), hub_(config_.world, config_.inproc) {}
+
+  InProcHub& hub() { return hub_; }
+
+  // Runs `body` on every rank (after Node::Start) and then Node::Finish; returns each rank's status.
+  std::vector<Status> Run(const std::function<Status(int rank, Node& node)>& body) {
+    std::vector<Status> out(config_.world);
+    std::vector<std::thread> threads;
+    for (int r = 0; r < config_.world; ++r) {
+      threads.emplace_back([&, r] { out[r] = RunRank(r, body); });
+    }
+    for (auto& t : threads) t.join();
+    return out;
+  }
+
+  Status RunRank(int rank, const std::function<Status(int rank, Node& node)>& body) {
+    ClusterOptions co;
+    co.num_servers = config_.servers;
+    co.colocated = config_.colocated;
+    SHARDPS_ASSIGN_OR_RETURN(Cluster cluster, Cluster::Create(config_.world, rank, co));
+    LayoutOptions lo;
+    lo.chunk_floats = config_.chunk_floats;
+    SHARDPS_ASSIGN_OR_RETURN(TableLayout layout, TableLayout::Create(config_.tables, cluster.num_servers(), lo));
+    SHARDPS_ASSIGN_OR_RETURN(auto node, Node::Start(hub_.Connect(rank), cluster, layout, config_.node));
+    Status body_status = body(rank, *node);
+    Status finish = node->Finish();
+    return body_status.ok() ? finish : body_status;
+  }
+
+ private:
+  JobConfig config_;
+  InProcHub hub_;
+};
+
+inline std::string JoinStatuses(const std::vector<Status>& v) {
+  std::string s;
+  for (size_t i = 0; i < v.size(); ++i) s += "rank " + std::to_string(i) + ": " + v[i].ToString() + "\n";
+  return s;
+}
+
+}  // namespace shardps::testing

@@ -118,6 +118,18 @@ Status RunPs(const BenchFlags& f, int rank, int size, Rounds* out) {
         out->round[r - f.warmup] = Ms(t2 - t0).count();
       }
     }
+    // The servers applied SGD (lr 1e-6) to the sum of every worker's gradient of ones each round:
+    // recompute that in the same float arithmetic and check every weight, so a fast but wrong
+    // data path cannot pass as a benchmark result.
+    float expect = 0.0f;
+    const float sum = static_cast<float>(cluster.num_workers());
+    for (int r = 0; r < f.warmup + f.rounds; ++r) expect -= spec.optimizer.learning_rate * (sum + 0.0f * expect);
+    for (uint64_t i = 0; i < f.floats; ++i) {
+      if (weights[i] != expect) {
+        return DataLoss("bench: weight " + std::to_string(i) + " is " + std::to_string(weights[i]) + ", expected " +
+                        std::to_string(expect));
+      }
+    }
   }
   return node->Finish();
 }

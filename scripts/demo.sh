@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up the machine, builds, and runs the main job: an mpirun job with 2 servers and 2 workers
-# that creates a 1M-float table and runs 100 synchronous push/pull steps, printing throughput.
+# that creates a 1M-float table and runs 100 timed synchronous push/pull steps (after 5 warm-up
+# steps), printing throughput.
 #   scripts/demo.sh [extra shardps bench flags]
 set -euo pipefail
 cd "$(dirname "$0")/.."

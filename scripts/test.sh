@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up the machine, builds, and runs the whole CTest suite. Non-zero exit on any failure.
 #   scripts/test.sh                 # everything
-#   scripts/test.sh -L unit         # extra args go to ctest
+#   scripts/test.sh -L multirank    # extra args go to ctest (labels: unit, multirank, mpi, ...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -32,6 +32,7 @@ int OptimizerSlots(OptimizerKind kind) {
     case OptimizerKind::kSgd: return 0;
     case OptimizerKind::kMomentum: return 1;
     case OptimizerKind::kAdam: return 2;
+    case OptimizerKind::kSum: return 0;
   }
   return 0;
 }
@@ -40,7 +41,8 @@ Result<OptimizerKind> ParseOptimizerKind(const std::string& name) {
   if (name == "sgd") return OptimizerKind::kSgd;
   if (name == "momentum") return OptimizerKind::kMomentum;
   if (name == "adam") return OptimizerKind::kAdam;
-  return InvalidArgument("unknown optimizer '" + name + "' (expected sgd, momentum or adam)");
+  if (name == "sum") return OptimizerKind::kSum;
+  return InvalidArgument("unknown optimizer '" + name + "' (expected sgd, momentum, adam or sum)");
 }
 
 std::string_view OptimizerKindName(OptimizerKind kind) {
@@ -48,6 +50,7 @@ std::string_view OptimizerKindName(OptimizerKind kind) {
     case OptimizerKind::kSgd: return "sgd";
     case OptimizerKind::kMomentum: return "momentum";
     case OptimizerKind::kAdam: return "adam";
+    case OptimizerKind::kSum: return "sum";
   }
   return "?";
 }

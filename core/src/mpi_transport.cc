@@ -166,8 +166,8 @@ class MpiTransport final : public Transport {
                        ? DataLoss("MPI envelope of " + std::to_string(count) + " bytes from rank " + std::to_string(in.source) + " is shorter than 16")
                        : ResourceExhausted("frame of " + std::to_string(count - kEnvelopeBytes) + " bytes from rank " +
                                            std::to_string(in.source) + " exceeds the limit of " + std::to_string(options_.max_frame_bytes));
-        // The payload tag sits in the part we could not keep; a sender that is this far off
-        // the protocol may leave an orphaned payload message behind, which is never matched.
+        // The payload of an oversized frame is not matched: a sender this far off the protocol
+        // may leave an orphaned payload message behind, which is never received.
         frames->push_back(std::move(in));
         continue;
       }

@@ -5,7 +5,7 @@
 #include <future>
 #include <map>
 
-#include "shardps/ps/optimizer.h"
+#include "shardps/core/optimizer.h"
 
 namespace shardps::ps {
 
@@ -32,6 +32,9 @@ struct Server::ChunkState {
   std::vector<std::vector<std::shared_ptr<Held>>> parked;  // by worker index: pieces waiting their turn
   std::vector<std::vector<std::pair<uint64_t, uint64_t>>> ranges;  // by worker: pieces accepted this step
   std::vector<uint64_t> covered;  // by worker index: elements summed this step
+  std::vector<uint64_t> arrived;  // by worker index: elements pushed this step, even if later refused
+                                  // or expired (so errors name the worker that never sent, not
+                                  // the ones queued behind it)
   int next_worker = 0;            // worker index being summed; earlier ones are complete
   bool receiving = false;         // a payload of this chunk is being received
   bool waiting_scratch = false;
@@ -87,6 +90,7 @@ Server::Server(Endpoint& endpoint, const Cluster& cluster, const TableLayout& la
       cs->parked.resize(num_workers_);
       cs->ranges.resize(num_workers_);
       cs->covered.assign(num_workers_, 0);
+      cs->arrived.assign(num_workers_, 0);
       by_key_[Key(t, c.index)] = cs.get();
       chunks_.push_back(std::move(cs));
     }
@@ -299,6 +303,7 @@ bool Server::Claim(ChunkState& cs, Held& held) {
     }
   }
   rs.emplace_back(h.key_begin(), h.key_end());
+  cs.arrived[held.worker] += h.key_end() - h.key_begin();
   return true;
 }
 
@@ -389,7 +394,8 @@ void Server::OnPushPayload(ChunkState& cs, std::shared_ptr<Held> held, float* de
   const uint64_t n = h.key_end() - h.key_begin();
   if (st.ok()) st = VerifyPayload(held->frame, AsBytes(static_cast<const float*>(dest), n));
   if (!st.ok()) {
-    // Nothing was added to the sum; the worker may push these keys again for this step.
+    // The sum is unchanged (worker 0's region of the accumulator is overwritten by its re-push);
+    // the worker may push these keys again for this step.
     held->in.payload_bytes = 0;  // consumed
     Unclaim(cs, *held);
     endpoint_.SendError(held->in.source, h, st.WithContext("push to " + Describe(cs)));
@@ -428,6 +434,7 @@ void Server::ApplyStep(ChunkState& cs) {
   cs.apply_pending = false;
   cs.next_worker = 0;
   std::fill(cs.covered.begin(), cs.covered.end(), 0);
+  std::fill(cs.arrived.begin(), cs.arrived.end(), 0);
   for (auto& r : cs.ranges) r.clear();
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -528,9 +535,7 @@ void Server::HandleBarrier(IncomingFrame& in, const wire::Header& h) {
 std::vector<int> Server::MissingWorkers(const ChunkState& cs) const {
   std::vector<int> missing;
   for (int w = 0; w < num_workers_; ++w) {
-    uint64_t arrived = 0;
-    for (const auto& [b, e] : cs.ranges[w]) arrived += e - b;
-    if (arrived < cs.info.size()) missing.push_back(cluster_.worker_rank(w));
+    if (cs.arrived[w] < cs.info.size()) missing.push_back(cluster_.worker_rank(w));
   }
   return missing;
 }

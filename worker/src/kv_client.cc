@@ -30,6 +30,12 @@ struct OpState {
   }
 };
 
+Handle CompletedHandle(Status s) {
+  auto op = std::make_shared<OpState>();
+  op->error = std::move(s);
+  return Handle(op);
+}
+
 }  // namespace internal
 
 using internal::OpState;
@@ -64,11 +70,7 @@ KVClient::KVClient(Endpoint& endpoint, const Cluster& cluster, const TableLayout
 
 KVClient::~KVClient() = default;
 
-Handle KVClient::Failed(Status s) {
-  auto op = std::make_shared<OpState>();
-  op->error = std::move(s);
-  return Handle(op);
-}
+Handle KVClient::Failed(Status s) { return internal::CompletedHandle(std::move(s)); }
 
 Result<std::pair<uint64_t, uint64_t>> KVClient::Resolve(uint32_t table, KeyRange range, size_t buffer_size,
                                                         const char* what) const {

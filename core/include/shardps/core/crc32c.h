@@ -1,5 +1,5 @@
 // CRC32C (Castagnoli), as used by iSCSI, ext4 and leveldb. Uses the SSE4.2 instruction when the
-// CPU has it (checked once per call site via a cached cpuid), a table otherwise.
+// CPU has it (checked once per process), a table otherwise.
 #pragma once
 
 #include <cstddef>

@@ -12,8 +12,9 @@
 // state (shards, pending requests) is touched by one thread, so it needs no locks; and the order
 // in which work happens is explicit. Other threads reach it only through Post().
 //
-// A frame that fails to decode, or that names an op this rank does not handle, gets an ERROR reply
-// and its payload is discarded; nothing a peer sends can stop the thread.
+// A frame that fails to decode, or a request this rank does not handle, gets an ERROR reply and
+// its payload is discarded (an ERROR nobody here waits for is logged, not answered); nothing a
+// peer sends can stop the thread.
 // Thread safety: Post(), Start(), Stop() and the accessors are thread-safe; everything marked
 // "comm thread only" must run on the communication thread (inside a handler or a Post()ed task).
 #pragma once

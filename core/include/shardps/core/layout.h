@@ -21,13 +21,18 @@
 
 namespace shardps {
 
-enum class OptimizerKind { kSgd, kMomentum, kAdam };
+enum class OptimizerKind {
+  kSgd,
+  kMomentum,
+  kAdam,
+  kSum,  // the table holds the sum of the last step's pushes (reductions, model averaging)
+};
 
 // Applied by the server once per step to the sum of the workers' gradients.
 struct OptimizerConfig {
   OptimizerKind kind = OptimizerKind::kSgd;
   float learning_rate = 0.01f;
-  float momentum = 0.9f;       // kMomentum: v = momentum*v + g; w -= lr*v
+  float momentum = 0.9f;       // kMomentum: v = momentum*v + (g + wd*w); w -= lr*v
   float beta1 = 0.9f;          // kAdam
   float beta2 = 0.999f;        // kAdam
   float epsilon = 1e-8f;       // kAdam

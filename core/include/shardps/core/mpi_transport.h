@@ -4,7 +4,8 @@
 //   SHARDPS_ASSIGN_OR_RETURN(auto transport, CreateMpiTransport(MPI_COMM_WORLD));
 //
 // Each message is two MPI messages: an envelope (payload length, payload tag, frame bytes) on a
-// fixed tag, then the payload on a tag unique to that (sender, receiver, message), sent with
+// fixed tag, then the payload on a tag from a per-destination counter (unique among a pair's
+// messages in flight; it wraps after MPI_TAG_UB of them), sent with
 // MPI_Isend from the caller's buffer and received with MPI_Irecv into the buffer the receiver
 // picks after reading the envelope. Frames are matched with MPI_Improbe/MPI_Mrecv so their size
 // is checked before any allocation; oversized envelopes are consumed into a fixed 16-byte buffer.

@@ -1,9 +1,9 @@
-#include "shardps/ps/optimizer.h"
+#include "shardps/core/optimizer.h"
 
 #include <cassert>
 #include <cmath>
 
-namespace shardps::ps {
+namespace shardps {
 
 void AddInto(std::span<float> dst, std::span<const float> src) {
   assert(dst.size() == src.size());
@@ -52,7 +52,10 @@ void ApplyOptimizer(const OptimizerConfig& c, uint64_t step, std::span<float> we
       }
       return;
     }
+    case OptimizerKind::kSum:
+      for (size_t i = 0; i < n; ++i) w[i] = g[i];
+      return;
   }
 }
 
-}  // namespace shardps::ps
+}  // namespace shardps

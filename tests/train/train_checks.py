@@ -1,0 +1,223 @@
+#!/usr/bin/python3
+"""End-to-end checks of `shardps train`, run by CTest (tests/train/CMakeLists.txt).
+
+    train_checks.py --shardps build/bin/shardps --work DIR CHECK
+
+Each CHECK launches real jobs (mpirun or a single process), reads their summary JSON and final
+safetensors model, and exits non-zero with a message when the property does not hold.
+"""
+import argparse
+import gzip
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+FASHION = "/usr/share/datasets/fashion-mnist"
+ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+           OMPI_MCA_rmaps_base_oversubscribe="1")
+
+
+def fail(msg):
+    print("FAIL:", msg)
+    sys.exit(1)
+
+
+class Runner:
+    def __init__(self, shardps, work, mpirun, source_dir):
+        self.shardps, self.work, self.mpirun, self.src = shardps, work, mpirun, source_dir
+        self.count = 0
+
+    def config(self, name):
+        return os.path.join(self.src, "examples", "configs", name)
+
+    def train(self, np_, args, expect_ok=True, timeout=600):
+        """Runs one job; returns (summary dict or None, run dir, completed process)."""
+        self.count += 1
+        out = os.path.join(self.work, f"run{self.count}")
+        shutil.rmtree(out, ignore_errors=True)
+        cmd = [self.shardps, "train", "--out-dir", out, "--progress", "plain"] + args
+        if np_ > 0:
+            cmd = [self.mpirun, "--oversubscribe", "--bind-to", "none", "-np", str(np_)] + cmd
+        t0 = time.time()
+        p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
+        print(f"$ {' '.join(cmd)}  ({time.time() - t0:.1f} s, exit {p.returncode})")
+        if expect_ok and p.returncode != 0:
+            fail(f"job failed:\n{p.stdout}\n{p.stderr}")
+        summary = None
+        path = os.path.join(out, "summary.json")
+        if p.returncode == 0:
+            with open(path) as f:
+                summary = json.load(f)
+            print("  ", json.dumps(summary))
+        return summary, out, p
+
+    @staticmethod
+    def model(run_dir):
+        return read_safetensors(os.path.join(run_dir, "final_model.safetensors"))
+
+
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    body = data[8 + n:]
+    out = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        a, b = meta["data_offsets"]
+        out[name] = np.frombuffer(body[a:b], dtype="<f4").reshape(meta["shape"])
+    return out
+
+
+def rel_diff(m1, m2):
+    num = sum(float(np.sum((m1[k].astype(np.float64) - m2[k]) ** 2)) for k in m1)
+    den = sum(float(np.sum(m1[k].astype(np.float64) ** 2)) for k in m1)
+    return (num / den) ** 0.5
+
+
+SMALL = ["--hidden", "32", "--train-limit", "4096", "--test-limit", "1000", "--epochs", "1",
+         "--batch-size", "64", "--optimizer", "sgd", "--lr", "0.1"]
+
+
+def check_convergence(r, args):
+    cfg = r.config(args.config)
+    s, _, _ = r.train(3, ["--config", cfg, "--servers", "1"])
+    print(f"test accuracy {s['test_accuracy']:.4f} (need >= {args.min_accuracy}), wall {s['wall_seconds']:.1f} s")
+    if s["test_accuracy"] < args.min_accuracy:
+        fail(f"accuracy {s['test_accuracy']} below {args.min_accuracy}")
+
+
+def check_repeat(r, args):
+    cfg = r.config("fashion_mlp.prototxt")
+    a, _, _ = r.train(3, ["--config", cfg, "--servers", "1"] + SMALL)
+    b, _, _ = r.train(3, ["--config", cfg, "--servers", "1"] + SMALL)
+    if a["weights_sha256"] != b["weights_sha256"]:
+        fail("same run twice gave different weights")
+
+
+def check_servers(r, args):
+    cfg = r.config("fashion_mlp.prototxt")
+    adam = SMALL[:-4] + ["--optimizer", "adam", "--lr", "0.001"]
+    a, _, _ = r.train(3, ["--config", cfg, "--servers", "1"] + adam)
+    b, _, _ = r.train(4, ["--config", cfg, "--servers", "2"] + adam)
+    c, _, _ = r.train(2, ["--config", cfg, "--colocated"] + adam)
+    if not (a["weights_sha256"] == b["weights_sha256"] == c["weights_sha256"]):
+        fail("1 server, 2 servers and 2 colocated ranks gave different weights")
+
+
+def check_single_process(r, args):
+    cfg = r.config("fashion_mlp.prototxt")
+    a, _, _ = r.train(2, ["--config", cfg, "--servers", "1"] + SMALL)
+    b, _, _ = r.train(0, ["--config", cfg, "--servers", "0"] + SMALL)
+    if a["weights_sha256"] != b["weights_sha256"]:
+        fail("1 server + 1 worker differs from the single-process path")
+
+
+def check_workers(r, args):
+    cfg = r.config("fashion_mlp.prototxt")
+    _, d1, _ = r.train(2, ["--config", cfg, "--servers", "1"] + SMALL)
+    _, d2, _ = r.train(3, ["--config", cfg, "--servers", "1"] + SMALL)
+    d = rel_diff(r.model(d1), r.model(d2))
+    print(f"relative difference 1 vs 2 workers: {d:.3g}")
+    if d > 1e-5:
+        fail(f"1 and 2 workers differ by {d} relative (limit 1e-5)")
+
+
+def check_local_sgd(r, args):
+    cfg = r.config("fashion_mlp.prototxt")
+    _, d1, _ = r.train(3, ["--config", cfg, "--servers", "1"] + SMALL)
+    _, d2, _ = r.train(3, ["--config", cfg, "--servers", "1", "--mode", "local_sgd", "--local-steps", "1"] + SMALL)
+    d = rel_diff(r.model(d1), r.model(d2))
+    print(f"relative difference sync vs local_sgd K=1: {d:.3g}")
+    if d > 1e-4:
+        fail(f"local_sgd K=1 differs from sync SGD by {d} relative")
+    s, _, _ = r.train(3, ["--config", cfg, "--servers", "1", "--mode", "local_sgd", "--local-steps", "0"] + SMALL)
+    if not s["test_accuracy"] > 0.5:
+        fail(f"one-shot averaging gave accuracy {s['test_accuracy']}")
+
+
+def write_idx(path, dims, data, magic_type=0x08, gz=True):
+    raw = bytes([0, 0, magic_type, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims) + bytes(data)
+    with (gzip.open(path, "wb") if gz else open(path, "wb")) as f:
+        f.write(raw)
+
+
+def check_bad_input(r, args):
+    w = r.work
+    imgs, labs = os.path.join(w, "imgs.gz"), os.path.join(w, "labs.gz")
+    write_idx(imgs, [100, 4, 4], [i % 256 for i in range(1600)])
+    write_idx(labs, [100], [i % 10 for i in range(100)])
+    cfg = os.path.join(w, "tiny.prototxt")
+
+    def write_cfg(train, train_labels, fmt="idx", extra=""):
+        with open(cfg, "w") as f:
+            f.write(f'model: "softmax"\ndata {{ format: "{fmt}" train: "{train}" train_labels: "{train_labels}" '
+                    f'test: "{train}" test_labels: "{train_labels}" num_classes: 10 }}\n'
+                    f'epochs: 1 batch_size: 10 timeout_ms: 20000\n{extra}')
+    write_cfg(imgs, labs)
+    r.train(3, ["--config", cfg, "--servers", "1"])  # the good case works
+
+    cases = []
+    trunc = os.path.join(w, "trunc.gz")
+    write_idx(trunc, [100, 4, 4], [0] * 1000)  # 1600 bytes announced, 1000 present
+    cases.append(("truncated IDX", dict(train=trunc, train_labels=labs), "trunc.gz"))
+    magic = os.path.join(w, "magic.gz")
+    write_idx(magic, [100, 4, 4], [0] * 1600, magic_type=0x0D)
+    cases.append(("wrong magic number", dict(train=magic, train_labels=labs), "magic.gz"))
+    badlab = os.path.join(w, "badlab.gz")
+    write_idx(badlab, [100], [i % 10 for i in range(99)] + [12])
+    cases.append(("label out of range", dict(train=imgs, train_labels=badlab), "badlab.gz"))
+    svm = os.path.join(w, "bad.svm")
+    with open(svm, "w") as f:
+        f.write("1 1:0.5 3:1.0\n2 2:0.25 x:1\n")
+    cases.append(("libsvm bad index", dict(train=svm, train_labels="", fmt="libsvm"), "bad.svm:2"))
+    for name, kw, needle in cases:
+        write_cfg(**kw)
+        for np_, extra in ((3, ["--servers", "1"]), (0, ["--servers", "0"])):
+            t0 = time.time()
+            _, _, p = r.train(np_, ["--config", cfg] + extra, expect_ok=False, timeout=120)
+            if p.returncode == 0:
+                fail(f"{name}: exit 0")
+            if needle not in p.stderr:
+                fail(f"{name}: error does not name {needle!r}:\n{p.stderr}")
+            print(f"  {name}: exit {p.returncode} in {time.time() - t0:.1f} s: "
+                  f"{[l for l in p.stderr.splitlines() if needle in l][0][:160]}")
+    write_cfg(imgs, labs, extra="learning_rat: 0.1\n")
+    _, _, p = r.train(3, ["--config", cfg, "--servers", "1"], expect_ok=False, timeout=120)
+    if p.returncode == 0 or "learning_rat" not in p.stderr:
+        fail(f"unknown config key not reported:\n{p.stderr}")
+    write_cfg(imgs, labs)
+    _, _, p = r.train(3, ["--config", cfg, "--servers", "1", "--set", "optimizer.nope=1"], expect_ok=False)
+    if p.returncode == 0 or "optimizer.nope" not in p.stderr:
+        fail(f"unknown override key not reported:\n{p.stderr}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shardps", required=True)
+    ap.add_argument("--mpirun", default="mpirun")
+    ap.add_argument("--source-dir", required=True)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--config", default="fashion_softmax.prototxt")
+    ap.add_argument("--min-accuracy", type=float, default=0.84)
+    ap.add_argument("check", choices=["convergence", "repeat", "servers", "single_process", "workers", "local_sgd",
+                                      "bad_input"])
+    args = ap.parse_args()
+    if args.check != "bad_input" and not os.path.exists(os.path.join(FASHION, "train-images-idx3-ubyte.gz")):
+        fail(f"Fashion-MNIST not found under {FASHION}; scripts/setup.sh installs dataset-fashion-mnist")
+    os.makedirs(args.work, exist_ok=True)
+    r = Runner(args.shardps, args.work, args.mpirun, args.source_dir)
+    globals()["check_" + args.check](r, args)
+    print("PASS", args.check)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,404 @@
+// shardps train: data-parallel training through the parameter servers (or alone, --servers 0).
+#include <mpi.h>
+#include <unistd.h>
+
+#include <boost/program_options.hpp>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "commands.h"
+#include "mpi_env.h"
+#include "progress.h"
+#include "shardps/core/config.h"
+#include "shardps/core/mpi_transport.h"
+#include "shardps/node.h"
+#include "shardps/worker/trainer.h"
+
+namespace shardps::tools {
+namespace {
+
+namespace po = boost::program_options;
+
+struct TrainFlags {
+  std::string config_path;
+  std::vector<std::string> overrides;
+  std::string out_dir = "shardps_run";
+  std::string summary_json;
+  std::string metrics_csv;
+  std::string model_out;
+  std::string progress = "auto";
+  int world_hint = 1;         // OMPI_COMM_WORLD_SIZE when launched by mpirun, read at the edge
+  bool under_mpirun = false;  // OMPI_COMM_WORLD_SIZE is set
+};
+
+Result<config::TrainConfig> BuildConfig(const TrainFlags& f) {
+  SHARDPS_ASSIGN_OR_RETURN(config::TrainConfig c, LoadTrainConfig(f.config_path));
+  for (const std::string& o : f.overrides) SHARDPS_RETURN_IF_ERROR(ApplyConfigOverride(&c, o));
+  SHARDPS_RETURN_IF_ERROR(ValidateTrainConfig(c));
+  return c;
+}
+
+Result<worker::Dataset> LoadSplit(const config::DataConfig& d, bool train) {
+  const std::string& path = train ? d.train() : d.test();
+  worker::Dataset ds;
+  if (d.format() == "idx") {
+    SHARDPS_ASSIGN_OR_RETURN(ds, worker::ReadIdx(path, train ? d.train_labels() : d.test_labels(), d.num_classes()));
+  } else if (d.format() == "libsvm") {
+    SHARDPS_ASSIGN_OR_RETURN(ds, worker::ReadLibsvm(path, d.num_features(), d.num_classes()));
+  } else {
+    SHARDPS_ASSIGN_OR_RETURN(ds, worker::ReadCsv(path, d.num_classes(), d.csv_header(), d.csv_label_column()));
+  }
+  const int64_t limit = train ? d.train_limit() : d.test_limit();
+  if (limit > 0 && limit < ds.num_samples) {
+    ds.num_samples = limit;
+    ds.features.resize(static_cast<size_t>(limit * ds.num_features));
+    ds.labels.resize(static_cast<size_t>(limit));
+  }
+  return ds;
+}
+
+worker::RunOptions ToRunOptions(const config::TrainConfig& c, int worker, int workers) {
+  worker::RunOptions r;
+  r.mode = c.mode();
+  r.local_steps = c.local_steps();
+  r.epochs = c.epochs();
+  r.batch_size = c.batch_size();
+  r.seed = c.seed();
+  r.optimizer = *ToOptimizerConfig(c.optimizer());  // validated
+  r.log_every_steps = c.log_every_steps();
+  r.eval_every_epochs = c.eval_every_epochs();
+  r.worker = worker;
+  r.workers = workers;
+  r.timeout = std::chrono::milliseconds(c.timeout_ms());
+  return r;
+}
+
+Result<std::unique_ptr<worker::Model>> MakeModel(const config::TrainConfig& c, const worker::Dataset& train) {
+  worker::ModelSpec ms;
+  ms.input_dim = train.num_features;
+  ms.num_classes = c.data().num_classes();
+  for (int64_t h : c.hidden()) ms.hidden.push_back(h);
+  return worker::Model::Create(ms);
+}
+
+std::string JsonString(const std::string& s) {
+  std::string o = "\"";
+  for (char ch : s) {
+    if (ch == '"' || ch == '\\') o += '\\';
+    o += ch;
+  }
+  return o + "\"";
+}
+
+// Writes the final model as one safetensors file (8-byte little-endian header length, JSON header,
+// then the float32 tensors back to back).
+Status WriteSafetensors(const std::string& path, const worker::Model& model, const std::vector<TableSpec>& tables,
+                        const std::vector<std::vector<float>>& weights) {
+  const auto& ms = model.spec();
+  std::vector<int64_t> dims{ms.input_dim};
+  for (int64_t h : ms.hidden) dims.push_back(h);
+  dims.push_back(ms.num_classes);
+  std::string header = "{";
+  uint64_t offset = 0;
+  for (size_t t = 0; t < weights.size(); ++t) {
+    const size_t layer = t / 2;
+    std::string shape = t % 2 == 0 ? "[" + std::to_string(dims[layer]) + "," + std::to_string(dims[layer + 1]) + "]"
+                                   : "[" + std::to_string(dims[layer + 1]) + "]";
+    const uint64_t bytes = weights[t].size() * sizeof(float);
+    if (t) header += ",";
+    header += JsonString(tables[t].name) + ":{\"dtype\":\"F32\",\"shape\":" + shape + ",\"data_offsets\":[" +
+              std::to_string(offset) + "," + std::to_string(offset + bytes) + "]}";
+    offset += bytes;
+  }
+  header += "}";
+  while (header.size() % 8) header += ' ';
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) return IoError("cannot create '" + tmp + "'");
+    uint64_t n = header.size();
+    out.write(reinterpret_cast<const char*>(&n), 8);
+    out.write(header.data(), static_cast<std::streamsize>(header.size()));
+    for (const auto& w : weights) out.write(reinterpret_cast<const char*>(w.data()), static_cast<std::streamsize>(w.size() * sizeof(float)));
+    out.flush();
+    if (!out) return IoError("writing '" + tmp + "' failed");
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) return IoError("renaming '" + tmp + "' to '" + path + "': " + ec.message());
+  return Status::Ok();
+}
+
+class MetricsCsv {
+ public:
+  Status Open(const std::string& path) {
+    out_.open(path, std::ios::trunc);
+    if (!out_) return IoError("cannot create metrics CSV '" + path + "'");
+    out_ << "epoch,step,samples,train_loss,test_loss,test_accuracy,samples_per_second,wall_seconds\n";
+    out_.flush();
+    return Status::Ok();
+  }
+  void Write(const worker::MetricsRow& r) {
+    char buf[256];
+    auto opt = [](double v) { return v < 0 ? std::string() : std::to_string(v); };
+    std::snprintf(buf, sizeof(buf), "%d,%lld,%lld,%.6f,", r.epoch, static_cast<long long>(r.step),
+                  static_cast<long long>(r.samples), r.train_loss);
+    out_ << buf << opt(r.test_loss) << "," << opt(r.test_accuracy) << "," << r.samples_per_second << "," << r.wall_seconds
+         << "\n";
+    out_.flush();
+  }
+
+ private:
+  std::ofstream out_;
+};
+
+struct Outputs {
+  std::string summary_json, metrics_csv, model_out;
+};
+
+Status WriteSummary(const std::string& path, const config::TrainConfig& c, int servers, int workers,
+                    const worker::TrainResult& r) {
+  std::ostringstream js;
+  js << "{\"model\":" << JsonString(c.model()) << ",\"mode\":" << JsonString(c.mode()) << ",\"servers\":" << servers
+     << ",\"workers\":" << workers << ",\"epochs\":" << r.epochs << ",\"steps\":" << r.steps
+     << ",\"test_accuracy\":" << r.test_accuracy << ",\"train_loss\":" << r.train_loss
+     << ",\"wall_seconds\":" << r.wall_seconds << ",\"samples_per_second\":" << r.samples_per_second
+     << ",\"weights_sha256\":" << JsonString(r.weights_sha256) << "}";
+  std::cout << js.str() << std::endl;
+  std::ofstream out(path, std::ios::trunc);
+  out << js.str() << "\n";
+  if (!out) return IoError("cannot write summary '" + path + "'");
+  return Status::Ok();
+}
+
+// Trains as worker `worker` of `workers` and, on the lead worker, writes the outputs.
+Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const Outputs& out, const worker::Dataset& train,
+                      const worker::Dataset& test, worker::ParamStore& params, int worker, int workers, int servers) {
+  const bool lead = worker == 0;
+  SHARDPS_ASSIGN_OR_RETURN(auto model, MakeModel(c, train));
+  const worker::RunOptions run = ToRunOptions(c, worker, workers);
+  worker::TrainHooks hooks;
+  MetricsCsv csv;
+  std::unique_ptr<ProgressDisplay> progress;
+  if (lead) {
+    SHARDPS_RETURN_IF_ERROR(csv.Open(out.metrics_csv));
+    hooks.on_metrics = [&](const worker::MetricsRow& r) { csv.Write(r); };
+    // Under mpirun a rank's stdout is a pipe or pty owned by the launcher: never redraw there.
+    progress = std::make_unique<ProgressDisplay>(f.progress == "auto" && f.under_mpirun ? "plain" : f.progress);
+    hooks.on_progress = [&](const worker::Progress& p) { progress->Update(p); };
+  }
+  SHARDPS_ASSIGN_OR_RETURN(worker::TrainResult r, worker::Train(*model, train, test, params, run, hooks));
+  if (lead) {
+    progress->Finish(r);
+    const auto tables = worker::TrainingTables(*model, run);
+    SHARDPS_RETURN_IF_ERROR(WriteSafetensors(out.model_out, *model, tables, r.weights));
+    SHARDPS_RETURN_IF_ERROR(WriteSummary(out.summary_json, c, servers, workers, r));
+    std::cerr << "shardps train: metrics " << out.metrics_csv << ", model " << out.model_out << ", summary "
+              << out.summary_json << std::endl;
+  }
+  return Status::Ok();
+}
+
+Result<Outputs> PrepareOutputs(const TrainFlags& f, const config::TrainConfig& c) {
+  Outputs o;
+  std::error_code ec;
+  std::filesystem::create_directories(f.out_dir, ec);
+  if (ec) return IoError("cannot create output directory '" + f.out_dir + "': " + ec.message());
+  o.summary_json = f.summary_json.empty() ? f.out_dir + "/summary.json" : f.summary_json;
+  o.metrics_csv = !f.metrics_csv.empty() ? f.metrics_csv : c.has_metrics_csv() ? c.metrics_csv() : f.out_dir + "/metrics.csv";
+  o.model_out = f.model_out.empty() ? f.out_dir + "/final_model.safetensors" : f.model_out;
+  return o;
+}
+
+int RunSingleProcess(const config::TrainConfig& c, const TrainFlags& f) {
+  auto fail = [](const Status& s) {
+    std::cerr << "shardps train: " << s.ToString() << std::endl;
+    return 1;
+  };
+  auto out = PrepareOutputs(f, c);
+  if (!out.ok()) return fail(out.status());
+  auto train = LoadSplit(c.data(), true);
+  if (!train.ok()) return fail(train.status());
+  auto test = LoadSplit(c.data(), false);
+  if (!test.ok()) return fail(test.status());
+  auto model = MakeModel(c, *train);
+  if (!model.ok()) return fail(model.status());
+  worker::LocalParams params(worker::TrainingTables(**model, ToRunOptions(c, 0, 1)));
+  Status s = TrainAndReport(c, f, *out, *train, *test, params, 0, 1, 0);
+  return s.ok() ? 0 : fail(s);
+}
+
+int RunMpi(const config::TrainConfig& c, const TrainFlags& f, int argc, char** argv) {
+  ApplyMpiDefaults();
+  int provided = 0;
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_SERIALIZED, &provided);
+  int rank = 0, size = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  // Every rank reaches each MPI_Allreduce below, whatever failed, so no rank is left waiting.
+  auto agree = [](bool ok) {
+    int mine = ok ? 1 : 0, all = 0;
+    MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    return all == 1;
+  };
+  auto report = [&](const Status& s) {
+    if (!s.ok()) std::cerr << "shardps train: rank " << rank << ": " << s.ToString() << std::endl;
+  };
+  Status s;
+  if (provided < MPI_THREAD_SERIALIZED) s = FailedPrecondition("the MPI library does not provide MPI_THREAD_SERIALIZED");
+  ClusterOptions co;
+  co.num_servers = c.servers();
+  co.colocated = c.colocated();
+  Result<Cluster> cluster = s.ok() ? Cluster::Create(size, rank, co) : Result<Cluster>(s);
+  if (!cluster.ok()) s = cluster.status();
+  Result<Outputs> out = Outputs{};
+  worker::Dataset train, test;
+  if (s.ok() && cluster->is_worker()) {
+    out = PrepareOutputs(f, c);
+    if (!out.ok()) s = out.status();
+    if (s.ok()) {
+      auto tr = LoadSplit(c.data(), true);
+      if (tr.ok()) train = std::move(*tr); else s = tr.status();
+    }
+    if (s.ok()) {
+      auto te = LoadSplit(c.data(), false);
+      if (te.ok()) test = std::move(*te); else s = te.status();
+    }
+  }
+  // Servers need the model's table shapes; the lead worker knows the input width from its data.
+  int64_t input_dim = s.ok() && cluster->is_worker() ? train.num_features : 0;
+  report(s);
+  if (!agree(s.ok())) {
+    MPI_Finalize();
+    return 1;
+  }
+  int64_t dim = 0;
+  MPI_Allreduce(&input_dim, &dim, 1, MPI_INT64_T, MPI_MAX, MPI_COMM_WORLD);
+  worker::ModelSpec ms;
+  ms.input_dim = dim;
+  ms.num_classes = c.data().num_classes();
+  for (int64_t h : c.hidden()) ms.hidden.push_back(h);
+  auto model = worker::Model::Create(ms);
+  const int worker_index = cluster->worker_index();
+  const worker::RunOptions run = ToRunOptions(c, std::max(0, worker_index), cluster->num_workers());
+  Result<TableLayout> layout = model.ok() ? TableLayout::Create(worker::TrainingTables(**model, run), cluster->num_servers(),
+                                                                {.chunk_floats = c.chunk_floats()})
+                                          : Result<TableLayout>(model.status());
+  if (!layout.ok()) s = layout.status();
+  Result<std::unique_ptr<Transport>> transport = s.ok() ? CreateMpiTransport(MPI_COMM_WORLD) : Result<std::unique_ptr<Transport>>(s);
+  if (s.ok() && !transport.ok()) s = transport.status();
+  report(s);
+  if (!agree(s.ok())) {
+    MPI_Finalize();
+    return 1;
+  }
+  NodeOptions no;
+  no.client.request_timeout = run.timeout;
+  no.server.max_hold = run.timeout;
+  no.startup_timeout = run.timeout;
+  auto node = Node::Start(std::move(*transport), *cluster, *layout, no);
+  if (!node.ok()) {
+    s = node.status();
+  } else {
+    if (auto* client = (*node)->client()) {
+      worker::ClientParams params(*client);
+      s = TrainAndReport(c, f, *out, train, test, params, worker_index, cluster->num_workers(), cluster->num_servers());
+    }
+    Status fin = (*node)->Finish();
+    if (s.ok()) s = fin;
+  }
+  report(s);
+  const bool all_ok = agree(s.ok());
+  node = Result<std::unique_ptr<Node>>(Cancelled("finished"));
+  MPI_Finalize();
+  return all_ok ? 0 : 1;
+}
+
+}  // namespace
+
+int TrainMain(int argc, char** argv) {
+  TrainFlags f;
+  po::options_description desc("shardps train flags");
+  int64_t epochs = 0, batch = 0, local_steps = -1, train_limit = -1, test_limit = -1;
+  int servers = -1;
+  double lr = 0;
+  uint64_t seed = 0;
+  std::string optimizer, mode, hidden;
+  bool colocated = false;
+  desc.add_options()("help,h", "print this help")
+      ("config", po::value(&f.config_path)->required(), "training config, protobuf text format (.prototxt)")
+      ("set", po::value(&f.overrides)->composing(), "override a config key: --set optimizer.learning_rate=0.05 (repeatable)")
+      ("epochs", po::value(&epochs), "config epochs")
+      ("batch-size", po::value(&batch), "config batch_size (global, split over the workers)")
+      ("lr", po::value(&lr), "config optimizer.learning_rate")
+      ("optimizer", po::value(&optimizer), "config optimizer.kind: sgd, momentum or adam")
+      ("mode", po::value(&mode), "config mode: sync or local_sgd")
+      ("local-steps", po::value(&local_steps), "config local_steps (local_sgd: K; 0 = one final average)")
+      ("hidden", po::value(&hidden), "config hidden layer widths, e.g. 256,128")
+      ("seed", po::value(&seed), "config seed")
+      ("servers", po::value(&servers), "ranks 0..S-1 serve, the rest train; 0 = one process, no servers")
+      ("colocated", po::bool_switch(&colocated), "every rank serves a shard and trains")
+      ("train-limit", po::value(&train_limit), "use only the first N training samples")
+      ("test-limit", po::value(&test_limit), "use only the first N test samples")
+      ("out-dir", po::value(&f.out_dir)->default_value(f.out_dir), "directory for the outputs below")
+      ("summary-json", po::value(&f.summary_json), "summary JSON (default OUT_DIR/summary.json)")
+      ("metrics-csv", po::value(&f.metrics_csv), "metrics CSV (default config metrics_csv or OUT_DIR/metrics.csv)")
+      ("model-out", po::value(&f.model_out), "final model, safetensors (default OUT_DIR/final_model.safetensors)")
+      ("progress", po::value(&f.progress)->default_value(f.progress), "auto (redraw on a terminal), always, plain or never");
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
+    if (vm.count("help")) {
+      std::cout << "usage: [mpirun -np N] shardps train --config FILE [flags]\n" << desc;
+      return 0;
+    }
+    po::notify(vm);
+  } catch (const po::error& e) {
+    std::cerr << "shardps train: " << e.what() << "\n" << desc;
+    return 2;
+  }
+  if (vm.count("epochs")) f.overrides.push_back("epochs=" + std::to_string(epochs));
+  if (vm.count("batch-size")) f.overrides.push_back("batch_size=" + std::to_string(batch));
+  if (vm.count("lr")) f.overrides.push_back("optimizer.learning_rate=" + std::to_string(lr));
+  if (vm.count("optimizer")) f.overrides.push_back("optimizer.kind=" + optimizer);
+  if (vm.count("mode")) f.overrides.push_back("mode=" + mode);
+  if (vm.count("local-steps")) f.overrides.push_back("local_steps=" + std::to_string(local_steps));
+  if (vm.count("hidden")) f.overrides.push_back("hidden=" + hidden);
+  if (vm.count("seed")) f.overrides.push_back("seed=" + std::to_string(seed));
+  if (vm.count("servers")) f.overrides.push_back("servers=" + std::to_string(servers));
+  if (colocated) f.overrides.push_back("colocated=true");
+  if (vm.count("train-limit")) f.overrides.push_back("data.train_limit=" + std::to_string(train_limit));
+  if (vm.count("test-limit")) f.overrides.push_back("data.test_limit=" + std::to_string(test_limit));
+  if (f.progress != "auto" && f.progress != "always" && f.progress != "plain" && f.progress != "never") {
+    std::cerr << "shardps train: --progress must be auto, always, plain or never, got '" << f.progress << "'\n";
+    return 2;
+  }
+  auto config = BuildConfig(f);
+  if (!config.ok()) {
+    std::cerr << "shardps train: " << config.status().ToString() << std::endl;
+    return 2;
+  }
+  // Read once, here at the edge: how many processes mpirun started.
+  if (const char* w = std::getenv("OMPI_COMM_WORLD_SIZE")) {
+    f.world_hint = std::atoi(w);
+    f.under_mpirun = true;
+  }
+  if (config->servers() == 0 && !config->colocated()) {
+    if (f.world_hint > 1) {
+      std::cerr << "shardps train: --servers 0 trains in one process, but " << f.world_hint
+                << " were started; give --servers S or --colocated\n";
+      return 2;
+    }
+    return RunSingleProcess(*config, f);
+  }
+  return RunMpi(*config, f, argc, argv);
+}
+
+}  // namespace shardps::tools

@@ -1,0 +1,69 @@
+// Models whose parameters live in server tables: softmax regression and an MLP with ReLU hidden
+// layers, computed with Eigen on the worker.
+//
+//   SHARDPS_ASSIGN_OR_RETURN(auto model, Model::Create({.input_dim = 784, .num_classes = 10, .hidden = {256}}));
+//   std::vector<TableSpec> tables = model->Tables(/*seed=*/7);   // declare these to the servers
+//   double loss_sum = model->Gradient(params, x, y, rows, /*scale=*/1.0f / global_batch, grads,
+//                                     [&](size_t table) { /* grads[table] is final: push it */ });
+//
+// Parameter layout: for each layer l (input -> hidden... -> output) a weight table "l<l>.w" of
+// in x out floats, row-major (element (i, o) at i * out + o), then a bias table "l<l>.b" of out
+// floats. Weights start uniform in +-sqrt(6 / (in + out)) from a counter-based generator seeded
+// by (seed, table), biases at zero; softmax regression (no hidden layer) starts at zero.
+// Loss: mean softmax cross-entropy over the samples (Gradient returns the sum over its rows; the
+// gradients are d(sum of losses)/d(parameter) * scale).
+// Thread safety: a Model is immutable; Gradient/Evaluate may run concurrently on different
+// buffers (each call uses its own scratch).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "shardps/core/layout.h"
+#include "shardps/core/status.h"
+
+namespace shardps::worker {
+
+struct ModelSpec {
+  int64_t input_dim = 0;
+  int num_classes = 0;
+  std::vector<int64_t> hidden;  // empty: softmax regression
+};
+
+struct EvalResult {
+  int64_t samples = 0;
+  int64_t correct = 0;
+  double loss_sum = 0.0;
+};
+
+class Model {
+ public:
+  static Result<std::unique_ptr<Model>> Create(const ModelSpec& spec);
+
+  const ModelSpec& spec() const { return spec_; }
+  std::string name() const { return spec_.hidden.empty() ? "softmax" : "mlp"; }
+  // Weight and bias tables in declaration order (optimizer left at its default: the caller sets it).
+  std::vector<TableSpec> Tables(uint64_t seed) const;
+  size_t num_tables() const { return 2 * (spec_.hidden.size() + 1); }
+
+  // Forward and backward over `rows` samples (x: rows x input_dim row-major, y: labels).
+  // Writes grads[t] (same sizes as params[t]); calls on_ready(t) as soon as table t's gradient is
+  // final, last layer first, so the caller can start pushing it while earlier layers compute.
+  // Returns the sum of the samples' losses.
+  double Gradient(std::span<const std::span<const float>> params, const float* x, const int32_t* y, int64_t rows,
+                  float scale, std::span<const std::span<float>> grads,
+                  const std::function<void(size_t)>& on_ready = nullptr) const;
+
+  EvalResult Evaluate(std::span<const std::span<const float>> params, const float* x, const int32_t* y,
+                      int64_t rows) const;
+
+ private:
+  explicit Model(ModelSpec spec) : spec_(std::move(spec)) {}
+  ModelSpec spec_;
+};
+
+}  // namespace shardps::worker

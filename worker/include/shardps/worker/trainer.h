@@ -1,0 +1,137 @@
+// The training loop of one worker: pull -> forward/backward -> push, evaluation, metrics.
+//
+//   std::vector<TableSpec> tables = TrainingTables(model, run);     // every rank declares these
+//   ClientParams params(client);                                    // or LocalParams(tables) alone
+//   SHARDPS_ASSIGN_OR_RETURN(TrainResult r, Train(model, train, test, params, run, hooks));
+//
+// Modes:
+//  * sync: every step each worker computes the gradient of its share of the global batch (scaled
+//    by 1 / global batch, so the workers' gradients sum to the full-batch gradient) and pushes
+//    each table as soon as backprop has produced it, receiving the updated weights in the same
+//    round trip (PushPull), so communication of late layers overlaps computation of early ones.
+//  * local_sgd: each worker keeps a replica and its own optimizer state, takes K local steps on
+//    its share (gradients scaled by its own batch share), then the replicas are averaged through
+//    the servers weighted by the samples each worker processed; K = 0 averages once, at the end.
+// Evaluation splits the test set over the workers and sums the counts through a reduction table.
+// Thread safety: Train runs on the calling thread; a ParamStore is used by one Train at a time.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "shardps/core/layout.h"
+#include "shardps/core/status.h"
+#include "shardps/worker/data.h"
+#include "shardps/worker/kv_client.h"
+#include "shardps/worker/model.h"
+
+namespace shardps::worker {
+
+// How a worker reaches the parameters.
+class ParamStore {
+ public:
+  virtual ~ParamStore() = default;
+  virtual Handle Pull(uint32_t table, std::span<float> out, uint64_t version) = 0;
+  virtual Handle PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step) = 0;
+};
+
+// Through the parameter servers.
+class ClientParams final : public ParamStore {
+ public:
+  explicit ClientParams(KVClient& client) : client_(client) {}
+  Handle Pull(uint32_t table, std::span<float> out, uint64_t version) override { return client_.Pull(table, out, version); }
+  Handle PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step) override {
+    return client_.PushPull(table, grad, out, step);
+  }
+
+ private:
+  KVClient& client_;
+};
+
+// In this process, no servers: the same initialisation and optimizer code a server runs, applied
+// to the one worker's gradient. A job of 1 server + 1 worker gives bit-identical weights.
+class LocalParams final : public ParamStore {
+ public:
+  explicit LocalParams(const std::vector<TableSpec>& tables);
+  Handle Pull(uint32_t table, std::span<float> out, uint64_t version) override;
+  Handle PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step) override;
+
+ private:
+  struct Table;
+  std::vector<std::shared_ptr<Table>> tables_;
+};
+
+struct RunOptions {
+  std::string mode = "sync";   // sync | local_sgd
+  int local_steps = 0;         // local_sgd: K
+  int epochs = 1;
+  int64_t batch_size = 64;     // global
+  uint64_t seed = 1;
+  OptimizerConfig optimizer;
+  int log_every_steps = 100;
+  int eval_every_epochs = 1;
+  int worker = 0;              // this worker's index
+  int workers = 1;
+  std::chrono::milliseconds timeout{120000};
+};
+
+// Every table of a run in declaration order: the model's, then a reduction table for metrics
+// and (local_sgd) one for sample counts.
+std::vector<TableSpec> TrainingTables(const Model& model, const RunOptions& run);
+
+struct Progress {
+  int epoch = 0;              // 0-based, current
+  int epochs = 0;
+  int64_t step = 0;           // global steps done
+  int64_t total_steps = 0;
+  double loss = 0;            // mean training loss of this worker's recent steps
+  double test_accuracy = -1;  // last evaluation, -1 before the first
+  double samples_per_second = 0;  // all workers together
+  double eta_seconds = 0;
+};
+
+struct MetricsRow {
+  int epoch = 0;
+  int64_t step = 0;
+  int64_t samples = 0;        // global samples processed so far
+  double train_loss = 0;      // mean over the rows since the previous row (all workers on eval rows)
+  double test_loss = -1;      // -1: no evaluation in this row
+  double test_accuracy = -1;
+  double samples_per_second = 0;
+  double wall_seconds = 0;
+};
+
+struct TrainHooks {
+  std::function<void(const Progress&)> on_progress;  // after every step
+  std::function<void(const MetricsRow&)> on_metrics;  // every log_every_steps and every evaluation
+};
+
+struct TrainResult {
+  int epochs = 0;
+  int64_t steps = 0;
+  double test_accuracy = 0;
+  double test_loss = 0;
+  double train_loss = 0;  // mean over the last epoch, all workers
+  double wall_seconds = 0;
+  double samples_per_second = 0;
+  std::vector<std::vector<float>> weights;  // final model tables, in declaration order
+  std::string weights_sha256;
+};
+
+Result<TrainResult> Train(const Model& model, const Dataset& train, const Dataset& test, ParamStore& params,
+                          const RunOptions& run, const TrainHooks& hooks = {});
+
+// SHA-256 of the tables as little-endian float32, in order.
+std::string WeightsSha256(const std::vector<std::vector<float>>& tables);
+
+// Averages replicas through the servers: returns sum_i(n_i * w_i) / sum_i(n_i) over all workers,
+// table by table, into `replica`. `round` numbers the averaging rounds (0, 1, ...).
+Status AverageReplicas(ParamStore& params, std::span<std::vector<float>> replica, uint32_t samples_table,
+                       double samples, uint64_t round, std::chrono::milliseconds timeout);
+
+}  // namespace shardps::worker

@@ -1,0 +1,306 @@
+#include "shardps/worker/trainer.h"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+
+#include "shardps/core/digest.h"
+#include "shardps/core/optimizer.h"
+
+namespace shardps::worker {
+
+namespace internal {
+// Defined in kv_client.cc; a completed handle with this outcome.
+Handle CompletedHandle(Status s);
+}  // namespace internal
+
+struct LocalParams::Table {
+  TableSpec spec;
+  std::vector<float> weights;
+  std::vector<float> slots;
+  uint64_t version = 0;
+};
+
+LocalParams::LocalParams(const std::vector<TableSpec>& tables) {
+  for (uint32_t t = 0; t < tables.size(); ++t) {
+    auto tab = std::make_shared<Table>();
+    tab->spec = tables[t];
+    tab->weights.resize(tables[t].size);
+    InitializeWeights(tables[t].init, t, 0, tab->weights);
+    tab->slots.assign(tables[t].size * OptimizerSlots(tables[t].optimizer.kind), 0.0f);
+    tables_.push_back(std::move(tab));
+  }
+}
+
+Handle LocalParams::Pull(uint32_t table, std::span<float> out, uint64_t version) {
+  if (table >= tables_.size()) return internal::CompletedHandle(NotFound("unknown table " + std::to_string(table)));
+  Table& t = *tables_[table];
+  if (out.size() != t.weights.size()) return internal::CompletedHandle(InvalidArgument("pull buffer size mismatch"));
+  if (version > t.version) {
+    return internal::CompletedHandle(FailedPrecondition("pull of version " + std::to_string(version) + " of table '" +
+                                                        t.spec.name + "', which is at " + std::to_string(t.version)));
+  }
+  std::memcpy(out.data(), t.weights.data(), out.size_bytes());
+  return internal::CompletedHandle(Status::Ok());
+}
+
+Handle LocalParams::PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step) {
+  if (table >= tables_.size()) return internal::CompletedHandle(NotFound("unknown table " + std::to_string(table)));
+  Table& t = *tables_[table];
+  if (grad.size() != t.weights.size() || out.size() != t.weights.size()) {
+    return internal::CompletedHandle(InvalidArgument("push-pull buffer size mismatch"));
+  }
+  if (step != t.version) {
+    return internal::CompletedHandle(FailedPrecondition("push for step " + std::to_string(step) + " of table '" +
+                                                        t.spec.name + "', which is at " + std::to_string(t.version)));
+  }
+  // Exactly what a server does with one worker: the gradient is the sum, then one update.
+  ApplyOptimizer(t.spec.optimizer, t.version + 1, t.weights, t.slots, grad);
+  ++t.version;
+  std::memcpy(out.data(), t.weights.data(), out.size_bytes());
+  return internal::CompletedHandle(Status::Ok());
+}
+
+namespace {
+
+constexpr int kMetricsFloats = 8;
+enum MetricSlot { kCorrect = 0, kTested, kTestLoss, kTrainLoss, kTrained };
+
+using Seconds = std::chrono::duration<double>;
+
+Status WaitAll(std::vector<Handle>& hs, std::chrono::milliseconds timeout) {
+  for (auto& h : hs) SHARDPS_RETURN_IF_ERROR(h.wait(timeout));
+  return Status::Ok();
+}
+
+}  // namespace
+
+std::vector<TableSpec> TrainingTables(const Model& model, const RunOptions& run) {
+  std::vector<TableSpec> tables = model.Tables(run.seed);
+  for (TableSpec& t : tables) {
+    if (run.mode == "local_sgd") {
+      t.optimizer.kind = OptimizerKind::kSum;  // the servers hold the sample-weighted sum of replicas
+    } else {
+      t.optimizer = run.optimizer;
+    }
+  }
+  TableSpec metrics{.name = "_metrics", .size = kMetricsFloats};
+  metrics.optimizer.kind = OptimizerKind::kSum;
+  tables.push_back(metrics);
+  if (run.mode == "local_sgd") {
+    TableSpec samples{.name = "_samples", .size = 1};
+    samples.optimizer.kind = OptimizerKind::kSum;
+    tables.push_back(samples);
+  }
+  return tables;
+}
+
+std::string WeightsSha256(const std::vector<std::vector<float>>& tables) {
+  static_assert(std::endian::native == std::endian::little, "weights are hashed as little-endian float32");
+  Sha256 h;
+  for (const auto& t : tables) h.Update(t.data(), t.size() * sizeof(float));
+  return h.HexDigest();
+}
+
+Status AverageReplicas(ParamStore& params, std::span<std::vector<float>> replica, uint32_t samples_table, double samples,
+                       uint64_t round, std::chrono::milliseconds timeout) {
+  std::vector<std::vector<float>> scaled(replica.size());
+  std::vector<Handle> hs;
+  const float n = static_cast<float>(samples);
+  for (size_t t = 0; t < replica.size(); ++t) {
+    scaled[t].resize(replica[t].size());
+    for (size_t i = 0; i < replica[t].size(); ++i) scaled[t][i] = replica[t][i] * n;
+    hs.push_back(params.PushPull(static_cast<uint32_t>(t), scaled[t], replica[t], round));
+  }
+  std::vector<float> mine{n}, total(1);
+  hs.push_back(params.PushPull(samples_table, mine, total, round));
+  SHARDPS_RETURN_IF_ERROR(WaitAll(hs, timeout));
+  if (!(total[0] > 0)) return FailedPrecondition("model averaging round " + std::to_string(round) + " saw no samples");
+  for (auto& t : replica) for (float& v : t) v /= total[0];
+  return Status::Ok();
+}
+
+Result<TrainResult> Train(const Model& model, const Dataset& train, const Dataset& test, ParamStore& params,
+                          const RunOptions& run, const TrainHooks& hooks) {
+  const auto start = std::chrono::steady_clock::now();
+  const ModelSpec& ms = model.spec();
+  for (const Dataset* d : {&train, &test}) {
+    if (d->num_features != ms.input_dim) {
+      return InvalidArgument(d->source + " has " + std::to_string(d->num_features) + " features, the model expects " +
+                             std::to_string(ms.input_dim));
+    }
+    if (d->num_classes > ms.num_classes) {
+      return InvalidArgument(d->source + " has " + std::to_string(d->num_classes) + " classes, the model " +
+                             std::to_string(ms.num_classes));
+    }
+  }
+  if (train.num_samples < run.batch_size) {
+    return InvalidArgument("global batch " + std::to_string(run.batch_size) + " is larger than the " +
+                           std::to_string(train.num_samples) + " training samples");
+  }
+  SHARDPS_ASSIGN_OR_RETURN(BatchSlice slice, SliceOfBatch(run.batch_size, run.workers, run.worker));
+  const bool local_sgd = run.mode == "local_sgd";
+  const size_t M = model.num_tables();
+  const uint32_t metrics_table = static_cast<uint32_t>(M);
+  const uint32_t samples_table = static_cast<uint32_t>(M + 1);
+  const std::vector<TableSpec> tables = TrainingTables(model, run);
+  const auto timeout = run.timeout;
+
+  std::vector<std::vector<float>> w(M), next(M), g(M), slots(M);
+  for (size_t t = 0; t < M; ++t) {
+    w[t].resize(tables[t].size);
+    next[t].resize(tables[t].size);
+    g[t].resize(tables[t].size);
+    if (local_sgd) slots[t].assign(tables[t].size * OptimizerSlots(run.optimizer.kind), 0.0f);
+  }
+  {
+    std::vector<Handle> hs;
+    for (size_t t = 0; t < M; ++t) hs.push_back(params.Pull(static_cast<uint32_t>(t), w[t], 0));
+    SHARDPS_RETURN_IF_ERROR(WaitAll(hs, timeout).WithContext("pulling the initial model"));
+  }
+
+  const int64_t B = run.batch_size;
+  const int64_t steps_per_epoch = train.num_samples / B;
+  const int64_t total_steps = steps_per_epoch * run.epochs;
+  const int64_t rows = slice.end - slice.begin;
+  const float scale = local_sgd ? 1.0f / static_cast<float>(rows) : 1.0f / static_cast<float>(B);
+  const BatchSlice test_shard = ShardOfRows(test.num_samples, run.workers, run.worker);
+  EpochOrder order(train.num_samples, run.seed);
+
+  uint64_t reduce_round = 0;
+  auto reduce = [&](std::vector<float> local) -> Result<std::vector<float>> {
+    std::vector<float> total(kMetricsFloats);
+    local.resize(kMetricsFloats, 0.0f);
+    SHARDPS_RETURN_IF_ERROR(params.PushPull(metrics_table, local, total, reduce_round++).wait(timeout));
+    return total;
+  };
+  uint64_t average_round = 0;
+  int64_t samples_since_average = 0;
+  auto average = [&]() -> Status {
+    Status s = AverageReplicas(params, w, samples_table, static_cast<double>(samples_since_average), average_round++, timeout);
+    samples_since_average = 0;
+    return s;
+  };
+
+  TrainResult result;
+  std::vector<float> xb;
+  std::vector<int32_t> yb;
+  std::vector<std::span<const float>> wspans(M);
+  std::vector<std::span<float>> gspans(M);
+  double train_seconds = 0;
+  double interval_loss = 0;
+  int64_t interval_rows = 0;
+  double recent_loss = 0;
+  int64_t step = 0;
+  double last_accuracy = -1;
+
+  auto evaluate = [&](int epoch, double epoch_loss, int64_t epoch_rows) -> Status {
+    std::vector<float> local(kMetricsFloats, 0.0f);
+    for (size_t t = 0; t < M; ++t) wspans[t] = w[t];
+    const int64_t n = test_shard.end - test_shard.begin;
+    if (n > 0) {
+      EvalResult e = model.Evaluate(wspans, test.row(test_shard.begin), test.labels.data() + test_shard.begin, n);
+      local[kCorrect] = static_cast<float>(e.correct);
+      local[kTested] = static_cast<float>(e.samples);
+      local[kTestLoss] = static_cast<float>(e.loss_sum);
+    }
+    local[kTrainLoss] = static_cast<float>(epoch_loss);
+    local[kTrained] = static_cast<float>(epoch_rows);
+    SHARDPS_ASSIGN_OR_RETURN(std::vector<float> total, reduce(local));
+    result.test_accuracy = total[kTested] > 0 ? total[kCorrect] / total[kTested] : 0.0;
+    result.test_loss = total[kTested] > 0 ? total[kTestLoss] / total[kTested] : 0.0;
+    if (total[kTrained] > 0) result.train_loss = total[kTrainLoss] / total[kTrained];
+    last_accuracy = result.test_accuracy;
+    if (hooks.on_metrics) {
+      MetricsRow row;
+      row.epoch = epoch;
+      row.step = step;
+      row.samples = step * B;
+      row.train_loss = result.train_loss;
+      row.test_loss = result.test_loss;
+      row.test_accuracy = result.test_accuracy;
+      row.samples_per_second = train_seconds > 0 ? static_cast<double>(step * B) / train_seconds : 0;
+      row.wall_seconds = Seconds(std::chrono::steady_clock::now() - start).count();
+      hooks.on_metrics(row);
+    }
+    return Status::Ok();
+  };
+
+  for (int epoch = 0; epoch < run.epochs; ++epoch) {
+    const std::vector<int64_t> perm = order.Permutation(static_cast<uint64_t>(epoch));
+    double epoch_loss = 0;
+    int64_t epoch_rows = 0;
+    for (int64_t s = 0; s < steps_per_epoch; ++s) {
+      const auto t0 = std::chrono::steady_clock::now();
+      GatherRows(train, std::span<const int64_t>(perm).subspan(s * B + slice.begin, rows), &xb, &yb);
+      for (size_t t = 0; t < M; ++t) {
+        wspans[t] = w[t];
+        gspans[t] = g[t];
+      }
+      double loss;
+      if (!local_sgd) {
+        std::vector<Handle> hs(M);
+        loss = model.Gradient(wspans, xb.data(), yb.data(), rows, scale, gspans, [&](size_t t) {
+          hs[t] = params.PushPull(static_cast<uint32_t>(t), g[t], next[t], static_cast<uint64_t>(step));
+        });
+        SHARDPS_RETURN_IF_ERROR(WaitAll(hs, timeout).WithContext("step " + std::to_string(step)));
+        std::swap(w, next);
+      } else {
+        loss = model.Gradient(wspans, xb.data(), yb.data(), rows, scale, gspans);
+        for (size_t t = 0; t < M; ++t) ApplyOptimizer(run.optimizer, static_cast<uint64_t>(step) + 1, w[t], slots[t], g[t]);
+        samples_since_average += rows;
+        if (run.local_steps > 0 && (step + 1) % run.local_steps == 0) {
+          SHARDPS_RETURN_IF_ERROR(average().WithContext("averaging after step " + std::to_string(step)));
+        }
+      }
+      ++step;
+      train_seconds += Seconds(std::chrono::steady_clock::now() - t0).count();
+      epoch_loss += loss;
+      epoch_rows += rows;
+      interval_loss += loss;
+      interval_rows += rows;
+      recent_loss = recent_loss == 0 ? loss / rows : 0.95 * recent_loss + 0.05 * (loss / rows);
+      if (hooks.on_progress) {
+        Progress p;
+        p.epoch = epoch;
+        p.epochs = run.epochs;
+        p.step = step;
+        p.total_steps = total_steps;
+        p.loss = recent_loss;
+        p.test_accuracy = last_accuracy;
+        p.samples_per_second = train_seconds > 0 ? static_cast<double>(step * B) / train_seconds : 0;
+        p.eta_seconds = p.samples_per_second > 0 ? static_cast<double>((total_steps - step) * B) / p.samples_per_second : 0;
+        hooks.on_progress(p);
+      }
+      if (hooks.on_metrics && step % run.log_every_steps == 0) {
+        MetricsRow row;
+        row.epoch = epoch;
+        row.step = step;
+        row.samples = step * B;
+        row.train_loss = interval_loss / static_cast<double>(interval_rows);
+        row.samples_per_second = static_cast<double>(step * B) / train_seconds;
+        row.wall_seconds = Seconds(std::chrono::steady_clock::now() - start).count();
+        hooks.on_metrics(row);
+        interval_loss = 0;
+        interval_rows = 0;
+      }
+    }
+    const bool last = epoch + 1 == run.epochs;
+    if (local_sgd && last && samples_since_average > 0) {
+      SHARDPS_RETURN_IF_ERROR(average().WithContext("final model average"));
+    }
+    if (last || (epoch + 1) % run.eval_every_epochs == 0) {
+      SHARDPS_RETURN_IF_ERROR(evaluate(epoch, epoch_loss, epoch_rows).WithContext("evaluating epoch " + std::to_string(epoch)));
+    }
+  }
+  result.epochs = run.epochs;
+  result.steps = step;
+  result.wall_seconds = Seconds(std::chrono::steady_clock::now() - start).count();
+  result.samples_per_second = train_seconds > 0 ? static_cast<double>(step * B) / train_seconds : 0;
+  result.weights = std::move(w);
+  result.weights_sha256 = WeightsSha256(result.weights);
+  return result;
+}
+
+}  // namespace shardps::worker

@@ -1,5 +1,6 @@
 #include "shardps/core/frame.h"
 
+#include <cstdio>
 #include <cstring>
 #include <string>
 
@@ -61,7 +62,9 @@ Result<FramePrefix> DecodeFramePrefix(std::span<const uint8_t> bytes, const Fram
   }
   f.flags = Get16(p + 6);
   if ((f.flags & ~kFrameFlagPayloadCrc) != 0) {
-    return DataLoss("unknown frame flags 0x" + std::to_string(f.flags) + " at byte 6");
+    char hex[16];
+    std::snprintf(hex, sizeof(hex), "0x%x", static_cast<unsigned>(f.flags));
+    return DataLoss(std::string("unknown frame flags ") + hex + " at byte 6");
   }
   f.header_bytes = Get32(p + 8);
   if (Get32(p + 12) != 0) return DataLoss("non-zero reserved field at byte 12");

@@ -65,7 +65,7 @@ Result<TableLayout> TableLayout::Create(std::vector<TableSpec> specs, int num_se
     if (s.name.empty()) return InvalidArgument("a table needs a name");
     if (!names.insert(s.name).second) return InvalidArgument("table name '" + s.name + "' declared twice");
     if (s.size == 0) return InvalidArgument("table '" + s.name + "' has size 0");
-    if ((s.size + options.chunk_floats - 1) / options.chunk_floats > UINT32_MAX) {
+    if (s.size / options.chunk_floats + (s.size % options.chunk_floats != 0) > UINT32_MAX) {
       return InvalidArgument("table '" + s.name + "' has more than 2^32 chunks; raise chunk_floats");
     }
   }
@@ -82,8 +82,15 @@ Result<TableLayout> TableLayout::Create(std::vector<TableSpec> specs, int num_se
     HashBytes(h, s.name.data(), s.name.size());
     HashValue(h, s.size);
     HashValue(h, s.optimizer.kind);
+    // Every setting the servers act on, so a worker started with another config is refused.
+    for (float v : {s.optimizer.learning_rate, s.optimizer.momentum, s.optimizer.beta1, s.optimizer.beta2,
+                    s.optimizer.epsilon, s.optimizer.weight_decay, s.init.value, s.init.low, s.init.high, s.init.stddev}) {
+      HashValue(h, v);
+    }
+    HashValue(h, s.init.kind);
+    HashValue(h, s.init.seed);
     std::vector<ChunkInfo> cs;
-    const uint64_t n = (s.size + l.chunk_floats_ - 1) / l.chunk_floats_;
+    const uint64_t n = s.size / l.chunk_floats_ + (s.size % l.chunk_floats_ != 0);  // no overflow near 2^64
     cs.reserve(n);
     for (uint64_t i = 0; i < n; ++i) {
       ChunkInfo c;

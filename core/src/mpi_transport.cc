@@ -4,6 +4,8 @@
 #include <climits>
 #include <cstring>
 #include <thread>
+
+#include <sched.h>
 #include <vector>
 
 namespace shardps {
@@ -106,13 +108,21 @@ class MpiTransport final : public Transport {
       bool progressed = false;
       SHARDPS_RETURN_IF_ERROR(ProbeFrames(frames, &progressed));
       SHARDPS_RETURN_IF_ERROR(TestRequests(&progressed));
-      if (progressed) return Status::Ok();
+      if (progressed) {
+        last_progress_ = Clock::now();
+        return Status::Ok();
+      }
       if (wake_.exchange(false, std::memory_order_acq_rel)) return Status::Ok();
       const auto now = Clock::now();
       if (now >= deadline) return Status::Ok();
-      if (++idle > options_.spin_polls) {
-        auto nap = std::min<Clock::duration>(options_.idle_sleep, deadline - now);
-        std::this_thread::sleep_for(nap);
+      if (++idle <= options_.spin_polls) continue;
+      if (now - last_progress_ < options_.yield_for) {
+        // Recently busy: stay responsive, but let any runnable thread on this CPU (a training
+        // thread) go first. Measured much faster than napping or plain spinning when ranks
+        // share cores (docs/benchmarks.md).
+        sched_yield();
+      } else {
+        std::this_thread::sleep_for(std::min<Clock::duration>(options_.idle_sleep, deadline - now));
       }
     }
   }
@@ -245,6 +255,7 @@ class MpiTransport final : public Transport {
   std::vector<int> indices_;
   std::vector<MPI_Status> statuses_;
   int64_t sends_in_flight_ = 0;
+  Clock::time_point last_progress_ = Clock::now();
   std::atomic<bool> wake_{false};
 };
 

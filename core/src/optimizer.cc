@@ -17,6 +17,7 @@ void ApplyOptimizer(const OptimizerConfig& c, uint64_t step, std::span<float> we
                     std::span<const float> gradient) {
   const size_t n = weights.size();
   assert(gradient.size() == n);
+  assert(step >= 1);
   assert(slots.size() == n * static_cast<size_t>(OptimizerSlots(c.kind)));
   float* __restrict w = weights.data();
   const float* __restrict g = gradient.data();

@@ -3,117 +3,233 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <cassert>
+#include <cerrno>
 #include <charconv>
+#include <cmath>
+#include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <limits>
+#include <new>
+#include <string_view>
+#include <utility>
 
 namespace shardps::worker {
 namespace {
 
-// Reads a whole file, gunzipping it when it starts with the gzip magic (zlib reads plain files
-// through the same calls).
+// The largest dense feature matrix a reader builds (floats). A text file can announce a width far
+// beyond its own size (a libsvm index of 10^12); that is refused with a message, not attempted.
+constexpr uint64_t kMaxDenseFloats = uint64_t{1} << 31;  // 8 GiB
+
+std::string Quoted(const std::string& path) { return "'" + path + "'"; }
+
+// ---------------------------------------------------------------------------------------------
+// Whole-file reading. zlib's gz* calls decompress gzip input (detected by the 0x1f 0x8b magic)
+// and pass any other file through unchanged, so one path serves both.
+
 Result<std::vector<uint8_t>> ReadAll(const std::string& path) {
+  if (path.empty()) return InvalidArgument("no file name given");
+  errno = 0;
   gzFile f = gzopen(path.c_str(), "rb");
-  if (!f) return NotFound("cannot open '" + path + "'");
-  gzbuffer(f, 1 << 20);
-  std::vector<uint8_t> out;
-  std::vector<uint8_t> buf(1 << 22);
-  for (;;) {
-    const int n = gzread(f, buf.data(), static_cast<unsigned>(buf.size()));
-    if (n < 0) {
-      int err = 0;
-      std::string msg = gzerror(f, &err);
-      gzclose(f);
-      return DataLoss("'" + path + "': decompression failed after " + std::to_string(out.size()) + " bytes: " + msg);
-    }
-    if (n == 0) break;
-    out.insert(out.end(), buf.begin(), buf.begin() + n);
+  if (!f) {
+    const int e = errno;
+    std::string why = e != 0 ? std::strerror(e) : "out of memory";
+    if (e == ENOENT || e == ENOTDIR) return NotFound("cannot open " + Quoted(path) + ": " + why);
+    return IoError("cannot open " + Quoted(path) + ": " + why);
   }
-  int err = 0;
-  const char* msg = gzerror(f, &err);
-  std::string tail = (err != Z_OK && err != Z_STREAM_END && msg) ? msg : "";
+  gzbuffer(f, 1u << 20);  // zlib's input buffer: read the compressed file in 1 MiB blocks
+  constexpr size_t kBlock = size_t{1} << 24;  // and inflate 16 MiB per call
+  std::vector<uint8_t> out;
+  size_t size = 0;
+  Status failure;
+  try {
+    for (;;) {
+      if (out.size() - size < kBlock) out.resize(std::max(out.size() * 2, size + kBlock));
+      const int n = gzread(f, out.data() + size, static_cast<unsigned>(kBlock));
+      if (n < 0) {
+        int err = 0;
+        const char* msg = gzerror(f, &err);
+        const std::string what = msg ? msg : "unknown error";
+        failure = err == Z_ERRNO ? IoError("reading " + Quoted(path) + " failed after " + std::to_string(size) +
+                                           " bytes: " + std::strerror(errno))
+                                 : DataLoss(Quoted(path) + ": gzip decompression failed after " + std::to_string(size) +
+                                            " bytes: " + what);
+        break;
+      }
+      if (n == 0) break;
+      size += static_cast<size_t>(n);
+    }
+  } catch (const std::bad_alloc&) {
+    failure = ResourceExhausted("out of memory reading " + Quoted(path) + " (" + std::to_string(size) + " bytes read)");
+  }
+  if (failure.ok()) {
+    // A gzip stream that simply stops (a cut download) is not an error for gzread: it returns what
+    // it could inflate and records Z_BUF_ERROR "unexpected end of file".
+    int err = 0;
+    const char* msg = gzerror(f, &err);
+    if (err != Z_OK && err != Z_STREAM_END) {
+      failure = DataLoss(Quoted(path) + ": " + (msg ? msg : "gzip error") + " after " + std::to_string(size) +
+                         " decompressed bytes (truncated or corrupt gzip file)");
+    }
+  }
   gzclose(f);
-  if (!tail.empty()) return DataLoss("'" + path + "': " + tail + " after " + std::to_string(out.size()) + " bytes");
+  if (!failure.ok()) return failure;
+  out.resize(size);
   return out;
 }
 
+// ---------------------------------------------------------------------------------------------
+// IDX
+
 uint32_t BigEndian32(const uint8_t* p) {
-  return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
+  return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
+}
+
+const char* IdxTypeName(uint8_t t) {
+  switch (t) {
+    case 0x08: return "unsigned byte";
+    case 0x09: return "signed byte";
+    case 0x0B: return "short";
+    case 0x0C: return "int";
+    case 0x0D: return "float";
+    case 0x0E: return "double";
+    default: return "not an IDX type";
+  }
+}
+
+std::string Hex(const uint8_t* b, size_t n) {
+  std::string s;
+  char buf[4];
+  for (size_t i = 0; i < n; ++i) {
+    std::snprintf(buf, sizeof(buf), "%02x", b[i]);
+    if (i) s += ' ';
+    s += buf;
+  }
+  return s;
 }
 
 struct IdxFile {
-  std::vector<uint8_t> bytes;
+  std::vector<uint8_t> bytes;  // the whole (decompressed) file
   std::vector<uint64_t> dims;
-  size_t data_offset = 0;
+  size_t data_offset = 0;      // where the data starts: 4 + 4 * ndims
 };
 
-Result<IdxFile> ReadIdxFile(const std::string& path, size_t want_dims) {
+// Reads an unsigned-byte IDX file of `want_dims` dimensions and checks that the data present is
+// exactly what the header announces. Byte offsets in messages are offsets in the decompressed file.
+Result<IdxFile> ReadIdxFile(const std::string& path, size_t want_dims, const char* what) {
   IdxFile f;
   SHARDPS_ASSIGN_OR_RETURN(f.bytes, ReadAll(path));
-  const auto& b = f.bytes;
-  if (b.size() < 4) return DataLoss("'" + path + "': " + std::to_string(b.size()) + " bytes, too short for an IDX header");
-  if (b[0] != 0 || b[1] != 0 || b[2] != 0x08) {
-    char got[32];
-    std::snprintf(got, sizeof(got), "%02x %02x %02x", b[0], b[1], b[2]);
-    return DataLoss("'" + path + "': bad IDX magic number at byte offset 0: expected 00 00 08 (unsigned bytes), found " + got);
+  const std::vector<uint8_t>& b = f.bytes;
+  const size_t have = b.size();
+
+  // Magic: 00 00 <type> <ndims>. Check whatever part of it is present before complaining about length.
+  static constexpr uint8_t kMagic[3] = {0x00, 0x00, 0x08};
+  const size_t magic_present = std::min<size_t>(have, 3);
+  if (!std::equal(b.begin(), b.begin() + magic_present, kMagic)) {
+    std::string msg = Quoted(path) + ": not an unsigned-byte IDX " + what + " file: expected bytes 00 00 08 at byte offset 0, found " +
+                      Hex(b.data(), magic_present);
+    if (magic_present == 3 && b[0] == 0 && b[1] == 0) {
+      msg += std::string(" (IDX data type 0x") + Hex(b.data() + 2, 1) + ", " + IdxTypeName(b[2]) + "; only 0x08, unsigned byte, is supported)";
+    }
+    return InvalidArgument(std::move(msg));
+  }
+  if (have < 4) {
+    return DataLoss(Quoted(path) + ": truncated IDX header: expected at least 4 bytes, the file has " + std::to_string(have));
   }
   const size_t ndims = b[3];
   if (ndims != want_dims) {
-    return DataLoss("'" + path + "': IDX file has " + std::to_string(ndims) + " dimensions at byte offset 3, expected " +
-                    std::to_string(want_dims));
+    return InvalidArgument(Quoted(path) + ": IDX " + what + " file must have " + std::to_string(want_dims) +
+                           (want_dims == 1 ? " dimension" : " dimensions") + ", byte offset 3 says " + std::to_string(ndims));
   }
   f.data_offset = 4 + 4 * ndims;
-  if (b.size() < f.data_offset) {
-    return DataLoss("'" + path + "': truncated IDX header: " + std::to_string(b.size()) + " bytes, the header needs " +
-                    std::to_string(f.data_offset));
+  if (have < f.data_offset) {
+    return DataLoss(Quoted(path) + ": truncated IDX header: expected " + std::to_string(f.data_offset) +
+                    " header bytes for " + std::to_string(ndims) + " dimensions, the file has " + std::to_string(have));
   }
+  // Overflow-safe product of the announced sizes, compared with the bytes present before anything
+  // is sized by it.
   uint64_t total = 1;
+  bool overflow = false;
   for (size_t i = 0; i < ndims; ++i) {
     const uint64_t d = BigEndian32(b.data() + 4 + 4 * i);
     f.dims.push_back(d);
-    // Overflow-safe product, checked against the bytes present before anything is sized by it.
-    if (d != 0 && total > std::numeric_limits<uint64_t>::max() / d) {
-      return DataLoss("'" + path + "': IDX dimensions overflow at byte offset " + std::to_string(4 + 4 * i));
+    if (d == 0) {
+      return InvalidArgument(Quoted(path) + ": IDX dimension " + std::to_string(i) + " (byte offset " + std::to_string(4 + 4 * i) +
+                             ") is 0: the file holds no " + what);
     }
-    total *= d;
+    if (!overflow && total > std::numeric_limits<uint64_t>::max() / d) overflow = true;
+    if (!overflow) total *= d;
   }
-  const uint64_t present = b.size() - f.data_offset;
-  if (present != total) {
-    return DataLoss("'" + path + "': " + std::string(present < total ? "truncated" : "oversized") +
-                    " IDX file: the header announces " + std::to_string(total) + " data bytes, " +
-                    std::to_string(present) + " present");
+  std::string dims_text;
+  for (size_t i = 0; i < ndims; ++i) dims_text += (i ? " x " : "") + std::to_string(f.dims[i]);
+  const uint64_t present = have - f.data_offset;
+  if (overflow) {
+    return DataLoss(Quoted(path) + ": IDX header announces " + dims_text + " bytes of data, more than 2^64; the file has " +
+                    std::to_string(present) + " data bytes (" + std::to_string(have) + " in all)");
+  }
+  if (present < total) {
+    return DataLoss(Quoted(path) + ": truncated IDX file: the header announces " + dims_text + " = " + std::to_string(total) +
+                    " data bytes (" + std::to_string(f.data_offset) + " + " + std::to_string(total) +
+                    " bytes in all), the file has " + std::to_string(present) + " data bytes (" + std::to_string(have) +
+                    " in all)");
+  }
+  if (present > total) {
+    return DataLoss(Quoted(path) + ": IDX file is longer than its header says: " + dims_text + " = " + std::to_string(total) +
+                    " data bytes expected, " + std::to_string(present) + " present (" + std::to_string(present - total) +
+                    " trailing bytes from byte offset " + std::to_string(f.data_offset + total) + ")");
   }
   return f;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Text parsing helpers (strict: the whole token must be a number).
+
 std::string At(const std::string& path, int64_t line) { return path + ":" + std::to_string(line) + ": "; }
 
+// Integer or float via std::from_chars (locale-independent, no leading spaces, no trailing junk).
+// One leading '+' is accepted; floats must be finite.
 template <typename T>
 bool ParseNumber(std::string_view s, T* out) {
+  if (!s.empty() && s.front() == '+') {
+    s.remove_prefix(1);
+    if (!s.empty() && (s.front() == '+' || s.front() == '-')) return false;
+  }
   if (s.empty()) return false;
-  if (s.front() == '+') s.remove_prefix(1);
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), *out);
-  return ec == std::errc() && p == s.data() + s.size();
+  T v{};
+  const auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || p != s.data() + s.size()) return false;
+  if constexpr (std::is_floating_point_v<T>) {
+    if (!std::isfinite(v)) return false;
+  }
+  *out = v;
+  return true;
 }
 
-std::vector<std::string_view> Split(std::string_view line, char sep, bool skip_empty) {
-  std::vector<std::string_view> out;
-  size_t b = 0;
-  while (b <= line.size()) {
-    size_t e = line.find(sep, b);
-    if (e == std::string_view::npos) e = line.size();
-    std::string_view tok = line.substr(b, e - b);
-    if (!(skip_empty && tok.empty())) out.push_back(tok);
-    b = e + 1;
-  }
-  return out;
-}
+bool IsSpace(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f'; }
 
 std::string_view Trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t' || s.front() == '\r')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r')) s.remove_suffix(1);
+  while (!s.empty() && IsSpace(s.front())) s.remove_prefix(1);
+  while (!s.empty() && IsSpace(s.back())) s.remove_suffix(1);
   return s;
+}
+
+// Calls fn(line_number, line) for every line of `text` (1-based, "\n" or "\r\n" endings).
+template <typename Fn>
+Status ForEachLine(std::string_view text, Fn&& fn) {
+  if (text.size() >= 3 && static_cast<uint8_t>(text[0]) == 0xEF && static_cast<uint8_t>(text[1]) == 0xBB &&
+      static_cast<uint8_t>(text[2]) == 0xBF) {
+    text.remove_prefix(3);  // UTF-8 byte order mark
+  }
+  int64_t line_no = 0;
+  size_t b = 0;
+  while (b < text.size()) {
+    size_t e = text.find('\n', b);
+    if (e == std::string_view::npos) e = text.size();
+    ++line_no;
+    SHARDPS_RETURN_IF_ERROR(fn(line_no, text.substr(b, e - b)));
+    b = e + 1;
+  }
+  return Status::Ok();
 }
 
 Result<std::string> ReadText(const std::string& path) {
@@ -121,205 +237,297 @@ Result<std::string> ReadText(const std::string& path) {
   return std::string(b.begin(), b.end());
 }
 
-Status CheckLabel(const std::string& path, int64_t line, std::string_view tok, int num_classes, int32_t* label) {
+Status ParseLabel(const std::string& path, int64_t line, std::string_view tok, int num_classes, int32_t* label) {
   int64_t v = 0;
-  if (!ParseNumber(tok, &v)) return InvalidArgument(At(path, line) + "label '" + std::string(tok) + "' is not an integer");
+  if (!ParseNumber(tok, &v)) {
+    return InvalidArgument(At(path, line) + "label '" + std::string(tok) + "' is not an integer");
+  }
   if (v < 0 || v >= num_classes) {
-    return InvalidArgument(At(path, line) + "label " + std::to_string(v) + " is outside [0, " + std::to_string(num_classes) + ")");
+    return InvalidArgument(At(path, line) + "label '" + std::string(tok) + "' is outside [0, " + std::to_string(num_classes) +
+                           ") (num_classes " + std::to_string(num_classes) + ")");
   }
   *label = static_cast<int32_t>(v);
   return Status::Ok();
 }
 
+Status CheckDenseSize(const std::string& path, int64_t rows, int64_t cols) {
+  const uint64_t r = static_cast<uint64_t>(rows), c = static_cast<uint64_t>(cols);
+  if (c != 0 && r > kMaxDenseFloats / c) {
+    return ResourceExhausted(Quoted(path) + ": a dense " + std::to_string(rows) + " x " + std::to_string(cols) +
+                             " feature matrix exceeds the limit of " + std::to_string(kMaxDenseFloats) + " floats");
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
+// ---------------------------------------------------------------------------------------------
+
 Result<Dataset> ReadIdx(const std::string& images_path, const std::string& labels_path, int num_classes) {
-  if (num_classes < 1 || num_classes > 256) return InvalidArgument("IDX labels are bytes: num_classes must be in [1, 256]");
-  SHARDPS_ASSIGN_OR_RETURN(IdxFile images, ReadIdxFile(images_path, 3));
-  SHARDPS_ASSIGN_OR_RETURN(IdxFile labels, ReadIdxFile(labels_path, 1));
-  if (images.dims[0] != labels.dims[0]) {
-    return InvalidArgument("'" + images_path + "' holds " + std::to_string(images.dims[0]) + " images but '" + labels_path +
-                           "' holds " + std::to_string(labels.dims[0]) + " labels");
+  if (num_classes < 1 || num_classes > 256) {
+    return InvalidArgument("IDX labels are bytes: num_classes must be in [1, 256], got " + std::to_string(num_classes));
   }
+  SHARDPS_ASSIGN_OR_RETURN(IdxFile images, ReadIdxFile(images_path, 3, "images"));
+  SHARDPS_ASSIGN_OR_RETURN(IdxFile labels, ReadIdxFile(labels_path, 1, "labels"));
+  if (images.dims[0] != labels.dims[0]) {
+    return InvalidArgument(Quoted(images_path) + " holds " + std::to_string(images.dims[0]) + " images but " +
+                           Quoted(labels_path) + " holds " + std::to_string(labels.dims[0]) + " labels");
+  }
+  // Both sizes are now bounded by bytes actually present in memory.
   Dataset d;
   d.source = images_path;
   d.num_samples = static_cast<int64_t>(images.dims[0]);
   d.num_features = static_cast<int64_t>(images.dims[1] * images.dims[2]);
   d.num_classes = num_classes;
-  d.labels.resize(static_cast<size_t>(d.num_samples));
+  const uint8_t* lab = labels.bytes.data() + labels.data_offset;
   for (int64_t i = 0; i < d.num_samples; ++i) {
-    const uint8_t v = labels.bytes[labels.data_offset + i];
-    if (v >= num_classes) {
-      return InvalidArgument("'" + labels_path + "': label " + std::to_string(v) + " at byte offset " +
-                             std::to_string(labels.data_offset + i) + " is outside [0, " + std::to_string(num_classes) + ")");
+    if (lab[i] >= num_classes) {
+      return InvalidArgument(Quoted(labels_path) + ": label " + std::to_string(lab[i]) + " at byte offset " +
+                             std::to_string(labels.data_offset + static_cast<size_t>(i)) + " (sample " + std::to_string(i) +
+                             ") exceeds num_classes " + std::to_string(num_classes));
     }
-    d.labels[i] = v;
   }
-  d.features.resize(static_cast<size_t>(d.num_samples * d.num_features));
-  const uint8_t* px = images.bytes.data() + images.data_offset;
-  for (size_t i = 0; i < d.features.size(); ++i) d.features[i] = static_cast<float>(px[i]) / 255.0f;
+  try {
+    d.labels.assign(lab, lab + d.num_samples);
+    labels.bytes = {};
+    const size_t n = static_cast<size_t>(d.num_samples) * static_cast<size_t>(d.num_features);
+    d.features.resize(n);
+    const uint8_t* px = images.bytes.data() + images.data_offset;
+    float* out = d.features.data();
+    for (size_t i = 0; i < n; ++i) out[i] = static_cast<float>(px[i]) / 255.0f;
+  } catch (const std::bad_alloc&) {
+    return ResourceExhausted("out of memory for the " + std::to_string(d.num_samples) + " x " +
+                             std::to_string(d.num_features) + " features of " + Quoted(images_path));
+  }
   return d;
 }
 
 Result<Dataset> ReadLibsvm(const std::string& path, int64_t num_features, int num_classes) {
-  if (num_classes < 2) return InvalidArgument("num_classes must be at least 2");
+  if (num_classes < 1) return InvalidArgument("num_classes must be at least 1, got " + std::to_string(num_classes));
+  if (num_features < 0) return InvalidArgument("num_features must be >= 0 (0 infers it), got " + std::to_string(num_features));
   SHARDPS_ASSIGN_OR_RETURN(std::string text, ReadText(path));
-  struct Row {
-    int32_t label;
-    std::vector<std::pair<int64_t, float>> values;
-  };
-  std::vector<Row> rows;
+
+  // First pass: parse and validate into a sparse form, so the dense width is known (and checked)
+  // before the dense matrix is allocated.
+  std::vector<int32_t> labels;
+  std::vector<size_t> row_begin;                       // into idx/val
+  std::vector<int64_t> idx;
+  std::vector<float> val;
   int64_t max_index = 0;
-  int64_t line_no = 0;
-  for (std::string_view line : Split(text, '\n', false)) {
-    ++line_no;
+  Status st = ForEachLine(text, [&](int64_t line_no, std::string_view line) -> Status {
     line = Trim(line);
-    if (line.empty() || line.front() == '#') continue;
-    auto toks = Split(line, ' ', true);
-    Row row;
-    SHARDPS_RETURN_IF_ERROR(CheckLabel(path, line_no, toks[0], num_classes, &row.label));
+    if (line.empty() || line.front() == '#') return Status::Ok();
+    // Tokens separated by spaces or tabs.
+    std::vector<std::string_view> toks;
+    size_t p = 0;
+    while (p < line.size()) {
+      while (p < line.size() && IsSpace(line[p])) ++p;
+      size_t q = p;
+      while (q < line.size() && !IsSpace(line[q])) ++q;
+      if (q > p) toks.push_back(line.substr(p, q - p));
+      p = q;
+    }
+    int32_t label = 0;
+    SHARDPS_RETURN_IF_ERROR(ParseLabel(path, line_no, toks[0], num_classes, &label));
+    labels.push_back(label);
+    row_begin.push_back(idx.size());
     int64_t prev = 0;
     for (size_t t = 1; t < toks.size(); ++t) {
       const std::string_view tok = toks[t];
+      if (tok.front() == '#') break;  // SVMlight-style trailing comment
+      const std::string tok_s(tok);
       const size_t colon = tok.find(':');
       if (colon == std::string_view::npos) {
-        return InvalidArgument(At(path, line_no) + "token '" + std::string(tok) + "' is not index:value");
+        return InvalidArgument(At(path, line_no) + "token '" + tok_s + "' is not <index>:<value>");
       }
-      int64_t idx = 0;
-      float val = 0;
-      if (!ParseNumber(tok.substr(0, colon), &idx)) {
-        return InvalidArgument(At(path, line_no) + "bad feature index '" + std::string(tok.substr(0, colon)) + "' in token '" +
-                               std::string(tok) + "'");
+      int64_t i = 0;
+      if (!ParseNumber(tok.substr(0, colon), &i)) {
+        return InvalidArgument(At(path, line_no) + "feature index '" + std::string(tok.substr(0, colon)) + "' in token '" +
+                               tok_s + "' is not an integer");
       }
-      if (idx < 1) return InvalidArgument(At(path, line_no) + "feature index " + std::to_string(idx) + " is not 1-based");
-      if (idx <= prev) {
-        return InvalidArgument(At(path, line_no) + "feature index " + std::to_string(idx) + " does not increase (after " +
-                               std::to_string(prev) + ")");
+      if (i < 1) {
+        return InvalidArgument(At(path, line_no) + "feature index " + std::to_string(i) + " in token '" + tok_s +
+                               "': indices are 1-based");
       }
-      if (num_features > 0 && idx > num_features) {
-        return InvalidArgument(At(path, line_no) + "feature index " + std::to_string(idx) + " exceeds num_features " +
-                               std::to_string(num_features));
+      if (i <= prev) {
+        return InvalidArgument(At(path, line_no) + "feature index " + std::to_string(i) + " in token '" + tok_s +
+                               "' does not increase (previous index " + std::to_string(prev) + ")");
       }
-      if (!ParseNumber(tok.substr(colon + 1), &val)) {
-        return InvalidArgument(At(path, line_no) + "bad value '" + std::string(tok.substr(colon + 1)) + "' in token '" +
-                               std::string(tok) + "'");
+      if (num_features > 0 && i > num_features) {
+        return InvalidArgument(At(path, line_no) + "feature index " + std::to_string(i) + " in token '" + tok_s +
+                               "' exceeds num_features " + std::to_string(num_features));
       }
-      prev = idx;
-      max_index = std::max(max_index, idx);
-      row.values.emplace_back(idx, val);
+      float v = 0;
+      if (!ParseNumber(tok.substr(colon + 1), &v)) {
+        return InvalidArgument(At(path, line_no) + "value '" + std::string(tok.substr(colon + 1)) + "' in token '" + tok_s +
+                               "' is not a finite number");
+      }
+      prev = i;
+      max_index = std::max(max_index, i);
+      idx.push_back(i);
+      val.push_back(v);
     }
-    rows.push_back(std::move(row));
-  }
-  if (rows.empty()) return InvalidArgument("'" + path + "' holds no samples");
+    return Status::Ok();
+  });
+  SHARDPS_RETURN_IF_ERROR(st);
+  if (labels.empty()) return InvalidArgument(Quoted(path) + " holds no samples");
   Dataset d;
   d.source = path;
-  d.num_samples = static_cast<int64_t>(rows.size());
+  d.num_samples = static_cast<int64_t>(labels.size());
   d.num_features = num_features > 0 ? num_features : max_index;
-  if (d.num_features < 1) return InvalidArgument("'" + path + "' has no features");
   d.num_classes = num_classes;
-  d.features.assign(static_cast<size_t>(d.num_samples * d.num_features), 0.0f);
-  d.labels.resize(rows.size());
-  for (size_t r = 0; r < rows.size(); ++r) {
-    d.labels[r] = rows[r].label;
-    for (auto [idx, v] : rows[r].values) d.features[r * d.num_features + (idx - 1)] = v;
+  if (d.num_features < 1) return InvalidArgument(Quoted(path) + " has no features (no index:value pairs and num_features 0)");
+  SHARDPS_RETURN_IF_ERROR(CheckDenseSize(path, d.num_samples, d.num_features));
+  try {
+    d.features.assign(static_cast<size_t>(d.num_samples) * static_cast<size_t>(d.num_features), 0.0f);
+  } catch (const std::bad_alloc&) {
+    return ResourceExhausted("out of memory for the " + std::to_string(d.num_samples) + " x " +
+                             std::to_string(d.num_features) + " features of " + Quoted(path));
+  }
+  d.labels = std::move(labels);
+  row_begin.push_back(idx.size());
+  const size_t width = static_cast<size_t>(d.num_features);
+  for (size_t r = 0; r + 1 < row_begin.size(); ++r) {
+    float* row = d.features.data() + r * width;
+    for (size_t k = row_begin[r]; k < row_begin[r + 1]; ++k) row[idx[k] - 1] = val[k];
   }
   return d;
 }
 
 Result<Dataset> ReadCsv(const std::string& path, int num_classes, bool has_header, int label_column) {
-  if (num_classes < 2) return InvalidArgument("num_classes must be at least 2");
-  if (label_column < 0) return InvalidArgument("csv label column must not be negative");
+  if (num_classes < 1) return InvalidArgument("num_classes must be at least 1, got " + std::to_string(num_classes));
+  if (label_column < 0) return InvalidArgument("csv label column must not be negative, got " + std::to_string(label_column));
   SHARDPS_ASSIGN_OR_RETURN(std::string text, ReadText(path));
   Dataset d;
   d.source = path;
   d.num_classes = num_classes;
   int64_t columns = -1;
-  int64_t line_no = 0;
-  for (std::string_view line : Split(text, '\n', false)) {
-    ++line_no;
-    line = Trim(line);
-    if (line.empty()) continue;
-    if (has_header && line_no == 1) continue;
-    auto cells = Split(line, ',', false);
+  int64_t first_row_line = 0;
+  bool header_pending = has_header;
+  std::vector<std::string_view> cells;
+  Status st = ForEachLine(text, [&](int64_t line_no, std::string_view line) -> Status {
+    if (Trim(line).empty()) return Status::Ok();
+    if (header_pending) {  // the first non-blank line
+      header_pending = false;
+      return Status::Ok();
+    }
+    cells.clear();
+    size_t b = 0;
+    for (;;) {
+      const size_t e = line.find(',', b);
+      cells.push_back(Trim(line.substr(b, e == std::string_view::npos ? std::string_view::npos : e - b)));
+      if (e == std::string_view::npos) break;
+      b = e + 1;
+    }
+    const int64_t n = static_cast<int64_t>(cells.size());
     if (columns < 0) {
-      columns = static_cast<int64_t>(cells.size());
-      if (label_column >= columns) {
-        return InvalidArgument(At(path, line_no) + "label column " + std::to_string(label_column) + " but only " +
-                               std::to_string(columns) + " columns");
+      if (label_column >= n) {
+        return InvalidArgument(At(path, line_no) + "label column " + std::to_string(label_column) + " but the row has only " +
+                               std::to_string(n) + (n == 1 ? " column" : " columns"));
       }
-      if (columns < 2) return InvalidArgument(At(path, line_no) + "a row needs a label and at least one feature");
-      d.num_features = columns - 1;
-    } else if (static_cast<int64_t>(cells.size()) != columns) {
-      return InvalidArgument(At(path, line_no) + std::to_string(cells.size()) + " columns, the first row has " +
-                             std::to_string(columns));
+      if (n < 2) return InvalidArgument(At(path, line_no) + "a row needs a label and at least one feature, found 1 column");
+      columns = n;
+      first_row_line = line_no;
+      d.num_features = n - 1;
+    } else if (n != columns) {
+      return InvalidArgument(At(path, line_no) + std::to_string(n) + " columns, but the first row (line " +
+                             std::to_string(first_row_line) + ") has " + std::to_string(columns));
     }
     int32_t label = 0;
-    for (int64_t c = 0; c < columns; ++c) {
-      const std::string_view cell = Trim(cells[c]);
+    for (int64_t c = 0; c < n; ++c) {
+      const std::string_view cell = cells[static_cast<size_t>(c)];
       if (c == label_column) {
-        SHARDPS_RETURN_IF_ERROR(CheckLabel(path, line_no, cell, num_classes, &label));
+        SHARDPS_RETURN_IF_ERROR(ParseLabel(path, line_no, cell, num_classes, &label));
         continue;
       }
       float v = 0;
       if (!ParseNumber(cell, &v)) {
-        return InvalidArgument(At(path, line_no) + "column " + std::to_string(c + 1) + ": '" + std::string(cell) +
-                               "' is not a number");
+        return InvalidArgument(At(path, line_no) + "column " + std::to_string(c) + ": '" + std::string(cell) +
+                               "' is not a finite number");
       }
       d.features.push_back(v);
     }
     d.labels.push_back(label);
-  }
+    return Status::Ok();
+  });
+  SHARDPS_RETURN_IF_ERROR(st);
   d.num_samples = static_cast<int64_t>(d.labels.size());
-  if (d.num_samples == 0) return InvalidArgument("'" + path + "' holds no samples");
+  if (d.num_samples == 0) return InvalidArgument(Quoted(path) + " holds no samples");
   return d;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Epoch order.
+//
+// SplitMix64 (Steele, Lea, Flood 2014): state += 0x9E3779B97F4A7C15, output = Mix(state).
+// The stream of epoch e starts at state Mix(seed ^ Mix(e)) with Mix the SplitMix64 finaliser
+// applied to (x + 0x9E3779B97F4A7C15), so streams of different (seed, epoch) start far apart.
+// Fisher-Yates from the top: for i = n-1 down to 1, j = Bounded(i + 1), swap(p[i], p[j]).
+// Bounded(b) is Lemire's multiply-shift with rejection: unbiased, and the same on every platform.
+
 namespace {
-uint64_t SplitMix(uint64_t* state) {
-  uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
+
+uint64_t Mix(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
 }
 
-// Unbiased integer in [0, bound): Lemire's multiply-shift with rejection.
+uint64_t Next(uint64_t* state) {
+  const uint64_t out = Mix(*state);
+  *state += 0x9E3779B97F4A7C15ull;
+  return out;
+}
+
+// Unbiased integer in [0, bound), bound >= 1.
 uint64_t Bounded(uint64_t* state, uint64_t bound) {
-  unsigned __int128 m = static_cast<unsigned __int128>(SplitMix(state)) * bound;
+  unsigned __int128 m = static_cast<unsigned __int128>(Next(state)) * bound;
   uint64_t low = static_cast<uint64_t>(m);
   if (low < bound) {
-    const uint64_t threshold = -bound % bound;
+    const uint64_t threshold = (0 - bound) % bound;  // 2^64 mod bound
     while (low < threshold) {
-      m = static_cast<unsigned __int128>(SplitMix(state)) * bound;
+      m = static_cast<unsigned __int128>(Next(state)) * bound;
       low = static_cast<uint64_t>(m);
     }
   }
   return static_cast<uint64_t>(m >> 64);
 }
+
 }  // namespace
 
 std::vector<int64_t> EpochOrder::Permutation(uint64_t epoch) const {
+  if (n_ <= 0) return {};
   std::vector<int64_t> p(static_cast<size_t>(n_));
-  for (int64_t i = 0; i < n_; ++i) p[i] = i;
-  uint64_t state = seed_ * 0xD1B54A32D192ED03ull ^ (epoch + 1) * 0x9E3779B97F4A7C15ull;
+  for (int64_t i = 0; i < n_; ++i) p[static_cast<size_t>(i)] = i;
+  uint64_t state = Mix(seed_ ^ Mix(epoch));
   for (int64_t i = n_ - 1; i > 0; --i) {
-    const int64_t j = static_cast<int64_t>(Bounded(&state, static_cast<uint64_t>(i) + 1));
-    std::swap(p[i], p[j]);
+    const uint64_t j = Bounded(&state, static_cast<uint64_t>(i) + 1);
+    std::swap(p[static_cast<size_t>(i)], p[j]);
   }
   return p;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Partitioning.
+
 Result<BatchSlice> SliceOfBatch(int64_t global_batch, int workers, int worker) {
-  if (workers < 1) return InvalidArgument("need at least one worker");
-  if (worker < 0 || worker >= workers) return InvalidArgument("worker " + std::to_string(worker) + " outside [0, " + std::to_string(workers) + ")");
-  if (global_batch < workers || global_batch % workers != 0) {
+  if (workers < 1) return InvalidArgument("need at least one worker, got " + std::to_string(workers));
+  if (worker < 0 || worker >= workers) {
+    return InvalidArgument("worker " + std::to_string(worker) + " is outside [0, " + std::to_string(workers) + ")");
+  }
+  if (global_batch < 1) return InvalidArgument("global batch must be positive, got " + std::to_string(global_batch));
+  if (global_batch % workers != 0) {
     return InvalidArgument("global batch " + std::to_string(global_batch) + " is not divisible by " + std::to_string(workers) +
-                           " workers");
+                           (workers == 1 ? " worker" : " workers"));
   }
   const int64_t share = global_batch / workers;
   return BatchSlice{worker * share, (worker + 1) * share};
 }
 
+// Invalid arguments (workers < 1, worker out of range, rows < 0) give the empty slice [0, 0).
 BatchSlice ShardOfRows(int64_t rows, int workers, int worker) {
+  if (workers < 1 || worker < 0 || worker >= workers || rows <= 0) return BatchSlice{0, 0};
   const int64_t base = rows / workers, extra = rows % workers;
   const int64_t begin = worker * base + std::min<int64_t>(worker, extra);
   return BatchSlice{begin, begin + base + (worker < extra ? 1 : 0)};
@@ -331,8 +539,10 @@ void GatherRows(const Dataset& data, std::span<const int64_t> order, std::vector
   features->resize(order.size() * f);
   labels->resize(order.size());
   for (size_t i = 0; i < order.size(); ++i) {
-    std::memcpy(features->data() + i * f, data.row(order[i]), f * sizeof(float));
-    (*labels)[i] = data.labels[order[i]];
+    const int64_t r = order[i];
+    assert(r >= 0 && r < data.num_samples && "GatherRows: row index out of range");
+    if (f) std::memcpy(features->data() + i * f, data.row(r), f * sizeof(float));
+    (*labels)[i] = data.labels[static_cast<size_t>(r)];
   }
 }
 

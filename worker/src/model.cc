@@ -1,6 +1,16 @@
+// Softmax regression / ReLU MLP forward and backward passes over parameters held in caller-owned
+// spans (server tables), computed with Eigen. See model.h for the parameter layout.
+//
+// Determinism: every call runs single-threaded (EIGEN_DONT_PARALLELIZE below; the project never
+// builds with -fopenmp) and each reduction has a fixed order, so the same inputs give
+// bit-identical losses and gradients on the same build and machine.
+#ifndef EIGEN_DONT_PARALLELIZE
+#define EIGEN_DONT_PARALLELIZE
+#endif
 #include "shardps/worker/model.h"
 
 #include <Eigen/Dense>
+#include <algorithm>
 #include <cassert>
 #include <cmath>
 #include <limits>
@@ -16,7 +26,7 @@ using VecMap = Eigen::Map<Eigen::RowVectorXf>;
 
 constexpr int64_t kMaxTableFloats = int64_t{1} << 31;
 
-// Widths of every layer boundary: input, hidden..., classes.
+// Widths of every layer boundary: input, hidden..., classes. Layer l maps d[l] -> d[l + 1].
 std::vector<int64_t> Dims(const ModelSpec& s) {
   std::vector<int64_t> d{s.input_dim};
   d.insert(d.end(), s.hidden.begin(), s.hidden.end());
@@ -24,31 +34,71 @@ std::vector<int64_t> Dims(const ModelSpec& s) {
   return d;
 }
 
-// Row-wise log-softmax of `z` into `logp`; returns nothing, stable via max subtraction.
-void LogSoftmax(const RowMatrix& z, RowMatrix* logp) {
-  *logp = z;
-  for (Eigen::Index r = 0; r < z.rows(); ++r) {
-    auto row = logp->row(r);
-    const float m = row.maxCoeff();
-    row.array() -= m;
-    const float lse = std::log(row.array().exp().sum());
-    row.array() -= lse;
+// Debug-build check that the caller's spans match the layout of model.h.
+[[maybe_unused]] bool SizesMatch(const std::vector<int64_t>& d, size_t n, const auto& spans) {
+  if (spans.size() != n) return false;
+  for (size_t l = 0; l + 1 < d.size(); ++l) {
+    if (spans[2 * l].size() != static_cast<size_t>(d[l] * d[l + 1])) return false;
+    if (spans[2 * l + 1].size() != static_cast<size_t>(d[l + 1])) return false;
   }
+  return true;
+}
+
+// Forward pass of `n` rows: returns the logits in `z`. `acts` (may be null) receives the
+// post-ReLU output of every hidden layer (acts[l] is the input of layer l, acts[0] unused).
+// Without `acts`, `a` is the scratch for the running activation.
+void Forward(const std::vector<int64_t>& d, std::span<const std::span<const float>> params, const ConstMap& input,
+             std::vector<RowMatrix>* acts, RowMatrix* a, RowMatrix* z) {
+  const size_t L = d.size() - 1;
+  for (size_t l = 0; l < L; ++l) {
+    ConstMap w(params[2 * l].data(), d[l], d[l + 1]);
+    ConstVecMap b(params[2 * l + 1].data(), d[l + 1]);
+    const RowMatrix* prev = l == 0 ? nullptr : (acts ? &(*acts)[l] : a);
+    if (prev == nullptr) z->noalias() = input * w;
+    else z->noalias() = *prev * w;
+    z->rowwise() += b;
+    if (l + 1 < L) {
+      RowMatrix& out = acts ? (*acts)[l + 1] : *a;
+      out = z->cwiseMax(0.0f);  // ReLU; later (out > 0) == (z > 0) gives its derivative
+    }
+  }
+}
+
+// For one row of logits: max and log-sum-exp of (z - max); log p[c] = z[c] - max - lse.
+struct RowLse {
+  float max;
+  float lse;
+};
+
+inline RowLse LogSumExp(const float* z, Eigen::Index n) {
+  float m = z[0];
+  for (Eigen::Index c = 1; c < n; ++c) m = std::max(m, z[c]);
+  float s = 0.0f;
+  for (Eigen::Index c = 0; c < n; ++c) s += std::exp(z[c] - m);
+  return {m, std::log(s)};
 }
 
 }  // namespace
 
 Result<std::unique_ptr<Model>> Model::Create(const ModelSpec& spec) {
-  if (spec.input_dim < 1) return InvalidArgument("model input_dim must be at least 1, got " + std::to_string(spec.input_dim));
-  if (spec.num_classes < 2) return InvalidArgument("model needs at least 2 classes, got " + std::to_string(spec.num_classes));
-  for (int64_t h : spec.hidden) {
-    if (h < 1) return InvalidArgument("hidden layer width must be at least 1, got " + std::to_string(h));
+  if (spec.input_dim < 1) {
+    return InvalidArgument("model input_dim must be at least 1, got " + std::to_string(spec.input_dim));
+  }
+  if (spec.num_classes < 2) {
+    return InvalidArgument("model num_classes must be at least 2, got " + std::to_string(spec.num_classes));
+  }
+  for (size_t i = 0; i < spec.hidden.size(); ++i) {
+    if (spec.hidden[i] < 1) {
+      return InvalidArgument("model hidden layer " + std::to_string(i) + " width must be at least 1, got " +
+                             std::to_string(spec.hidden[i]));
+    }
   }
   const auto d = Dims(spec);
   for (size_t l = 0; l + 1 < d.size(); ++l) {
+    // d[l] * d[l + 1] <= 2^31 without computing a product that could overflow.
     if (d[l] > kMaxTableFloats / d[l + 1]) {
-      return InvalidArgument("layer " + std::to_string(l) + " of " + std::to_string(d[l]) + " x " + std::to_string(d[l + 1]) +
-                             " weights exceeds 2^31 floats");
+      return InvalidArgument("model layer " + std::to_string(l) + " weight table of " + std::to_string(d[l]) + " x " +
+                             std::to_string(d[l + 1]) + " floats exceeds the limit of 2^31 floats per table");
     }
   }
   return std::unique_ptr<Model>(new Model(spec));
@@ -57,13 +107,16 @@ Result<std::unique_ptr<Model>> Model::Create(const ModelSpec& spec) {
 std::vector<TableSpec> Model::Tables(uint64_t seed) const {
   const auto d = Dims(spec_);
   std::vector<TableSpec> out;
+  out.reserve(num_tables());
   for (size_t l = 0; l + 1 < d.size(); ++l) {
     TableSpec w;
     w.name = "l" + std::to_string(l) + ".w";
     w.size = static_cast<uint64_t>(d[l] * d[l + 1]);
     if (spec_.hidden.empty()) {
-      w.init.kind = InitKind::kZeros;  // softmax regression: convex, zero is the natural start
+      w.init.kind = InitKind::kZeros;  // softmax regression is convex: zero is the natural start
     } else {
+      // Glorot/Xavier uniform. InitializeWeights mixes the table id into the seed, so every
+      // layer draws a different stream from the same run seed.
       const float limit = static_cast<float>(std::sqrt(6.0 / static_cast<double>(d[l] + d[l + 1])));
       w.init.kind = InitKind::kUniform;
       w.init.low = -limit;
@@ -74,60 +127,61 @@ std::vector<TableSpec> Model::Tables(uint64_t seed) const {
     b.name = "l" + std::to_string(l) + ".b";
     b.size = static_cast<uint64_t>(d[l + 1]);
     b.init.kind = InitKind::kZeros;
-    out.push_back(w);
-    out.push_back(b);
+    b.init.seed = seed;
+    out.push_back(std::move(w));
+    out.push_back(std::move(b));
   }
   return out;
 }
 
+// on_ready order: for each layer, last first, the bias table (2l+1) then the weight table (2l),
+// called right after both are written and before the backward pass moves on to the layer below.
+// Parameters (all tables) are read until Gradient returns; gradients are never touched again
+// after their on_ready.
 double Model::Gradient(std::span<const std::span<const float>> params, const float* x, const int32_t* y, int64_t rows,
                        float scale, std::span<const std::span<float>> grads,
                        const std::function<void(size_t)>& on_ready) const {
   const auto d = Dims(spec_);
   const size_t L = d.size() - 1;
-  assert(params.size() == 2 * L && grads.size() == 2 * L);
-  // Forward: keep every layer's input activation (acts[l]) and pre-activation of hidden layers.
-  std::vector<RowMatrix> acts(L);  // acts[0] unused: the input is mapped directly
-  ConstMap input(x, rows, d[0]);
-  RowMatrix z;
-  for (size_t l = 0; l < L; ++l) {
-    ConstMap w(params[2 * l].data(), d[l], d[l + 1]);
-    ConstVecMap b(params[2 * l + 1].data(), d[l + 1]);
-    if (l == 0) z.noalias() = input * w;
-    else z.noalias() = acts[l] * w;
-    z.rowwise() += b;
-    if (l + 1 < L) acts[l + 1] = z.cwiseMax(0.0f);  // ReLU; (z > 0) == (act > 0)
-  }
-  // z holds the logits. Loss and dZ of the output layer.
-  RowMatrix logp;
-  LogSoftmax(z, &logp);
-  double loss = 0;
-  RowMatrix dz = logp.array().exp().matrix();  // softmax probabilities
+  assert(SizesMatch(d, num_tables(), params) && SizesMatch(d, num_tables(), grads));
+  assert(rows >= 0);
+
+  const ConstMap input(x, rows, d[0]);
+  std::vector<RowMatrix> acts(L);  // acts[l]: input of layer l (l >= 1), post-ReLU
+  RowMatrix dz;                    // logits, then probabilities, then dLoss/dZ of the current layer
+  Forward(d, params, input, &acts, nullptr, &dz);
+
+  // Softmax cross-entropy: loss = lse + max - z[y]; dZ = (softmax - onehot(y)) * scale.
+  const Eigen::Index C = dz.cols();
+  double loss = 0.0;
   for (int64_t r = 0; r < rows; ++r) {
-    assert(y[r] >= 0 && y[r] < spec_.num_classes);
-    loss -= static_cast<double>(logp(r, y[r]));
-    dz(r, y[r]) -= 1.0f;
+    float* zr = dz.data() + r * C;  // row-major: row r is contiguous
+    const int32_t label = y[r];
+    assert(label >= 0 && label < spec_.num_classes);
+    const RowLse s = LogSumExp(zr, C);
+    loss += static_cast<double>(s.lse - (zr[label] - s.max));
+    const float shift = s.max + s.lse;
+    for (Eigen::Index c = 0; c < C; ++c) zr[c] = std::exp(zr[c] - shift) * scale;
+    zr[label] -= scale;
   }
-  dz *= scale;
-  // Backward, last layer first; each layer's gradients are reported as soon as they are final.
+
+  // Backward, last layer first.
   RowMatrix da;
   for (size_t l = L; l-- > 0;) {
     Map gw(grads[2 * l].data(), d[l], d[l + 1]);
     VecMap gb(grads[2 * l + 1].data(), d[l + 1]);
     if (l == 0) gw.noalias() = input.transpose() * dz;
     else gw.noalias() = acts[l].transpose() * dz;
-    gb = dz.colwise().sum();
-    if (l > 0) {
-      ConstMap w(params[2 * l].data(), d[l], d[l + 1]);
-      da.noalias() = dz * w.transpose();
-      // ReLU derivative: where the layer's output was positive.
-      dz = (acts[l].array() > 0.0f).select(da, 0.0f);
-    }
-    // Reported after this layer's parameters were last read (w above), so a caller may start
-    // overwriting them with new values once every table of the step has been reported.
+    gb.noalias() = dz.colwise().sum();
     if (on_ready) {
       on_ready(2 * l + 1);
       on_ready(2 * l);
+    }
+    if (l > 0) {
+      ConstMap w(params[2 * l].data(), d[l], d[l + 1]);
+      da.noalias() = dz * w.transpose();
+      // ReLU derivative: pass where the layer's output (== its pre-activation) was positive.
+      dz = (acts[l].array() > 0.0f).select(da.array(), 0.0f).matrix();
     }
   }
   return loss;
@@ -136,30 +190,29 @@ double Model::Gradient(std::span<const std::span<const float>> params, const flo
 EvalResult Model::Evaluate(std::span<const std::span<const float>> params, const float* x, const int32_t* y,
                            int64_t rows) const {
   const auto d = Dims(spec_);
-  const size_t L = d.size() - 1;
+  assert(SizesMatch(d, num_tables(), params));
+  assert(rows >= 0);
   EvalResult e;
   e.samples = rows;
   // In blocks, to bound the scratch memory for large test sets.
   constexpr int64_t kBlock = 1024;
-  RowMatrix a, z, logp;
+  RowMatrix a, z;
   for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
     const int64_t n = std::min(kBlock, rows - r0);
-    ConstMap input(x + r0 * d[0], n, d[0]);
-    for (size_t l = 0; l < L; ++l) {
-      ConstMap w(params[2 * l].data(), d[l], d[l + 1]);
-      ConstVecMap b(params[2 * l + 1].data(), d[l + 1]);
-      if (l == 0) z.noalias() = input * w;
-      else z.noalias() = a * w;
-      z.rowwise() += b;
-      if (l + 1 < L) a = z.cwiseMax(0.0f);
-    }
-    LogSoftmax(z, &logp);
+    const ConstMap input(x + r0 * d[0], n, d[0]);
+    Forward(d, params, input, nullptr, &a, &z);
+    const Eigen::Index C = z.cols();
     for (int64_t r = 0; r < n; ++r) {
-      Eigen::Index best = 0;
-      for (Eigen::Index c = 1; c < z.cols(); ++c) if (z(r, c) > z(r, best)) best = c;
+      const float* zr = z.data() + r * C;
       const int32_t label = y[r0 + r];
+      assert(label >= 0 && label < spec_.num_classes);
+      Eigen::Index best = 0;  // lowest index on ties
+      for (Eigen::Index c = 1; c < C; ++c) {
+        if (zr[c] > zr[best]) best = c;
+      }
       if (best == label) ++e.correct;
-      e.loss_sum -= static_cast<double>(logp(r, label));
+      const RowLse s = LogSumExp(zr, C);
+      e.loss_sum += static_cast<double>(s.lse - (zr[label] - s.max));
     }
   }
   return e;

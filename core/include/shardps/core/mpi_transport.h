@@ -13,8 +13,9 @@
 //
 // Threading: one thread calls the transport (the Endpoint's); MPI_THREAD_SERIALIZED suffices when
 // the application itself only calls MPI before the Endpoint starts or after it stops.
-// Polling: MPI has no blocking wait on "a message or a local wake-up", so Poll() spins for
-// `spin_polls` tries and then sleeps `idle_sleep` between tries until its deadline.
+// Polling: MPI has no blocking wait on "a message or a local wake-up", so Poll() polls: a short
+// spin, then sched_yield() between polls (so a training thread sharing the core runs first) while
+// traffic is recent, then naps of `idle_sleep` when the rank has been idle for a while.
 #pragma once
 
 #include <mpi.h>
@@ -29,8 +30,11 @@ namespace shardps {
 struct MpiTransportOptions {
   uint64_t max_frame_bytes = 64 * 1024;
   uint64_t max_payload_bytes = 0x7FFFFFFF;  // one MPI message; chunks are far smaller
-  int spin_polls = 4000;
-  std::chrono::microseconds idle_sleep{50};
+  // Idle polling: spin this many polls, then sched_yield() between polls while the last message
+  // was less than `yield_for` ago, then sleep `idle_sleep` between polls.
+  int spin_polls = 100;
+  std::chrono::microseconds yield_for{20000};
+  std::chrono::microseconds idle_sleep{200};
 };
 
 Result<std::unique_ptr<Transport>> CreateMpiTransport(MPI_Comm comm, const MpiTransportOptions& options = {});

@@ -21,6 +21,7 @@ namespace shardps {
 //           w -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps),  g' = g + wd*w
 // Sum:      w = g   (the table holds the sum of the step's pushes: reductions, model averaging)
 // `slots` holds OptimizerSlots(kind) arrays of weights.size() floats, one after another.
+// `step` >= 1 (asserted).
 void ApplyOptimizer(const OptimizerConfig& config, uint64_t step, std::span<float> weights,
                     std::span<float> slots, std::span<const float> gradient);
 

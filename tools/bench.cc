@@ -2,6 +2,8 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <charconv>
+#include <cstring>
 #include <boost/program_options.hpp>
 #include <chrono>
 #include <cstdio>
@@ -10,6 +12,7 @@
 #include <iostream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "commands.h"
@@ -63,24 +66,24 @@ std::vector<double> MaxOverRanks(const std::vector<double>& mine, MPI_Comm comm)
   return out;
 }
 
-std::vector<double> TimeAllreduce(const BenchFlags& f) {
+std::vector<double> TimeAllreduce(const BenchFlags& f, MPI_Comm comm) {
   std::vector<float> send(f.floats, 1.0f), recv(f.floats);
   std::vector<double> times;
   for (int r = 0; r < f.warmup + f.rounds; ++r) {
-    MPI_Barrier(MPI_COMM_WORLD);
+    MPI_Barrier(comm);
     auto t0 = std::chrono::steady_clock::now();
-    MPI_Allreduce(send.data(), recv.data(), static_cast<int>(f.floats), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+    MPI_Allreduce(send.data(), recv.data(), static_cast<int>(f.floats), MPI_FLOAT, MPI_SUM, comm);
     auto t1 = std::chrono::steady_clock::now();
     if (r >= f.warmup) times.push_back(Ms(t1 - t0).count());
   }
-  return MaxOverRanks(times, MPI_COMM_WORLD);
+  return MaxOverRanks(times, comm);
 }
 
 struct Rounds {
   std::vector<double> round, push, pull;
 };
 
-Status RunPs(const BenchFlags& f, int rank, int size, Rounds* out) {
+Status RunPs(const BenchFlags& f, MPI_Comm comm, int rank, int size, Rounds* out) {
   ClusterOptions co;
   co.num_servers = f.servers;
   co.colocated = f.colocated;
@@ -93,7 +96,7 @@ Status RunPs(const BenchFlags& f, int rank, int size, Rounds* out) {
   LayoutOptions lo;
   lo.chunk_floats = f.chunk_floats;
   SHARDPS_ASSIGN_OR_RETURN(TableLayout layout, TableLayout::Create({spec}, cluster.num_servers(), lo));
-  SHARDPS_ASSIGN_OR_RETURN(auto transport, CreateMpiTransport(MPI_COMM_WORLD));
+  SHARDPS_ASSIGN_OR_RETURN(auto transport, CreateMpiTransport(comm));
   NodeOptions no;
   no.client.request_timeout = std::chrono::milliseconds(f.timeout_ms);
   no.startup_timeout = std::chrono::milliseconds(f.timeout_ms);
@@ -134,6 +137,177 @@ Status RunPs(const BenchFlags& f, int rank, int size, Rounds* out) {
   return node->Finish();
 }
 
+// ---- shardps bench --suite -------------------------------------------------------------------
+
+// Peak resident set size of this process since the last ResetPeakRss(), in MiB.
+double PeakRssMiB() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;  // kB
+  }
+  return -1;
+}
+void ResetPeakRss() {
+  std::ofstream out("/proc/self/clear_refs");
+  out << "5";  // resets VmHWM to the current RSS (Linux >= 4.0)
+}
+
+double MemcpyGBps() {
+  const size_t n = size_t{256} << 20;
+  std::vector<char> a(n, 1), b(n, 2);
+  std::vector<double> t;
+  for (int r = 0; r < 5; ++r) {
+    auto t0 = std::chrono::steady_clock::now();
+    std::memcpy(b.data(), a.data(), n);
+    auto t1 = std::chrono::steady_clock::now();
+    t.push_back(std::chrono::duration<double>(t1 - t0).count());
+    a[r] = b[n - 1 - r];  // keep the copies observable
+  }
+  return n / Summarize(t).median / 1e9;
+}
+
+// A barrier that naps instead of spinning: ranks left out of a configuration wait here without
+// taking a core from the ranks being measured.
+void SleepyBarrier(MPI_Comm comm) {
+  MPI_Request r;
+  MPI_Ibarrier(comm, &r);
+  for (int done = 0;;) {
+    MPI_Test(&r, &done, MPI_STATUS_IGNORE);
+    if (done) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+// Rank 0 streams `count` messages of `bytes` to rank 1, each from and into its own slice of a
+// large buffer (so the data comes from memory, not cache), all in flight at once; GB/s.
+double P2pGBps(size_t bytes, int count, int rank) {
+  std::vector<char> buf(rank <= 1 ? bytes * count : 1, static_cast<char>(rank));
+  std::vector<MPI_Request> reqs(count);
+  std::vector<double> t;
+  for (int rep = 0; rep < 3; ++rep) {
+    SleepyBarrier(MPI_COMM_WORLD);
+    auto t0 = std::chrono::steady_clock::now();
+    if (rank == 0) {
+      for (int i = 0; i < count; ++i) MPI_Isend(buf.data() + i * bytes, static_cast<int>(bytes), MPI_BYTE, 1, 7, MPI_COMM_WORLD, &reqs[i]);
+      MPI_Waitall(count, reqs.data(), MPI_STATUSES_IGNORE);
+      MPI_Recv(nullptr, 0, MPI_BYTE, 1, 8, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    } else if (rank == 1) {
+      for (int i = 0; i < count; ++i) MPI_Irecv(buf.data() + i * bytes, static_cast<int>(bytes), MPI_BYTE, 0, 7, MPI_COMM_WORLD, &reqs[i]);
+      MPI_Waitall(count, reqs.data(), MPI_STATUSES_IGNORE);
+      MPI_Send(nullptr, 0, MPI_BYTE, 0, 8, MPI_COMM_WORLD);
+    }
+    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return static_cast<double>(bytes) * count / Summarize(t).median / 1e9;
+}
+
+struct SuiteConfig {
+  const char* name;
+  int ranks;
+  int servers;
+  bool colocated;
+};
+
+int SuiteMain(const BenchFlags& base, std::vector<uint64_t> sizes, int rank, int size) {
+  const SuiteConfig configs[] = {{"1 server + 1 worker", 2, 1, false},
+                                 {"2 ranks colocated", 2, 2, true},
+                                 {"1 server + 2 workers", 3, 1, false}};
+  std::ostringstream rows;
+  std::ostringstream table;
+  char line[512];
+  std::snprintf(line, sizeof(line), "%-22s %10s %10s %10s %10s %12s %8s %10s %10s %10s\n", "configuration", "floats",
+                "round_ms", "push_ms", "pull_ms", "allreduce_ms", "ratio", "srv_MiB", "srv_bound", "wrk_MiB");
+  table << line;
+  bool first = true;
+  for (const SuiteConfig& c : configs) {
+    for (uint64_t floats : sizes) {
+      BenchFlags f = base;
+      f.floats = floats;
+      f.servers = c.servers;
+      f.colocated = c.colocated;
+      if (base.rounds <= 0) f.rounds = floats <= 1000 ? 1000 : floats <= 1'000'000 ? 100 : floats <= 10'000'000 ? 20 : 10;
+      MPI_Comm comm;
+      MPI_Comm_split(MPI_COMM_WORLD, rank < c.ranks ? 0 : MPI_UNDEFINED, rank, &comm);
+      if (comm != MPI_COMM_NULL) {
+        const Summary allreduce = Summarize(TimeAllreduce(f, comm));
+        Rounds rounds;
+        ResetPeakRss();
+        Status s = RunPs(f, comm, rank, c.ranks, &rounds);
+        const double rss = PeakRssMiB();
+        int ok = s.ok() ? 1 : 0, all_ok = 0;
+        MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, comm);
+        if (!s.ok()) std::cerr << "shardps bench --suite: rank " << rank << ": " << s.ToString() << "\n";
+        if (!all_ok) {
+          MPI_Comm_free(&comm);
+          MPI_Abort(MPI_COMM_WORLD, 1);  // a failed configuration leaves nothing meaningful to report
+        }
+        const Summary round = Summarize(MaxOverRanks(rounds.round, comm));
+        const Summary push = Summarize(MaxOverRanks(rounds.push, comm));
+        const Summary pull = Summarize(MaxOverRanks(rounds.pull, comm));
+        // Peak RSS by role: servers are ranks < servers (non-colocated); workers the rest.
+        // A colocated rank is also a worker holding its gradient and weight buffers (2 x floats x
+        // 4 bytes); its server share is the rest.
+        const bool is_server = c.colocated || rank < c.servers;
+        const double worker_buffers_mib = 2.0 * static_cast<double>(floats) * 4 / (1 << 20);
+        double srv = is_server ? (c.colocated ? rss - worker_buffers_mib : rss) : 0;
+        double wrk = (c.colocated || !is_server) ? rss : 0, srv_max = 0, wrk_max = 0;
+        MPI_Allreduce(&srv, &srv_max, 1, MPI_DOUBLE, MPI_MAX, comm);
+        MPI_Allreduce(&wrk, &wrk_max, 1, MPI_DOUBLE, MPI_MAX, comm);
+        // The target's bound: 1.25 x (shard floats x 4 bytes x (1 + optimizer slots)) + 64 MiB;
+        // SGD has no slots, and a server's shard is floats / servers (balanced to within a chunk).
+        const double shard_mib = static_cast<double>(floats) / (c.colocated ? c.ranks : c.servers) * 4 / (1 << 20);
+        const double bound = 1.25 * shard_mib + 64;
+        if (rank == 0) {
+          std::snprintf(line, sizeof(line), "%-22s %10llu %10.4f %10.4f %10.4f %12.4f %8.2f %10.1f %10.1f %10.1f\n", c.name,
+                        static_cast<unsigned long long>(floats), round.median, push.median, pull.median, allreduce.median,
+                        round.median / allreduce.median, srv_max, bound, wrk_max);
+          table << line;
+          rows << (first ? "" : ",") << "{\"config\":\"" << c.name << "\",\"floats\":" << floats
+               << ",\"servers\":" << (c.colocated ? c.ranks : c.servers)
+               << ",\"workers\":" << (c.colocated ? c.ranks : c.ranks - c.servers)
+               << ",\"colocated\":" << (c.colocated ? "true" : "false") << ",\"rounds\":" << f.rounds
+               << ",\"round_ms\":" << Json(round) << ",\"push_ms\":" << Json(push) << ",\"pull_ms\":" << Json(pull)
+               << ",\"allreduce_ms\":" << Json(allreduce) << ",\"round_over_allreduce\":" << round.median / allreduce.median
+               << ",\"server_peak_rss_mib\":" << srv_max << ",\"server_rss_bound_mib\":" << bound
+               << ",\"worker_peak_rss_mib\":" << wrk_max << "}";
+          first = false;
+        }
+        MPI_Comm_free(&comm);
+      }
+      SleepyBarrier(MPI_COMM_WORLD);
+    }
+  }
+  // Reference bandwidths: MPI point-to-point streaming (ranks 0 -> 1) and single-thread memcpy.
+  std::ostringstream p2p;
+  table << "\nMPI point-to-point streaming, rank 0 -> rank 1:\n";
+  bool pfirst = true;
+  for (size_t bytes : {size_t{1} << 20, size_t{4} << 20, size_t{16} << 20, size_t{64} << 20}) {
+    const int count = static_cast<int>(std::max<size_t>(4, (size_t{512} << 20) / bytes));
+    const double gbps = P2pGBps(bytes, count, rank);
+    if (rank == 0) {
+      std::snprintf(line, sizeof(line), "  %6zu MiB messages: %6.2f GB/s\n", bytes >> 20, gbps);
+      table << line;
+      p2p << (pfirst ? "" : ",") << "{\"bytes\":" << bytes << ",\"gbps\":" << gbps << "}";
+      pfirst = false;
+    }
+  }
+  double memcpy_gbps = 0;
+  if (rank == 0) {
+    memcpy_gbps = MemcpyGBps();
+    std::snprintf(line, sizeof(line), "single-thread memcpy (256 MiB): %.2f GB/s\n", memcpy_gbps);
+    table << line;
+    std::cout << table.str() << std::flush;
+    const std::string path = base.json_out.empty() ? "bench_suite.json" : base.json_out;
+    std::ofstream o(path);
+    o << "{\"results\":[" << rows.str() << "],\"p2p\":[" << p2p.str() << "],\"memcpy_gbps\":" << memcpy_gbps
+      << ",\"chunk_floats\":" << base.chunk_floats << ",\"ranks\":" << size << "}\n";
+    if (!o) std::cerr << "shardps bench --suite: could not write " << path << "\n";
+    else std::cout << "wrote " << path << "\n";
+  }
+  return 0;
+}
+
 }  // namespace
 
 int BenchMain(int argc, char** argv) {
@@ -148,6 +322,8 @@ int BenchMain(int argc, char** argv) {
       ("chunk-floats", po::value(&f.chunk_floats)->default_value(f.chunk_floats), "floats per chunk")
       ("timeout-ms", po::value(&f.timeout_ms)->default_value(f.timeout_ms), "deadline of every wait")
       ("no-allreduce", "skip the MPI_Allreduce reference")
+      ("suite", "run the benchmark suite (needs 3 ranks): sizes x {1 server + 1 worker, 2 colocated, 1 server + 2 workers}")
+      ("sizes", po::value<std::string>()->default_value("1000,1000000,10000000,40000000"), "--suite: table sizes in floats")
       ("json-out", po::value(&f.json_out), "also write the JSON object to this file");
   po::variables_map vm;
   try {
@@ -168,6 +344,19 @@ int BenchMain(int argc, char** argv) {
   else if (f.warmup < 0) bad = "--warmup must not be negative";
   else if (f.chunk_floats < 1) bad = "--chunk-floats must be at least 1";
   else if (f.timeout_ms < 1) bad = "--timeout-ms must be at least 1";
+  std::vector<uint64_t> sizes;
+  {
+    std::stringstream ss(vm["sizes"].as<std::string>());
+    for (std::string item; std::getline(ss, item, ',');) {
+      uint64_t v = 0;
+      auto [p, ec] = std::from_chars(item.data(), item.data() + item.size(), v);
+      if (ec != std::errc() || p != item.data() + item.size() || v < 1 || v > 0x7FFFFFFF) {
+        bad = "--sizes: '" + item + "' is not a size in [1, 2147483647] floats";
+        break;
+      }
+      sizes.push_back(v);
+    }
+  }
   if (!bad.empty()) {
     std::cerr << "shardps bench: " << bad << "\n";
     return 2;
@@ -184,12 +373,23 @@ int BenchMain(int argc, char** argv) {
     MPI_Finalize();
     return 1;
   }
+  if (vm.count("suite")) {
+    if (size < 3) {
+      if (rank == 0) std::cerr << "shardps bench --suite needs 3 ranks (mpirun -np 3), got " << size << "\n";
+      MPI_Finalize();
+      return 2;
+    }
+    if (vm["rounds"].defaulted()) f.rounds = 0;  // chosen per size
+    int rc = SuiteMain(f, sizes, rank, size);
+    MPI_Finalize();
+    return rc;
+  }
 
   Summary allreduce;
-  if (f.allreduce) allreduce = Summarize(TimeAllreduce(f));
+  if (f.allreduce) allreduce = Summarize(TimeAllreduce(f, MPI_COMM_WORLD));
 
   Rounds rounds;
-  Status s = RunPs(f, rank, size, &rounds);
+  Status s = RunPs(f, MPI_COMM_WORLD, rank, size, &rounds);
   // Agree on success before collective reductions so a failed rank cannot leave others waiting.
   int ok = s.ok() ? 1 : 0, all_ok = 0;
   MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);

@@ -24,7 +24,7 @@ struct Server::ChunkState {
   const TableSpec* spec = nullptr;
   std::vector<float> weights;
   std::vector<float> slots;
-  std::vector<float> accum;
+  float* accum = nullptr;  // from the accumulator pool, held from worker 0's first piece to the update
   uint64_t version = 0;  // optimizer updates applied
 
   // Gathering the current step (== version), in worker-rank order. Every worker covers the
@@ -38,6 +38,7 @@ struct Server::ChunkState {
   int next_worker = 0;            // worker index being summed; earlier ones are complete
   bool receiving = false;         // a payload of this chunk is being received
   bool waiting_scratch = false;
+  bool waiting_accum = false;
 
   std::vector<std::shared_ptr<Held>> future;  // pushes for later steps
   std::vector<std::shared_ptr<Held>> pulls;   // waiting for version >= step
@@ -74,6 +75,8 @@ Server::Server(Endpoint& endpoint, const Cluster& cluster, const TableLayout& la
       options_(options),
       num_workers_(cluster.num_workers()),
       barrier_(std::make_unique<BarrierState>()),
+      accum_pool_(layout.chunk_floats(), std::max<size_t>(1, options.accumulators)),
+      scratch_pool_(layout.chunk_floats(), std::max<size_t>(1, options.scratch_buffers)),
       worker_done_(cluster.num_workers(), false) {
   const int me = cluster_.server_index();
   for (uint32_t t = 0; t < layout_.num_tables(); ++t) {
@@ -86,7 +89,6 @@ Server::Server(Endpoint& endpoint, const Cluster& cluster, const TableLayout& la
       cs->weights.resize(c.size());
       InitializeWeights(spec.init, t, c.begin, cs->weights);
       cs->slots.assign(c.size() * OptimizerSlots(spec.optimizer.kind), 0.0f);
-      cs->accum.resize(c.size());
       cs->parked.resize(num_workers_);
       cs->ranges.resize(num_workers_);
       cs->covered.assign(num_workers_, 0);
@@ -313,28 +315,27 @@ void Server::Unclaim(ChunkState& cs, const Held& held) {
   if (it != rs.end()) rs.erase(it);
 }
 
-float* Server::AcquireScratch() {
-  if (!free_scratch_.empty()) {
-    float* p = free_scratch_.back();
-    free_scratch_.pop_back();
+float* Server::BufferPool::Acquire() {
+  if (!free.empty()) {
+    float* p = free.back();
+    free.pop_back();
     return p;
   }
-  if (scratch_allocated_ < std::max<size_t>(1, options_.scratch_buffers)) {
-    scratch_pool_.push_back(std::make_unique<float[]>(layout_.chunk_floats()));
-    ++scratch_allocated_;
-    return scratch_pool_.back().get();
+  if (buffers.size() < capacity) {
+    buffers.push_back(std::make_unique<float[]>(floats));
+    return buffers.back().get();
   }
   return nullptr;
 }
 
-void Server::ReleaseScratch(float* p) {
-  free_scratch_.push_back(p);
-  if (!scratch_waiters_.empty()) {
-    ChunkState* cs = scratch_waiters_.front();
-    scratch_waiters_.erase(scratch_waiters_.begin());
-    cs->waiting_scratch = false;
-    Advance(*cs);
-  }
+void Server::Release(BufferPool& pool, float* p) {
+  pool.free.push_back(p);
+  if (pool.waiters.empty()) return;
+  ChunkState* cs = pool.waiters.front();
+  pool.waiters.pop_front();
+  cs->waiting_scratch = false;
+  cs->waiting_accum = false;
+  Advance(*cs);
 }
 
 // Sums parked pushes in worker-rank order, applies the step when complete, and repeats while
@@ -342,7 +343,7 @@ void Server::ReleaseScratch(float* p) {
 void Server::Advance(ChunkState& cs) {
   const uint64_t size = cs.info.size();
   for (;;) {
-    while (!cs.receiving && !cs.waiting_scratch && cs.next_worker < num_workers_) {
+    while (!cs.receiving && !cs.waiting_scratch && !cs.waiting_accum && cs.next_worker < num_workers_) {
       if (cs.covered[cs.next_worker] == size) {
         ++cs.next_worker;
         continue;
@@ -353,15 +354,27 @@ void Server::Advance(ChunkState& cs) {
       const wire::Header& h = held->h();
       const uint64_t n = h.key_end() - h.key_begin();
       const uint64_t off = h.key_begin() - cs.info.begin;
+      if (cs.accum == nullptr) {
+        // Accumulators come from a bounded pool: a server's memory is its weights, their state
+        // and a fixed number of chunk buffers, whatever the table size. A chunk that finds none
+        // free leaves its pushes unreceived (in the transport) until another chunk's update
+        // returns one; that one never waits on this one, so this cannot deadlock.
+        cs.accum = accum_pool_.Acquire();
+        if (cs.accum == nullptr) {
+          cs.waiting_accum = true;
+          accum_pool_.waiters.push_back(&cs);
+          return;
+        }
+      }
       float* dest;
       bool scratch = false;
       if (cs.next_worker == 0) {
-        dest = cs.accum.data() + off;  // worker 0 covers the chunk: its values start the sum
+        dest = cs.accum + off;  // worker 0 covers the chunk: its values start the sum
       } else {
-        dest = AcquireScratch();
+        dest = scratch_pool_.Acquire();
         if (dest == nullptr) {
           cs.waiting_scratch = true;
-          scratch_waiters_.push_back(&cs);
+          scratch_pool_.waiters.push_back(&cs);
           return;
         }
         scratch = true;
@@ -373,7 +386,7 @@ void Server::Advance(ChunkState& cs) {
           [this, &cs, held, dest, scratch](Status st) { OnPushPayload(cs, held, dest, scratch, std::move(st)); });
       if (!s.ok()) {
         cs.receiving = false;
-        if (scratch) ReleaseScratch(dest);
+        if (scratch) Release(scratch_pool_, dest);
         Unclaim(cs, *held);
         Reject(held->in, h, s);
         return;
@@ -399,15 +412,15 @@ void Server::OnPushPayload(ChunkState& cs, std::shared_ptr<Held> held, float* de
     held->in.payload_bytes = 0;  // consumed
     Unclaim(cs, *held);
     endpoint_.SendError(held->in.source, h, st.WithContext("push to " + Describe(cs)));
-    if (scratch) ReleaseScratch(dest);
+    if (scratch) Release(scratch_pool_, dest);
     return;
   }
   if (scratch) {
     const uint64_t off = h.key_begin() - cs.info.begin;
-    AddInto(std::span<float>(cs.accum.data() + off, n), std::span<const float>(dest, n));
+    AddInto(std::span<float>(cs.accum + off, n), std::span<const float>(dest, n));
   }
   FinishContribution(cs, *held);
-  if (scratch) ReleaseScratch(dest);  // may Advance() another chunk waiting for a buffer
+  if (scratch) Release(scratch_pool_, dest);  // may Advance() another chunk waiting for a buffer
   Advance(cs);
 }
 
@@ -429,7 +442,8 @@ void Server::FinishContribution(ChunkState& cs, Held& held) {
 }
 
 void Server::ApplyStep(ChunkState& cs) {
-  ApplyOptimizer(cs.spec->optimizer, cs.version + 1, cs.weights, cs.slots, cs.accum);
+  ApplyOptimizer(cs.spec->optimizer, cs.version + 1, cs.weights, cs.slots,
+                 std::span<const float>(cs.accum, cs.info.size()));
   ++cs.version;
   cs.apply_pending = false;
   cs.next_worker = 0;
@@ -449,6 +463,9 @@ void Server::ApplyStep(ChunkState& cs) {
   for (auto& f : now) {
     if (Claim(cs, *f)) cs.parked[f->worker].push_back(std::move(f));
   }
+  float* accum = cs.accum;
+  cs.accum = nullptr;
+  Release(accum_pool_, accum);  // may Advance() a chunk waiting for an accumulator
 }
 
 void Server::SendWeights(ChunkState& cs, Held& held) {

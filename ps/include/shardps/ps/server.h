@@ -29,6 +29,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -50,6 +51,9 @@ struct ServerOptions {
   size_t max_future_pushes_per_chunk = 4096;
   // Pulls waiting per chunk before further ones are refused.
   size_t max_waiting_pulls_per_chunk = 4096;
+  // Accumulators (one chunk each): chunks summing a step at the same time. Bounds the server's
+  // memory to weights + optimizer state + (accumulators + scratch_buffers) chunks.
+  size_t accumulators = 16;
   // Scratch buffers (one chunk each) for receiving the second and later gradients of a step.
   size_t scratch_buffers = 4;
 };
@@ -112,8 +116,18 @@ class Server final : public FrameHandler {
   void ExpireHeld(Clock::time_point now);
   std::vector<int> MissingWorkers(const ChunkState& cs) const;
   std::string Describe(const ChunkState& cs) const;
-  float* AcquireScratch();
-  void ReleaseScratch(float* p);
+  // A bounded set of chunk-sized buffers, handed out on demand; chunks that find none wait.
+  struct BufferPool {
+    BufferPool(uint64_t floats, size_t capacity) : floats(floats), capacity(capacity) {}
+    float* Acquire();  // nullptr when all `capacity` buffers are in use
+    const uint64_t floats;
+    const size_t capacity;
+    std::vector<std::unique_ptr<float[]>> buffers;
+    std::vector<float*> free;
+    std::deque<ChunkState*> waiters;
+  };
+  // Returns `p` to `pool` and resumes the first chunk waiting for one.
+  void Release(BufferPool& pool, float* p);
 
   // Constant after construction.
   Endpoint& endpoint_;
@@ -125,10 +139,8 @@ class Server final : public FrameHandler {
   // Communication thread only.
   std::vector<std::unique_ptr<ChunkState>> chunks_;
   std::unordered_map<uint64_t, ChunkState*> by_key_;  // (table << 32 | chunk index)
-  std::vector<std::unique_ptr<float[]>> scratch_pool_;
-  std::vector<float*> free_scratch_;
-  size_t scratch_allocated_ = 0;
-  std::vector<ChunkState*> scratch_waiters_;
+  BufferPool accum_pool_;
+  BufferPool scratch_pool_;
   std::unique_ptr<BarrierState> barrier_;
   Clock::time_point next_expiry_ = Clock::time_point::max();
 

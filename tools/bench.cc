@@ -1,4 +1,5 @@
 // shardps bench: synchronous push/pull rounds over MPI, next to MPI_Allreduce of the same floats.
+#include <malloc.h>
 #include <mpi.h>
 
 #include <algorithm>
@@ -149,6 +150,7 @@ double PeakRssMiB() {
   return -1;
 }
 void ResetPeakRss() {
+  malloc_trim(0);  // return memory freed by earlier configurations, so it is not counted again
   std::ofstream out("/proc/self/clear_refs");
   out << "5";  // resets VmHWM to the current RSS (Linux >= 4.0)
 }

@@ -364,17 +364,8 @@ int BenchMain(int argc, char** argv) {
     return 2;
   }
 
-  ApplyMpiDefaults();
-  int provided = 0;
-  MPI_Init_thread(&argc, &argv, MPI_THREAD_SERIALIZED, &provided);
   int rank = 0, size = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
-  if (provided < MPI_THREAD_SERIALIZED) {
-    if (rank == 0) std::cerr << "shardps bench: the MPI library does not provide MPI_THREAD_SERIALIZED\n";
-    MPI_Finalize();
-    return 1;
-  }
+  if (!InitMpi(&argc, &argv, "shardps bench", &rank, &size)) return 1;
   if (vm.count("suite")) {
     if (size < 3) {
       if (rank == 0) std::cerr << "shardps bench --suite needs 3 ranks (mpirun -np 3), got " << size << "\n";

@@ -236,12 +236,8 @@ int RunSingleProcess(const config::TrainConfig& c, const TrainFlags& f) {
 }
 
 int RunMpi(const config::TrainConfig& c, const TrainFlags& f, int argc, char** argv) {
-  ApplyMpiDefaults();
-  int provided = 0;
-  MPI_Init_thread(&argc, &argv, MPI_THREAD_SERIALIZED, &provided);
   int rank = 0, size = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  if (!InitMpi(&argc, &argv, "shardps train", &rank, &size)) return 1;
   // Every rank reaches each MPI_Allreduce below, whatever failed, so no rank is left waiting.
   auto agree = [](bool ok) {
     int mine = ok ? 1 : 0, all = 0;
@@ -252,7 +248,6 @@ int RunMpi(const config::TrainConfig& c, const TrainFlags& f, int argc, char** a
     if (!s.ok()) std::cerr << "shardps train: rank " << rank << ": " << s.ToString() << std::endl;
   };
   Status s;
-  if (provided < MPI_THREAD_SERIALIZED) s = FailedPrecondition("the MPI library does not provide MPI_THREAD_SERIALIZED");
   ClusterOptions co;
   co.num_servers = c.servers();
   co.colocated = c.colocated();

@@ -1,5 +1,7 @@
 #include "shardps/core/layout.h"
 
+#include "shardps/core/random.h"
+
 #include <cmath>
 #include <cstring>
 #include <set>
@@ -7,13 +9,8 @@
 namespace shardps {
 namespace {
 
-// SplitMix64: a counter-based generator; value i depends only on (seed, stream, i).
-uint64_t Mix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
+// Counter-based: value i depends only on (seed, stream, i).
+uint64_t Mix(uint64_t x) { return SplitMix64(x); }
 uint64_t Counter(uint64_t seed, uint64_t stream, uint64_t i) { return Mix(Mix(seed ^ Mix(stream)) ^ i); }
 // Uniform in (0, 1), 24 random bits: exactly representable as float.
 double Unit(uint64_t bits) { return (static_cast<double>(bits >> 40) + 0.5) / 16777216.0; }

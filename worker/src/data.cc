@@ -1,5 +1,7 @@
 #include "shardps/worker/data.h"
 
+#include "shardps/core/random.h"
+
 #include <zlib.h>
 
 #include <algorithm>
@@ -467,12 +469,7 @@ Result<Dataset> ReadCsv(const std::string& path, int num_classes, bool has_heade
 
 namespace {
 
-uint64_t Mix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
+uint64_t Mix(uint64_t x) { return SplitMix64(x); }
 
 uint64_t Next(uint64_t* state) {
   const uint64_t out = Mix(*state);

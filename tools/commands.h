@@ -5,5 +5,6 @@ namespace shardps::tools {
 // Each returns the process exit code. argv[0] is the command name.
 int BenchMain(int argc, char** argv);
 int TrainMain(int argc, char** argv);
+int CkptMain(int argc, char** argv);
 
 }  // namespace shardps::tools

@@ -13,6 +13,7 @@ void Usage(std::FILE* out) {
                "\n"
                "commands:\n"
                "  train     train a model: mpirun -np N shardps train --config run.prototxt [flags]\n"
+               "  ckpt      list DIR [--json] | verify DIR [VERSION]: inspect checkpoints\n"
                "  bench     time synchronous push/pull rounds against MPI_Allreduce (run under mpirun)\n"
                "  version   print the version\n"
                "\n"
@@ -29,6 +30,7 @@ int main(int argc, char** argv) {
   const std::string cmd = argv[1];
   if (cmd == "bench") return shardps::tools::BenchMain(argc - 1, argv + 1);
   if (cmd == "train") return shardps::tools::TrainMain(argc - 1, argv + 1);
+  if (cmd == "ckpt") return shardps::tools::CkptMain(argc - 1, argv + 1);
   if (cmd == "version" || cmd == "--version") {
     std::printf("shardps 0.1.0\n");
     return 0;

@@ -16,6 +16,7 @@
 #include "commands.h"
 #include "mpi_env.h"
 #include "progress.h"
+#include "shardps/core/checkpoint.h"
 #include "shardps/core/config.h"
 #include "shardps/core/mpi_transport.h"
 #include "shardps/node.h"
@@ -34,6 +35,7 @@ struct TrainFlags {
   std::string metrics_csv;
   std::string model_out;
   std::string progress = "auto";
+  std::string resume;  // DIR or DIR@VERSION
   int world_hint = 1;         // OMPI_COMM_WORLD_SIZE when launched by mpirun, read at the edge
   bool under_mpirun = false;  // OMPI_COMM_WORLD_SIZE is set
 };
@@ -159,6 +161,76 @@ class MetricsCsv {
   std::ofstream out_;
 };
 
+// Drives checkpoints from the lead worker: asks every server to write its shard at a step
+// boundary, lets training go on while they write, and commits the manifest once all are durable.
+// At most one checkpoint is in flight.
+class CheckpointDriver {
+ public:
+  CheckpointDriver(worker::KVClient& client, const config::TrainConfig& c, ckpt::Manifest base, uint32_t servers,
+                   std::chrono::milliseconds timeout)
+      : client_(client), dir_(c.checkpoint_dir()), every_(static_cast<uint64_t>(c.checkpoint_every())),
+        base_(std::move(base)), servers_(servers), timeout_(timeout) {}
+
+  Status OnStep(const worker::Cursor& cur, bool final) {
+    SHARDPS_RETURN_IF_ERROR(Collect(/*wait=*/false));
+    if (final) {
+      if (!(pending_ && manifest_.step() == cur.step) && last_step_ != cur.step) SHARDPS_RETURN_IF_ERROR(Begin(cur));
+      return Collect(/*wait=*/true);
+    }
+    if (every_ > 0 && cur.step % every_ == 0) {
+      SHARDPS_RETURN_IF_ERROR(Collect(/*wait=*/true));
+      return Begin(cur);
+    }
+    return Status::Ok();
+  }
+
+  double stall_ms() const { return stall_ms_; }
+  int written() const { return written_; }
+
+ private:
+  Status Begin(const worker::Cursor& cur) {
+    const auto t0 = std::chrono::steady_clock::now();
+    SHARDPS_ASSIGN_OR_RETURN(uint64_t version, NextCheckpointVersion(dir_));
+    vdir_ = CheckpointVersionDir(dir_, version);
+    SHARDPS_RETURN_IF_ERROR(CreateCheckpointVersionDir(vdir_));
+    manifest_ = base_;
+    manifest_.set_version(version);
+    manifest_.set_step(cur.step);
+    manifest_.set_epoch(cur.epoch);
+    manifest_.set_step_in_epoch(cur.step_in_epoch);
+    handle_ = client_.Checkpoint(version, cur.step);
+    pending_ = true;
+    stall_ms_ += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    return Status::Ok();
+  }
+
+  Status Collect(bool wait) {
+    if (!pending_ || (!wait && !handle_.done())) return Status::Ok();
+    const auto t0 = std::chrono::steady_clock::now();
+    SHARDPS_RETURN_IF_ERROR(handle_.wait(timeout_));
+    SHARDPS_RETURN_IF_ERROR(CommitManifest(vdir_, manifest_, servers_));
+    if (wait) stall_ms_ += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    pending_ = false;
+    last_step_ = manifest_.step();
+    ++written_;
+    return Status::Ok();
+  }
+
+  worker::KVClient& client_;
+  const std::string dir_;
+  const uint64_t every_;
+  const ckpt::Manifest base_;
+  const uint32_t servers_;
+  const std::chrono::milliseconds timeout_;
+  bool pending_ = false;
+  worker::Handle handle_;
+  ckpt::Manifest manifest_;
+  std::string vdir_;
+  uint64_t last_step_ = UINT64_MAX;
+  double stall_ms_ = 0;
+  int written_ = 0;
+};
+
 struct Outputs {
   std::string summary_json, metrics_csv, model_out;
 };
@@ -180,11 +252,33 @@ Status WriteSummary(const std::string& path, const config::TrainConfig& c, int s
 
 // Trains as worker `worker` of `workers` and, on the lead worker, writes the outputs.
 Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const Outputs& out, const worker::Dataset& train,
-                      const worker::Dataset& test, worker::ParamStore& params, int worker, int workers, int servers) {
+                      const worker::Dataset& test, worker::ParamStore& params, int worker, int workers, int servers,
+                      uint64_t start_step = 0, worker::KVClient* client = nullptr) {
   const bool lead = worker == 0;
   SHARDPS_ASSIGN_OR_RETURN(auto model, MakeModel(c, train));
-  const worker::RunOptions run = ToRunOptions(c, worker, workers);
+  worker::RunOptions run = ToRunOptions(c, worker, workers);
+  run.start_step = start_step;
   worker::TrainHooks hooks;
+  std::unique_ptr<CheckpointDriver> checkpoints;
+  if (lead && client && !c.checkpoint_dir().empty()) {
+    ckpt::Manifest base;
+    base.set_seed(c.seed());
+    base.set_global_batch(c.batch_size());
+    base.set_config(ConfigToText(c));
+    base.set_num_servers(static_cast<uint32_t>(servers));
+    base.set_num_workers(static_cast<uint32_t>(workers));
+    base.set_chunk_floats(c.chunk_floats());
+    for (const TableSpec& t : worker::TrainingTables(*model, run)) {
+      if (!ps::Server::IsCheckpointed(t)) continue;
+      auto* ti = base.add_tables();
+      ti->set_name(t.name);
+      ti->set_size(t.size);
+      ti->set_optimizer(std::string(OptimizerKindName(t.optimizer.kind)));
+      ti->set_slots(static_cast<uint32_t>(OptimizerSlots(t.optimizer.kind)));
+    }
+    checkpoints = std::make_unique<CheckpointDriver>(*client, c, std::move(base), static_cast<uint32_t>(servers), run.timeout);
+    hooks.on_step_end = [&](const worker::Cursor& cur, bool final) { return checkpoints->OnStep(cur, final); };
+  }
   MetricsCsv csv;
   std::unique_ptr<ProgressDisplay> progress;
   if (lead) {
@@ -200,6 +294,10 @@ Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const O
     const auto tables = worker::TrainingTables(*model, run);
     SHARDPS_RETURN_IF_ERROR(WriteSafetensors(out.model_out, *model, tables, r.weights));
     SHARDPS_RETURN_IF_ERROR(WriteSummary(out.summary_json, c, servers, workers, r));
+    if (checkpoints) {
+      std::cerr << "shardps train: " << checkpoints->written() << " checkpoints in " << c.checkpoint_dir()
+                << ", training stalled " << checkpoints->stall_ms() << " ms for them in all" << std::endl;
+    }
     std::cerr << "shardps train: metrics " << out.metrics_csv << ", model " << out.model_out << ", summary "
               << out.summary_json << std::endl;
   }
@@ -294,17 +392,47 @@ int RunMpi(const config::TrainConfig& c, const TrainFlags& f, int argc, char** a
     MPI_Finalize();
     return 1;
   }
+  // Resume: every rank resolves the same version of the shared checkpoint directory.
+  std::unique_ptr<CheckpointReader> reader;
+  uint64_t start_step = 0;
+  if (!f.resume.empty()) {
+    auto v = ResolveCheckpoint(f.resume, [&](const std::string& w) {
+      if (worker_index == 0) std::cerr << "shardps train: warning: " << w << std::endl;
+    });
+    if (!v.ok()) {
+      s = v.status();
+    } else if (v->manifest.global_batch() != c.batch_size() || v->manifest.seed() != c.seed()) {
+      s = InvalidArgument("checkpoint " + v->path + " was taken with batch_size " + std::to_string(v->manifest.global_batch()) +
+                          " and seed " + std::to_string(v->manifest.seed()) + "; this run has " + std::to_string(c.batch_size()) +
+                          " and " + std::to_string(c.seed()) + " (the data cursor would not mean the same)");
+    } else {
+      start_step = v->manifest.step();
+      if (worker_index == 0) {
+        std::cerr << "shardps train: resuming from " << v->path << " at step " << start_step << " (epoch " << v->manifest.epoch()
+                  << ", step " << v->manifest.step_in_epoch() << " of it)" << std::endl;
+      }
+      reader = std::make_unique<CheckpointReader>(std::move(*v));
+    }
+  }
+  report(s);
+  if (!agree(s.ok())) {
+    MPI_Finalize();
+    return 1;
+  }
   NodeOptions no;
   no.client.request_timeout = run.timeout;
   no.server.max_hold = run.timeout;
+  no.server.checkpoint_dir = c.checkpoint_dir();
   no.startup_timeout = run.timeout;
+  if (reader) no.prepare_server = [&](ps::Server& server) { return server.Restore(*reader); };
   auto node = Node::Start(std::move(*transport), *cluster, *layout, no);
   if (!node.ok()) {
     s = node.status();
   } else {
     if (auto* client = (*node)->client()) {
       worker::ClientParams params(*client);
-      s = TrainAndReport(c, f, *out, train, test, params, worker_index, cluster->num_workers(), cluster->num_servers());
+      s = TrainAndReport(c, f, *out, train, test, params, worker_index, cluster->num_workers(), cluster->num_servers(),
+                         start_step, client);
     }
     Status fin = (*node)->Finish();
     if (s.ok()) s = fin;
@@ -325,7 +453,8 @@ int TrainMain(int argc, char** argv) {
   int servers = -1;
   double lr = 0;
   uint64_t seed = 0;
-  std::string optimizer, mode, hidden;
+  std::string optimizer, mode, hidden, checkpoint_dir;
+  int64_t checkpoint_every = 0;
   bool colocated = false;
   desc.add_options()("help,h", "print this help")
       ("config", po::value(&f.config_path)->required(), "training config, protobuf text format (.prototxt)")
@@ -346,7 +475,10 @@ int TrainMain(int argc, char** argv) {
       ("summary-json", po::value(&f.summary_json), "summary JSON (default OUT_DIR/summary.json)")
       ("metrics-csv", po::value(&f.metrics_csv), "metrics CSV (default config metrics_csv or OUT_DIR/metrics.csv)")
       ("model-out", po::value(&f.model_out), "final model, safetensors (default OUT_DIR/final_model.safetensors)")
-      ("progress", po::value(&f.progress)->default_value(f.progress), "auto (redraw on a terminal), always, plain or never");
+      ("progress", po::value(&f.progress)->default_value(f.progress), "auto (redraw on a terminal), always, plain or never")
+      ("checkpoint-dir", po::value(&checkpoint_dir), "config checkpoint_dir: write checkpoints (always a final one) there")
+      ("checkpoint-every", po::value(&checkpoint_every), "config checkpoint_every: steps between checkpoints")
+      ("resume", po::value(&f.resume), "resume from DIR (its newest valid checkpoint) or DIR@VERSION");
   po::variables_map vm;
   try {
     po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
@@ -369,6 +501,8 @@ int TrainMain(int argc, char** argv) {
   if (vm.count("seed")) f.overrides.push_back("seed=" + std::to_string(seed));
   if (vm.count("servers")) f.overrides.push_back("servers=" + std::to_string(servers));
   if (colocated) f.overrides.push_back("colocated=true");
+  if (vm.count("checkpoint-dir")) f.overrides.push_back("checkpoint_dir=" + checkpoint_dir);
+  if (vm.count("checkpoint-every")) f.overrides.push_back("checkpoint_every=" + std::to_string(checkpoint_every));
   if (vm.count("train-limit")) f.overrides.push_back("data.train_limit=" + std::to_string(train_limit));
   if (vm.count("test-limit")) f.overrides.push_back("data.test_limit=" + std::to_string(test_limit));
   if (f.progress != "auto" && f.progress != "always" && f.progress != "plain" && f.progress != "never") {
@@ -386,6 +520,10 @@ int TrainMain(int argc, char** argv) {
     f.under_mpirun = true;
   }
   if (config->servers() == 0 && !config->colocated()) {
+    if (!f.resume.empty()) {
+      std::cerr << "shardps train: --resume needs parameter servers (checkpoints are written by them)\n";
+      return 2;
+    }
     if (f.world_hint > 1) {
       std::cerr << "shardps train: --servers 0 trains in one process, but " << f.world_hint
                 << " were started; give --servers S or --colocated\n";

@@ -162,6 +162,14 @@ Status ValidateTrainConfig(const config::TrainConfig& c) {
   }
   if (d.num_classes() < 2) return bad("data.num_classes", "must be at least 2");
   if (d.train_limit() < 0 || d.test_limit() < 0) return bad("data.train_limit/test_limit", "must not be negative");
+  if (c.checkpoint_every() < 0) return bad("checkpoint_every", "must not be negative");
+  if (c.checkpoint_every() > 0 && c.checkpoint_dir().empty()) return bad("checkpoint_every", "needs checkpoint_dir");
+  if (!c.checkpoint_dir().empty() && c.mode() == "local_sgd") {
+    return bad("checkpoint_dir", "checkpoints of local_sgd runs (worker replicas) are not supported yet");
+  }
+  if (!c.checkpoint_dir().empty() && c.servers() == 0 && !c.colocated()) {
+    return bad("checkpoint_dir", "checkpoints are written by parameter servers; --servers 0 has none");
+  }
   auto opt = ToOptimizerConfig(c.optimizer());
   if (!opt.ok()) return bad("optimizer.kind", opt.status().message());
   if (!(c.optimizer().learning_rate() > 0)) return bad("optimizer.learning_rate", "must be positive");

@@ -117,6 +117,7 @@ void Endpoint::Dispatch(IncomingFrame in) {
     case wire::BARRIER:
     case wire::SHUTDOWN:
     case wire::HEARTBEAT:
+    case wire::CHECKPOINT:
       h = server_;
       break;
     case wire::RESPONSE:

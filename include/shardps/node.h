@@ -12,6 +12,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 
 #include "shardps/core/cluster.h"
@@ -30,6 +31,8 @@ struct NodeOptions {
   // Longest Start() waits for every server to confirm the layout, and Finish() for the goodbyes.
   std::chrono::milliseconds startup_timeout{60000};
   std::chrono::milliseconds finish_timeout{600000};
+  // Runs on a serving rank after its server is built and before it serves (e.g. Restore).
+  std::function<Status(ps::Server&)> prepare_server;
 };
 
 class Node {
@@ -50,6 +53,7 @@ class Node {
     if (cluster.is_server()) {
       n->server_ = std::make_unique<ps::Server>(*n->endpoint_, cluster, layout, options.server);
       n->endpoint_->SetServerHandler(n->server_.get());
+      if (options.prepare_server) SHARDPS_RETURN_IF_ERROR(options.prepare_server(*n->server_));
     }
     if (cluster.is_worker()) {
       n->client_ = std::make_unique<worker::KVClient>(*n->endpoint_, cluster, layout, options.client);

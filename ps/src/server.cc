@@ -99,7 +99,9 @@ Server::Server(Endpoint& endpoint, const Cluster& cluster, const TableLayout& la
   }
 }
 
-Server::~Server() = default;
+Server::~Server() {
+  if (writer_.joinable()) writer_.join();
+}
 
 ServerStats Server::stats() const {
   std::lock_guard<std::mutex> lock(mu_);
@@ -183,6 +185,7 @@ void Server::OnFrame(IncomingFrame in, Frame frame) {
     case wire::BARRIER: HandleBarrier(in, h); return;
     case wire::SHUTDOWN: HandleShutdown(in, h); return;
     case wire::HEARTBEAT: SendOk(in.source, h); return;
+    case wire::CHECKPOINT: HandleCheckpoint(in, h); return;
     default:
       Reject(in, h, InvalidArgument(OpName(h.op()) + " is not a request"));
   }
@@ -205,6 +208,61 @@ void Server::HandleShutdown(IncomingFrame& in, const wire::Header& h) {
     worker_done_[cluster_.WorkerIndexOf(in.source)] = true;
   }
   cv_.notify_all();
+}
+
+void Server::HandleCheckpoint(IncomingFrame& in, const wire::Header& h) {
+  if (options_.checkpoint_dir.empty()) {
+    return Reject(in, h, FailedPrecondition("server rank " + std::to_string(cluster_.rank()) + " has no checkpoint directory"));
+  }
+  if (writer_busy_) return Reject(in, h, ResourceExhausted("a checkpoint write is already in flight on this server"));
+  // Snapshot (copy) every model chunk now; the file is written in the background while training
+  // goes on. Every chunk must be exactly at the requested step.
+  std::vector<ChunkToSave> chunks;
+  std::vector<uint32_t> ckpt_table(layout_.num_tables(), 0);
+  for (uint32_t t = 0, k = 0; t < layout_.num_tables(); ++t) {
+    if (IsCheckpointed(layout_.table(t))) ckpt_table[t] = k++;
+  }
+  for (const auto& csp : chunks_) {
+    const ChunkState& cs = *csp;
+    if (!IsCheckpointed(*cs.spec)) continue;
+    if (cs.version != h.step()) {
+      return Reject(in, h, FailedPrecondition("checkpoint at step " + std::to_string(h.step()) + " requested, but " + Describe(cs)));
+    }
+    ChunkToSave c;
+    c.table = ckpt_table[cs.info.table];
+    c.begin = cs.info.begin;
+    c.end = cs.info.end;
+    c.data.reserve(cs.weights.size() + cs.slots.size());
+    c.data.insert(c.data.end(), cs.weights.begin(), cs.weights.end());
+    c.data.insert(c.data.end(), cs.slots.begin(), cs.slots.end());
+    chunks.push_back(std::move(c));
+  }
+  if (writer_.joinable()) writer_.join();
+  writer_busy_ = true;
+  const std::string vdir = CheckpointVersionDir(options_.checkpoint_dir, h.checkpoint_version());
+  const int source = in.source;
+  writer_ = std::thread([this, vdir, source, h, chunks = std::move(chunks)] {
+    Result<ckpt::ShardInfo> r = WriteShard(vdir, static_cast<uint32_t>(cluster_.server_index()), h.step(), chunks);
+    Status s = r.ok() ? Status::Ok() : r.status();
+    endpoint_.Post([this, s, source, h] {
+      writer_busy_ = false;
+      if (s.ok()) SendOk(source, h);
+      else endpoint_.SendError(source, h, s);
+    });
+  });
+}
+
+Status Server::Restore(CheckpointReader& reader) {
+  const uint64_t step = reader.manifest().step();
+  for (auto& csp : chunks_) {
+    ChunkState& cs = *csp;
+    if (!IsCheckpointed(*cs.spec)) continue;
+    const uint32_t nslots = static_cast<uint32_t>(OptimizerSlots(cs.spec->optimizer.kind));
+    SHARDPS_ASSIGN_OR_RETURN(uint32_t t, reader.FindTable(cs.spec->name, cs.spec->size, nslots));
+    SHARDPS_RETURN_IF_ERROR(reader.Read(t, cs.info.begin, cs.info.end, cs.weights, cs.slots));
+    cs.version = step;
+  }
+  return Status::Ok();
 }
 
 Result<Server::ChunkState*> Server::ValidateKeys(const wire::Header& h, bool allow_empty) {

@@ -144,6 +144,94 @@ def check_local_sgd(r, args):
         fail(f"one-shot averaging gave accuracy {s['test_accuracy']}")
 
 
+CKPT = ["--config", None, "--hidden", "32", "--train-limit", "4096", "--test-limit", "1000", "--batch-size", "64",
+        "--optimizer", "adam", "--lr", "0.001"]
+
+
+def ckpt_args(r, *extra):
+    a = list(CKPT)
+    a[1] = r.config("fashion_mlp.prototxt")
+    return a + list(extra)
+
+
+def check_resume(r, args):
+    """2N steps uninterrupted == N steps, stop, resume for N more; also across server counts, from a
+    mid-epoch version, and (within rounding) with another number of workers."""
+    ck1, ck2 = os.path.join(r.work, "ck1"), os.path.join(r.work, "ck2")
+    for d in (ck1, ck2):
+        shutil.rmtree(d, ignore_errors=True)
+    full, dfull, _ = r.train(3, ckpt_args(r, "--servers", "1", "--epochs", "2"))
+    r.train(3, ckpt_args(r, "--servers", "1", "--epochs", "1", "--checkpoint-dir", ck1, "--checkpoint-every", "24"))
+    r.train(4, ckpt_args(r, "--servers", "2", "--epochs", "1", "--checkpoint-dir", ck2))
+    cases = [("1 -> 3 servers, newest version", 5, ["--servers", "3", "--resume", ck1]),
+             ("1 -> 1 server, mid-epoch version 2 (step 48)", 3, ["--servers", "1", "--resume", ck1 + "@2"]),
+             ("2 -> 1 servers", 3, ["--servers", "1", "--resume", ck2]),
+             ("1 -> 2 colocated ranks", 2, ["--colocated", "--resume", ck1])]
+    for name, np_, extra in cases:
+        s, _, p = r.train(np_, ckpt_args(r, "--epochs", "2", *extra))
+        if s["weights_sha256"] != full["weights_sha256"]:
+            fail(f"{name}: resumed weights differ from the uninterrupted run")
+        print(f"  {name}: identical weights ({s['weights_sha256'][:16]})")
+    _, d1w, _ = r.train(2, ckpt_args(r, "--servers", "1", "--epochs", "2", "--resume", ck1))
+    d = rel_diff(r.model(dfull), r.model(d1w))
+    print(f"  2 -> 1 workers: relative difference {d:.3g}")
+    if d > 1e-5:
+        fail(f"resuming with 1 worker differs by {d} relative")
+    p = subprocess.run([r.shardps, "ckpt", "list", ck1, "--json"], capture_output=True, text=True)
+    versions = json.loads(p.stdout)
+    if [v["step"] for v in versions] != [24, 48, 64] or not all(v["valid"] for v in versions):
+        fail(f"ckpt list: {versions}")
+
+
+def check_corruption(r, args):
+    """Each corruption is found by `ckpt verify` and skipped by --resume (with a warning naming the
+    version); an explicit bad @VERSION is an error."""
+    base = os.path.join(r.work, "base")
+    shutil.rmtree(base, ignore_errors=True)
+    full, _, _ = r.train(3, ckpt_args(r, "--servers", "1", "--epochs", "2"))
+    r.train(3, ckpt_args(r, "--servers", "1", "--epochs", "1", "--checkpoint-dir", base, "--checkpoint-every", "32"))
+    # versions: 1 (step 32), 2 (step 64, final)
+
+    def flip(d):
+        p = os.path.join(d, "v00000002", "shard-00000.bin")
+        with open(p, "r+b") as f:
+            f.seek(1000)
+            b = f.read(1)
+            f.seek(1000)
+            f.write(bytes([b[0] ^ 0x40]))
+
+    def truncate(d):
+        p = os.path.join(d, "v00000002", "shard-00000.bin")
+        os.truncate(p, os.path.getsize(p) - 100)
+
+    def no_manifest(d):
+        os.remove(os.path.join(d, "v00000002", "MANIFEST"))
+
+    def other_step(d):
+        # The shard of step 32 under the manifest of step 64.
+        for ext in ("bin", "info"):
+            shutil.copy(os.path.join(d, "v00000001", f"shard-00000.{ext}"), os.path.join(d, "v00000002", f"shard-00000.{ext}"))
+
+    for name, corrupt in (("flipped byte", flip), ("truncated shard", truncate), ("missing manifest", no_manifest),
+                          ("shard of another step", other_step)):
+        d = os.path.join(r.work, "c_" + name.replace(" ", "_"))
+        shutil.rmtree(d, ignore_errors=True)
+        shutil.copytree(base, d)
+        corrupt(d)
+        p = subprocess.run([r.shardps, "ckpt", "verify", d], capture_output=True, text=True)
+        if p.returncode == 0 or "v00000002: BAD" not in p.stdout:
+            fail(f"{name}: verify did not report it:\n{p.stdout}{p.stderr}")
+        print(f"  {name}: verify: {[l for l in p.stdout.splitlines() if 'BAD' in l][0]}")
+        s, _, p = r.train(3, ckpt_args(r, "--servers", "1", "--epochs", "2", "--resume", d))
+        if "skipping checkpoint" not in p.stderr or "v00000002" not in p.stderr or "resuming from " + d + "/v00000001" not in p.stderr:
+            fail(f"{name}: resume did not fall back to version 1 with a warning:\n{p.stderr}")
+        if s["weights_sha256"] != full["weights_sha256"]:
+            fail(f"{name}: resuming from the previous version did not give the uninterrupted weights")
+        _, _, p = r.train(3, ckpt_args(r, "--servers", "1", "--epochs", "2", "--resume", d + "@2"), expect_ok=False)
+        if p.returncode == 0 or "version 2" not in p.stderr:
+            fail(f"{name}: explicit @2 was not refused:\n{p.stderr}")
+
+
 def write_idx(path, dims, data, magic_type=0x08, gz=True):
     raw = bytes([0, 0, magic_type, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims) + bytes(data)
     with (gzip.open(path, "wb") if gz else open(path, "wb")) as f:
@@ -209,7 +297,7 @@ def main():
     ap.add_argument("--config", default="fashion_softmax.prototxt")
     ap.add_argument("--min-accuracy", type=float, default=0.84)
     ap.add_argument("check", choices=["convergence", "repeat", "servers", "single_process", "workers", "local_sgd",
-                                      "bad_input"])
+                                      "bad_input", "resume", "corruption"])
     args = ap.parse_args()
     if args.check != "bad_input" and not os.path.exists(os.path.join(FASHION, "train-images-idx3-ubyte.gz")):
         fail(f"Fashion-MNIST not found under {FASHION}; scripts/setup.sh installs dataset-fashion-mnist")

@@ -180,6 +180,19 @@ Handle KVClient::Shutdown() {
   return Start("shutdown", std::move(pieces));
 }
 
+Handle KVClient::Checkpoint(uint64_t version, uint64_t step) {
+  std::vector<Piece> pieces;
+  for (int s : cluster_.server_ranks()) {
+    Piece p;
+    p.server_rank = s;
+    p.header.set_op(wire::CHECKPOINT);
+    p.header.set_step(step);
+    p.header.set_checkpoint_version(version);
+    pieces.push_back(std::move(p));
+  }
+  return Start("checkpoint version " + std::to_string(version) + " at step " + std::to_string(step), std::move(pieces));
+}
+
 Handle KVClient::Start(std::string what, std::vector<Piece> pieces) {
   auto op = std::make_shared<OpState>();
   op->what = std::move(what);

@@ -156,8 +156,8 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
   }
   {
     std::vector<Handle> hs;
-    for (size_t t = 0; t < M; ++t) hs.push_back(params.Pull(static_cast<uint32_t>(t), w[t], 0));
-    SHARDPS_RETURN_IF_ERROR(WaitAll(hs, timeout).WithContext("pulling the initial model"));
+    for (size_t t = 0; t < M; ++t) hs.push_back(params.Pull(static_cast<uint32_t>(t), w[t], run.start_step));
+    SHARDPS_RETURN_IF_ERROR(WaitAll(hs, timeout).WithContext("pulling the model at step " + std::to_string(run.start_step)));
   }
 
   const int64_t B = run.batch_size;
@@ -192,8 +192,15 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
   double interval_loss = 0;
   int64_t interval_rows = 0;
   double recent_loss = 0;
-  int64_t step = 0;
+  int64_t step = static_cast<int64_t>(run.start_step);
   double last_accuracy = -1;
+  if (local_sgd && run.start_step > 0) return FailedPrecondition("resuming local_sgd training is not supported");
+  const int first_epoch = static_cast<int>(run.start_step / steps_per_epoch);
+  const int64_t first_step_in_epoch = static_cast<int64_t>(run.start_step % steps_per_epoch);
+  if (first_epoch >= run.epochs) {
+    return InvalidArgument("the checkpoint is at step " + std::to_string(run.start_step) + " (epoch " +
+                           std::to_string(first_epoch) + "); this run has only " + std::to_string(run.epochs) + " epochs");
+  }
 
   auto evaluate = [&](int epoch, double epoch_loss, int64_t epoch_rows) -> Status {
     std::vector<float> local(kMetricsFloats, 0.0f);
@@ -220,18 +227,18 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
       row.train_loss = result.train_loss;
       row.test_loss = result.test_loss;
       row.test_accuracy = result.test_accuracy;
-      row.samples_per_second = train_seconds > 0 ? static_cast<double>(step * B) / train_seconds : 0;
+      row.samples_per_second = train_seconds > 0 ? static_cast<double>((step - static_cast<int64_t>(run.start_step)) * B) / train_seconds : 0;
       row.wall_seconds = Seconds(std::chrono::steady_clock::now() - start).count();
       hooks.on_metrics(row);
     }
     return Status::Ok();
   };
 
-  for (int epoch = 0; epoch < run.epochs; ++epoch) {
+  for (int epoch = first_epoch; epoch < run.epochs; ++epoch) {
     const std::vector<int64_t> perm = order.Permutation(static_cast<uint64_t>(epoch));
     double epoch_loss = 0;
     int64_t epoch_rows = 0;
-    for (int64_t s = 0; s < steps_per_epoch; ++s) {
+    for (int64_t s = epoch == first_epoch ? first_step_in_epoch : 0; s < steps_per_epoch; ++s) {
       const auto t0 = std::chrono::steady_clock::now();
       GatherRows(train, std::span<const int64_t>(perm).subspan(s * B + slice.begin, rows), &xb, &yb);
       for (size_t t = 0; t < M; ++t) {
@@ -269,9 +276,14 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
         p.total_steps = total_steps;
         p.loss = recent_loss;
         p.test_accuracy = last_accuracy;
-        p.samples_per_second = train_seconds > 0 ? static_cast<double>(step * B) / train_seconds : 0;
+        p.samples_per_second = train_seconds > 0 ? static_cast<double>((step - static_cast<int64_t>(run.start_step)) * B) / train_seconds : 0;
         p.eta_seconds = p.samples_per_second > 0 ? static_cast<double>((total_steps - step) * B) / p.samples_per_second : 0;
         hooks.on_progress(p);
+      }
+      if (hooks.on_step_end) {
+        const Cursor c{static_cast<uint64_t>(step), static_cast<uint64_t>(step / steps_per_epoch),
+                       static_cast<uint64_t>(step % steps_per_epoch)};
+        SHARDPS_RETURN_IF_ERROR(hooks.on_step_end(c, false));
       }
       if (hooks.on_metrics && step % run.log_every_steps == 0) {
         MetricsRow row;
@@ -279,7 +291,7 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
         row.step = step;
         row.samples = step * B;
         row.train_loss = interval_loss / static_cast<double>(interval_rows);
-        row.samples_per_second = static_cast<double>(step * B) / train_seconds;
+        row.samples_per_second = static_cast<double>((step - static_cast<int64_t>(run.start_step)) * B) / train_seconds;
         row.wall_seconds = Seconds(std::chrono::steady_clock::now() - start).count();
         hooks.on_metrics(row);
         interval_loss = 0;
@@ -294,10 +306,15 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
       SHARDPS_RETURN_IF_ERROR(evaluate(epoch, epoch_loss, epoch_rows).WithContext("evaluating epoch " + std::to_string(epoch)));
     }
   }
+  if (hooks.on_step_end) {
+    const Cursor c{static_cast<uint64_t>(step), static_cast<uint64_t>(step / steps_per_epoch),
+                   static_cast<uint64_t>(step % steps_per_epoch)};
+    SHARDPS_RETURN_IF_ERROR(hooks.on_step_end(c, true));
+  }
   result.epochs = run.epochs;
   result.steps = step;
   result.wall_seconds = Seconds(std::chrono::steady_clock::now() - start).count();
-  result.samples_per_second = train_seconds > 0 ? static_cast<double>(step * B) / train_seconds : 0;
+  result.samples_per_second = train_seconds > 0 ? static_cast<double>((step - static_cast<int64_t>(run.start_step)) * B) / train_seconds : 0;
   result.weights = std::move(w);
   result.weights_sha256 = WeightsSha256(result.weights);
   return result;

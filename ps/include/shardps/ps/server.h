@@ -32,11 +32,14 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <string>
+#include <thread>
 #include <optional>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
+#include "shardps/core/checkpoint.h"
 #include "shardps/core/cluster.h"
 #include "shardps/core/endpoint.h"
 #include "shardps/core/layout.h"
@@ -56,6 +59,9 @@ struct ServerOptions {
   size_t accumulators = 16;
   // Scratch buffers (one chunk each) for receiving the second and later gradients of a step.
   size_t scratch_buffers = 4;
+  // Where CHECKPOINT requests write (the request names only a version number, so a peer cannot
+  // choose the path). Empty: checkpoints are refused.
+  std::string checkpoint_dir;
 };
 
 struct ServerStats {
@@ -90,6 +96,14 @@ class Server final : public FrameHandler {
 
   ServerStats stats() const;
 
+  // Loads this server's chunks of every saved table (tables whose names start with '_' are
+  // internal and start fresh) from a checkpoint, whatever server count and chunking wrote it, and
+  // sets them to its step. Call before the endpoint starts.
+  Status Restore(CheckpointReader& reader);
+
+  // Model tables are the ones saved in checkpoints (names not starting with '_').
+  static bool IsCheckpointed(const TableSpec& t) { return t.name.empty() || t.name[0] != '_'; }
+
  private:
   struct Held;
   struct ChunkState;
@@ -100,6 +114,7 @@ class Server final : public FrameHandler {
   void HandlePull(IncomingFrame& in, Frame& f);
   void HandleBarrier(IncomingFrame& in, const wire::Header& h);
   void HandleShutdown(IncomingFrame& in, const wire::Header& h);
+  void HandleCheckpoint(IncomingFrame& in, const wire::Header& h);
   Result<ChunkState*> ValidateKeys(const wire::Header& h, bool allow_empty);
   void Reject(IncomingFrame& in, const wire::Header& h, const Status& s);
   void AcceptPush(ChunkState& cs, std::shared_ptr<Held> held);
@@ -142,6 +157,8 @@ class Server final : public FrameHandler {
   BufferPool accum_pool_;
   BufferPool scratch_pool_;
   std::unique_ptr<BarrierState> barrier_;
+  std::thread writer_;          // the shard write in flight (at most one)
+  bool writer_busy_ = false;
   Clock::time_point next_expiry_ = Clock::time_point::max();
 
   mutable std::mutex mu_;

@@ -86,6 +86,9 @@ class KVClient final : public FrameHandler {
   Handle Hello();
   // Tells every server this worker is done; call after all other handles completed.
   Handle Shutdown();
+  // Asks every server to write its shard of the model tables, all at `step`, into checkpoint
+  // version `version` of its checkpoint directory; completes when every shard is durable.
+  Handle Checkpoint(uint64_t version, uint64_t step);
 
   const TableLayout& layout() const { return layout_; }
 

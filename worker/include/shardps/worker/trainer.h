@@ -78,6 +78,7 @@ struct RunOptions {
   int worker = 0;              // this worker's index
   int workers = 1;
   std::chrono::milliseconds timeout{120000};
+  uint64_t start_step = 0;      // resume: steps already applied (the servers hold that version)
 };
 
 // Every table of a run in declaration order: the model's, then a reduction table for metrics
@@ -106,9 +107,20 @@ struct MetricsRow {
   double wall_seconds = 0;
 };
 
+// Where training stands after a step: `step` steps applied; the next is step `step_in_epoch` of
+// epoch `epoch` (the data cursor a checkpoint records).
+struct Cursor {
+  uint64_t step = 0;
+  uint64_t epoch = 0;
+  uint64_t step_in_epoch = 0;
+};
+
 struct TrainHooks {
   std::function<void(const Progress&)> on_progress;  // after every step
   std::function<void(const MetricsRow&)> on_metrics;  // every log_every_steps and every evaluation
+  // After every step (with the cursor after it) and once at the end (`final`); an error stops
+  // training. Checkpoints hang here.
+  std::function<Status(const Cursor&, bool final)> on_step_end;
 };
 
 struct TrainResult {

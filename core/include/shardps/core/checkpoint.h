@@ -1,0 +1,83 @@
+// Checkpoints on disk: atomic, verifiable shard files and a manifest committed last.
+//
+//   // each server, for a version directory the lead worker created:
+//   SHARDPS_ASSIGN_OR_RETURN(ckpt::ShardInfo info, WriteShard(vdir, server_index, step, chunks, tables));
+//   // the lead worker, once every server has written its shard:
+//   SHARDPS_RETURN_IF_ERROR(CommitManifest(vdir, manifest));   // MANIFEST is written last
+//   // resuming:
+//   SHARDPS_ASSIGN_OR_RETURN(CheckpointVersion v, ResolveCheckpoint("DIR@7", warn));
+//   CheckpointReader reader(v);  reader.Read("l0.w", begin, end, weights, slots);
+//
+// Every file is written to a temporary name, fsynced, renamed, and its directory fsynced, so a
+// crash at any instant leaves either the previous state or the new one. A version is valid only
+// if its MANIFEST parses with a matching CRC32C, every shard it lists exists with the recorded
+// size, step and per-chunk CRC32Cs. Readers verify every chunk they touch.
+// Thread safety: free functions; a CheckpointReader is used by one thread.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "checkpoint.pb.h"
+#include "shardps/core/layout.h"
+#include "shardps/core/status.h"
+
+namespace shardps {
+
+// One chunk to save: its weights and its optimizer state (slots arrays back to back).
+struct ChunkToSave {
+  uint32_t table = 0;  // index into the `tables` given to WriteShard
+  uint64_t begin = 0;
+  uint64_t end = 0;
+  std::vector<float> data;  // weights, then slots: (end - begin) * (1 + slots) floats
+};
+
+std::string CheckpointVersionDir(const std::string& dir, uint64_t version);  // DIR/v00000007
+
+// The next version number in `dir` (1 + the largest present, valid or not); creates `dir`.
+Result<uint64_t> NextCheckpointVersion(const std::string& dir);
+// Creates the version directory (and fsyncs its parent).
+Status CreateCheckpointVersionDir(const std::string& version_dir);
+
+// Writes shard-<server>.bin and then shard-<server>.info atomically.
+Result<ckpt::ShardInfo> WriteShard(const std::string& version_dir, uint32_t server, uint64_t step,
+                                   const std::vector<ChunkToSave>& chunks);
+
+// Reads every shard-*.info in the directory into `manifest.shards` (they must be `expected_shards`
+// and all at manifest.step), then writes MANIFEST atomically and fsyncs the directory.
+Status CommitManifest(const std::string& version_dir, ckpt::Manifest manifest, uint32_t expected_shards);
+
+struct CheckpointVersion {
+  uint64_t version = 0;
+  std::string path;
+  Status status;  // OK when complete and verified
+  ckpt::Manifest manifest;
+  uint64_t bytes = 0;
+};
+
+// Every version directory in `dir`, ascending; with `verify`, shard data is read and checked.
+std::vector<CheckpointVersion> ListCheckpoints(const std::string& dir, bool verify);
+Status VerifyCheckpoint(CheckpointVersion* v);
+
+// "DIR" -> the newest valid version (invalid newer ones are reported through `warn` with the
+// reason); "DIR@N" -> version N, an error if it is not valid.
+Result<CheckpointVersion> ResolveCheckpoint(const std::string& spec, const std::function<void(const std::string&)>& warn);
+
+// Reads element ranges of saved tables, whatever chunking and server count wrote them.
+class CheckpointReader {
+ public:
+  explicit CheckpointReader(CheckpointVersion v) : v_(std::move(v)) {}
+  const ckpt::Manifest& manifest() const { return v_.manifest; }
+  // Index of the saved table `name`, checking size and optimizer state layout.
+  Result<uint32_t> FindTable(const std::string& name, uint64_t size, uint32_t slots) const;
+  // weights.size() == end - begin; slots.size() == (end - begin) * table slots.
+  Status Read(uint32_t table, uint64_t begin, uint64_t end, std::span<float> weights, std::span<float> slots);
+
+ private:
+  CheckpointVersion v_;
+};
+
+}  // namespace shardps

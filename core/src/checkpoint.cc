@@ -1,0 +1,323 @@
+#include "shardps/core/checkpoint.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+
+#include "shardps/core/crc32c.h"
+
+namespace shardps {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string Errno(const std::string& what) { return what + ": " + std::strerror(errno); }
+
+Status FsyncPath(const std::string& path, bool directory) {
+  int fd = ::open(path.c_str(), directory ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
+  if (fd < 0) return IoError(Errno("open '" + path + "' for fsync"));
+  int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) return IoError(Errno("fsync '" + path + "'"));
+  return Status::Ok();
+}
+
+// Writes `parts` to `path` atomically: temporary file, fsync, rename, fsync of the directory.
+Status WriteFileAtomic(const std::string& path, const std::vector<std::span<const uint8_t>>& parts) {
+  const std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) return IoError(Errno("create '" + tmp + "'"));
+  for (auto part : parts) {
+    size_t done = 0;
+    while (done < part.size()) {
+      ssize_t n = ::write(fd, part.data() + done, std::min<size_t>(part.size() - done, size_t{1} << 26));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        Status s = IoError(Errno("write '" + tmp + "'"));
+        ::close(fd);
+        return s;
+      }
+      done += static_cast<size_t>(n);
+    }
+  }
+  if (::fsync(fd) != 0) {
+    Status s = IoError(Errno("fsync '" + tmp + "'"));
+    ::close(fd);
+    return s;
+  }
+  if (::close(fd) != 0) return IoError(Errno("close '" + tmp + "'"));
+  if (::rename(tmp.c_str(), path.c_str()) != 0) return IoError(Errno("rename '" + tmp + "' to '" + path + "'"));
+  return FsyncPath(fs::path(path).parent_path().string(), true);
+}
+
+// [CRC32C little-endian][message]
+Status WriteMessage(const std::string& path, const google::protobuf::MessageLite& m) {
+  std::string body = m.SerializeAsString();
+  uint32_t crc = Crc32c(body.data(), body.size());
+  uint8_t head[4] = {uint8_t(crc), uint8_t(crc >> 8), uint8_t(crc >> 16), uint8_t(crc >> 24)};
+  return WriteFileAtomic(path, {std::span<const uint8_t>(head, 4),
+                                std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(body.data()), body.size())});
+}
+
+Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes) {
+  std::error_code ec;
+  const auto size = fs::file_size(path, ec);
+  if (ec) return NotFound("'" + path + "': " + ec.message());
+  if (size > max_bytes) return DataLoss("'" + path + "' has " + std::to_string(size) + " bytes, more than " + std::to_string(max_bytes));
+  std::string out(size, '\0');
+  int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) return IoError(Errno("open '" + path + "'"));
+  size_t done = 0;
+  while (done < size) {
+    ssize_t n = ::read(fd, out.data() + done, size - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      ::close(fd);
+      return IoError(Errno("read '" + path + "'"));
+    }
+    done += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  return out;
+}
+
+template <typename M>
+Result<M> ReadMessage(const std::string& path) {
+  SHARDPS_ASSIGN_OR_RETURN(std::string raw, ReadFile(path, uint64_t{64} << 20));
+  if (raw.size() < 4) return DataLoss("'" + path + "' is truncated (" + std::to_string(raw.size()) + " bytes)");
+  const auto* p = reinterpret_cast<const uint8_t*>(raw.data());
+  const uint32_t crc = p[0] | (p[1] << 8) | (p[2] << 16) | (uint32_t{p[3]} << 24);
+  if (Crc32c(raw.data() + 4, raw.size() - 4) != crc) return DataLoss("'" + path + "': CRC32C mismatch");
+  M m;
+  if (!m.ParseFromArray(raw.data() + 4, static_cast<int>(raw.size() - 4))) return DataLoss("'" + path + "' does not parse");
+  return m;
+}
+
+bool ParseVersionName(const std::string& name, uint64_t* v) {
+  if (name.size() != 9 || name[0] != 'v') return false;
+  uint64_t x = 0;
+  for (size_t i = 1; i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9') return false;
+    x = x * 10 + (name[i] - '0');
+  }
+  *v = x;
+  return true;
+}
+
+std::string ShardName(uint32_t server, const char* ext) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "shard-%05u.%s", server, ext);
+  return buf;
+}
+
+}  // namespace
+
+std::string CheckpointVersionDir(const std::string& dir, uint64_t version) {
+  char buf[16];
+  std::snprintf(buf, sizeof(buf), "v%08llu", static_cast<unsigned long long>(version));
+  return (fs::path(dir) / buf).string();
+}
+
+Result<uint64_t> NextCheckpointVersion(const std::string& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return IoError("cannot create checkpoint directory '" + dir + "': " + ec.message());
+  uint64_t next = 1;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    uint64_t v;
+    if (ParseVersionName(e.path().filename().string(), &v)) next = std::max(next, v + 1);
+  }
+  if (ec) return IoError("cannot list '" + dir + "': " + ec.message());
+  return next;
+}
+
+Status CreateCheckpointVersionDir(const std::string& version_dir) {
+  std::error_code ec;
+  if (!fs::create_directory(version_dir, ec) || ec) {
+    return IoError("cannot create '" + version_dir + "'" + (ec ? ": " + ec.message() : ": it exists"));
+  }
+  return FsyncPath(fs::path(version_dir).parent_path().string(), true);
+}
+
+Result<ckpt::ShardInfo> WriteShard(const std::string& version_dir, uint32_t server, uint64_t step,
+                                   const std::vector<ChunkToSave>& chunks) {
+  ckpt::ShardInfo info;
+  info.set_server(server);
+  info.set_file(ShardName(server, "bin"));
+  info.set_step(step);
+  std::vector<std::span<const uint8_t>> parts;
+  uint64_t offset = 0;
+  for (const ChunkToSave& c : chunks) {
+    auto bytes = std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(c.data.data()), c.data.size() * sizeof(float));
+    ckpt::ChunkEntry* e = info.add_chunks();
+    e->set_table(c.table);
+    e->set_begin(c.begin);
+    e->set_end(c.end);
+    e->set_offset(offset);
+    e->set_bytes(bytes.size());
+    e->set_crc32c(Crc32c(bytes.data(), bytes.size()));
+    parts.push_back(bytes);
+    offset += bytes.size();
+  }
+  info.set_bytes(offset);
+  const std::string dir = version_dir;
+  SHARDPS_RETURN_IF_ERROR(WriteFileAtomic((fs::path(dir) / info.file()).string(), parts));
+  SHARDPS_RETURN_IF_ERROR(WriteMessage((fs::path(dir) / ShardName(server, "info")).string(), info));
+  return info;
+}
+
+Status CommitManifest(const std::string& version_dir, ckpt::Manifest manifest, uint32_t expected_shards) {
+  manifest.clear_shards();
+  for (uint32_t s = 0; s < expected_shards; ++s) {
+    SHARDPS_ASSIGN_OR_RETURN(ckpt::ShardInfo info,
+                             ReadMessage<ckpt::ShardInfo>((fs::path(version_dir) / ShardName(s, "info")).string()));
+    if (info.step() != manifest.step()) {
+      return DataLoss("shard " + std::to_string(s) + " of '" + version_dir + "' is at step " + std::to_string(info.step()) +
+                      ", the checkpoint at step " + std::to_string(manifest.step()));
+    }
+    *manifest.add_shards() = std::move(info);
+  }
+  manifest.set_created_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch()).count());
+  return WriteMessage((fs::path(version_dir) / "MANIFEST").string(), manifest);
+}
+
+Status VerifyCheckpoint(CheckpointVersion* v) {
+  auto m = ReadMessage<ckpt::Manifest>((fs::path(v->path) / "MANIFEST").string());
+  if (!m.ok()) return m.status().code() == StatusCode::kNotFound ? NotFound("no MANIFEST (incomplete checkpoint)") : m.status();
+  v->manifest = std::move(*m);
+  v->bytes = 0;
+  if (v->manifest.version() != v->version) {
+    return DataLoss("MANIFEST names version " + std::to_string(v->manifest.version()));
+  }
+  for (const auto& shard : v->manifest.shards()) {
+    if (shard.step() != v->manifest.step()) {
+      return DataLoss("shard " + shard.file() + " is at step " + std::to_string(shard.step()) + ", the manifest at step " +
+                      std::to_string(v->manifest.step()));
+    }
+    const std::string path = (fs::path(v->path) / shard.file()).string();
+    SHARDPS_ASSIGN_OR_RETURN(std::string data, ReadFile(path, uint64_t{1} << 40));
+    if (data.size() != shard.bytes()) {
+      return DataLoss("'" + path + "' has " + std::to_string(data.size()) + " bytes, the manifest says " +
+                      std::to_string(shard.bytes()));
+    }
+    for (const auto& c : shard.chunks()) {
+      if (c.offset() + c.bytes() > data.size() || Crc32c(data.data() + c.offset(), c.bytes()) != c.crc32c()) {
+        return DataLoss("'" + path + "': chunk [" + std::to_string(c.begin()) + "," + std::to_string(c.end()) + ") of table " +
+                        std::to_string(c.table()) + " at byte offset " + std::to_string(c.offset()) + " fails its CRC32C");
+      }
+    }
+    v->bytes += data.size();
+  }
+  return Status::Ok();
+}
+
+std::vector<CheckpointVersion> ListCheckpoints(const std::string& dir, bool verify) {
+  std::vector<CheckpointVersion> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    uint64_t v;
+    if (!e.is_directory() || !ParseVersionName(e.path().filename().string(), &v)) continue;
+    CheckpointVersion cv;
+    cv.version = v;
+    cv.path = e.path().string();
+    if (verify) {
+      cv.status = VerifyCheckpoint(&cv);
+    } else {
+      auto m = ReadMessage<ckpt::Manifest>((e.path() / "MANIFEST").string());
+      if (m.ok()) cv.manifest = std::move(*m);
+      else cv.status = m.status();
+    }
+    out.push_back(std::move(cv));
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.version < b.version; });
+  return out;
+}
+
+Result<CheckpointVersion> ResolveCheckpoint(const std::string& spec, const std::function<void(const std::string&)>& warn) {
+  const size_t at = spec.rfind('@');
+  const std::string dir = at == std::string::npos ? spec : spec.substr(0, at);
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return NotFound("checkpoint directory '" + dir + "' does not exist");
+  if (at != std::string::npos) {
+    const std::string which = spec.substr(at + 1);
+    uint64_t v = 0;
+    if (which.empty() || which.find_first_not_of("0123456789") != std::string::npos) {
+      return InvalidArgument("'" + spec + "': expected DIR@VERSION with a version number");
+    }
+    v = std::stoull(which);
+    CheckpointVersion cv;
+    cv.version = v;
+    cv.path = CheckpointVersionDir(dir, v);
+    if (!fs::is_directory(cv.path, ec)) return NotFound("checkpoint version " + which + " does not exist in '" + dir + "'");
+    cv.status = VerifyCheckpoint(&cv);
+    if (!cv.status.ok()) return cv.status.WithContext("checkpoint version " + which + " in '" + dir + "' is not valid");
+    return cv;
+  }
+  auto all = ListCheckpoints(dir, /*verify=*/true);
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    if (it->status.ok()) return std::move(*it);
+    if (warn) warn("skipping checkpoint " + it->path + ": " + it->status.message());
+  }
+  return NotFound("no valid checkpoint in '" + dir + "'");
+}
+
+Result<uint32_t> CheckpointReader::FindTable(const std::string& name, uint64_t size, uint32_t slots) const {
+  for (int t = 0; t < v_.manifest.tables_size(); ++t) {
+    const auto& ti = v_.manifest.tables(t);
+    if (ti.name() != name) continue;
+    if (ti.size() != size) {
+      return InvalidArgument("checkpoint table '" + name + "' has " + std::to_string(ti.size()) + " elements, the model " +
+                             std::to_string(size));
+    }
+    if (ti.slots() != slots) {
+      return InvalidArgument("checkpoint table '" + name + "' was saved with " + std::to_string(ti.slots()) +
+                             " optimizer slots per weight (" + ti.optimizer() + "), this run has " + std::to_string(slots));
+    }
+    return static_cast<uint32_t>(t);
+  }
+  return NotFound("checkpoint " + v_.path + " has no table '" + name + "'");
+}
+
+Status CheckpointReader::Read(uint32_t table, uint64_t begin, uint64_t end, std::span<float> weights, std::span<float> slots) {
+  const uint32_t nslots = v_.manifest.tables(table).slots();
+  const uint64_t n = end - begin;
+  uint64_t covered = 0;
+  for (const auto& shard : v_.manifest.shards()) {
+    const std::string path = (fs::path(v_.path) / shard.file()).string();
+    for (const auto& c : shard.chunks()) {
+      if (c.table() != table || c.end() <= begin || c.begin() >= end) continue;
+      const uint64_t size = c.end() - c.begin();
+      if (c.bytes() != size * 4 * (1 + nslots)) return DataLoss("'" + path + "': chunk entry size mismatch");
+      std::vector<float> buf(size * (1 + nslots));
+      int fd = ::open(path.c_str(), O_RDONLY);
+      if (fd < 0) return IoError(Errno("open '" + path + "'"));
+      ssize_t got = ::pread(fd, buf.data(), c.bytes(), static_cast<off_t>(c.offset()));
+      ::close(fd);
+      if (got != static_cast<ssize_t>(c.bytes())) return DataLoss("'" + path + "': short read at byte offset " + std::to_string(c.offset()));
+      if (Crc32c(buf.data(), c.bytes()) != c.crc32c()) {
+        return DataLoss("'" + path + "': chunk at byte offset " + std::to_string(c.offset()) + " fails its CRC32C");
+      }
+      const uint64_t lo = std::max(begin, c.begin()), hi = std::min(end, c.end());
+      std::memcpy(weights.data() + (lo - begin), buf.data() + (lo - c.begin()), (hi - lo) * sizeof(float));
+      for (uint32_t k = 0; k < nslots; ++k) {
+        std::memcpy(slots.data() + k * n + (lo - begin), buf.data() + size * (1 + k) + (lo - c.begin()), (hi - lo) * sizeof(float));
+      }
+      covered += hi - lo;
+    }
+  }
+  if (covered != n) {
+    return DataLoss("checkpoint " + v_.path + " covers " + std::to_string(covered) + " of elements [" + std::to_string(begin) +
+                    "," + std::to_string(end) + ") of table " + std::to_string(table));
+  }
+  return Status::Ok();
+}
+
+}  // namespace shardps

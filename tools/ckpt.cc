@@ -14,8 +14,23 @@ namespace {
 
 int Usage() {
   std::cerr << "usage: shardps ckpt list DIR [--json]\n"
-               "       shardps ckpt verify DIR [VERSION]   (exit 1 on any problem)\n";
+               "       shardps ckpt verify DIR [VERSION]   (exit 1 on any problem)\n"
+               "       shardps ckpt tag DIR VERSION TAG\n"
+               "       shardps ckpt untag DIR TAG\n"
+               "       shardps ckpt rollback DIR VERSION|TAG   (what a plain --resume DIR picks next)\n"
+               "       shardps ckpt gc DIR [--keep-last K] [--max-bytes B]\n";
   return 2;
+}
+
+int Fail(const char* cmd, const Status& s) {
+  std::cerr << "shardps ckpt " << cmd << ": " << s.message() << "\n";
+  return 1;
+}
+
+bool ParseU64(const std::string& s, uint64_t* v) {
+  if (s.empty() || s.size() > 19 || s.find_first_not_of("0123456789") != std::string::npos) return false;
+  *v = std::stoull(s);
+  return true;
 }
 
 std::string Escape(const std::string& s) {
@@ -93,6 +108,42 @@ int CkptMain(int argc, char** argv) {
   if (cmd == "verify") {
     if (argc > 4) return Usage();
     return Verify(dir, argc == 4 ? argv[3] : "");
+  }
+  if (cmd == "tag") {
+    uint64_t v = 0;
+    if (argc != 5 || !ParseU64(argv[3], &v)) return Usage();
+    Status s = TagCheckpoint(dir, v, argv[4]);
+    if (!s.ok()) return Fail("tag", s);
+    std::cout << "tagged version " << v << " '" << argv[4] << "'\n";
+    return 0;
+  }
+  if (cmd == "untag") {
+    if (argc != 4) return Usage();
+    Status s = UntagCheckpoint(dir, argv[3]);
+    return s.ok() ? 0 : Fail("untag", s);
+  }
+  if (cmd == "rollback") {
+    if (argc != 4) return Usage();
+    auto v = RollbackCheckpoint(dir, argv[3]);
+    if (!v.ok()) return Fail("rollback", v.status());
+    std::cout << "a plain --resume " << dir << " now picks version " << *v << "\n";
+    return 0;
+  }
+  if (cmd == "gc") {
+    uint64_t keep = 0, bytes = 0;
+    for (int i = 3; i < argc; ++i) {
+      const std::string a = argv[i];
+      if (a == "--keep-last" && i + 1 < argc && ParseU64(argv[i + 1], &keep)) ++i;
+      else if (a == "--max-bytes" && i + 1 < argc && ParseU64(argv[i + 1], &bytes)) ++i;
+      else return Usage();
+    }
+    if (keep == 0 && bytes == 0) return Usage();
+    auto r = CollectCheckpointGarbage(dir, keep, bytes);
+    if (!r.ok()) return Fail("gc", r.status());
+    std::cout << "deleted " << r->deleted.size() << " versions (";
+    for (size_t i = 0; i < r->deleted.size(); ++i) std::cout << (i ? " " : "") << r->deleted[i];
+    std::cout << "), freed " << r->bytes_freed << " bytes, " << r->bytes_kept << " bytes kept\n";
+    return 0;
   }
   return Usage();
 }

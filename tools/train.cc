@@ -169,6 +169,7 @@ class CheckpointDriver {
   CheckpointDriver(worker::KVClient& client, const config::TrainConfig& c, ckpt::Manifest base, uint32_t servers,
                    std::chrono::milliseconds timeout)
       : client_(client), dir_(c.checkpoint_dir()), every_(static_cast<uint64_t>(c.checkpoint_every())),
+        keep_last_(static_cast<uint64_t>(c.keep_last())), max_bytes_(static_cast<uint64_t>(c.max_bytes())),
         base_(std::move(base)), servers_(servers), timeout_(timeout) {}
 
   Status OnStep(const worker::Cursor& cur, bool final) {
@@ -209,6 +210,11 @@ class CheckpointDriver {
     const auto t0 = std::chrono::steady_clock::now();
     SHARDPS_RETURN_IF_ERROR(handle_.wait(timeout_));
     SHARDPS_RETURN_IF_ERROR(CommitManifest(vdir_, manifest_, servers_));
+    // The newest checkpoint is again what a plain --resume picks; then the retention rules.
+    SHARDPS_RETURN_IF_ERROR(ClearCheckpointHead(dir_));
+    if (keep_last_ > 0 || max_bytes_ > 0) {
+      SHARDPS_RETURN_IF_ERROR(CollectCheckpointGarbage(dir_, keep_last_, max_bytes_).status());
+    }
     if (wait) stall_ms_ += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     pending_ = false;
     last_step_ = manifest_.step();
@@ -219,6 +225,8 @@ class CheckpointDriver {
   worker::KVClient& client_;
   const std::string dir_;
   const uint64_t every_;
+  const uint64_t keep_last_;
+  const uint64_t max_bytes_;
   const ckpt::Manifest base_;
   const uint32_t servers_;
   const std::chrono::milliseconds timeout_;
@@ -454,7 +462,7 @@ int TrainMain(int argc, char** argv) {
   double lr = 0;
   uint64_t seed = 0;
   std::string optimizer, mode, hidden, checkpoint_dir;
-  int64_t checkpoint_every = 0;
+  int64_t checkpoint_every = 0, keep_last = 0, max_bytes = 0;
   bool colocated = false;
   desc.add_options()("help,h", "print this help")
       ("config", po::value(&f.config_path)->required(), "training config, protobuf text format (.prototxt)")
@@ -478,7 +486,9 @@ int TrainMain(int argc, char** argv) {
       ("progress", po::value(&f.progress)->default_value(f.progress), "auto (redraw on a terminal), always, plain or never")
       ("checkpoint-dir", po::value(&checkpoint_dir), "config checkpoint_dir: write checkpoints (always a final one) there")
       ("checkpoint-every", po::value(&checkpoint_every), "config checkpoint_every: steps between checkpoints")
-      ("resume", po::value(&f.resume), "resume from DIR (its newest valid checkpoint) or DIR@VERSION");
+      ("resume", po::value(&f.resume), "resume from DIR (its newest valid checkpoint), DIR@VERSION or DIR@TAG")
+      ("keep-last", po::value(&keep_last), "config keep_last: keep the newest K checkpoints (tagged ones always)")
+      ("max-bytes", po::value(&max_bytes), "config max_bytes: keep the checkpoint directory under B bytes");
   po::variables_map vm;
   try {
     po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
@@ -503,6 +513,8 @@ int TrainMain(int argc, char** argv) {
   if (colocated) f.overrides.push_back("colocated=true");
   if (vm.count("checkpoint-dir")) f.overrides.push_back("checkpoint_dir=" + checkpoint_dir);
   if (vm.count("checkpoint-every")) f.overrides.push_back("checkpoint_every=" + std::to_string(checkpoint_every));
+  if (vm.count("keep-last")) f.overrides.push_back("keep_last=" + std::to_string(keep_last));
+  if (vm.count("max-bytes")) f.overrides.push_back("max_bytes=" + std::to_string(max_bytes));
   if (vm.count("train-limit")) f.overrides.push_back("data.train_limit=" + std::to_string(train_limit));
   if (vm.count("test-limit")) f.overrides.push_back("data.test_limit=" + std::to_string(test_limit));
   if (f.progress != "auto" && f.progress != "always" && f.progress != "plain" && f.progress != "never") {

@@ -10,6 +10,8 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <optional>
+#include <cctype>
 
 #include "shardps/core/crc32c.h"
 
@@ -241,6 +243,50 @@ std::vector<CheckpointVersion> ListCheckpoints(const std::string& dir, bool veri
   return out;
 }
 
+namespace {
+
+Result<CheckpointVersion> LoadVersion(const std::string& dir, uint64_t v, const std::string& label) {
+  std::error_code ec;
+  CheckpointVersion cv;
+  cv.version = v;
+  cv.path = CheckpointVersionDir(dir, v);
+  if (!fs::is_directory(cv.path, ec)) return NotFound("checkpoint " + label + " does not exist in '" + dir + "'");
+  cv.status = VerifyCheckpoint(&cv);
+  if (!cv.status.ok()) return cv.status.WithContext("checkpoint " + label + " in '" + dir + "' is not valid");
+  return cv;
+}
+
+bool IsNumber(const std::string& s) { return !s.empty() && s.size() <= 18 && s.find_first_not_of("0123456789") == std::string::npos; }
+
+Result<uint64_t> VersionOf(const std::string& dir, const std::string& which) {
+  if (IsNumber(which)) return std::stoull(which);
+  SHARDPS_ASSIGN_OR_RETURN(CheckpointTags tags, ReadCheckpointTags(dir));
+  for (const auto& [t, v] : tags) if (t == which) return v;
+  return NotFound("no checkpoint version or tag '" + which + "' in '" + dir + "'");
+}
+
+Result<std::optional<uint64_t>> ReadHead(const std::string& dir) {
+  const std::string path = (fs::path(dir) / "HEAD").string();
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return std::optional<uint64_t>();
+  SHARDPS_ASSIGN_OR_RETURN(std::string raw, ReadFile(path, 64));
+  while (!raw.empty() && (raw.back() == '\n' || raw.back() == ' ')) raw.pop_back();
+  if (!IsNumber(raw)) return DataLoss("'" + path + "' does not hold a version number");
+  return std::optional<uint64_t>(std::stoull(raw));
+}
+
+Status WriteText(const std::string& path, const std::string& text) {
+  return WriteFileAtomic(path, {std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size())});
+}
+
+bool ValidTagName(const std::string& t) {
+  if (t.empty() || t.size() > 64 || IsNumber(t)) return false;
+  for (char c : t) if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) return false;
+  return true;
+}
+
+}  // namespace
+
 Result<CheckpointVersion> ResolveCheckpoint(const std::string& spec, const std::function<void(const std::string&)>& warn) {
   const size_t at = spec.rfind('@');
   const std::string dir = at == std::string::npos ? spec : spec.substr(0, at);
@@ -248,25 +294,136 @@ Result<CheckpointVersion> ResolveCheckpoint(const std::string& spec, const std::
   if (!fs::is_directory(dir, ec)) return NotFound("checkpoint directory '" + dir + "' does not exist");
   if (at != std::string::npos) {
     const std::string which = spec.substr(at + 1);
-    uint64_t v = 0;
-    if (which.empty() || which.find_first_not_of("0123456789") != std::string::npos) {
-      return InvalidArgument("'" + spec + "': expected DIR@VERSION with a version number");
-    }
-    v = std::stoull(which);
-    CheckpointVersion cv;
-    cv.version = v;
-    cv.path = CheckpointVersionDir(dir, v);
-    if (!fs::is_directory(cv.path, ec)) return NotFound("checkpoint version " + which + " does not exist in '" + dir + "'");
-    cv.status = VerifyCheckpoint(&cv);
-    if (!cv.status.ok()) return cv.status.WithContext("checkpoint version " + which + " in '" + dir + "' is not valid");
-    return cv;
+    SHARDPS_ASSIGN_OR_RETURN(uint64_t v, VersionOf(dir, which));
+    return LoadVersion(dir, v, IsNumber(which) ? "version " + which : "'" + which + "' (version " + std::to_string(v) + ")");
   }
+  SHARDPS_ASSIGN_OR_RETURN(std::optional<uint64_t> head, ReadHead(dir));
+  if (head) return LoadVersion(dir, *head, "version " + std::to_string(*head) + " (rolled back to)");
   auto all = ListCheckpoints(dir, /*verify=*/true);
   for (auto it = all.rbegin(); it != all.rend(); ++it) {
     if (it->status.ok()) return std::move(*it);
     if (warn) warn("skipping checkpoint " + it->path + ": " + it->status.message());
   }
   return NotFound("no valid checkpoint in '" + dir + "'");
+}
+
+Result<CheckpointTags> ReadCheckpointTags(const std::string& dir) {
+  CheckpointTags tags;
+  const std::string path = (fs::path(dir) / "TAGS").string();
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return tags;
+  SHARDPS_ASSIGN_OR_RETURN(std::string raw, ReadFile(path, 1 << 20));
+  size_t line_no = 0;
+  for (size_t b = 0; b < raw.size();) {
+    size_t e = raw.find('\n', b);
+    if (e == std::string::npos) e = raw.size();
+    std::string line = raw.substr(b, e - b);
+    b = e + 1;
+    ++line_no;
+    if (line.empty()) continue;
+    const size_t sp = line.find(' ');
+    if (sp == std::string::npos || !IsNumber(line.substr(sp + 1)) || !ValidTagName(line.substr(0, sp))) {
+      return DataLoss("'" + path + "':" + std::to_string(line_no) + ": expected '<tag> <version>'");
+    }
+    tags.emplace_back(line.substr(0, sp), std::stoull(line.substr(sp + 1)));
+  }
+  std::sort(tags.begin(), tags.end());
+  return tags;
+}
+
+static Status WriteTags(const std::string& dir, const CheckpointTags& tags) {
+  std::string text;
+  for (const auto& [t, v] : tags) text += t + " " + std::to_string(v) + "\n";
+  return WriteText((fs::path(dir) / "TAGS").string(), text);
+}
+
+Status TagCheckpoint(const std::string& dir, uint64_t version, const std::string& tag) {
+  if (!ValidTagName(tag)) return InvalidArgument("tag '" + tag + "': use letters, digits, '-', '_' or '.', not only digits");
+  SHARDPS_RETURN_IF_ERROR(LoadVersion(dir, version, "version " + std::to_string(version)).status());
+  SHARDPS_ASSIGN_OR_RETURN(CheckpointTags tags, ReadCheckpointTags(dir));
+  std::erase_if(tags, [&](const auto& p) { return p.first == tag; });
+  tags.emplace_back(tag, version);
+  std::sort(tags.begin(), tags.end());
+  return WriteTags(dir, tags);
+}
+
+Status UntagCheckpoint(const std::string& dir, const std::string& tag) {
+  SHARDPS_ASSIGN_OR_RETURN(CheckpointTags tags, ReadCheckpointTags(dir));
+  const size_t before = tags.size();
+  std::erase_if(tags, [&](const auto& p) { return p.first == tag; });
+  if (tags.size() == before) return NotFound("no tag '" + tag + "' in '" + dir + "'");
+  return WriteTags(dir, tags);
+}
+
+Result<uint64_t> RollbackCheckpoint(const std::string& dir, const std::string& spec) {
+  SHARDPS_ASSIGN_OR_RETURN(uint64_t v, VersionOf(dir, spec));
+  SHARDPS_RETURN_IF_ERROR(LoadVersion(dir, v, "version " + std::to_string(v)).status());
+  SHARDPS_RETURN_IF_ERROR(WriteText((fs::path(dir) / "HEAD").string(), std::to_string(v) + "\n"));
+  return v;
+}
+
+Status ClearCheckpointHead(const std::string& dir) {
+  const std::string path = (fs::path(dir) / "HEAD").string();
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return Status::Ok();
+  if (!fs::remove(path, ec) || ec) return IoError("cannot remove '" + path + "'" + (ec ? ": " + ec.message() : ""));
+  return FsyncPath(dir, true);
+}
+
+Result<GcReport> CollectCheckpointGarbage(const std::string& dir, uint64_t keep_last, uint64_t max_bytes) {
+  auto all = ListCheckpoints(dir, /*verify=*/true);
+  SHARDPS_ASSIGN_OR_RETURN(CheckpointTags tags, ReadCheckpointTags(dir));
+  SHARDPS_ASSIGN_OR_RETURN(std::optional<uint64_t> head, ReadHead(dir));
+  // Sizes on disk, whatever the state of the version.
+  std::vector<uint64_t> bytes(all.size(), 0);
+  uint64_t total = 0;
+  for (size_t i = 0; i < all.size(); ++i) {
+    std::error_code ec;
+    for (const auto& e : fs::recursive_directory_iterator(all[i].path, ec)) {
+      if (e.is_regular_file(ec)) bytes[i] += e.file_size(ec);
+    }
+    total += bytes[i];
+  }
+  int64_t newest_valid = -1;
+  for (size_t i = 0; i < all.size(); ++i) if (all[i].status.ok()) newest_valid = static_cast<int64_t>(i);
+  auto is_protected = [&](size_t i) {
+    if (static_cast<int64_t>(i) >= newest_valid) return true;  // the newest valid one, and any being written
+    for (const auto& [t, v] : tags) if (v == all[i].version) return true;
+    return head && *head == all[i].version;
+  };
+  // Valid versions kept by the count rule: the newest keep_last.
+  std::vector<bool> over_count(all.size(), false);
+  if (keep_last > 0) {
+    uint64_t seen = 0;
+    for (int64_t i = static_cast<int64_t>(all.size()) - 1; i >= 0; --i) {
+      if (!all[i].status.ok()) continue;
+      if (++seen > keep_last) over_count[i] = true;
+    }
+  }
+  GcReport report;
+  auto remove = [&](size_t i) -> Status {
+    std::error_code ec;
+    fs::remove_all(all[i].path, ec);
+    if (ec) return IoError("cannot delete '" + all[i].path + "': " + ec.message());
+    report.deleted.push_back(all[i].version);
+    report.bytes_freed += bytes[i];
+    total -= bytes[i];
+    bytes[i] = 0;
+    return Status::Ok();
+  };
+  // Broken older versions first, then the count rule, then the byte budget, oldest first.
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (!is_protected(i) && (!all[i].status.ok() || over_count[i])) SHARDPS_RETURN_IF_ERROR(remove(i));
+  }
+  if (max_bytes > 0) {
+    for (size_t i = 0; i < all.size() && total > max_bytes; ++i) {
+      if (bytes[i] > 0 && !is_protected(i)) SHARDPS_RETURN_IF_ERROR(remove(i));
+    }
+  }
+  if (!report.deleted.empty()) SHARDPS_RETURN_IF_ERROR(FsyncPath(dir, true));
+  std::sort(report.deleted.begin(), report.deleted.end());
+  report.bytes_kept = total;
+  return report;
 }
 
 Result<uint32_t> CheckpointReader::FindTable(const std::string& name, uint64_t size, uint32_t slots) const {

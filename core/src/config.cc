@@ -163,6 +163,7 @@ Status ValidateTrainConfig(const config::TrainConfig& c) {
   if (d.num_classes() < 2) return bad("data.num_classes", "must be at least 2");
   if (d.train_limit() < 0 || d.test_limit() < 0) return bad("data.train_limit/test_limit", "must not be negative");
   if (c.checkpoint_every() < 0) return bad("checkpoint_every", "must not be negative");
+  if (c.keep_last() < 0 || c.max_bytes() < 0) return bad("keep_last/max_bytes", "must not be negative");
   if (c.checkpoint_every() > 0 && c.checkpoint_dir().empty()) return bad("checkpoint_every", "needs checkpoint_dir");
   if (!c.checkpoint_dir().empty() && c.mode() == "local_sgd") {
     return bad("checkpoint_dir", "checkpoints of local_sgd runs (worker replicas) are not supported yet");

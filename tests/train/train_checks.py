@@ -232,6 +232,58 @@ def check_corruption(r, args):
             fail(f"{name}: explicit @2 was not refused:\n{p.stderr}")
 
 
+def check_registry(r, args):
+    """tag, @TAG, rollback, gc with each retention rule, retention during training, list --json."""
+    d = os.path.join(r.work, "reg")
+    shutil.rmtree(d, ignore_errors=True)
+
+    def ckpt(*a, ok=True):
+        p = subprocess.run([r.shardps, "ckpt", *a], capture_output=True, text=True)
+        print(f"  $ shardps ckpt {' '.join(a)} -> {p.returncode}: {(p.stdout + p.stderr).strip()[:150]}")
+        if ok and p.returncode != 0:
+            fail(f"ckpt {a} failed")
+        return p
+
+    def versions():
+        return [v["version"] for v in json.loads(ckpt("list", d, "--json").stdout)]
+
+    r.train(3, ckpt_args(r, "--servers", "1", "--epochs", "1", "--checkpoint-dir", d, "--checkpoint-every", "16"))
+    if versions() != [1, 2, 3, 4]:
+        fail(f"versions {versions()}")
+    ckpt("tag", d, "2", "best")
+    if ckpt("tag", d, "9", "nope", ok=False).returncode == 0:
+        fail("tagging a missing version succeeded")
+    s, _, p = r.train(3, ckpt_args(r, "--servers", "1", "--epochs", "2", "--resume", d + "@best"))
+    if "v00000002" not in p.stderr:
+        fail("@best did not resume version 2")
+    ckpt("rollback", d, "best")
+    _, _, p = r.train(3, ckpt_args(r, "--servers", "1", "--epochs", "2", "--resume", d, "--checkpoint-dir", d))
+    if "resuming from " + d + "/v00000002" not in p.stderr:
+        fail("after rollback a plain --resume did not pick version 2:\n" + p.stderr)
+    if versions() != [1, 2, 3, 4, 5] or os.path.exists(os.path.join(d, "HEAD")):
+        fail("the new checkpoint did not become the newest and clear the rollback")
+    _, _, p = r.train(3, ckpt_args(r, "--servers", "1", "--epochs", "3", "--resume", d))
+    if "resuming from " + d + "/v00000005" not in p.stderr:
+        fail("a plain --resume did not pick the newest version after a new checkpoint")
+    ckpt("gc", d, "--keep-last", "2")
+    if versions() != [2, 4, 5]:
+        fail(f"gc --keep-last 2 left {versions()} (expected the tagged 2 and the newest two)")
+    ckpt("gc", d, "--max-bytes", "1")
+    if versions() != [2, 5]:
+        fail(f"gc --max-bytes 1 left {versions()} (expected the tagged 2 and the newest 5)")
+    ckpt("untag", d, "best")
+    ckpt("gc", d, "--keep-last", "1")
+    if versions() != [5]:
+        fail(f"after untag, gc --keep-last 1 left {versions()}")
+    d2 = os.path.join(r.work, "reg2")
+    shutil.rmtree(d2, ignore_errors=True)
+    r.train(3, ckpt_args(r, "--servers", "1", "--epochs", "1", "--checkpoint-dir", d2, "--checkpoint-every", "16",
+                         "--keep-last", "2"))
+    kept = [v["step"] for v in json.loads(ckpt("list", d2, "--json").stdout)]
+    if kept != [48, 64]:
+        fail(f"retention during training kept steps {kept}")
+
+
 def write_idx(path, dims, data, magic_type=0x08, gz=True):
     raw = bytes([0, 0, magic_type, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims) + bytes(data)
     with (gzip.open(path, "wb") if gz else open(path, "wb")) as f:
@@ -297,7 +349,7 @@ def main():
     ap.add_argument("--config", default="fashion_softmax.prototxt")
     ap.add_argument("--min-accuracy", type=float, default=0.84)
     ap.add_argument("check", choices=["convergence", "repeat", "servers", "single_process", "workers", "local_sgd",
-                                      "bad_input", "resume", "corruption"])
+                                      "bad_input", "resume", "corruption", "registry"])
     args = ap.parse_args()
     if args.check != "bad_input" and not os.path.exists(os.path.join(FASHION, "train-images-idx3-ubyte.gz")):
         fail(f"Fashion-MNIST not found under {FASHION}; scripts/setup.sh installs dataset-fashion-mnist")

@@ -62,9 +62,32 @@ struct CheckpointVersion {
 std::vector<CheckpointVersion> ListCheckpoints(const std::string& dir, bool verify);
 Status VerifyCheckpoint(CheckpointVersion* v);
 
-// "DIR" -> the newest valid version (invalid newer ones are reported through `warn` with the
-// reason); "DIR@N" -> version N, an error if it is not valid.
+// "DIR" -> the version `rollback` pinned, else the newest valid version (invalid newer ones are
+// reported through `warn` with the reason); "DIR@N" -> version N and "DIR@TAG" -> the tagged
+// version, an error if it is not valid.
 Result<CheckpointVersion> ResolveCheckpoint(const std::string& spec, const std::function<void(const std::string&)>& warn);
+
+// ---- Registry: tags, rollback and retention (files DIR/TAGS and DIR/HEAD, written atomically) ----
+using CheckpointTags = std::vector<std::pair<std::string, uint64_t>>;  // (tag, version), sorted by tag
+Result<CheckpointTags> ReadCheckpointTags(const std::string& dir);
+// Tags `version` (which must be valid) as `tag`, moving the tag if it existed.
+Status TagCheckpoint(const std::string& dir, uint64_t version, const std::string& tag);
+Status UntagCheckpoint(const std::string& dir, const std::string& tag);
+// Makes `spec` (a version number or a tag; must be valid) the version a plain "DIR" resolves to,
+// until the next checkpoint is written (which calls ClearCheckpointHead).
+Result<uint64_t> RollbackCheckpoint(const std::string& dir, const std::string& spec);
+Status ClearCheckpointHead(const std::string& dir);
+
+struct GcReport {
+  std::vector<uint64_t> deleted;
+  uint64_t bytes_freed = 0;
+  uint64_t bytes_kept = 0;
+};
+// Deletes versions, oldest first, beyond the newest `keep_last` valid ones (0: no count limit) or
+// while the directory holds more than `max_bytes` (0: no byte limit). Never deletes a tagged
+// version, the rolled-back-to version or the newest valid one; versions newer than the newest
+// valid one may be being written and are left alone; invalid older ones are deleted first.
+Result<GcReport> CollectCheckpointGarbage(const std::string& dir, uint64_t keep_last, uint64_t max_bytes);
 
 // Reads element ranges of saved tables, whatever chunking and server count wrote them.
 class CheckpointReader {

@@ -4,6 +4,7 @@
 
 #include <boost/program_options.hpp>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -36,6 +37,7 @@ struct TrainFlags {
   std::string model_out;
   std::string progress = "auto";
   std::string resume;  // DIR or DIR@VERSION
+  std::string crash_at;  // test only: PHASE@VERSION[:SERVER]
   int world_hint = 1;         // OMPI_COMM_WORLD_SIZE when launched by mpirun, read at the edge
   bool under_mpirun = false;  // OMPI_COMM_WORLD_SIZE is set
 };
@@ -161,6 +163,25 @@ class MetricsCsv {
   std::ofstream out_;
 };
 
+// The crash-test hook of --test-crash-at PHASE@VERSION: kills this process (SIGKILL, no cleanup)
+// when a write of that version reaches that phase.
+CheckpointFaultHook CrashHook(const std::string& spec, const std::string& dir) {
+  if (spec.empty()) return nullptr;
+  const size_t at = spec.rfind('@');
+  const std::string phase = spec.substr(0, at);
+  const std::string vdir = CheckpointVersionDir(dir, std::stoull(spec.substr(at + 1)));
+  // "shard-written" -> "shard-written:<vdir>"; "before-rename:MANIFEST" -> "before-rename:<vdir>/MANIFEST".
+  const size_t colon = phase.find(':');
+  const std::string target = colon == std::string::npos ? phase + ":" + vdir
+                                                        : phase.substr(0, colon + 1) + vdir + "/" + phase.substr(colon + 1);
+  return [phase, target](const std::string& p) {
+    if (p == target) {
+      std::cerr << "shardps train: --test-crash-at " << phase << ": killing this process" << std::endl;
+      raise(SIGKILL);
+    }
+  };
+}
+
 // Drives checkpoints from the lead worker: asks every server to write its shard at a step
 // boundary, lets training go on while they write, and commits the manifest once all are durable.
 // At most one checkpoint is in flight.
@@ -171,6 +192,12 @@ class CheckpointDriver {
       : client_(client), dir_(c.checkpoint_dir()), every_(static_cast<uint64_t>(c.checkpoint_every())),
         keep_last_(static_cast<uint64_t>(c.keep_last())), max_bytes_(static_cast<uint64_t>(c.max_bytes())),
         base_(std::move(base)), servers_(servers), timeout_(timeout) {}
+
+  void set_fault(CheckpointFaultHook fault) { fault_ = std::move(fault); }
+  // A resumed run does not write its starting point again.
+  void set_resumed_at(uint64_t step) {
+    if (step > 0) last_step_ = step;
+  }
 
   Status OnStep(const worker::Cursor& cur, bool final) {
     SHARDPS_RETURN_IF_ERROR(Collect(/*wait=*/false));
@@ -209,7 +236,7 @@ class CheckpointDriver {
     if (!pending_ || (!wait && !handle_.done())) return Status::Ok();
     const auto t0 = std::chrono::steady_clock::now();
     SHARDPS_RETURN_IF_ERROR(handle_.wait(timeout_));
-    SHARDPS_RETURN_IF_ERROR(CommitManifest(vdir_, manifest_, servers_));
+    SHARDPS_RETURN_IF_ERROR(CommitManifest(vdir_, manifest_, servers_, fault_));
     // The newest checkpoint is again what a plain --resume picks; then the retention rules.
     SHARDPS_RETURN_IF_ERROR(ClearCheckpointHead(dir_));
     if (keep_last_ > 0 || max_bytes_ > 0) {
@@ -230,6 +257,7 @@ class CheckpointDriver {
   const ckpt::Manifest base_;
   const uint32_t servers_;
   const std::chrono::milliseconds timeout_;
+  CheckpointFaultHook fault_;
   bool pending_ = false;
   worker::Handle handle_;
   ckpt::Manifest manifest_;
@@ -285,6 +313,8 @@ Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const O
       ti->set_slots(static_cast<uint32_t>(OptimizerSlots(t.optimizer.kind)));
     }
     checkpoints = std::make_unique<CheckpointDriver>(*client, c, std::move(base), static_cast<uint32_t>(servers), run.timeout);
+    checkpoints->set_fault(CrashHook(f.crash_at, c.checkpoint_dir()));
+    checkpoints->set_resumed_at(start_step);
     hooks.on_step_end = [&](const worker::Cursor& cur, bool final) { return checkpoints->OnStep(cur, final); };
   }
   MetricsCsv csv;
@@ -431,6 +461,7 @@ int RunMpi(const config::TrainConfig& c, const TrainFlags& f, int argc, char** a
   no.client.request_timeout = run.timeout;
   no.server.max_hold = run.timeout;
   no.server.checkpoint_dir = c.checkpoint_dir();
+  no.server.checkpoint_fault = CrashHook(f.crash_at, c.checkpoint_dir());
   no.startup_timeout = run.timeout;
   if (reader) no.prepare_server = [&](ps::Server& server) { return server.Restore(*reader); };
   auto node = Node::Start(std::move(*transport), *cluster, *layout, no);
@@ -488,7 +519,10 @@ int TrainMain(int argc, char** argv) {
       ("checkpoint-every", po::value(&checkpoint_every), "config checkpoint_every: steps between checkpoints")
       ("resume", po::value(&f.resume), "resume from DIR (its newest valid checkpoint), DIR@VERSION or DIR@TAG")
       ("keep-last", po::value(&keep_last), "config keep_last: keep the newest K checkpoints (tagged ones always)")
-      ("max-bytes", po::value(&max_bytes), "config max_bytes: keep the checkpoint directory under B bytes");
+      ("max-bytes", po::value(&max_bytes), "config max_bytes: keep the checkpoint directory under B bytes")
+      ("test-crash-at", po::value(&f.crash_at),
+       "TESTS ONLY: SIGKILL this process at a checkpoint phase, PHASE@VERSION: shard-written (servers), "
+       "before-rename:MANIFEST or before-dir-fsync:MANIFEST (lead worker)");
   po::variables_map vm;
   try {
     po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
@@ -517,6 +551,14 @@ int TrainMain(int argc, char** argv) {
   if (vm.count("max-bytes")) f.overrides.push_back("max_bytes=" + std::to_string(max_bytes));
   if (vm.count("train-limit")) f.overrides.push_back("data.train_limit=" + std::to_string(train_limit));
   if (vm.count("test-limit")) f.overrides.push_back("data.test_limit=" + std::to_string(test_limit));
+  if (!f.crash_at.empty()) {
+    const size_t at = f.crash_at.rfind('@');
+    const std::string v = at == std::string::npos ? "" : f.crash_at.substr(at + 1);
+    if (v.empty() || v.size() > 9 || v.find_first_not_of("0123456789") != std::string::npos) {
+      std::cerr << "shardps train: --test-crash-at wants PHASE@VERSION, got '" << f.crash_at << "'\n";
+      return 2;
+    }
+  }
   if (f.progress != "auto" && f.progress != "always" && f.progress != "plain" && f.progress != "never") {
     std::cerr << "shardps train: --progress must be auto, always, plain or never, got '" << f.progress << "'\n";
     return 2;

@@ -32,7 +32,8 @@ Status FsyncPath(const std::string& path, bool directory) {
 }
 
 // Writes `parts` to `path` atomically: temporary file, fsync, rename, fsync of the directory.
-Status WriteFileAtomic(const std::string& path, const std::vector<std::span<const uint8_t>>& parts) {
+Status WriteFileAtomic(const std::string& path, const std::vector<std::span<const uint8_t>>& parts,
+                       const CheckpointFaultHook& fault = nullptr) {
   const std::string tmp = path + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) return IoError(Errno("create '" + tmp + "'"));
@@ -55,17 +56,21 @@ Status WriteFileAtomic(const std::string& path, const std::vector<std::span<cons
     return s;
   }
   if (::close(fd) != 0) return IoError(Errno("close '" + tmp + "'"));
+  if (fault) fault("before-rename:" + path);
   if (::rename(tmp.c_str(), path.c_str()) != 0) return IoError(Errno("rename '" + tmp + "' to '" + path + "'"));
+  if (fault) fault("before-dir-fsync:" + path);
   return FsyncPath(fs::path(path).parent_path().string(), true);
 }
 
 // [CRC32C little-endian][message]
-Status WriteMessage(const std::string& path, const google::protobuf::MessageLite& m) {
+Status WriteMessage(const std::string& path, const google::protobuf::MessageLite& m,
+                    const CheckpointFaultHook& fault = nullptr) {
   std::string body = m.SerializeAsString();
   uint32_t crc = Crc32c(body.data(), body.size());
   uint8_t head[4] = {uint8_t(crc), uint8_t(crc >> 8), uint8_t(crc >> 16), uint8_t(crc >> 24)};
   return WriteFileAtomic(path, {std::span<const uint8_t>(head, 4),
-                                std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(body.data()), body.size())});
+                                std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(body.data()), body.size())},
+                         fault);
 }
 
 Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes) {
@@ -149,7 +154,7 @@ Status CreateCheckpointVersionDir(const std::string& version_dir) {
 }
 
 Result<ckpt::ShardInfo> WriteShard(const std::string& version_dir, uint32_t server, uint64_t step,
-                                   const std::vector<ChunkToSave>& chunks) {
+                                   const std::vector<ChunkToSave>& chunks, const CheckpointFaultHook& fault) {
   ckpt::ShardInfo info;
   info.set_server(server);
   info.set_file(ShardName(server, "bin"));
@@ -170,12 +175,14 @@ Result<ckpt::ShardInfo> WriteShard(const std::string& version_dir, uint32_t serv
   }
   info.set_bytes(offset);
   const std::string dir = version_dir;
-  SHARDPS_RETURN_IF_ERROR(WriteFileAtomic((fs::path(dir) / info.file()).string(), parts));
-  SHARDPS_RETURN_IF_ERROR(WriteMessage((fs::path(dir) / ShardName(server, "info")).string(), info));
+  SHARDPS_RETURN_IF_ERROR(WriteFileAtomic((fs::path(dir) / info.file()).string(), parts, fault));
+  SHARDPS_RETURN_IF_ERROR(WriteMessage((fs::path(dir) / ShardName(server, "info")).string(), info, fault));
+  if (fault) fault("shard-written:" + version_dir);
   return info;
 }
 
-Status CommitManifest(const std::string& version_dir, ckpt::Manifest manifest, uint32_t expected_shards) {
+Status CommitManifest(const std::string& version_dir, ckpt::Manifest manifest, uint32_t expected_shards,
+                      const CheckpointFaultHook& fault) {
   manifest.clear_shards();
   for (uint32_t s = 0; s < expected_shards; ++s) {
     SHARDPS_ASSIGN_OR_RETURN(ckpt::ShardInfo info,
@@ -188,7 +195,7 @@ Status CommitManifest(const std::string& version_dir, ckpt::Manifest manifest, u
   }
   manifest.set_created_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
                                    std::chrono::system_clock::now().time_since_epoch()).count());
-  return WriteMessage((fs::path(version_dir) / "MANIFEST").string(), manifest);
+  return WriteMessage((fs::path(version_dir) / "MANIFEST").string(), manifest, fault);
 }
 
 Status VerifyCheckpoint(CheckpointVersion* v) {
@@ -299,8 +306,10 @@ Result<CheckpointVersion> ResolveCheckpoint(const std::string& spec, const std::
   }
   SHARDPS_ASSIGN_OR_RETURN(std::optional<uint64_t> head, ReadHead(dir));
   if (head) return LoadVersion(dir, *head, "version " + std::to_string(*head) + " (rolled back to)");
-  auto all = ListCheckpoints(dir, /*verify=*/true);
+  // Newest first; only as many versions are read and verified as it takes to find a valid one.
+  auto all = ListCheckpoints(dir, /*verify=*/false);
   for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    it->status = VerifyCheckpoint(&*it);
     if (it->status.ok()) return std::move(*it);
     if (warn) warn("skipping checkpoint " + it->path + ": " + it->status.message());
   }

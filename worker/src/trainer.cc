@@ -197,9 +197,10 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
   if (local_sgd && run.start_step > 0) return FailedPrecondition("resuming local_sgd training is not supported");
   const int first_epoch = static_cast<int>(run.start_step / steps_per_epoch);
   const int64_t first_step_in_epoch = static_cast<int64_t>(run.start_step % steps_per_epoch);
-  if (first_epoch >= run.epochs) {
+  if (static_cast<int64_t>(run.start_step) > total_steps) {
     return InvalidArgument("the checkpoint is at step " + std::to_string(run.start_step) + " (epoch " +
-                           std::to_string(first_epoch) + "); this run has only " + std::to_string(run.epochs) + " epochs");
+                           std::to_string(first_epoch) + "); this run has only " + std::to_string(run.epochs) +
+                           " epochs (" + std::to_string(total_steps) + " steps)");
   }
 
   auto evaluate = [&](int epoch, double epoch_loss, int64_t epoch_rows) -> Status {
@@ -305,6 +306,10 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
     if (last || (epoch + 1) % run.eval_every_epochs == 0) {
       SHARDPS_RETURN_IF_ERROR(evaluate(epoch, epoch_loss, epoch_rows).WithContext("evaluating epoch " + std::to_string(epoch)));
     }
+  }
+  if (static_cast<uint64_t>(step) == run.start_step) {
+    // Resumed from the end of training: nothing to train; evaluate the model as it is.
+    SHARDPS_RETURN_IF_ERROR(evaluate(run.epochs - 1, 0.0, 0).WithContext("evaluating the resumed model"));
   }
   if (hooks.on_step_end) {
     const Cursor c{static_cast<uint64_t>(step), static_cast<uint64_t>(step / steps_per_epoch),

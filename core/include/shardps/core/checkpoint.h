@@ -27,6 +27,11 @@
 
 namespace shardps {
 
+// Fault injection for crash tests: called at each phase of a write ("before-rename:<path>",
+// "before-dir-fsync:<path>", "shard-written:<version dir>"); a test hook may kill the process.
+// Production code passes nothing.
+using CheckpointFaultHook = std::function<void(const std::string& phase)>;
+
 // One chunk to save: its weights and its optimizer state (slots arrays back to back).
 struct ChunkToSave {
   uint32_t table = 0;  // index into the `tables` given to WriteShard
@@ -44,11 +49,12 @@ Status CreateCheckpointVersionDir(const std::string& version_dir);
 
 // Writes shard-<server>.bin and then shard-<server>.info atomically.
 Result<ckpt::ShardInfo> WriteShard(const std::string& version_dir, uint32_t server, uint64_t step,
-                                   const std::vector<ChunkToSave>& chunks);
+                                   const std::vector<ChunkToSave>& chunks, const CheckpointFaultHook& fault = nullptr);
 
 // Reads every shard-*.info in the directory into `manifest.shards` (they must be `expected_shards`
 // and all at manifest.step), then writes MANIFEST atomically and fsyncs the directory.
-Status CommitManifest(const std::string& version_dir, ckpt::Manifest manifest, uint32_t expected_shards);
+Status CommitManifest(const std::string& version_dir, ckpt::Manifest manifest, uint32_t expected_shards,
+                      const CheckpointFaultHook& fault = nullptr);
 
 struct CheckpointVersion {
   uint64_t version = 0;

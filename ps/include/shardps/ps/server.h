@@ -62,6 +62,8 @@ struct ServerOptions {
   // Where CHECKPOINT requests write (the request names only a version number, so a peer cannot
   // choose the path). Empty: checkpoints are refused.
   std::string checkpoint_dir;
+  // Crash tests only (shardps train --test-crash-at): called at each phase of a shard write.
+  CheckpointFaultHook checkpoint_fault;
 };
 
 struct ServerStats {

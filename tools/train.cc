@@ -37,7 +37,8 @@ struct TrainFlags {
   std::string model_out;
   std::string progress = "auto";
   std::string resume;  // DIR or DIR@VERSION
-  std::string crash_at;  // test only: PHASE@VERSION[:SERVER]
+  std::string crash_at;  // test only: PHASE@VERSION
+  std::string init_from;  // safetensors file to start from
   int world_hint = 1;         // OMPI_COMM_WORLD_SIZE when launched by mpirun, read at the edge
   bool under_mpirun = false;  // OMPI_COMM_WORLD_SIZE is set
 };
@@ -464,6 +465,21 @@ int RunMpi(const config::TrainConfig& c, const TrainFlags& f, int argc, char** a
   no.server.checkpoint_fault = CrashHook(f.crash_at, c.checkpoint_dir());
   no.startup_timeout = run.timeout;
   if (reader) no.prepare_server = [&](ps::Server& server) { return server.Restore(*reader); };
+  std::unique_ptr<SafetensorsFile> init;
+  if (!f.init_from.empty()) {
+    auto file = SafetensorsFile::Open(f.init_from);
+    if (!file.ok()) {
+      s = file.status();
+    } else {
+      init = std::make_unique<SafetensorsFile>(std::move(*file));
+      no.prepare_server = [&](ps::Server& server) { return server.InitFrom(*init); };
+    }
+  }
+  report(s);
+  if (!agree(s.ok())) {
+    MPI_Finalize();
+    return 1;
+  }
   auto node = Node::Start(std::move(*transport), *cluster, *layout, no);
   if (!node.ok()) {
     s = node.status();
@@ -518,6 +534,7 @@ int TrainMain(int argc, char** argv) {
       ("checkpoint-dir", po::value(&checkpoint_dir), "config checkpoint_dir: write checkpoints (always a final one) there")
       ("checkpoint-every", po::value(&checkpoint_every), "config checkpoint_every: steps between checkpoints")
       ("resume", po::value(&f.resume), "resume from DIR (its newest valid checkpoint), DIR@VERSION or DIR@TAG")
+      ("init-from", po::value(&f.init_from), "start from the weights of a safetensors file (e.g. from shardps ckpt export)")
       ("keep-last", po::value(&keep_last), "config keep_last: keep the newest K checkpoints (tagged ones always)")
       ("max-bytes", po::value(&max_bytes), "config max_bytes: keep the checkpoint directory under B bytes")
       ("test-crash-at", po::value(&f.crash_at),
@@ -537,7 +554,11 @@ int TrainMain(int argc, char** argv) {
   }
   if (vm.count("epochs")) f.overrides.push_back("epochs=" + std::to_string(epochs));
   if (vm.count("batch-size")) f.overrides.push_back("batch_size=" + std::to_string(batch));
-  if (vm.count("lr")) f.overrides.push_back("optimizer.learning_rate=" + std::to_string(lr));
+  if (vm.count("lr")) {
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), "%.9g", lr);  // std::to_string would print 1e-30 as 0.000000
+    f.overrides.push_back(std::string("optimizer.learning_rate=") + buf);
+  }
   if (vm.count("optimizer")) f.overrides.push_back("optimizer.kind=" + optimizer);
   if (vm.count("mode")) f.overrides.push_back("mode=" + mode);
   if (vm.count("local-steps")) f.overrides.push_back("local_steps=" + std::to_string(local_steps));
@@ -551,6 +572,10 @@ int TrainMain(int argc, char** argv) {
   if (vm.count("max-bytes")) f.overrides.push_back("max_bytes=" + std::to_string(max_bytes));
   if (vm.count("train-limit")) f.overrides.push_back("data.train_limit=" + std::to_string(train_limit));
   if (vm.count("test-limit")) f.overrides.push_back("data.test_limit=" + std::to_string(test_limit));
+  if (!f.resume.empty() && !f.init_from.empty()) {
+    std::cerr << "shardps train: give --resume or --init-from, not both\n";
+    return 2;
+  }
   if (!f.crash_at.empty()) {
     const size_t at = f.crash_at.rfind('@');
     const std::string v = at == std::string::npos ? "" : f.crash_at.substr(at + 1);
@@ -574,8 +599,8 @@ int TrainMain(int argc, char** argv) {
     f.under_mpirun = true;
   }
   if (config->servers() == 0 && !config->colocated()) {
-    if (!f.resume.empty()) {
-      std::cerr << "shardps train: --resume needs parameter servers (checkpoints are written by them)\n";
+    if (!f.resume.empty() || !f.init_from.empty()) {
+      std::cerr << "shardps train: --resume and --init-from need parameter servers (they load the weights)\n";
       return 2;
     }
     if (f.world_hint > 1) {

@@ -253,6 +253,27 @@ void Server::HandleCheckpoint(IncomingFrame& in, const wire::Header& h) {
   });
 }
 
+Status Server::InitFrom(const SafetensorsFile& file) {
+  for (uint32_t t = 0; t < layout_.num_tables(); ++t) {
+    const TableSpec& spec = layout_.table(t);
+    if (!IsCheckpointed(spec)) continue;
+    bool mine = false;
+    for (const auto& cs : chunks_) mine |= cs->info.table == t;
+    if (!mine) continue;
+    SHARDPS_ASSIGN_OR_RETURN(std::vector<float> w, file.ReadFloats(spec.name));
+    if (w.size() != spec.size) {
+      return InvalidArgument("tensor '" + spec.name + "' has " + std::to_string(w.size()) + " elements, the table " +
+                             std::to_string(spec.size));
+    }
+    for (auto& cs : chunks_) {
+      if (cs->info.table != t) continue;
+      std::copy(w.begin() + static_cast<int64_t>(cs->info.begin), w.begin() + static_cast<int64_t>(cs->info.end),
+                cs->weights.begin());
+    }
+  }
+  return Status::Ok();
+}
+
 Status Server::Restore(CheckpointReader& reader) {
   const uint64_t step = reader.manifest().step();
   for (auto& csp : chunks_) {

@@ -144,14 +144,21 @@ def check_local_sgd(r, args):
         fail(f"one-shot averaging gave accuracy {s['test_accuracy']}")
 
 
-CKPT = ["--config", None, "--hidden", "32", "--train-limit", "4096", "--test-limit", "1000", "--batch-size", "64",
-        "--optimizer", "adam", "--lr", "0.001"]
+CKPT = ["--config", None, "--hidden", "32", "--test-limit", "1000", "--batch-size", "64"]
+
+
+def ckpt_defaults(a):
+    """Adds the checkpoint tests' defaults for flags not given."""
+    for flag, value in (("--train-limit", "4096"), ("--optimizer", "adam"), ("--lr", "0.001")):
+        if flag not in a:
+            a += [flag, value]
+    return a
 
 
 def ckpt_args(r, *extra):
     a = list(CKPT)
     a[1] = r.config("fashion_mlp.prototxt")
-    return a + list(extra)
+    return ckpt_defaults(a + list(extra))
 
 
 def check_resume(r, args):
@@ -313,8 +320,7 @@ def check_kill_loop(r, args):
     resuming from the newest valid checkpoint; the last one finishes with the uninterrupted weights."""
     import random
     rng = random.Random(20261129)
-    base = ckpt_args(r, "--servers", "1", "--epochs", "3")
-    base[base.index("--train-limit") + 1] = "16384"
+    base = ckpt_args(r, "--servers", "1", "--epochs", "3", "--train-limit", "16384")
     full, _, _ = r.train(3, base)
     d = os.path.join(r.work, "kill_loop")
     shutil.rmtree(d, ignore_errors=True)
@@ -359,6 +365,22 @@ def check_kill_loop(r, args):
     if final["weights_sha256"] != full["weights_sha256"]:
         fail("after the kill loop the weights differ from the uninterrupted run")
     print("  final weights equal the uninterrupted run's")
+
+
+def check_init_from(r, args):
+    """--init-from a model file: one step with a negligible learning rate keeps its weights exactly."""
+    a, da, _ = r.train(3, ckpt_args(r, "--servers", "1", "--epochs", "1"))
+    model = os.path.join(da, "final_model.safetensors")
+    b, _, _ = r.train(4, ckpt_args(r, "--servers", "2", "--epochs", "1", "--train-limit", "64", "--optimizer", "sgd",
+                                   "--lr", "1e-30", "--init-from", model))
+    if b["weights_sha256"] != a["weights_sha256"]:
+        fail("--init-from did not start from the file's weights")
+    if abs(b["test_accuracy"] - a["test_accuracy"]) > 1e-9:
+        fail(f"accuracy {b['test_accuracy']} after --init-from, {a['test_accuracy']} before")
+    _, _, p = r.train(3, ckpt_args(r, "--servers", "1", "--init-from", os.path.join(r.work, "missing.safetensors")),
+                      expect_ok=False)
+    if p.returncode == 0 or "missing.safetensors" not in p.stderr:
+        fail("a missing --init-from file was not reported")
 
 
 def write_idx(path, dims, data, magic_type=0x08, gz=True):
@@ -426,7 +448,7 @@ def main():
     ap.add_argument("--config", default="fashion_softmax.prototxt")
     ap.add_argument("--min-accuracy", type=float, default=0.84)
     ap.add_argument("check", choices=["convergence", "repeat", "servers", "single_process", "workers", "local_sgd",
-                                      "bad_input", "resume", "corruption", "registry", "crash", "kill_loop"])
+                                      "bad_input", "resume", "corruption", "registry", "crash", "kill_loop", "init_from"])
     args = ap.parse_args()
     if args.check != "bad_input" and not os.path.exists(os.path.join(FASHION, "train-images-idx3-ubyte.gz")):
         fail(f"Fashion-MNIST not found under {FASHION}; scripts/setup.sh installs dataset-fashion-mnist")

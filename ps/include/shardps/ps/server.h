@@ -43,6 +43,7 @@
 #include "shardps/core/cluster.h"
 #include "shardps/core/endpoint.h"
 #include "shardps/core/layout.h"
+#include "shardps/core/safetensors.h"
 
 namespace shardps::ps {
 
@@ -102,6 +103,10 @@ class Server final : public FrameHandler {
   // internal and start fresh) from a checkpoint, whatever server count and chunking wrote it, and
   // sets them to its step. Call before the endpoint starts.
   Status Restore(CheckpointReader& reader);
+
+  // Sets this server's chunks of every model table from a safetensors file (tensor names = table
+  // names, sizes must match; f16 and int8 exports are widened). Optimizer state starts at zero.
+  Status InitFrom(const SafetensorsFile& file);
 
   // Model tables are the ones saved in checkpoints (names not starting with '_').
   static bool IsCheckpointed(const TableSpec& t) { return t.name.empty() || t.name[0] != '_'; }

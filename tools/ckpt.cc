@@ -1,6 +1,7 @@
 // shardps ckpt: inspect the checkpoints of a directory.
 //   shardps ckpt list DIR [--json]
 //   shardps ckpt verify DIR [VERSION]
+//   shardps ckpt export DIR[@VERSION|@TAG] --out FILE.safetensors ...   (ckpt_export.cc)
 #include <cstdio>
 #include <iostream>
 #include <sstream>
@@ -18,7 +19,8 @@ int Usage() {
                "       shardps ckpt tag DIR VERSION TAG\n"
                "       shardps ckpt untag DIR TAG\n"
                "       shardps ckpt rollback DIR VERSION|TAG   (what a plain --resume DIR picks next)\n"
-               "       shardps ckpt gc DIR [--keep-last K] [--max-bytes B]\n";
+               "       shardps ckpt gc DIR [--keep-last K] [--max-bytes B]\n"
+               "       shardps ckpt export DIR[@VERSION|@TAG] --out FILE.safetensors [--dtype f32|f16|int8] [--prune-below X]\n";
   return 2;
 }
 
@@ -98,6 +100,8 @@ int Verify(const std::string& dir, const std::string& version) {
 
 }  // namespace
 
+int CkptExportMain(int argc, char** argv);  // ckpt_export.cc
+
 int CkptMain(int argc, char** argv) {
   if (argc < 3) return Usage();
   const std::string cmd = argv[1], dir = argv[2];
@@ -129,6 +133,7 @@ int CkptMain(int argc, char** argv) {
     std::cout << "a plain --resume " << dir << " now picks version " << *v << "\n";
     return 0;
   }
+  if (cmd == "export") return CkptExportMain(argc, argv);
   if (cmd == "gc") {
     uint64_t keep = 0, bytes = 0;
     for (int i = 3; i < argc; ++i) {

@@ -204,7 +204,7 @@ class CheckpointDriver {
     SHARDPS_RETURN_IF_ERROR(Collect(/*wait=*/false));
     if (final) {
       if (!(pending_ && manifest_.step() == cur.step) && last_step_ != cur.step) SHARDPS_RETURN_IF_ERROR(Begin(cur));
-      return Collect(/*wait=*/true);
+      return Collect(/*wait=*/true, /*count_stall=*/false);  // training is over: not a stall
     }
     if (every_ > 0 && cur.step % every_ == 0) {
       SHARDPS_RETURN_IF_ERROR(Collect(/*wait=*/true));
@@ -214,6 +214,9 @@ class CheckpointDriver {
   }
 
   double stall_ms() const { return stall_ms_; }
+  // Bytes of shard data per second of (parallel) shard writing, summed over all checkpoints.
+  double write_mb_per_s() const { return write_seconds_ > 0 ? bytes_ / write_seconds_ / 1e6 : 0; }
+  uint64_t bytes() const { return bytes_; }
   int written() const { return written_; }
 
  private:
@@ -233,17 +236,23 @@ class CheckpointDriver {
     return Status::Ok();
   }
 
-  Status Collect(bool wait) {
+  Status Collect(bool wait, bool count_stall = true) {
     if (!pending_ || (!wait && !handle_.done())) return Status::Ok();
     const auto t0 = std::chrono::steady_clock::now();
     SHARDPS_RETURN_IF_ERROR(handle_.wait(timeout_));
-    SHARDPS_RETURN_IF_ERROR(CommitManifest(vdir_, manifest_, servers_, fault_));
+    SHARDPS_RETURN_IF_ERROR(CommitManifest(vdir_, &manifest_, servers_, fault_));
+    uint64_t slowest = 0;
+    for (const auto& sh : manifest_.shards()) {
+      bytes_ += sh.bytes();
+      slowest = std::max<uint64_t>(slowest, sh.write_micros());
+    }
+    write_seconds_ += slowest * 1e-6;  // shards are written in parallel, one per server
     // The newest checkpoint is again what a plain --resume picks; then the retention rules.
     SHARDPS_RETURN_IF_ERROR(ClearCheckpointHead(dir_));
     if (keep_last_ > 0 || max_bytes_ > 0) {
       SHARDPS_RETURN_IF_ERROR(CollectCheckpointGarbage(dir_, keep_last_, max_bytes_).status());
     }
-    if (wait) stall_ms_ += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    if (wait && count_stall) stall_ms_ += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     pending_ = false;
     last_step_ = manifest_.step();
     ++written_;
@@ -266,6 +275,8 @@ class CheckpointDriver {
   uint64_t last_step_ = UINT64_MAX;
   double stall_ms_ = 0;
   int written_ = 0;
+  uint64_t bytes_ = 0;
+  double write_seconds_ = 0;
 };
 
 struct Outputs {
@@ -334,8 +345,9 @@ Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const O
     SHARDPS_RETURN_IF_ERROR(WriteSafetensors(out.model_out, *model, tables, r.weights));
     SHARDPS_RETURN_IF_ERROR(WriteSummary(out.summary_json, c, servers, workers, r));
     if (checkpoints) {
-      std::cerr << "shardps train: " << checkpoints->written() << " checkpoints in " << c.checkpoint_dir()
-                << ", training stalled " << checkpoints->stall_ms() << " ms for them in all" << std::endl;
+      std::cerr << "shardps train: " << checkpoints->written() << " checkpoints in " << c.checkpoint_dir() << ", "
+                << checkpoints->bytes() << " bytes of shards written at " << checkpoints->write_mb_per_s()
+                << " MB/s, training stalled " << checkpoints->stall_ms() << " ms for them in all" << std::endl;
     }
     std::cerr << "shardps train: metrics " << out.metrics_csv << ", model " << out.model_out << ", summary "
               << out.summary_json << std::endl;

@@ -175,14 +175,18 @@ Result<ckpt::ShardInfo> WriteShard(const std::string& version_dir, uint32_t serv
   }
   info.set_bytes(offset);
   const std::string dir = version_dir;
+  const auto t0 = std::chrono::steady_clock::now();
   SHARDPS_RETURN_IF_ERROR(WriteFileAtomic((fs::path(dir) / info.file()).string(), parts, fault));
+  info.set_write_micros(static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count()));
   SHARDPS_RETURN_IF_ERROR(WriteMessage((fs::path(dir) / ShardName(server, "info")).string(), info, fault));
   if (fault) fault("shard-written:" + version_dir);
   return info;
 }
 
-Status CommitManifest(const std::string& version_dir, ckpt::Manifest manifest, uint32_t expected_shards,
+Status CommitManifest(const std::string& version_dir, ckpt::Manifest* m, uint32_t expected_shards,
                       const CheckpointFaultHook& fault) {
+  ckpt::Manifest& manifest = *m;
   manifest.clear_shards();
   for (uint32_t s = 0; s < expected_shards; ++s) {
     SHARDPS_ASSIGN_OR_RETURN(ckpt::ShardInfo info,

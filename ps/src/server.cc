@@ -74,9 +74,9 @@ Server::Server(Endpoint& endpoint, const Cluster& cluster, const TableLayout& la
       layout_(layout),
       options_(options),
       num_workers_(cluster.num_workers()),
-      barrier_(std::make_unique<BarrierState>()),
       accum_pool_(layout.chunk_floats(), std::max<size_t>(1, options.accumulators)),
       scratch_pool_(layout.chunk_floats(), std::max<size_t>(1, options.scratch_buffers)),
+      barrier_(std::make_unique<BarrierState>()),
       worker_done_(cluster.num_workers(), false) {
   const int me = cluster_.server_index();
   for (uint32_t t = 0; t < layout_.num_tables(); ++t) {

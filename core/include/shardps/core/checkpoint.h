@@ -53,7 +53,8 @@ Result<ckpt::ShardInfo> WriteShard(const std::string& version_dir, uint32_t serv
 
 // Reads every shard-*.info in the directory into `manifest.shards` (they must be `expected_shards`
 // and all at manifest.step), then writes MANIFEST atomically and fsyncs the directory.
-Status CommitManifest(const std::string& version_dir, ckpt::Manifest manifest, uint32_t expected_shards,
+// `manifest` is completed in place (shards, creation time).
+Status CommitManifest(const std::string& version_dir, ckpt::Manifest* manifest, uint32_t expected_shards,
                       const CheckpointFaultHook& fault = nullptr);
 
 struct CheckpointVersion {

@@ -161,6 +161,7 @@ Result<ckpt::ShardInfo> WriteShard(const std::string& version_dir, uint32_t serv
   info.set_step(step);
   std::vector<std::span<const uint8_t>> parts;
   uint64_t offset = 0;
+  uint32_t file_crc = 0;
   for (const ChunkToSave& c : chunks) {
     auto bytes = std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(c.data.data()), c.data.size() * sizeof(float));
     ckpt::ChunkEntry* e = info.add_chunks();
@@ -170,10 +171,12 @@ Result<ckpt::ShardInfo> WriteShard(const std::string& version_dir, uint32_t serv
     e->set_offset(offset);
     e->set_bytes(bytes.size());
     e->set_crc32c(Crc32c(bytes.data(), bytes.size()));
+    file_crc = Crc32cExtend(file_crc, bytes.data(), bytes.size());
     parts.push_back(bytes);
     offset += bytes.size();
   }
   info.set_bytes(offset);
+  info.set_crc32c(file_crc);
   const std::string dir = version_dir;
   const auto t0 = std::chrono::steady_clock::now();
   SHARDPS_RETURN_IF_ERROR(WriteFileAtomic((fs::path(dir) / info.file()).string(), parts, fault));
@@ -221,10 +224,20 @@ Status VerifyCheckpoint(CheckpointVersion* v) {
       return DataLoss("'" + path + "' has " + std::to_string(data.size()) + " bytes, the manifest says " +
                       std::to_string(shard.bytes()));
     }
+    if (Crc32c(data.data(), data.size()) != shard.crc32c()) {
+      // Name the chunk that is damaged when one is.
+      for (const auto& c : shard.chunks()) {
+        if (c.offset() + c.bytes() > data.size() || Crc32c(data.data() + c.offset(), c.bytes()) != c.crc32c()) {
+          return DataLoss("'" + path + "': chunk [" + std::to_string(c.begin()) + "," + std::to_string(c.end()) + ") of table " +
+                          std::to_string(c.table()) + " at byte offset " + std::to_string(c.offset()) + " fails its CRC32C");
+        }
+      }
+      return DataLoss("'" + path + "' fails its CRC32C");
+    }
     for (const auto& c : shard.chunks()) {
-      if (c.offset() + c.bytes() > data.size() || Crc32c(data.data() + c.offset(), c.bytes()) != c.crc32c()) {
+      if (c.offset() + c.bytes() > data.size()) {
         return DataLoss("'" + path + "': chunk [" + std::to_string(c.begin()) + "," + std::to_string(c.end()) + ") of table " +
-                        std::to_string(c.table()) + " at byte offset " + std::to_string(c.offset()) + " fails its CRC32C");
+                        std::to_string(c.table()) + " at byte offset " + std::to_string(c.offset()) + " lies outside the file");
       }
     }
     v->bytes += data.size();

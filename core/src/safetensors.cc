@@ -17,7 +17,8 @@ class Json {
     std::string str;
     uint64_t num = 0;
     std::vector<Value> items;
-    std::vector<std::pair<std::string, Value>> fields;
+    std::vector<std::string> keys;  // object: keys[i] names values[i]
+    std::vector<Value> values;
   };
   Result<Value> Parse() {
     SHARDPS_ASSIGN_OR_RETURN(Value v, ParseValue(0));
@@ -97,7 +98,8 @@ class Json {
         if (i_ >= s_.size() || s_[i_] != ':') return Error("expected ':'");
         ++i_;
         SHARDPS_ASSIGN_OR_RETURN(Value item, ParseValue(depth + 1));
-        v.fields.emplace_back(std::move(key), std::move(item));
+        v.keys.push_back(std::move(key));
+        v.values.push_back(std::move(item));
         Skip();
         if (i_ < s_.size() && s_[i_] == ',') { ++i_; continue; }
         if (i_ < s_.size() && s_[i_] == '}') { ++i_; break; }
@@ -156,15 +158,19 @@ Result<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
   auto root = parser.Parse();
   if (!root.ok()) return root.status().WithContext("'" + path + "'");
   if (root->kind != Json::Value::kObject) return DataLoss("'" + path + "': the header is not a JSON object");
-  for (auto& [name, v] : root->fields) {
+  for (size_t f_i = 0; f_i < root->keys.size(); ++f_i) {
+    const std::string& name = root->keys[f_i];
+    const Json::Value& v = root->values[f_i];
     if (name == "__metadata__") continue;
     Tensor t;
     bool have_offsets = false;
     if (v.kind != Json::Value::kObject) return DataLoss("'" + path + "': tensor '" + name + "' is not an object");
-    for (auto& [k, x] : v.fields) {
+    for (size_t k_i = 0; k_i < v.keys.size(); ++k_i) {
+      const std::string& k = v.keys[k_i];
+      const Json::Value& x = v.values[k_i];
       if (k == "dtype" && x.kind == Json::Value::kString) t.dtype = x.str;
       if (k == "shape" && x.kind == Json::Value::kArray) {
-        for (auto& d : x.items) {
+        for (const auto& d : x.items) {
           if (d.kind != Json::Value::kNumber) return DataLoss("'" + path + "': bad shape of '" + name + "'");
           t.shape.push_back(d.num);
         }

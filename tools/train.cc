@@ -124,20 +124,13 @@ Status WriteSafetensors(const std::string& path, const worker::Model& model, con
   }
   header += "}";
   while (header.size() % 8) header += ' ';
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) return IoError("cannot create '" + tmp + "'");
-    uint64_t n = header.size();
-    out.write(reinterpret_cast<const char*>(&n), 8);
-    out.write(header.data(), static_cast<std::streamsize>(header.size()));
-    for (const auto& w : weights) out.write(reinterpret_cast<const char*>(w.data()), static_cast<std::streamsize>(w.size() * sizeof(float)));
-    out.flush();
-    if (!out) return IoError("writing '" + tmp + "' failed");
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) return IoError("renaming '" + tmp + "' to '" + path + "': " + ec.message());
+  const uint64_t n = header.size();
+  uint8_t len[8];
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(n >> (8 * i));
+  std::vector<std::span<const uint8_t>> parts = {std::span<const uint8_t>(len, 8),
+                                                 std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(header.data()), n)};
+  for (const auto& w : weights) parts.emplace_back(reinterpret_cast<const uint8_t*>(w.data()), w.size() * sizeof(float));
+  SHARDPS_RETURN_IF_ERROR(WriteFileAtomically(path, parts));
   return Status::Ok();
 }
 
@@ -203,6 +196,8 @@ class CheckpointDriver {
   Status OnStep(const worker::Cursor& cur, bool final) {
     SHARDPS_RETURN_IF_ERROR(Collect(/*wait=*/false));
     if (final) {
+      // A checkpoint of an earlier step still being written finishes first (one in flight).
+      if (pending_ && manifest_.step() != cur.step) SHARDPS_RETURN_IF_ERROR(Collect(/*wait=*/true, /*count_stall=*/false));
       if (!(pending_ && manifest_.step() == cur.step) && last_step_ != cur.step) SHARDPS_RETURN_IF_ERROR(Begin(cur));
       return Collect(/*wait=*/true, /*count_stall=*/false);  // training is over: not a stall
     }

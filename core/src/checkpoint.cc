@@ -126,6 +126,10 @@ std::string ShardName(uint32_t server, const char* ext) {
 
 }  // namespace
 
+Status WriteFileAtomically(const std::string& path, const std::vector<std::span<const uint8_t>>& parts) {
+  return WriteFileAtomic(path, parts);
+}
+
 std::string CheckpointVersionDir(const std::string& dir, uint64_t version) {
   char buf[16];
   std::snprintf(buf, sizeof(buf), "v%08llu", static_cast<unsigned long long>(version));

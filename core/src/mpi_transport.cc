@@ -29,6 +29,7 @@ struct Group {
   Completion done;
   std::vector<uint8_t> envelope;  // kept alive until the envelope send completes
   bool truncation_ok = false;     // discards: receiving 0 bytes of a longer message is the point
+  int64_t expect_bytes = -1;      // receives: the payload must be exactly this long
 };
 
 class MpiTransport final : public Transport {
@@ -90,6 +91,7 @@ class MpiTransport final : public Transport {
     }
     auto g = std::make_shared<Group>();
     g->done = std::move(done);
+    g->expect_bytes = static_cast<int64_t>(dest.size());
     MPI_Request r;
     int rc = MPI_Irecv(dest.data(), static_cast<int>(dest.size()), MPI_BYTE, in.source, static_cast<int>(in.token), comm_, &r);
     if (rc != MPI_SUCCESS) return Unavailable("MPI_Irecv of a payload from rank " + std::to_string(in.source) + ": " + MpiErrorString(rc));
@@ -224,6 +226,14 @@ class MpiTransport final : public Transport {
         MPI_Error_class(err, &cls);
         if (!(g->truncation_ok && cls == MPI_ERR_TRUNCATE) && g->status.ok()) {
           g->status = Unavailable("MPI request failed: " + MpiErrorString(err));
+        }
+      }
+      if (g->expect_bytes >= 0 && g->status.ok()) {
+        int count = 0;
+        MPI_Get_count(&statuses_[k], MPI_BYTE, &count);
+        if (count != g->expect_bytes) {
+          g->status = DataLoss("payload from rank " + std::to_string(statuses_[k].MPI_SOURCE) + " has " + std::to_string(count) +
+                               " bytes, its frame announced " + std::to_string(g->expect_bytes));
         }
       }
       if (--g->remaining == 0) finished.push_back(g);

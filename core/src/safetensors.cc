@@ -192,7 +192,7 @@ Result<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
       if (d != 0 && n > UINT64_MAX / d) return DataLoss("'" + path + "': shape of '" + name + "' overflows");
       n *= d;
     }
-    if (n * eb != t.end - t.begin) {
+    if (n > UINT64_MAX / eb || n * eb != t.end - t.begin) {
       return DataLoss("'" + path + "': tensor '" + name + "' holds " + std::to_string(t.end - t.begin) + " bytes, its shape needs " +
                       std::to_string(n * eb));
     }

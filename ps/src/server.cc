@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <future>
 #include <map>
 
@@ -215,6 +216,20 @@ void Server::HandleCheckpoint(IncomingFrame& in, const wire::Header& h) {
     return Reject(in, h, FailedPrecondition("server rank " + std::to_string(cluster_.rank()) + " has no checkpoint directory"));
   }
   if (writer_busy_) return Reject(in, h, ResourceExhausted("a checkpoint write is already in flight on this server"));
+  if (cluster_.WorkerIndexOf(in.source) != 0) {
+    return Reject(in, h, FailedPrecondition("checkpoints are requested by the lead worker (rank " +
+                                            std::to_string(cluster_.worker_rank(0)) + ")"));
+  }
+  {
+    // Only into a version the lead worker has just created, never over a committed one.
+    const std::string v = CheckpointVersionDir(options_.checkpoint_dir, h.checkpoint_version());
+    std::error_code ec;
+    if (h.checkpoint_version() >= 100000000 || !std::filesystem::is_directory(v, ec) ||
+        std::filesystem::exists(v + "/MANIFEST", ec)) {
+      return Reject(in, h, FailedPrecondition("checkpoint version " + std::to_string(h.checkpoint_version()) +
+                                              " is not a version being written in " + options_.checkpoint_dir));
+    }
+  }
   // Snapshot (copy) every model chunk now; the file is written in the background while training
   // goes on. Every chunk must be exactly at the requested step.
   std::vector<ChunkToSave> chunks;
@@ -410,12 +425,15 @@ float* Server::BufferPool::Acquire() {
 
 void Server::Release(BufferPool& pool, float* p) {
   pool.free.push_back(p);
-  if (pool.waiters.empty()) return;
-  ChunkState* cs = pool.waiters.front();
-  pool.waiters.pop_front();
-  cs->waiting_scratch = false;
-  cs->waiting_accum = false;
-  Advance(*cs);
+  // Wake waiters until one takes the buffer: a waiter whose pushes have expired meanwhile takes
+  // nothing, and must not leave the buffer idle while others wait.
+  while (!pool.free.empty() && !pool.waiters.empty()) {
+    ChunkState* cs = pool.waiters.front();
+    pool.waiters.pop_front();
+    cs->waiting_scratch = false;
+    cs->waiting_accum = false;
+    Advance(*cs);
+  }
 }
 
 // Sums parked pushes in worker-rank order, applies the step when complete, and repeats while
@@ -469,7 +487,7 @@ void Server::Advance(ChunkState& cs) {
         if (scratch) Release(scratch_pool_, dest);
         Unclaim(cs, *held);
         Reject(held->in, h, s);
-        return;
+        continue;  // the worker's other parked pieces go on
       }
     }
     if (cs.receiving || cs.next_worker < num_workers_) return;
@@ -493,6 +511,7 @@ void Server::OnPushPayload(ChunkState& cs, std::shared_ptr<Held> held, float* de
     Unclaim(cs, *held);
     endpoint_.SendError(held->in.source, h, st.WithContext("push to " + Describe(cs)));
     if (scratch) Release(scratch_pool_, dest);
+    Advance(cs);  // the worker's other parked pieces go on
     return;
   }
   if (scratch) {
@@ -607,6 +626,9 @@ void Server::HandlePull(IncomingFrame& in, Frame& f) {
 void Server::HandleBarrier(IncomingFrame& in, const wire::Header& h) {
   if (cluster_.server_index() != 0) {
     return Reject(in, h, InvalidArgument("barriers are coordinated by server rank " + std::to_string(cluster_.server_rank(0))));
+  }
+  if (barrier_->waiting.size() >= 64 && !barrier_->waiting.count(h.barrier_id())) {
+    return Reject(in, h, ResourceExhausted("too many barriers open at once"));
   }
   auto& slots = barrier_->waiting[h.barrier_id()];
   if (slots.empty()) slots.resize(num_workers_);

@@ -200,6 +200,31 @@ TEST_F(MalformedInput, EveryBadMessageGetsAnErrorAndChangesNothing) {
               std::span<const uint8_t>(Bytes(g64).subspan(0, 128)));
   raw_->Drain(milliseconds(50));
 
+  // A reply forged by another rank (request ids are easy to guess) is dropped: the honest
+  // worker's pull, held by the server, does not complete with the forged bytes.
+  {
+    std::vector<float> target(4, 0.0f);
+    worker::Handle held = honest.Pull(0, target, 5, {0, 4});
+    const std::vector<float> forged(4, 42.0f);
+    for (uint64_t id = 1; id < 64; ++id) {
+      wire::Header h;
+      h.set_op(wire::RESPONSE);
+      h.set_reply_to(wire::PULL);
+      h.set_request_id(id);
+      h.set_sender(2);
+      h.set_table(0);
+      h.set_chunk(0);
+      h.set_key_begin(0);
+      h.set_key_end(4);
+      h.set_element_count(4);
+      raw_->Send(1, EncodeFrame(h, Bytes(forged)), Bytes(forged));
+    }
+    raw_->Drain(milliseconds(100));
+    EXPECT_FALSE(held.done());
+    for (float v : target) EXPECT_EQ(v, 0.0f);
+    nodes_[1]->endpoint().Stop();  // before `target` goes out of scope
+  }
+
   // Local validation in the client: wrong buffer sizes and unknown tables never reach the wire.
   std::vector<float> small(10);
   EXPECT_EQ(honest.Push(0, small, 1).wait(kWait).code(), StatusCode::kInvalidArgument);

@@ -188,6 +188,14 @@ def check_resume(r, args):
     versions = json.loads(p.stdout)
     if [v["step"] for v in versions] != [24, 48, 64] or not all(v["valid"] for v in versions):
         fail(f"ckpt list: {versions}")
+    # Training ends one step after a checkpoint was requested: that one completes, then the final.
+    ck3 = os.path.join(r.work, "ck3")
+    shutil.rmtree(ck3, ignore_errors=True)
+    r.train(3, ckpt_args(r, "--servers", "1", "--epochs", "1", "--checkpoint-dir", ck3, "--checkpoint-every", "63"))
+    steps = [v["step"] for v in json.loads(subprocess.run([r.shardps, "ckpt", "list", ck3, "--json"], capture_output=True,
+                                                          text=True).stdout) if v["valid"]]
+    if steps != [63, 64]:
+        fail(f"a checkpoint one step before the end: valid versions at steps {steps}")
 
 
 def check_corruption(r, args):

@@ -212,7 +212,7 @@ Handle KVClient::Start(std::string what, std::vector<Piece> pieces) {
       const uint64_t id = next_request_id_++;
       p.header.set_request_id(id);
       p.header.set_timeout_ms(static_cast<uint64_t>(options_.request_timeout.count()));
-      pending_[id] = Pending{op, i, p.out, p.header.op()};
+      pending_[id] = Pending{op, i, p.out, p.header.op(), p.server_rank, p.header.chunk()};
       endpoint_.Send(p.server_rank, p.header, p.payload, [this, op, i, id](Status s) {
         op->Part(i, s);
         if (!s.ok() && pending_.erase(id) > 0) op->Part(i, s);  // no reply will come
@@ -229,6 +229,16 @@ void KVClient::OnFrame(IncomingFrame in, Frame frame) {
     endpoint_.Warn(std::string(h.op() == wire::ERROR ? "error" : "reply") + " from rank " + std::to_string(in.source) +
                    " for unknown request " + std::to_string(h.request_id()) +
                    (h.op() == wire::ERROR ? ": " + h.error() : std::string()));
+    if (in.payload_bytes > 0) (void)endpoint_.transport().DiscardPayload(in);
+    return;
+  }
+  // Only the server the request went to may answer it, about the same op and chunk (request ids
+  // are easy to guess; a reply from anyone else is dropped, not trusted).
+  const Pending& expected = it->second;
+  if (in.source != expected.server_rank || h.reply_to() != expected.op_code ||
+      (h.op() == wire::RESPONSE && h.chunk() != expected.chunk)) {
+    endpoint_.Warn("dropped a reply from rank " + std::to_string(in.source) + " for request " +
+                   std::to_string(h.request_id()) + ", which went to rank " + std::to_string(expected.server_rank));
     if (in.payload_bytes > 0) (void)endpoint_.transport().DiscardPayload(in);
     return;
   }

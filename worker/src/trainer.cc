@@ -69,9 +69,15 @@ enum MetricSlot { kCorrect = 0, kTested, kTestLoss, kTrainLoss, kTrained };
 
 using Seconds = std::chrono::duration<double>;
 
+// Waits for every handle, even after one fails, so no request still writes into or reads from
+// the caller's buffers once this returns (each wait bounded by `timeout`).
 Status WaitAll(std::vector<Handle>& hs, std::chrono::milliseconds timeout) {
-  for (auto& h : hs) SHARDPS_RETURN_IF_ERROR(h.wait(timeout));
-  return Status::Ok();
+  Status first;
+  for (auto& h : hs) {
+    Status s = h.wait(timeout);
+    if (!s.ok() && first.ok()) first = s;
+  }
+  return first;
 }
 
 }  // namespace
@@ -115,7 +121,7 @@ Status AverageReplicas(ParamStore& params, std::span<std::vector<float>> replica
   }
   std::vector<float> mine{n}, total(1);
   hs.push_back(params.PushPull(samples_table, mine, total, round));
-  SHARDPS_RETURN_IF_ERROR(WaitAll(hs, timeout));
+  SHARDPS_RETURN_IF_ERROR(WaitAll(hs, timeout));  // all of them, before `scaled` goes away
   if (!(total[0] > 0)) return FailedPrecondition("model averaging round " + std::to_string(round) + " saw no samples");
   for (auto& t : replica) for (float& v : t) v /= total[0];
   return Status::Ok();

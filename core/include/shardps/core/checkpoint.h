@@ -40,6 +40,9 @@ struct ChunkToSave {
   std::vector<float> data;  // weights, then slots: (end - begin) * (1 + slots) floats
 };
 
+// Writes `parts` to `path` atomically: temporary file, fsync, rename, fsync of the directory.
+Status WriteFileAtomically(const std::string& path, const std::vector<std::span<const uint8_t>>& parts);
+
 std::string CheckpointVersionDir(const std::string& dir, uint64_t version);  // DIR/v00000007
 
 // The next version number in `dir` (1 + the largest present, valid or not); creates `dir`.

@@ -108,6 +108,8 @@ class KVClient final : public FrameHandler {
     size_t piece = 0;
     std::span<uint8_t> out;
     wire::Op op_code = wire::OP_UNSPECIFIED;
+    int server_rank = -1;  // only this rank's reply is accepted
+    uint32_t chunk = 0;
   };
 
   Handle Start(std::string what, std::vector<Piece> pieces);

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "commands.h"
+#include "shardps/core/auth.h"
 
 namespace {
 
@@ -14,6 +15,7 @@ void Usage(std::FILE* out) {
                "commands:\n"
                "  train     train a model: mpirun -np N shardps train --config run.prototxt [flags]\n"
                "  ckpt      list DIR [--json] | verify DIR [VERSION]: inspect checkpoints\n"
+               "  keygen    --out FILE: write a fresh shared secret for authenticated transports\n"
                "  bench     time synchronous push/pull rounds against MPI_Allreduce (run under mpirun)\n"
                "  version   print the version\n"
                "\n"
@@ -31,6 +33,20 @@ int main(int argc, char** argv) {
   if (cmd == "bench") return shardps::tools::BenchMain(argc - 1, argv + 1);
   if (cmd == "train") return shardps::tools::TrainMain(argc - 1, argv + 1);
   if (cmd == "ckpt") return shardps::tools::CkptMain(argc - 1, argv + 1);
+  if (cmd == "keygen") {
+    // shardps keygen --out FILE: 32 random bytes, mode 0600, never overwriting.
+    if (argc != 4 || std::strcmp(argv[2], "--out") != 0) {
+      std::fprintf(stderr, "usage: shardps keygen --out FILE\n");
+      return 2;
+    }
+    shardps::Status st = shardps::WriteNewSecret(argv[3]);
+    if (!st.ok()) {
+      std::fprintf(stderr, "shardps keygen: %s\n", st.message().c_str());
+      return 1;
+    }
+    std::printf("wrote a 32-byte secret to %s (mode 600)\n", argv[3]);
+    return 0;
+  }
   if (cmd == "version" || cmd == "--version") {
     std::printf("shardps 0.1.0\n");
     return 0;

@@ -14,7 +14,7 @@ void Usage(std::FILE* out) {
                "\n"
                "commands:\n"
                "  train     train a model: mpirun -np N shardps train --config run.prototxt [flags]\n"
-               "  ckpt      list DIR [--json] | verify DIR [VERSION]: inspect checkpoints\n"
+               "  ckpt      list, verify, tag, untag, rollback, gc, export: the checkpoint registry\n"
                "  keygen    --out FILE: write a fresh shared secret for authenticated transports\n"
                "  bench     time synchronous push/pull rounds against MPI_Allreduce (run under mpirun)\n"
                "  version   print the version\n"

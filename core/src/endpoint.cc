@@ -77,6 +77,10 @@ void Endpoint::SendError(int dest, const wire::Header& request, const Status& st
 }
 
 void Endpoint::ReplyToUndecodable(const IncomingFrame& in, const Status& why) {
+  if (in.frame.empty() && in.payload_bytes == 0 && why.code() == StatusCode::kUnavailable) {
+    Warn(why.message());  // the connection to that rank is gone: nobody to answer
+    return;
+  }
   Warn("rejected a frame from rank " + std::to_string(in.source) + ": " + why.ToString());
   if (in.payload_bytes > 0) {
     Status d = transport_->DiscardPayload(in);

@@ -9,6 +9,7 @@
 
 #include "commands.h"
 #include "shardps/core/checkpoint.h"
+#include "shardps/core/json.h"
 
 namespace shardps::tools {
 namespace {
@@ -35,16 +36,6 @@ bool ParseU64(const std::string& s, uint64_t* v) {
   return true;
 }
 
-std::string Escape(const std::string& s) {
-  std::string o;
-  for (char ch : s) {
-    if (ch == '"' || ch == '\\') o += '\\';
-    if (static_cast<unsigned char>(ch) < 0x20) continue;
-    o += ch;
-  }
-  return o;
-}
-
 int List(const std::string& dir, bool json) {
   const auto all = ListCheckpoints(dir, /*verify=*/true);
   if (json) {
@@ -52,11 +43,11 @@ int List(const std::string& dir, bool json) {
     o << "[";
     for (size_t i = 0; i < all.size(); ++i) {
       const auto& v = all[i];
-      o << (i ? "," : "") << "{\"version\":" << v.version << ",\"path\":\"" << Escape(v.path) << "\",\"valid\":"
+      o << (i ? "," : "") << "{\"version\":" << v.version << ",\"path\":" << JsonQuote(v.path) << ",\"valid\":"
         << (v.status.ok() ? "true" : "false") << ",\"step\":" << v.manifest.step() << ",\"epoch\":" << v.manifest.epoch()
         << ",\"bytes\":" << v.bytes << ",\"servers\":" << v.manifest.num_servers() << ",\"workers\":" << v.manifest.num_workers()
-        << ",\"created_unix_ms\":" << v.manifest.created_unix_ms() << ",\"error\":\""
-        << (v.status.ok() ? "" : Escape(v.status.message())) << "\"}";
+        << ",\"created_unix_ms\":" << v.manifest.created_unix_ms() << ",\"error\":"
+        << JsonQuote(v.status.ok() ? "" : v.status.message()) << "}";
     }
     o << "]";
     std::cout << o.str() << std::endl;

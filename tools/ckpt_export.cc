@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "shardps/core/checkpoint.h"
+#include "shardps/core/safetensors.h"
 #include "shardps/core/config.h"
 
 namespace shardps::tools {
@@ -57,31 +58,6 @@ int ExportUsage(const std::string& problem) {
 int ExportFail(const Status& s) {
   std::cerr << "shardps ckpt export: " << s.message() << "\n";
   return 1;
-}
-
-// A JSON string literal (control characters escaped as \u00XX).
-std::string Json(const std::string& s) {
-  std::string o = "\"";
-  for (char ch : s) {
-    const auto u = static_cast<unsigned char>(ch);
-    if (ch == '"' || ch == '\\') {
-      o += '\\';
-      o += ch;
-    } else if (ch == '\n') {
-      o += "\\n";
-    } else if (ch == '\t') {
-      o += "\\t";
-    } else if (ch == '\r') {
-      o += "\\r";
-    } else if (u < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof(buf), "\\u%04x", u);
-      o += buf;
-    } else {
-      o += ch;
-    }
-  }
-  return o + "\"";
 }
 
 // Shortest-enough decimal that reads back as the same float32 (or double).
@@ -279,37 +255,6 @@ Status Convert(const std::vector<float>& w, Dtype dtype, Tensor* t, float* scale
   return Status::Ok();
 }
 
-Status WriteFile(const std::string& path, const std::string& header, const std::vector<const Tensor*>& order) {
-  const std::string tmp = path + ".tmp";
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) return IoError("--out '" + path + "' is a directory");
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) return IoError("cannot create '" + tmp + "': " + std::strerror(errno));
-    const uint64_t n = header.size();
-    unsigned char len[8];
-    for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
-    out.write(reinterpret_cast<const char*>(len), 8);
-    out.write(header.data(), static_cast<std::streamsize>(header.size()));
-    for (const Tensor* t : order) {
-      out.write(reinterpret_cast<const char*>(t->bytes.data()), static_cast<std::streamsize>(t->bytes.size()));
-    }
-    out.flush();
-    if (!out) {
-      out.close();
-      std::filesystem::remove(tmp, ec);
-      return IoError("writing '" + tmp + "' failed");
-    }
-  }
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    const std::string msg = "renaming '" + tmp + "' to '" + path + "': " + ec.message();
-    std::filesystem::remove(tmp, ec);
-    return IoError(msg);
-  }
-  return Status::Ok();
-}
-
 Status Export(const ExportFlags& f) {
   SHARDPS_ASSIGN_OR_RETURN(CheckpointVersion v, ResolveCheckpoint(f.spec, [](const std::string& w) {
                              std::cerr << "shardps ckpt export: warning: " << w << "\n";
@@ -403,23 +348,14 @@ Status Export(const ExportFlags& f) {
   }
   meta.emplace_back("config", m.config());
 
-  std::string header = "{\"__metadata__\":{";
-  for (size_t i = 0; i < meta.size(); ++i) header += (i ? "," : "") + Json(meta[i].first) + ":" + Json(meta[i].second);
-  header += "}";
+  std::vector<SafetensorsTensor> tensors;
   uint64_t offset = 0;
   for (const Tensor* t : order) {
-    std::string shape = "[";
-    for (size_t d = 0; d < t->shape.size(); ++d) shape += (d ? "," : "") + std::to_string(t->shape[d]);
-    shape += "]";
-    const uint64_t bytes = t->bytes.size();
-    header += "," + Json(t->name) + ":{\"dtype\":\"" + t->dtype + "\",\"shape\":" + shape + ",\"data_offsets\":[" +
-              std::to_string(offset) + "," + std::to_string(offset + bytes) + "]}";
-    offset += bytes;
+    tensors.push_back({t->name, t->dtype, t->shape, t->bytes});
+    offset += t->bytes.size();
   }
-  header += "}";
-  while (header.size() % 8) header += ' ';
-
-  SHARDPS_RETURN_IF_ERROR(WriteFile(f.out, header, order));
+  Status written = WriteSafetensors(f.out, tensors, meta);
+  if (!written.ok()) return written.WithContext("--out");
 
   std::printf("exported %s (version %llu, step %llu): %d tensors as %s, %llu data bytes -> %s\n", vpath.c_str(),
               static_cast<unsigned long long>(version), static_cast<unsigned long long>(m.step()), m.tables_size(),

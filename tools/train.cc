@@ -19,6 +19,8 @@
 #include "progress.h"
 #include "shardps/core/checkpoint.h"
 #include "shardps/core/config.h"
+#include "shardps/core/json.h"
+#include "shardps/core/safetensors.h"
 #include "shardps/core/mpi_transport.h"
 #include "shardps/node.h"
 #include "shardps/worker/trainer.h"
@@ -93,45 +95,21 @@ Result<std::unique_ptr<worker::Model>> MakeModel(const config::TrainConfig& c, c
   return worker::Model::Create(ms);
 }
 
-std::string JsonString(const std::string& s) {
-  std::string o = "\"";
-  for (char ch : s) {
-    if (ch == '"' || ch == '\\') o += '\\';
-    o += ch;
-  }
-  return o + "\"";
-}
-
-// Writes the final model as one safetensors file (8-byte little-endian header length, JSON header,
-// then the float32 tensors back to back).
-Status WriteSafetensors(const std::string& path, const worker::Model& model, const std::vector<TableSpec>& tables,
-                        const std::vector<std::vector<float>>& weights) {
+// Writes the final model as one safetensors file: l<k>.w as [in, out], l<k>.b as [out], float32.
+Status WriteFinalModel(const std::string& path, const worker::Model& model, const std::vector<TableSpec>& tables,
+                       const std::vector<std::vector<float>>& weights) {
   const auto& ms = model.spec();
-  std::vector<int64_t> dims{ms.input_dim};
-  for (int64_t h : ms.hidden) dims.push_back(h);
-  dims.push_back(ms.num_classes);
-  std::string header = "{";
-  uint64_t offset = 0;
+  std::vector<uint64_t> dims{static_cast<uint64_t>(ms.input_dim)};
+  for (int64_t h : ms.hidden) dims.push_back(static_cast<uint64_t>(h));
+  dims.push_back(static_cast<uint64_t>(ms.num_classes));
+  std::vector<SafetensorsTensor> tensors;
   for (size_t t = 0; t < weights.size(); ++t) {
     const size_t layer = t / 2;
-    std::string shape = t % 2 == 0 ? "[" + std::to_string(dims[layer]) + "," + std::to_string(dims[layer + 1]) + "]"
-                                   : "[" + std::to_string(dims[layer + 1]) + "]";
-    const uint64_t bytes = weights[t].size() * sizeof(float);
-    if (t) header += ",";
-    header += JsonString(tables[t].name) + ":{\"dtype\":\"F32\",\"shape\":" + shape + ",\"data_offsets\":[" +
-              std::to_string(offset) + "," + std::to_string(offset + bytes) + "]}";
-    offset += bytes;
+    tensors.push_back({tables[t].name, "F32",
+                       t % 2 == 0 ? std::vector<uint64_t>{dims[layer], dims[layer + 1]} : std::vector<uint64_t>{dims[layer + 1]},
+                       {reinterpret_cast<const uint8_t*>(weights[t].data()), weights[t].size() * sizeof(float)}});
   }
-  header += "}";
-  while (header.size() % 8) header += ' ';
-  const uint64_t n = header.size();
-  uint8_t len[8];
-  for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(n >> (8 * i));
-  std::vector<std::span<const uint8_t>> parts = {std::span<const uint8_t>(len, 8),
-                                                 std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(header.data()), n)};
-  for (const auto& w : weights) parts.emplace_back(reinterpret_cast<const uint8_t*>(w.data()), w.size() * sizeof(float));
-  SHARDPS_RETURN_IF_ERROR(WriteFileAtomically(path, parts));
-  return Status::Ok();
+  return WriteSafetensors(path, tensors);
 }
 
 class MetricsCsv {
@@ -281,11 +259,11 @@ struct Outputs {
 Status WriteSummary(const std::string& path, const config::TrainConfig& c, int servers, int workers,
                     const worker::TrainResult& r) {
   std::ostringstream js;
-  js << "{\"model\":" << JsonString(c.model()) << ",\"mode\":" << JsonString(c.mode()) << ",\"servers\":" << servers
+  js << "{\"model\":" << JsonQuote(c.model()) << ",\"mode\":" << JsonQuote(c.mode()) << ",\"servers\":" << servers
      << ",\"workers\":" << workers << ",\"epochs\":" << r.epochs << ",\"steps\":" << r.steps
      << ",\"test_accuracy\":" << r.test_accuracy << ",\"train_loss\":" << r.train_loss
      << ",\"wall_seconds\":" << r.wall_seconds << ",\"samples_per_second\":" << r.samples_per_second
-     << ",\"weights_sha256\":" << JsonString(r.weights_sha256) << "}";
+     << ",\"weights_sha256\":" << JsonQuote(r.weights_sha256) << "}";
   std::cout << js.str() << std::endl;
   std::ofstream out(path, std::ios::trunc);
   out << js.str() << "\n";
@@ -337,7 +315,7 @@ Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const O
   if (lead) {
     progress->Finish(r);
     const auto tables = worker::TrainingTables(*model, run);
-    SHARDPS_RETURN_IF_ERROR(WriteSafetensors(out.model_out, *model, tables, r.weights));
+    SHARDPS_RETURN_IF_ERROR(WriteFinalModel(out.model_out, *model, tables, r.weights));
     SHARDPS_RETURN_IF_ERROR(WriteSummary(out.summary_json, c, servers, workers, r));
     if (checkpoints) {
       std::cerr << "shardps train: " << checkpoints->written() << " checkpoints in " << c.checkpoint_dir() << ", "

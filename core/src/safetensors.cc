@@ -2,7 +2,11 @@
 
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
+
+#include "shardps/core/checkpoint.h"
+#include "shardps/core/json.h"
 
 namespace shardps {
 namespace {
@@ -117,6 +121,40 @@ class Json {
 size_t DtypeBytes(const std::string& d) { return d == "F32" ? 4 : d == "F16" ? 2 : d == "I8" ? 1 : 0; }
 
 }  // namespace
+
+Status WriteSafetensors(const std::string& path, const std::vector<SafetensorsTensor>& tensors,
+                        const std::vector<std::pair<std::string, std::string>>& metadata) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) return IoError("'" + path + "' is a directory");
+  std::string header = "{";
+  if (!metadata.empty()) {
+    header += "\"__metadata__\":{";
+    for (size_t i = 0; i < metadata.size(); ++i) {
+      header += (i ? "," : "") + JsonQuote(metadata[i].first) + ":" + JsonQuote(metadata[i].second);
+    }
+    header += "}";
+  }
+  uint64_t offset = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const SafetensorsTensor& t = tensors[i];
+    std::string shape = "[";
+    for (size_t d = 0; d < t.shape.size(); ++d) shape += (d ? "," : "") + std::to_string(t.shape[d]);
+    shape += "]";
+    header += (i || !metadata.empty() ? "," : "") + JsonQuote(t.name) + ":{\"dtype\":\"" + t.dtype +
+              "\",\"shape\":" + shape + ",\"data_offsets\":[" + std::to_string(offset) + "," +
+              std::to_string(offset + t.bytes.size()) + "]}";
+    offset += t.bytes.size();
+  }
+  header += "}";
+  while (header.size() % 8) header += ' ';
+  const uint64_t n = header.size();
+  uint8_t len[8];
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(n >> (8 * i));
+  std::vector<std::span<const uint8_t>> parts = {std::span<const uint8_t>(len, 8),
+                                                 std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(header.data()), n)};
+  for (const SafetensorsTensor& t : tensors) parts.push_back(t.bytes);
+  return WriteFileAtomically(path, parts);
+}
 
 float HalfToFloat(uint16_t h) {
   const uint32_t sign = (h >> 15) & 1, exp = (h >> 10) & 0x1F, mant = h & 0x3FF;

@@ -12,6 +12,8 @@
 
 #include <cstdint>
 #include <map>
+#include <span>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -38,6 +40,19 @@ class SafetensorsFile {
   std::string data_;  // the data section
   std::map<std::string, Tensor> tensors_;
 };
+
+// One tensor to write: raw little-endian bytes of `dtype` ("F32", "F16", "I8") in `shape`.
+struct SafetensorsTensor {
+  std::string name;
+  std::string dtype;
+  std::vector<uint64_t> shape;
+  std::span<const uint8_t> bytes;
+};
+
+// Writes a safetensors file atomically (temporary name, fsync, rename, directory fsync): the
+// tensors back to back in the given order, and `metadata` (string pairs) as "__metadata__".
+Status WriteSafetensors(const std::string& path, const std::vector<SafetensorsTensor>& tensors,
+                        const std::vector<std::pair<std::string, std::string>>& metadata = {});
 
 // IEEE half to float (exact).
 float HalfToFloat(uint16_t h);

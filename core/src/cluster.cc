@@ -57,4 +57,12 @@ std::string Cluster::Describe() const {
          (colocated_ ? " (colocated)" : "");
 }
 
+std::string Cluster::Describe(int rank) const {
+  const int s = ServerIndexOf(rank), w = WorkerIndexOf(rank);
+  std::string roles;
+  if (s >= 0) roles = "server " + std::to_string(s);
+  if (w >= 0) roles += (roles.empty() ? "" : ", ") + std::string("worker ") + std::to_string(w);
+  return "rank " + std::to_string(rank) + (roles.empty() ? "" : " (" + roles + ")");
+}
+
 }  // namespace shardps

@@ -34,6 +34,35 @@ void Endpoint::Stop(std::chrono::milliseconds flush) {
   running_ = false;
 }
 
+void Endpoint::Leave(std::chrono::milliseconds flush) {
+  if (!thread_.joinable()) return;
+  Post([this] { transport_->Goodbye(); });
+  Stop(flush);
+}
+
+Status Endpoint::lost() const {
+  if (!has_lost_.load()) return Status::Ok();
+  std::lock_guard<std::mutex> lock(mu_);
+  return lost_;
+}
+
+std::string Endpoint::Describe(int rank) const {
+  return options_.describe_rank ? options_.describe_rank(rank) : "rank " + std::to_string(rank);
+}
+
+void Endpoint::PeerLost(int rank, const Status& why) {
+  Status s = Unavailable(Describe(rank) + " lost: " + why.message());
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!lost_.ok()) return;  // the first loss is the cause; later ones follow from it
+    lost_ = s;
+  }
+  has_lost_ = true;
+  Warn(s.message());
+  if (server_) server_->OnPeerLost(s);
+  if (client_ && client_ != server_) client_->OnPeerLost(s);
+}
+
 void Endpoint::Post(std::function<void()> task) {
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -51,6 +80,10 @@ void Endpoint::Warn(const std::string& message) {
 }
 
 void Endpoint::Send(int dest, wire::Header header, std::span<const uint8_t> payload, Completion on_sent) {
+  if (has_lost_.load() && dest != rank_) {  // the job is over: nothing more goes out
+    if (on_sent) Post([on_sent, s = lost()] { on_sent(s); });
+    return;
+  }
   header.set_sender(rank_);
   std::vector<uint8_t> frame = EncodeFrame(header, payload, options_.checksum_payloads);
   Status s = transport_->Send(dest, std::move(frame), payload, on_sent);
@@ -78,7 +111,7 @@ void Endpoint::SendError(int dest, const wire::Header& request, const Status& st
 
 void Endpoint::ReplyToUndecodable(const IncomingFrame& in, const Status& why) {
   if (in.frame.empty() && in.payload_bytes == 0 && why.code() == StatusCode::kUnavailable) {
-    Warn(why.message());  // the connection to that rank is gone: nobody to answer
+    PeerLost(in.source, why);  // the connection to that rank is gone: nobody to answer
     return;
   }
   Warn("rejected a frame from rank " + std::to_string(in.source) + ": " + why.ToString());

@@ -1,8 +1,14 @@
 #include "shardps/core/tcp_transport.h"
 
+#include <atomic>
 #include <boost/asio.hpp>
+#include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <iostream>
+#include <mutex>
+#include <optional>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -14,6 +20,19 @@ using tcp = asio::ip::tcp;
 using Deadline = Clock::time_point;
 
 constexpr size_t kEnvelopeBytes = 16;
+enum Kind : uint32_t { kMessage = 0, kHeartbeat = 1, kGoodbye = 2 };
+constexpr size_t kMaxAddressBytes = 64;
+
+std::vector<uint8_t> Envelope(uint64_t payload_bytes, uint32_t frame_bytes, Kind kind) {
+  std::vector<uint8_t> e(kEnvelopeBytes);
+  const uint32_t k = kind;
+  std::memcpy(e.data(), &payload_bytes, 8);
+  std::memcpy(e.data() + 8, &frame_bytes, 4);
+  std::memcpy(e.data() + 12, &k, 4);
+  return e;
+}
+
+// ---- Synchronous helpers for the dialing side of the rendezvous (caller's thread) ----
 
 // Runs `io` until `*done` or `deadline`.
 Status RunUntil(asio::io_context& io, const bool* done, Deadline deadline, const std::string& what) {
@@ -26,107 +45,302 @@ Status RunUntil(asio::io_context& io, const bool* done, Deadline deadline, const
   return Status::Ok();
 }
 
-Status ReadExact(asio::io_context& io, tcp::socket& s, void* buf, size_t n, Deadline deadline, const std::string& what) {
-  bool done = false;
-  boost::system::error_code err;
-  asio::async_read(s, asio::buffer(buf, n), [&](const boost::system::error_code& e, size_t) {
-    err = e;
-    done = true;
+template <typename Op>
+Status RunOp(asio::io_context& io, tcp::socket& s, Deadline deadline, const std::string& what, Op op) {
+  // `state` outlives an abandoned operation: closing the socket completes it later.
+  auto state = std::make_shared<std::pair<bool, boost::system::error_code>>(false, boost::system::error_code{});
+  op([state](const boost::system::error_code& e, size_t) {
+    state->second = e;
+    state->first = true;
   });
-  Status st = RunUntil(io, &done, deadline, what);
+  Status st = RunUntil(io, &state->first, deadline, what);
   if (!st.ok()) {
     boost::system::error_code ignored;
     s.close(ignored);
-    io.restart();
-    io.poll();
     return st;
   }
-  if (err) return Unavailable(what + ": " + err.message());
+  if (state->second) return Unavailable(what + ": " + state->second.message());
   return Status::Ok();
 }
 
+Status ReadExact(asio::io_context& io, tcp::socket& s, void* buf, size_t n, Deadline deadline, const std::string& what) {
+  return RunOp(io, s, deadline, what, [&](auto cb) { asio::async_read(s, asio::buffer(buf, n), cb); });
+}
+
 Status WriteExact(asio::io_context& io, tcp::socket& s, const void* buf, size_t n, Deadline deadline, const std::string& what) {
-  bool done = false;
-  boost::system::error_code err;
-  asio::async_write(s, asio::buffer(buf, n), [&](const boost::system::error_code& e, size_t) {
-    err = e;
-    done = true;
-  });
-  Status st = RunUntil(io, &done, deadline, what);
-  if (!st.ok()) return st;
-  if (err) return Unavailable(what + ": " + err.message());
-  return Status::Ok();
+  return RunOp(io, s, deadline, what, [&](auto cb) { asio::async_write(s, asio::buffer(buf, n), cb); });
 }
 
 // Connects, retrying while the peer is not listening yet.
 Status Connect(asio::io_context& io, tcp::socket& s, const tcp::endpoint& ep, Deadline deadline, const std::string& what) {
   for (;;) {
-    bool done = false;
-    boost::system::error_code err;
-    s.async_connect(ep, [&](const boost::system::error_code& e) {
-      err = e;
-      done = true;
+    auto state = std::make_shared<std::pair<bool, boost::system::error_code>>(false, boost::system::error_code{});
+    s.async_connect(ep, [state](const boost::system::error_code& e) {
+      state->second = e;
+      state->first = true;
     });
-    SHARDPS_RETURN_IF_ERROR(RunUntil(io, &done, deadline, what));
-    if (!err) {
+    Status st = RunUntil(io, &state->first, deadline, what);
+    if (!st.ok()) {
+      boost::system::error_code ignored;
+      s.close(ignored);
+      return st;
+    }
+    if (!state->second) {
       s.set_option(tcp::no_delay(true));
       return Status::Ok();
     }
     boost::system::error_code ignored;
     s.close(ignored);
-    if (Clock::now() + std::chrono::milliseconds(50) >= deadline) return Unavailable(what + ": " + err.message());
+    if (Clock::now() + std::chrono::milliseconds(50) >= deadline) return Unavailable(what + ": " + state->second.message());
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
 }
 
-Status Accept(asio::io_context& io, tcp::acceptor& a, tcp::socket& s, Deadline deadline) {
-  bool done = false;
-  boost::system::error_code err;
-  a.async_accept(s, [&](const boost::system::error_code& e) {
-    err = e;
-    done = true;
-  });
-  Status st = RunUntil(io, &done, deadline, "waiting for peers to connect");
-  if (!st.ok()) {
-    a.cancel();
-    io.restart();
-    io.poll();
-    return st;
+// Dials: authenticates as the initiator and registers this rank's listening address.
+Result<int> Introduce(asio::io_context& io, tcp::socket& s, const TcpOptions& o, const std::string& my_addr,
+                      uint16_t my_port, Deadline deadline) {
+  int peer = -1;
+  if (o.insecure) {
+    SHARDPS_RETURN_IF_ERROR(WriteExact(io, s, &o.rank, 4, deadline, "hello"));
+    SHARDPS_RETURN_IF_ERROR(ReadExact(io, s, &peer, 4, deadline, "hello"));
+  } else {
+    Handshake h(o.secret, o.rank, Handshake::kInitiator);
+    auto m = h.Start();
+    SHARDPS_RETURN_IF_ERROR(WriteExact(io, s, m.data(), m.size(), deadline, "authentication"));
+    while (!h.done()) {
+      std::vector<uint8_t> in(h.expected_bytes());
+      if (in.empty()) return Unavailable("authentication failed");
+      SHARDPS_RETURN_IF_ERROR(ReadExact(io, s, in.data(), in.size(), deadline, "authentication"));
+      SHARDPS_ASSIGN_OR_RETURN(auto reply, h.OnMessage(in));
+      if (reply) SHARDPS_RETURN_IF_ERROR(WriteExact(io, s, reply->data(), reply->size(), deadline, "authentication"));
+    }
+    peer = h.peer_rank();
   }
-  if (err) return Unavailable("accept: " + err.message());
-  s.set_option(tcp::no_delay(true));
+  std::vector<uint8_t> reg{static_cast<uint8_t>(my_addr.size())};
+  reg.insert(reg.end(), my_addr.begin(), my_addr.end());
+  reg.push_back(static_cast<uint8_t>(my_port & 0xff));
+  reg.push_back(static_cast<uint8_t>(my_port >> 8));
+  SHARDPS_RETURN_IF_ERROR(WriteExact(io, s, reg.data(), reg.size(), deadline, "registration"));
+  return peer;
+}
+
+struct PeerAddress {
+  std::string host;
+  uint16_t port = 0;
+};
+
+// ---- Accepting side: authenticates many connections at once, each under its own deadline ----
+
+// One connection being authenticated. Everything runs on the io_context's thread.
+struct Arrival : std::enable_shared_from_this<Arrival> {
+  Arrival(asio::io_context& io, const TcpOptions& o) : sock(io), timer(io), options(o) {}
+  tcp::socket sock;
+  asio::steady_timer timer;
+  const TcpOptions& options;
+  std::unique_ptr<Handshake> handshake;
+  std::vector<uint8_t> buf;
+  std::string from;
+  int peer = -1;
+  bool finished = false;
+  std::function<void(std::shared_ptr<Arrival>, Status)> done;
+
+  void Begin(std::chrono::milliseconds timeout) {
+    boost::system::error_code ec;
+    auto remote = sock.remote_endpoint(ec);
+    from = ec ? std::string("an unknown address") : remote.address().to_string() + ":" + std::to_string(remote.port());
+    sock.set_option(tcp::no_delay(true), ec);
+    timer.expires_after(timeout);
+    timer.async_wait([self = shared_from_this(), timeout](const boost::system::error_code& e) {
+      if (!e) self->Finish(DeadlineExceeded("did not authenticate within " + std::to_string(timeout.count()) + " ms"));
+    });
+    if (options.insecure) {
+      buf.resize(4);
+      asio::async_read(sock, asio::buffer(buf), [self = shared_from_this()](const boost::system::error_code& e, size_t) {
+        if (e) return self->Finish(Unavailable("hello: " + e.message()));
+        std::memcpy(&self->peer, self->buf.data(), 4);
+        self->Write(std::vector<uint8_t>(reinterpret_cast<const uint8_t*>(&self->options.rank),
+                                         reinterpret_cast<const uint8_t*>(&self->options.rank) + 4));
+        self->ReadRegistration();
+      });
+      return;
+    }
+    handshake = std::make_unique<Handshake>(options.secret, options.rank, Handshake::kAcceptor);
+    ReadHandshake();
+  }
+
+  void Write(std::vector<uint8_t> bytes) {
+    auto data = std::make_shared<std::vector<uint8_t>>(std::move(bytes));
+    asio::async_write(sock, asio::buffer(*data), [self = shared_from_this(), data](const boost::system::error_code& e, size_t) {
+      if (e) self->Finish(Unavailable("write: " + e.message()));
+    });
+  }
+
+  void ReadHandshake() {
+    buf.resize(handshake->expected_bytes());
+    asio::async_read(sock, asio::buffer(buf), [self = shared_from_this()](const boost::system::error_code& e, size_t) {
+      if (e) return self->Finish(Unavailable("authentication: " + e.message()));
+      auto reply = self->handshake->OnMessage(self->buf);
+      if (!reply.ok()) return self->Finish(reply.status());
+      if (*reply) self->Write(std::move(**reply));
+      if (self->handshake->done()) {
+        self->peer = self->handshake->peer_rank();
+        return self->ReadRegistration();
+      }
+      self->ReadHandshake();
+    });
+  }
+
+  // [u8 address length][address][u16 port], the address at most kMaxAddressBytes.
+  void ReadRegistration() {
+    buf.resize(1);
+    asio::async_read(sock, asio::buffer(buf), [self = shared_from_this()](const boost::system::error_code& e, size_t) {
+      if (e) return self->Finish(Unavailable("registration: " + e.message()));
+      const size_t len = self->buf[0];
+      if (len == 0 || len > kMaxAddressBytes) return self->Finish(InvalidArgument("registration: bad address length"));
+      self->buf.resize(len + 2);
+      asio::async_read(self->sock, asio::buffer(self->buf), [self](const boost::system::error_code& e, size_t) {
+        if (e) return self->Finish(Unavailable("registration: " + e.message()));
+        self->Finish(Status::Ok());
+      });
+    });
+  }
+
+  PeerAddress Registered() const {
+    PeerAddress a;
+    a.host.assign(buf.begin(), buf.end() - 2);
+    a.port = static_cast<uint16_t>(buf[buf.size() - 2] | (buf[buf.size() - 1] << 8));
+    return a;
+  }
+
+  void Finish(Status s) {
+    if (finished) return;
+    finished = true;
+    timer.cancel();
+    if (!s.ok()) {
+      boost::system::error_code ignored;
+      sock.close(ignored);
+    }
+    done(shared_from_this(), std::move(s));
+  }
+};
+
+// Accepts connections on `acceptor` until `want` peers have authenticated (or it is closed).
+class Gate {
+ public:
+  Gate(asio::io_context& io, tcp::acceptor& acceptor, const TcpOptions& o, int want,
+       std::function<Status(int peer, PeerAddress, std::unique_ptr<tcp::socket>)> on_peer)
+      : io_(io), acceptor_(acceptor), o_(o), want_(want), on_peer_(std::move(on_peer)) {}
+
+  void Open() {
+    if (want_ > 0) AcceptNext();
+  }
+  bool complete() const { return got_ >= want_ || !error_.ok(); }
+  const Status& error() const { return error_; }
+  int refused() const { return refused_; }
+  void Close() {
+    closed_ = true;
+    boost::system::error_code ignored;
+    acceptor_.close(ignored);
+    auto live = live_;  // Finish() removes from live_
+    for (auto& a : live) a->Finish(Cancelled("rendezvous is over"));
+  }
+
+ private:
+  void AcceptNext() {
+    auto sock = std::make_shared<tcp::socket>(io_);
+    acceptor_.async_accept(*sock, [this, sock](const boost::system::error_code& e) {
+      if (e == asio::error::operation_aborted || closed_) return;  // the gate may be gone when aborted
+      if (e) {
+        Warn("accept failed: " + e.message());
+        return AcceptNext();
+      }
+      if (static_cast<int>(live_.size()) >= o_.max_pending_connections) {
+        ++refused_;
+        Warn("refused a connection: already " + std::to_string(live_.size()) + " unauthenticated connections pending");
+        boost::system::error_code ignored;
+        sock->close(ignored);
+        return AcceptNext();
+      }
+      auto a = std::make_shared<Arrival>(io_, o_);
+      a->sock = std::move(*sock);
+      a->done = [this](std::shared_ptr<Arrival> a, Status s) { Arrived(std::move(a), std::move(s)); };
+      live_.push_back(a);
+      a->Begin(o_.handshake_timeout);
+      AcceptNext();
+    });
+  }
+
+  void Arrived(std::shared_ptr<Arrival> a, Status s) {
+    std::erase(live_, a);
+    if (closed_) return;
+    if (s.ok() && (a->peer < 0 || a->peer >= o_.size || a->peer == o_.rank)) {
+      s = InvalidArgument("claimed rank " + std::to_string(a->peer) + " in a world of " + std::to_string(o_.size));
+    }
+    if (!s.ok()) {
+      ++refused_;
+      Warn("refused a connection from " + a->from + ": " + s.message());
+      return;
+    }
+    auto sock = std::make_unique<tcp::socket>(std::move(a->sock));
+    Status st = on_peer_(a->peer, a->Registered(), std::move(sock));
+    if (!st.ok()) {
+      error_ = st;
+      return;
+    }
+    ++got_;
+  }
+
+  void Warn(const std::string& m) {
+    if (o_.on_warning) o_.on_warning(m);
+    else std::cerr << "[shardps rank " << o_.rank << "] warning: " << m << std::endl;
+  }
+
+  asio::io_context& io_;
+  tcp::acceptor& acceptor_;
+  const TcpOptions& o_;
+  int want_;
+  std::function<Status(int, PeerAddress, std::unique_ptr<tcp::socket>)> on_peer_;
+  std::vector<std::shared_ptr<Arrival>> live_;
+  int got_ = 0;
+  int refused_ = 0;
+  bool closed_ = false;
+  Status error_;
+};
+
+Result<tcp::endpoint> Resolve(const std::string& host, uint16_t port) {
+  boost::system::error_code ec;
+  const auto addr = asio::ip::make_address(host, ec);
+  if (ec) return InvalidArgument("bad address '" + host + "' (give a numeric IPv4 or IPv6 address): " + ec.message());
+  return tcp::endpoint(addr, port);
+}
+
+Status Listen(tcp::acceptor& a, const tcp::endpoint& ep) {
+  boost::system::error_code ec;
+  a.open(ep.protocol(), ec);
+  if (!ec) a.set_option(tcp::acceptor::reuse_address(true), ec);
+  if (!ec) a.bind(ep, ec);
+  if (!ec) a.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) return Unavailable("cannot listen on " + ep.address().to_string() + ":" + std::to_string(ep.port()) + ": " + ec.message());
   return Status::Ok();
 }
 
-// Authenticates the connection and learns the peer's rank.
-Result<int> Authenticate(asio::io_context& io, tcp::socket& s, const TcpOptions& o, bool initiator, Deadline deadline) {
-  if (o.insecure) {
-    uint8_t mine[4], theirs[4];
-    std::memcpy(mine, &o.rank, 4);
-    SHARDPS_RETURN_IF_ERROR(WriteExact(io, s, mine, 4, deadline, "hello"));
-    SHARDPS_RETURN_IF_ERROR(ReadExact(io, s, theirs, 4, deadline, "hello"));
-    int peer;
-    std::memcpy(&peer, theirs, 4);
-    return peer;
-  }
-  Handshake h(o.secret, o.rank, initiator ? Handshake::kInitiator : Handshake::kAcceptor);
-  if (initiator) {
-    auto m = h.Start();
-    SHARDPS_RETURN_IF_ERROR(WriteExact(io, s, m.data(), m.size(), deadline, "authentication"));
-  }
-  while (!h.done()) {
-    std::vector<uint8_t> in(h.expected_bytes());
-    if (in.empty()) return Unavailable("authentication failed");
-    SHARDPS_RETURN_IF_ERROR(ReadExact(io, s, in.data(), in.size(), deadline, "authentication"));
-    SHARDPS_ASSIGN_OR_RETURN(auto reply, h.OnMessage(in));
-    if (reply) SHARDPS_RETURN_IF_ERROR(WriteExact(io, s, reply->data(), reply->size(), deadline, "authentication"));
-  }
-  return h.peer_rank();
-}
+// ---- The transport ----
 
 class TcpTransport final : public Transport {
  public:
-  TcpTransport(const TcpOptions& o) : o_(o), peers_(o.size) {}
+  explicit TcpTransport(const TcpOptions& o) : o_(o), peers_(o.size), heartbeat_(io_) {}
+  ~TcpTransport() override {
+    if (thread_.joinable()) {
+      asio::post(io_, [this] {
+        stopping_ = true;
+        heartbeat_.cancel();
+        for (auto& p : peers_) Close(p);
+      });
+      work_.reset();
+      io_.stop();
+      thread_.join();
+    }
+  }
 
   Status Setup();
 
@@ -142,29 +356,23 @@ class TcpTransport final : public Transport {
       in.frame = std::move(frame);
       in.payload_bytes = payload.size();
       if (!payload.empty()) {
-        in.token = next_token_++;
+        in.token = next_self_token_++;
         self_payloads_[in.token] = SelfPayload{payload, std::move(on_sent)};
       } else if (on_sent) {
         local_done_.push_back([cb = std::move(on_sent)] { cb(Status::Ok()); });
       }
-      ready_.push_back(std::move(in));
+      self_ready_.push_back(std::move(in));
       return Status::Ok();
     }
-    Peer& p = peers_[dest];
-    if (!p.sock) return Unavailable("no connection to rank " + std::to_string(dest));
+    if (frame.size() > o_.max_frame_bytes) return InvalidArgument("frame of " + std::to_string(frame.size()) + " bytes is over the limit");
     Outgoing out;
-    out.envelope.resize(kEnvelopeBytes + frame.size());
-    const uint64_t pb = payload.size();
-    const uint32_t fb = static_cast<uint32_t>(frame.size());
-    std::memcpy(out.envelope.data(), &pb, 8);
-    std::memcpy(out.envelope.data() + 8, &fb, 4);
-    std::memset(out.envelope.data() + 12, 0, 4);
-    std::memcpy(out.envelope.data() + kEnvelopeBytes, frame.data(), frame.size());
+    out.envelope = Envelope(payload.size(), static_cast<uint32_t>(frame.size()), kMessage);
+    out.envelope.insert(out.envelope.end(), frame.begin(), frame.end());
     out.payload = payload;
     out.done = std::move(on_sent);
-    p.queue.push_back(std::move(out));
+    out.counted = true;
     ++in_flight_;
-    if (!p.writing) StartWrite(dest);
+    asio::post(io_, [this, dest, out = std::move(out)]() mutable { Enqueue(dest, std::move(out)); });
     return Status::Ok();
   }
 
@@ -182,31 +390,10 @@ class TcpTransport final : public Transport {
       });
       return Status::Ok();
     }
-    Peer& p = peers_[in.source];
-    if (p.token != in.token) return Internal("payload token " + std::to_string(in.token) + " is not the pending one");
-    if (p.side_done) {  // already read aside: copy
-      std::memcpy(dest.data(), p.side.data(), dest.size());
-      p.side.clear();
-      p.side_done = false;
-      p.token = 0;
-      local_done_.push_back([done = std::move(done)] { if (done) done(Status::Ok()); });
-      StartRead(in.source);
-      return Status::Ok();
-    }
-    if (p.side_reading) {  // being read aside: copy when complete
-      p.claim_dest = dest;
-      p.claim_done = std::move(done);
-      p.claimed = true;
-      return Status::Ok();
-    }
-    // Straight into the caller's buffer.
-    const int src = in.source;
-    p.token = 0;
-    asio::async_read(*p.sock, asio::buffer(dest.data(), dest.size()),
-                     [this, src, done = std::move(done)](const boost::system::error_code& e, size_t) {
-                       if (done) done(e ? Unavailable("payload from rank " + std::to_string(src) + ": " + e.message()) : Status::Ok());
-                       if (!e) StartRead(src);
-                     });
+    if (in.source < 0 || in.source >= o_.size) return InvalidArgument("payload from an unknown rank");
+    asio::post(io_, [this, src = in.source, token = in.token, dest, done = std::move(done)]() mutable {
+      Claim(src, token, dest, std::move(done));
+    });
     return Status::Ok();
   }
 
@@ -219,49 +406,72 @@ class TcpTransport final : public Transport {
       local_done_.push_back([sent = std::move(sent)] { if (sent) sent(Status::Ok()); });
       return Status::Ok();
     }
-    Peer& p = peers_[in.source];
-    if (p.token != in.token) return Internal("payload token is not the pending one");
-    p.discard = true;
-    if (p.side_done) {
-      p.side.clear();
-      p.side_done = false;
-      p.discard = false;
-      p.token = 0;
-      StartRead(in.source);
-    } else if (!p.side_reading) {
-      StartSideRead(in.source);
-    }
+    if (in.source < 0 || in.source >= o_.size) return InvalidArgument("payload from an unknown rank");
+    asio::post(io_, [this, src = in.source, token = in.token] { Discard(src, token); });
     return Status::Ok();
   }
 
   Status Poll(std::vector<IncomingFrame>* frames, Deadline deadline) override {
-    // Payloads left unclaimed through a whole dispatch are read aside, so the stream goes on.
-    for (int r = 0; r < o_.size; ++r) {
-      Peer& p = peers_[r];
-      if (p.token != 0 && p.dispatched && !p.side_reading && !p.side_done) StartSideRead(r);
+    // Payloads handed out by the previous Poll and still not claimed are read aside, so the
+    // stream behind them goes on (posted after the claims made during that dispatch).
+    if (!handed_out_.empty()) {
+      asio::post(io_, [this, list = std::move(handed_out_)] {
+        for (auto [src, token] : list) ReadAsideIfParked(src, token);
+      });
+      handed_out_.clear();
     }
     RunLocal();
-    io_.restart();
-    if (ready_.empty() && local_done_.empty()) io_.run_one_until(deadline);
-    io_.restart();
-    io_.poll();
+    std::vector<IncomingFrame> arrived;
+    std::vector<std::function<void()>> completions;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (self_ready_.empty() && local_done_.empty()) {
+        cv_.wait_until(lock, deadline, [&] { return !inbox_.empty() || !completions_.empty() || woken_; });
+      }
+      woken_ = false;
+      arrived.swap(inbox_);
+      completions.swap(completions_);
+    }
+    for (auto& c : completions) c();
     RunLocal();
-    for (auto& f : ready_) {
-      if (f.source >= 0 && f.source != o_.rank && f.payload_bytes > 0) peers_[f.source].dispatched = true;
+    for (auto& f : self_ready_) frames->push_back(std::move(f));
+    self_ready_.clear();
+    for (auto& f : arrived) {
+      if (f.payload_bytes > 0 && f.error.ok()) handed_out_.push_back({f.source, f.token});
       frames->push_back(std::move(f));
     }
-    ready_.clear();
     return Status::Ok();
   }
 
-  void Wake() override { asio::post(io_, [] {}); }
-  bool Idle() const override { return in_flight_ == 0; }
+  void Wake() override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      woken_ = true;
+    }
+    cv_.notify_all();
+  }
+
+  bool Idle() const override { return in_flight_.load() == 0; }
+
+  void Goodbye() override {
+    in_flight_ += o_.size - 1;  // counted here, so Idle() cannot report true before they are queued
+    asio::post(io_, [this] {
+      for (int r = 0; r < o_.size; ++r) {
+        if (r == o_.rank) continue;
+        Outgoing out;
+        out.envelope = Envelope(0, 0, kGoodbye);
+        out.counted = true;
+        Enqueue(r, std::move(out));  // a lost peer completes it at once
+      }
+    });
+  }
 
  private:
   struct Outgoing {
     std::vector<uint8_t> envelope;  // envelope + frame
     std::span<const uint8_t> payload;
     Completion done;
+    bool counted = false;  // in in_flight_ (heartbeats are not)
   };
   struct SelfPayload {
     std::span<const uint8_t> payload;
@@ -274,15 +484,17 @@ class TcpTransport final : public Transport {
     uint8_t env[kEnvelopeBytes];
     std::vector<uint8_t> frame;
     uint64_t payload_bytes = 0;
-    uint64_t token = 0;          // the payload waiting in the stream, 0 if none
-    bool dispatched = false;     // its frame has been handed to the receiver
+    uint64_t token = 0;  // the payload waiting in the stream, 0 if none
     bool side_reading = false, side_done = false, discard = false, claimed = false;
     std::vector<uint8_t> side;
     std::span<uint8_t> claim_dest;
     Completion claim_done;
-    bool dead = false;
+    Clock::time_point last_heard;
+    bool dead = false;      // lost: reported once
+    bool departed = false;  // said goodbye: its closing is not a failure
   };
 
+  // ---- owner thread ----
   void RunLocal() {
     while (!local_done_.empty()) {
       auto batch = std::move(local_done_);
@@ -291,19 +503,67 @@ class TcpTransport final : public Transport {
     }
   }
 
+  // ---- I/O thread ----
+  void Deliver(std::function<void()> completion) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      completions_.push_back(std::move(completion));
+    }
+    cv_.notify_all();
+  }
+  void Complete(Completion done, Status s) {
+    if (done) Deliver([done = std::move(done), s = std::move(s)] { done(s); });
+  }
+  void Arrive(IncomingFrame in) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      inbox_.push_back(std::move(in));
+    }
+    cv_.notify_all();
+  }
+
+  void Close(Peer& p) {
+    if (!p.sock) return;
+    boost::system::error_code ignored;
+    p.sock->shutdown(tcp::socket::shutdown_both, ignored);
+    p.sock->close(ignored);
+  }
+
   void Lost(int r, const std::string& why) {
     Peer& p = peers_[r];
     if (p.dead) return;
     p.dead = true;
+    Close(p);
+    if (p.departed || stopping_) return;  // an orderly exit
     IncomingFrame in;
     in.source = r;
-    in.error = Unavailable("connection to rank " + std::to_string(r) + " lost: " + why);
-    ready_.push_back(std::move(in));
+    in.error = Unavailable(why);  // the endpoint names the rank and its role
+    Arrive(std::move(in));
+  }
+
+  void Enqueue(int r, Outgoing out) {
+    Peer& p = peers_[r];
+    if (!p.sock || p.dead) {
+      if (out.counted) --in_flight_;
+      Complete(std::move(out.done), Unavailable("send to rank " + std::to_string(r) + ": the connection is lost"));
+      return;
+    }
+    p.queue.push_back(std::move(out));
+    if (!p.writing) StartWrite(r);
   }
 
   void StartWrite(int r) {
     Peer& p = peers_[r];
-    if (p.queue.empty() || p.dead) {
+    if (p.dead) {  // fail what is left
+      for (auto& out : p.queue) {
+        if (out.counted) --in_flight_;
+        Complete(std::move(out.done), Unavailable("send to rank " + std::to_string(r) + ": the connection is lost"));
+      }
+      p.queue.clear();
+      p.writing = false;
+      return;
+    }
+    if (p.queue.empty()) {
       p.writing = false;
       return;
     }
@@ -315,9 +575,9 @@ class TcpTransport final : public Transport {
       Peer& p = peers_[r];
       Outgoing out = std::move(p.queue.front());
       p.queue.pop_front();
-      --in_flight_;
-      if (out.done) out.done(e ? Unavailable("send to rank " + std::to_string(r) + ": " + e.message()) : Status::Ok());
-      if (e) Lost(r, e.message());
+      if (out.counted) --in_flight_;
+      Complete(std::move(out.done), e ? Unavailable("send to rank " + std::to_string(r) + ": " + e.message()) : Status::Ok());
+      if (e) Lost(r, "send failed: " + e.message());
       StartWrite(r);
     });
   }
@@ -325,24 +585,29 @@ class TcpTransport final : public Transport {
   void StartRead(int r) {
     Peer& p = peers_[r];
     if (p.dead) return;
-    p.dispatched = false;
     asio::async_read(*p.sock, asio::buffer(p.env, kEnvelopeBytes), [this, r](const boost::system::error_code& e, size_t) {
-      if (e) return Lost(r, e.message());
+      if (e) return Lost(r, ReadError(e));
       Peer& p = peers_[r];
-      uint32_t fb;
+      p.last_heard = Clock::now();
+      uint32_t fb, kind;
       std::memcpy(&p.payload_bytes, p.env, 8);
       std::memcpy(&fb, p.env + 8, 4);
-      if (fb > o_.max_frame_bytes || p.payload_bytes > o_.max_payload_bytes) {
+      std::memcpy(&kind, p.env + 12, 4);
+      if (kind == kHeartbeat || kind == kGoodbye) {
+        if (fb != 0 || p.payload_bytes != 0) return Lost(r, "malformed control envelope");
+        if (kind == kGoodbye) p.departed = true;
+        return StartRead(r);
+      }
+      if (kind != kMessage || fb == 0 || fb > o_.max_frame_bytes || p.payload_bytes > o_.max_payload_bytes) {
         // The stream cannot be resynchronised: report and drop the connection.
-        boost::system::error_code ignored;
-        p.sock->close(ignored);
-        return Lost(r, "frame of " + std::to_string(fb) + " bytes or payload of " + std::to_string(p.payload_bytes) +
-                           " bytes exceeds the limits");
+        return Lost(r, "envelope of kind " + std::to_string(kind) + " with a frame of " + std::to_string(fb) +
+                           " bytes and a payload of " + std::to_string(p.payload_bytes) + " bytes is outside the limits");
       }
       p.frame.resize(fb);
       asio::async_read(*p.sock, asio::buffer(p.frame), [this, r](const boost::system::error_code& e, size_t) {
-        if (e) return Lost(r, e.message());
+        if (e) return Lost(r, ReadError(e));
         Peer& p = peers_[r];
+        p.last_heard = Clock::now();
         IncomingFrame in;
         in.source = r;
         in.frame = std::move(p.frame);
@@ -350,13 +615,66 @@ class TcpTransport final : public Transport {
         if (p.payload_bytes > 0) {
           in.token = next_token_++;
           p.token = in.token;
-          ready_.push_back(std::move(in));
+          Arrive(std::move(in));
           return;  // the stream waits for the receiver to claim or discard the payload
         }
-        ready_.push_back(std::move(in));
+        Arrive(std::move(in));
         StartRead(r);
       });
     });
+  }
+
+  std::string ReadError(const boost::system::error_code& e) const {
+    if (e == asio::error::eof || e == asio::error::connection_reset) return "its connection closed without a goodbye (the process exited or was killed)";
+    return e.message();
+  }
+
+  void Claim(int src, uint64_t token, std::span<uint8_t> dest, Completion done) {
+    Peer& p = peers_[src];
+    if (p.dead) return Complete(std::move(done), Unavailable("payload from rank " + std::to_string(src) + ": the connection is lost"));
+    if (p.token != token) return Complete(std::move(done), Internal("payload token " + std::to_string(token) + " is not the pending one"));
+    if (p.side_done) {  // already read aside: copy
+      std::memcpy(dest.data(), p.side.data(), dest.size());
+      p.side.clear();
+      p.side_done = false;
+      p.token = 0;
+      Complete(std::move(done), Status::Ok());
+      return StartRead(src);
+    }
+    if (p.side_reading) {  // being read aside: copy when complete
+      p.claim_dest = dest;
+      p.claim_done = std::move(done);
+      p.claimed = true;
+      return;
+    }
+    p.token = 0;  // straight into the caller's buffer
+    asio::async_read(*p.sock, asio::buffer(dest.data(), dest.size()),
+                     [this, src, done = std::move(done)](const boost::system::error_code& e, size_t) mutable {
+                       Complete(std::move(done), e ? Unavailable("payload from rank " + std::to_string(src) + ": " + e.message()) : Status::Ok());
+                       if (e) return Lost(src, ReadError(e));
+                       peers_[src].last_heard = Clock::now();
+                       StartRead(src);
+                     });
+  }
+
+  void Discard(int src, uint64_t token) {
+    Peer& p = peers_[src];
+    if (p.dead || p.token != token) return;
+    p.discard = true;
+    if (p.side_done) {
+      p.side.clear();
+      p.side_done = false;
+      p.discard = false;
+      p.token = 0;
+      StartRead(src);
+    } else if (!p.side_reading) {
+      StartSideRead(src);
+    }
+  }
+
+  void ReadAsideIfParked(int src, uint64_t token) {
+    Peer& p = peers_[src];
+    if (!p.dead && p.token == token && !p.side_reading && !p.side_done) StartSideRead(src);
   }
 
   void StartSideRead(int r) {
@@ -366,14 +684,20 @@ class TcpTransport final : public Transport {
     asio::async_read(*p.sock, asio::buffer(p.side), [this, r](const boost::system::error_code& e, size_t) {
       Peer& p = peers_[r];
       p.side_reading = false;
-      if (e) return Lost(r, e.message());
+      if (e) {
+        if (p.claimed) Complete(std::move(p.claim_done), Unavailable("payload from rank " + std::to_string(r) + ": " + e.message()));
+        p.claimed = false;
+        return Lost(r, ReadError(e));
+      }
+      p.last_heard = Clock::now();
       if (p.discard || p.claimed) {
         if (p.claimed) std::memcpy(p.claim_dest.data(), p.side.data(), p.claim_dest.size());
         Completion done = std::move(p.claim_done);
+        const bool claimed = p.claimed;
         p.side.clear();
         p.discard = p.claimed = false;
         p.token = 0;
-        if (done) done(Status::Ok());
+        if (claimed) Complete(std::move(done), Status::Ok());
         StartRead(r);
         return;
       }
@@ -381,80 +705,204 @@ class TcpTransport final : public Transport {
     });
   }
 
+  // Every peer_timeout / 4: a heartbeat to every idle connection, and a check that every peer
+  // was heard from within peer_timeout.
+  void Beat() {
+    const auto interval = std::max<std::chrono::milliseconds>(std::chrono::milliseconds(10), o_.peer_timeout / 4);
+    heartbeat_.expires_after(interval);
+    heartbeat_.async_wait([this](const boost::system::error_code& e) {
+      if (e || stopping_) return;
+      const auto now = Clock::now();
+      for (int r = 0; r < o_.size; ++r) {
+        Peer& p = peers_[r];
+        if (r == o_.rank || !p.sock || p.dead || p.departed) continue;
+        if (now - p.last_heard > o_.peer_timeout) {
+          Lost(r, "nothing heard from it, not even a heartbeat, for " +
+                      std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(now - p.last_heard).count()) +
+                      " ms (peer timeout " + std::to_string(o_.peer_timeout.count()) +
+                      " ms): the process is stopped or hung, or the network is down");
+          continue;
+        }
+        if (!p.writing) {
+          Outgoing hb;
+          hb.envelope = Envelope(0, 0, kHeartbeat);
+          Enqueue(r, std::move(hb));
+        }
+      }
+      Beat();
+    });
+  }
+
   TcpOptions o_;
   asio::io_context io_;
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
+  std::thread thread_;
+  // I/O thread only (after Setup).
   std::vector<Peer> peers_;
-  std::vector<IncomingFrame> ready_;
+  asio::steady_timer heartbeat_;
+  uint64_t next_token_ = 1;
+  bool stopping_ = false;
+  // Shared between the threads.
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<IncomingFrame> inbox_;                // GUARDED_BY(mu_)
+  std::vector<std::function<void()>> completions_;  // GUARDED_BY(mu_)
+  bool woken_ = false;                              // GUARDED_BY(mu_)
+  std::atomic<int64_t> in_flight_{0};
+  // Owner thread only.
+  std::vector<IncomingFrame> self_ready_;
   std::vector<std::function<void()>> local_done_;
   std::unordered_map<uint64_t, SelfPayload> self_payloads_;
-  uint64_t next_token_ = 1;
-  int64_t in_flight_ = 0;
+  std::vector<std::pair<int, uint64_t>> handed_out_;
+  uint64_t next_self_token_ = 1;
 };
 
 Status TcpTransport::Setup() {
   const Deadline deadline = Clock::now() + o_.setup_timeout;
-  boost::system::error_code ec;
-  const auto addr = asio::ip::make_address(o_.host, ec);
-  if (ec) return InvalidArgument("bad address '" + o_.host + "': " + ec.message());
-  auto accept_one = [&](tcp::acceptor& a) -> Result<std::pair<int, std::unique_ptr<tcp::socket>>> {
-    auto s = std::make_unique<tcp::socket>(io_);
-    SHARDPS_RETURN_IF_ERROR(Accept(io_, a, *s, deadline));
-    SHARDPS_ASSIGN_OR_RETURN(int peer, Authenticate(io_, *s, o_, /*initiator=*/false, deadline));
-    if (peer < 0 || peer >= o_.size || peer == o_.rank) return Unavailable("a peer claimed rank " + std::to_string(peer));
-    return std::make_pair(peer, std::move(s));
+  SHARDPS_ASSIGN_OR_RETURN(tcp::endpoint coordinator, Resolve(o_.host, o_.port));
+  std::vector<PeerAddress> table(o_.size);
+  auto wait_for = [&](Gate& gate, const std::string& what) -> Status {
+    io_.restart();
+    while (!gate.complete()) {
+      if (Clock::now() >= deadline) {
+        std::string missing;
+        for (int r = 0; r < o_.size; ++r) {
+          if (r != o_.rank && !peers_[r].sock) missing += (missing.empty() ? "" : ",") + std::to_string(r);
+        }
+        gate.Close();
+        io_.restart();
+        io_.poll();
+        return DeadlineExceeded(what + ": ranks " + missing + " did not connect within " +
+                                std::to_string(o_.setup_timeout.count()) + " ms (" + std::to_string(gate.refused()) +
+                                " connections refused)");
+      }
+      io_.run_one_until(deadline);
+      io_.restart();
+    }
+    if (!gate.error().ok()) {
+      gate.Close();
+      return gate.error();
+    }
+    return Status::Ok();
   };
-  std::vector<uint16_t> ports(o_.size, 0);
+  auto adopt = [&](int peer, std::unique_ptr<tcp::socket> s) -> Status {
+    if (peers_[peer].sock) return FailedPrecondition("rank " + std::to_string(peer) + " connected twice (two processes started with the same rank?)");
+    peers_[peer].sock = std::move(s);
+    return Status::Ok();
+  };
   if (o_.rank == 0) {
     tcp::acceptor a(io_);
-    a.open(addr.is_v6() ? tcp::v6() : tcp::v4());
-    a.set_option(tcp::acceptor::reuse_address(true));
-    a.bind(tcp::endpoint(addr, o_.port), ec);
-    if (ec) return Unavailable("cannot listen on " + o_.host + ":" + std::to_string(o_.port) + ": " + ec.message());
-    a.listen();
-    ports[0] = o_.port;
-    for (int i = 1; i < o_.size; ++i) {
-      SHARDPS_ASSIGN_OR_RETURN(auto peer, accept_one(a));
-      if (peers_[peer.first].sock) return Unavailable("rank " + std::to_string(peer.first) + " registered twice");
-      uint16_t port;
-      SHARDPS_RETURN_IF_ERROR(ReadExact(io_, *peer.second, &port, 2, deadline, "registration"));
-      ports[peer.first] = port;
-      peers_[peer.first].sock = std::move(peer.second);
+    SHARDPS_RETURN_IF_ERROR(Listen(a, coordinator));
+    table[0] = {o_.host, o_.port};
+    Gate gate(io_, a, o_, o_.size - 1, [&](int peer, PeerAddress addr, std::unique_ptr<tcp::socket> s) -> Status {
+      if (addr.host == "0.0.0.0" || addr.host == "::") {  // listening everywhere: reachable where it came from
+        boost::system::error_code ec;
+        addr.host = s->remote_endpoint(ec).address().to_string();
+      }
+      table[peer] = addr;
+      return adopt(peer, std::move(s));
+    });
+    gate.Open();
+    Status st = wait_for(gate, "rendezvous at " + o_.host + ":" + std::to_string(o_.port));
+    gate.Close();
+    io_.restart();
+    io_.poll();
+    SHARDPS_RETURN_IF_ERROR(st);
+    std::vector<uint8_t> bytes;
+    for (const auto& e : table) {
+      bytes.push_back(static_cast<uint8_t>(e.host.size()));
+      bytes.insert(bytes.end(), e.host.begin(), e.host.end());
+      bytes.push_back(static_cast<uint8_t>(e.port & 0xff));
+      bytes.push_back(static_cast<uint8_t>(e.port >> 8));
     }
+    const uint32_t n = static_cast<uint32_t>(bytes.size());
     for (int i = 1; i < o_.size; ++i) {
-      SHARDPS_RETURN_IF_ERROR(WriteExact(io_, *peers_[i].sock, ports.data(), ports.size() * 2, deadline, "address table"));
+      SHARDPS_RETURN_IF_ERROR(WriteExact(io_, *peers_[i].sock, &n, 4, deadline, "address table"));
+      SHARDPS_RETURN_IF_ERROR(WriteExact(io_, *peers_[i].sock, bytes.data(), bytes.size(), deadline, "address table"));
     }
   } else {
+    if (o_.listen.size() > kMaxAddressBytes) return InvalidArgument("listen address too long");
+    SHARDPS_ASSIGN_OR_RETURN(tcp::endpoint mine_ep, Resolve(o_.listen, 0));
     tcp::acceptor mine(io_);
-    mine.open(addr.is_v6() ? tcp::v6() : tcp::v4());
-    mine.bind(tcp::endpoint(addr, 0), ec);
-    if (ec) return Unavailable("cannot listen on " + o_.host + ": " + ec.message());
-    mine.listen();
+    SHARDPS_RETURN_IF_ERROR(Listen(mine, mine_ep));
     const uint16_t my_port = mine.local_endpoint().port();
+    // Higher ranks may dial in while we dial lower ones: accept them concurrently.
+    Gate gate(io_, mine, o_, o_.size - 1 - o_.rank, [&](int peer, PeerAddress, std::unique_ptr<tcp::socket> s) -> Status {
+      if (peer <= o_.rank) return InvalidArgument("rank " + std::to_string(peer) + " dialed rank " + std::to_string(o_.rank) + "; lower ranks are dialed, not dialing");
+      return adopt(peer, std::move(s));
+    });
+    gate.Open();
     auto s = std::make_unique<tcp::socket>(io_);
-    SHARDPS_RETURN_IF_ERROR(Connect(io_, *s, tcp::endpoint(addr, o_.port), deadline, "connecting to the coordinator"));
-    SHARDPS_ASSIGN_OR_RETURN(int peer, Authenticate(io_, *s, o_, /*initiator=*/true, deadline));
-    if (peer != 0) return Unavailable("the coordinator answered as rank " + std::to_string(peer));
-    SHARDPS_RETURN_IF_ERROR(WriteExact(io_, *s, &my_port, 2, deadline, "registration"));
-    SHARDPS_RETURN_IF_ERROR(ReadExact(io_, *s, ports.data(), ports.size() * 2, deadline, "address table"));
-    peers_[0].sock = std::move(s);
-    for (int j = 1; j < o_.rank; ++j) {  // dial every lower rank
+    Status st = Connect(io_, *s, coordinator, deadline, "connecting to the coordinator " + o_.host + ":" + std::to_string(o_.port));
+    Result<int> peer = st.ok() ? Introduce(io_, *s, o_, o_.listen, my_port, deadline) : Result<int>(st);
+    if (peer.ok() && *peer != 0) peer = Unavailable("the coordinator answered as rank " + std::to_string(*peer));
+    uint32_t n = 0;
+    if (peer.ok()) st = ReadExact(io_, *s, &n, 4, deadline, "address table from the coordinator");
+    else st = peer.status();
+    if (st.ok() && n > o_.size * (kMaxAddressBytes + 3)) st = DataLoss("address table of " + std::to_string(n) + " bytes");
+    std::vector<uint8_t> bytes(st.ok() ? n : 0);
+    if (st.ok()) st = ReadExact(io_, *s, bytes.data(), n, deadline, "address table from the coordinator");
+    size_t at = 0;
+    for (int r = 0; st.ok() && r < o_.size; ++r) {
+      if (at >= bytes.size() || at + 1 + bytes[at] + 2 > bytes.size()) {
+        st = DataLoss("truncated address table from the coordinator");
+        break;
+      }
+      const size_t len = bytes[at];
+      table[r].host.assign(bytes.begin() + at + 1, bytes.begin() + at + 1 + len);
+      table[r].port = static_cast<uint16_t>(bytes[at + 1 + len] | (bytes[at + 2 + len] << 8));
+      at += 3 + len;
+    }
+    if (st.ok()) st = adopt(0, std::move(s));
+    for (int j = 1; st.ok() && j < o_.rank; ++j) {  // dial every lower rank
       auto d = std::make_unique<tcp::socket>(io_);
-      SHARDPS_RETURN_IF_ERROR(Connect(io_, *d, tcp::endpoint(addr, ports[j]), deadline, "connecting to rank " + std::to_string(j)));
-      SHARDPS_ASSIGN_OR_RETURN(int got, Authenticate(io_, *d, o_, /*initiator=*/true, deadline));
-      if (got != j) return Unavailable("rank " + std::to_string(j) + "'s port answered as rank " + std::to_string(got));
-      peers_[j].sock = std::move(d);
+      Result<tcp::endpoint> ep = Resolve(table[j].host, table[j].port);
+      st = ep.status();
+      if (st.ok()) st = Connect(io_, *d, *ep, deadline, "connecting to rank " + std::to_string(j) + " at " + table[j].host + ":" + std::to_string(table[j].port));
+      Result<int> got = st.ok() ? Introduce(io_, *d, o_, o_.listen, my_port, deadline) : Result<int>(st);
+      if (got.ok() && *got != j) got = Unavailable("rank " + std::to_string(j) + "'s address answered as rank " + std::to_string(*got));
+      st = got.ok() ? adopt(j, std::move(d)) : got.status();
     }
-    for (int k = o_.rank + 1; k < o_.size; ++k) {  // accept every higher rank
-      SHARDPS_ASSIGN_OR_RETURN(auto peer, accept_one(mine));
-      if (peer.first <= o_.rank || peers_[peer.first].sock) return Unavailable("unexpected connection from rank " + std::to_string(peer.first));
-      peers_[peer.first].sock = std::move(peer.second);
-    }
+    if (st.ok()) st = wait_for(gate, "waiting for higher ranks to connect");
+    gate.Close();
+    io_.restart();
+    io_.poll();
+    SHARDPS_RETURN_IF_ERROR(st);
   }
-  for (int r = 0; r < o_.size; ++r) if (r != o_.rank) StartRead(r);
+  // The mesh is up: the I/O thread takes over every socket.
+  io_.restart();
+  const auto now = Clock::now();
+  for (int r = 0; r < o_.size; ++r) {
+    if (r == o_.rank) continue;
+    peers_[r].last_heard = now;
+    StartRead(r);
+  }
+  Beat();
+  work_.emplace(io_.get_executor());
+  thread_ = std::thread([this] { io_.run(); });
   return Status::Ok();
 }
 
 }  // namespace
+
+Status ParseHostPort(const std::string& text, std::string* host, uint16_t* port) {
+  const size_t colon = text.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 >= text.size()) {
+    return InvalidArgument("'" + text + "' is not HOST:PORT");
+  }
+  std::string h = text.substr(0, colon);
+  if (h.size() > 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
+  const std::string p = text.substr(colon + 1);
+  if (p.size() > 5 || p.find_first_not_of("0123456789") != std::string::npos || std::stoul(p) == 0 || std::stoul(p) > 65535) {
+    return InvalidArgument("'" + text + "': port must be 1..65535");
+  }
+  boost::system::error_code ec;
+  asio::ip::make_address(h, ec);
+  if (ec) return InvalidArgument("'" + text + "': '" + h + "' is not a numeric IP address");
+  *host = h;
+  *port = static_cast<uint16_t>(std::stoul(p));
+  return Status::Ok();
+}
 
 Result<std::unique_ptr<Transport>> CreateTcpTransport(const TcpOptions& options) {
   if (options.size < 1 || options.rank < 0 || options.rank >= options.size) {
@@ -462,6 +910,9 @@ Result<std::unique_ptr<Transport>> CreateTcpTransport(const TcpOptions& options)
   }
   if (!options.insecure && options.secret.size() < kMinSecretBytes) {
     return InvalidArgument("a shared secret of at least 32 bytes is required (or choose insecure explicitly)");
+  }
+  if (options.peer_timeout.count() <= 0 || options.handshake_timeout.count() <= 0 || options.max_pending_connections < 1) {
+    return InvalidArgument("peer and handshake timeouts must be positive and at least one pending connection allowed");
   }
   auto t = std::make_unique<TcpTransport>(options);
   SHARDPS_RETURN_IF_ERROR(t->Setup());

@@ -49,7 +49,9 @@ class Node {
                              std::to_string(cluster.num_servers()));
     }
     std::unique_ptr<Node> n(new Node(options));
-    n->endpoint_ = std::make_unique<Endpoint>(std::move(transport), options.endpoint);
+    EndpointOptions eo = options.endpoint;
+    if (!eo.describe_rank) eo.describe_rank = [cluster](int r) { return cluster.Describe(r); };
+    n->endpoint_ = std::make_unique<Endpoint>(std::move(transport), eo);
     if (cluster.is_server()) {
       n->server_ = std::make_unique<ps::Server>(*n->endpoint_, cluster, layout, options.server);
       n->endpoint_->SetServerHandler(n->server_.get());
@@ -73,14 +75,19 @@ class Node {
   Endpoint& endpoint() { return *endpoint_; }
 
   // Workers send SHUTDOWN to every server; servers wait until every worker has; then the
-  // communication thread stops.
+  // communication thread says goodbye to every peer and stops. On failure there is no goodbye:
+  // peers that detect lost ranks (TCP) see this one as lost and fail too.
   Status Finish() {
     Status s;
     if (client_) s = client_->Shutdown().wait(options_.finish_timeout);
     if (server_ && s.ok()) s = server_->WaitForWorkers(options_.finish_timeout);
-    endpoint_->Stop();
+    if (s.ok()) endpoint_->Leave();
+    else endpoint_->Stop();
     return s;
   }
+
+  // Stops after a failure, without goodbye (see Finish).
+  void Abandon() { endpoint_->Stop(); }
 
  private:
   explicit Node(NodeOptions options) : options_(std::move(options)) {}

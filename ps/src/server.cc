@@ -1,6 +1,7 @@
 #include "shardps/ps/server.h"
 
 #include <algorithm>
+#include <limits>
 #include <cstring>
 #include <filesystem>
 #include <future>
@@ -109,10 +110,27 @@ ServerStats Server::stats() const {
   return stats_;
 }
 
+void Server::OnPeerLost(const Status& why) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (lost_.ok()) lost_ = why;
+  }
+  cv_.notify_all();
+}
+
+uint64_t Server::CompletedSteps() const {
+  uint64_t v = std::numeric_limits<uint64_t>::max();
+  for (const auto& cs : chunks_) v = std::min(v, cs->version);
+  return chunks_.empty() ? 0 : v;
+}
+
 Status Server::WaitForWorkers(std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> lock(mu_);
   auto all = [&] { return std::all_of(worker_done_.begin(), worker_done_.end(), [](bool b) { return b; }); };
-  if (cv_.wait_for(lock, timeout, all)) return Status::Ok();
+  if (cv_.wait_for(lock, timeout, [&] { return all() || !lost_.ok(); })) {
+    if (!lost_.ok() && !all()) return lost_.WithContext("server rank " + std::to_string(cluster_.rank()));
+    return Status::Ok();
+  }
   std::vector<int> missing;
   for (int w = 0; w < num_workers_; ++w) if (!worker_done_[w]) missing.push_back(cluster_.worker_rank(w));
   return DeadlineExceeded("server rank " + std::to_string(cluster_.rank()) + ": worker ranks " + FormatRanks(missing) +

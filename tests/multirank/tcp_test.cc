@@ -112,8 +112,54 @@ TEST(TcpTransport, AWrongSecretIsRefused) {
   keys[2] = Secret(32, 8);  // rank 2 does not know the job's secret
   Outcome out = RunJob(3, 1, false, true, keys);
   EXPECT_FALSE(out.status[2].ok());
-  EXPECT_FALSE(out.status[0].ok());  // the coordinator never completes its rendezvous
-  EXPECT_NE(out.status[0].ToString().find("authentication failed"), std::string::npos) << out.status[0].ToString();
+  // The coordinator refuses the stranger and keeps waiting for a real rank 2 until its deadline.
+  EXPECT_EQ(out.status[0].code(), StatusCode::kDeadlineExceeded) << out.status[0].ToString();
+  EXPECT_NE(out.status[0].ToString().find("ranks 2 did not connect"), std::string::npos) << out.status[0].ToString();
+  EXPECT_NE(out.status[0].ToString().find("1 connections refused"), std::string::npos) << out.status[0].ToString();
+}
+
+// A worker that vanishes mid-run (its process gone: connections closed without a goodbye) ends the
+// run on every other rank with an error naming it, long before any request deadline.
+TEST(TcpTransport, ALostWorkerEndsTheRunEverywhere) {
+  const int world = 3;
+  const uint16_t port = FreePort();
+  TableSpec a{.name = "a", .size = 1000};
+  std::vector<Status> status(world);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r) {
+    threads.emplace_back([&, r] {
+      status[r] = [&]() -> Status {
+        SHARDPS_ASSIGN_OR_RETURN(Cluster c, Cluster::Create(world, r, {.num_servers = 1}));
+        SHARDPS_ASSIGN_OR_RETURN(TableLayout layout, TableLayout::Create({a}, 1, {.chunk_floats = 128}));
+        TcpOptions o;
+        o.port = port;
+        o.rank = r;
+        o.size = world;
+        o.secret = Secret(32, 5);
+        o.setup_timeout = milliseconds(10000);
+        o.peer_timeout = milliseconds(60000);
+        SHARDPS_ASSIGN_OR_RETURN(auto t, CreateTcpTransport(o));
+        NodeOptions no;
+        no.client.request_timeout = milliseconds(120000);  // far beyond the test: the loss must end it
+        no.server.max_hold = milliseconds(120000);
+        SHARDPS_ASSIGN_OR_RETURN(auto node, Node::Start(std::move(t), c, layout, no));
+        if (auto* client = node->client()) {
+          std::vector<float> g(1000, 1.0f), w(1000);
+          for (uint64_t step = 0; step < 1000; ++step) {
+            if (r == 2 && step == 3) return Cancelled("vanished");  // ~Node: no goodbye
+            SHARDPS_RETURN_IF_ERROR(client->PushPull(0, g, w, step).wait(milliseconds(120000)));
+          }
+        }
+        return node->Finish();
+      }();
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(status[2].code(), StatusCode::kCancelled);
+  for (int r : {0, 1}) {
+    EXPECT_EQ(status[r].code(), StatusCode::kUnavailable) << r << ": " << status[r].ToString();
+    EXPECT_NE(status[r].ToString().find("rank 2 (worker 1) lost"), std::string::npos) << status[r].ToString();
+  }
 }
 
 }  // namespace

@@ -222,6 +222,16 @@ Handle KVClient::Start(std::string what, std::vector<Piece> pieces) {
   return Handle(op);
 }
 
+void KVClient::OnPeerLost(const Status& why) {
+  // Every request fails now; later ones fail in Endpoint::Send.
+  auto pending = std::move(pending_);
+  pending_.clear();
+  for (auto& [id, p] : pending) {
+    p.op->Part(p.piece, why.WithContext(p.op->what));
+    p.op->Part(p.piece, why.WithContext(p.op->what));
+  }
+}
+
 void KVClient::OnFrame(IncomingFrame in, Frame frame) {
   const wire::Header& h = frame.header;
   auto it = pending_.find(h.request_id());

@@ -45,6 +45,7 @@ class Cluster {
   int WorkerIndexOf(int rank) const;
   int ServerIndexOf(int rank) const;
   std::string Describe() const;  // "4 ranks: servers [0,1], workers [2,3]"
+  std::string Describe(int rank) const;  // "rank 3 (worker 1)", "rank 0 (server 0)", "rank 1 (server 1, worker 1)"
 
  private:
   int rank_ = 0;

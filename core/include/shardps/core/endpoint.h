@@ -43,6 +43,9 @@ class FrameHandler {
   virtual void OnFrame(IncomingFrame in, Frame frame) = 0;
   // Called on every loop turn; returns when it next needs a call (a deadline to enforce).
   virtual Clock::time_point OnTick(Clock::time_point now) = 0;
+  // A peer was lost (its connection closed without a goodbye, or it stopped answering
+  // heartbeats): the job cannot go on. Fail everything waiting; `why` names the rank.
+  virtual void OnPeerLost(const Status& why) { (void)why; }
 };
 
 struct EndpointOptions {
@@ -52,6 +55,8 @@ struct EndpointOptions {
   // Where warnings go (a reply to an unknown request, a frame that failed to decode). Called on
   // the communication thread. Default: stderr with the rank.
   std::function<void(const std::string&)> on_warning;
+  // Names a rank in errors, e.g. "rank 3 (worker 1)". Default: "rank 3".
+  std::function<std::string(int)> describe_rank;
 };
 
 class Endpoint {
@@ -72,6 +77,11 @@ class Endpoint {
   Status Start();
   // Stops the thread after flushing sends still in flight (up to `flush`), then joins it.
   void Stop(std::chrono::milliseconds flush = std::chrono::milliseconds(2000));
+  // An orderly exit: says goodbye to every peer (so its closing connections are not taken for a
+  // failure), flushes, and stops.
+  void Leave(std::chrono::milliseconds flush = std::chrono::milliseconds(2000));
+  // The first lost peer, once one was lost (then every send fails with it). Thread-safe.
+  Status lost() const;
   bool running() const { return running_.load(); }
 
   // Runs `task` on the communication thread. Thread-safe.
@@ -89,6 +99,8 @@ class Endpoint {
   void Loop();
   void Dispatch(IncomingFrame in);
   void ReplyToUndecodable(const IncomingFrame& in, const Status& why);
+  void PeerLost(int rank, const Status& why);
+  std::string Describe(int rank) const;
 
   // Constant after construction.
   const std::unique_ptr<Transport> transport_;
@@ -98,8 +110,10 @@ class Endpoint {
   FrameHandler* server_ = nullptr;  // set before Start()
   FrameHandler* client_ = nullptr;
 
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::vector<std::function<void()>> tasks_;  // GUARDED_BY(mu_)
+  Status lost_;                               // GUARDED_BY(mu_)
+  std::atomic<bool> has_lost_{false};
 
   std::atomic<bool> running_{false};
   std::atomic<bool> stop_{false};

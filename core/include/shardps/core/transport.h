@@ -1,5 +1,5 @@
 // Transport: moves frames and their payloads between ranks. Backends: MPI (mpi_transport.h) and
-// in-process ranks-as-threads (inproc_transport.h); a TCP backend fits the same interface.
+// in-process ranks-as-threads (inproc_transport.h) and TCP (tcp_transport.h).
 //
 // A message is a small frame (prefix + protobuf header, owned bytes) plus an optional payload
 // that is sent straight from the caller's buffer and, on the receiving side, received straight
@@ -62,6 +62,10 @@ class Transport {
 
   // True when no send is still in flight (used to flush before stopping).
   virtual bool Idle() const = 0;
+
+  // Tells every peer this rank is leaving in order, so that its closing connection is not taken
+  // for a failure (transports that detect lost peers). Sends still queued go out first.
+  virtual void Goodbye() {}
 };
 
 }  // namespace shardps

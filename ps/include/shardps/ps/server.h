@@ -83,8 +83,14 @@ class Server final : public FrameHandler {
 
   void OnFrame(IncomingFrame in, Frame frame) override;
   Clock::time_point OnTick(Clock::time_point now) override;
+  void OnPeerLost(const Status& why) override;
 
-  // Blocks until every worker has sent SHUTDOWN; on timeout names the workers that have not.
+  // Steps fully applied to every chunk of this server (the lowest chunk version). Call when the
+  // communication thread has stopped.
+  uint64_t CompletedSteps() const;
+
+  // Blocks until every worker has sent SHUTDOWN; on timeout names the workers that have not. A
+  // lost peer ends the wait at once with its error.
   Status WaitForWorkers(std::chrono::milliseconds timeout);
 
   struct ChunkCopy {
@@ -171,6 +177,7 @@ class Server final : public FrameHandler {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::vector<bool> worker_done_;  // GUARDED_BY(mu_)
+  Status lost_;                    // GUARDED_BY(mu_)
   ServerStats stats_;              // GUARDED_BY(mu_)
 };
 

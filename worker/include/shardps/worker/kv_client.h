@@ -95,6 +95,7 @@ class KVClient final : public FrameHandler {
   // FrameHandler (communication thread).
   void OnFrame(IncomingFrame in, Frame frame) override;
   Clock::time_point OnTick(Clock::time_point now) override { return Clock::time_point::max(); }
+  void OnPeerLost(const Status& why) override;
 
  private:
   struct Piece {

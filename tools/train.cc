@@ -1,5 +1,4 @@
 // shardps train: data-parallel training through the parameter servers (or alone, --servers 0).
-#include <mpi.h>
 #include <unistd.h>
 
 #include <boost/program_options.hpp>
@@ -15,13 +14,12 @@
 #include <vector>
 
 #include "commands.h"
-#include "mpi_env.h"
+#include "launch.h"
 #include "progress.h"
 #include "shardps/core/checkpoint.h"
 #include "shardps/core/config.h"
 #include "shardps/core/json.h"
 #include "shardps/core/safetensors.h"
-#include "shardps/core/mpi_transport.h"
 #include "shardps/node.h"
 #include "shardps/worker/trainer.h"
 
@@ -41,8 +39,7 @@ struct TrainFlags {
   std::string resume;  // DIR or DIR@VERSION
   std::string crash_at;  // test only: PHASE@VERSION
   std::string init_from;  // safetensors file to start from
-  int world_hint = 1;         // OMPI_COMM_WORLD_SIZE when launched by mpirun, read at the edge
-  bool under_mpirun = false;  // OMPI_COMM_WORLD_SIZE is set
+  bool under_mpirun = false;  // stdout belongs to a launcher: no redrawing progress
 };
 
 Result<config::TrainConfig> BuildConfig(const TrainFlags& f) {
@@ -274,7 +271,7 @@ Status WriteSummary(const std::string& path, const config::TrainConfig& c, int s
 // Trains as worker `worker` of `workers` and, on the lead worker, writes the outputs.
 Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const Outputs& out, const worker::Dataset& train,
                       const worker::Dataset& test, worker::ParamStore& params, int worker, int workers, int servers,
-                      uint64_t start_step = 0, worker::KVClient* client = nullptr) {
+                      uint64_t start_step = 0, worker::KVClient* client = nullptr, int64_t* steps_done = nullptr) {
   const bool lead = worker == 0;
   SHARDPS_ASSIGN_OR_RETURN(auto model, MakeModel(c, train));
   worker::RunOptions run = ToRunOptions(c, worker, workers);
@@ -309,8 +306,11 @@ Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const O
     hooks.on_metrics = [&](const worker::MetricsRow& r) { csv.Write(r); };
     // Under mpirun a rank's stdout is a pipe or pty owned by the launcher: never redraw there.
     progress = std::make_unique<ProgressDisplay>(f.progress == "auto" && f.under_mpirun ? "plain" : f.progress);
-    hooks.on_progress = [&](const worker::Progress& p) { progress->Update(p); };
   }
+  hooks.on_progress = [&](const worker::Progress& p) {
+    if (steps_done) *steps_done = p.step;
+    if (progress) progress->Update(p);
+  };
   SHARDPS_ASSIGN_OR_RETURN(worker::TrainResult r, worker::Train(*model, train, test, params, run, hooks));
   if (lead) {
     progress->Finish(r);
@@ -357,23 +357,36 @@ int RunSingleProcess(const config::TrainConfig& c, const TrainFlags& f) {
   return s.ok() ? 0 : fail(s);
 }
 
-int RunMpi(const config::TrainConfig& c, const TrainFlags& f, int argc, char** argv) {
-  int rank = 0, size = 0;
-  if (!InitMpi(&argc, &argv, "shardps train", &rank, &size)) return 1;
-  // Every rank reaches each MPI_Allreduce below, whatever failed, so no rank is left waiting.
-  auto agree = [](bool ok) {
-    int mine = ok ? 1 : 0, all = 0;
-    MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-    return all == 1;
-  };
+// What a failed process says besides the error: where training stood and what to resume from.
+std::string WhereToResume(const config::TrainConfig& c, int64_t steps_done) {
+  std::string m = steps_done >= 0 ? "; last completed step " + std::to_string(steps_done) : "";
+  if (c.checkpoint_dir().empty()) return m + "; no checkpoint directory was configured, nothing to resume from";
+  const auto versions = ListCheckpoints(c.checkpoint_dir(), /*verify=*/false);
+  for (auto it = versions.rbegin(); it != versions.rend(); ++it) {
+    if (!it->status.ok()) continue;
+    return m + "; newest checkpoint " + it->path + " (step " + std::to_string(it->manifest.step()) + "): resume with --resume " +
+           c.checkpoint_dir();
+  }
+  return m + "; no checkpoint in " + c.checkpoint_dir() + " yet";
+}
+
+int RunDistributed(const config::TrainConfig& c, const TrainFlags& f, const LaunchPlan& plan, int argc, char** argv) {
+  auto started = StartJob(plan, &argc, &argv, "shardps train");
+  if (!started.ok()) {
+    std::cerr << "shardps train: " << started.status().ToString() << std::endl;
+    return 1;
+  }
+  Job& job = **started;
+  const int rank = job.rank(), size = job.size();
   auto report = [&](const Status& s) {
     if (!s.ok()) std::cerr << "shardps train: rank " << rank << ": " << s.ToString() << std::endl;
   };
+  // Every process reaches each agreement below, whatever failed, so none is left waiting.
   Status s;
   ClusterOptions co;
   co.num_servers = c.servers();
   co.colocated = c.colocated();
-  Result<Cluster> cluster = s.ok() ? Cluster::Create(size, rank, co) : Result<Cluster>(s);
+  Result<Cluster> cluster = Cluster::Create(size, rank, co);
   if (!cluster.ok()) s = cluster.status();
   Result<Outputs> out = Outputs{};
   worker::Dataset train, test;
@@ -392,14 +405,14 @@ int RunMpi(const config::TrainConfig& c, const TrainFlags& f, int argc, char** a
   // Servers need the model's table shapes; the lead worker knows the input width from its data.
   int64_t input_dim = s.ok() && cluster->is_worker() ? train.num_features : 0;
   report(s);
-  if (!agree(s.ok())) {
-    MPI_Finalize();
+  if (!job.Agree(s.ok())) return 1;
+  auto dim = job.Max(input_dim);
+  if (!dim.ok()) {
+    report(dim.status());
     return 1;
   }
-  int64_t dim = 0;
-  MPI_Allreduce(&input_dim, &dim, 1, MPI_INT64_T, MPI_MAX, MPI_COMM_WORLD);
   worker::ModelSpec ms;
-  ms.input_dim = dim;
+  ms.input_dim = *dim;
   ms.num_classes = c.data().num_classes();
   for (int64_t h : c.hidden()) ms.hidden.push_back(h);
   auto model = worker::Model::Create(ms);
@@ -409,13 +422,8 @@ int RunMpi(const config::TrainConfig& c, const TrainFlags& f, int argc, char** a
                                                                 {.chunk_floats = c.chunk_floats()})
                                           : Result<TableLayout>(model.status());
   if (!layout.ok()) s = layout.status();
-  Result<std::unique_ptr<Transport>> transport = s.ok() ? CreateMpiTransport(MPI_COMM_WORLD) : Result<std::unique_ptr<Transport>>(s);
-  if (s.ok() && !transport.ok()) s = transport.status();
   report(s);
-  if (!agree(s.ok())) {
-    MPI_Finalize();
-    return 1;
-  }
+  if (!job.Agree(s.ok())) return 1;
   // Resume: every rank resolves the same version of the shared checkpoint directory.
   std::unique_ptr<CheckpointReader> reader;
   uint64_t start_step = 0;
@@ -438,11 +446,6 @@ int RunMpi(const config::TrainConfig& c, const TrainFlags& f, int argc, char** a
       reader = std::make_unique<CheckpointReader>(std::move(*v));
     }
   }
-  report(s);
-  if (!agree(s.ok())) {
-    MPI_Finalize();
-    return 1;
-  }
   NodeOptions no;
   no.client.request_timeout = run.timeout;
   no.server.max_hold = run.timeout;
@@ -451,7 +454,7 @@ int RunMpi(const config::TrainConfig& c, const TrainFlags& f, int argc, char** a
   no.startup_timeout = run.timeout;
   if (reader) no.prepare_server = [&](ps::Server& server) { return server.Restore(*reader); };
   std::unique_ptr<SafetensorsFile> init;
-  if (!f.init_from.empty()) {
+  if (s.ok() && !f.init_from.empty()) {
     auto file = SafetensorsFile::Open(f.init_from);
     if (!file.ok()) {
       s = file.status();
@@ -461,10 +464,14 @@ int RunMpi(const config::TrainConfig& c, const TrainFlags& f, int argc, char** a
     }
   }
   report(s);
-  if (!agree(s.ok())) {
-    MPI_Finalize();
+  if (!job.Agree(s.ok())) return 1;
+  auto transport = job.TakeTransport();
+  if (!transport.ok()) {
+    report(transport.status());
+    job.Fail();
     return 1;
   }
+  int64_t steps_done = static_cast<int64_t>(start_step);
   auto node = Node::Start(std::move(*transport), *cluster, *layout, no);
   if (!node.ok()) {
     s = node.status();
@@ -472,15 +479,23 @@ int RunMpi(const config::TrainConfig& c, const TrainFlags& f, int argc, char** a
     if (auto* client = (*node)->client()) {
       worker::ClientParams params(*client);
       s = TrainAndReport(c, f, *out, train, test, params, worker_index, cluster->num_workers(), cluster->num_servers(),
-                         start_step, client);
+                         start_step, client, &steps_done);
     }
-    Status fin = (*node)->Finish();
-    if (s.ok()) s = fin;
+    if (s.ok()) {
+      s = (*node)->Finish();
+    } else {
+      (*node)->Abandon();
+    }
+    if (!cluster->is_worker() && (*node)->server()) steps_done = static_cast<int64_t>((*node)->server()->CompletedSteps());
   }
-  report(s);
-  const bool all_ok = agree(s.ok());
+  if (!s.ok()) {
+    std::cerr << "shardps train: " << cluster->Describe(rank) << ": " << s.ToString() << WhereToResume(c, steps_done) << std::endl;
+    node = Result<std::unique_ptr<Node>>(Cancelled("failed"));
+    job.Fail();  // MPI: ends every rank now; TCP: peers see this process lost
+    return 1;
+  }
+  const bool all_ok = job.AgreeFinal(true);
   node = Result<std::unique_ptr<Node>>(Cancelled("finished"));
-  MPI_Finalize();
   return all_ok ? 0 : 1;
 }
 
@@ -496,6 +511,7 @@ int TrainMain(int argc, char** argv) {
   std::string optimizer, mode, hidden, checkpoint_dir;
   int64_t checkpoint_every = 0, keep_last = 0, max_bytes = 0;
   bool colocated = false;
+  LaunchFlags launch;
   desc.add_options()("help,h", "print this help")
       ("config", po::value(&f.config_path)->required(), "training config, protobuf text format (.prototxt)")
       ("set", po::value(&f.overrides)->composing(), "override a config key: --set optimizer.learning_rate=0.05 (repeatable)")
@@ -525,11 +541,17 @@ int TrainMain(int argc, char** argv) {
       ("test-crash-at", po::value(&f.crash_at),
        "TESTS ONLY: SIGKILL this process at a checkpoint phase, PHASE@VERSION: shard-written (servers), "
        "before-rename:MANIFEST or before-dir-fsync:MANIFEST (lead worker)");
+  po::options_description launch_desc("how the processes of the job find each other");
+  AddLaunchOptions(&launch_desc, &launch);
+  desc.add(launch_desc);
   po::variables_map vm;
   try {
     po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
     if (vm.count("help")) {
-      std::cout << "usage: [mpirun -np N] shardps train --config FILE [flags]\n" << desc;
+      std::cout << "usage: mpirun -np N shardps train --config FILE [flags]\n"
+                   "       shardps train --config FILE --transport tcp --coordinator HOST:PORT --role server|worker --rank R\n"
+                   "                     --num-servers S --num-workers W --secret-file FILE [flags]   (one per process)\n"
+                << desc;
       return 0;
     }
     po::notify(vm);
@@ -550,6 +572,8 @@ int TrainMain(int argc, char** argv) {
   if (vm.count("hidden")) f.overrides.push_back("hidden=" + hidden);
   if (vm.count("seed")) f.overrides.push_back("seed=" + std::to_string(seed));
   if (vm.count("servers")) f.overrides.push_back("servers=" + std::to_string(servers));
+  // A TCP job's --num-servers is the config's servers unless --servers says otherwise.
+  if (!vm.count("servers") && launch.num_servers >= 0) f.overrides.push_back("servers=" + std::to_string(launch.num_servers));
   if (colocated) f.overrides.push_back("colocated=true");
   if (vm.count("checkpoint-dir")) f.overrides.push_back("checkpoint_dir=" + checkpoint_dir);
   if (vm.count("checkpoint-every")) f.overrides.push_back("checkpoint_every=" + std::to_string(checkpoint_every));
@@ -578,24 +602,30 @@ int TrainMain(int argc, char** argv) {
     std::cerr << "shardps train: " << config.status().ToString() << std::endl;
     return 2;
   }
-  // Read once, here at the edge: how many processes mpirun started.
-  if (const char* w = std::getenv("OMPI_COMM_WORLD_SIZE")) {
-    f.world_hint = std::atoi(w);
-    f.under_mpirun = true;
+  // The launcher's variables are read once, here at the edge.
+  auto plan = ResolveLaunch(launch, Environment::FromProcess(), config->colocated() ? -1 : config->servers());
+  if (!plan.ok()) {
+    std::cerr << "shardps train: " << plan.status().message() << std::endl;
+    return 2;
   }
-  if (config->servers() == 0 && !config->colocated()) {
+  f.under_mpirun = plan->under_mpirun;
+  if (plan->tcp && config->colocated()) {
+    std::cerr << "shardps train: --colocated runs under mpirun; with --transport tcp start servers and workers as separate processes\n";
+    return 2;
+  }
+  if (!plan->tcp && config->servers() == 0 && !config->colocated()) {
     if (!f.resume.empty() || !f.init_from.empty()) {
       std::cerr << "shardps train: --resume and --init-from need parameter servers (they load the weights)\n";
       return 2;
     }
-    if (f.world_hint > 1) {
-      std::cerr << "shardps train: --servers 0 trains in one process, but " << f.world_hint
+    if (plan->mpi_world_hint > 1) {
+      std::cerr << "shardps train: --servers 0 trains in one process, but " << plan->mpi_world_hint
                 << " were started; give --servers S or --colocated\n";
       return 2;
     }
     return RunSingleProcess(*config, f);
   }
-  return RunMpi(*config, f, argc, argv);
+  return RunDistributed(*config, f, *plan, argc, argv);
 }
 
 }  // namespace shardps::tools

@@ -1,4 +1,5 @@
-// shardps bench: synchronous push/pull rounds over MPI, next to MPI_Allreduce of the same floats.
+// shardps bench: synchronous push/pull rounds over MPI, next to MPI_Allreduce of the same floats, or
+// over TCP between processes started on their own (--transport tcp).
 #include <malloc.h>
 #include <mpi.h>
 
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "commands.h"
+#include "launch.h"
 #include "mpi_env.h"
 #include "shardps/core/mpi_transport.h"
 #include "shardps/node.h"
@@ -80,11 +82,28 @@ std::vector<double> TimeAllreduce(const BenchFlags& f, MPI_Comm comm) {
   return MaxOverRanks(times, comm);
 }
 
+void PrintResult(const BenchFlags& f, int servers, int workers, const Summary& round, const Summary& push,
+                 const Summary& pull, const std::string& extra) {
+  const double bytes = 2.0 * static_cast<double>(f.floats) * sizeof(float);
+  const double gbps = round.median > 0 ? bytes / (round.median * 1e-3) / 1e9 : 0.0;
+  std::ostringstream js;
+  js << "{\"floats\":" << f.floats << ",\"servers\":" << servers << ",\"workers\":" << workers
+     << ",\"colocated\":" << (f.colocated ? "true" : "false") << ",\"rounds\":" << f.rounds
+     << ",\"round_ms\":" << Json(round) << ",\"push_ms\":" << Json(push) << ",\"pull_ms\":" << Json(pull)
+     << ",\"gbps_per_worker\":" << gbps << ",\"chunk_floats\":" << f.chunk_floats << extra << "}";
+  std::cout << js.str() << std::endl;
+  if (!f.json_out.empty()) {
+    std::ofstream o(f.json_out);
+    o << js.str() << "\n";
+    if (!o) std::cerr << "shardps bench: could not write " << f.json_out << "\n";
+  }
+}
+
 struct Rounds {
   std::vector<double> round, push, pull;
 };
 
-Status RunPs(const BenchFlags& f, MPI_Comm comm, int rank, int size, Rounds* out) {
+Status RunPs(const BenchFlags& f, Result<std::unique_ptr<Transport>> transport, int rank, int size, Rounds* out) {
   ClusterOptions co;
   co.num_servers = f.servers;
   co.colocated = f.colocated;
@@ -97,11 +116,11 @@ Status RunPs(const BenchFlags& f, MPI_Comm comm, int rank, int size, Rounds* out
   LayoutOptions lo;
   lo.chunk_floats = f.chunk_floats;
   SHARDPS_ASSIGN_OR_RETURN(TableLayout layout, TableLayout::Create({spec}, cluster.num_servers(), lo));
-  SHARDPS_ASSIGN_OR_RETURN(auto transport, CreateMpiTransport(comm));
+  SHARDPS_RETURN_IF_ERROR(transport.status());
   NodeOptions no;
   no.client.request_timeout = std::chrono::milliseconds(f.timeout_ms);
   no.startup_timeout = std::chrono::milliseconds(f.timeout_ms);
-  SHARDPS_ASSIGN_OR_RETURN(auto node, Node::Start(std::move(transport), cluster, layout, no));
+  SHARDPS_ASSIGN_OR_RETURN(auto node, Node::Start(std::move(*transport), cluster, layout, no));
   const auto timeout = std::chrono::milliseconds(f.timeout_ms);
   out->round.assign(f.rounds, 0.0);
   out->push.assign(f.rounds, 0.0);
@@ -235,7 +254,7 @@ int SuiteMain(const BenchFlags& base, std::vector<uint64_t> sizes, int rank, int
         const Summary allreduce = Summarize(TimeAllreduce(f, comm));
         Rounds rounds;
         ResetPeakRss();
-        Status s = RunPs(f, comm, rank, c.ranks, &rounds);
+        Status s = RunPs(f, CreateMpiTransport(comm), rank, c.ranks, &rounds);
         const double rss = PeakRssMiB();
         int ok = s.ok() ? 1 : 0, all_ok = 0;
         MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, comm);
@@ -312,6 +331,8 @@ int SuiteMain(const BenchFlags& base, std::vector<uint64_t> sizes, int rank, int
 
 }  // namespace
 
+int RunTcp(const BenchFlags& f, const LaunchPlan& plan, int argc, char** argv);
+
 int BenchMain(int argc, char** argv) {
   BenchFlags f;
   po::options_description desc("shardps bench flags");
@@ -327,6 +348,10 @@ int BenchMain(int argc, char** argv) {
       ("suite", "run the benchmark suite (needs 3 ranks): sizes x {1 server + 1 worker, 2 colocated, 1 server + 2 workers}")
       ("sizes", po::value<std::string>()->default_value("1000,1000000,10000000,40000000"), "--suite: table sizes in floats")
       ("json-out", po::value(&f.json_out), "also write the JSON object to this file");
+  LaunchFlags launch;
+  po::options_description launch_desc("how the processes of the job find each other");
+  AddLaunchOptions(&launch_desc, &launch);
+  desc.add(launch_desc);
   po::variables_map vm;
   try {
     po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
@@ -364,6 +389,19 @@ int BenchMain(int argc, char** argv) {
     return 2;
   }
 
+  if (launch.num_servers >= 0 && vm["servers"].defaulted()) f.servers = launch.num_servers;
+  auto plan = ResolveLaunch(launch, Environment::FromProcess(), f.servers);
+  if (!plan.ok()) {
+    std::cerr << "shardps bench: " << plan.status().message() << "\n";
+    return 2;
+  }
+  if (plan->tcp) {
+    if (vm.count("suite") || f.colocated) {
+      std::cerr << "shardps bench: --suite and --colocated run under mpirun\n";
+      return 2;
+    }
+    return RunTcp(f, *plan, argc, argv);
+  }
   int rank = 0, size = 0;
   if (!InitMpi(&argc, &argv, "shardps bench", &rank, &size)) return 1;
   if (vm.count("suite")) {
@@ -382,7 +420,7 @@ int BenchMain(int argc, char** argv) {
   if (f.allreduce) allreduce = Summarize(TimeAllreduce(f, MPI_COMM_WORLD));
 
   Rounds rounds;
-  Status s = RunPs(f, MPI_COMM_WORLD, rank, size, &rounds);
+  Status s = RunPs(f, CreateMpiTransport(MPI_COMM_WORLD), rank, size, &rounds);
   // Agree on success before collective reductions so a failed rank cannot leave others waiting.
   int ok = s.ok() ? 1 : 0, all_ok = 0;
   MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
@@ -397,23 +435,38 @@ int BenchMain(int argc, char** argv) {
   const int workers = f.colocated ? size : size - f.servers;
   const int servers = f.colocated ? size : f.servers;
   if (rank == 0) {
-    const double bytes = 2.0 * static_cast<double>(f.floats) * sizeof(float);
-    const double gbps = round.median > 0 ? bytes / (round.median * 1e-3) / 1e9 : 0.0;
-    std::ostringstream js;
-    js << "{\"floats\":" << f.floats << ",\"servers\":" << servers << ",\"workers\":" << workers
-       << ",\"colocated\":" << (f.colocated ? "true" : "false") << ",\"rounds\":" << f.rounds
-       << ",\"round_ms\":" << Json(round) << ",\"push_ms\":" << Json(push) << ",\"pull_ms\":" << Json(pull)
-       << ",\"gbps_per_worker\":" << gbps;
-    if (f.allreduce) js << ",\"allreduce_ms\":" << Json(allreduce) << ",\"allreduce_ranks\":" << size;
-    js << ",\"chunk_floats\":" << f.chunk_floats << ",\"transport\":\"mpi\"}";
-    std::cout << js.str() << std::endl;
-    if (!f.json_out.empty()) {
-      std::ofstream o(f.json_out);
-      o << js.str() << "\n";
-      if (!o) std::cerr << "shardps bench: could not write " << f.json_out << "\n";
-    }
+    std::string extra;
+    if (f.allreduce) extra = ",\"allreduce_ms\":" + Json(allreduce) + ",\"allreduce_ranks\":" + std::to_string(size);
+    PrintResult(f, servers, workers, round, push, pull, extra + ",\"transport\":\"mpi\"");
   }
   MPI_Finalize();
+  return 0;
+}
+
+// The same rounds over TCP between processes started on their own; the first worker reports its
+// own round times (with one worker, the round; with more, one worker's view of it).
+int RunTcp(const BenchFlags& f, const LaunchPlan& plan, int argc, char** argv) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto job = StartJob(plan, &argc, &argv, "shardps bench");
+  if (!job.ok()) {
+    std::cerr << "shardps bench: " << job.status().ToString() << "\n";
+    return 1;
+  }
+  const double setup_ms = Ms(std::chrono::steady_clock::now() - t0).count();
+  const int rank = (*job)->rank(), size = (*job)->size();
+  Rounds rounds;
+  Status s = RunPs(f, (*job)->TakeTransport(), rank, size, &rounds);
+  if (!s.ok()) {
+    std::cerr << "shardps bench: rank " << rank << ": " << s.ToString() << "\n";
+    return 1;
+  }
+  if (rank == f.servers) {
+    char buf[64];
+    std::snprintf(buf, sizeof(buf), "%.3f", setup_ms);
+    PrintResult(f, f.servers, size - f.servers, Summarize(rounds.round), Summarize(rounds.push), Summarize(rounds.pull),
+                std::string(",\"setup_ms\":") + buf + ",\"authenticated\":" + (plan.insecure ? "false" : "true") +
+                    ",\"transport\":\"tcp\"");
+  }
   return 0;
 }
 

@@ -1,6 +1,7 @@
-// Runs a shardps job with ranks as threads over the in-process transport.
+// Runs a shardps job with ranks as threads over the in-process transport, or over TCP on
+// 127.0.0.1 (each rank its own TcpTransport: rendezvous, authentication, loopback sockets).
 //
-//   ThreadsJob job({.world = 4, .servers = 2, .tables = {...}});
+//   ThreadsJob job({.world = 4, .servers = 2, .tables = {...}});   // .transport = kTcp for TCP
 //   auto statuses = job.Run([&](int rank, Node& node) -> Status { ... node.client() ... });
 //
 // Each rank builds its own Cluster, TableLayout and Node exactly as a real process would.
@@ -10,12 +11,27 @@
 #include <thread>
 #include <vector>
 
+#include <boost/asio.hpp>
+
 #include "shardps/core/inproc_transport.h"
+#include "shardps/core/tcp_transport.h"
 #include "shardps/node.h"
 
 namespace shardps::testing {
 
+enum class TransportKind { kInProc, kTcp };
+
+inline std::string TransportName(TransportKind k) { return k == TransportKind::kTcp ? "tcp" : "inproc"; }
+
+// A port free on 127.0.0.1 right now (the coordinator of a TCP job binds it next).
+inline uint16_t FreeLoopbackPort() {
+  boost::asio::io_context io;
+  boost::asio::ip::tcp::acceptor a(io, {boost::asio::ip::make_address("127.0.0.1"), 0});
+  return a.local_endpoint().port();
+}
+
 struct JobConfig {
+  TransportKind transport = TransportKind::kInProc;
   int world = 2;
   int servers = 1;
   bool colocated = false;
@@ -27,7 +43,10 @@ struct JobConfig {
 
 class ThreadsJob {
  public:
-  explicit ThreadsJob(JobConfig config) : config_(std::move(config)), hub_(config_.world, config_.inproc) {}
+  explicit ThreadsJob(JobConfig config)
+      : config_(std::move(config)),
+        hub_(config_.world, config_.inproc),
+        port_(config_.transport == TransportKind::kTcp ? FreeLoopbackPort() : 0) {}
 
   InProcHub& hub() { return hub_; }
 
@@ -50,7 +69,19 @@ class ThreadsJob {
     LayoutOptions lo;
     lo.chunk_floats = config_.chunk_floats;
     SHARDPS_ASSIGN_OR_RETURN(TableLayout layout, TableLayout::Create(config_.tables, cluster.num_servers(), lo));
-    SHARDPS_ASSIGN_OR_RETURN(auto node, Node::Start(hub_.Connect(rank), cluster, layout, config_.node));
+    std::unique_ptr<Transport> transport;
+    if (config_.transport == TransportKind::kTcp) {
+      TcpOptions o;
+      o.port = port_;
+      o.rank = rank;
+      o.size = config_.world;
+      o.secret = Secret(32, 0x5a);
+      o.setup_timeout = std::chrono::milliseconds(20000);
+      SHARDPS_ASSIGN_OR_RETURN(transport, CreateTcpTransport(o));
+    } else {
+      transport = hub_.Connect(rank);
+    }
+    SHARDPS_ASSIGN_OR_RETURN(auto node, Node::Start(std::move(transport), cluster, layout, config_.node));
     Status body_status = body(rank, *node);
     Status finish = node->Finish();
     return body_status.ok() ? finish : body_status;
@@ -59,6 +90,7 @@ class ThreadsJob {
  private:
   JobConfig config_;
   InProcHub hub_;
+  uint16_t port_;
 };
 
 inline std::string JoinStatuses(const std::vector<Status>& v) {

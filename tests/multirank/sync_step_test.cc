@@ -1,5 +1,6 @@
-// Ranks as threads over the in-process transport: the synchronous step gives the closed-form
-// result, and the same bits whatever the number of servers and the message arrival order.
+// Ranks as threads over the in-process and the TCP transport: the synchronous step gives the
+// closed-form result, and the same bits whatever the transport, the number of servers and the
+// message arrival order.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -15,6 +16,7 @@ namespace {
 using testing::JobConfig;
 using testing::JoinStatuses;
 using testing::ThreadsJob;
+using testing::TransportKind;
 using std::chrono::milliseconds;
 
 constexpr auto kWait = milliseconds(20000);
@@ -34,11 +36,12 @@ std::vector<TableSpec> TwoSgdTables() {
   return {a, b};
 }
 
-class SyncStep : public ::testing::TestWithParam<std::tuple<int, int>> {};
+class SyncStep : public ::testing::TestWithParam<std::tuple<int, int, TransportKind>> {};
 
 TEST_P(SyncStep, FixedGradientsGiveTheClosedFormResult) {
-  const auto [servers, workers] = GetParam();
+  const auto [servers, workers, transport] = GetParam();
   JobConfig cfg;
+  cfg.transport = transport;
   cfg.world = servers + workers;
   cfg.servers = servers;
   cfg.tables = TwoSgdTables();
@@ -81,10 +84,12 @@ TEST_P(SyncStep, FixedGradientsGiveTheClosedFormResult) {
 }
 
 INSTANTIATE_TEST_SUITE_P(ServersByWorkers, SyncStep,
-                         ::testing::Combine(::testing::Values(1, 2, 3), ::testing::Values(1, 2, 4)),
+                         ::testing::Combine(::testing::Values(1, 2, 3), ::testing::Values(1, 2, 4),
+                                            ::testing::Values(TransportKind::kInProc, TransportKind::kTcp)),
                          [](const auto& info) {
                            return std::to_string(std::get<0>(info.param)) + "servers_" +
-                                  std::to_string(std::get<1>(info.param)) + "workers";
+                                  std::to_string(std::get<1>(info.param)) + "workers_" +
+                                  testing::TransportName(std::get<2>(info.param));
                          });
 
 // Adam on random (seeded) gradients: rounding makes the result depend on summation order, so
@@ -96,10 +101,12 @@ struct RunSpec {
   bool colocated = false;
   bool layerwise = false;   // push each step as three disjoint key ranges
   uint64_t chunk_floats = 50;
+  TransportKind transport = TransportKind::kInProc;
 };
 
 std::vector<float> RunAdam(const RunSpec& spec) {
   JobConfig cfg;
+  cfg.transport = spec.transport;
   cfg.colocated = spec.colocated;
   cfg.world = spec.colocated ? spec.workers : spec.servers + spec.workers;
   cfg.servers = spec.servers;
@@ -187,6 +194,23 @@ TEST_P(Determinism, BitIdenticalAcrossServerCountsAndArrivalOrders) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Workers, Determinism, ::testing::Values(1, 2, 4));
+
+// The TCP transport moves the same bytes: the same bits as in-process, for every server count,
+// colocated and layer-wise.
+TEST(Determinism, TcpGivesTheSameBitsAsInProcess) {
+  for (int workers : {1, 3}) {
+    const std::vector<float> reference = RunAdam({.servers = 1, .workers = workers});
+    ASSERT_EQ(reference.size(), 517u + 130u);
+    for (int servers : {1, 2, 3}) {
+      EXPECT_TRUE(BitIdentical(reference, RunAdam({.servers = servers, .workers = workers, .transport = TransportKind::kTcp})))
+          << servers << " servers, " << workers << " workers";
+    }
+    EXPECT_TRUE(BitIdentical(reference, RunAdam({.servers = workers, .workers = workers, .colocated = true,
+                                                 .transport = TransportKind::kTcp})));
+    EXPECT_TRUE(BitIdentical(reference, RunAdam({.servers = 2, .workers = workers, .layerwise = true,
+                                                 .transport = TransportKind::kTcp})));
+  }
+}
 
 TEST(Determinism, SummationOrderMattersSoTheTestCanFail) {
   // Guard against a vacuous determinism test: with these gradients float addition in another

@@ -484,9 +484,13 @@ int RunDistributed(const config::TrainConfig& c, const TrainFlags& f, const Laun
     if (s.ok()) {
       s = (*node)->Finish();
     } else {
-      (*node)->Abandon();
+      (*node)->Abandon(s);
     }
-    if (!cluster->is_worker() && (*node)->server()) steps_done = static_cast<int64_t>((*node)->server()->CompletedSteps());
+    if (!cluster->is_worker() && (*node)->server()) {
+      // The model's own tables, not the bookkeeping ones the trainer appends after them.
+      const auto done = (*node)->server()->CompletedSteps(static_cast<uint32_t>((*model)->Tables(c.seed()).size()));
+      steps_done = done ? static_cast<int64_t>(*done) : -1;
+    }
   }
   if (!s.ok()) {
     std::cerr << "shardps train: " << cluster->Describe(rank) << ": " << s.ToString() << WhereToResume(c, steps_done) << std::endl;

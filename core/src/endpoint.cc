@@ -40,6 +40,13 @@ void Endpoint::Leave(std::chrono::milliseconds flush) {
   Stop(flush);
 }
 
+void Endpoint::Abort(const Status& why, std::chrono::milliseconds flush) {
+  if (!thread_.joinable()) return;
+  const std::string reason = why.ToString();
+  Post([this, reason] { transport_->Abort(reason); });
+  Stop(flush);
+}
+
 Status Endpoint::lost() const {
   if (!has_lost_.load()) return Status::Ok();
   std::lock_guard<std::mutex> lock(mu_);

@@ -21,7 +21,7 @@ using Deadline = Clock::time_point;
 
 constexpr size_t kEnvelopeBytes = 16;
 constexpr int kSpinPolls = 200;
-enum Kind : uint32_t { kMessage = 0, kHeartbeat = 1, kGoodbye = 2 };
+enum Kind : uint32_t { kMessage = 0, kHeartbeat = 1, kGoodbye = 2, kAbort = 3 };
 constexpr size_t kMaxAddressBytes = 64;
 
 std::vector<uint8_t> Envelope(uint64_t payload_bytes, uint32_t frame_bytes, Kind kind) {
@@ -463,6 +463,21 @@ class TcpTransport final : public Transport {
 
   bool Idle() const override { return in_flight_.load() == 0; }
 
+  void Abort(const std::string& reason) override {
+    std::string r = reason.substr(0, std::min<size_t>(reason.size(), 4000));
+    in_flight_ += o_.size - 1;
+    asio::post(io_, [this, r] {
+      for (int p = 0; p < o_.size; ++p) {
+        if (p == o_.rank) continue;
+        Outgoing out;
+        out.envelope = Envelope(0, static_cast<uint32_t>(r.size()), kAbort);
+        out.envelope.insert(out.envelope.end(), r.begin(), r.end());
+        out.counted = true;
+        Enqueue(p, std::move(out));
+      }
+    });
+  }
+
   void Goodbye() override {
     in_flight_ += o_.size - 1;  // counted here, so Idle() cannot report true before they are queued
     asio::post(io_, [this] {
@@ -609,6 +624,18 @@ class TcpTransport final : public Transport {
         if (fb != 0 || p.payload_bytes != 0) return Lost(r, "malformed control envelope");
         if (kind == kGoodbye) p.departed = true;
         return StartRead(r);
+      }
+      if (kind == kAbort) {  // the peer is ending the job: its reason names the root cause
+        if (fb == 0 || fb > o_.max_frame_bytes || p.payload_bytes != 0) return Lost(r, "malformed abort envelope");
+        p.frame.resize(fb);
+        asio::async_read(*p.sock, asio::buffer(p.frame), [this, r](const boost::system::error_code& e, size_t) {
+          if (e) return Lost(r, ReadError(e));
+          Peer& p = peers_[r];
+          std::string why(p.frame.begin(), p.frame.end());
+          for (char& c : why) if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) > 0x7e) c = '?';
+          Lost(r, "it ended the job: " + why);
+        });
+        return;
       }
       if (kind != kMessage || fb == 0 || fb > o_.max_frame_bytes || p.payload_bytes > o_.max_payload_bytes) {
         // The stream cannot be resynchronised: report and drop the connection.

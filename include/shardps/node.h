@@ -75,19 +75,19 @@ class Node {
   Endpoint& endpoint() { return *endpoint_; }
 
   // Workers send SHUTDOWN to every server; servers wait until every worker has; then the
-  // communication thread says goodbye to every peer and stops. On failure there is no goodbye:
-  // peers that detect lost ranks (TCP) see this one as lost and fail too.
+  // communication thread says goodbye to every peer and stops. On failure it tells every peer why
+  // instead: peers that detect lost ranks (TCP) see this one as lost, with its reason, and fail too.
   Status Finish() {
     Status s;
     if (client_) s = client_->Shutdown().wait(options_.finish_timeout);
     if (server_ && s.ok()) s = server_->WaitForWorkers(options_.finish_timeout);
     if (s.ok()) endpoint_->Leave();
-    else endpoint_->Stop();
+    else endpoint_->Abort(s);
     return s;
   }
 
-  // Stops after a failure, without goodbye (see Finish).
-  void Abandon() { endpoint_->Stop(); }
+  // Stops after a failure: no goodbye, but the reason goes to every peer (see Finish).
+  void Abandon(const Status& why) { endpoint_->Abort(why); }
 
  private:
   explicit Node(NodeOptions options) : options_(std::move(options)) {}

@@ -118,10 +118,12 @@ void Server::OnPeerLost(const Status& why) {
   cv_.notify_all();
 }
 
-uint64_t Server::CompletedSteps() const {
-  uint64_t v = std::numeric_limits<uint64_t>::max();
-  for (const auto& cs : chunks_) v = std::min(v, cs->version);
-  return chunks_.empty() ? 0 : v;
+std::optional<uint64_t> Server::CompletedSteps(uint32_t tables) const {
+  std::optional<uint64_t> v;
+  for (const auto& cs : chunks_) {
+    if (cs->info.table < tables) v = std::min(v.value_or(std::numeric_limits<uint64_t>::max()), cs->version);
+  }
+  return v;
 }
 
 Status Server::WaitForWorkers(std::chrono::milliseconds timeout) {

@@ -80,6 +80,9 @@ class Endpoint {
   // An orderly exit: says goodbye to every peer (so its closing connections are not taken for a
   // failure), flushes, and stops.
   void Leave(std::chrono::milliseconds flush = std::chrono::milliseconds(2000));
+  // A failed exit: tells every peer why this rank ends the job (so they can name the root
+  // cause), flushes, and stops.
+  void Abort(const Status& why, std::chrono::milliseconds flush = std::chrono::milliseconds(2000));
   // The first lost peer, once one was lost (then every send fails with it). Thread-safe.
   Status lost() const;
   bool running() const { return running_.load(); }

@@ -66,6 +66,9 @@ class Transport {
   // Tells every peer this rank is leaving in order, so that its closing connection is not taken
   // for a failure (transports that detect lost peers). Sends still queued go out first.
   virtual void Goodbye() {}
+  // Tells every peer this rank is ending the job because of `reason` (transports that detect
+  // lost peers report it with the reason, so every process can name the root cause).
+  virtual void Abort(const std::string& reason) { (void)reason; }
 };
 
 }  // namespace shardps

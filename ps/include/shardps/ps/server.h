@@ -85,9 +85,9 @@ class Server final : public FrameHandler {
   Clock::time_point OnTick(Clock::time_point now) override;
   void OnPeerLost(const Status& why) override;
 
-  // Steps fully applied to every chunk of this server (the lowest chunk version). Call when the
-  // communication thread has stopped.
-  uint64_t CompletedSteps() const;
+  // Steps fully applied to every chunk this server holds of tables [0, tables) (the lowest such
+  // chunk version); nullopt when it holds none. Call when the communication thread has stopped.
+  std::optional<uint64_t> CompletedSteps(uint32_t tables) const;
 
   // Blocks until every worker has sent SHUTDOWN; on timeout names the workers that have not. A
   // lost peer ends the wait at once with its error.

@@ -299,19 +299,25 @@ def flood(port):
     socks = []
     for _ in range(FLOOD):
         socks.append(connect(port))
-    time.sleep(0.5)
-    open_ = []
-    closed_now = 0
     for s in socks:
         s.setblocking(False)  # a socket with a timeout would wait for the data
-        try:
-            if s.recv(1, socket.MSG_PEEK):
-                fail("flood: the server sent something to a silent connection")
-            closed_now += 1
-        except BlockingIOError:
-            open_.append(s)
-        except ConnectionResetError:
-            closed_now += 1
+    # Those beyond the limit are closed as soon as accepted; the held ones only at the handshake
+    # deadline, so until then the two are told apart by whether the server closed them.
+    t0 = time.time()
+    while True:
+        time.sleep(0.1)
+        open_ = []
+        for s in socks:
+            try:
+                if s.recv(1, socket.MSG_PEEK):
+                    fail("flood: the server sent something to a silent connection")
+            except BlockingIOError:
+                open_.append(s)
+            except ConnectionResetError:
+                pass
+        if len(open_) <= MAX_PENDING or time.time() - t0 > HANDSHAKE_S / 2:
+            break
+    closed_now = FLOOD - len(open_)
     held = len(open_)
     t0 = time.time()
     still = list(open_)

@@ -110,9 +110,12 @@ Result<std::optional<std::vector<uint8_t>>> Handshake::OnMessage(std::span<const
   using Reply = std::optional<std::vector<uint8_t>>;
   switch (state_) {
     case kWaitHello: {
-      if (m.size() != kHelloBytes || std::memcmp(m.data(), kHelloMagic, 4) != 0) {
+      if (m.size() != kHelloBytes) {
         return Fail(Unavailable("authentication: expected a " + std::to_string(kHelloBytes) + "-byte HELLO, got " +
                                 std::to_string(m.size()) + " bytes"));
+      }
+      if (std::memcmp(m.data(), kHelloMagic, 4) != 0) {
+        return Fail(Unavailable("authentication: expected a HELLO (magic \"SPSA\"), got other bytes (not a shardps peer?)"));
       }
       peer_rank_ = static_cast<int32_t>(Get32(m.data() + 4));
       std::memcpy(peer_nonce_.data(), m.data() + 8, 32);
@@ -127,9 +130,12 @@ Result<std::optional<std::vector<uint8_t>>> Handshake::OnMessage(std::span<const
       return Reply(std::move(proof));
     }
     case kWaitProof: {
-      if (m.size() != kProofBytes || std::memcmp(m.data(), kProofMagic, 4) != 0) {
+      if (m.size() != kProofBytes) {
         return Fail(Unavailable("authentication: expected a " + std::to_string(kProofBytes) + "-byte proof, got " +
                                 std::to_string(m.size()) + " bytes"));
+      }
+      if (std::memcmp(m.data(), kProofMagic, 4) != 0) {
+        return Fail(Unavailable("authentication: expected a proof (magic \"SPSP\"), got other bytes"));
       }
       const auto want = Proof(false);
       if (CRYPTO_memcmp(want.data(), m.data() + 4, 32) != 0) {

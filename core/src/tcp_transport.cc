@@ -23,6 +23,8 @@ constexpr size_t kEnvelopeBytes = 16;
 constexpr int kSpinPolls = 200;
 enum Kind : uint32_t { kMessage = 0, kHeartbeat = 1, kGoodbye = 2, kAbort = 3 };
 constexpr size_t kMaxAddressBytes = 64;
+constexpr int kLoggedRefusals = 50;
+constexpr uint8_t kRejected[4] = {'S', 'P', 'S', 'X'};  // the acceptor's answer to a wrong proof
 
 std::vector<uint8_t> Envelope(uint64_t payload_bytes, uint32_t frame_bytes, Kind kind) {
   std::vector<uint8_t> e(kEnvelopeBytes);
@@ -98,23 +100,40 @@ Status Connect(asio::io_context& io, tcp::socket& s, const tcp::endpoint& ep, De
 }
 
 // Dials: authenticates as the initiator and registers this rank's listening address.
+// `*busy` is set when the peer closed the connection before answering at all (it had too many
+// connections pending): worth dialling again. A close after its HELLO means it refused our proof.
 Result<int> Introduce(asio::io_context& io, tcp::socket& s, const TcpOptions& o, const std::string& my_addr,
-                      uint16_t my_port, Deadline deadline) {
+                      uint16_t my_port, Deadline deadline, bool* busy) {
+  *busy = false;
   int peer = -1;
   if (o.insecure) {
     SHARDPS_RETURN_IF_ERROR(WriteExact(io, s, &o.rank, 4, deadline, "hello"));
-    SHARDPS_RETURN_IF_ERROR(ReadExact(io, s, &peer, 4, deadline, "hello"));
+    Status st = ReadExact(io, s, &peer, 4, deadline, "hello");
+    if (!st.ok()) {
+      *busy = st.code() == StatusCode::kUnavailable;
+      return st;
+    }
   } else {
     Handshake h(o.secret, o.rank, Handshake::kInitiator);
     auto m = h.Start();
-    SHARDPS_RETURN_IF_ERROR(WriteExact(io, s, m.data(), m.size(), deadline, "authentication"));
-    while (!h.done()) {
+    Status st = WriteExact(io, s, m.data(), m.size(), deadline, "authentication");
+    while (st.ok() && !h.done()) {
       std::vector<uint8_t> in(h.expected_bytes());
       if (in.empty()) return Unavailable("authentication failed");
-      SHARDPS_RETURN_IF_ERROR(ReadExact(io, s, in.data(), in.size(), deadline, "authentication"));
+      // The first 4 bytes: a magic, or the acceptor's rejection of our proof.
+      st = ReadExact(io, s, in.data(), 4, deadline, "authentication");
+      if (st.ok() && std::memcmp(in.data(), kRejected, 4) == 0) {
+        return Unavailable("authentication failed: the peer rejected our proof (do both sides use the same secret file?)");
+      }
+      if (st.ok()) st = ReadExact(io, s, in.data() + 4, in.size() - 4, deadline, "authentication");
+      if (!st.ok()) {
+        *busy = st.code() == StatusCode::kUnavailable;  // closed without a word: dropped, not refused
+        break;
+      }
       SHARDPS_ASSIGN_OR_RETURN(auto reply, h.OnMessage(in));
-      if (reply) SHARDPS_RETURN_IF_ERROR(WriteExact(io, s, reply->data(), reply->size(), deadline, "authentication"));
+      if (reply) st = WriteExact(io, s, reply->data(), reply->size(), deadline, "authentication");
     }
+    SHARDPS_RETURN_IF_ERROR(st);
     peer = h.peer_rank();
   }
   std::vector<uint8_t> reg{static_cast<uint8_t>(my_addr.size())};
@@ -123,6 +142,23 @@ Result<int> Introduce(asio::io_context& io, tcp::socket& s, const TcpOptions& o,
   reg.push_back(static_cast<uint8_t>(my_port >> 8));
   SHARDPS_RETURN_IF_ERROR(WriteExact(io, s, reg.data(), reg.size(), deadline, "registration"));
   return peer;
+}
+
+// Connects and introduces itself, dialling again while the peer is not listening yet or too
+// busy to answer, until `deadline`.
+Result<int> Dial(asio::io_context& io, tcp::socket& s, const tcp::endpoint& ep, const TcpOptions& o,
+                 const std::string& my_addr, uint16_t my_port, Deadline deadline, const std::string& what) {
+  for (int attempt = 1;; ++attempt) {
+    SHARDPS_RETURN_IF_ERROR(Connect(io, s, ep, deadline, what));
+    bool busy = false;
+    Result<int> peer = Introduce(io, s, o, my_addr, my_port, deadline, &busy);
+    if (peer.ok() || !busy) return peer.ok() ? peer : Result<int>(peer.status().WithContext(what));
+    boost::system::error_code ignored;
+    s.close(ignored);
+    const auto backoff = std::chrono::milliseconds(std::min(50 * attempt, 500));
+    if (Clock::now() + backoff >= deadline) return Unavailable(what + ": the peer keeps closing the connection before answering (" + peer.status().message() + ")");
+    std::this_thread::sleep_for(backoff);
+  }
 }
 
 struct PeerAddress {
@@ -142,6 +178,7 @@ struct Arrival : std::enable_shared_from_this<Arrival> {
   std::vector<uint8_t> buf;
   std::string from;
   int peer = -1;
+  bool authenticated = false;
   bool finished = false;
   std::function<void(std::shared_ptr<Arrival>, Status)> done;
 
@@ -152,7 +189,10 @@ struct Arrival : std::enable_shared_from_this<Arrival> {
     sock.set_option(tcp::no_delay(true), ec);
     timer.expires_after(timeout);
     timer.async_wait([self = shared_from_this(), timeout](const boost::system::error_code& e) {
-      if (!e) self->Finish(DeadlineExceeded("did not authenticate within " + std::to_string(timeout.count()) + " ms"));
+      if (e) return;
+      self->Finish(DeadlineExceeded(self->authenticated ? "authenticated as rank " + std::to_string(self->peer) +
+                                                              " but did not register within " + std::to_string(timeout.count()) + " ms"
+                                                        : "did not complete the handshake within " + std::to_string(timeout.count()) + " ms"));
     });
     if (options.insecure) {
       buf.resize(4);
@@ -180,8 +220,19 @@ struct Arrival : std::enable_shared_from_this<Arrival> {
     buf.resize(handshake->expected_bytes());
     asio::async_read(sock, asio::buffer(buf), [self = shared_from_this()](const boost::system::error_code& e, size_t) {
       if (e) return self->Finish(Unavailable("authentication: " + e.message()));
+      const bool was_proof = self->buf.size() == Handshake::kProofBytes;
       auto reply = self->handshake->OnMessage(self->buf);
-      if (!reply.ok()) return self->Finish(reply.status());
+      if (!reply.ok()) {
+        if (!was_proof) return self->Finish(reply.status());
+        // A wrong proof: say so before closing, so a misconfigured peer stops dialling at once
+        // (a close without it means "busy, dial again").
+        auto notice = std::make_shared<std::vector<uint8_t>>(kRejected, kRejected + 4);
+        Status why = reply.status();
+        asio::async_write(self->sock, asio::buffer(*notice), [self, notice, why](const boost::system::error_code&, size_t) {
+          self->Finish(why);
+        });
+        return;
+      }
       if (*reply) self->Write(std::move(**reply));
       if (self->handshake->done()) {
         self->peer = self->handshake->peer_rank();
@@ -193,11 +244,15 @@ struct Arrival : std::enable_shared_from_this<Arrival> {
 
   // [u8 address length][address][u16 port], the address at most kMaxAddressBytes.
   void ReadRegistration() {
+    authenticated = true;
     buf.resize(1);
     asio::async_read(sock, asio::buffer(buf), [self = shared_from_this()](const boost::system::error_code& e, size_t) {
       if (e) return self->Finish(Unavailable("registration: " + e.message()));
       const size_t len = self->buf[0];
-      if (len == 0 || len > kMaxAddressBytes) return self->Finish(InvalidArgument("registration: bad address length"));
+      if (len == 0 || len > kMaxAddressBytes) {
+        return self->Finish(InvalidArgument("registration of rank " + std::to_string(self->peer) + ": address length " +
+                                            std::to_string(len) + " outside 1.." + std::to_string(kMaxAddressBytes)));
+      }
       self->buf.resize(len + 2);
       asio::async_read(self->sock, asio::buffer(self->buf), [self](const boost::system::error_code& e, size_t) {
         if (e) return self->Finish(Unavailable("registration: " + e.message()));
@@ -256,11 +311,10 @@ class Gate {
         return AcceptNext();
       }
       if (static_cast<int>(live_.size()) >= o_.max_pending_connections) {
-        ++refused_;
-        Warn("refused a connection: already " + std::to_string(live_.size()) + " unauthenticated connections pending");
-        boost::system::error_code ignored;
-        sock->close(ignored);
-        return AcceptNext();
+        // Full: the oldest pending connection goes. A real peer completes its handshake in about
+        // a millisecond, so idle connections cannot hold the door shut against it.
+        live_.front()->Finish(ResourceExhausted("evicted: " + std::to_string(live_.size()) +
+                                                " unauthenticated connections pending, this one the oldest"));
       }
       auto a = std::make_shared<Arrival>(io_, o_);
       a->sock = std::move(*sock);
@@ -278,8 +332,12 @@ class Gate {
       s = InvalidArgument("claimed rank " + std::to_string(a->peer) + " in a world of " + std::to_string(o_.size));
     }
     if (!s.ok()) {
-      ++refused_;
-      Warn("refused a connection from " + a->from + ": " + s.message());
+      // Logged, but not without bound: a flood must not fill the log.
+      if (++refused_ <= kLoggedRefusals || refused_ % 1000 == 0) {
+        Warn("refused a connection from " + a->from + ": " + s.message() +
+             (refused_ == kLoggedRefusals ? " (further refusals are logged once per 1000)"
+                                          : refused_ > kLoggedRefusals ? " (" + std::to_string(refused_) + " refused so far)" : ""));
+      }
       return;
     }
     auto sock = std::make_unique<tcp::socket>(std::move(a->sock));
@@ -873,8 +931,9 @@ Status TcpTransport::Setup() {
     });
     gate.Open();
     auto s = std::make_unique<tcp::socket>(io_);
-    Status st = Connect(io_, *s, coordinator, deadline, "connecting to the coordinator " + o_.host + ":" + std::to_string(o_.port));
-    Result<int> peer = st.ok() ? Introduce(io_, *s, o_, o_.listen, my_port, deadline) : Result<int>(st);
+    Status st;
+    Result<int> peer = Dial(io_, *s, coordinator, o_, o_.listen, my_port, deadline,
+                            "joining through the coordinator " + o_.host + ":" + std::to_string(o_.port));
     if (peer.ok() && *peer != 0) peer = Unavailable("the coordinator answered as rank " + std::to_string(*peer));
     uint32_t n = 0;
     if (peer.ok()) st = ReadExact(io_, *s, &n, 4, deadline, "address table from the coordinator");
@@ -898,8 +957,9 @@ Status TcpTransport::Setup() {
       auto d = std::make_unique<tcp::socket>(io_);
       Result<tcp::endpoint> ep = Resolve(table[j].host, table[j].port);
       st = ep.status();
-      if (st.ok()) st = Connect(io_, *d, *ep, deadline, "connecting to rank " + std::to_string(j) + " at " + table[j].host + ":" + std::to_string(table[j].port));
-      Result<int> got = st.ok() ? Introduce(io_, *d, o_, o_.listen, my_port, deadline) : Result<int>(st);
+      Result<int> got = st.ok() ? Dial(io_, *d, *ep, o_, o_.listen, my_port, deadline,
+                                       "connecting to rank " + std::to_string(j) + " at " + table[j].host + ":" + std::to_string(table[j].port))
+                                : Result<int>(st);
       if (got.ok() && *got != j) got = Unavailable("rank " + std::to_string(j) + "'s address answered as rank " + std::to_string(*got));
       st = got.ok() ? adopt(j, std::move(d)) : got.status();
     }

@@ -1,0 +1,415 @@
+#!/usr/bin/python3
+"""Process-level checks of `shardps train --transport tcp`, run by CTest (tests/tcp/CMakeLists.txt).
+
+    tcp_checks.py --shardps build/bin/shardps --mpirun mpirun --source-dir SRC --work DIR CHECK
+
+Each CHECK starts real jobs of separately started processes on 127.0.0.1 (through
+scripts/launch_local.sh, or one subprocess per process when a check kills or stops one of them),
+reads their summary JSON and stderr, and exits non-zero with a message when the property does not
+hold. Every wait is bounded, and every process a check started is killed when it ends.
+"""
+import argparse
+import glob
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+FASHION = "/usr/share/datasets/fashion-mnist"
+ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+           OMPI_MCA_rmaps_base_oversubscribe="1")
+for _k in [k for k in ENV if k.startswith(("SHARDPS_", "SLURM_"))]:
+    del ENV[_k]  # the launch must come from the flags below only
+
+STARTED = []  # every Popen of a check, killed (and continued, if stopped) when the check ends
+HANG = 30     # seconds a process may take to end after a peer was killed or stopped (a hang guard)
+
+
+def fail(msg):
+    print("FAIL:", msg)
+    sys.exit(1)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def procs_with(marker):
+    """Pids of the processes (other than this one) whose command line contains `marker`."""
+    pids = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    pids.append(int(pid))
+        except OSError:
+            pass
+    return pids
+
+
+def kill_all(marker=None):
+    for p in STARTED:
+        if p.poll() is None:
+            for sig in (signal.SIGKILL, signal.SIGCONT):
+                try:
+                    p.send_signal(sig)
+                except OSError:
+                    pass
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+    for pid in procs_with(marker) if marker else []:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+class Runner:
+    def __init__(self, shardps, work, mpirun, source_dir):
+        self.shardps, self.work, self.mpirun, self.src = shardps, work, mpirun, source_dir
+        self.launch = os.path.join(source_dir, "scripts", "launch_local.sh")
+        # In every path of every process this check starts: finds leftovers (and no one else's).
+        self.marker = os.path.join(work, f"jobs-{os.getpid()}")
+        for old in glob.glob(os.path.join(work, "jobs-*")):
+            shutil.rmtree(old, ignore_errors=True)
+        os.makedirs(self.marker)
+        self.count = 0
+
+    def config(self, name):
+        return os.path.join(self.src, "examples", "configs", name)
+
+    def fresh(self, name):
+        self.count += 1
+        d = os.path.join(self.marker, f"{self.count:02d}-{name}")
+        os.makedirs(d)
+        return d
+
+    def keygen(self, d):
+        key = os.path.join(d, "key")
+        subprocess.run([self.shardps, "keygen", "--out", key], check=True, capture_output=True, timeout=30)
+        return key
+
+    def mpi(self, servers, workers, args, timeout=300):
+        """An mpirun job of `servers` + `workers` ranks; returns its summary."""
+        out = self.fresh("mpi")
+        cmd = [self.mpirun, "--oversubscribe", "--bind-to", "none", "-np", str(servers + workers), self.shardps,
+               "train", "--servers", str(servers), "--out-dir", out, "--progress", "never"] + args
+        t0 = time.time()
+        p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
+        print(f"$ {' '.join(cmd)}  ({time.time() - t0:.1f} s, exit {p.returncode})")
+        if p.returncode != 0:
+            fail(f"mpirun job failed:\n{p.stdout}\n{p.stderr}")
+        return read_summary(out)
+
+    def launch_local(self, servers, workers, args, name="launch", timeout=300, bin_=None, opts=()):
+        """A job through scripts/launch_local.sh; returns (summary or None, completed process, dir)."""
+        d = self.fresh(name)
+        out = os.path.join(d, "out")
+        cmd = ["bash", self.launch, "-s", str(servers), "-w", str(workers), "-k", self.keygen(d),
+               "-o", os.path.join(d, "logs"), *opts, "--", bin_ or self.shardps, "train", "--out-dir", out,
+               "--progress", "never"] + args
+        t0 = time.time()
+        p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        STARTED.append(p)
+        try:
+            so, se = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            fail(f"launch_local.sh did not end within {timeout} s: {' '.join(cmd)}")
+        p = subprocess.CompletedProcess(cmd, p.returncode, so, se)
+        print(f"$ {' '.join(cmd)}  ({time.time() - t0:.1f} s, exit {p.returncode})")
+        summary = read_summary(out) if p.returncode == 0 else None
+        return summary, p, d
+
+    def start(self, servers, workers, args, name, peer_timeout=2):
+        """A TCP job started directly, one subprocess per process (server ranks first)."""
+        return TcpJob(self, self.fresh(name), servers, workers, args, peer_timeout)
+
+
+def read_summary(out):
+    with open(os.path.join(out, "summary.json")) as f:
+        s = json.load(f)
+    print("  ", json.dumps(s))
+    return s
+
+
+class TcpJob:
+    def __init__(self, r, d, servers, workers, args, peer_timeout):
+        self.dir, self.servers, self.workers = d, servers, workers
+        key, port = r.keygen(d), free_port()
+        self.procs = {}  # "server 0" / "worker 1" -> Popen
+        for role, count in (("server", servers), ("worker", workers)):
+            for i in range(count):
+                cmd = [r.shardps, "train"] + args + [
+                    "--progress", "never", "--transport", "tcp", "--coordinator", f"127.0.0.1:{port}",
+                    "--role", role, "--rank", str(i), "--num-servers", str(servers), "--num-workers", str(workers),
+                    "--secret-file", key, "--peer-timeout", str(peer_timeout), "--setup-timeout", "60"]
+                if role == "worker":
+                    cmd += ["--out-dir", os.path.join(d, f"out-{i}")]
+                with open(self.path(f"{role} {i}", "out"), "w") as o, open(self.path(f"{role} {i}", "err"), "w") as e:
+                    p = subprocess.Popen(cmd, env=ENV, stdin=subprocess.DEVNULL, stdout=o, stderr=e)
+                STARTED.append(p)
+                self.procs[f"{role} {i}"] = p
+        print(f"started {servers} server(s) + {workers} worker(s) at 127.0.0.1:{port} in {d}: "
+              f"{' '.join(args)}")
+
+    def path(self, name, ext):
+        return os.path.join(self.dir, f"{name.replace(' ', '-')}.{ext}")
+
+    def stderr(self, name):
+        with open(self.path(name, "err")) as f:
+            return f.read()
+
+    def describe(self, name):
+        """The rank as the program names it: "rank 2 (worker 1)"."""
+        role, i = name.split()
+        return f"rank {int(i) + (self.servers if role == 'worker' else 0)} ({name})"
+
+    def wait_ok(self, timeout=300):
+        deadline = time.time() + timeout
+        for name, p in self.procs.items():
+            try:
+                rc = p.wait(max(1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                fail(f"{name} did not finish within {timeout} s")
+            if rc != 0:
+                fail(f"{name} exited with {rc}:\n{self.stderr(name)}")
+        return read_summary(os.path.join(self.dir, "out-0"))
+
+    def wait_for_checkpoint(self, ck, timeout=120):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if glob.glob(os.path.join(ck, "v*", "MANIFEST")):
+                return
+            for name, p in self.procs.items():
+                if p.poll() is not None:
+                    fail(f"{name} exited ({p.returncode}) before the first checkpoint:\n{self.stderr(name)}")
+            time.sleep(0.02)
+        fail(f"no checkpoint in {ck} after {timeout} s")
+
+    def survivors_fail(self, victim, how, needles):
+        """Every process but `victim` exits non-zero within HANG s; returns {name: stderr}."""
+        t0 = time.time()
+        errs = {}
+        for name, p in self.procs.items():
+            if name == victim:
+                continue
+            try:
+                rc = p.wait(max(1, t0 + HANG - time.time()))
+            except subprocess.TimeoutExpired:
+                fail(f"{name} still running {HANG} s after {victim} was {how}")
+            err = errs[name] = self.stderr(name)
+            print(f"  {name}: exit {rc} after {time.time() - t0:.1f} s: "
+                  f"{[l for l in err.splitlines() if 'shardps train:' in l][-1:]}")
+            if rc == 0:
+                fail(f"{name} exited 0 after {victim} was {how}")
+            for needle in needles:
+                if needle not in err:
+                    fail(f"{name}'s stderr does not say {needle!r} after {victim} was {how}:\n{err}")
+        return errs
+
+
+def check_where_to_resume(errs, ck):
+    """The failure line's "last completed step N; newest checkpoint DIR/vX (step M)": consistent."""
+    for name, err in errs.items():
+        m = re.search(r"last completed step (\d+); newest checkpoint (\S+) \(step (\d+)\): resume with --resume (\S+)",
+                      err)
+        if not m:
+            fail(f"{name}: no 'last completed step N; newest checkpoint DIR (step M): resume with --resume DIR':\n{err}")
+        done, path, ck_step, resume = int(m[1]), m[2], int(m[3]), m[4]
+        if os.path.dirname(path) != ck or resume != ck:
+            fail(f"{name}: newest checkpoint {path}, resume with {resume}: not in {ck}")
+        # A version of step M exists, so every process finished step M - 1 at least.
+        if done < ck_step - 1:
+            fail(f"{name}: says last completed step {done}, but checkpoint {path} is of step {ck_step}:\n{err}")
+
+
+SMALL_SOFTMAX = ["--epochs", "1", "--test-limit", "2000"]
+SMALL_MLP = ["--hidden", "256", "--epochs", "1", "--train-limit", "8192", "--test-limit", "1000"]
+SMALL_MOMENTUM = ["--hidden", "64,32", "--epochs", "2", "--train-limit", "4096", "--test-limit", "1000", "--optimizer",
+                  "momentum", "--lr", "0.05"]
+# Long enough to be killed after the first checkpoint (step 32 of 768), short enough to rerun.
+KILL_MLP = ["--hidden", "128", "--epochs", "3", "--train-limit", "16384", "--test-limit", "1000", "--batch-size", "64"]
+
+
+def check_matches_mpi(r, args):
+    """Same config and seed: the same weights over TCP (launch_local.sh) as under mpirun."""
+    for servers, workers, cfg, extra in ((1, 2, "fashion_softmax.prototxt", SMALL_SOFTMAX),
+                                         (2, 1, "fashion_mlp.prototxt", SMALL_MLP),
+                                         (2, 2, "fashion_mlp.prototxt", SMALL_MOMENTUM)):
+        a = ["--config", r.config(cfg)] + extra
+        tcp, p, _ = r.launch_local(servers, workers, a)
+        if p.returncode != 0:
+            fail(f"TCP job failed:\n{p.stdout}\n{p.stderr}")
+        mpi = r.mpi(servers, workers, a)
+        if tcp["weights_sha256"] != mpi["weights_sha256"]:
+            fail(f"{cfg}, {servers} server(s) + {workers} worker(s): TCP and MPI weights differ")
+        print(f"  {cfg}, {servers} server(s) + {workers} worker(s): identical weights ({tcp['weights_sha256'][:16]})")
+
+
+def check_convergence(r, args):
+    """The softmax config trained over TCP reaches the accuracy it reaches under mpirun."""
+    s, p, _ = r.launch_local(1, 2, ["--config", r.config("fashion_softmax.prototxt")])
+    if p.returncode != 0:
+        fail(f"TCP job failed:\n{p.stdout}\n{p.stderr}")
+    print(f"test accuracy {s['test_accuracy']:.4f} (need >= {args.min_accuracy}), wall {s['wall_seconds']:.1f} s")
+    if s["test_accuracy"] < args.min_accuracy:
+        fail(f"accuracy {s['test_accuracy']} below {args.min_accuracy}")
+
+
+def kill_and_resume(r, victim):
+    """SIGKILL `victim` of a 1 server + 2 workers job after its first checkpoint: the others end
+    non-zero naming it, the last completed step and the newest checkpoint; --resume then finishes
+    with the weights of an uninterrupted run."""
+    base = ["--config", r.config("fashion_mlp.prototxt")] + KILL_MLP
+    full = r.mpi(1, 2, base)
+    ck = os.path.join(r.marker, "ck")
+    job = r.start(1, 2, base + ["--checkpoint-dir", ck, "--checkpoint-every", "32"], "killed")
+    job.wait_for_checkpoint(ck)
+    p = job.procs[victim]
+    if p.poll() is not None:
+        fail(f"{victim} ended ({p.returncode}) before it could be killed")
+    p.send_signal(signal.SIGKILL)
+    print(f"  killed {victim} after {', '.join(sorted(os.listdir(ck)))} appeared")
+    who = job.describe(victim)
+    errs = job.survivors_fail(victim, "killed", [f"{who} lost", "last completed step", "newest checkpoint"])
+    check_where_to_resume(errs, ck)
+    p.wait(HANG)
+    resumed = r.start(1, 2, base + ["--checkpoint-dir", ck, "--resume", ck], "resumed")
+    s = resumed.wait_ok()
+    if "resuming from " + ck not in resumed.stderr("worker 0"):
+        fail(f"worker 0 of the resumed job did not say 'resuming from {ck}':\n{resumed.stderr('worker 0')}")
+    if s["weights_sha256"] != full["weights_sha256"]:
+        fail(f"after killing {victim} and resuming, the weights differ from the uninterrupted run")
+    print(f"  resumed: {[l for l in resumed.stderr('worker 0').splitlines() if 'resuming from' in l][0]}; "
+          f"same weights as the uninterrupted run")
+
+
+def check_kill_worker(r, args):
+    kill_and_resume(r, "worker 1")
+
+
+def check_kill_server(r, args):
+    kill_and_resume(r, "server 0")
+
+
+def check_stopped_rank(r, args):
+    """SIGSTOP a worker mid-run with --peer-timeout 2: the others end non-zero naming it and the
+    missing heartbeat."""
+    ck = os.path.join(r.marker, "ck")
+    job = r.start(1, 2, ["--config", r.config("fashion_mlp.prototxt"), "--checkpoint-dir", ck,
+                         "--checkpoint-every", "32"] + KILL_MLP, "stopped")
+    job.wait_for_checkpoint(ck)
+    victim = "worker 1"
+    p = job.procs[victim]
+    if p.poll() is not None:
+        fail(f"{victim} ended ({p.returncode}) before it could be stopped")
+    p.send_signal(signal.SIGSTOP)
+    try:
+        errs = job.survivors_fail(victim, "stopped", [f"{job.describe(victim)} lost", "heartbeat",
+                                                      "last completed step", "newest checkpoint"])
+        check_where_to_resume(errs, ck)
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.send_signal(signal.SIGCONT)
+        p.wait(HANG)
+
+
+def check_launch_local(r, args):
+    """launch_local.sh: the first failure's exit status, nothing left running after a failure, and
+    SIGTERM / SIGINT reach every process."""
+    softmax = ["--config", r.config("fashion_softmax.prototxt")]
+
+    def leftovers(d, what):
+        time.sleep(0.2)
+        left = procs_with(d)
+        if left:
+            fail(f"{what}: processes left running: {left}")
+
+    # A worker that fails on its own while the others wait for it (in the job's setup) with a
+    # distinctive status: launch_local stops the others after its grace and returns that status.
+    wrapper = os.path.join(r.marker, "fail_worker1.sh")
+    with open(wrapper, "w") as f:
+        f.write('#!/bin/bash\ncase " $* " in *" --role worker --rank 1 "*) sleep 1; exit 7;; esac\n'
+                f'exec {r.shardps} "$@"\n')
+    os.chmod(wrapper, 0o755)
+    t0 = time.time()
+    _, p, d = r.launch_local(1, 2, softmax, name="exit7", timeout=60, bin_=wrapper, opts=["-g", "1"])
+    if p.returncode != 7:
+        fail(f"worker 1 exited 7, launch_local.sh returned {p.returncode}:\n{p.stderr}")
+    if "worker 1" not in p.stderr or "status 7" not in p.stderr:
+        fail(f"launch_local.sh did not name the failed worker 1 and its status 7:\n{p.stderr}")
+    leftovers(d, "after worker 1 failed")
+    print(f"  worker 1 failed with 7: launch_local.sh returned 7 after {time.time() - t0:.1f} s, nothing left")
+
+    # A failure every process finds after connecting: all end by themselves with status 1.
+    _, p, d = r.launch_local(1, 2, softmax + ["--resume", os.path.join(r.marker, "no-such-dir")], name="noresume",
+                             timeout=60)
+    if p.returncode != 1 or "no-such-dir" not in p.stderr:
+        fail(f"a missing --resume directory: launch_local.sh returned {p.returncode}:\n{p.stderr}")
+    leftovers(d, "after a missing --resume directory")
+    print("  missing --resume directory: launch_local.sh returned 1, nothing left")
+
+    # A signal to launch_local.sh mid-training ends every process: status 128 + signal.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        d = r.fresh(sig.name)
+        cmd = ["bash", r.launch, "-k", r.keygen(d), "-o", os.path.join(d, "logs"), "--", r.shardps, "train",
+               "--out-dir", os.path.join(d, "out"), "--progress", "never", "--epochs", "200"] + softmax
+        p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        STARTED.append(p)
+        deadline = time.time() + 60
+        while len(procs_with(d)) < 4 and time.time() < deadline and p.poll() is None:  # the script + 3
+            time.sleep(0.1)
+        if len(procs_with(d)) < 4:
+            fail(f"{sig.name}: the job did not start: {procs_with(d)}")
+        time.sleep(2)  # training, past the setup
+        if p.poll() is not None:
+            fail(f"{sig.name}: launch_local.sh ended ({p.returncode}) before the signal:\n{p.communicate()[1]}")
+        p.send_signal(sig)
+        t0 = time.time()
+        try:
+            _, se = p.communicate(timeout=HANG)
+        except subprocess.TimeoutExpired:
+            fail(f"launch_local.sh still running {HANG} s after {sig.name}")
+        if p.returncode != 128 + sig.value:
+            fail(f"launch_local.sh returned {p.returncode} after {sig.name}, not {128 + sig.value}:\n{se}")
+        leftovers(d, f"after {sig.name}")
+        print(f"  {sig.name}: launch_local.sh returned {p.returncode} after {time.time() - t0:.1f} s, nothing left")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shardps", required=True)
+    ap.add_argument("--mpirun", default="mpirun")
+    ap.add_argument("--source-dir", required=True)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--min-accuracy", type=float, default=0.84)
+    ap.add_argument("check", choices=["matches_mpi", "convergence", "kill_worker", "kill_server", "stopped_rank",
+                                      "launch_local"])
+    args = ap.parse_args()
+    if not os.path.exists(os.path.join(FASHION, "train-images-idx3-ubyte.gz")):
+        fail(f"Fashion-MNIST not found under {FASHION}; scripts/setup.sh installs dataset-fashion-mnist")
+    args.shardps = os.path.abspath(args.shardps)
+    os.makedirs(args.work, exist_ok=True)
+    r = Runner(args.shardps, os.path.abspath(args.work), args.mpirun, os.path.abspath(args.source_dir))
+    t0 = time.time()
+    try:
+        globals()["check_" + args.check](r, args)
+    finally:
+        kill_all(r.marker)
+    print(f"({time.time() - t0:.1f} s)")
+    print("PASS", args.check)
+
+
+if __name__ == "__main__":
+    main()

@@ -91,7 +91,7 @@ tmp=''
 declare -A name_of=()  # pid -> "server 0", "worker 1", ...
 live=()                # pids not yet reaped
 
-kill_groups() {  # kill_groups SIGNAL PID...: every process group we started
+kill_groups() {  # kill_groups SIGNAL PID...: the process groups of the running processes we started
   local sig=$1 pid
   shift
   for pid in "$@"; do
@@ -100,35 +100,18 @@ kill_groups() {  # kill_groups SIGNAL PID...: every process group we started
 }
 # shellcheck disable=SC2317  # run by the EXIT trap
 cleanup() {
-  local rc=$?
+  local rc=$? pid
   trap - INT TERM HUP
   if ((${#live[@]})); then
     kill_groups KILL "${live[@]}"
   fi
-  if ((${#name_of[@]})); then  # leftovers of processes that exited, e.g. a wrapper's children
-    kill_groups KILL "${!name_of[@]}"
-  fi
+  for pid in "${!name_of[@]}"; do  # what is left in the groups of those that ended (e.g. a wrapper's children)
+    kill -s KILL -- "-$pid" 2>/dev/null || true
+  done
   [[ -z $tmp ]] || rm -rf "$tmp"
   exit "$rc"
 }
 trap cleanup EXIT
-
-if ((insecure)); then
-  secret=()
-else
-  if [[ -z $key ]]; then
-    tmp=$(mktemp -d "${TMPDIR:-/tmp}/shardps-key.XXXXXX")
-    key=$tmp/secret
-    "$bin" keygen --out "$key" >/dev/null
-  fi
-  [[ -r $key ]] || die "cannot read the secret file $key"
-  secret=(--secret-file "$key")
-fi
-if [[ -z $logdir ]]; then
-  logdir=$(mktemp -d "${TMPDIR:-/tmp}/shardps-launch.XXXXXX")
-fi
-mkdir -p "$logdir"
-echo "launch_local: $servers server(s) + $workers worker(s) at 127.0.0.1:$port; logs in $logdir" >&2
 
 stopping=''     # set once a process failed or we got a signal
 first_rc=0 first_name=''
@@ -150,6 +133,23 @@ trap 'on_signal 2' INT
 trap 'on_signal 15' TERM
 trap 'on_signal 1' HUP
 
+if ((insecure)); then
+  secret=()
+else
+  if [[ -z $key ]]; then
+    tmp=$(mktemp -d "${TMPDIR:-/tmp}/shardps-key.XXXXXX")
+    key=$tmp/secret
+    "$bin" keygen --out "$key" >/dev/null
+  fi
+  [[ -r $key ]] || die "cannot read the secret file $key"
+  secret=(--secret-file "$key")
+fi
+if [[ -z $logdir ]]; then
+  logdir=$(mktemp -d "${TMPDIR:-/tmp}/shardps-launch.XXXXXX")
+fi
+mkdir -p "$logdir"
+echo "launch_local: $servers server(s) + $workers worker(s) at 127.0.0.1:$port; logs in $logdir" >&2
+
 start() {  # start NAME LOG ARGS...
   local name=$1 log=$2
   shift 2
@@ -161,6 +161,7 @@ start() {  # start NAME LOG ARGS...
   name_of[$!]=$name
   live+=("$!")
 }
+[[ -z $stopping ]] || exit "$first_rc"  # a signal came before anything started
 flags=(--transport tcp --coordinator "127.0.0.1:$port" --num-servers "$servers" --num-workers "$workers"
   "${secret[@]}")
 for ((i = 0; i < servers; i++)); do

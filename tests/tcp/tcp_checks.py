@@ -13,6 +13,7 @@ import glob
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -26,8 +27,10 @@ ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIR
 for _k in [k for k in ENV if k.startswith(("SHARDPS_", "SLURM_"))]:
     del ENV[_k]  # the launch must come from the flags below only
 
+sys.stdout.reconfigure(line_buffering=True)  # progress survives a CTest timeout
 STARTED = []  # every Popen of a check, killed (and continued, if stopped) when the check ends
-HANG = 30     # seconds a process may take to end after a peer was killed or stopped (a hang guard)
+PEER_TIMEOUT = 2      # seconds, in the jobs where a process is killed or stopped
+HANG = PEER_TIMEOUT + 30  # seconds a process may take to end after a peer was lost: a hang guard
 
 
 def fail(msg):
@@ -131,7 +134,7 @@ class Runner:
         summary = read_summary(out) if p.returncode == 0 else None
         return summary, p, d
 
-    def start(self, servers, workers, args, name, peer_timeout=2):
+    def start(self, servers, workers, args, name, peer_timeout=PEER_TIMEOUT):
         """A TCP job started directly, one subprocess per process (server ranks first)."""
         return TcpJob(self, self.fresh(name), servers, workers, args, peer_timeout)
 
@@ -285,7 +288,7 @@ def kill_and_resume(r, victim):
     errs = job.survivors_fail(victim, "killed", [f"{who} lost", "last completed step", "newest checkpoint"])
     check_where_to_resume(errs, ck)
     p.wait(HANG)
-    resumed = r.start(1, 2, base + ["--checkpoint-dir", ck, "--resume", ck], "resumed")
+    resumed = r.start(1, 2, base + ["--checkpoint-dir", ck, "--resume", ck], "resumed", peer_timeout=30)
     s = resumed.wait_ok()
     if "resuming from " + ck not in resumed.stderr("worker 0"):
         fail(f"worker 0 of the resumed job did not say 'resuming from {ck}':\n{resumed.stderr('worker 0')}")
@@ -304,25 +307,26 @@ def check_kill_server(r, args):
 
 
 def check_stopped_rank(r, args):
-    """SIGSTOP a worker mid-run with --peer-timeout 2: the others end non-zero naming it and the
-    missing heartbeat."""
-    ck = os.path.join(r.marker, "ck")
-    job = r.start(1, 2, ["--config", r.config("fashion_mlp.prototxt"), "--checkpoint-dir", ck,
-                         "--checkpoint-every", "32"] + KILL_MLP, "stopped")
-    job.wait_for_checkpoint(ck)
-    victim = "worker 1"
-    p = job.procs[victim]
-    if p.poll() is not None:
-        fail(f"{victim} ended ({p.returncode}) before it could be stopped")
-    p.send_signal(signal.SIGSTOP)
-    try:
-        errs = job.survivors_fail(victim, "stopped", [f"{job.describe(victim)} lost", "heartbeat",
-                                                      "last completed step", "newest checkpoint"])
-        check_where_to_resume(errs, ck)
-    finally:
-        p.send_signal(signal.SIGKILL)
-        p.send_signal(signal.SIGCONT)
-        p.wait(HANG)
+    """SIGSTOP a worker, then (in another job) a server, mid-run with a peer timeout of 2 s: the others
+    end non-zero naming it and the missing heartbeat."""
+    for victim in ("worker 1", "server 0"):
+        ck = os.path.join(r.marker, "ck-" + victim.replace(" ", ""))
+        job = r.start(1, 2, ["--config", r.config("fashion_mlp.prototxt"), "--checkpoint-dir", ck,
+                             "--checkpoint-every", "32"] + KILL_MLP, "stopped")
+        job.wait_for_checkpoint(ck)
+        p = job.procs[victim]
+        if p.poll() is not None:
+            fail(f"{victim} ended ({p.returncode}) before it could be stopped")
+        p.send_signal(signal.SIGSTOP)
+        print(f"  stopped {victim}")
+        try:
+            errs = job.survivors_fail(victim, "stopped", [f"{job.describe(victim)} lost", "heartbeat",
+                                                          "last completed step", "newest checkpoint"])
+            check_where_to_resume(errs, ck)
+        finally:
+            p.send_signal(signal.SIGKILL)
+            p.send_signal(signal.SIGCONT)
+            p.wait(HANG)
 
 
 def check_launch_local(r, args):
@@ -341,7 +345,7 @@ def check_launch_local(r, args):
     wrapper = os.path.join(r.marker, "fail_worker1.sh")
     with open(wrapper, "w") as f:
         f.write('#!/bin/bash\ncase " $* " in *" --role worker --rank 1 "*) sleep 1; exit 7;; esac\n'
-                f'exec {r.shardps} "$@"\n')
+                f'exec {shlex.quote(r.shardps)} "$@"\n')
     os.chmod(wrapper, 0o755)
     t0 = time.time()
     _, p, d = r.launch_local(1, 2, softmax, name="exit7", timeout=60, bin_=wrapper, opts=["-g", "1"])
@@ -399,7 +403,7 @@ def main():
     args = ap.parse_args()
     if not os.path.exists(os.path.join(FASHION, "train-images-idx3-ubyte.gz")):
         fail(f"Fashion-MNIST not found under {FASHION}; scripts/setup.sh installs dataset-fashion-mnist")
-    args.shardps = os.path.abspath(args.shardps)
+    args.shardps = os.path.abspath(shutil.which(args.shardps) or args.shardps)
     os.makedirs(args.work, exist_ok=True)
     r = Runner(args.shardps, os.path.abspath(args.work), args.mpirun, os.path.abspath(args.source_dir))
     t0 = time.time()

@@ -357,7 +357,7 @@ int BenchMain(int argc, char** argv) {
     po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
     po::notify(vm);
   } catch (const po::error& e) {
-    std::cerr << "shardps bench: " << e.what() << "\n" << desc;
+    std::cerr << "shardps bench: " << e.what() << " (shardps bench --help lists the flags)\n";
     return 2;
   }
   if (vm.count("help")) {
@@ -389,8 +389,9 @@ int BenchMain(int argc, char** argv) {
     return 2;
   }
 
-  if (launch.num_servers >= 0 && vm["servers"].defaulted()) f.servers = launch.num_servers;
-  auto plan = ResolveLaunch(launch, Environment::FromProcess(), f.servers);
+  const Environment env = Environment::FromProcess();  // read once, here at the edge
+  if (RequestedServers(launch, env) >= 0 && vm["servers"].defaulted()) f.servers = RequestedServers(launch, env);
+  auto plan = ResolveLaunch(launch, env, f.servers);
   if (!plan.ok()) {
     std::cerr << "shardps bench: " << plan.status().message() << "\n";
     return 2;

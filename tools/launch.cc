@@ -62,10 +62,6 @@ Result<double> ParseSeconds(const std::string& what, const std::string& text) {
   return v;
 }
 
-std::string DescribeRank(int r, int servers) {
-  return "rank " + std::to_string(r) + (r < servers ? " (server " + std::to_string(r) + ")" : " (worker " + std::to_string(r - servers) + ")");
-}
-
 class MpiJob final : public Job {
  public:
   MpiJob(int rank, int size) : rank_(rank), size_(size) {}
@@ -127,13 +123,14 @@ class StashingTransport final : public Transport {
 // rank 0, which answers every one with the reduction. A lost peer ends it with that peer's name.
 class TcpJob final : public Job {
  public:
-  TcpJob(std::unique_ptr<Transport> t, const LaunchPlan& plan) : t_(std::move(t)), plan_(plan) {}
+  TcpJob(std::unique_ptr<Transport> t, const LaunchPlan& plan, std::string program)
+      : t_(std::move(t)), plan_(plan), program_(std::move(program)) {}
   int rank() const override { return plan_.rank; }
   int size() const override { return plan_.size; }
   bool Agree(bool ok) override {
     auto r = Reduce(ok ? 1 : 0, /*max=*/false);
     if (!r.ok()) {
-      std::cerr << "shardps: " << DescribeRank(plan_.rank, plan_.num_servers) << ": " << r.status().ToString() << std::endl;
+      std::cerr << program_ << ": " << DescribeRank(plan_.rank, plan_.num_servers) << ": " << r.status().ToString() << std::endl;
       return false;
     }
     return *r == 1;
@@ -165,18 +162,34 @@ class TcpJob final : public Job {
     std::vector<bool> heard(plan_.size, false);
     std::vector<IncomingFrame> frames;
     if (plan_.rank != 0) SHARDPS_RETURN_IF_ERROR(send(0, value));
+    // Frames set aside earlier may belong to this agreement (a fast rank's next value arriving
+    // while rank 0 still flushed the previous answers): look at them first.
+    frames = std::move(stash_);
+    stash_.clear();
+    bool from_stash = true;
     while (waiting > 0) {
-      if (Clock::now() >= deadline) {
-        std::string missing;
-        for (int r = 1; r < plan_.size; ++r) if (plan_.rank == 0 && !heard[r]) missing += " " + DescribeRank(r, plan_.num_servers);
-        return DeadlineExceeded("job agreement " + std::to_string(seq) + " not reached within " +
-                                std::to_string(plan_.setup_timeout.count()) + " ms" +
-                                (missing.empty() ? std::string(" (waiting for rank 0)") : "; waiting for" + missing));
+      if (!from_stash) {
+        if (Clock::now() >= deadline) {
+          std::string missing;
+          for (int r = 1; r < plan_.size; ++r) if (plan_.rank == 0 && !heard[r]) missing += " " + DescribeRank(r, plan_.num_servers);
+          return DeadlineExceeded("job agreement " + std::to_string(seq) + " not reached within " +
+                                  std::to_string(plan_.setup_timeout.count()) + " ms" +
+                                  (missing.empty() ? std::string(" (waiting for rank 0)") : "; waiting for" + missing));
+        }
+        frames.clear();
+        SHARDPS_RETURN_IF_ERROR(t_->Poll(&frames, std::min(deadline, Clock::now() + std::chrono::milliseconds(100))));
       }
-      frames.clear();
-      SHARDPS_RETURN_IF_ERROR(t_->Poll(&frames, std::min(deadline, Clock::now() + std::chrono::milliseconds(100))));
+      from_stash = false;
       for (auto& in : frames) {
-        if (!in.error.ok()) return Unavailable(DescribeRank(in.source, plan_.num_servers) + " lost: " + in.error.message());
+        // Only the peers this process waits for matter now: rank 0 for the others, everyone for
+        // rank 0. Another rank may already have its answer and be gone (a failed agreement).
+        if (!in.error.ok() && (plan_.rank == 0 || in.source == 0)) {
+          return Unavailable(DescribeRank(in.source, plan_.num_servers) + " lost: " + in.error.message());
+        }
+        if (!in.error.ok()) {
+          stash_.push_back(std::move(in));
+          continue;
+        }
         auto f = DecodeFrame(in.frame, FrameLimits{});
         if (!f.ok() || f->header.op() != wire::BARRIER || f->header.barrier_id() != seq || f->header.sender() != in.source ||
             in.payload_bytes != 0 || (plan_.rank != 0 && in.source != 0) || (plan_.rank == 0 && heard[in.source])) {
@@ -191,18 +204,40 @@ class TcpJob final : public Job {
     }
     if (plan_.rank == 0) {
       for (int r = 1; r < plan_.size; ++r) SHARDPS_RETURN_IF_ERROR(send(r, acc));
-      // No flush needed: the transport's own thread writes them out.
+      // Written out before going on: after a failed agreement this process exits next, and the
+      // answers must reach everyone first. Frames arriving meanwhile are kept for the node.
+      while (!t_->Idle() && Clock::now() < deadline) {
+        frames.clear();
+        SHARDPS_RETURN_IF_ERROR(t_->Poll(&frames, Clock::now() + std::chrono::milliseconds(10)));
+        // A peer that got its answer may exit at once (the agreement failed) or start its node;
+        // whatever arrives, a loss included, is for the node if there is one.
+        for (auto& in : frames) stash_.push_back(std::move(in));
+      }
     }
     return acc;
   }
 
   std::unique_ptr<Transport> t_;
   LaunchPlan plan_;
+  std::string program_;
   uint64_t seq_ = 0;
   std::vector<IncomingFrame> stash_;
 };
 
 }  // namespace
+
+std::string DescribeRank(int r, int servers) {
+  return "rank " + std::to_string(r) + (r < servers ? " (server " + std::to_string(r) + ")" : " (worker " + std::to_string(r - servers) + ")");
+}
+
+int RequestedServers(const LaunchFlags& f, const Environment& env) {
+  if (f.num_servers >= 0) return f.num_servers;
+  if (const std::string* v = env.Get("SHARDPS_NUM_SERVERS")) {
+    auto n = ParseInt("SHARDPS_NUM_SERVERS", *v);
+    if (n.ok() && *n >= 0 && *n <= 4096) return static_cast<int>(*n);
+  }
+  return -1;
+}
 
 Result<LaunchPlan> ResolveLaunch(const LaunchFlags& f, const Environment& env, int config_servers) {
   LaunchPlan p;
@@ -305,7 +340,7 @@ Result<std::unique_ptr<Job>> StartJob(const LaunchPlan& plan, int* argc, char***
     SHARDPS_ASSIGN_OR_RETURN(o.secret, LoadSecret(plan.secret_file));
   }
   SHARDPS_ASSIGN_OR_RETURN(auto t, CreateTcpTransport(o));
-  return std::unique_ptr<Job>(new TcpJob(std::move(t), plan));
+  return std::unique_ptr<Job>(new TcpJob(std::move(t), plan, program));
 }
 
 }  // namespace shardps::tools

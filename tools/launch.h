@@ -66,6 +66,10 @@ struct LaunchPlan {
   std::chrono::milliseconds setup_timeout{300000};
 };
 
+// The server count a TCP launch asks for (--num-servers, else SHARDPS_NUM_SERVERS), -1 if none:
+// the run's config follows it.
+int RequestedServers(const LaunchFlags& f, const Environment& env);
+
 // Flags win over SHARDPS_* variables, which win over Slurm's SLURM_PROCID / SLURM_NTASKS.
 // `config_servers` is the server count of the run's config (train), or -1.
 Result<LaunchPlan> ResolveLaunch(const LaunchFlags& f, const Environment& env, int config_servers);
@@ -92,5 +96,8 @@ class Job {
 
 // MPI_Init (MPI) or the rendezvous (TCP). `program` prefixes messages.
 Result<std::unique_ptr<Job>> StartJob(const LaunchPlan& plan, int* argc, char*** argv, const std::string& program);
+
+// "rank 3 (worker 1)" from the plan (TCP), before any Cluster exists.
+std::string DescribeRank(int rank, int servers);
 
 }  // namespace shardps::tools

@@ -378,15 +378,20 @@ int RunDistributed(const config::TrainConfig& c, const TrainFlags& f, const Laun
   }
   Job& job = **started;
   const int rank = job.rank(), size = job.size();
+  Result<Cluster> cluster = Cluster::Create(size, rank, ClusterOptions{.num_servers = c.servers(), .colocated = c.colocated()});
+  const std::string me = cluster.ok() ? cluster->Describe(rank) : "rank " + std::to_string(rank);
   auto report = [&](const Status& s) {
-    if (!s.ok()) std::cerr << "shardps train: rank " << rank << ": " << s.ToString() << std::endl;
+    if (!s.ok()) std::cerr << "shardps train: " << me << ": " << s.ToString() << std::endl;
+  };
+  // Reached by every process with its own outcome; a process that was fine says why it stops.
+  auto agree = [&](const Status& s) {
+    report(s);
+    if (job.Agree(s.ok())) return true;
+    if (s.ok()) std::cerr << "shardps train: " << me << ": stopping: another process failed to start (its message says why)" << std::endl;
+    return false;
   };
   // Every process reaches each agreement below, whatever failed, so none is left waiting.
   Status s;
-  ClusterOptions co;
-  co.num_servers = c.servers();
-  co.colocated = c.colocated();
-  Result<Cluster> cluster = Cluster::Create(size, rank, co);
   if (!cluster.ok()) s = cluster.status();
   Result<Outputs> out = Outputs{};
   worker::Dataset train, test;
@@ -404,8 +409,7 @@ int RunDistributed(const config::TrainConfig& c, const TrainFlags& f, const Laun
   }
   // Servers need the model's table shapes; the lead worker knows the input width from its data.
   int64_t input_dim = s.ok() && cluster->is_worker() ? train.num_features : 0;
-  report(s);
-  if (!job.Agree(s.ok())) return 1;
+  if (!agree(s)) return 1;
   auto dim = job.Max(input_dim);
   if (!dim.ok()) {
     report(dim.status());
@@ -422,8 +426,7 @@ int RunDistributed(const config::TrainConfig& c, const TrainFlags& f, const Laun
                                                                 {.chunk_floats = c.chunk_floats()})
                                           : Result<TableLayout>(model.status());
   if (!layout.ok()) s = layout.status();
-  report(s);
-  if (!job.Agree(s.ok())) return 1;
+  if (!agree(s)) return 1;
   // Resume: every rank resolves the same version of the shared checkpoint directory.
   std::unique_ptr<CheckpointReader> reader;
   uint64_t start_step = 0;
@@ -463,8 +466,7 @@ int RunDistributed(const config::TrainConfig& c, const TrainFlags& f, const Laun
       no.prepare_server = [&](ps::Server& server) { return server.InitFrom(*init); };
     }
   }
-  report(s);
-  if (!job.Agree(s.ok())) return 1;
+  if (!agree(s)) return 1;
   auto transport = job.TakeTransport();
   if (!transport.ok()) {
     report(transport.status());
@@ -560,7 +562,7 @@ int TrainMain(int argc, char** argv) {
     }
     po::notify(vm);
   } catch (const po::error& e) {
-    std::cerr << "shardps train: " << e.what() << "\n" << desc;
+    std::cerr << "shardps train: " << e.what() << " (shardps train --help lists the flags)\n";
     return 2;
   }
   if (vm.count("epochs")) f.overrides.push_back("epochs=" + std::to_string(epochs));
@@ -576,8 +578,12 @@ int TrainMain(int argc, char** argv) {
   if (vm.count("hidden")) f.overrides.push_back("hidden=" + hidden);
   if (vm.count("seed")) f.overrides.push_back("seed=" + std::to_string(seed));
   if (vm.count("servers")) f.overrides.push_back("servers=" + std::to_string(servers));
-  // A TCP job's --num-servers is the config's servers unless --servers says otherwise.
-  if (!vm.count("servers") && launch.num_servers >= 0) f.overrides.push_back("servers=" + std::to_string(launch.num_servers));
+  // The launcher's variables are read once, here at the edge. A TCP job's server count
+  // (--num-servers or SHARDPS_NUM_SERVERS) is the config's servers unless --servers says otherwise.
+  const Environment env = Environment::FromProcess();
+  if (!vm.count("servers") && RequestedServers(launch, env) >= 0) {
+    f.overrides.push_back("servers=" + std::to_string(RequestedServers(launch, env)));
+  }
   if (colocated) f.overrides.push_back("colocated=true");
   if (vm.count("checkpoint-dir")) f.overrides.push_back("checkpoint_dir=" + checkpoint_dir);
   if (vm.count("checkpoint-every")) f.overrides.push_back("checkpoint_every=" + std::to_string(checkpoint_every));
@@ -606,8 +612,7 @@ int TrainMain(int argc, char** argv) {
     std::cerr << "shardps train: " << config.status().ToString() << std::endl;
     return 2;
   }
-  // The launcher's variables are read once, here at the edge.
-  auto plan = ResolveLaunch(launch, Environment::FromProcess(), config->colocated() ? -1 : config->servers());
+  auto plan = ResolveLaunch(launch, env, config->colocated() ? -1 : config->servers());
   if (!plan.ok()) {
     std::cerr << "shardps train: " << plan.status().message() << std::endl;
     return 2;

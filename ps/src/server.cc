@@ -130,7 +130,7 @@ Status Server::WaitForWorkers(std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> lock(mu_);
   auto all = [&] { return std::all_of(worker_done_.begin(), worker_done_.end(), [](bool b) { return b; }); };
   if (cv_.wait_for(lock, timeout, [&] { return all() || !lost_.ok(); })) {
-    if (!lost_.ok() && !all()) return lost_.WithContext("server rank " + std::to_string(cluster_.rank()));
+    if (!lost_.ok() && !all()) return lost_;
     return Status::Ok();
   }
   std::vector<int> missing;

@@ -1,5 +1,6 @@
 #include "shardps/core/tcp_transport.h"
 
+#include <algorithm>
 #include <atomic>
 #include <boost/asio.hpp>
 #include <condition_variable>
@@ -311,10 +312,17 @@ class Gate {
         return AcceptNext();
       }
       if (static_cast<int>(live_.size()) >= o_.max_pending_connections) {
-        // Full: the oldest pending connection goes. A real peer completes its handshake in about
-        // a millisecond, so idle connections cannot hold the door shut against it.
-        live_.front()->Finish(ResourceExhausted("evicted: " + std::to_string(live_.size()) +
-                                                " unauthenticated connections pending, this one the oldest"));
+        // Full: the oldest connection that has not proved the secret goes (one that has is a
+        // real peer a round trip from registering). A real peer completes its handshake in
+        // about a millisecond, so idle connections cannot hold the door shut against it.
+        auto victim = std::find_if(live_.begin(), live_.end(), [](const auto& a) { return !a->authenticated; });
+        if (victim == live_.end()) {  // every slot holds an authenticated peer: refuse the newcomer
+          boost::system::error_code ignored;
+          sock->close(ignored);
+          return AcceptNext();
+        }
+        (*victim)->Finish(ResourceExhausted("evicted: " + std::to_string(live_.size()) +
+                                            " connections pending, this one the oldest unauthenticated"));
       }
       auto a = std::make_shared<Arrival>(io_, o_);
       a->sock = std::move(*sock);

@@ -19,9 +19,10 @@
 // reported once as an IncomingFrame whose `error` is UNAVAILABLE and names it; its socket is
 // closed, so every send and receive waiting on it completes with an error.
 //
-// Accepting: at most `max_pending_connections` unauthenticated connections at a time (more are
-// closed at once), each given `handshake_timeout` to authenticate and register; a failed one is
-// reported to `on_warning` and dropped without disturbing the rendezvous.
+// Accepting: at most `max_pending_connections` connections are pending at a time (a newer one
+// evicts the oldest that has not authenticated), each given `handshake_timeout` to authenticate
+// and register; a failed one is reported to `on_warning` and dropped without disturbing the
+// rendezvous. A dialler closed before any answer dials again until the setup deadline.
 // Thread safety: as Transport (one owning thread; Wake() from any thread).
 #pragma once
 

@@ -22,6 +22,14 @@ using Deadline = Clock::time_point;
 
 constexpr size_t kEnvelopeBytes = 16;
 constexpr int kSpinPolls = 200;
+constexpr int kIoSpinPolls = 200;
+// Payloads up to kEagerBytes are read with their frame into a pooled buffer (one copy, like MPI's
+// eager protocol), while at most kEagerBudget bytes of them wait for the receiver: a small message
+// then costs no extra round of hand-offs between the I/O and the owning thread. Larger payloads
+// are read straight into the receiver's buffer.
+constexpr uint64_t kEagerBytes = 256 * 1024;
+constexpr uint64_t kEagerBudget = 16 * 1024 * 1024;
+constexpr uint64_t kEagerToken = uint64_t{1} << 63;
 enum Kind : uint32_t { kMessage = 0, kHeartbeat = 1, kGoodbye = 2, kAbort = 3 };
 constexpr size_t kMaxAddressBytes = 64;
 constexpr int kLoggedRefusals = 50;
@@ -458,6 +466,15 @@ class TcpTransport final : public Transport {
       return Status::Ok();
     }
     if (in.source < 0 || in.source >= o_.size) return InvalidArgument("payload from an unknown rank");
+    if (in.token & kEagerToken) {  // already here: one copy, completion on this thread
+      auto it = eager_.find(in.token);
+      if (it == eager_.end()) return Internal("unknown eager payload token");
+      std::memcpy(dest.data(), it->second.data.get(), dest.size());
+      ReleaseEager(std::move(it->second));
+      eager_.erase(it);
+      local_done_.push_back([done = std::move(done)] { if (done) done(Status::Ok()); });
+      return Status::Ok();
+    }
     asio::post(io_, [this, src = in.source, token = in.token, dest, done = std::move(done)]() mutable {
       Claim(src, token, dest, std::move(done));
     });
@@ -474,6 +491,13 @@ class TcpTransport final : public Transport {
       return Status::Ok();
     }
     if (in.source < 0 || in.source >= o_.size) return InvalidArgument("payload from an unknown rank");
+    if (in.token & kEagerToken) {
+      auto it = eager_.find(in.token);
+      if (it == eager_.end()) return Internal("unknown eager payload token");
+      ReleaseEager(std::move(it->second));
+      eager_.erase(it);
+      return Status::Ok();
+    }
     asio::post(io_, [this, src = in.source, token = in.token] { Discard(src, token); });
     return Status::Ok();
   }
@@ -506,13 +530,15 @@ class TcpTransport final : public Transport {
       woken_ = false;
       arrived.swap(inbox_);
       completions.swap(completions_);
+      for (auto& [token, buf] : eager_arrived_) eager_.emplace(token, std::move(buf));
+      eager_arrived_.clear();
     }
     for (auto& c : completions) c();
     RunLocal();
     for (auto& f : self_ready_) frames->push_back(std::move(f));
     self_ready_.clear();
     for (auto& f : arrived) {
-      if (f.payload_bytes > 0 && f.error.ok()) handed_out_.push_back({f.source, f.token});
+      if (f.payload_bytes > 0 && f.error.ok() && !(f.token & kEagerToken)) handed_out_.push_back({f.source, f.token});
       frames->push_back(std::move(f));
     }
     return Status::Ok();
@@ -568,6 +594,10 @@ class TcpTransport final : public Transport {
     std::span<const uint8_t> payload;
     Completion sent;
   };
+  struct EagerPayload {
+    std::unique_ptr<uint8_t[]> data;  // kEagerBytes capacity, from the pool
+    uint64_t size = 0;
+  };
   struct Peer {
     std::unique_ptr<tcp::socket> sock;
     bool writing = false;
@@ -584,6 +614,24 @@ class TcpTransport final : public Transport {
     bool dead = false;      // lost: reported once
     bool departed = false;  // said goodbye: its closing is not a failure
   };
+
+  // ---- eager buffers (either thread) ----
+  EagerPayload TakeEagerBuffer() {
+    {
+      std::lock_guard<std::mutex> lock(pool_mu_);
+      if (!pool_.empty()) {
+        EagerPayload b{std::move(pool_.back()), 0};
+        pool_.pop_back();
+        return b;
+      }
+    }
+    return EagerPayload{std::make_unique<uint8_t[]>(kEagerBytes), 0};
+  }
+  void ReleaseEager(EagerPayload b) {
+    eager_bytes_ -= b.size;
+    std::lock_guard<std::mutex> lock(pool_mu_);
+    if (pool_.size() < 64) pool_.push_back(std::move(b.data));
+  }
 
   // ---- owner thread ----
   void RunLocal() {
@@ -717,6 +765,28 @@ class TcpTransport final : public Transport {
         in.source = r;
         in.frame = std::move(p.frame);
         in.payload_bytes = p.payload_bytes;
+        if (p.payload_bytes > 0 && p.payload_bytes <= kEagerBytes && eager_bytes_.load() + p.payload_bytes <= kEagerBudget) {
+          eager_bytes_ += p.payload_bytes;
+          auto buf = std::make_shared<EagerPayload>(TakeEagerBuffer());
+          buf->size = p.payload_bytes;
+          auto frame = std::make_shared<IncomingFrame>(std::move(in));
+          asio::async_read(*p.sock, asio::buffer(buf->data.get(), buf->size),
+                           [this, r, buf, frame](const boost::system::error_code& e, size_t) {
+                             if (e) {
+                               ReleaseEager(std::move(*buf));
+                               return Lost(r, ReadError(e));
+                             }
+                             peers_[r].last_heard = Clock::now();
+                             frame->token = next_token_++ | kEagerToken;
+                             {
+                               std::lock_guard<std::mutex> lock(mu_);
+                               eager_arrived_.emplace(frame->token, std::move(*buf));
+                             }
+                             Arrive(std::move(*frame));
+                             StartRead(r);
+                           });
+          return;
+        }
         if (p.payload_bytes > 0) {
           in.token = next_token_++;
           p.token = in.token;
@@ -854,12 +924,17 @@ class TcpTransport final : public Transport {
   std::vector<std::function<void()>> completions_;  // GUARDED_BY(mu_)
   bool woken_ = false;                              // GUARDED_BY(mu_)
   std::atomic<bool> ready_flag_{false};             // something for Poll (set under mu_)
+  std::unordered_map<uint64_t, EagerPayload> eager_arrived_;  // GUARDED_BY(mu_)
+  std::atomic<uint64_t> eager_bytes_{0};            // eager payloads not yet claimed or discarded
+  std::mutex pool_mu_;
+  std::vector<std::unique_ptr<uint8_t[]>> pool_;    // GUARDED_BY(pool_mu_)
   std::atomic<int64_t> in_flight_{0};
   // Owner thread only.
   std::vector<IncomingFrame> self_ready_;
   std::vector<std::function<void()>> local_done_;
   std::unordered_map<uint64_t, SelfPayload> self_payloads_;
   std::vector<std::pair<int, uint64_t>> handed_out_;
+  std::unordered_map<uint64_t, EagerPayload> eager_;  // arrived with their frames, by token
   uint64_t next_self_token_ = 1;
 };
 
@@ -994,7 +1069,7 @@ Status TcpTransport::Setup() {
     while (!io_.stopped()) {
       if (io_.poll() > 0) {
         idle = 0;
-      } else if (++idle < kSpinPolls) {
+      } else if (++idle < kIoSpinPolls) {
         std::this_thread::yield();
       } else {
         io_.run_one();

@@ -113,6 +113,8 @@ class StashingTransport final : public Transport {
   void Wake() override { inner_->Wake(); }
   bool Idle() const override { return inner_->Idle(); }
   void Goodbye() override { inner_->Goodbye(); }
+  void Abort(const std::string& reason) override { inner_->Abort(reason); }
+  void Shutdown() override { inner_->Shutdown(); }
 
  private:
   std::unique_ptr<Transport> inner_;
@@ -145,7 +147,23 @@ class TcpJob final : public Job {
   void Fail() override {}
 
  private:
+  // An agreement this process cannot complete ends the job for everyone: the others learn why
+  // (an abort carrying the reason) instead of only seeing this process vanish.
   Result<int64_t> Reduce(int64_t value, bool max) {
+    Result<int64_t> r = ReduceOnce(value, max);
+    if (!r.ok() && t_) {
+      t_->Abort(DescribeRank(plan_.rank, plan_.num_servers) + ": " + r.status().ToString());
+      const Clock::time_point flush_by = Clock::now() + std::chrono::seconds(1);
+      std::vector<IncomingFrame> frames;
+      while (!t_->Idle() && Clock::now() < flush_by) {
+        frames.clear();
+        (void)t_->Poll(&frames, Clock::now() + std::chrono::milliseconds(10));
+      }
+    }
+    return r;
+  }
+
+  Result<int64_t> ReduceOnce(int64_t value, bool max) {
     if (!t_) return FailedPrecondition("the transport belongs to the node now");
     const uint64_t seq = ++seq_;
     const Clock::time_point deadline = Clock::now() + plan_.setup_timeout;
@@ -307,6 +325,7 @@ Result<LaunchPlan> ResolveLaunch(const LaunchFlags& f, const Environment& env, i
   }
   const std::string listen = text(f.listen, "SHARDPS_LISTEN");
   if (!listen.empty()) p.listen = listen;
+  if (f.peer_timeout > 1e6 || f.setup_timeout > 1e6) return InvalidArgument("--peer-timeout and --setup-timeout are at most 1000000 seconds");
   if (f.peer_timeout > 0) {
     p.peer_timeout = std::chrono::milliseconds(static_cast<int64_t>(f.peer_timeout * 1000));
   } else if (const std::string* v = env.Get("SHARDPS_PEER_TIMEOUT")) {
@@ -315,6 +334,7 @@ Result<LaunchPlan> ResolveLaunch(const LaunchFlags& f, const Environment& env, i
   }
   if (f.setup_timeout > 0) p.setup_timeout = std::chrono::milliseconds(static_cast<int64_t>(f.setup_timeout * 1000));
   if (p.peer_timeout.count() < 10) return InvalidArgument("--peer-timeout must be at least 0.01 s");
+  if (p.setup_timeout.count() < 1) return InvalidArgument("--setup-timeout must be at least 0.001 s");
   return p;
 }
 

@@ -31,6 +31,7 @@ void Endpoint::Stop(std::chrono::milliseconds flush) {
     stop_ = true;
   });
   thread_.join();
+  transport_->Shutdown();  // no transport thread writes into a handler's buffer after this
   running_ = false;
 }
 

@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <future>
 #include <iostream>
 #include <mutex>
 #include <optional>
@@ -404,16 +405,37 @@ Status Listen(tcp::acceptor& a, const tcp::endpoint& ep) {
 class TcpTransport final : public Transport {
  public:
   explicit TcpTransport(const TcpOptions& o) : o_(o), peers_(o.size), heartbeat_(io_) {}
-  ~TcpTransport() override {
-    if (thread_.joinable()) {
-      asio::post(io_, [this] {
-        stopping_ = true;
-        heartbeat_.cancel();
-        for (auto& p : peers_) Close(p);
-      });
-      work_.reset();
-      io_.stop();
-      thread_.join();
+  ~TcpTransport() override { Shutdown(); }
+
+  // Stops the I/O thread: every connection is shut down for sending (what was written goes out,
+  // then FIN), what peers sent meanwhile is drained so the close does not reset the connection,
+  // and no handler touches a receiver's buffer afterwards.
+  void Shutdown() override {
+    if (!thread_.joinable()) return;
+    auto closed = std::make_shared<std::promise<void>>();
+    auto done = closed->get_future();
+    asio::post(io_, [this, closed] {
+      stopping_ = true;
+      heartbeat_.cancel();
+      for (auto& p : peers_) {
+        if (!p.sock) continue;
+        boost::system::error_code ignored;
+        p.sock->shutdown(tcp::socket::shutdown_send, ignored);
+        p.sock->cancel(ignored);
+      }
+      closed->set_value();
+    });
+    done.wait_for(std::chrono::milliseconds(500));
+    work_.reset();
+    io_.stop();
+    thread_.join();
+    for (auto& p : peers_) {
+      if (!p.sock || !p.sock->is_open()) continue;
+      boost::system::error_code ignored;
+      p.sock->non_blocking(true, ignored);
+      uint8_t sink[4096];
+      for (int i = 0; i < 256 && p.sock->read_some(asio::buffer(sink), ignored) > 0;) ++i;
+      p.sock->close(ignored);
     }
   }
 
@@ -611,6 +633,7 @@ class TcpTransport final : public Transport {
     std::span<uint8_t> claim_dest;
     Completion claim_done;
     Clock::time_point last_heard;
+    bool heard = false;     // an envelope has arrived since the mesh came up
     bool dead = false;      // lost: reported once
     bool departed = false;  // said goodbye: its closing is not a failure
   };
@@ -628,7 +651,7 @@ class TcpTransport final : public Transport {
     return EagerPayload{std::make_unique<uint8_t[]>(kEagerBytes), 0};
   }
   void ReleaseEager(EagerPayload b) {
-    eager_bytes_ -= b.size;
+    eager_bytes_ -= kEagerBytes;
     std::lock_guard<std::mutex> lock(pool_mu_);
     if (pool_.size() < 64) pool_.push_back(std::move(b.data));
   }
@@ -730,6 +753,7 @@ class TcpTransport final : public Transport {
       if (e) return Lost(r, ReadError(e));
       Peer& p = peers_[r];
       p.last_heard = Clock::now();
+      p.heard = true;
       uint32_t fb, kind;
       std::memcpy(&p.payload_bytes, p.env, 8);
       std::memcpy(&fb, p.env + 8, 4);
@@ -765,12 +789,12 @@ class TcpTransport final : public Transport {
         in.source = r;
         in.frame = std::move(p.frame);
         in.payload_bytes = p.payload_bytes;
-        if (p.payload_bytes > 0 && p.payload_bytes <= kEagerBytes && eager_bytes_.load() + p.payload_bytes <= kEagerBudget) {
-          eager_bytes_ += p.payload_bytes;
+        if (p.payload_bytes > 0 && p.payload_bytes <= kEagerBytes && eager_bytes_.load() + kEagerBytes <= kEagerBudget) {
+          eager_bytes_ += kEagerBytes;  // a whole pooled buffer, whatever the payload's size
           auto buf = std::make_shared<EagerPayload>(TakeEagerBuffer());
           buf->size = p.payload_bytes;
           auto frame = std::make_shared<IncomingFrame>(std::move(in));
-          asio::async_read(*p.sock, asio::buffer(buf->data.get(), buf->size),
+          asio::async_read(*p.sock, asio::buffer(buf->data.get(), buf->size), Heard(r),
                            [this, r, buf, frame](const boost::system::error_code& e, size_t) {
                              if (e) {
                                ReleaseEager(std::move(*buf));
@@ -799,6 +823,15 @@ class TcpTransport final : public Transport {
     });
   }
 
+  // A completion condition for long reads: every partial read counts as hearing from the peer,
+  // so a payload that takes longer than the peer timeout to arrive is not taken for silence.
+  std::function<size_t(const boost::system::error_code&, size_t)> Heard(int r) {
+    return [this, r](const boost::system::error_code& e, size_t) -> size_t {
+      peers_[r].last_heard = Clock::now();
+      return e ? 0 : 65536;
+    };
+  }
+
   std::string ReadError(const boost::system::error_code& e) const {
     if (e == asio::error::eof || e == asio::error::connection_reset) return "its connection closed without a goodbye (the process exited or was killed)";
     return e.message();
@@ -810,7 +843,7 @@ class TcpTransport final : public Transport {
     if (p.token != token) return Complete(std::move(done), Internal("payload token " + std::to_string(token) + " is not the pending one"));
     if (p.side_done) {  // already read aside: copy
       std::memcpy(dest.data(), p.side.data(), dest.size());
-      p.side.clear();
+      std::vector<uint8_t>().swap(p.side);
       p.side_done = false;
       p.token = 0;
       Complete(std::move(done), Status::Ok());
@@ -823,7 +856,7 @@ class TcpTransport final : public Transport {
       return;
     }
     p.token = 0;  // straight into the caller's buffer
-    asio::async_read(*p.sock, asio::buffer(dest.data(), dest.size()),
+    asio::async_read(*p.sock, asio::buffer(dest.data(), dest.size()), Heard(src),
                      [this, src, done = std::move(done)](const boost::system::error_code& e, size_t) mutable {
                        Complete(std::move(done), e ? Unavailable("payload from rank " + std::to_string(src) + ": " + e.message()) : Status::Ok());
                        if (e) return Lost(src, ReadError(e));
@@ -832,12 +865,33 @@ class TcpTransport final : public Transport {
                      });
   }
 
+  // Reads and drops `left` payload bytes through a small scratch buffer, then goes on reading.
+  void Drain(int r, uint64_t left) {
+    Peer& p = peers_[r];
+    if (left == 0) {
+      p.side_reading = false;
+      p.discard = false;
+      p.token = 0;
+      return StartRead(r);
+    }
+    p.side.resize(std::min<uint64_t>(left, 64 * 1024));
+    asio::async_read(*p.sock, asio::buffer(p.side), [this, r, left](const boost::system::error_code& e, size_t n) {
+      Peer& p = peers_[r];
+      if (e) {
+        p.side_reading = false;
+        return Lost(r, ReadError(e));
+      }
+      p.last_heard = Clock::now();
+      Drain(r, left - n);
+    });
+  }
+
   void Discard(int src, uint64_t token) {
     Peer& p = peers_[src];
     if (p.dead || p.token != token) return;
     p.discard = true;
     if (p.side_done) {
-      p.side.clear();
+      std::vector<uint8_t>().swap(p.side);
       p.side_done = false;
       p.discard = false;
       p.token = 0;
@@ -855,8 +909,9 @@ class TcpTransport final : public Transport {
   void StartSideRead(int r) {
     Peer& p = peers_[r];
     p.side_reading = true;
+    if (p.discard) return Drain(r, p.payload_bytes);  // nobody wants the bytes: no buffer for them
     p.side.resize(p.payload_bytes);
-    asio::async_read(*p.sock, asio::buffer(p.side), [this, r](const boost::system::error_code& e, size_t) {
+    asio::async_read(*p.sock, asio::buffer(p.side), Heard(r), [this, r](const boost::system::error_code& e, size_t) {
       Peer& p = peers_[r];
       p.side_reading = false;
       if (e) {
@@ -869,7 +924,7 @@ class TcpTransport final : public Transport {
         if (p.claimed) std::memcpy(p.claim_dest.data(), p.side.data(), p.claim_dest.size());
         Completion done = std::move(p.claim_done);
         const bool claimed = p.claimed;
-        p.side.clear();
+        std::vector<uint8_t>().swap(p.side);
         p.discard = p.claimed = false;
         p.token = 0;
         if (claimed) Complete(std::move(done), Status::Ok());
@@ -891,10 +946,18 @@ class TcpTransport final : public Transport {
       for (int r = 0; r < o_.size; ++r) {
         Peer& p = peers_[r];
         if (r == o_.rank || !p.sock || p.dead || p.departed) continue;
-        if (now - p.last_heard > o_.peer_timeout) {
+        // While this side holds the stream (a payload parked, unclaimed), nothing can arrive
+        // from the peer: that is not its silence.
+        if (p.token != 0 && !p.side_reading) {
+          p.last_heard = now;
+        }
+        // Until a peer's first envelope, allow it the setup time (it may still be dialling the
+        // ranks below it).
+        const auto allowed = p.heard ? o_.peer_timeout : std::max(o_.peer_timeout, o_.setup_timeout);
+        if (now - p.last_heard > allowed) {
           Lost(r, "nothing heard from it, not even a heartbeat, for " +
                       std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(now - p.last_heard).count()) +
-                      " ms (peer timeout " + std::to_string(o_.peer_timeout.count()) +
+                      " ms (peer timeout " + std::to_string(allowed.count()) +
                       " ms): the process is stopped or hung, or the network is down");
           continue;
         }

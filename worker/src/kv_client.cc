@@ -226,10 +226,9 @@ void KVClient::OnPeerLost(const Status& why) {
   // Every request fails now; later ones fail in Endpoint::Send.
   auto pending = std::move(pending_);
   pending_.clear();
-  for (auto& [id, p] : pending) {
-    p.op->Part(p.piece, why.WithContext(p.op->what));
-    p.op->Part(p.piece, why.WithContext(p.op->what));
-  }
+  // Only the answer part: the send part completes when the transport is done with the
+  // caller's buffer (at once for a lost peer; a live one's queued sends still go out).
+  for (auto& [id, p] : pending) p.op->Part(p.piece, why.WithContext(p.op->what));
 }
 
 void KVClient::OnFrame(IncomingFrame in, Frame frame) {

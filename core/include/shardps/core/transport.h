@@ -69,6 +69,9 @@ class Transport {
   // Tells every peer this rank is ending the job because of `reason` (transports that detect
   // lost peers report it with the reason, so every process can name the root cause).
   virtual void Abort(const std::string& reason) { (void)reason; }
+  // Stops any thread of the transport's own; after it no completion runs and no receiver's
+  // buffer is written. Called by the owner once it has stopped polling. Default: nothing.
+  virtual void Shutdown() {}
 };
 
 }  // namespace shardps

@@ -447,6 +447,25 @@ def check_bad_input(r, args):
         fail(f"unknown override key not reported:\n{p.stderr}")
 
 
+def check_failure_ends_job(r, args):
+    """Under mpirun, a rank that fails after training started (here the lead worker cannot write the
+    final model) ends the whole job at once (MPI_Abort) instead of leaving the servers waiting for
+    its goodbye until their finish deadline; its error says where training stood."""
+    t0 = time.time()
+    _, _, p = r.train(3, ["--config", r.config("fashion_softmax.prototxt"), "--servers", "1", "--epochs", "1",
+                          "--train-limit", "3000", "--test-limit", "500",
+                          "--model-out", os.path.join(r.work, "no-such-dir", "model.safetensors")],
+                      expect_ok=False, timeout=120)
+    took = time.time() - t0
+    if p.returncode == 0:
+        fail("the job succeeded although the lead worker could not write its model")
+    err = p.stdout + p.stderr
+    for want in ["rank 1 (worker 0): IO_ERROR", "no-such-dir", "last completed step"]:
+        if want not in err:
+            fail(f"missing '{want}' in the output:\n{err}")
+    print(f"  the job ended {took:.1f} s after it started, exit {p.returncode}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shardps", required=True)
@@ -456,7 +475,8 @@ def main():
     ap.add_argument("--config", default="fashion_softmax.prototxt")
     ap.add_argument("--min-accuracy", type=float, default=0.84)
     ap.add_argument("check", choices=["convergence", "repeat", "servers", "single_process", "workers", "local_sgd",
-                                      "bad_input", "resume", "corruption", "registry", "crash", "kill_loop", "init_from"])
+                                      "bad_input", "resume", "corruption", "registry", "crash", "kill_loop", "init_from",
+                                      "failure_ends_job"])
     args = ap.parse_args()
     if args.check != "bad_input" and not os.path.exists(os.path.join(FASHION, "train-images-idx3-ubyte.gz")):
         fail(f"Fashion-MNIST not found under {FASHION}; scripts/setup.sh installs dataset-fashion-mnist")

@@ -330,6 +330,24 @@ def check_stopped_rank(r, args):
             p.wait(HANG)
 
 
+def check_failure_reason(r, args):
+    """A process that fails after training started (the lead worker cannot write its model) tells
+    the others why: each exits non-zero naming it and its reason ("it ended the job: ...")."""
+    s, p, d = r.launch_local(1, 2, ["--config", r.config("fashion_softmax.prototxt"), "--epochs", "1",
+                                    "--train-limit", "3000", "--test-limit", "500",
+                                    "--model-out", os.path.join(r.work, "no-such-dir", "model.safetensors")])
+    if p.returncode == 0:
+        fail("the job succeeded although the lead worker could not write its model")
+    logs = os.path.join(d, "logs")
+    for name in ["server-0.log", "worker-1.log"]:
+        with open(os.path.join(logs, name)) as f:
+            text = f.read()
+        for want in ["rank 1 (worker 0) lost: it ended the job", "IO_ERROR", "no-such-dir"]:
+            if want not in text:
+                fail(f"{name} lacks '{want}':\n{text}")
+        print(f"  {name}: {text.strip().splitlines()[-1]}")
+
+
 def check_launch_local(r, args):
     """launch_local.sh: the first failure's exit status, nothing left running after a failure, and
     SIGTERM / SIGINT reach every process."""
@@ -401,7 +419,7 @@ def main():
     ap.add_argument("--min-accuracy", type=float, default=0.84)
     ap.add_argument("--config", default="fashion_softmax.prototxt", help="convergence: the example config to train")
     ap.add_argument("check", choices=["matches_mpi", "convergence", "kill_worker", "kill_server", "stopped_rank",
-                                      "launch_local"])
+                                      "launch_local", "failure_reason"])
     args = ap.parse_args()
     if not os.path.exists(os.path.join(FASHION, "train-images-idx3-ubyte.gz")):
         fail(f"Fashion-MNIST not found under {FASHION}; scripts/setup.sh installs dataset-fashion-mnist")

@@ -81,6 +81,7 @@ class Node {
     Status s;
     if (client_) s = client_->Shutdown().wait(options_.finish_timeout);
     if (server_ && s.ok()) s = server_->WaitForWorkers(options_.finish_timeout);
+    if (s.ok()) s = endpoint_->lost();  // a peer failed meanwhile: the job did not succeed
     if (s.ok()) endpoint_->Leave();
     else endpoint_->Abort(s);
     return s;

@@ -9,6 +9,7 @@
 
 #include "mpi_env.h"
 #include "shardps/core/auth.h"
+#include "shardps/core/cluster.h"
 #include "shardps/core/frame.h"
 #include "shardps/core/mpi_transport.h"
 #include "shardps/core/tcp_transport.h"
@@ -125,14 +126,14 @@ class StashingTransport final : public Transport {
 // rank 0, which answers every one with the reduction. A lost peer ends it with that peer's name.
 class TcpJob final : public Job {
  public:
-  TcpJob(std::unique_ptr<Transport> t, const LaunchPlan& plan, std::string program)
-      : t_(std::move(t)), plan_(plan), program_(std::move(program)) {}
+  TcpJob(std::unique_ptr<Transport> t, const LaunchPlan& plan, Cluster cluster, std::string program)
+      : t_(std::move(t)), plan_(plan), cluster_(std::move(cluster)), program_(std::move(program)) {}
   int rank() const override { return plan_.rank; }
   int size() const override { return plan_.size; }
   bool Agree(bool ok) override {
     auto r = Reduce(ok ? 1 : 0, /*max=*/false);
     if (!r.ok()) {
-      std::cerr << program_ << ": " << DescribeRank(plan_.rank, plan_.num_servers) << ": " << r.status().ToString() << std::endl;
+      std::cerr << program_ << ": " << cluster_.Describe(plan_.rank) << ": " << r.status().ToString() << std::endl;
       return false;
     }
     return *r == 1;
@@ -152,7 +153,7 @@ class TcpJob final : public Job {
   Result<int64_t> Reduce(int64_t value, bool max) {
     Result<int64_t> r = ReduceOnce(value, max);
     if (!r.ok() && t_) {
-      t_->Abort(DescribeRank(plan_.rank, plan_.num_servers) + ": " + r.status().ToString());
+      t_->Abort(cluster_.Describe(plan_.rank) + ": " + r.status().ToString());
       const Clock::time_point flush_by = Clock::now() + std::chrono::seconds(1);
       std::vector<IncomingFrame> frames;
       while (!t_->Idle() && Clock::now() < flush_by) {
@@ -189,7 +190,7 @@ class TcpJob final : public Job {
       if (!from_stash) {
         if (Clock::now() >= deadline) {
           std::string missing;
-          for (int r = 1; r < plan_.size; ++r) if (plan_.rank == 0 && !heard[r]) missing += " " + DescribeRank(r, plan_.num_servers);
+          for (int r = 1; r < plan_.size; ++r) if (plan_.rank == 0 && !heard[r]) missing += " " + cluster_.Describe(r);
           return DeadlineExceeded("job agreement " + std::to_string(seq) + " not reached within " +
                                   std::to_string(plan_.setup_timeout.count()) + " ms" +
                                   (missing.empty() ? std::string(" (waiting for rank 0)") : "; waiting for" + missing));
@@ -202,7 +203,7 @@ class TcpJob final : public Job {
         // Only the peers this process waits for matter now: rank 0 for the others, everyone for
         // rank 0. Another rank may already have its answer and be gone (a failed agreement).
         if (!in.error.ok() && (plan_.rank == 0 || in.source == 0)) {
-          return Unavailable(DescribeRank(in.source, plan_.num_servers) + " lost: " + in.error.message());
+          return Unavailable(cluster_.Describe(in.source) + " lost: " + in.error.message());
         }
         if (!in.error.ok()) {
           stash_.push_back(std::move(in));
@@ -237,16 +238,13 @@ class TcpJob final : public Job {
 
   std::unique_ptr<Transport> t_;
   LaunchPlan plan_;
+  Cluster cluster_;  // names ranks in messages
   std::string program_;
   uint64_t seq_ = 0;
   std::vector<IncomingFrame> stash_;
 };
 
 }  // namespace
-
-std::string DescribeRank(int r, int servers) {
-  return "rank " + std::to_string(r) + (r < servers ? " (server " + std::to_string(r) + ")" : " (worker " + std::to_string(r - servers) + ")");
-}
 
 int RequestedServers(const LaunchFlags& f, const Environment& env) {
   if (f.num_servers >= 0) return f.num_servers;
@@ -354,13 +352,14 @@ Result<std::unique_ptr<Job>> StartJob(const LaunchPlan& plan, int* argc, char***
   o.setup_timeout = plan.setup_timeout;
   o.peer_timeout = plan.peer_timeout;
   o.handshake_timeout = std::min<std::chrono::milliseconds>(std::chrono::milliseconds(10000), plan.peer_timeout);
-  const std::string me = DescribeRank(plan.rank, plan.num_servers);
+  SHARDPS_ASSIGN_OR_RETURN(Cluster cluster, Cluster::Create(plan.size, plan.rank, {.num_servers = plan.num_servers}));
+  const std::string me = cluster.Describe(plan.rank);
   o.on_warning = [program, me](const std::string& m) { std::cerr << program << ": " << me << ": warning: " << m << std::endl; };
   if (!plan.insecure) {
     SHARDPS_ASSIGN_OR_RETURN(o.secret, LoadSecret(plan.secret_file));
   }
   SHARDPS_ASSIGN_OR_RETURN(auto t, CreateTcpTransport(o));
-  return std::unique_ptr<Job>(new TcpJob(std::move(t), plan, program));
+  return std::unique_ptr<Job>(new TcpJob(std::move(t), plan, std::move(cluster), program));
 }
 
 }  // namespace shardps::tools

@@ -97,7 +97,4 @@ class Job {
 // MPI_Init (MPI) or the rendezvous (TCP). `program` prefixes messages.
 Result<std::unique_ptr<Job>> StartJob(const LaunchPlan& plan, int* argc, char*** argv, const std::string& program);
 
-// "rank 3 (worker 1)" from the plan (TCP), before any Cluster exists.
-std::string DescribeRank(int rank, int servers);
-
 }  // namespace shardps::tools

@@ -87,29 +87,21 @@ Status WriteExact(asio::io_context& io, tcp::socket& s, const void* buf, size_t 
 // Connects, retrying while the peer is not listening yet.
 Status Connect(asio::io_context& io, tcp::socket& s, const tcp::endpoint& ep, Deadline deadline, const std::string& what) {
   for (;;) {
-    auto state = std::make_shared<std::pair<bool, boost::system::error_code>>(false, boost::system::error_code{});
-    s.async_connect(ep, [state](const boost::system::error_code& e) {
-      state->second = e;
-      state->first = true;
+    Status st = RunOp(io, s, deadline, what, [&](auto cb) {
+      s.async_connect(ep, [cb](const boost::system::error_code& e) { cb(e, 0); });
     });
-    Status st = RunUntil(io, &state->first, deadline, what);
-    if (!st.ok()) {
-      boost::system::error_code ignored;
-      s.close(ignored);
+    if (st.ok()) {
+      s.set_option(tcp::no_delay(true));
       return st;
     }
-    if (!state->second) {
-      s.set_option(tcp::no_delay(true));
-      return Status::Ok();
-    }
+    if (st.code() == StatusCode::kDeadlineExceeded) return st;
     boost::system::error_code ignored;
     s.close(ignored);
-    if (Clock::now() + std::chrono::milliseconds(50) >= deadline) return Unavailable(what + ": " + state->second.message());
+    if (Clock::now() + std::chrono::milliseconds(50) >= deadline) return st;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
 }
 
-// Dials: authenticates as the initiator and registers this rank's listening address.
 // `*busy` is set when the peer closed the connection before answering at all (it had too many
 // connections pending): worth dialling again. A close after its HELLO means it refused our proof.
 Result<int> Introduce(asio::io_context& io, tcp::socket& s, const TcpOptions& o, const std::string& my_addr,

@@ -215,18 +215,23 @@ def result(name, s, how, secs, expect, note="", deadline=False):
             "note": note, "deadline": deadline}
 
 
-def attack_garbage(port, secret):
+def send_and_wait(port, name, data, what):
+    """Sends `data` (the server may cut the write short), then waits for the server to close."""
     s = connect(port)
-    data = b"\x00" + os.urandom(64 * 1024 - 1)  # cannot start with the HELLO magic
-    note = "all 64 KiB written"
+    note = what + " written"
     try:
         s.sendall(data)
     except (ConnectionResetError, BrokenPipeError) as e:
         note = f"write cut short ({e.__class__.__name__})"
     how, secs = wait_closed(s, 10)
-    r = result("garbage", s, how, secs, BAD_HELLO, note)
+    r = result(name, s, how, secs, BAD_HELLO, note)
     s.close()
     return r
+
+
+def attack_garbage(port, secret):
+    # Cannot start with the HELLO magic.
+    return send_and_wait(port, "garbage", b"\x00" + os.urandom(64 * 1024 - 1), "all 64 KiB")
 
 
 def attack_truncated(port, secret):
@@ -252,16 +257,7 @@ def attack_envelope_held(port, secret):
 
 
 def attack_envelope_flow(port, secret):
-    s = connect(port)
-    note = "envelope + 64 KiB written"
-    try:
-        s.sendall(ENVELOPE + b"\xff" * (64 * 1024))
-    except (ConnectionResetError, BrokenPipeError) as e:
-        note = f"write cut short ({e.__class__.__name__})"
-    how, secs = wait_closed(s, 10)
-    r = result("envelope_flow", s, how, secs, BAD_HELLO, note)
-    s.close()
-    return r
+    return send_and_wait(port, "envelope_flow", ENVELOPE + b"\xff" * (64 * 1024), "envelope + 64 KiB")
 
 
 def attack_wrong_secret(port, secret):

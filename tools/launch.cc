@@ -80,6 +80,11 @@ class MpiJob final : public Job {
     MPI_Allreduce(&value, &out, 1, MPI_INT64_T, MPI_MAX, MPI_COMM_WORLD);
     return out;
   }
+  Result<std::vector<int64_t>> Gather(int64_t value) override {
+    std::vector<int64_t> all(rank_ == 0 ? size_ : 0);
+    MPI_Gather(&value, 1, MPI_INT64_T, all.data(), 1, MPI_INT64_T, 0, MPI_COMM_WORLD);
+    return all;
+  }
   Result<std::unique_ptr<Transport>> TakeTransport() override { return CreateMpiTransport(MPI_COMM_WORLD); }
   void Fail() override { MPI_Abort(MPI_COMM_WORLD, 1); }  // mpirun ends every rank
 
@@ -140,6 +145,12 @@ class TcpJob final : public Job {
   }
   bool AgreeFinal(bool ok) override { return ok; }
   Result<int64_t> Max(int64_t value) override { return Reduce(value, /*max=*/true); }
+  Result<std::vector<int64_t>> Gather(int64_t value) override {
+    std::vector<int64_t> all(plan_.rank == 0 ? plan_.size : 0);
+    if (plan_.rank == 0) all[0] = value;
+    SHARDPS_RETURN_IF_ERROR(Reduce(value, /*max=*/true, plan_.rank == 0 ? &all : nullptr).status());
+    return all;
+  }
   Result<std::unique_ptr<Transport>> TakeTransport() override {
     if (!t_) return FailedPrecondition("transport already taken");
     if (stash_.empty()) return std::move(t_);
@@ -150,8 +161,8 @@ class TcpJob final : public Job {
  private:
   // An agreement this process cannot complete ends the job for everyone: the others learn why
   // (an abort carrying the reason) instead of only seeing this process vanish.
-  Result<int64_t> Reduce(int64_t value, bool max) {
-    Result<int64_t> r = ReduceOnce(value, max);
+  Result<int64_t> Reduce(int64_t value, bool max, std::vector<int64_t>* all = nullptr) {
+    Result<int64_t> r = ReduceOnce(value, max, all);
     if (!r.ok() && t_) {
       t_->Abort(cluster_.Describe(plan_.rank) + ": " + r.status().ToString());
       const Clock::time_point flush_by = Clock::now() + std::chrono::seconds(1);
@@ -164,7 +175,8 @@ class TcpJob final : public Job {
     return r;
   }
 
-  Result<int64_t> ReduceOnce(int64_t value, bool max) {
+  // `all` (rank 0 only): every rank's value, by rank.
+  Result<int64_t> ReduceOnce(int64_t value, bool max, std::vector<int64_t>* all) {
     if (!t_) return FailedPrecondition("the transport belongs to the node now");
     const uint64_t seq = ++seq_;
     const Clock::time_point deadline = Clock::now() + plan_.setup_timeout;
@@ -217,6 +229,7 @@ class TcpJob final : public Job {
         }
         heard[in.source] = true;
         const int64_t v = static_cast<int64_t>(f->header.step());
+        if (all) (*all)[in.source] = v;
         acc = plan_.rank == 0 ? (max ? std::max(acc, v) : std::min(acc, v)) : v;
         --waiting;
       }

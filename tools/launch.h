@@ -17,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "shardps/core/status.h"
 #include "shardps/core/transport.h"
@@ -85,6 +86,9 @@ class Job {
   virtual bool Agree(bool ok) = 0;
   // The largest `value` over all processes (only before TakeTransport()).
   virtual Result<int64_t> Max(int64_t value) = 0;
+  // Every process's `value`, indexed by rank, on rank 0 (empty elsewhere); only before
+  // TakeTransport(). The job agreement compares the ranks' configurations with it.
+  virtual Result<std::vector<int64_t>> Gather(int64_t value) = 0;
   virtual Result<std::unique_ptr<Transport>> TakeTransport() = 0;
   // After TakeTransport: this process failed. MPI ends the whole job (MPI_Abort); over TCP the
   // process exits and its peers see it lost.

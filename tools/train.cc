@@ -1,4 +1,5 @@
 // shardps train: data-parallel training through the parameter servers (or alone, --servers 0).
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <boost/program_options.hpp>
@@ -9,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <new>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -18,6 +20,7 @@
 #include "progress.h"
 #include "shardps/core/checkpoint.h"
 #include "shardps/core/config.h"
+#include "shardps/core/digest.h"
 #include "shardps/core/json.h"
 #include "shardps/core/safetensors.h"
 #include "shardps/node.h"
@@ -80,7 +83,10 @@ worker::RunOptions ToRunOptions(const config::TrainConfig& c, int worker, int wo
   r.eval_every_epochs = c.eval_every_epochs();
   r.worker = worker;
   r.workers = workers;
-  r.timeout = std::chrono::milliseconds(c.timeout_ms());
+  // A worker waits longer than a server holds its request (timeout_ms, RunDistributed): when a
+  // worker stalls, the server's answer to the live workers, naming the workers whose pushes are
+  // missing, arrives before their own wait gives up and could only blame the server.
+  r.timeout = std::chrono::milliseconds(c.timeout_ms() + std::max<int64_t>(2000, c.timeout_ms() / 4));
   return r;
 }
 
@@ -90,6 +96,74 @@ Result<std::unique_ptr<worker::Model>> MakeModel(const config::TrainConfig& c, c
   ms.num_classes = c.data().num_classes();
   for (int64_t h : c.hidden()) ms.hidden.push_back(h);
   return worker::Model::Create(ms);
+}
+
+// How much memory a process of this job may use: the host's physical memory, or less if
+// RLIMIT_AS / RLIMIT_DATA say so. Read once, at the program's edge.
+uint64_t MemoryLimitBytes() {
+  uint64_t limit = UINT64_MAX;
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  if (pages > 0 && page > 0) limit = static_cast<uint64_t>(pages) * static_cast<uint64_t>(page);
+  for (int res : {RLIMIT_AS, RLIMIT_DATA}) {
+    rlimit rl{};
+    if (getrlimit(res, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) limit = std::min<uint64_t>(limit, rl.rlim_cur);
+  }
+  return limit;
+}
+
+std::string Gigabytes(double bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.2f GB", bytes / 1e9);
+  return buf;
+}
+
+// What a process needs at least for the model (a lower bound: data sets, buffers of the transport
+// and the libraries come on top), checked against MemoryLimitBytes() before anything is
+// allocated: a model that cannot fit is refused at start with its size, not killed by a failed
+// allocation after hours of training.
+Status CheckModelFits(const worker::ModelSpec& ms, const config::TrainConfig& c, bool trains, bool holds_tables,
+                      int servers, int64_t test_rows, uint64_t limit) {
+  std::vector<int64_t> d{ms.input_dim};
+  d.insert(d.end(), ms.hidden.begin(), ms.hidden.end());
+  d.push_back(ms.num_classes);
+  double params = 0, widest = 0, widths = 0;
+  for (size_t l = 0; l + 1 < d.size(); ++l) {
+    params += static_cast<double>(d[l]) * static_cast<double>(d[l + 1]) + static_cast<double>(d[l + 1]);
+    widest = std::max(widest, static_cast<double>(d[l + 1]));
+    widths += static_cast<double>(d[l + 1]);
+  }
+  const auto opt = ToOptimizerConfig(c.optimizer());  // validated
+  const double slots = opt.ok() ? OptimizerSlots(opt->kind) : 2;
+  const double copy = params * sizeof(float);
+  double need = 0;
+  std::string what;
+  if (trains) {
+    // Weights, next weights and gradients (local_sgd: its optimizer's slots too), evaluation in
+    // blocks of up to 1024 rows (activation and pre-activation of the widest layer), and a batch's
+    // activations and their gradients.
+    const double copies = 3 + (c.mode() == "local_sgd" ? slots : 0);
+    const double eval_rows = static_cast<double>(std::min<int64_t>(1024, std::max<int64_t>(1, test_rows)));
+    need += copies * copy + 2 * eval_rows * widest * sizeof(float) + 2 * static_cast<double>(c.batch_size()) * widths * sizeof(float);
+    what = std::to_string(static_cast<int>(copies)) + " copies of the model to train";
+  }
+  if (holds_tables) {
+    // The weights and optimizer slots of its share of the tables, and (a server) as much again
+    // for the sums of the workers' gradients.
+    const double share = servers > 0 ? copy / servers : copy;
+    need += share * ((servers > 0 ? 2 : 1) + slots);
+    what += std::string(what.empty() ? "" : " and ") + (servers > 0 ? "a 1/" + std::to_string(servers) + " share" : "a copy") +
+            " of the tables with " + std::to_string(static_cast<int>(slots)) + " optimizer slots";
+  }
+  if (need <= static_cast<double>(limit)) return Status::Ok();
+  char params_text[32];
+  std::snprintf(params_text, sizeof(params_text), "%.0f", params);
+  return ResourceExhausted("the model (hidden " + [&] {
+    std::string h;
+    for (int64_t w : ms.hidden) h += (h.empty() ? "" : ",") + std::to_string(w);
+    return h.empty() ? std::string("none") : h;
+  }() + ") has " + params_text + " parameters, " + Gigabytes(copy) + " per copy; this process would need at least " +
+                           Gigabytes(need) + " (" + what + "), more than the " + Gigabytes(static_cast<double>(limit)) +
+                           " it may use (physical memory or its RLIMIT_AS/RLIMIT_DATA): choose smaller hidden layers");
 }
 
 // Writes the final model as one safetensors file: l<k>.w as [in, out], l<k>.b as [out], float32.
@@ -352,9 +426,93 @@ int RunSingleProcess(const config::TrainConfig& c, const TrainFlags& f) {
   if (!test.ok()) return fail(test.status());
   auto model = MakeModel(c, *train);
   if (!model.ok()) return fail(model.status());
-  worker::LocalParams params(worker::TrainingTables(**model, ToRunOptions(c, 0, 1)));
-  Status s = TrainAndReport(c, f, *out, *train, *test, params, 0, 1, 0);
-  return s.ok() ? 0 : fail(s);
+  Status fits = CheckModelFits((*model)->spec(), c, /*trains=*/true, /*holds_tables=*/true, 0, test->num_samples, MemoryLimitBytes());
+  if (!fits.ok()) return fail(fits);
+  try {
+    worker::LocalParams params(worker::TrainingTables(**model, ToRunOptions(c, 0, 1)));
+    Status s = TrainAndReport(c, f, *out, *train, *test, params, 0, 1, 0);
+    return s.ok() ? 0 : fail(s);
+  } catch (const std::bad_alloc&) {
+    return fail(ResourceExhausted("out of memory while allocating the tables or buffers of a model of " +
+                                  std::to_string(c.hidden_size()) + " hidden layers (" + Gigabytes(static_cast<double>(MemoryLimitBytes())) +
+                                  " may be used): choose smaller hidden layers"));
+  }
+}
+
+// 48 bits of the SHA-256 of `text` (the job agreement compares them; printed in hex).
+int64_t Digest48(const std::string& text) {
+  Sha256 h;
+  h.Update(text.data(), text.size());
+  return static_cast<int64_t>(std::stoull(h.HexDigest().substr(0, 12), nullptr, 16));
+}
+
+// The job agreement on the run's data and batch configuration: every rank's values are gathered
+// on rank 0, which refuses a mismatch naming the ranks and their values. Without it a worker
+// started with another batch size or training set would train other steps than its peers and
+// the job would hang until a request timeout blamed a server. Every process calls it once, after
+// loading its data. Returns rank 0's verdict (OK elsewhere).
+Status CompareRanks(Job& job, const Cluster& cluster, const config::TrainConfig& c, const worker::Dataset& train,
+                    const worker::Dataset& test) {
+  constexpr int64_t kNone = INT64_MIN;  // a value this rank does not have (servers load no data)
+  const bool w = cluster.is_worker();
+  config::TrainConfig shared = c;
+  shared.clear_metrics_csv();  // each process may write its metrics elsewhere
+  struct Fact {
+    std::string name;
+    int64_t value;
+    bool hex;
+  };
+  const std::vector<Fact> facts = {
+      {"processes in the job", job.size(), false},
+      {"servers", cluster.num_servers(), false},
+      {"workers", cluster.num_workers(), false},
+      {"batch_size", c.batch_size(), false},
+      {"epochs", c.epochs(), false},
+      {"seed", static_cast<int64_t>(c.seed() & 0x7fffffffffffffffULL), false},
+      {"mode", Digest48(c.mode()), true},
+      {"local_steps", c.local_steps(), false},
+      {"data.train_limit", c.data().train_limit(), false},
+      {"data.test_limit", c.data().test_limit(), false},
+      {"training samples loaded", w ? train.num_samples : kNone, false},
+      {"test samples loaded", w ? test.num_samples : kNone, false},
+      {"input features", w ? train.num_features : kNone, false},
+      {"model (model, hidden, num_classes)", Digest48(c.model() + "|" + [&] {
+         std::string h;
+         for (int64_t x : c.hidden()) h += std::to_string(x) + ",";
+         return h + "|" + std::to_string(c.data().num_classes());
+       }()), true},
+      {"optimizer", Digest48(c.optimizer().SerializeAsString()), true},
+      {"whole config (but metrics_csv)", Digest48(ConfigToText(shared)), true},
+  };
+  std::string disagreements;
+  for (const Fact& f : facts) {
+    SHARDPS_ASSIGN_OR_RETURN(std::vector<int64_t> all, job.Gather(f.value));
+    if (all.empty()) continue;  // not rank 0
+    std::vector<std::pair<int64_t, std::string>> groups;  // value -> ranks, in order of first appearance
+    for (int r = 0; r < static_cast<int>(all.size()); ++r) {
+      if (all[r] == kNone) continue;
+      auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == all[r]; });
+      if (it == groups.end()) {
+        groups.push_back({all[r], ""});
+        it = groups.end() - 1;
+      }
+      it->second += (it->second.empty() ? "" : ", ") + cluster.Describe(r);
+    }
+    if (groups.size() < 2) continue;
+    std::string m = f.name + ":";
+    for (const auto& [value, ranks] : groups) {
+      char v[32];
+      if (f.hex) std::snprintf(v, sizeof(v), "digest %012llx", static_cast<unsigned long long>(value));
+      else std::snprintf(v, sizeof(v), "%lld", static_cast<long long>(value));
+      m += std::string(" ") + v + " on " + ranks + ";";
+    }
+    m.pop_back();
+    disagreements += (disagreements.empty() ? "" : " | ") + m;
+    // The first few are enough: a digest differs whenever a named value does.
+  }
+  if (disagreements.empty()) return Status::Ok();
+  return FailedPrecondition("the processes of this job were started with different configurations (every process needs "
+                            "the same config, flags and data): " + disagreements);
 }
 
 // What a failed process says besides the error: where training stood and what to resume from.
@@ -410,6 +568,8 @@ int RunDistributed(const config::TrainConfig& c, const TrainFlags& f, const Laun
   // Servers need the model's table shapes; the lead worker knows the input width from its data.
   int64_t input_dim = s.ok() && cluster->is_worker() ? train.num_features : 0;
   if (!agree(s)) return 1;
+  // Every rank's data and batch configuration must be the same before any of them trains.
+  if (!agree(CompareRanks(job, *cluster, c, train, test))) return 1;
   auto dim = job.Max(input_dim);
   if (!dim.ok()) {
     report(dim.status());
@@ -426,6 +586,10 @@ int RunDistributed(const config::TrainConfig& c, const TrainFlags& f, const Laun
                                                                 {.chunk_floats = c.chunk_floats()})
                                           : Result<TableLayout>(model.status());
   if (!layout.ok()) s = layout.status();
+  if (s.ok()) {
+    s = CheckModelFits(ms, c, cluster->is_worker(), cluster->is_server(), cluster->num_servers(),
+                       cluster->is_worker() ? test.num_samples : 0, MemoryLimitBytes());
+  }
   if (!agree(s)) return 1;
   // Resume: every rank resolves the same version of the shared checkpoint directory.
   std::unique_ptr<CheckpointReader> reader;
@@ -450,8 +614,10 @@ int RunDistributed(const config::TrainConfig& c, const TrainFlags& f, const Laun
     }
   }
   NodeOptions no;
-  no.client.request_timeout = run.timeout;
-  no.server.max_hold = run.timeout;
+  // The servers give up on a held request first (and say which workers it waits for); the
+  // workers' own waits (run.timeout) are longer by a margin.
+  no.client.request_timeout = std::chrono::milliseconds(c.timeout_ms());
+  no.server.max_hold = std::chrono::milliseconds(c.timeout_ms());
   no.server.checkpoint_dir = c.checkpoint_dir();
   no.server.checkpoint_fault = CrashHook(f.crash_at, c.checkpoint_dir());
   no.startup_timeout = run.timeout;
@@ -474,14 +640,28 @@ int RunDistributed(const config::TrainConfig& c, const TrainFlags& f, const Laun
     return 1;
   }
   int64_t steps_done = static_cast<int64_t>(start_step);
-  auto node = Node::Start(std::move(*transport), *cluster, *layout, no);
+  // A failed allocation (tables, buffers) is this process's failure, told to the job like any other.
+  auto out_of_memory = [&](const std::string& doing) {
+    return ResourceExhausted("out of memory " + doing + " (" + Gigabytes(static_cast<double>(MemoryLimitBytes())) +
+                             " may be used by this process): choose smaller hidden layers");
+  };
+  Result<std::unique_ptr<Node>> node = Cancelled("not started");
+  try {
+    node = Node::Start(std::move(*transport), *cluster, *layout, no);
+  } catch (const std::bad_alloc&) {
+    node = out_of_memory("allocating this process's tables");
+  }
   if (!node.ok()) {
     s = node.status();
   } else {
     if (auto* client = (*node)->client()) {
-      worker::ClientParams params(*client);
-      s = TrainAndReport(c, f, *out, train, test, params, worker_index, cluster->num_workers(), cluster->num_servers(),
-                         start_step, client, &steps_done);
+      try {
+        worker::ClientParams params(*client);
+        s = TrainAndReport(c, f, *out, train, test, params, worker_index, cluster->num_workers(), cluster->num_servers(),
+                           start_step, client, &steps_done);
+      } catch (const std::bad_alloc&) {
+        s = out_of_memory("while training");
+      }
     }
     if (s.ok()) {
       s = (*node)->Finish();

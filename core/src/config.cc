@@ -4,6 +4,8 @@
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
 
+#include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <sstream>
 
@@ -123,10 +125,75 @@ Status ApplyConfigOverride(config::TrainConfig* c, const std::string& assignment
   return Status::Ok();
 }
 
+namespace {
+
+// Seven significant digits: what a float holds, so 0.1f prints as 0.1.
+std::string FloatText(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.7g", v);
+  return buf;
+}
+
+// Every float or double field of `m` (set or default, nested messages included) must be finite:
+// a NaN or infinity in a training config can only turn the weights into NaN. Names the first
+// offending key with its dotted path.
+Status CheckFinite(const pb::Message& m, const std::string& prefix) {
+  const pb::Descriptor* d = m.GetDescriptor();
+  const pb::Reflection* r = m.GetReflection();
+  for (int i = 0; i < d->field_count(); ++i) {
+    const pb::FieldDescriptor* f = d->field(i);
+    const std::string key = prefix + f->name();
+    const bool is_float = f->cpp_type() == pb::FieldDescriptor::CPPTYPE_FLOAT;
+    const bool is_double = f->cpp_type() == pb::FieldDescriptor::CPPTYPE_DOUBLE;
+    if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
+      if (f->is_repeated()) {
+        for (int k = 0; k < r->FieldSize(m, f); ++k) {
+          SHARDPS_RETURN_IF_ERROR(CheckFinite(r->GetRepeatedMessage(m, f, k), key + "[" + std::to_string(k) + "]."));
+        }
+      } else {
+        SHARDPS_RETURN_IF_ERROR(CheckFinite(r->GetMessage(m, f), key + "."));
+      }
+      continue;
+    }
+    if (!is_float && !is_double) continue;
+    auto value = [&](int k) -> double {
+      if (f->is_repeated()) return is_float ? r->GetRepeatedFloat(m, f, k) : r->GetRepeatedDouble(m, f, k);
+      return is_float ? r->GetFloat(m, f) : r->GetDouble(m, f);
+    };
+    const int n = f->is_repeated() ? r->FieldSize(m, f) : 1;
+    for (int k = 0; k < n; ++k) {
+      const double v = value(k);
+      if (!std::isfinite(v)) {
+        return InvalidArgument("config " + key + ": " + FloatText(v) + " is not a finite number");
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
 Result<OptimizerConfig> ToOptimizerConfig(const config::OptimizerConfig& c) {
   OptimizerConfig o;
-  SHARDPS_ASSIGN_OR_RETURN(o.kind, ParseOptimizerKind(c.kind()));
-  if (o.kind == OptimizerKind::kSum) return InvalidArgument("optimizer.kind 'sum' is not a training optimizer");
+  auto kind = ParseOptimizerKind(c.kind());
+  if (!kind.ok()) return InvalidArgument("config optimizer.kind: " + kind.status().message());
+  o.kind = *kind;
+  if (o.kind == OptimizerKind::kSum) return InvalidArgument("config optimizer.kind: 'sum' is not a training optimizer");
+  // Values that make every update meaningless (NaN weights, no progress, division by zero) are
+  // refused here, before any training, whoever builds the optimizer from a config.
+  auto bad = [](const std::string& key, double v, const std::string& why) {
+    return InvalidArgument("config optimizer." + key + " = " + FloatText(v) + ": " + why);
+  };
+  SHARDPS_RETURN_IF_ERROR(CheckFinite(c, "optimizer."));
+  if (!(c.learning_rate() > 0)) return bad("learning_rate", c.learning_rate(), "must be a positive finite number");
+  if (!(c.weight_decay() >= 0)) return bad("weight_decay", c.weight_decay(), "must be zero or positive");
+  // Checked whatever the kind (the defaults are valid): a config that sets them means them.
+  if (!(c.momentum() >= 0 && c.momentum() < 1)) {
+    return bad("momentum", c.momentum(), "must be in [0, 1) (1 or more lets the velocity grow without bound)");
+  }
+  if (!(c.beta1() >= 0 && c.beta1() < 1)) return bad("beta1", c.beta1(), "must be in [0, 1)");
+  if (!(c.beta2() >= 0 && c.beta2() < 1)) return bad("beta2", c.beta2(), "must be in [0, 1) (1 divides by a zero bias correction)");
+  if (!(c.epsilon() > 0)) return bad("epsilon", c.epsilon(), "must be positive (adam divides by sqrt(v) + epsilon)");
   o.learning_rate = c.learning_rate();
   o.momentum = c.momentum();
   o.beta1 = c.beta1();
@@ -148,7 +215,7 @@ Status ValidateTrainConfig(const config::TrainConfig& c) {
   if (c.batch_size() < 1) return bad("batch_size", "must be at least 1, got " + std::to_string(c.batch_size()));
   if (c.servers() < 0) return bad("servers", "must not be negative");
   if (c.chunk_floats() < 1) return bad("chunk_floats", "must be at least 1");
-  if (c.timeout_ms() < 1) return bad("timeout_ms", "must be at least 1");
+  if (c.timeout_ms() < 1 || c.timeout_ms() > 1000000000) return bad("timeout_ms", std::to_string(c.timeout_ms()) + " is outside 1..1000000000");
   if (c.log_every_steps() < 1) return bad("log_every_steps", "must be at least 1");
   if (c.eval_every_epochs() < 1) return bad("eval_every_epochs", "must be at least 1");
   const auto& d = c.data();
@@ -171,9 +238,8 @@ Status ValidateTrainConfig(const config::TrainConfig& c) {
   if (!c.checkpoint_dir().empty() && c.servers() == 0 && !c.colocated()) {
     return bad("checkpoint_dir", "checkpoints are written by parameter servers; --servers 0 has none");
   }
-  auto opt = ToOptimizerConfig(c.optimizer());
-  if (!opt.ok()) return bad("optimizer.kind", opt.status().message());
-  if (!(c.optimizer().learning_rate() > 0)) return bad("optimizer.learning_rate", "must be positive");
+  SHARDPS_RETURN_IF_ERROR(CheckFinite(c, ""));
+  SHARDPS_RETURN_IF_ERROR(ToOptimizerConfig(c.optimizer()).status());
   return Status::Ok();
 }
 

@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <optional>
 
 #include "shardps/core/digest.h"
 #include "shardps/core/optimizer.h"
@@ -78,6 +80,27 @@ Status WaitAll(std::vector<Handle>& hs, std::chrono::milliseconds timeout) {
     if (!s.ok() && first.ok()) first = s;
   }
   return first;
+}
+
+// A weight that is NaN or infinite: the table and index of the first one, to name it.
+std::optional<std::pair<size_t, size_t>> FirstNonFinite(const std::vector<std::vector<float>>& w) {
+  for (size_t t = 0; t < w.size(); ++t) {
+    const float* p = w[t].data();
+    const size_t n = w[t].size();
+    // Summing is cheaper than testing each value and is non-finite whenever one value is.
+    float sum = 0.0f;
+    for (size_t i = 0; i < n; ++i) sum += p[i] * 0.0f;
+    if (std::isfinite(sum)) continue;
+    for (size_t i = 0; i < n; ++i) if (!std::isfinite(p[i])) return std::make_pair(t, i);
+  }
+  return std::nullopt;
+}
+
+std::string DivergedHint(const RunOptions& run) {
+  char lr[32];
+  std::snprintf(lr, sizeof(lr), "%.6g", run.optimizer.learning_rate);
+  return std::string("; training diverged (optimizer ") + std::string(OptimizerKindName(run.optimizer.kind)) +
+         ", learning rate " + lr + "): lower optimizer.learning_rate or resume from an earlier checkpoint";
 }
 
 }  // namespace
@@ -268,6 +291,13 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
           SHARDPS_RETURN_IF_ERROR(average().WithContext("averaging after step " + std::to_string(step)));
         }
       }
+      // A non-finite loss means the weights are (or are about to be) garbage: stop the job here,
+      // naming the step, rather than train on and report success. One test of a double per step.
+      if (!std::isfinite(loss)) {
+        return FailedPrecondition("step " + std::to_string(step) + " (epoch " + std::to_string(epoch) +
+                                  "): the loss of worker " + std::to_string(run.worker) + "'s batch is " +
+                                  std::to_string(loss) + DivergedHint(run));
+      }
       ++step;
       train_seconds += Seconds(std::chrono::steady_clock::now() - t0).count();
       epoch_loss += loss;
@@ -292,6 +322,14 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
                        static_cast<uint64_t>(step % steps_per_epoch)};
         SHARDPS_RETURN_IF_ERROR(hooks.on_step_end(c, false));
       }
+      if (step % run.log_every_steps == 0) {
+        // The weights themselves, at each logging interval (one pass over them, off the step path).
+        if (auto bad = FirstNonFinite(w)) {
+          return FailedPrecondition("after step " + std::to_string(step - 1) + " (epoch " + std::to_string(epoch) + "): weight " +
+                                    std::to_string(bad->second) + " of table '" + tables[bad->first].name + "' is " +
+                                    std::to_string(w[bad->first][bad->second]) + DivergedHint(run));
+        }
+      }
       if (hooks.on_metrics && step % run.log_every_steps == 0) {
         MetricsRow row;
         row.epoch = epoch;
@@ -308,6 +346,11 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
     const bool last = epoch + 1 == run.epochs;
     if (local_sgd && last && samples_since_average > 0) {
       SHARDPS_RETURN_IF_ERROR(average().WithContext("final model average"));
+    }
+    if (auto bad = FirstNonFinite(w)) {
+      return FailedPrecondition("at the end of epoch " + std::to_string(epoch) + " (step " + std::to_string(step) + "): weight " +
+                                std::to_string(bad->second) + " of table '" + tables[bad->first].name + "' is " +
+                                std::to_string(w[bad->first][bad->second]) + DivergedHint(run));
     }
     if (last || (epoch + 1) % run.eval_every_epochs == 0) {
       SHARDPS_RETURN_IF_ERROR(evaluate(epoch, epoch_loss, epoch_rows).WithContext("evaluating epoch " + std::to_string(epoch)));

@@ -1,0 +1,113 @@
+// Config values that make training meaningless are refused before training, naming the key and
+// the value: non-finite numbers anywhere, a non-positive learning rate, epsilon <= 0, betas and
+// momentum outside [0, 1), a negative weight decay. Reached from a config file's text and from
+// overrides (what `shardps train --lr inf` and `--set` turn into).
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "shardps/core/config.h"
+
+namespace shardps {
+namespace {
+
+constexpr const char* kBase = R"(
+model: "softmax"
+data { format: "idx" train: "a" train_labels: "b" test: "c" test_labels: "d" }
+)";
+
+config::TrainConfig Base() {
+  auto c = ParseTrainConfig(kBase, "base");
+  EXPECT_TRUE(c.ok()) << c.status().ToString();
+  return *c;
+}
+
+// The status of validating the base config with `overrides` applied (an override that does not
+// parse fails the test).
+Status WithOverrides(std::initializer_list<std::string> overrides) {
+  config::TrainConfig c = Base();
+  for (const auto& o : overrides) {
+    Status s = ApplyConfigOverride(&c, o);
+    EXPECT_TRUE(s.ok()) << o << ": " << s.ToString();
+    if (!s.ok()) return s;
+  }
+  return ValidateTrainConfig(c);
+}
+
+void ExpectRefused(std::initializer_list<std::string> overrides, const std::string& key, const std::string& value) {
+  Status s = WithOverrides(overrides);
+  ASSERT_FALSE(s.ok()) << *overrides.begin() << " was accepted";
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.ToString();
+  EXPECT_NE(s.message().find(key), std::string::npos) << "the error does not name " << key << ": " << s.ToString();
+  EXPECT_NE(s.message().find(value), std::string::npos) << "the error does not name the value " << value << ": " << s.ToString();
+}
+
+TEST(ConfigValidation, BaseAndSensibleValuesAreAccepted) {
+  EXPECT_TRUE(WithOverrides({}).ok());
+  EXPECT_TRUE(WithOverrides({"optimizer.kind=adam", "optimizer.epsilon=1e-7", "optimizer.beta1=0", "optimizer.beta2=0.99"}).ok());
+  EXPECT_TRUE(WithOverrides({"optimizer.kind=momentum", "optimizer.momentum=0", "optimizer.weight_decay=0.01"}).ok());
+  // Large but finite: accepted here (it may diverge; the trainer stops it then).
+  EXPECT_TRUE(WithOverrides({"optimizer.learning_rate=1e30"}).ok());
+}
+
+TEST(ConfigValidation, NonFiniteLearningRateIsRefused) {
+  ExpectRefused({"optimizer.learning_rate=inf"}, "optimizer.learning_rate", "inf");
+  ExpectRefused({"optimizer.learning_rate=-inf"}, "optimizer.learning_rate", "-inf");
+  ExpectRefused({"optimizer.learning_rate=nan"}, "optimizer.learning_rate", "nan");
+}
+
+TEST(ConfigValidation, NonPositiveLearningRateIsRefused) {
+  ExpectRefused({"optimizer.learning_rate=0"}, "optimizer.learning_rate", "0");
+  ExpectRefused({"optimizer.learning_rate=-0.1"}, "optimizer.learning_rate", "-0.1");
+}
+
+TEST(ConfigValidation, EpsilonMustBePositive) {
+  ExpectRefused({"optimizer.kind=adam", "optimizer.epsilon=0"}, "optimizer.epsilon", "0");
+  ExpectRefused({"optimizer.kind=adam", "optimizer.epsilon=-1e-8"}, "optimizer.epsilon", "-1e-08");
+  ExpectRefused({"optimizer.kind=adam", "optimizer.epsilon=nan"}, "optimizer.epsilon", "nan");
+  ExpectRefused({"optimizer.epsilon=0"}, "optimizer.epsilon", "0");  // whatever the kind
+}
+
+TEST(ConfigValidation, WeightDecayMustBeFiniteAndNotNegative) {
+  ExpectRefused({"optimizer.weight_decay=nan"}, "optimizer.weight_decay", "nan");
+  ExpectRefused({"optimizer.weight_decay=inf"}, "optimizer.weight_decay", "inf");
+  ExpectRefused({"optimizer.weight_decay=-0.5"}, "optimizer.weight_decay", "-0.5");
+}
+
+TEST(ConfigValidation, BetasAndMomentumMustBeInUnitInterval) {
+  ExpectRefused({"optimizer.kind=adam", "optimizer.beta1=1"}, "optimizer.beta1", "1");
+  ExpectRefused({"optimizer.kind=adam", "optimizer.beta2=1"}, "optimizer.beta2", "1");
+  ExpectRefused({"optimizer.kind=adam", "optimizer.beta2=-0.5"}, "optimizer.beta2", "-0.5");
+  ExpectRefused({"optimizer.kind=adam", "optimizer.beta1=nan"}, "optimizer.beta1", "nan");
+  ExpectRefused({"optimizer.kind=momentum", "optimizer.momentum=1.5"}, "optimizer.momentum", "1.5");
+  ExpectRefused({"optimizer.kind=momentum", "optimizer.momentum=-0.1"}, "optimizer.momentum", "-0.1");
+}
+
+TEST(ConfigValidation, NanInAConfigFileIsRefusedWithItsKey) {
+  auto c = ParseTrainConfig(std::string(kBase) + "optimizer { kind: \"adam\" beta2: nan }", "run.prototxt");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  Status s = ValidateTrainConfig(*c);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("optimizer.beta2"), std::string::npos) << s.ToString();
+  EXPECT_NE(s.message().find("nan"), std::string::npos) << s.ToString();
+}
+
+TEST(ConfigValidation, ToOptimizerConfigRefusesTheSameValues) {
+  config::OptimizerConfig o;
+  o.set_learning_rate(std::numeric_limits<float>::infinity());
+  EXPECT_FALSE(ToOptimizerConfig(o).ok());
+  o.set_learning_rate(0.1f);
+  EXPECT_TRUE(ToOptimizerConfig(o).ok());
+  o.set_kind("adam");
+  o.set_epsilon(0);
+  auto r = ToOptimizerConfig(o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("optimizer.epsilon"), std::string::npos) << r.status().ToString();
+}
+
+TEST(ConfigValidation, UnknownOptimizerNamesTheKey) {
+  ExpectRefused({"optimizer.kind=rmsprop"}, "optimizer.kind", "rmsprop");
+}
+
+}  // namespace
+}  // namespace shardps

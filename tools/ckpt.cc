@@ -1,14 +1,18 @@
 // shardps ckpt: inspect the checkpoints of a directory.
 //   shardps ckpt list DIR [--json]
 //   shardps ckpt verify DIR [VERSION]
+//   shardps ckpt tag|untag|rollback|gc ...   (take DIR's registry lock; wait for a job's commit)
 //   shardps ckpt export DIR[@VERSION|@TAG] --out FILE.safetensors ...   (ckpt_export.cc)
+#include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <sstream>
 #include <string>
 
 #include "commands.h"
 #include "shardps/core/checkpoint.h"
+#include "shardps/core/file_system.h"
 #include "shardps/core/json.h"
 
 namespace shardps::tools {
@@ -17,10 +21,12 @@ namespace {
 int Usage() {
   std::cerr << "usage: shardps ckpt list DIR [--json]\n"
                "       shardps ckpt verify DIR [VERSION]   (exit 1 on any problem)\n"
-               "       shardps ckpt tag DIR VERSION TAG\n"
-               "       shardps ckpt untag DIR TAG\n"
-               "       shardps ckpt rollback DIR VERSION|TAG   (what a plain --resume DIR picks next)\n"
-               "       shardps ckpt gc DIR [--keep-last K] [--max-bytes B]\n"
+               "       shardps ckpt tag DIR VERSION TAG [--wait SECONDS]\n"
+               "       shardps ckpt untag DIR TAG [--wait SECONDS]\n"
+               "       shardps ckpt rollback DIR VERSION|TAG [--wait SECONDS]   (what a plain --resume DIR picks next)\n"
+               "       shardps ckpt gc DIR [--keep-last K] [--max-bytes B] [--wait SECONDS]\n"
+               "  tag, untag, rollback and gc take DIR's registry lock, waiting up to --wait seconds (default 60)\n"
+               "  for a running job to finish committing a checkpoint; they never stop the job.\n"
                "       shardps ckpt export DIR[@VERSION|@TAG] --out FILE.safetensors [--dtype f32|f16|int8] [--prune-below X]\n";
   return 2;
 }
@@ -89,6 +95,16 @@ int Verify(const std::string& dir, const std::string& version) {
   return bad == 0 ? 0 : 1;
 }
 
+// The registry lock for one operator command; says when a live job is writing to DIR.
+Result<CheckpointDirLock> LockRegistry(const char* cmd, const std::string& dir, uint64_t wait_seconds) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec)) return NotFound("checkpoint directory '" + dir + "' does not exist");
+  const std::string writer = CheckpointDirLock::Holder(dir, CheckpointDirLock::Kind::kWriter);
+  if (!writer.empty()) std::cerr << "shardps ckpt " << cmd << ": a job is writing to " << dir << " (" << writer << ")\n";
+  return CheckpointDirLock::Acquire(dir, CheckpointDirLock::Kind::kRegistry, std::string("shardps ckpt ") + cmd,
+                                    std::chrono::seconds(wait_seconds));
+}
+
 }  // namespace
 
 int CkptExportMain(int argc, char** argv);  // ckpt_export.cc
@@ -104,24 +120,42 @@ int CkptMain(int argc, char** argv) {
     if (argc > 4) return Usage();
     return Verify(dir, argc == 4 ? argv[3] : "");
   }
+  PosixFileSystem fs;
+  // --wait SECONDS, accepted at the end of the registry commands.
+  uint64_t wait_seconds = 60;
+  if ((cmd == "tag" || cmd == "untag" || cmd == "rollback" || cmd == "gc") && argc >= 5 &&
+      std::string(argv[argc - 2]) == "--wait") {
+    if (!ParseU64(argv[argc - 1], &wait_seconds)) return Usage();
+    argc -= 2;
+  }
+  if (cmd == "tag" || cmd == "untag" || cmd == "rollback" || cmd == "gc") {
+    if ((cmd == "tag" && argc != 5) || ((cmd == "untag" || cmd == "rollback") && argc != 4)) return Usage();
+  }
   if (cmd == "tag") {
     uint64_t v = 0;
-    if (argc != 5 || !ParseU64(argv[3], &v)) return Usage();
-    Status s = TagCheckpoint(dir, v, argv[4]);
+    if (!ParseU64(argv[3], &v)) return Usage();
+    auto lock = LockRegistry("tag", dir, wait_seconds);
+    if (!lock.ok()) return Fail("tag", lock.status());
+    Status s = TagCheckpoint(fs, dir, v, argv[4]);
     if (!s.ok()) return Fail("tag", s);
     std::cout << "tagged version " << v << " '" << argv[4] << "'\n";
     return 0;
   }
   if (cmd == "untag") {
-    if (argc != 4) return Usage();
-    Status s = UntagCheckpoint(dir, argv[3]);
+    auto lock = LockRegistry("untag", dir, wait_seconds);
+    if (!lock.ok()) return Fail("untag", lock.status());
+    Status s = UntagCheckpoint(fs, dir, argv[3]);
     return s.ok() ? 0 : Fail("untag", s);
   }
   if (cmd == "rollback") {
-    if (argc != 4) return Usage();
-    auto v = RollbackCheckpoint(dir, argv[3]);
+    auto lock = LockRegistry("rollback", dir, wait_seconds);
+    if (!lock.ok()) return Fail("rollback", lock.status());
+    auto v = RollbackCheckpoint(fs, dir, argv[3]);
     if (!v.ok()) return Fail("rollback", v.status());
-    std::cout << "a plain --resume " << dir << " now picks version " << *v << "\n";
+    std::cout << "a plain --resume " << dir << " (or --resume auto) now picks version " << *v << "\n";
+    if (!CheckpointDirLock::Holder(dir, CheckpointDirLock::Kind::kWriter).empty()) {
+      std::cerr << "shardps ckpt rollback: note: the running job's next checkpoint becomes the newest and ends this rollback\n";
+    }
     return 0;
   }
   if (cmd == "export") return CkptExportMain(argc, argv);
@@ -134,7 +168,9 @@ int CkptMain(int argc, char** argv) {
       else return Usage();
     }
     if (keep == 0 && bytes == 0) return Usage();
-    auto r = CollectCheckpointGarbage(dir, keep, bytes);
+    auto lock = LockRegistry("gc", dir, wait_seconds);
+    if (!lock.ok()) return Fail("gc", lock.status());
+    auto r = CollectCheckpointGarbage(fs, dir, keep, bytes);
     if (!r.ok()) return Fail("gc", r.status());
     std::cout << "deleted " << r->deleted.size() << " versions (";
     for (size_t i = 0; i < r->deleted.size(); ++i) std::cout << (i ? " " : "") << r->deleted[i];

@@ -255,7 +255,9 @@ Status Convert(const std::vector<float>& w, Dtype dtype, Tensor* t, float* scale
   return Status::Ok();
 }
 
-Status Export(const ExportFlags& f) {
+Status Export(FileSystem& fs, const ExportFlags& f) {
+  // The output is checked before the (possibly long) read and conversion.
+  SHARDPS_RETURN_IF_ERROR(CheckOutputFile(fs, f.out, "--out"));
   SHARDPS_ASSIGN_OR_RETURN(CheckpointVersion v, ResolveCheckpoint(f.spec, [](const std::string& w) {
                              std::cerr << "shardps ckpt export: warning: " << w << "\n";
                            }));
@@ -354,7 +356,7 @@ Status Export(const ExportFlags& f) {
     tensors.push_back({t->name, t->dtype, t->shape, t->bytes});
     offset += t->bytes.size();
   }
-  Status written = WriteSafetensors(f.out, tensors, meta);
+  Status written = WriteSafetensors(fs, f.out, tensors, meta);
   if (!written.ok()) return written.WithContext("--out");
 
   std::printf("exported %s (version %llu, step %llu): %d tensors as %s, %llu data bytes -> %s\n", vpath.c_str(),
@@ -383,7 +385,8 @@ int CkptExportMain(int argc, char** argv) {
   auto f = ParseFlags(argc, argv);
   if (!f.ok()) return ExportUsage(f.status().message());
   try {
-    Status s = Export(*f);
+    PosixFileSystem fs;
+    Status s = Export(fs, *f);
     return s.ok() ? 0 : ExportFail(s);
   } catch (const std::exception& e) {
     return ExportFail(Internal(std::string("unexpected error: ") + e.what()));

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <new>
 #include <sstream>
 #include <string>
@@ -20,6 +21,8 @@
 #include "progress.h"
 #include "shardps/core/checkpoint.h"
 #include "shardps/core/config.h"
+#include "shardps/core/crc32c.h"
+#include "shardps/core/file_system.h"
 #include "shardps/core/digest.h"
 #include "shardps/core/json.h"
 #include "shardps/core/safetensors.h"
@@ -39,7 +42,7 @@ struct TrainFlags {
   std::string metrics_csv;
   std::string model_out;
   std::string progress = "auto";
-  std::string resume;  // DIR or DIR@VERSION
+  std::string resume;  // DIR, DIR@VERSION, DIR@TAG or "auto" (the checkpoint dir's newest, else a fresh start)
   std::string crash_at;  // test only: PHASE@VERSION
   std::string init_from;  // safetensors file to start from
   bool under_mpirun = false;  // stdout belongs to a launcher: no redrawing progress
@@ -167,7 +170,7 @@ Status CheckModelFits(const worker::ModelSpec& ms, const config::TrainConfig& c,
 }
 
 // Writes the final model as one safetensors file: l<k>.w as [in, out], l<k>.b as [out], float32.
-Status WriteFinalModel(const std::string& path, const worker::Model& model, const std::vector<TableSpec>& tables,
+Status WriteFinalModel(FileSystem& fs, const std::string& path, const worker::Model& model, const std::vector<TableSpec>& tables,
                        const std::vector<std::vector<float>>& weights) {
   const auto& ms = model.spec();
   std::vector<uint64_t> dims{static_cast<uint64_t>(ms.input_dim)};
@@ -180,12 +183,14 @@ Status WriteFinalModel(const std::string& path, const worker::Model& model, cons
                        t % 2 == 0 ? std::vector<uint64_t>{dims[layer], dims[layer + 1]} : std::vector<uint64_t>{dims[layer + 1]},
                        {reinterpret_cast<const uint8_t*>(weights[t].data()), weights[t].size() * sizeof(float)}});
   }
-  return WriteSafetensors(path, tensors);
+  return WriteSafetensors(fs, path, tensors);
 }
 
 class MetricsCsv {
  public:
   Status Open(const std::string& path) {
+    // Streamed while training runs, so not renamed into place: it is never opened over a device.
+    SHARDPS_RETURN_IF_ERROR(CheckRegularOrAbsent(path, "metrics CSV"));
     out_.open(path, std::ios::trunc);
     if (!out_) return IoError("cannot create metrics CSV '" + path + "'");
     out_ << "epoch,step,samples,train_loss,test_loss,test_accuracy,samples_per_second,wall_seconds\n";
@@ -230,9 +235,9 @@ CheckpointFaultHook CrashHook(const std::string& spec, const std::string& dir) {
 // At most one checkpoint is in flight.
 class CheckpointDriver {
  public:
-  CheckpointDriver(worker::KVClient& client, const config::TrainConfig& c, ckpt::Manifest base, uint32_t servers,
+  CheckpointDriver(FileSystem& fs, worker::KVClient& client, const config::TrainConfig& c, ckpt::Manifest base, uint32_t servers,
                    std::chrono::milliseconds timeout)
-      : client_(client), dir_(c.checkpoint_dir()), every_(static_cast<uint64_t>(c.checkpoint_every())),
+      : fs_(fs), client_(client), dir_(c.checkpoint_dir()), every_(static_cast<uint64_t>(c.checkpoint_every())),
         keep_last_(static_cast<uint64_t>(c.keep_last())), max_bytes_(static_cast<uint64_t>(c.max_bytes())),
         base_(std::move(base)), servers_(servers), timeout_(timeout) {}
 
@@ -266,9 +271,9 @@ class CheckpointDriver {
  private:
   Status Begin(const worker::Cursor& cur) {
     const auto t0 = std::chrono::steady_clock::now();
-    SHARDPS_ASSIGN_OR_RETURN(uint64_t version, NextCheckpointVersion(dir_));
+    SHARDPS_ASSIGN_OR_RETURN(uint64_t version, NextCheckpointVersion(fs_, dir_));
     vdir_ = CheckpointVersionDir(dir_, version);
-    SHARDPS_RETURN_IF_ERROR(CreateCheckpointVersionDir(vdir_));
+    SHARDPS_RETURN_IF_ERROR(CreateCheckpointVersionDir(fs_, vdir_));
     manifest_ = base_;
     manifest_.set_version(version);
     manifest_.set_step(cur.step);
@@ -283,8 +288,26 @@ class CheckpointDriver {
   Status Collect(bool wait, bool count_stall = true) {
     if (!pending_ || (!wait && !handle_.done())) return Status::Ok();
     const auto t0 = std::chrono::steady_clock::now();
-    SHARDPS_RETURN_IF_ERROR(handle_.wait(timeout_));
-    SHARDPS_RETURN_IF_ERROR(CommitManifest(vdir_, &manifest_, servers_, fault_));
+    Status shards = handle_.wait(timeout_);
+    // The registry lock: the commit and the retention below never interleave with an operator's
+    // `shardps ckpt gc/tag/untag/rollback` (they wait for it, and this waits for them).
+    auto registry = CheckpointDirLock::Acquire(dir_, CheckpointDirLock::Kind::kRegistry, "shardps train: committing checkpoint",
+                                               timeout_);
+    if (!registry.ok()) return registry.status();
+    if (!registry->taken_over_from().empty()) {
+      std::cerr << "shardps train: took over the registry lock of " << dir_ << " left by " << registry->taken_over_from()
+                << " (that process is gone)" << std::endl;
+    }
+    Status committed = shards.ok() ? CommitManifest(fs_, vdir_, &manifest_, servers_, fault_) : shards;
+    if (!committed.ok()) {
+      // A version that failed to commit leaves nothing behind (the previous one stays the newest).
+      pending_ = false;
+      if (shards.ok() || shards.code() != StatusCode::kDeadlineExceeded) {
+        Status cleaned = AbandonCheckpointVersion(fs_, vdir_);
+        if (!cleaned.ok()) std::cerr << "shardps train: " << cleaned.ToString() << std::endl;
+      }
+      return committed.WithContext("checkpoint " + vdir_);
+    }
     uint64_t slowest = 0;
     for (const auto& sh : manifest_.shards()) {
       bytes_ += sh.bytes();
@@ -292,9 +315,9 @@ class CheckpointDriver {
     }
     write_seconds_ += slowest * 1e-6;  // shards are written in parallel, one per server
     // The newest checkpoint is again what a plain --resume picks; then the retention rules.
-    SHARDPS_RETURN_IF_ERROR(ClearCheckpointHead(dir_));
+    SHARDPS_RETURN_IF_ERROR(ClearCheckpointHead(fs_, dir_));
     if (keep_last_ > 0 || max_bytes_ > 0) {
-      SHARDPS_RETURN_IF_ERROR(CollectCheckpointGarbage(dir_, keep_last_, max_bytes_).status());
+      SHARDPS_RETURN_IF_ERROR(CollectCheckpointGarbage(fs_, dir_, keep_last_, max_bytes_).status());
     }
     if (wait && count_stall) stall_ms_ += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     pending_ = false;
@@ -303,6 +326,7 @@ class CheckpointDriver {
     return Status::Ok();
   }
 
+  FileSystem& fs_;
   worker::KVClient& client_;
   const std::string dir_;
   const uint64_t every_;
@@ -323,11 +347,19 @@ class CheckpointDriver {
   double write_seconds_ = 0;
 };
 
+// CRC32C over the training samples used (features, then labels): with their count, what a
+// checkpoint's data cursor is relative to.
+uint32_t TrainDataCrc(const worker::Dataset& d) {
+  uint32_t crc = Crc32cExtend(0, d.features.data(), d.features.size() * sizeof(float));
+  return Crc32cExtend(crc, d.labels.data(), d.labels.size() * sizeof(int32_t));
+}
+
 struct Outputs {
   std::string summary_json, metrics_csv, model_out;
+  FileSystem* fs = nullptr;  // every output and checkpoint write goes through it
 };
 
-Status WriteSummary(const std::string& path, const config::TrainConfig& c, int servers, int workers,
+Status WriteSummary(FileSystem& fs, const std::string& path, const config::TrainConfig& c, int servers, int workers,
                     const worker::TrainResult& r) {
   std::ostringstream js;
   js << "{\"model\":" << JsonQuote(c.model()) << ",\"mode\":" << JsonQuote(c.mode()) << ",\"servers\":" << servers
@@ -336,10 +368,8 @@ Status WriteSummary(const std::string& path, const config::TrainConfig& c, int s
      << ",\"wall_seconds\":" << r.wall_seconds << ",\"samples_per_second\":" << r.samples_per_second
      << ",\"weights_sha256\":" << JsonQuote(r.weights_sha256) << "}";
   std::cout << js.str() << std::endl;
-  std::ofstream out(path, std::ios::trunc);
-  out << js.str() << "\n";
-  if (!out) return IoError("cannot write summary '" + path + "'");
-  return Status::Ok();
+  const std::string text = js.str() + "\n";
+  return WriteFileAtomically(fs, path, {std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size())});
 }
 
 // Trains as worker `worker` of `workers` and, on the lead worker, writes the outputs.
@@ -360,6 +390,8 @@ Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const O
     base.set_num_servers(static_cast<uint32_t>(servers));
     base.set_num_workers(static_cast<uint32_t>(workers));
     base.set_chunk_floats(c.chunk_floats());
+    base.set_train_samples(static_cast<uint64_t>(train.num_samples));
+    base.set_train_data_crc32c(TrainDataCrc(train));
     for (const TableSpec& t : worker::TrainingTables(*model, run)) {
       if (!ps::Server::IsCheckpointed(t)) continue;
       auto* ti = base.add_tables();
@@ -368,7 +400,7 @@ Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const O
       ti->set_optimizer(std::string(OptimizerKindName(t.optimizer.kind)));
       ti->set_slots(static_cast<uint32_t>(OptimizerSlots(t.optimizer.kind)));
     }
-    checkpoints = std::make_unique<CheckpointDriver>(*client, c, std::move(base), static_cast<uint32_t>(servers), run.timeout);
+    checkpoints = std::make_unique<CheckpointDriver>(*out.fs, *client, c, std::move(base), static_cast<uint32_t>(servers), run.timeout);
     checkpoints->set_fault(CrashHook(f.crash_at, c.checkpoint_dir()));
     checkpoints->set_resumed_at(start_step);
     hooks.on_step_end = [&](const worker::Cursor& cur, bool final) { return checkpoints->OnStep(cur, final); };
@@ -389,8 +421,8 @@ Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const O
   if (lead) {
     progress->Finish(r);
     const auto tables = worker::TrainingTables(*model, run);
-    SHARDPS_RETURN_IF_ERROR(WriteFinalModel(out.model_out, *model, tables, r.weights));
-    SHARDPS_RETURN_IF_ERROR(WriteSummary(out.summary_json, c, servers, workers, r));
+    SHARDPS_RETURN_IF_ERROR(WriteFinalModel(*out.fs, out.model_out, *model, tables, r.weights));
+    SHARDPS_RETURN_IF_ERROR(WriteSummary(*out.fs, out.summary_json, c, servers, workers, r));
     if (checkpoints) {
       std::cerr << "shardps train: " << checkpoints->written() << " checkpoints in " << c.checkpoint_dir() << ", "
                 << checkpoints->bytes() << " bytes of shards written at " << checkpoints->write_mb_per_s()
@@ -402,23 +434,54 @@ Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const O
   return Status::Ok();
 }
 
-Result<Outputs> PrepareOutputs(const TrainFlags& f, const config::TrainConfig& c) {
+// Every output location is checked before any training: a missing or read-only directory, a
+// device or a directory where a file should go is refused now, not after the last step.
+Result<Outputs> PrepareOutputs(FileSystem& fs, const TrainFlags& f, const config::TrainConfig& c) {
   Outputs o;
-  std::error_code ec;
-  std::filesystem::create_directories(f.out_dir, ec);
-  if (ec) return IoError("cannot create output directory '" + f.out_dir + "': " + ec.message());
+  o.fs = &fs;
+  SHARDPS_RETURN_IF_ERROR(EnsureWritableDirectory(fs, f.out_dir, "output directory (--out-dir)"));
   o.summary_json = f.summary_json.empty() ? f.out_dir + "/summary.json" : f.summary_json;
   o.metrics_csv = !f.metrics_csv.empty() ? f.metrics_csv : c.has_metrics_csv() ? c.metrics_csv() : f.out_dir + "/metrics.csv";
   o.model_out = f.model_out.empty() ? f.out_dir + "/final_model.safetensors" : f.model_out;
+  SHARDPS_RETURN_IF_ERROR(CheckOutputFile(fs, o.summary_json, "summary JSON (--summary-json)"));
+  SHARDPS_RETURN_IF_ERROR(CheckOutputFile(fs, o.metrics_csv, "metrics CSV (--metrics-csv)"));
+  SHARDPS_RETURN_IF_ERROR(CheckOutputFile(fs, o.model_out, "final model (--model-out)"));
   return o;
 }
 
-int RunSingleProcess(const config::TrainConfig& c, const TrainFlags& f) {
+// A resume continues at the checkpoint's data cursor (epoch, step in it); that position only
+// means the same with the same training samples and global batch. Checked on every worker.
+Status CheckResumeData(const CheckpointVersion& v, const config::TrainConfig& c, const worker::Dataset* train) {
+  const auto& m = v.manifest;
+  const std::string where = "epoch " + std::to_string(m.epoch()) + ", step " + std::to_string(m.step_in_epoch()) + " of it";
+  const std::string fix = "; resume with the same data, data.train_limit, batch_size and seed (or start a new run from its "
+                          "weights with --init-from after shardps ckpt export)";
+  if (m.global_batch() != c.batch_size() || m.seed() != c.seed()) {
+    return InvalidArgument("checkpoint " + v.path + " was taken with batch_size " + std::to_string(m.global_batch()) + " and seed " +
+                           std::to_string(m.seed()) + "; this run has " + std::to_string(c.batch_size()) + " and " +
+                           std::to_string(c.seed()) + " (the data cursor, " + where + ", would not mean the same)" + fix);
+  }
+  if (train == nullptr || m.train_samples() == 0) return Status::Ok();  // a server, or a checkpoint that does not record it
+  if (m.train_samples() != static_cast<uint64_t>(train->num_samples)) {
+    return InvalidArgument("checkpoint " + v.path + " was taken training on " + std::to_string(m.train_samples()) +
+                           " samples; this run has " + std::to_string(train->num_samples) + " (data.train_limit " +
+                           std::to_string(c.data().train_limit()) + ", " + c.data().train() + "): the data cursor, " + where +
+                           ", would not mean the same" + fix);
+  }
+  if (m.train_data_crc32c() != TrainDataCrc(*train)) {
+    return InvalidArgument("checkpoint " + v.path + " was taken on other training data than " + c.data().train() +
+                           " holds now (same sample count, different content): the data cursor, " + where +
+                           ", would not mean the same" + fix);
+  }
+  return Status::Ok();
+}
+
+int RunSingleProcess(FileSystem& fs, const config::TrainConfig& c, const TrainFlags& f) {
   auto fail = [](const Status& s) {
     std::cerr << "shardps train: " << s.ToString() << std::endl;
     return 1;
   };
-  auto out = PrepareOutputs(f, c);
+  auto out = PrepareOutputs(fs, f, c);
   if (!out.ok()) return fail(out.status());
   auto train = LoadSplit(c.data(), true);
   if (!train.ok()) return fail(train.status());
@@ -528,7 +591,7 @@ std::string WhereToResume(const config::TrainConfig& c, int64_t steps_done) {
   return m + "; no checkpoint in " + c.checkpoint_dir() + " yet";
 }
 
-int RunDistributed(const config::TrainConfig& c, const TrainFlags& f, const LaunchPlan& plan, int argc, char** argv) {
+int RunDistributed(FileSystem& fs, const config::TrainConfig& c, const TrainFlags& f, const LaunchPlan& plan, int argc, char** argv) {
   auto started = StartJob(plan, &argc, &argv, "shardps train");
   if (!started.ok()) {
     std::cerr << "shardps train: " << started.status().ToString() << std::endl;
@@ -553,8 +616,29 @@ int RunDistributed(const config::TrainConfig& c, const TrainFlags& f, const Laun
   if (!cluster.ok()) s = cluster.status();
   Result<Outputs> out = Outputs{};
   worker::Dataset train, test;
+  std::optional<CheckpointDirLock> writer_lock;  // the lead worker's, for the whole run
+  std::error_code exists_ec;
+  const bool ckpt_dir_was_missing = !c.checkpoint_dir().empty() && !std::filesystem::exists(c.checkpoint_dir(), exists_ec);
+  if (s.ok() && !c.checkpoint_dir().empty()) {
+    // The checkpoint location is checked (and created) by every process that writes there, and
+    // the lead worker, which commits every version, holds the directory's writer lock.
+    s = EnsureWritableDirectory(fs, c.checkpoint_dir(), "checkpoint directory");
+    if (s.ok() && cluster->is_worker() && cluster->worker_index() == 0) {
+      auto lock = CheckpointDirLock::Acquire(c.checkpoint_dir(), CheckpointDirLock::Kind::kWriter, "shardps train",
+                                             std::chrono::milliseconds(0));
+      if (!lock.ok()) {
+        s = lock.status();
+      } else {
+        if (!lock->taken_over_from().empty()) {
+          std::cerr << "shardps train: took over the lock of " << c.checkpoint_dir() << " left by " << lock->taken_over_from()
+                    << " (that process is gone)" << std::endl;
+        }
+        writer_lock = std::move(*lock);
+      }
+    }
+  }
   if (s.ok() && cluster->is_worker()) {
-    out = PrepareOutputs(f, c);
+    out = PrepareOutputs(fs, f, c);
     if (!out.ok()) s = out.status();
     if (s.ok()) {
       auto tr = LoadSplit(c.data(), true);
@@ -595,15 +679,33 @@ int RunDistributed(const config::TrainConfig& c, const TrainFlags& f, const Laun
   std::unique_ptr<CheckpointReader> reader;
   uint64_t start_step = 0;
   if (!f.resume.empty()) {
-    auto v = ResolveCheckpoint(f.resume, [&](const std::string& w) {
+    auto warn = [&](const std::string& w) {
       if (worker_index == 0) std::cerr << "shardps train: warning: " << w << std::endl;
-    });
-    if (!v.ok()) {
+    };
+    Result<CheckpointVersion> v = NotFound("no checkpoint");
+    bool fresh = false;
+    if (f.resume == "auto") {
+      // Requeue-safe: the identical command line starts fresh the first time and resumes after.
+      auto a = ResolveCheckpointAuto(c.checkpoint_dir(), warn);
+      if (!a.ok()) {
+        v = a.status();
+      } else if (a->version) {
+        v = std::move(*a->version);
+      } else {
+        fresh = true;
+        const std::string why = ckpt_dir_was_missing ? "checkpoint directory '" + c.checkpoint_dir() + "' did not exist (created it)"
+                                                     : a->why;
+        if (worker_index == 0) std::cerr << "shardps train: --resume auto: " << why << "; starting fresh" << std::endl;
+      }
+    } else {
+      v = ResolveCheckpoint(f.resume, warn);
+    }
+    if (fresh) {
+      // nothing to load
+    } else if (!v.ok()) {
       s = v.status();
-    } else if (v->manifest.global_batch() != c.batch_size() || v->manifest.seed() != c.seed()) {
-      s = InvalidArgument("checkpoint " + v->path + " was taken with batch_size " + std::to_string(v->manifest.global_batch()) +
-                          " and seed " + std::to_string(v->manifest.seed()) + "; this run has " + std::to_string(c.batch_size()) +
-                          " and " + std::to_string(c.seed()) + " (the data cursor would not mean the same)");
+    } else if (Status same = CheckResumeData(*v, c, cluster->is_worker() ? &train : nullptr); !same.ok()) {
+      s = same;
     } else {
       start_step = v->manifest.step();
       if (worker_index == 0) {
@@ -623,7 +725,7 @@ int RunDistributed(const config::TrainConfig& c, const TrainFlags& f, const Laun
   no.startup_timeout = run.timeout;
   if (reader) no.prepare_server = [&](ps::Server& server) { return server.Restore(*reader); };
   std::unique_ptr<SafetensorsFile> init;
-  if (s.ok() && !f.init_from.empty()) {
+  if (s.ok() && !f.init_from.empty() && !reader) {  // with --resume auto: only for a fresh start
     auto file = SafetensorsFile::Open(f.init_from);
     if (!file.ok()) {
       s = file.status();
@@ -720,7 +822,9 @@ int TrainMain(int argc, char** argv) {
       ("progress", po::value(&f.progress)->default_value(f.progress), "auto (redraw on a terminal), always, plain or never")
       ("checkpoint-dir", po::value(&checkpoint_dir), "config checkpoint_dir: write checkpoints (always a final one) there")
       ("checkpoint-every", po::value(&checkpoint_every), "config checkpoint_every: steps between checkpoints")
-      ("resume", po::value(&f.resume), "resume from DIR (its newest valid checkpoint), DIR@VERSION or DIR@TAG")
+      ("resume", po::value(&f.resume),
+       "resume from DIR (its newest valid checkpoint), DIR@VERSION or DIR@TAG (strict: an error if there is none); "
+       "auto: the newest valid checkpoint in --checkpoint-dir, or a fresh start when it has none (for requeued jobs)")
       ("init-from", po::value(&f.init_from), "start from the weights of a safetensors file (e.g. from shardps ckpt export)")
       ("keep-last", po::value(&keep_last), "config keep_last: keep the newest K checkpoints (tagged ones always)")
       ("max-bytes", po::value(&max_bytes), "config max_bytes: keep the checkpoint directory under B bytes")
@@ -771,8 +875,8 @@ int TrainMain(int argc, char** argv) {
   if (vm.count("max-bytes")) f.overrides.push_back("max_bytes=" + std::to_string(max_bytes));
   if (vm.count("train-limit")) f.overrides.push_back("data.train_limit=" + std::to_string(train_limit));
   if (vm.count("test-limit")) f.overrides.push_back("data.test_limit=" + std::to_string(test_limit));
-  if (!f.resume.empty() && !f.init_from.empty()) {
-    std::cerr << "shardps train: give --resume or --init-from, not both\n";
+  if (!f.resume.empty() && !f.init_from.empty() && f.resume != "auto") {
+    std::cerr << "shardps train: give --resume or --init-from, not both (with --resume auto, --init-from applies to a fresh start)\n";
     return 2;
   }
   if (!f.crash_at.empty()) {
@@ -792,6 +896,11 @@ int TrainMain(int argc, char** argv) {
     std::cerr << "shardps train: " << config.status().ToString() << std::endl;
     return 2;
   }
+  if (f.resume == "auto" && config->checkpoint_dir().empty()) {
+    std::cerr << "shardps train: --resume auto resumes from the checkpoint directory: give --checkpoint-dir\n";
+    return 2;
+  }
+  PosixFileSystem fs;  // every checkpoint and output write goes through it
   auto plan = ResolveLaunch(launch, env, config->colocated() ? -1 : config->servers());
   if (!plan.ok()) {
     std::cerr << "shardps train: " << plan.status().message() << std::endl;
@@ -812,9 +921,9 @@ int TrainMain(int argc, char** argv) {
                 << " were started; give --servers S or --colocated\n";
       return 2;
     }
-    return RunSingleProcess(*config, f);
+    return RunSingleProcess(fs, *config, f);
   }
-  return RunDistributed(*config, f, *plan, argc, argv);
+  return RunDistributed(fs, *config, f, *plan, argc, argv);
 }
 
 }  // namespace shardps::tools

@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -12,8 +13,11 @@
 #include <filesystem>
 #include <optional>
 #include <cctype>
+#include <ctime>
+#include <thread>
 
 #include "shardps/core/crc32c.h"
+#include "shardps/core/file_system.h"
 
 namespace shardps {
 namespace {
@@ -22,53 +26,18 @@ namespace fs = std::filesystem;
 
 std::string Errno(const std::string& what) { return what + ": " + std::strerror(errno); }
 
-Status FsyncPath(const std::string& path, bool directory) {
-  int fd = ::open(path.c_str(), directory ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
-  if (fd < 0) return IoError(Errno("open '" + path + "' for fsync"));
-  int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) return IoError(Errno("fsync '" + path + "'"));
-  return Status::Ok();
-}
-
-// Writes `parts` to `path` atomically: temporary file, fsync, rename, fsync of the directory.
-Status WriteFileAtomic(const std::string& path, const std::vector<std::span<const uint8_t>>& parts,
-                       const CheckpointFaultHook& fault = nullptr) {
-  const std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) return IoError(Errno("create '" + tmp + "'"));
-  for (auto part : parts) {
-    size_t done = 0;
-    while (done < part.size()) {
-      ssize_t n = ::write(fd, part.data() + done, std::min<size_t>(part.size() - done, size_t{1} << 26));
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        Status s = IoError(Errno("write '" + tmp + "'"));
-        ::close(fd);
-        return s;
-      }
-      done += static_cast<size_t>(n);
-    }
-  }
-  if (::fsync(fd) != 0) {
-    Status s = IoError(Errno("fsync '" + tmp + "'"));
-    ::close(fd);
-    return s;
-  }
-  if (::close(fd) != 0) return IoError(Errno("close '" + tmp + "'"));
-  if (fault) fault("before-rename:" + path);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) return IoError(Errno("rename '" + tmp + "' to '" + path + "'"));
-  if (fault) fault("before-dir-fsync:" + path);
-  return FsyncPath(fs::path(path).parent_path().string(), true);
+Status SyncDir(FileSystem& fsys, const std::string& dir) {
+  const int e = fsys.SyncDir(dir);
+  return e == 0 ? Status::Ok() : IoError("fsync directory '" + dir + "': " + ErrnoText(e));
 }
 
 // [CRC32C little-endian][message]
-Status WriteMessage(const std::string& path, const google::protobuf::MessageLite& m,
+Status WriteMessage(FileSystem& fsys, const std::string& path, const google::protobuf::MessageLite& m,
                     const CheckpointFaultHook& fault = nullptr) {
   std::string body = m.SerializeAsString();
   uint32_t crc = Crc32c(body.data(), body.size());
   uint8_t head[4] = {uint8_t(crc), uint8_t(crc >> 8), uint8_t(crc >> 16), uint8_t(crc >> 24)};
-  return WriteFileAtomic(path, {std::span<const uint8_t>(head, 4),
+  return WriteFileAtomically(fsys, path, {std::span<const uint8_t>(head, 4),
                                 std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(body.data()), body.size())},
                          fault);
 }
@@ -126,20 +95,15 @@ std::string ShardName(uint32_t server, const char* ext) {
 
 }  // namespace
 
-Status WriteFileAtomically(const std::string& path, const std::vector<std::span<const uint8_t>>& parts) {
-  return WriteFileAtomic(path, parts);
-}
-
 std::string CheckpointVersionDir(const std::string& dir, uint64_t version) {
   char buf[16];
   std::snprintf(buf, sizeof(buf), "v%08llu", static_cast<unsigned long long>(version));
   return (fs::path(dir) / buf).string();
 }
 
-Result<uint64_t> NextCheckpointVersion(const std::string& dir) {
+Result<uint64_t> NextCheckpointVersion(FileSystem& fsys, const std::string& dir) {
+  SHARDPS_RETURN_IF_ERROR(EnsureDirectory(fsys, dir, "checkpoint directory"));
   std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) return IoError("cannot create checkpoint directory '" + dir + "': " + ec.message());
   uint64_t next = 1;
   for (const auto& e : fs::directory_iterator(dir, ec)) {
     uint64_t v;
@@ -149,15 +113,26 @@ Result<uint64_t> NextCheckpointVersion(const std::string& dir) {
   return next;
 }
 
-Status CreateCheckpointVersionDir(const std::string& version_dir) {
-  std::error_code ec;
-  if (!fs::create_directory(version_dir, ec) || ec) {
-    return IoError("cannot create '" + version_dir + "'" + (ec ? ": " + ec.message() : ": it exists"));
-  }
-  return FsyncPath(fs::path(version_dir).parent_path().string(), true);
+Status CreateCheckpointVersionDir(FileSystem& fsys, const std::string& version_dir) {
+  const int e = fsys.MakeDir(version_dir);
+  if (e != 0) return IoError("cannot create '" + version_dir + "': " + ErrnoText(e));
+  Status s = SyncDir(fsys, fs::path(version_dir).parent_path().string());
+  if (!s.ok()) fsys.Remove(version_dir);
+  return s;
+}
+
+Status AbandonCheckpointVersion(FileSystem& fsys, const std::string& version_dir) {
+  SHARDPS_RETURN_IF_ERROR(RemoveTree(fsys, version_dir));
+  return SyncDir(fsys, fs::path(version_dir).parent_path().string());
 }
 
 Result<ckpt::ShardInfo> WriteShard(const std::string& version_dir, uint32_t server, uint64_t step,
+                                   const std::vector<ChunkToSave>& chunks, const CheckpointFaultHook& fault) {
+  PosixFileSystem posix;
+  return WriteShard(posix, version_dir, server, step, chunks, fault);
+}
+
+Result<ckpt::ShardInfo> WriteShard(FileSystem& fsys, const std::string& version_dir, uint32_t server, uint64_t step,
                                    const std::vector<ChunkToSave>& chunks, const CheckpointFaultHook& fault) {
   ckpt::ShardInfo info;
   info.set_server(server);
@@ -183,15 +158,15 @@ Result<ckpt::ShardInfo> WriteShard(const std::string& version_dir, uint32_t serv
   info.set_crc32c(file_crc);
   const std::string dir = version_dir;
   const auto t0 = std::chrono::steady_clock::now();
-  SHARDPS_RETURN_IF_ERROR(WriteFileAtomic((fs::path(dir) / info.file()).string(), parts, fault));
+  SHARDPS_RETURN_IF_ERROR(WriteFileAtomically(fsys, (fs::path(dir) / info.file()).string(), parts, fault));
   info.set_write_micros(static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count()));
-  SHARDPS_RETURN_IF_ERROR(WriteMessage((fs::path(dir) / ShardName(server, "info")).string(), info, fault));
+  SHARDPS_RETURN_IF_ERROR(WriteMessage(fsys, (fs::path(dir) / ShardName(server, "info")).string(), info, fault));
   if (fault) fault("shard-written:" + version_dir);
   return info;
 }
 
-Status CommitManifest(const std::string& version_dir, ckpt::Manifest* m, uint32_t expected_shards,
+Status CommitManifest(FileSystem& fsys, const std::string& version_dir, ckpt::Manifest* m, uint32_t expected_shards,
                       const CheckpointFaultHook& fault) {
   ckpt::Manifest& manifest = *m;
   manifest.clear_shards();
@@ -206,7 +181,7 @@ Status CommitManifest(const std::string& version_dir, ckpt::Manifest* m, uint32_
   }
   manifest.set_created_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
                                    std::chrono::system_clock::now().time_since_epoch()).count());
-  return WriteMessage((fs::path(version_dir) / "MANIFEST").string(), manifest, fault);
+  return WriteMessage(fsys, (fs::path(version_dir) / "MANIFEST").string(), manifest, fault);
 }
 
 Status VerifyCheckpoint(CheckpointVersion* v) {
@@ -303,8 +278,8 @@ Result<std::optional<uint64_t>> ReadHead(const std::string& dir) {
   return std::optional<uint64_t>(std::stoull(raw));
 }
 
-Status WriteText(const std::string& path, const std::string& text) {
-  return WriteFileAtomic(path, {std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size())});
+Status WriteText(FileSystem& fsys, const std::string& path, const std::string& text) {
+  return WriteFileAtomically(fsys, path, {std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size())});
 }
 
 bool ValidTagName(const std::string& t) {
@@ -315,13 +290,27 @@ bool ValidTagName(const std::string& t) {
 
 }  // namespace
 
-Result<CheckpointVersion> ResolveCheckpoint(const std::string& spec, const std::function<void(const std::string&)>& warn) {
-  const size_t at = spec.rfind('@');
-  const std::string dir = at == std::string::npos ? spec : spec.substr(0, at);
+CheckpointSpec ParseCheckpointSpec(const std::string& spec) {
   std::error_code ec;
-  if (!fs::is_directory(dir, ec)) return NotFound("checkpoint directory '" + dir + "' does not exist");
-  if (at != std::string::npos) {
-    const std::string which = spec.substr(at + 1);
+  // An existing directory is taken whole, '@' in its name or not.
+  if (fs::is_directory(spec, ec)) return {spec, ""};
+  const size_t at = spec.rfind('@');
+  if (at == std::string::npos || at == 0) return {spec, ""};
+  const std::string which = spec.substr(at + 1);
+  if (!IsNumber(which) && !ValidTagName(which)) return {spec, ""};
+  return {spec.substr(0, at), which};
+}
+
+Result<CheckpointVersion> ResolveCheckpoint(const std::string& spec, const std::function<void(const std::string&)>& warn) {
+  const CheckpointSpec parsed = ParseCheckpointSpec(spec);
+  const std::string& dir = parsed.dir;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) {
+    return NotFound("checkpoint directory '" + dir + "' does not exist" +
+                    (parsed.which.empty() ? "" : " (read '" + spec + "' as version or tag '" + parsed.which + "' of it)"));
+  }
+  if (!parsed.which.empty()) {
+    const std::string& which = parsed.which;
     SHARDPS_ASSIGN_OR_RETURN(uint64_t v, VersionOf(dir, which));
     return LoadVersion(dir, v, IsNumber(which) ? "version " + which : "'" + which + "' (version " + std::to_string(v) + ")");
   }
@@ -335,6 +324,45 @@ Result<CheckpointVersion> ResolveCheckpoint(const std::string& spec, const std::
     if (warn) warn("skipping checkpoint " + it->path + ": " + it->status.message());
   }
   return NotFound("no valid checkpoint in '" + dir + "'");
+}
+
+Result<AutoResume> ResolveCheckpointAuto(const std::string& dir, const std::function<void(const std::string&)>& warn) {
+  std::error_code ec;
+  AutoResume out;
+  if (!fs::exists(dir, ec)) {
+    out.why = "checkpoint directory '" + dir + "' does not exist yet";
+    return out;
+  }
+  if (!fs::is_directory(dir, ec)) return FailedPrecondition("checkpoint directory '" + dir + "' is not a directory");
+  SHARDPS_ASSIGN_OR_RETURN(std::optional<uint64_t> head, ReadHead(dir));
+  if (head) {  // an operator's rollback is obeyed strictly
+    SHARDPS_ASSIGN_OR_RETURN(CheckpointVersion v, LoadVersion(dir, *head, "version " + std::to_string(*head) + " (rolled back to)"));
+    out.version = std::move(v);
+    return out;
+  }
+  auto all = ListCheckpoints(dir, /*verify=*/false);
+  std::string incomplete, broken;
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    it->status = VerifyCheckpoint(&*it);
+    if (it->status.ok()) {
+      out.version = std::move(*it);
+      return out;
+    }
+    const bool has_manifest = fs::exists(fs::path(it->path) / "MANIFEST", ec);
+    std::string& list = has_manifest ? broken : incomplete;
+    list += (list.empty() ? "" : ", ") + fs::path(it->path).filename().string();
+    if (has_manifest) list += " (" + it->status.message() + ")";
+    if (warn) warn("skipping checkpoint " + it->path + ": " + it->status.message());
+  }
+  if (!broken.empty()) {
+    // Committed checkpoints that fail verification are damage, not a first run: never trained over.
+    return DataLoss("checkpoint directory '" + dir + "' holds committed checkpoints but none is valid: " + broken +
+                    "; refusing to start fresh over them (inspect with shardps ckpt verify, then remove them or move the "
+                    "directory away)");
+  }
+  out.why = all.empty() ? "checkpoint directory '" + dir + "' holds no checkpoint"
+                        : "checkpoint directory '" + dir + "' holds only incomplete versions (" + incomplete + ", no MANIFEST)";
+  return out;
 }
 
 Result<CheckpointTags> ReadCheckpointTags(const std::string& dir) {
@@ -361,46 +389,47 @@ Result<CheckpointTags> ReadCheckpointTags(const std::string& dir) {
   return tags;
 }
 
-static Status WriteTags(const std::string& dir, const CheckpointTags& tags) {
+static Status WriteTags(FileSystem& fsys, const std::string& dir, const CheckpointTags& tags) {
   std::string text;
   for (const auto& [t, v] : tags) text += t + " " + std::to_string(v) + "\n";
-  return WriteText((fs::path(dir) / "TAGS").string(), text);
+  return WriteText(fsys, (fs::path(dir) / "TAGS").string(), text);
 }
 
-Status TagCheckpoint(const std::string& dir, uint64_t version, const std::string& tag) {
+Status TagCheckpoint(FileSystem& fsys, const std::string& dir, uint64_t version, const std::string& tag) {
   if (!ValidTagName(tag)) return InvalidArgument("tag '" + tag + "': use letters, digits, '-', '_' or '.', not only digits");
   SHARDPS_RETURN_IF_ERROR(LoadVersion(dir, version, "version " + std::to_string(version)).status());
   SHARDPS_ASSIGN_OR_RETURN(CheckpointTags tags, ReadCheckpointTags(dir));
   std::erase_if(tags, [&](const auto& p) { return p.first == tag; });
   tags.emplace_back(tag, version);
   std::sort(tags.begin(), tags.end());
-  return WriteTags(dir, tags);
+  return WriteTags(fsys, dir, tags);
 }
 
-Status UntagCheckpoint(const std::string& dir, const std::string& tag) {
+Status UntagCheckpoint(FileSystem& fsys, const std::string& dir, const std::string& tag) {
   SHARDPS_ASSIGN_OR_RETURN(CheckpointTags tags, ReadCheckpointTags(dir));
   const size_t before = tags.size();
   std::erase_if(tags, [&](const auto& p) { return p.first == tag; });
   if (tags.size() == before) return NotFound("no tag '" + tag + "' in '" + dir + "'");
-  return WriteTags(dir, tags);
+  return WriteTags(fsys, dir, tags);
 }
 
-Result<uint64_t> RollbackCheckpoint(const std::string& dir, const std::string& spec) {
+Result<uint64_t> RollbackCheckpoint(FileSystem& fsys, const std::string& dir, const std::string& spec) {
   SHARDPS_ASSIGN_OR_RETURN(uint64_t v, VersionOf(dir, spec));
   SHARDPS_RETURN_IF_ERROR(LoadVersion(dir, v, "version " + std::to_string(v)).status());
-  SHARDPS_RETURN_IF_ERROR(WriteText((fs::path(dir) / "HEAD").string(), std::to_string(v) + "\n"));
+  SHARDPS_RETURN_IF_ERROR(WriteText(fsys, (fs::path(dir) / "HEAD").string(), std::to_string(v) + "\n"));
   return v;
 }
 
-Status ClearCheckpointHead(const std::string& dir) {
+Status ClearCheckpointHead(FileSystem& fsys, const std::string& dir) {
   const std::string path = (fs::path(dir) / "HEAD").string();
   std::error_code ec;
   if (!fs::exists(path, ec)) return Status::Ok();
-  if (!fs::remove(path, ec) || ec) return IoError("cannot remove '" + path + "'" + (ec ? ": " + ec.message() : ""));
-  return FsyncPath(dir, true);
+  const int e = fsys.Remove(path);
+  if (e != 0 && e != ENOENT) return IoError("cannot remove '" + path + "': " + ErrnoText(e));
+  return SyncDir(fsys, dir);
 }
 
-Result<GcReport> CollectCheckpointGarbage(const std::string& dir, uint64_t keep_last, uint64_t max_bytes) {
+Result<GcReport> CollectCheckpointGarbage(FileSystem& fsys, const std::string& dir, uint64_t keep_last, uint64_t max_bytes) {
   auto all = ListCheckpoints(dir, /*verify=*/true);
   SHARDPS_ASSIGN_OR_RETURN(CheckpointTags tags, ReadCheckpointTags(dir));
   SHARDPS_ASSIGN_OR_RETURN(std::optional<uint64_t> head, ReadHead(dir));
@@ -432,9 +461,8 @@ Result<GcReport> CollectCheckpointGarbage(const std::string& dir, uint64_t keep_
   }
   GcReport report;
   auto remove = [&](size_t i) -> Status {
-    std::error_code ec;
-    fs::remove_all(all[i].path, ec);
-    if (ec) return IoError("cannot delete '" + all[i].path + "': " + ec.message());
+    // A version another process deleted meanwhile is simply gone: not an error.
+    SHARDPS_RETURN_IF_ERROR(RemoveTree(fsys, all[i].path));
     report.deleted.push_back(all[i].version);
     report.bytes_freed += bytes[i];
     total -= bytes[i];
@@ -450,10 +478,116 @@ Result<GcReport> CollectCheckpointGarbage(const std::string& dir, uint64_t keep_
       if (bytes[i] > 0 && !is_protected(i)) SHARDPS_RETURN_IF_ERROR(remove(i));
     }
   }
-  if (!report.deleted.empty()) SHARDPS_RETURN_IF_ERROR(FsyncPath(dir, true));
+  if (!report.deleted.empty()) SHARDPS_RETURN_IF_ERROR(SyncDir(fsys, dir));
   std::sort(report.deleted.begin(), report.deleted.end());
   report.bytes_kept = total;
   return report;
+}
+
+// ---- locks ----
+
+namespace {
+
+const char* LockFileName(CheckpointDirLock::Kind kind) {
+  return kind == CheckpointDirLock::Kind::kWriter ? "LOCK" : "REGISTRY.LOCK";
+}
+
+std::string ReadHolder(int fd) {
+  char buf[512];
+  const ssize_t n = ::pread(fd, buf, sizeof(buf) - 1, 0);
+  std::string s = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "";
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ' || s.back() == '\0')) s.pop_back();
+  return s;
+}
+
+std::string DescribeMe(const std::string& purpose) {
+  char host[256] = {0};
+  if (::gethostname(host, sizeof(host) - 1) != 0) std::snprintf(host, sizeof(host), "unknown");
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  ::gmtime_r(&now, &tm);
+  char when[32];
+  std::strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", &tm);
+  return "pid " + std::to_string(::getpid()) + " on host " + host + ", since " + when + " (" + purpose + ")";
+}
+
+}  // namespace
+
+Result<CheckpointDirLock> CheckpointDirLock::Acquire(const std::string& dir, Kind kind, const std::string& purpose,
+                                                     std::chrono::milliseconds wait) {
+  const std::string path = (fs::path(dir) / LockFileName(kind)).string();
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return IoError(Errno("cannot open lock file '" + path + "'"));
+  const auto deadline = std::chrono::steady_clock::now() + wait;
+  for (;;) {
+    if (::flock(fd, LOCK_EX | LOCK_NB) == 0) break;
+    if (errno != EWOULDBLOCK && errno != EINTR) {
+      Status s = IoError(Errno("cannot lock '" + path + "'"));
+      ::close(fd);
+      return s;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      std::string holder = ReadHolder(fd);
+      ::close(fd);
+      if (holder.empty()) holder = "another process (it has not written its name yet)";
+      if (kind == Kind::kWriter) {
+        return FailedPrecondition("checkpoint directory '" + dir + "' is in use by another writer: " + holder +
+                                  "; two jobs must not write to one checkpoint directory (give this one another "
+                                  "--checkpoint-dir, or stop that job)");
+      }
+      return DeadlineExceeded("checkpoint directory '" + dir + "' is busy: its registry lock is held by " + holder +
+                              "; gave up after " + std::to_string(wait.count()) + " ms");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  // The lock is ours. A holder that released it cleanly left the file empty; any text left is the
+  // record of a process that died holding it (the kernel released its lock).
+  CheckpointDirLock lock;
+  lock.fd_ = fd;
+  lock.taken_over_ = ReadHolder(fd);
+  const std::string me = DescribeMe(purpose) + "\n";
+  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, me.data(), me.size(), 0) != static_cast<ssize_t>(me.size())) {
+    return IoError(Errno("cannot write lock file '" + path + "'"));  // the destructor releases the lock
+  }
+  return lock;
+}
+
+std::string CheckpointDirLock::Holder(const std::string& dir, Kind kind) {
+  const std::string path = (fs::path(dir) / LockFileName(kind)).string();
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return "";
+  std::string holder;
+  if (::flock(fd, LOCK_SH | LOCK_NB) != 0) {
+    holder = ReadHolder(fd);
+    if (holder.empty()) holder = "another process";
+  }
+  ::close(fd);  // releases the shared probe lock if it was taken
+  return holder;
+}
+
+CheckpointDirLock::CheckpointDirLock(CheckpointDirLock&& o) noexcept : fd_(o.fd_), taken_over_(std::move(o.taken_over_)) {
+  o.fd_ = -1;
+}
+
+CheckpointDirLock& CheckpointDirLock::operator=(CheckpointDirLock&& o) noexcept {
+  if (this != &o) {
+    Release();
+    fd_ = o.fd_;
+    taken_over_ = std::move(o.taken_over_);
+    o.fd_ = -1;
+  }
+  return *this;
+}
+
+CheckpointDirLock::~CheckpointDirLock() { Release(); }
+
+void CheckpointDirLock::Release() {
+  if (fd_ < 0) return;
+  // Empty means "released cleanly"; then unlock (close also would).
+  if (::ftruncate(fd_, 0) != 0) { /* the next holder then reports a take-over: harmless */ }
+  ::flock(fd_, LOCK_UN);
+  ::close(fd_);
+  fd_ = -1;
 }
 
 Result<uint32_t> CheckpointReader::FindTable(const std::string& name, uint64_t size, uint32_t slots) const {

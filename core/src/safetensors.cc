@@ -122,7 +122,7 @@ size_t DtypeBytes(const std::string& d) { return d == "F32" ? 4 : d == "F16" ? 2
 
 }  // namespace
 
-Status WriteSafetensors(const std::string& path, const std::vector<SafetensorsTensor>& tensors,
+Status WriteSafetensors(FileSystem& fs, const std::string& path, const std::vector<SafetensorsTensor>& tensors,
                         const std::vector<std::pair<std::string, std::string>>& metadata) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) return IoError("'" + path + "' is a directory");
@@ -153,7 +153,7 @@ Status WriteSafetensors(const std::string& path, const std::vector<SafetensorsTe
   std::vector<std::span<const uint8_t>> parts = {std::span<const uint8_t>(len, 8),
                                                  std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(header.data()), n)};
   for (const SafetensorsTensor& t : tensors) parts.push_back(t.bytes);
-  return WriteFileAtomically(path, parts);
+  return WriteFileAtomically(fs, path, parts);
 }
 
 float HalfToFloat(uint16_t h) {

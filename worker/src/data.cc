@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <new>
 #include <string_view>
 #include <utility>
@@ -26,56 +27,101 @@ constexpr uint64_t kMaxDenseFloats = uint64_t{1} << 31;  // 8 GiB
 std::string Quoted(const std::string& path) { return "'" + path + "'"; }
 
 // ---------------------------------------------------------------------------------------------
-// Whole-file reading. zlib's gz* calls decompress gzip input (detected by the 0x1f 0x8b magic)
-// and pass any other file through unchanged, so one path serves both.
+// Whole-file reading. gzip input (detected by the 0x1f 0x8b magic) is inflated, member after
+// member; any other file is passed through unchanged, so one path serves both. A gzip file must be
+// gzip to its last byte: a truncated stream and data after the last member (trailing garbage,
+// which zlib's gz* calls silently ignore) are refused.
 
 Result<std::vector<uint8_t>> ReadAll(const std::string& path) {
   if (path.empty()) return InvalidArgument("no file name given");
   errno = 0;
-  gzFile f = gzopen(path.c_str(), "rb");
+  std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "rbe"), &std::fclose);
   if (!f) {
     const int e = errno;
     std::string why = e != 0 ? std::strerror(e) : "out of memory";
     if (e == ENOENT || e == ENOTDIR) return NotFound("cannot open " + Quoted(path) + ": " + why);
     return IoError("cannot open " + Quoted(path) + ": " + why);
   }
-  gzbuffer(f, 1u << 20);  // zlib's input buffer: read the compressed file in 1 MiB blocks
-  constexpr size_t kBlock = size_t{1} << 24;  // and inflate 16 MiB per call
-  std::vector<uint8_t> out;
-  size_t size = 0;
-  Status failure;
+  constexpr size_t kIn = size_t{1} << 20;     // read the file in 1 MiB blocks
+  constexpr size_t kBlock = size_t{1} << 24;  // and grow the output 16 MiB at a time at least
+  std::vector<uint8_t> in, out;
+  size_t size = 0;      // bytes of `out` in use
+  uint64_t offset = 0;  // file offset of in[0]
+  auto read_block = [&](size_t* n) -> Status {
+    *n = std::fread(in.data(), 1, in.size(), f.get());
+    if (*n == 0 && std::ferror(f.get())) {
+      return IoError("reading " + Quoted(path) + " failed after " + std::to_string(offset) + " bytes: " + std::strerror(errno));
+    }
+    return Status::Ok();
+  };
+  z_stream zs{};
+  bool z_open = false;
+  struct ZEnd {
+    z_stream* zs;
+    bool* open;
+    ~ZEnd() {
+      if (*open) inflateEnd(zs);
+    }
+  } z_end{&zs, &z_open};
   try {
-    for (;;) {
-      if (out.size() - size < kBlock) out.resize(std::max(out.size() * 2, size + kBlock));
-      const int n = gzread(f, out.data() + size, static_cast<unsigned>(kBlock));
-      if (n < 0) {
-        int err = 0;
-        const char* msg = gzerror(f, &err);
-        const std::string what = msg ? msg : "unknown error";
-        failure = err == Z_ERRNO ? IoError("reading " + Quoted(path) + " failed after " + std::to_string(size) +
-                                           " bytes: " + std::strerror(errno))
-                                 : DataLoss(Quoted(path) + ": gzip decompression failed after " + std::to_string(size) +
-                                            " bytes: " + what);
-        break;
+    in.resize(kIn);
+    size_t n = 0;
+    SHARDPS_RETURN_IF_ERROR(read_block(&n));
+    const bool gz = n >= 2 && in[0] == 0x1f && in[1] == 0x8b;
+    if (!gz) {
+      while (n > 0) {
+        if (out.size() - size < n) out.resize(std::max(out.size() * 2, size + std::max(n, kBlock)));
+        std::memcpy(out.data() + size, in.data(), n);
+        size += n;
+        offset += n;
+        SHARDPS_RETURN_IF_ERROR(read_block(&n));
       }
-      if (n == 0) break;
-      size += static_cast<size_t>(n);
+      out.resize(size);
+      return out;
+    }
+    if (inflateInit2(&zs, 15 + 16) != Z_OK) return ResourceExhausted("zlib cannot start inflating " + Quoted(path));
+    z_open = true;
+    bool in_member = true;
+    while (n > 0) {
+      zs.next_in = in.data();
+      zs.avail_in = static_cast<uInt>(n);
+      while (zs.avail_in > 0) {
+        if (!in_member) {
+          // After a member only another member may follow.
+          const bool magic = zs.next_in[0] == 0x1f && (zs.avail_in < 2 || zs.next_in[1] == 0x8b);
+          if (!magic) {
+            const uint64_t at = offset + static_cast<uint64_t>(zs.next_in - in.data());
+            return DataLoss(Quoted(path) + ": trailing garbage at byte offset " + std::to_string(at) +
+                            " after the end of the gzip data (" + std::to_string(size) +
+                            " decompressed bytes); the file is damaged or not one gzip file");
+          }
+          inflateReset(&zs);
+          in_member = true;
+        }
+        if (out.size() - size < kBlock) out.resize(std::max(out.size() * 2, size + kBlock));
+        zs.next_out = out.data() + size;
+        zs.avail_out = static_cast<uInt>(std::min<size_t>(out.size() - size, UINT32_MAX));
+        const int r = inflate(&zs, Z_NO_FLUSH);
+        size = static_cast<size_t>(zs.next_out - out.data());
+        if (r == Z_STREAM_END) {
+          in_member = false;
+        } else if (r == Z_BUF_ERROR) {
+          if (zs.avail_out != 0) break;  // needs more input
+        } else if (r != Z_OK) {
+          return DataLoss(Quoted(path) + ": gzip decompression failed after " + std::to_string(size) +
+                          " bytes: " + (zs.msg ? zs.msg : "error " + std::to_string(r)));
+        }
+      }
+      offset += n;
+      SHARDPS_RETURN_IF_ERROR(read_block(&n));
+    }
+    if (in_member) {
+      return DataLoss(Quoted(path) + ": unexpected end of file after " + std::to_string(size) +
+                      " decompressed bytes (truncated or corrupt gzip file)");
     }
   } catch (const std::bad_alloc&) {
-    failure = ResourceExhausted("out of memory reading " + Quoted(path) + " (" + std::to_string(size) + " bytes read)");
+    return ResourceExhausted("out of memory reading " + Quoted(path) + " (" + std::to_string(size) + " bytes read)");
   }
-  if (failure.ok()) {
-    // A gzip stream that simply stops (a cut download) is not an error for gzread: it returns what
-    // it could inflate and records Z_BUF_ERROR "unexpected end of file".
-    int err = 0;
-    const char* msg = gzerror(f, &err);
-    if (err != Z_OK && err != Z_STREAM_END) {
-      failure = DataLoss(Quoted(path) + ": " + (msg ? msg : "gzip error") + " after " + std::to_string(size) +
-                         " decompressed bytes (truncated or corrupt gzip file)");
-    }
-  }
-  gzclose(f);
-  if (!failure.ok()) return failure;
   out.resize(size);
   return out;
 }

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "shardps/core/file_system.h"
 #include "shardps/core/status.h"
 
 namespace shardps {
@@ -49,9 +50,10 @@ struct SafetensorsTensor {
   std::span<const uint8_t> bytes;
 };
 
-// Writes a safetensors file atomically (temporary name, fsync, rename, directory fsync): the
-// tensors back to back in the given order, and `metadata` (string pairs) as "__metadata__".
-Status WriteSafetensors(const std::string& path, const std::vector<SafetensorsTensor>& tensors,
+// Writes a safetensors file atomically through `fs` (WriteFileAtomically: temporary name, fsync,
+// rename, directory fsync; never over a non-regular file): the tensors back to back in the given
+// order, and `metadata` (string pairs) as "__metadata__".
+Status WriteSafetensors(FileSystem& fs, const std::string& path, const std::vector<SafetensorsTensor>& tensors,
                         const std::vector<std::pair<std::string, std::string>>& metadata = {});
 
 // IEEE half to float (exact).

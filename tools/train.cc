@@ -617,13 +617,14 @@ int RunDistributed(FileSystem& fs, const config::TrainConfig& c, const TrainFlag
   Result<Outputs> out = Outputs{};
   worker::Dataset train, test;
   std::optional<CheckpointDirLock> writer_lock;  // the lead worker's, for the whole run
+  // The lead worker, which creates and commits every version, checks (and creates) the checkpoint
+  // location and holds the directory's writer lock for the whole run.
+  const bool ckpt_writer = s.ok() && !c.checkpoint_dir().empty() && cluster->is_worker() && cluster->worker_index() == 0;
   std::error_code exists_ec;
-  const bool ckpt_dir_was_missing = !c.checkpoint_dir().empty() && !std::filesystem::exists(c.checkpoint_dir(), exists_ec);
-  if (s.ok() && !c.checkpoint_dir().empty()) {
-    // The checkpoint location is checked (and created) by every process that writes there, and
-    // the lead worker, which commits every version, holds the directory's writer lock.
+  const bool ckpt_dir_was_missing = ckpt_writer && !std::filesystem::exists(c.checkpoint_dir(), exists_ec);
+  if (ckpt_writer) {
     s = EnsureWritableDirectory(fs, c.checkpoint_dir(), "checkpoint directory");
-    if (s.ok() && cluster->is_worker() && cluster->worker_index() == 0) {
+    if (s.ok()) {
       auto lock = CheckpointDirLock::Acquire(c.checkpoint_dir(), CheckpointDirLock::Kind::kWriter, "shardps train",
                                              std::chrono::milliseconds(0));
       if (!lock.ok()) {

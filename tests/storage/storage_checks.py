@@ -1,0 +1,284 @@
+#!/usr/bin/python3
+"""End-to-end checks of checkpoint and output storage through the `shardps` CLI, run by CTest
+(tests/storage/CMakeLists.txt), one CHECK per test:
+
+    storage_checks.py --shardps build/bin/shardps --mpirun mpirun --source-dir . --work DIR CHECK
+
+  resume_auto       --resume auto on a missing, an empty and an only-incomplete directory starts
+                    fresh (saying which), then resumes; explicit --resume stays strict; '@' in the
+                    directory name; a changed --train-limit is refused
+  second_writer     a second job on the same --checkpoint-dir is refused naming the holder; the lock
+                    of a killed job is taken over
+  gc_during_job     `shardps ckpt gc/tag/untag` run again and again while a job applies --keep-last:
+                    every command and the job succeed, and the job's weights are unchanged
+  device_outputs    --model-out, --summary-json, --metrics-csv and ckpt export --out naming /dev/null
+                    or /dev/full are refused before training; the devices stay devices
+  readonly_outputs  read-only or missing output and checkpoint locations are refused before training
+
+The script's exit code decides (tests/pylib/shardps_check.py).
+"""
+import argparse
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pylib"))
+import shardps_check as sc  # noqa: E402
+from shardps_check import check, fail  # noqa: E402
+
+SMALL = ["--hidden", "32", "--train-limit", "4096", "--test-limit", "1000", "--batch-size", "64",
+         "--optimizer", "sgd", "--lr", "0.1", "--progress", "plain"]
+
+
+class Runner:
+    def __init__(self, a):
+        self.shardps, self.mpirun, self.src, self.work = a.shardps, a.mpirun, a.source_dir, a.work
+        self.count = 0
+
+    def cmd(self, args, out=None):
+        self.count += 1
+        out = out or os.path.join(self.work, f"run{self.count}")
+        cfg = os.path.join(self.src, "examples", "configs", "fashion_mlp.prototxt")
+        small = list(SMALL)
+        if "--train-limit" in args:  # the caller's limit instead of the default one
+            i = small.index("--train-limit")
+            del small[i:i + 2]
+        return sc.mpirun_cmd(self.mpirun, 2, [self.shardps, "train", "--config", cfg, "--servers", "1",
+                                              "--out-dir", out] + small + list(args)), out
+
+    def train(self, args, expect_ok=True, timeout=600):
+        """Runs a 2-process job (1 server, 1 worker); returns (completed process, out dir)."""
+        cmd, out = self.cmd(args)
+        p = sc.run(cmd, timeout=timeout, expect_ok=expect_ok)
+        return p, out
+
+    def refused(self, args, text, timeout=300):
+        """The job must fail, say `text`, and not have trained (no metrics file was started)."""
+        p, out = self.train(args, expect_ok=False, timeout=timeout)
+        check(p.returncode != 0, f"the job did not fail:\n{p.stdout}\n{p.stderr}")
+        check(text in p.stderr, f"expected {text!r} in the error:\n{p.stderr}")
+        check(not os.path.exists(os.path.join(out, "metrics.csv")) and not os.path.exists(os.path.join(out, "summary.json")),
+              f"the job started training before refusing: {out} has outputs")
+        print(f"   refused: {[l for l in p.stderr.splitlines() if text in l][0]}")
+        return p
+
+
+def sha(out):
+    return sc.read_summary(out, show=False)["weights_sha256"]
+
+
+def check_resume_auto(r, a):
+    sc.need_fashion()
+    ref, ref_out = r.train(["--epochs", "1"])
+    want = sha(ref_out)
+
+    # A missing directory: a fresh start that says so.
+    ck = os.path.join(r.work, "missing", "ck")
+    p, out = r.train(["--epochs", "1", "--checkpoint-dir", ck, "--resume", "auto"])
+    check("did not exist" in p.stderr and "starting fresh" in p.stderr, f"no fresh-start notice:\n{p.stderr}")
+    check(sha(out) == want, "a fresh start with --resume auto gave other weights than a plain run")
+    # The identical command line again: now it resumes (and, at its last step already, only finishes).
+    p, out = r.train(["--epochs", "2", "--checkpoint-dir", ck, "--resume", "auto"])
+    check("resuming from" in p.stderr, f"the second run did not resume:\n{p.stderr}")
+
+    # An empty directory.
+    ck = sc.fresh_dir(os.path.join(r.work, "empty"))
+    p, out = r.train(["--epochs", "1", "--checkpoint-dir", ck, "--resume", "auto"])
+    check("holds no checkpoint" in p.stderr and "starting fresh" in p.stderr, f"no fresh-start notice:\n{p.stderr}")
+    check(sha(out) == want, "fresh start in an empty directory: other weights")
+
+    # Only an incomplete first version: the job was killed before its first MANIFEST was renamed
+    # into place. Its writer lock is then the record of a dead process, taken over.
+    ck = sc.fresh_dir(os.path.join(r.work, "incomplete"))
+    p, _ = r.train(["--epochs", "1", "--checkpoint-dir", ck, "--checkpoint-every", "10",
+                    "--test-crash-at", "before-rename:MANIFEST@1"], expect_ok=False)
+    check(p.returncode != 0, "the crash hook did not end the job")
+    check(os.path.isdir(os.path.join(ck, "v00000001")) and not sc.committed_manifests(ck),
+          f"expected an incomplete v00000001 in {ck}: {os.listdir(ck)}")
+    p, out = r.train(["--epochs", "1", "--checkpoint-dir", ck, "--resume", "auto"])
+    check("only incomplete versions (v00000001" in p.stderr and "starting fresh" in p.stderr,
+          f"no fresh-start notice naming the incomplete version:\n{p.stderr}")
+    check("took over the lock" in p.stderr, f"the killed job's lock was not reported as taken over:\n{p.stderr}")
+    check(sha(out) == want, "fresh start after an incomplete version: other weights")
+
+    # An explicit --resume stays strict.
+    empty = sc.fresh_dir(os.path.join(r.work, "strict"))
+    p, _ = r.train(["--epochs", "1", "--resume", empty], expect_ok=False)
+    check(p.returncode != 0 and "no valid checkpoint" in p.stderr, f"explicit --resume of an empty dir:\n{p.stderr}")
+
+    # '@' in the directory name: DIR, DIR@VERSION and --resume auto all work.
+    ck = os.path.join(r.work, "ck@run2")
+    r.train(["--epochs", "1", "--checkpoint-dir", ck, "--checkpoint-every", "32"])
+    p, out = r.train(["--epochs", "2", "--resume", ck])
+    check("resuming from " + os.path.join(ck, "v00000002") in p.stderr, f"--resume DIR with '@':\n{p.stderr}")
+    p, out = r.train(["--epochs", "2", "--resume", ck + "@1"])
+    check("resuming from " + os.path.join(ck, "v00000001") in p.stderr, f"--resume DIR@1 with '@' in DIR:\n{p.stderr}")
+    both = sha(out)
+    p, out = r.train(["--epochs", "2", "--checkpoint-dir", ck, "--resume", "auto"])
+    check(sha(out) == both, "--resume auto and --resume DIR@1 ended with other weights")
+
+    # Another data position: a changed --train-limit is refused, naming both counts.
+    p = r.refused(["--epochs", "3", "--checkpoint-dir", ck, "--resume", "auto", "--train-limit", "2048"],
+                  "was taken training on 4096 samples; this run has 2048")
+
+
+def wait_for_lock_holder(ck, timeout=180):
+    lock = os.path.join(ck, "LOCK")
+
+    def held():
+        try:
+            with open(lock) as f:
+                return f.read().strip()
+        except OSError:
+            return ""
+    return sc.wait_until(held, timeout, f"a job to take {lock}")
+
+
+def check_second_writer(r, a):
+    sc.need_fashion()
+    ck = sc.fresh_dir(os.path.join(r.work, "ck"))
+    cmd, _ = r.cmd(["--epochs", "100000", "--checkpoint-dir", ck, "--checkpoint-every", "50", "--keep-last", "2"])
+    first = sc.popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    holder = wait_for_lock_holder(ck)
+    print(f"   the first job holds the lock: {holder}")
+    check(first.poll() is None, "the first job ended early")
+    pid = holder.split()[1]
+    p = r.refused(["--epochs", "1", "--checkpoint-dir", ck], "is in use by another writer")
+    check(f"pid {pid} on host" in p.stderr and "since" in p.stderr, f"the holder is not named:\n{p.stderr}")
+    check(first.poll() is None, "the refused second job disturbed the first")
+    # The lock holder (the first job's lead worker) dies without releasing anything; mpirun ends
+    # the rest of that job; the next job takes the lock over.
+    os.kill(int(pid), signal.SIGKILL)
+    sc.communicate(first, 120, "the first job after its lead worker was killed")
+    p, _ = r.train(["--epochs", "1", "--checkpoint-dir", ck, "--resume", "auto"])
+    check("took over the lock" in p.stderr and f"pid {pid}" in p.stderr,
+          f"the dead job's lock was not taken over naming it:\n{p.stderr}")
+
+
+def check_gc_during_job(r, a):
+    sc.need_fashion()
+    args = ["--epochs", "40"]
+    _, ref_out = r.train(args)
+    ck = sc.fresh_dir(os.path.join(r.work, "ck"))
+    cmd, out = r.cmd(args + ["--checkpoint-dir", ck, "--checkpoint-every", "3", "--keep-last", "2"])
+    log = open(os.path.join(r.work, "job.stderr"), "w+")
+    job = sc.popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    wait_for_lock_holder(ck)
+    runs = {"gc": 0, "tag": 0, "untag": 0}
+    deadline = time.time() + 600
+    while job.poll() is None:
+        check(time.time() < deadline, "the job did not end within 600 s")
+        p = sc.run([r.shardps, "ckpt", "gc", ck, "--keep-last", "1", "--wait", "120"], timeout=180, expect_ok=False,
+                   quiet=True)
+        check(p.returncode == 0, f"ckpt gc failed during the job:\n{p.stdout}\n{p.stderr}")
+        runs["gc"] += 1
+        valid = [v for v in sc.ckpt_versions(r.shardps, ck) if v["valid"]]
+        if valid and job.poll() is None:
+            v = str(valid[-1]["version"])
+            p = sc.run([r.shardps, "ckpt", "tag", ck, v, "mark", "--wait", "120"], timeout=180, expect_ok=False, quiet=True)
+            # The version may be deleted by the job's retention between the listing and the tag.
+            check(p.returncode == 0 or "does not exist" in p.stderr, f"ckpt tag failed during the job:\n{p.stderr}")
+            runs["tag"] += p.returncode == 0
+            if p.returncode == 0:
+                p = sc.run([r.shardps, "ckpt", "untag", ck, "mark", "--wait", "120"], timeout=180, expect_ok=False,
+                           quiet=True)
+                check(p.returncode == 0, f"ckpt untag failed during the job:\n{p.stderr}")
+                runs["untag"] += 1
+    sc.communicate(job, 600)
+    log.seek(0)
+    se = log.read()
+    print(f"   operator commands while the job ran: {runs}")
+    check(job.returncode == 0, f"the job failed while operators worked on its directory:\n{se}")
+    check(runs["gc"] >= 3, f"only {runs['gc']} gc runs overlapped the job: the check did not test anything")
+    check(sha(out) == sha(ref_out), "the job's weights differ from the same run without checkpoints")
+    valid = [v for v in sc.ckpt_versions(r.shardps, ck) if v["valid"]]
+    check(1 <= len(valid) <= 2, f"retention left {len(valid)} valid versions, expected 1 or 2")
+
+
+def check_device_outputs(r, a):
+    sc.need_fashion()
+    devices = [d for d in ("/dev/null", "/dev/full") if os.path.exists(d)]
+    check(devices, "no /dev/null or /dev/full to test with")
+    before = {d: os.stat(d) for d in devices}
+    for d in devices:
+        for flag, what in (("--model-out", "final model"), ("--summary-json", "summary JSON"), ("--metrics-csv", "metrics CSV")):
+            r.refused(["--epochs", "1", flag, d], f"refusing to write {what}")
+    # ckpt export --out: a real checkpoint, exported to a device.
+    ck = sc.fresh_dir(os.path.join(r.work, "ck"))
+    r.train(["--epochs", "1", "--checkpoint-dir", ck])
+    for d in devices:
+        p = sc.run([r.shardps, "ckpt", "export", ck, "--out", d], expect_ok=False, timeout=120)
+        check(p.returncode != 0 and "not a regular file" in p.stderr, f"ckpt export --out {d}:\n{p.stdout}\n{p.stderr}")
+    good = os.path.join(r.work, "model.safetensors")
+    sc.run([r.shardps, "ckpt", "export", ck, "--out", good], timeout=120)
+    check(os.path.isfile(good), "ckpt export to a regular file wrote nothing")
+    for d in devices:
+        st = os.stat(d)
+        check(stat.S_ISCHR(st.st_mode) and st.st_rdev == before[d].st_rdev, f"{d} is no longer the same device")
+
+
+def check_readonly_outputs(r, a):
+    sc.need_fashion()
+    ro = sc.fresh_dir(os.path.join(r.work, "ro"))
+    os.makedirs(os.path.join(ro, "sub"))
+    mounted = False
+    if os.geteuid() == 0:
+        # root writes through file modes: a read-only file system is the real thing.
+        p = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", ro], capture_output=True, text=True)
+        check(p.returncode == 0, f"cannot mount a read-only tmpfs at {ro} as root: {p.stderr}")
+        mounted = True
+    else:
+        os.chmod(ro, 0o555)
+    try:
+        probe = os.path.join(ro, "probe")
+        try:
+            open(probe, "w").close()
+            fail(f"{ro} is writable: the check would test nothing")
+        except OSError:
+            pass
+        text = "Read-only file system" if mounted else "Permission denied"
+        r.refused(["--epochs", "1", "--model-out", os.path.join(ro, "model.safetensors")], text)
+        r.refused(["--epochs", "1", "--summary-json", os.path.join(ro, "summary.json")], text)
+        r.refused(["--epochs", "1", "--checkpoint-dir", os.path.join(ro, "ck")], "checkpoint directory")
+        cmd, out = r.cmd(["--epochs", "1"], out=os.path.join(ro, "out"))
+        p = sc.run(cmd, expect_ok=False, timeout=300)
+        check(p.returncode != 0 and "output directory" in p.stderr, f"--out-dir on a read-only file system:\n{p.stderr}")
+        missing = os.path.join(r.work, "no", "such", "dir")
+        r.refused(["--epochs", "1", "--model-out", os.path.join(missing, "model.safetensors")], "No such file or directory")
+        plain = os.path.join(r.work, "plain")
+        open(plain, "w").close()
+        r.refused(["--epochs", "1", "--checkpoint-dir", os.path.join(plain, "ck")], "is not a directory")
+    finally:
+        if mounted:
+            subprocess.run(["umount", ro], check=False)
+        else:
+            os.chmod(ro, 0o755)
+
+
+CHECKS = {
+    "resume_auto": check_resume_auto,
+    "second_writer": check_second_writer,
+    "gc_during_job": check_gc_during_job,
+    "device_outputs": check_device_outputs,
+    "readonly_outputs": check_readonly_outputs,
+}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shardps", required=True)
+    ap.add_argument("--mpirun", default="mpirun")
+    ap.add_argument("--source-dir", required=True)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("check", choices=sorted(CHECKS))
+    a = ap.parse_args()
+    sc.fresh_dir(a.work)
+    os.environ.update(sc.ROOT_ENV)
+    sc.main(CHECKS[a.check], a.check, Runner(a), a)
+
+
+if __name__ == "__main__":
+    main()

@@ -88,9 +88,11 @@ import sys
 import threading
 import time
 
-FASHION = "/usr/share/datasets/fashion-mnist"
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-           OMPI_MCA_rmaps_base_oversubscribe="1")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pylib"))
+import shardps_check as sc  # noqa: E402
+from shardps_check import fail, free_port  # noqa: E402,F401
+
+ENV = sc.ROOT_ENV
 TRAIN = ["--epochs", "1", "--train-limit", "6000", "--test-limit", "1000", "--progress", "plain"]
 HANDSHAKE_S = 2          # --peer-timeout 2 => handshake timeout min(10 s, 2 s)
 HANDSHAKE_MS = HANDSHAKE_S * 1000
@@ -119,11 +121,6 @@ BAD_HELLO = r'authentication: expected a HELLO \(magic "SPSA"\), got other bytes
 EVICTED = rf"evicted: {MAX_PENDING} connections pending, this one the oldest unauthenticated"
 LIMIT_NOTICE = "(further refusals are logged once per 1000)"
 SO_FAR = re.compile(r"\((\d+) refused so far\)$")
-
-
-def fail(msg):
-    print("FAIL:", msg, flush=True)
-    sys.exit(1)
 
 
 # ---- The handshake of core/src/auth.cc, initiator side ----
@@ -573,12 +570,6 @@ def listening(port):
     return False
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def refusal_lines(log_path):
     """Every line with "refused a connection", in order, as (line, port or None, reason or None)."""
     with open(log_path, errors="replace") as f:
@@ -592,17 +583,8 @@ def refusal_lines(log_path):
     return text, out
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--shardps", required=True)
-    ap.add_argument("--mpirun", default="mpirun")
-    ap.add_argument("--source-dir", required=True)
-    ap.add_argument("--work", required=True)
-    ap.add_argument("--squatter-processes", type=int, default=2,
-                    help="run this many more squatters, each in its own process (default 2)")
-    args = ap.parse_args()
-    if not os.path.exists(os.path.join(FASHION, "train-images-idx3-ubyte.gz")):
-        fail(f"Fashion-MNIST not found under {FASHION}; scripts/setup.sh installs dataset-fashion-mnist")
+def abuse(args):
+    sc.need_fashion()
     t_start = time.time()
     work = args.work
     shutil.rmtree(work, ignore_errors=True)
@@ -611,19 +593,13 @@ def main():
 
     # The expected weights: the same run under mpirun.
     ref = os.path.join(work, "ref")
-    cmd = [args.mpirun, "--oversubscribe", "--bind-to", "none", "-np", "3", args.shardps, "train", "--config", cfg,
-           "--servers", "1", "--out-dir", ref] + TRAIN
-    p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
-    if p.returncode != 0:
-        fail(f"reference run failed:\n{p.stdout}\n{p.stderr}")
-    with open(os.path.join(ref, "summary.json")) as f:
-        want_sha = json.load(f)["weights_sha256"]
+    sc.run(sc.mpirun_cmd(args.mpirun, 3, [args.shardps, "train", "--config", cfg, "--servers", "1", "--out-dir", ref] +
+                         TRAIN), timeout=120)
+    want_sha = sc.read_summary(ref, show=False)["weights_sha256"]
     print(f"reference (mpirun) weights_sha256 {want_sha}")
 
     key = os.path.join(work, "job.key")
-    p = subprocess.run([args.shardps, "keygen", "--out", key], capture_output=True, text=True, timeout=30)
-    if p.returncode != 0:
-        fail(f"keygen failed:\n{p.stdout}\n{p.stderr}")
+    sc.run([args.shardps, "keygen", "--out", key], timeout=30)
     with open(key, "rb") as f:
         secret = f.read()
 
@@ -640,8 +616,8 @@ def main():
         out = os.path.join(work, name)
         logs[name] = os.path.join(work, name + ".log")
         with open(logs[name], "w") as log:
-            procs[name] = subprocess.Popen(common + ["--role", role, "--rank", str(rank), "--out-dir", out],
-                                           stdout=log, stderr=subprocess.STDOUT, env=ENV)
+            procs[name] = sc.popen(common + ["--role", role, "--rank", str(rank), "--out-dir", out],
+                                   stdout=log, stderr=subprocess.STDOUT, env=ENV)
 
     def log_of(name):
         with open(logs[name], errors="replace") as f:
@@ -900,9 +876,19 @@ def main():
                 proc.kill()
         for p in procs.values():
             if p.poll() is None:
-                p.kill()
-                p.wait()
-    print("PASS abuse")
+                sc.kill_group(p)
+                p.wait(30)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shardps", required=True)
+    ap.add_argument("--mpirun", default="mpirun")
+    ap.add_argument("--source-dir", required=True)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--squatter-processes", type=int, default=2,
+                    help="run this many more squatters, each in its own process (default 2)")
+    sc.main(abuse, "abuse", ap.parse_args())
 
 
 if __name__ == "__main__":

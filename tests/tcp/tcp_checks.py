@@ -6,72 +6,32 @@
 Each CHECK starts real jobs of separately started processes on 127.0.0.1 (through
 scripts/launch_local.sh, or one subprocess per process when a check kills or stops one of them),
 reads their summary JSON and stderr, and exits non-zero with a message when the property does not
-hold. Every wait is bounded, and every process a check started is killed when it ends.
+hold (tests/pylib/shardps_check.py). Every wait is bounded, and every process a check started is killed when it ends.
 """
 import argparse
 import glob
-import json
 import os
 import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 
-FASHION = "/usr/share/datasets/fashion-mnist"
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-           OMPI_MCA_rmaps_base_oversubscribe="1")
-for _k in [k for k in ENV if k.startswith(("SHARDPS_", "SLURM_"))]:
-    del ENV[_k]  # the launch must come from the flags below only
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pylib"))
+import shardps_check as sc  # noqa: E402
+from shardps_check import fail, free_port, procs_with  # noqa: E402,F401
 
-sys.stdout.reconfigure(line_buffering=True)  # progress survives a CTest timeout
-STARTED = []  # every Popen of a check, killed (and continued, if stopped) when the check ends
+ENV = sc.clean_env()  # the launch must come from the flags below only (no SHARDPS_*/SLURM_* variables)
 PEER_TIMEOUT = 2      # seconds, in the jobs where a process is killed or stopped
 HANG = PEER_TIMEOUT + 30  # seconds a process may take to end after a peer was lost: a hang guard
 
 
-def fail(msg):
-    print("FAIL:", msg)
-    sys.exit(1)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def procs_with(marker):
-    """Pids of the processes (other than this one) whose command line contains `marker`."""
-    pids = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    pids.append(int(pid))
-        except OSError:
-            pass
-    return pids
-
-
-def kill_all(marker=None):
-    for p in STARTED:
-        if p.poll() is None:
-            for sig in (signal.SIGKILL, signal.SIGCONT):
-                try:
-                    p.send_signal(sig)
-                except OSError:
-                    pass
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-    for pid in procs_with(marker) if marker else []:
+def kill_leftovers(marker):
+    """Kills any process whose command line names this check's directory (e.g. one a launcher
+    started in another process group)."""
+    for pid in procs_with(marker):
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:
@@ -100,19 +60,15 @@ class Runner:
 
     def keygen(self, d):
         key = os.path.join(d, "key")
-        subprocess.run([self.shardps, "keygen", "--out", key], check=True, capture_output=True, timeout=30)
+        sc.run([self.shardps, "keygen", "--out", key], timeout=30, env=ENV, quiet=True)
         return key
 
     def mpi(self, servers, workers, args, timeout=300):
         """An mpirun job of `servers` + `workers` ranks; returns its summary."""
         out = self.fresh("mpi")
-        cmd = [self.mpirun, "--oversubscribe", "--bind-to", "none", "-np", str(servers + workers), self.shardps,
-               "train", "--servers", str(servers), "--out-dir", out, "--progress", "never"] + args
-        t0 = time.time()
-        p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
-        print(f"$ {' '.join(cmd)}  ({time.time() - t0:.1f} s, exit {p.returncode})")
-        if p.returncode != 0:
-            fail(f"mpirun job failed:\n{p.stdout}\n{p.stderr}")
+        cmd = sc.mpirun_cmd(self.mpirun, servers + workers, [self.shardps, "train", "--servers", str(servers),
+                                                             "--out-dir", out, "--progress", "never"] + args)
+        sc.run(cmd, timeout=timeout, env=ENV)
         return read_summary(out)
 
     def launch_local(self, servers, workers, args, name="launch", timeout=300, bin_=None, opts=()):
@@ -122,15 +78,7 @@ class Runner:
         cmd = ["bash", self.launch, "-s", str(servers), "-w", str(workers), "-k", self.keygen(d),
                "-o", os.path.join(d, "logs"), *opts, "--", bin_ or self.shardps, "train", "--out-dir", out,
                "--progress", "never"] + args
-        t0 = time.time()
-        p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        STARTED.append(p)
-        try:
-            so, se = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            fail(f"launch_local.sh did not end within {timeout} s: {' '.join(cmd)}")
-        p = subprocess.CompletedProcess(cmd, p.returncode, so, se)
-        print(f"$ {' '.join(cmd)}  ({time.time() - t0:.1f} s, exit {p.returncode})")
+        p = sc.run(cmd, timeout=timeout, env=ENV, expect_ok=False)
         summary = read_summary(out) if p.returncode == 0 else None
         return summary, p, d
 
@@ -140,10 +88,7 @@ class Runner:
 
 
 def read_summary(out):
-    with open(os.path.join(out, "summary.json")) as f:
-        s = json.load(f)
-    print("  ", json.dumps(s))
-    return s
+    return sc.read_summary(out)
 
 
 class TcpJob:
@@ -160,8 +105,7 @@ class TcpJob:
                 if role == "worker":
                     cmd += ["--out-dir", os.path.join(d, f"out-{i}")]
                 with open(self.path(f"{role} {i}", "out"), "w") as o, open(self.path(f"{role} {i}", "err"), "w") as e:
-                    p = subprocess.Popen(cmd, env=ENV, stdin=subprocess.DEVNULL, stdout=o, stderr=e)
-                STARTED.append(p)
+                    p = sc.popen(cmd, env=ENV, stdin=subprocess.DEVNULL, stdout=o, stderr=e)
                 self.procs[f"{role} {i}"] = p
         print(f"started {servers} server(s) + {workers} worker(s) at 127.0.0.1:{port} in {d}: "
               f"{' '.join(args)}")
@@ -388,8 +332,7 @@ def check_launch_local(r, args):
         d = r.fresh(sig.name)
         cmd = ["bash", r.launch, "-k", r.keygen(d), "-o", os.path.join(d, "logs"), "--", r.shardps, "train",
                "--out-dir", os.path.join(d, "out"), "--progress", "never", "--epochs", "200"] + softmax
-        p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        STARTED.append(p)
+        p = sc.popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 60
         while len(procs_with(d)) < 4 and time.time() < deadline and p.poll() is None:  # the script + 3
             time.sleep(0.1)
@@ -421,18 +364,19 @@ def main():
     ap.add_argument("check", choices=["matches_mpi", "convergence", "kill_worker", "kill_server", "stopped_rank",
                                       "launch_local", "failure_reason"])
     args = ap.parse_args()
-    if not os.path.exists(os.path.join(FASHION, "train-images-idx3-ubyte.gz")):
-        fail(f"Fashion-MNIST not found under {FASHION}; scripts/setup.sh installs dataset-fashion-mnist")
     args.shardps = os.path.abspath(shutil.which(args.shardps) or args.shardps)
-    os.makedirs(args.work, exist_ok=True)
-    r = Runner(args.shardps, os.path.abspath(args.work), args.mpirun, os.path.abspath(args.source_dir))
-    t0 = time.time()
-    try:
-        globals()["check_" + args.check](r, args)
-    finally:
-        kill_all(r.marker)
-    print(f"({time.time() - t0:.1f} s)")
-    print("PASS", args.check)
+
+    def run_check():
+        sc.need_fashion()
+        os.makedirs(args.work, exist_ok=True)
+        r = Runner(args.shardps, os.path.abspath(args.work), args.mpirun, os.path.abspath(args.source_dir))
+        try:
+            globals()["check_" + args.check](r, args)
+        finally:
+            sc.stop_all()
+            kill_leftovers(r.marker)
+
+    sc.main(run_check, args.check)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ safetensors library):
   * DIR@VERSION and DIR@TAG select older versions (their step in the metadata);
   * bad --dtype, bad --prune-below, a missing checkpoint and an unwritable --out exit non-zero
     with a message and no crash.
-Prints "PASS export" at the end; exits non-zero with "FAIL: ..." otherwise.
+Exits 0 printing "PASS export", or 1 printing "FAIL: ..." (tests/pylib/shardps_check.py).
 """
 import argparse
 import json
@@ -25,29 +25,20 @@ import os
 import re
 import shutil
 import struct
-import subprocess
 import sys
 import time
 
 import numpy as np
 
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-           OMPI_MCA_rmaps_base_oversubscribe="1")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pylib"))
+import shardps_check as sc  # noqa: E402
+from shardps_check import fail  # noqa: E402
+
 DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "I8": np.dtype("i1")}
 
 
-def fail(msg):
-    print("FAIL:", msg)
-    sys.exit(1)
-
-
 def run(cmd, expect_ok=True, timeout=600):
-    t0 = time.time()
-    p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
-    print(f"$ {' '.join(cmd)}  ({time.time() - t0:.1f} s, exit {p.returncode})")
-    if expect_ok and p.returncode != 0:
-        fail(f"command failed:\n{p.stdout}\n{p.stderr}")
-    return p
+    return sc.run(cmd, timeout=timeout, expect_ok=expect_ok)
 
 
 def read_safetensors(path, need_meta=True):
@@ -143,21 +134,15 @@ def check_printed_sparsity(stdout, zeros_in_file, path):
     return tz / tn
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--shardps", required=True)
-    ap.add_argument("--mpirun", default="mpirun")
-    ap.add_argument("--source-dir", required=True)
-    ap.add_argument("--work", required=True)
-    a = ap.parse_args()
+def export_checks(a):
     t_start = time.time()
     shutil.rmtree(a.work, ignore_errors=True)
     os.makedirs(a.work)
     ck, out_dir = os.path.join(a.work, "ck"), os.path.join(a.work, "run")
     cfg = os.path.join(a.source_dir, "examples", "configs", "fashion_mlp.prototxt")
-    run([a.mpirun, "--oversubscribe", "--bind-to", "none", "-np", "3", a.shardps, "train", "--config", cfg,
+    run(sc.mpirun_cmd(a.mpirun, 3, [a.shardps, "train", "--config", cfg,
          "--hidden", "32", "--train-limit", "4096", "--test-limit", "1000", "--epochs", "1", "--servers", "1",
-         "--checkpoint-dir", ck, "--checkpoint-every", "32", "--out-dir", out_dir, "--progress", "never"])
+         "--checkpoint-dir", ck, "--checkpoint-every", "32", "--out-dir", out_dir, "--progress", "never"]))
     model, _, _ = read_safetensors(os.path.join(out_dir, "final_model.safetensors"), need_meta=False)
     model = {k: v.astype(np.float32) for k, v in model.items()}
     versions = json.loads(run([a.shardps, "ckpt", "list", ck, "--json"]).stdout)
@@ -294,7 +279,16 @@ def main():
         print(f"  {name}: exit {p.returncode}: {p.stderr.strip().splitlines()[0]}")
     if os.path.exists(bad_out) or os.path.exists(bad_out + ".tmp"):
         fail("a failed export left a file behind")
-    print(f"PASS export ({time.time() - t_start:.1f} s)")
+    print(f"export checks done ({time.time() - t_start:.1f} s)")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shardps", required=True)
+    ap.add_argument("--mpirun", default="mpirun")
+    ap.add_argument("--source-dir", required=True)
+    ap.add_argument("--work", required=True)
+    sc.main(export_checks, "export", ap.parse_args())
 
 
 if __name__ == "__main__":

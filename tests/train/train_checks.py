@@ -7,10 +7,14 @@ Each CHECK launches real jobs (mpirun or a single process), reads their summary 
 safetensors model, and exits non-zero with a message when the property does not hold.
 """
 import argparse
+import glob
 import gzip
 import json
 import os
+import random
+import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -18,14 +22,9 @@ import time
 
 import numpy as np
 
-FASHION = "/usr/share/datasets/fashion-mnist"
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-           OMPI_MCA_rmaps_base_oversubscribe="1")
-
-
-def fail(msg):
-    print("FAIL:", msg)
-    sys.exit(1)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pylib"))
+import shardps_check as sc  # noqa: E402
+from shardps_check import check, fail  # noqa: E402,F401
 
 
 class Runner:
@@ -43,38 +42,18 @@ class Runner:
         shutil.rmtree(out, ignore_errors=True)
         cmd = [self.shardps, "train", "--out-dir", out, "--progress", "plain"] + args
         if np_ > 0:
-            cmd = [self.mpirun, "--oversubscribe", "--bind-to", "none", "-np", str(np_)] + cmd
-        t0 = time.time()
-        p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
-        print(f"$ {' '.join(cmd)}  ({time.time() - t0:.1f} s, exit {p.returncode})")
-        if expect_ok and p.returncode != 0:
-            fail(f"job failed:\n{p.stdout}\n{p.stderr}")
-        summary = None
-        path = os.path.join(out, "summary.json")
-        if p.returncode == 0:
-            with open(path) as f:
-                summary = json.load(f)
-            print("  ", json.dumps(summary))
+            cmd = sc.mpirun_cmd(self.mpirun, np_, cmd)
+        p = sc.run(cmd, timeout=timeout, expect_ok=expect_ok)
+        summary = sc.read_summary(out) if p.returncode == 0 else None
         return summary, out, p
+
+    def ckpt(self, *a, ok=True, timeout=120):
+        """`shardps ckpt ...`; ok: it must succeed."""
+        return sc.run([self.shardps, "ckpt", *a], timeout=timeout, expect_ok=ok, quiet=True)
 
     @staticmethod
     def model(run_dir):
-        return read_safetensors(os.path.join(run_dir, "final_model.safetensors"))
-
-
-def read_safetensors(path):
-    with open(path, "rb") as f:
-        data = f.read()
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
-    body = data[8 + n:]
-    out = {}
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        a, b = meta["data_offsets"]
-        out[name] = np.frombuffer(body[a:b], dtype="<f4").reshape(meta["shape"])
-    return out
+        return sc.read_safetensors_f32(os.path.join(run_dir, "final_model.safetensors"))
 
 
 def rel_diff(m1, m2):
@@ -184,16 +163,14 @@ def check_resume(r, args):
     print(f"  2 -> 1 workers: relative difference {d:.3g}")
     if d > 1e-5:
         fail(f"resuming with 1 worker differs by {d} relative")
-    p = subprocess.run([r.shardps, "ckpt", "list", ck1, "--json"], capture_output=True, text=True)
-    versions = json.loads(p.stdout)
+    versions = sc.ckpt_versions(r.shardps, ck1)
     if [v["step"] for v in versions] != [24, 48, 64] or not all(v["valid"] for v in versions):
         fail(f"ckpt list: {versions}")
     # Training ends one step after a checkpoint was requested: that one completes, then the final.
     ck3 = os.path.join(r.work, "ck3")
     shutil.rmtree(ck3, ignore_errors=True)
     r.train(3, ckpt_args(r, "--servers", "1", "--epochs", "1", "--checkpoint-dir", ck3, "--checkpoint-every", "63"))
-    steps = [v["step"] for v in json.loads(subprocess.run([r.shardps, "ckpt", "list", ck3, "--json"], capture_output=True,
-                                                          text=True).stdout) if v["valid"]]
+    steps = [v["step"] for v in sc.ckpt_versions(r.shardps, ck3) if v["valid"]]
     if steps != [63, 64]:
         fail(f"a checkpoint one step before the end: valid versions at steps {steps}")
 
@@ -233,7 +210,7 @@ def check_corruption(r, args):
         shutil.rmtree(d, ignore_errors=True)
         shutil.copytree(base, d)
         corrupt(d)
-        p = subprocess.run([r.shardps, "ckpt", "verify", d], capture_output=True, text=True)
+        p = r.ckpt("verify", d, ok=False)
         if p.returncode == 0 or "v00000002: BAD" not in p.stdout:
             fail(f"{name}: verify did not report it:\n{p.stdout}{p.stderr}")
         print(f"  {name}: verify: {[l for l in p.stdout.splitlines() if 'BAD' in l][0]}")
@@ -253,10 +230,8 @@ def check_registry(r, args):
     shutil.rmtree(d, ignore_errors=True)
 
     def ckpt(*a, ok=True):
-        p = subprocess.run([r.shardps, "ckpt", *a], capture_output=True, text=True)
+        p = r.ckpt(*a, ok=ok)
         print(f"  $ shardps ckpt {' '.join(a)} -> {p.returncode}: {(p.stdout + p.stderr).strip()[:150]}")
-        if ok and p.returncode != 0:
-            fail(f"ckpt {a} failed")
         return p
 
     def versions():
@@ -323,56 +298,126 @@ def check_crash(r, args):
         print(f"  killed at {phase} of version 2 ({servers} servers): resumed from version {resumes_from}, same weights")
 
 
+KILL_LOOP_RESUMES = 3     # killed runs that had resumed from a checkpoint, at least
+KILL_LOOP_MAX_RUNS = 14   # a bound on the loop: it ends earlier once both goals are met
+KILL_LOOP_WAIT = 180      # seconds: every wait of the loop (a checkpoint, the end of a killed job)
+
+
+def version_dirs(d):
+    """{version number: whether its MANIFEST exists} of the version directories in d."""
+    out = {}
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return out
+    for n in names:
+        if re.fullmatch(r"v\d{8}", n):
+            out[int(n[1:])] = os.path.exists(os.path.join(d, n, "MANIFEST"))
+    return out
+
+
+def interrupted_writes(d):
+    """Version directories without a MANIFEST (a write that never committed) and leftover *.tmp files."""
+    incomplete = {v for v, committed in version_dirs(d).items() if not committed}
+    return incomplete, glob.glob(os.path.join(d, "v*", "*.tmp"))
+
+
 def check_kill_loop(r, args):
-    """A bounded loop of SIGKILLs of a random rank at random moments of a real mpirun job, each run
-    resuming from the newest valid checkpoint; the last one finishes with the uninterrupted weights."""
-    import random
-    rng = random.Random(20261129)
+    """A bounded loop of SIGKILLs of a random rank of a real mpirun job that checkpoints every 4 steps.
+    No kill before the first committed checkpoint: each run is first allowed to commit a version of
+    its own (so every later run really resumes); then it is killed either after a random delay or
+    the moment a version directory without a MANIFEST (a checkpoint being written) appears. A kill
+    "landed during a checkpoint write" when, with every process dead, a version directory that was
+    not there before is left without a MANIFEST (or a .tmp file is left). The loop goes on until at
+    least three killed runs had resumed and at least one kill landed during a write; then a last
+    run resumes to the end and must have the uninterrupted run's weights."""
+    rng = random.Random(20261201)
     base = ckpt_args(r, "--servers", "1", "--epochs", "3", "--train-limit", "16384")
     full, _, _ = r.train(3, base)
     d = os.path.join(r.work, "kill_loop")
     shutil.rmtree(d, ignore_errors=True)
-    final = None
-    for i in range(6):
-        args_i = base + ["--checkpoint-dir", d, "--checkpoint-every", "16", "--keep-last", "3"]
-        if any(v["valid"] for v in json.loads(subprocess.run([r.shardps, "ckpt", "list", d, "--json"], capture_output=True,
-                                                              text=True).stdout or "[]")):
-            args_i += ["--resume", d]
-        out = os.path.join(r.work, f"kill{i}")
-        cmd = [r.mpirun, "--oversubscribe", "--bind-to", "none", "-np", "3", r.shardps, "train", "--out-dir", out,
-               "--progress", "never"] + args_i
-        p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        delay = rng.uniform(0.4, 1.6)
-        time.sleep(delay)
-        kids = []
-        for pid in os.listdir("/proc"):
-            if pid.isdigit():
-                try:
-                    with open(f"/proc/{pid}/stat") as f:
-                        if int(f.read().rsplit(")", 1)[1].split()[1]) == p.pid:
-                            kids.append(int(pid))
-                except (OSError, ValueError, IndexError):
-                    pass
-        victim = rng.choice(kids) if kids and p.poll() is None else None
-        if victim:
-            os.kill(victim, 9)
-        try:
-            so, se = p.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            fail(f"iteration {i}: the job did not end after a rank was killed")
-        resumed = [l for l in se.splitlines() if "resuming from" in l]
-        print(f"  iteration {i}: killed pid {victim} after {delay:.2f} s, exit {p.returncode}; "
-              f"{resumed[0] if resumed else 'fresh start'}")
-        if p.returncode == 0:
-            with open(os.path.join(out, "summary.json")) as f:
-                final = json.load(f)
+    job_args = base + ["--checkpoint-dir", d, "--checkpoint-every", "4", "--keep-last", "4"]
+    resumed_kills, write_kills, final, history = 0, 0, None, []
+    for i in range(KILL_LOOP_MAX_RUNS):
+        if resumed_kills >= KILL_LOOP_RESUMES and write_kills >= 1:
             break
-    if final is None:  # resumes, or (if the last killed run had finished training) re-evaluates
-        final, _, _ = r.train(3, base + ["--checkpoint-dir", d, "--resume", d])
-    if final["weights_sha256"] != full["weights_sha256"]:
-        fail("after the kill loop the weights differ from the uninterrupted run")
-    print("  final weights equal the uninterrupted run's")
+        valid = [v for v in sc.ckpt_versions(r.shardps, d) if v["valid"]]
+        resuming = bool(valid)
+        check(resuming or i == 0, f"run {i}: no valid checkpoint to resume from after the kills:\n{history}")
+        before = version_dirs(d)
+        incomplete_before, _ = interrupted_writes(d)
+        out = os.path.join(r.work, f"kill{i}")
+        shutil.rmtree(out, ignore_errors=True)
+        os.makedirs(out)
+        cmd = sc.mpirun_cmd(r.mpirun, 3, [r.shardps, "train", "--out-dir", out, "--progress", "never"] + job_args +
+                            (["--resume", d] if resuming else []))
+        with open(os.path.join(out, "stdout"), "w") as so, open(os.path.join(out, "stderr"), "w") as se:
+            p = sc.popen(cmd, stdout=so, stderr=se, stdin=subprocess.DEVNULL)
+
+        def stderr():
+            with open(os.path.join(out, "stderr")) as f:
+                return f.read()
+
+        # The first committed checkpoint of this run (a version newer than any before it).
+        newest_before = max(before, default=0)
+        sc.wait_until(lambda: p.poll() is not None or
+                                  any(v > newest_before and ok for v, ok in version_dirs(d).items()),
+                                  KILL_LOOP_WAIT, f"run {i}'s first checkpoint in {d}", poll=0.01)
+        if p.poll() is not None:
+            check(p.returncode == 0, lambda: f"run {i} failed (exit {p.returncode}) before its first checkpoint:\n"
+                                             f"{stderr()}")
+            final = sc.read_summary(out)
+            history.append(f"run {i}: finished before it could be killed")
+            break
+        # Where to kill: the moment a new version is being written (every other run), or at random.
+        mode = "during a write" if i % 2 == 1 or (write_kills == 0 and i >= 4) else "at random"
+        if mode == "at random":
+            time.sleep(rng.uniform(0.0, 0.8))
+        else:
+            known = set(version_dirs(d))
+            deadline = time.time() + 30
+            while time.time() < deadline and p.poll() is None:
+                if any(not ok for v, ok in version_dirs(d).items() if v not in known):
+                    break
+                time.sleep(0.001)
+        ranks = sc.children_of(p.pid)
+        if p.poll() is None and ranks:
+            victim = rng.choice(ranks)
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:
+                victim = None
+        else:
+            victim = None
+        sc.communicate(p, KILL_LOOP_WAIT, f"run {i} after rank pid {victim} was killed")
+        err = stderr()
+        did_resume = "resuming from " + d in err
+        check(did_resume == resuming, lambda: f"run {i}: --resume given: {resuming}, 'resuming from' said: "
+                                              f"{did_resume}:\n{err}")
+        if p.returncode == 0:
+            final = sc.read_summary(out)
+            history.append(f"run {i}: finished before the kill landed")
+            break
+        check(victim is not None, lambda: f"run {i} failed by itself (exit {p.returncode}):\n{err}")
+        incomplete, tmps = interrupted_writes(d)
+        torn = sorted(incomplete - incomplete_before) + tmps
+        resumed_kills += int(resuming)
+        write_kills += int(bool(torn))
+        line = (f"run {i}: {'resumed' if resuming else 'fresh'}, committed a version, then killed {mode} "
+                f"(pid {victim}); exit {p.returncode}; "
+                f"{'interrupted write: ' + ', '.join(map(str, torn)) if torn else 'no write in progress'}")
+        history.append(line)
+        print("  " + line)
+    check(resumed_kills >= KILL_LOOP_RESUMES,
+          lambda: f"only {resumed_kills} killed runs had resumed (need {KILL_LOOP_RESUMES}):\n" + "\n".join(history))
+    check(write_kills >= 1, lambda: "no kill landed during a checkpoint write:\n" + "\n".join(history))
+    if final is None:
+        final, _, p = r.train(3, job_args + ["--resume", d])
+        check("resuming from " + d in p.stderr, lambda: f"the last run did not resume:\n{p.stderr}")
+    check(final["weights_sha256"] == full["weights_sha256"],
+          "after the kill loop the weights differ from the uninterrupted run")
+    print(f"  {resumed_kills} resumed runs killed, {write_kills} kill(s) during a checkpoint write; "
+          f"final weights equal the uninterrupted run's")
 
 
 def check_init_from(r, args):
@@ -478,12 +523,15 @@ def main():
                                       "bad_input", "resume", "corruption", "registry", "crash", "kill_loop", "init_from",
                                       "failure_ends_job"])
     args = ap.parse_args()
-    if args.check != "bad_input" and not os.path.exists(os.path.join(FASHION, "train-images-idx3-ubyte.gz")):
-        fail(f"Fashion-MNIST not found under {FASHION}; scripts/setup.sh installs dataset-fashion-mnist")
-    os.makedirs(args.work, exist_ok=True)
-    r = Runner(args.shardps, args.work, args.mpirun, args.source_dir)
-    globals()["check_" + args.check](r, args)
-    print("PASS", args.check)
+
+    def run_check():
+        if args.check != "bad_input":
+            sc.need_fashion()
+        os.makedirs(args.work, exist_ok=True)
+        r = Runner(args.shardps, args.work, args.mpirun, args.source_dir)
+        globals()["check_" + args.check](r, args)
+
+    sc.main(run_check, args.check)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,10 @@ enum Kind : uint32_t { kMessage = 0, kHeartbeat = 1, kGoodbye = 2, kAbort = 3 };
 constexpr size_t kMaxAddressBytes = 64;
 constexpr int kLoggedRefusals = 50;
 constexpr uint8_t kRejected[4] = {'S', 'P', 'S', 'X'};  // the acceptor's answer to a wrong proof
+// In place of the address table's byte count: the coordinator ends the rendezvous, and a u32 LE
+// length and the reason (at most kMaxReasonBytes) follow.
+constexpr uint32_t kRendezvousRefused = 0xFFFFFFFF;
+constexpr size_t kMaxReasonBytes = 4000;
 
 std::vector<uint8_t> Envelope(uint64_t payload_bytes, uint32_t frame_bytes, Kind kind) {
   std::vector<uint8_t> e(kEnvelopeBytes);
@@ -142,6 +146,9 @@ Result<int> Introduce(asio::io_context& io, tcp::socket& s, const TcpOptions& o,
   reg.insert(reg.end(), my_addr.begin(), my_addr.end());
   reg.push_back(static_cast<uint8_t>(my_port & 0xff));
   reg.push_back(static_cast<uint8_t>(my_port >> 8));
+  // The world size this process was started for: the coordinator refuses a mismatch at once.
+  const uint32_t world = static_cast<uint32_t>(o.size);
+  for (int i = 0; i < 4; ++i) reg.push_back(static_cast<uint8_t>(world >> (8 * i)));
   SHARDPS_RETURN_IF_ERROR(WriteExact(io, s, reg.data(), reg.size(), deadline, "registration"));
   return peer;
 }
@@ -168,6 +175,20 @@ struct PeerAddress {
   uint16_t port = 0;
 };
 
+// The coordinator's answer, in place of the address table, when the rendezvous fails: the
+// marker, then the reason, so the peer can say why instead of seeing the connection close.
+void TellRefused(tcp::socket& s, const std::string& reason) {
+  const std::string r = reason.substr(0, kMaxReasonBytes);
+  std::vector<uint8_t> m;
+  for (uint32_t v : {kRendezvousRefused, static_cast<uint32_t>(r.size())}) {
+    for (int i = 0; i < 4; ++i) m.push_back(static_cast<uint8_t>(v >> (8 * i)));
+  }
+  m.insert(m.end(), r.begin(), r.end());
+  boost::system::error_code ignored;
+  s.non_blocking(false, ignored);
+  asio::write(s, asio::buffer(m), ignored);  // a few bytes into an idle socket's send buffer
+}
+
 // ---- Accepting side: authenticates many connections at once, each under its own deadline ----
 
 // One connection being authenticated. Everything runs on the io_context's thread.
@@ -180,6 +201,9 @@ struct Arrival : std::enable_shared_from_this<Arrival> {
   std::vector<uint8_t> buf;
   std::string from;
   int peer = -1;
+  int claimed = -1;          // the rank a HELLO claimed, for a refused proof
+  bool wrong_proof = false;  // refused: its proof of the secret did not verify
+  uint32_t world = 0;        // the world size it registered with
   bool authenticated = false;
   bool finished = false;
   std::function<void(std::shared_ptr<Arrival>, Status)> done;
@@ -230,6 +254,8 @@ struct Arrival : std::enable_shared_from_this<Arrival> {
         // (a close without it means "busy, dial again").
         auto notice = std::make_shared<std::vector<uint8_t>>(kRejected, kRejected + 4);
         Status why = reply.status();
+        self->wrong_proof = true;
+        self->claimed = self->handshake->peer_rank();
         asio::async_write(self->sock, asio::buffer(*notice), [self, notice, why](const boost::system::error_code&, size_t) {
           self->Finish(why);
         });
@@ -244,7 +270,8 @@ struct Arrival : std::enable_shared_from_this<Arrival> {
     });
   }
 
-  // [u8 address length][address][u16 port], the address at most kMaxAddressBytes.
+  // [u8 address length][address][u16 port][u32 world size], the address at most kMaxAddressBytes.
+  // The claimed rank is checked before the world size is read.
   void ReadRegistration() {
     authenticated = true;
     buf.resize(1);
@@ -258,7 +285,17 @@ struct Arrival : std::enable_shared_from_this<Arrival> {
       self->buf.resize(len + 2);
       asio::async_read(self->sock, asio::buffer(self->buf), [self](const boost::system::error_code& e, size_t) {
         if (e) return self->Finish(Unavailable("registration: " + e.message()));
-        self->Finish(Status::Ok());
+        if (self->peer < 0 || self->peer >= self->options.size || self->peer == self->options.rank) {
+          return self->Finish(InvalidArgument("claimed rank " + std::to_string(self->peer) + " in a world of " +
+                                              std::to_string(self->options.size)));
+        }
+        auto size = std::make_shared<std::array<uint8_t, 4>>();
+        asio::async_read(self->sock, asio::buffer(*size), [self, size](const boost::system::error_code& e, size_t) {
+          if (e) return self->Finish(Unavailable("registration of rank " + std::to_string(self->peer) + ": " + e.message()));
+          self->world = static_cast<uint32_t>((*size)[0]) | (static_cast<uint32_t>((*size)[1]) << 8) |
+                        (static_cast<uint32_t>((*size)[2]) << 16) | (static_cast<uint32_t>((*size)[3]) << 24);
+          self->Finish(Status::Ok());
+        });
       });
     });
   }
@@ -295,6 +332,12 @@ class Gate {
   bool complete() const { return got_ >= want_ || !error_.ok(); }
   const Status& error() const { return error_; }
   int refused() const { return refused_; }
+  // Connections refused for a wrong proof of the secret, by the rank they claimed (the latest).
+  struct Refusal {
+    Clock::time_point at;
+    std::string from;
+  };
+  const std::unordered_map<int, Refusal>& wrong_proofs() const { return wrong_proofs_; }
   void Close() {
     closed_ = true;
     boost::system::error_code ignored;
@@ -340,6 +383,21 @@ class Gate {
     if (s.ok() && (a->peer < 0 || a->peer >= o_.size || a->peer == o_.rank)) {
       s = InvalidArgument("claimed rank " + std::to_string(a->peer) + " in a world of " + std::to_string(o_.size));
     }
+    if (!s.ok() && a->wrong_proof && a->claimed >= 0 && a->claimed < o_.size && a->claimed != o_.rank) {
+      wrong_proofs_[a->claimed] = {Clock::now(), a->from};
+    }
+    if (s.ok() && a->world != static_cast<uint32_t>(o_.size)) {
+      // It knows the secret, so it is one of this job's processes, started for another job size:
+      // the rendezvous cannot succeed; it ends now for everyone (the peer is told why).
+      error_ = FailedPrecondition("rank " + std::to_string(a->peer) + " (connecting from " + a->from +
+                                  ") was started for a job of " + std::to_string(a->world) + " processes, rank " +
+                                  std::to_string(o_.rank) + " for " + std::to_string(o_.size) +
+                                  " (do --num-servers and --num-workers agree on every process?)");
+      TellRefused(a->sock, error_.message());
+      boost::system::error_code ignored;
+      a->sock.close(ignored);
+      return;
+    }
     if (!s.ok()) {
       // Logged, but not without bound: a flood must not fill the log.
       if (++refused_ <= kLoggedRefusals || refused_ % 1000 == 0) {
@@ -373,6 +431,7 @@ class Gate {
   int refused_ = 0;
   bool closed_ = false;
   Status error_;
+  std::unordered_map<int, Refusal> wrong_proofs_;
 };
 
 Result<tcp::endpoint> Resolve(const std::string& host, uint16_t port) {
@@ -997,9 +1056,41 @@ Status TcpTransport::Setup() {
   const Deadline deadline = Clock::now() + o_.setup_timeout;
   SHARDPS_ASSIGN_OR_RETURN(tcp::endpoint coordinator, Resolve(o_.host, o_.port));
   std::vector<PeerAddress> table(o_.size);
+  // A connection refused for a wrong proof of the secret may be one of this job's processes
+  // started with another secret file: it has stopped (it was told), and its rank would be missed
+  // only at the setup timeout. So once a rank refused that way is still missing a grace period
+  // later, the rendezvous ends for everyone, naming the refused address. An unauthenticated
+  // stranger can claim a rank too, so the grace period is long enough for the real process to
+  // join: counted from the first registration of a process that knows the secret (short), or
+  // half the setup timeout while none has (docs/deployment.md, failure semantics).
+  std::optional<Clock::time_point> first_registered;
+  const auto short_grace = std::min<std::chrono::milliseconds>(
+      o_.setup_timeout, std::max<std::chrono::milliseconds>(std::chrono::seconds(10), o_.setup_timeout / 10));
+  const auto long_grace = std::max(short_grace, std::chrono::milliseconds(o_.setup_timeout / 2));
+  auto refused_rank_missing = [&](const Gate& gate, Clock::time_point now) -> Status {
+    for (const auto& [rank, refusal] : gate.wrong_proofs()) {
+      if (peers_[rank].sock) continue;  // the real process joined
+      const auto since = first_registered ? std::max(refusal.at, *first_registered) : refusal.at;
+      const auto grace = first_registered ? short_grace : long_grace;
+      if (now < since + grace) continue;
+      return FailedPrecondition(
+          "rank " + std::to_string(rank) + " did not join: a connection from " + refusal.from + " claiming rank " +
+          std::to_string(rank) + " was refused " +
+          std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(now - refusal.at).count()) +
+          " ms ago because its proof of the shared secret did not verify (is that process using another --secret-file?); "
+          "the rendezvous ends now instead of at the setup timeout of " + std::to_string(o_.setup_timeout.count()) + " ms");
+    }
+    return Status::Ok();
+  };
   auto wait_for = [&](Gate& gate, const std::string& what) -> Status {
     io_.restart();
     while (!gate.complete()) {
+      if (Status r = refused_rank_missing(gate, Clock::now()); !r.ok()) {
+        gate.Close();
+        io_.restart();
+        io_.poll();
+        return r.WithContext(what);
+      }
       if (Clock::now() >= deadline) {
         std::string missing;
         for (int r = 0; r < o_.size; ++r) {
@@ -1012,7 +1103,7 @@ Status TcpTransport::Setup() {
                                 std::to_string(o_.setup_timeout.count()) + " ms (" + std::to_string(gate.refused()) +
                                 " connections refused)");
       }
-      io_.run_one_until(deadline);
+      io_.run_one_until(std::min(deadline, Clock::now() + std::chrono::milliseconds(100)));
       io_.restart();
     }
     if (!gate.error().ok()) {
@@ -1024,6 +1115,7 @@ Status TcpTransport::Setup() {
   auto adopt = [&](int peer, std::unique_ptr<tcp::socket> s) -> Status {
     if (peers_[peer].sock) return FailedPrecondition("rank " + std::to_string(peer) + " connected twice (two processes started with the same rank?)");
     peers_[peer].sock = std::move(s);
+    if (!first_registered) first_registered = Clock::now();
     return Status::Ok();
   };
   if (o_.rank == 0) {
@@ -1043,7 +1135,13 @@ Status TcpTransport::Setup() {
     gate.Close();
     io_.restart();
     io_.poll();
-    SHARDPS_RETURN_IF_ERROR(st);
+    if (!st.ok()) {
+      // Every process that joined learns why the job will not start, and stops now.
+      for (int r = 1; r < o_.size; ++r) {
+        if (peers_[r].sock) TellRefused(*peers_[r].sock, st.message());
+      }
+      return st;
+    }
     std::vector<uint8_t> bytes;
     for (const auto& e : table) {
       bytes.push_back(static_cast<uint8_t>(e.host.size()));
@@ -1076,6 +1174,14 @@ Status TcpTransport::Setup() {
     uint32_t n = 0;
     if (peer.ok()) st = ReadExact(io_, *s, &n, 4, deadline, "address table from the coordinator");
     else st = peer.status();
+    if (st.ok() && n == kRendezvousRefused) {
+      uint32_t len = 0;
+      st = ReadExact(io_, *s, &len, 4, deadline, "the coordinator's refusal");
+      if (st.ok() && (len == 0 || len > kMaxReasonBytes)) st = DataLoss("refusal of " + std::to_string(len) + " bytes from the coordinator");
+      std::string why(st.ok() ? len : 0, '\0');
+      if (st.ok()) st = ReadExact(io_, *s, why.data(), len, deadline, "the coordinator's refusal");
+      if (st.ok()) st = FailedPrecondition("the coordinator " + o_.host + ":" + std::to_string(o_.port) + " ended the rendezvous: " + why);
+    }
     if (st.ok() && n > o_.size * (kMaxAddressBytes + 3)) st = DataLoss("address table of " + std::to_string(n) + " bytes");
     std::vector<uint8_t> bytes(st.ok() ? n : 0);
     if (st.ok()) st = ReadExact(io_, *s, bytes.data(), n, deadline, "address table from the coordinator");

@@ -55,7 +55,7 @@ Result<config::TrainConfig> BuildConfig(const TrainFlags& f) {
   return c;
 }
 
-Result<worker::Dataset> LoadSplit(const config::DataConfig& d, bool train) {
+Result<worker::Dataset> LoadSplitUnguarded(const config::DataConfig& d, bool train) {
   const std::string& path = train ? d.train() : d.test();
   worker::Dataset ds;
   if (d.format() == "idx") {
@@ -72,6 +72,16 @@ Result<worker::Dataset> LoadSplit(const config::DataConfig& d, bool train) {
     ds.labels.resize(static_cast<size_t>(limit));
   }
   return ds;
+}
+
+// A data set too large for this process's memory is an error naming the file, not an abort.
+Result<worker::Dataset> LoadSplit(const config::DataConfig& d, bool train) {
+  try {
+    return LoadSplitUnguarded(d, train);
+  } catch (const std::bad_alloc&) {
+    return ResourceExhausted("out of memory loading the " + std::string(train ? "training" : "test") + " data '" +
+                             (train ? d.train() : d.test()) + "'");
+  }
 }
 
 worker::RunOptions ToRunOptions(const config::TrainConfig& c, int worker, int workers) {

@@ -16,6 +16,7 @@ failed job names the real cause. Run by CTest (tests/guard/CMakeLists.txt), one 
                      0 naming batch_size, both values and the ranks holding each
   tcp_limit_mismatch one TCP worker with another --train-limit: refused naming data.train_limit
                      and the training samples loaded
+  mpi_batch_mismatch the same under mpirun (one rank started with another --batch-size, MPMD)
   tcp_world_mismatch --num-workers differing between the coordinator and its worker, both ways:
                      both fail naming both job sizes, without waiting for the setup timeout
                      (120 s here; the check's deadline is shorter)
@@ -209,6 +210,18 @@ def check_tcp_limit_mismatch(r):
                         "training samples loaded: 2000 on rank 1 (worker 0); 1000 on rank 2 (worker 1)"])
 
 
+def check_mpi_batch_mismatch(r):
+    # mpirun's MPMD form: ranks 0 and 1 (server 0, worker 0) with the config's batch size, rank 2
+    # (worker 1) with another.
+    out = os.path.join(r.out("mpi_mismatch"), "o")
+    cmd = [r.shardps, "train", "--config", r.config("fashion_softmax.prototxt"), "--servers", "1", "--out-dir", out] + SMALL
+    full = [r.mpirun, "--oversubscribe", "--bind-to", "none", "-np", "2"] + cmd + [":", "-np", "1"] + cmd + ["--batch-size", "32"]
+    p = sc.run(full, timeout=100, expect_ok=False)
+    expect_refusal(p, ["different configurations", "batch_size: 64 on rank 0 (server 0), rank 1 (worker 0); 32 on rank 2 (worker 1)"],
+                   what="mpirun with one rank's --batch-size 32")
+    check(not os.path.exists(os.path.join(out, "summary.json")), "the mismatched mpirun job wrote a summary")
+
+
 def check_tcp_world_mismatch(r):
     # One worker each, so that no correctly started process dials after the coordinator has gone
     # (such a latecomer could only wait for it until its own setup timeout).
@@ -298,6 +311,7 @@ CHECKS = {
     "tcp_batch_mismatch": check_tcp_batch_mismatch,
     "tcp_limit_mismatch": check_tcp_limit_mismatch,
     "tcp_world_mismatch": check_tcp_world_mismatch,
+    "mpi_batch_mismatch": check_mpi_batch_mismatch,
     "tcp_wrong_secret": check_tcp_wrong_secret,
     "mpi_stopped_worker": check_mpi_stopped_worker,
 }

@@ -120,13 +120,17 @@ Status RunPs(const BenchFlags& f, Result<std::unique_ptr<Transport>> transport, 
   NodeOptions no;
   no.client.request_timeout = std::chrono::milliseconds(f.timeout_ms);
   no.startup_timeout = std::chrono::milliseconds(f.timeout_ms);
+  // Declared before the node, so they outlive it: a round that fails leaves its requests to the
+  // transport, which lets go of these buffers only when the node stops.
+  std::vector<float> grad, weights;
   SHARDPS_ASSIGN_OR_RETURN(auto node, Node::Start(std::move(*transport), cluster, layout, no));
   const auto timeout = std::chrono::milliseconds(f.timeout_ms);
   out->round.assign(f.rounds, 0.0);
   out->push.assign(f.rounds, 0.0);
   out->pull.assign(f.rounds, 0.0);
   if (auto* client = node->client()) {
-    std::vector<float> grad(f.floats, 1.0f), weights(f.floats);
+    grad.assign(f.floats, 1.0f);
+    weights.assign(f.floats, 0.0f);
     SHARDPS_RETURN_IF_ERROR(client->Barrier().wait(timeout));
     for (int r = 0; r < f.warmup + f.rounds; ++r) {
       const uint64_t step = static_cast<uint64_t>(r);

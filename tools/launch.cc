@@ -108,6 +108,9 @@ class StashingTransport final : public Transport {
     return inner_->ReceivePayload(in, dest, std::move(done));
   }
   Status DiscardPayload(const IncomingFrame& in) override { return inner_->DiscardPayload(in); }
+  Status Release(std::span<const uint8_t> region, Clock::time_point deadline) override {
+    return inner_->Release(region, deadline);
+  }
   Status Poll(std::vector<IncomingFrame>* frames, Clock::time_point deadline) override {
     if (!stash_.empty()) {
       for (auto& f : stash_) frames->push_back(std::move(f));

@@ -7,11 +7,33 @@
 
 namespace shardps {
 
+// A payload on its way: the receiver copies it out of the sender's buffer (zero-copy until then).
+// If the sender releases that buffer first, the bytes move into `own` and the view follows them.
+struct InProcPayload {
+  std::mutex mu;
+  std::span<const uint8_t> view;  // GUARDED_BY(mu)
+  std::vector<uint8_t> own;       // GUARDED_BY(mu)
+  const std::span<const uint8_t> original;  // the sender's buffer
+  const size_t size;
+  explicit InProcPayload(std::span<const uint8_t> p) : view(p), original(p), size(p.size()) {}
+  void CopyTo(std::span<uint8_t> dest) {
+    std::lock_guard<std::mutex> lock(mu);
+    std::memcpy(dest.data(), view.data(), dest.size());
+  }
+  // Sender side: stop pointing into the caller's memory.
+  void Detach() {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!own.empty() || view.empty()) return;
+    own.assign(view.begin(), view.end());
+    view = own;
+  }
+};
+
 struct InProcEvent {
   enum Kind { kFrame, kSendDone } kind = kFrame;
   int source = -1;
   std::vector<uint8_t> frame;
-  std::span<const uint8_t> payload;
+  std::shared_ptr<InProcPayload> payload;
   uint64_t send_id = 0;
   Clock::time_point deliver_at{};
 };
@@ -49,7 +71,7 @@ class InProcTransport final : public Transport {
     e.kind = InProcEvent::kFrame;
     e.source = rank_;
     e.frame = std::move(frame);
-    e.payload = payload;
+    if (!payload.empty()) e.payload = std::make_shared<InProcPayload>(payload);
     e.deliver_at = Clock::now();
     if (options_.max_delay.count() > 0) {
       std::uniform_int_distribution<int64_t> d(0, options_.max_delay.count());
@@ -59,7 +81,7 @@ class InProcTransport final : public Transport {
       local_done_.emplace_back(std::move(on_sent), Status::Ok());
     } else {
       e.send_id = next_send_id_++;
-      pending_sends_.emplace(e.send_id, std::move(on_sent));
+      pending_sends_.emplace(e.send_id, PendingSend{std::move(on_sent), e.payload});
     }
     boxes_[dest]->Put(std::move(e));
     return Status::Ok();
@@ -68,11 +90,11 @@ class InProcTransport final : public Transport {
   Status ReceivePayload(const IncomingFrame& in, std::span<uint8_t> dest, Completion done) override {
     auto it = payloads_.find(in.token);
     if (it == payloads_.end()) return Internal("payload token " + std::to_string(in.token) + " unknown or already consumed");
-    if (dest.size() != it->second.payload.size()) {
+    if (dest.size() != it->second.payload->size) {
       return InvalidArgument("payload destination of " + std::to_string(dest.size()) + " bytes for a payload of " +
-                             std::to_string(it->second.payload.size()));
+                             std::to_string(it->second.payload->size));
     }
-    std::memcpy(dest.data(), it->second.payload.data(), dest.size());
+    it->second.payload->CopyTo(dest);  // synchronous: nothing of `dest` is held afterwards
     Complete(it);
     local_done_.emplace_back(std::move(done), Status::Ok());
     return Status::Ok();
@@ -82,6 +104,15 @@ class InProcTransport final : public Transport {
     auto it = payloads_.find(in.token);
     if (it == payloads_.end()) return Internal("payload token " + std::to_string(in.token) + " unknown or already consumed");
     Complete(it);
+    return Status::Ok();
+  }
+
+  // Receives copy synchronously, so only sends can still hold caller memory: their payloads
+  // are copied aside, and the receiver reads the copy.
+  Status Release(std::span<const uint8_t> region, Clock::time_point) override {
+    for (auto& [id, send] : pending_sends_) {
+      if (send.payload && Overlaps(send.payload->original, region)) send.payload->Detach();
+    }
     return Status::Ok();
   }
 
@@ -117,7 +148,7 @@ class InProcTransport final : public Transport {
       if (e.kind == InProcEvent::kSendDone) {
         auto it = pending_sends_.find(e.send_id);
         if (it != pending_sends_.end()) {
-          Completion cb = std::move(it->second);
+          Completion cb = std::move(it->second.done);
           pending_sends_.erase(it);
           if (cb) cb(Status::Ok());
         }
@@ -125,7 +156,7 @@ class InProcTransport final : public Transport {
       }
       IncomingFrame in;
       in.source = e.source;
-      in.payload_bytes = e.payload.size();
+      in.payload_bytes = e.payload ? e.payload->size : 0;
       if (e.frame.size() > options_.max_frame_bytes) {
         in.error = ResourceExhausted("frame of " + std::to_string(e.frame.size()) + " bytes from rank " +
                                      std::to_string(e.source) + " exceeds the limit of " +
@@ -133,9 +164,9 @@ class InProcTransport final : public Transport {
       } else {
         in.frame = std::move(e.frame);
       }
-      if (!e.payload.empty()) {
+      if (e.payload) {
         in.token = next_token_++;
-        payloads_.emplace(in.token, Held{e.source, e.payload, e.send_id});
+        payloads_.emplace(in.token, Held{e.source, std::move(e.payload), e.send_id});
       }
       frames->push_back(std::move(in));
     }
@@ -157,8 +188,12 @@ class InProcTransport final : public Transport {
  private:
   struct Held {
     int source;
-    std::span<const uint8_t> payload;
+    std::shared_ptr<InProcPayload> payload;
     uint64_t send_id;
+  };
+  struct PendingSend {
+    Completion done;
+    std::shared_ptr<InProcPayload> payload;  // null for frames without one
   };
 
   void Complete(std::unordered_map<uint64_t, Held>::iterator it) {
@@ -189,7 +224,7 @@ class InProcTransport final : public Transport {
   std::mt19937_64 rng_;
   uint64_t next_send_id_ = 1;
   uint64_t next_token_ = 1;
-  std::unordered_map<uint64_t, Completion> pending_sends_;
+  std::unordered_map<uint64_t, PendingSend> pending_sends_;
   std::unordered_map<uint64_t, Held> payloads_;
   std::vector<std::pair<Completion, Status>> local_done_;
 };

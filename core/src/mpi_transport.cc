@@ -73,7 +73,7 @@ class MpiTransport final : public Transport {
       if (rc != MPI_SUCCESS) {
         g->status = Unavailable("MPI_Isend of a payload to rank " + std::to_string(dest) + ": " + MpiErrorString(rc));
       } else {
-        Add(r, g);
+        Add(r, g, payload);
       }
     }
     ++sends_in_flight_;
@@ -95,7 +95,7 @@ class MpiTransport final : public Transport {
     MPI_Request r;
     int rc = MPI_Irecv(dest.data(), static_cast<int>(dest.size()), MPI_BYTE, in.source, static_cast<int>(in.token), comm_, &r);
     if (rc != MPI_SUCCESS) return Unavailable("MPI_Irecv of a payload from rank " + std::to_string(in.source) + ": " + MpiErrorString(rc));
-    Add(r, g);
+    Add(r, g, dest, /*receive=*/true);
     return Status::Ok();
   }
 
@@ -129,6 +129,34 @@ class MpiTransport final : public Transport {
     }
   }
 
+  // Receives into the region are cancelled; sends from it cannot be (MPI may be reading the
+  // buffer), so both are progressed until MPI has finished with them, up to `deadline`.
+  Status Release(std::span<const uint8_t> region, Clock::time_point deadline) override {
+    auto held = [&] {
+      int n = 0;
+      for (const Held& h : held_) if (Overlaps(h.buf, region)) ++n;
+      return n;
+    };
+    if (held() == 0) return Status::Ok();
+    for (size_t i = 0; i < reqs_.size(); ++i) {
+      if (held_[i].receive && !held_[i].cancel_asked && Overlaps(held_[i].buf, region)) {
+        held_[i].cancel_asked = true;
+        MPI_Cancel(&reqs_[i]);
+      }
+    }
+    for (;;) {
+      bool progressed = false;
+      SHARDPS_RETURN_IF_ERROR(TestRequests(&progressed));
+      const int left = held();
+      if (left == 0) return Status::Ok();
+      if (Clock::now() >= deadline) {
+        return FailedPrecondition(std::to_string(left) + " MPI request(s) still use the buffer (a peer has not matched " +
+                                  "them); it must stay allocated until the job ends");
+      }
+      if (!progressed) sched_yield();
+    }
+  }
+
   void Wake() override { wake_.store(true, std::memory_order_release); }
 
   bool Idle() const override { return sends_in_flight_ == 0; }
@@ -141,10 +169,11 @@ class MpiTransport final : public Transport {
     return t;
   }
 
-  void Add(MPI_Request r, std::shared_ptr<Group> g) {
+  void Add(MPI_Request r, std::shared_ptr<Group> g, std::span<const uint8_t> buf = {}, bool receive = false) {
     ++g->remaining;
     reqs_.push_back(r);
     groups_.push_back(std::move(g));
+    held_.push_back(Held{buf, receive, false});
   }
 
   Status DiscardTagged(int source, int tag) {
@@ -228,6 +257,9 @@ class MpiTransport final : public Transport {
           g->status = Unavailable("MPI request failed: " + MpiErrorString(err));
         }
       }
+      int cancelled = 0;
+      MPI_Test_cancelled(&statuses_[k], &cancelled);
+      if (cancelled && g->status.ok()) g->status = Cancelled("payload receive cancelled");
       if (g->expect_bytes >= 0 && g->status.ok()) {
         int count = 0;
         MPI_Get_count(&statuses_[k], MPI_BYTE, &count);
@@ -245,11 +277,13 @@ class MpiTransport final : public Transport {
       if (groups_[r]) {
         reqs_[w] = reqs_[r];
         groups_[w] = std::move(groups_[r]);
+        held_[w] = held_[r];
         ++w;
       }
     }
     reqs_.resize(w);
     groups_.resize(w);
+    held_.resize(w);
     for (auto& g : finished) if (g->done) g->done(g->status);
     return Status::Ok();
   }
@@ -262,6 +296,12 @@ class MpiTransport final : public Transport {
   std::vector<uint32_t> next_tag_;
   std::vector<MPI_Request> reqs_;
   std::vector<std::shared_ptr<Group>> groups_;
+  struct Held {
+    std::span<const uint8_t> buf;  // the caller's memory the request reads or writes (payloads)
+    bool receive = false;
+    bool cancel_asked = false;
+  };
+  std::vector<Held> held_;  // by request, parallel to reqs_
   std::vector<int> indices_;
   std::vector<MPI_Status> statuses_;
   int64_t sends_in_flight_ = 0;

@@ -1,6 +1,7 @@
 #include "shardps/core/tcp_transport.h"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <boost/asio.hpp>
 #include <condition_variable>
@@ -505,7 +506,7 @@ class TcpTransport final : public Transport {
       in.payload_bytes = payload.size();
       if (!payload.empty()) {
         in.token = next_self_token_++;
-        self_payloads_[in.token] = SelfPayload{payload, std::move(on_sent)};
+        self_payloads_[in.token] = SelfPayload{payload, {}, std::move(on_sent)};
       } else if (on_sent) {
         local_done_.push_back([cb = std::move(on_sent)] { cb(Status::Ok()); });
       }
@@ -572,6 +573,28 @@ class TcpTransport final : public Transport {
       return Status::Ok();
     }
     asio::post(io_, [this, src = in.source, token = in.token] { Discard(src, token); });
+    return Status::Ok();
+  }
+
+  Status Release(std::span<const uint8_t> region, Deadline deadline) override {
+    for (auto& [token, sp] : self_payloads_) {  // colocated sends not yet received
+      if (sp.own.empty() && Overlaps(sp.payload, region)) {
+        sp.own.assign(sp.payload.begin(), sp.payload.end());
+        sp.payload = sp.own;
+      }
+    }
+    if (!thread_.joinable()) return Status::Ok();  // no I/O thread: nothing of the caller's is in flight
+    // Posted after every Send/ReceivePayload this thread made before (the I/O thread runs its
+    // handlers in order), so it sees each of them queued or under way.
+    auto released = std::make_shared<std::promise<void>>();
+    auto done = released->get_future();
+    asio::post(io_, [this, region, released] {
+      ReleaseOnIoThread(region);
+      released->set_value();
+    });
+    if (done.wait_until(deadline) != std::future_status::ready) {
+      return DeadlineExceeded("the TCP transport's I/O thread did not let go of a buffer in time");
+    }
     return Status::Ok();
   }
 
@@ -659,12 +682,15 @@ class TcpTransport final : public Transport {
  private:
   struct Outgoing {
     std::vector<uint8_t> envelope;  // envelope + frame
-    std::span<const uint8_t> payload;
+    std::span<const uint8_t> payload;  // the caller's memory, or `own` once released
+    std::vector<uint8_t> own;
+    size_t sent = 0;                   // bytes of envelope + payload written so far
     Completion done;
     bool counted = false;  // in in_flight_ (heartbeats are not)
   };
   struct SelfPayload {
-    std::span<const uint8_t> payload;
+    std::span<const uint8_t> payload;  // the caller's memory, or `own` once released
+    std::vector<uint8_t> own;
     Completion sent;
   };
   struct EagerPayload {
@@ -683,6 +709,12 @@ class TcpTransport final : public Transport {
     std::vector<uint8_t> side;
     std::span<uint8_t> claim_dest;
     Completion claim_done;
+    // A payload read straight into the receiver's buffer (ReadDirect): how far it got; once the
+    // receiver releases the buffer, the rest is read into scratch memory and dropped.
+    bool direct = false, direct_dropped = false;
+    std::span<uint8_t> direct_dest;
+    size_t direct_got = 0;
+    Completion direct_done;
     Clock::time_point last_heard;
     bool heard = false;     // an envelope has arrived since the mesh came up
     bool dead = false;      // lost: reported once
@@ -783,18 +815,73 @@ class TcpTransport final : public Transport {
       return;
     }
     p.writing = true;
-    Outgoing& out = p.queue.front();
-    std::vector<asio::const_buffer> bufs{asio::buffer(out.envelope)};
-    if (!out.payload.empty()) bufs.push_back(asio::buffer(out.payload.data(), out.payload.size()));
-    asio::async_write(*p.sock, bufs, [this, r](const boost::system::error_code& e, size_t) {
-      Peer& p = peers_[r];
-      Outgoing out = std::move(p.queue.front());
+    WriteSome(r);
+  }
+
+  // Writes the queue's messages until the socket would block, then waits for it to be writable.
+  // The caller's payload is read only inside write_some, on this thread; no asynchronous
+  // operation holds a pointer to it, so Release can move its unsent bytes aside between calls.
+  void WriteSome(int r) {
+    Peer& p = peers_[r];
+    boost::system::error_code e;
+    if (!p.sock->non_blocking()) p.sock->non_blocking(true, e);
+    while (!p.queue.empty()) {
+      Outgoing& out = p.queue.front();
+      const size_t env = out.envelope.size();
+      const size_t total = env + out.payload.size();
+      std::array<asio::const_buffer, 2> bufs;
+      if (out.sent < env) bufs[0] = asio::buffer(out.envelope.data() + out.sent, env - out.sent);
+      const size_t from = out.sent > env ? out.sent - env : 0;
+      bufs[1] = asio::buffer(out.payload.data() + from, out.payload.size() - from);
+      const size_t n = p.sock->write_some(bufs, e);
+      if (e == asio::error::would_block || e == asio::error::try_again) {
+        p.sock->async_wait(tcp::socket::wait_write, [this, r](const boost::system::error_code& e) {
+          if (e) return WriteFailed(r, e);
+          WriteSome(r);
+        });
+        return;
+      }
+      if (e) return WriteFailed(r, e);
+      out.sent += n;
+      if (out.sent < total) continue;
+      Outgoing done = std::move(out);
       p.queue.pop_front();
-      if (out.counted) --in_flight_;
-      Complete(std::move(out.done), e ? Unavailable("send to rank " + std::to_string(r) + ": " + e.message()) : Status::Ok());
-      if (e) Lost(r, "send failed: " + e.message());
-      StartWrite(r);
-    });
+      if (done.counted) --in_flight_;
+      Complete(std::move(done.done), Status::Ok());
+    }
+    p.writing = false;
+  }
+
+  void WriteFailed(int r, const boost::system::error_code& e) {
+    Peer& p = peers_[r];
+    Outgoing out = std::move(p.queue.front());
+    p.queue.pop_front();
+    if (out.counted) --in_flight_;
+    Complete(std::move(out.done), Unavailable("send to rank " + std::to_string(r) + ": " + e.message()));
+    Lost(r, "send failed: " + e.message());
+    StartWrite(r);  // fails what is left
+  }
+
+  // Called on the I/O thread by Release: nothing queued or under way keeps pointing into `region`.
+  void ReleaseOnIoThread(std::span<const uint8_t> region) {
+    for (auto& p : peers_) {
+      for (auto& out : p.queue) {
+        if (out.own.empty() && Overlaps(out.payload, region)) {
+          out.own.assign(out.payload.begin(), out.payload.end());
+          out.payload = out.own;
+        }
+      }
+      if (p.claimed && Overlaps(p.claim_dest, region)) {  // being read aside: drop it there
+        p.claimed = false;
+        p.discard = true;
+        p.claim_dest = {};
+        Complete(std::move(p.claim_done), Cancelled("payload receive cancelled"));
+      }
+      if (p.direct && !p.direct_dropped && Overlaps(p.direct_dest, region)) {
+        p.direct_dropped = true;  // the rest goes to scratch memory
+        Complete(std::move(p.direct_done), Cancelled("payload receive cancelled"));
+      }
+    }
   }
 
   void StartRead(int r) {
@@ -907,13 +994,51 @@ class TcpTransport final : public Transport {
       return;
     }
     p.token = 0;  // straight into the caller's buffer
-    asio::async_read(*p.sock, asio::buffer(dest.data(), dest.size()), Heard(src),
-                     [this, src, done = std::move(done)](const boost::system::error_code& e, size_t) mutable {
-                       Complete(std::move(done), e ? Unavailable("payload from rank " + std::to_string(src) + ": " + e.message()) : Status::Ok());
-                       if (e) return Lost(src, ReadError(e));
-                       peers_[src].last_heard = Clock::now();
-                       StartRead(src);
-                     });
+    p.direct = true;
+    p.direct_dropped = false;
+    p.direct_dest = dest;
+    p.direct_got = 0;
+    p.direct_done = std::move(done);
+    ReadDirect(src);
+  }
+
+  // Reads a claimed payload into the receiver's buffer until the socket has nothing more, then
+  // waits for it to be readable. Like WriteSome, only read_some on this thread touches the buffer,
+  // so Release can redirect the rest into scratch memory between calls. Every read counts as
+  // hearing from the peer, so a payload that takes longer than the peer timeout is not silence.
+  void ReadDirect(int src) {
+    Peer& p = peers_[src];
+    boost::system::error_code e;
+    if (!p.sock->non_blocking()) p.sock->non_blocking(true, e);
+    while (p.direct_got < p.direct_dest.size()) {
+      const size_t left = p.direct_dest.size() - p.direct_got;
+      if (scratch_.empty()) scratch_.resize(64 * 1024);
+      const auto into = p.direct_dropped ? asio::buffer(scratch_.data(), std::min(left, scratch_.size()))
+                                         : asio::buffer(p.direct_dest.data() + p.direct_got, left);
+      const size_t n = p.sock->read_some(into, e);
+      if (e == asio::error::would_block || e == asio::error::try_again) {
+        p.sock->async_wait(tcp::socket::wait_read, [this, src](const boost::system::error_code& e) {
+          if (e) return DirectFailed(src, e);
+          ReadDirect(src);
+        });
+        return;
+      }
+      if (e) return DirectFailed(src, e);
+      p.direct_got += n;
+      p.last_heard = Clock::now();
+    }
+    p.direct = false;
+    p.direct_dest = {};
+    if (!p.direct_dropped) Complete(std::move(p.direct_done), Status::Ok());
+    StartRead(src);
+  }
+
+  void DirectFailed(int src, const boost::system::error_code& e) {
+    Peer& p = peers_[src];
+    p.direct = false;
+    p.direct_dest = {};
+    if (!p.direct_dropped) Complete(std::move(p.direct_done), Unavailable("payload from rank " + std::to_string(src) + ": " + e.message()));
+    Lost(src, ReadError(e));
   }
 
   // Reads and drops `left` payload bytes through a small scratch buffer, then goes on reading.
@@ -1031,6 +1156,7 @@ class TcpTransport final : public Transport {
   asio::steady_timer heartbeat_;
   uint64_t next_token_ = 1;
   bool stopping_ = false;
+  std::vector<uint8_t> scratch_;  // where released payload bytes are read and dropped
   // Shared between the threads.
   std::mutex mu_;
   std::condition_variable cv_;

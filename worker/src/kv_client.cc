@@ -1,6 +1,7 @@
 #include "shardps/worker/kv_client.h"
 
 #include <algorithm>
+#include <future>
 #include <set>
 
 namespace shardps::worker {
@@ -11,6 +12,9 @@ namespace internal {
 // finishes when its send has completed and its reply has arrived (and, for pulls, its payload).
 struct OpState {
   std::string what;
+  KVClient* client = nullptr;                   // null for operations that never started
+  std::vector<std::span<const uint8_t>> regions;  // the caller's buffers (payloads and outputs)
+  bool cancelled = false;                        // communication thread only
   mutable std::mutex mu;
   std::condition_variable cv;
   std::vector<int> server;          // by piece
@@ -50,6 +54,11 @@ Status Handle::wait(std::chrono::milliseconds timeout) const {
                           " ms from server ranks " + FormatRanks(std::vector<int>(missing.begin(), missing.end())));
 }
 
+Status Handle::Cancel(std::chrono::milliseconds timeout) const {
+  if (!state_ || done() || !state_->client) return Status::Ok();
+  return state_->client->Cancel(state_, timeout);
+}
+
 bool Handle::done() const {
   if (!state_) return true;
   std::lock_guard<std::mutex> lock(state_->mu);
@@ -69,6 +78,55 @@ KVClient::KVClient(Endpoint& endpoint, const Cluster& cluster, const TableLayout
     : endpoint_(endpoint), cluster_(cluster), layout_(layout), options_(options) {}
 
 KVClient::~KVClient() = default;
+
+void KVClient::Retain(std::shared_ptr<void> keep) {
+  std::lock_guard<std::mutex> lock(mu_);
+  retained_.push_back(std::move(keep));
+}
+
+Status KVClient::Cancel(const std::shared_ptr<OpState>& op, std::chrono::milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  if (!endpoint_.running()) {
+    // Stopped: the endpoint shut its transport down, which then touches no buffer.
+    std::lock_guard<std::mutex> lock(op->mu);
+    if (op->error.ok()) op->error = Cancelled(op->what + ": cancelled");
+    std::fill(op->parts_left.begin(), op->parts_left.end(), 0);
+    op->remaining = 0;
+    return Status::Ok();
+  }
+  auto answer = std::make_shared<std::promise<Status>>();
+  auto result = answer->get_future();
+  // The transport gets half the time, so its verdict comes back before this wait gives up.
+  const auto release_by = Clock::now() + timeout / 2;
+  endpoint_.Post([this, op, answer, release_by] { answer->set_value(CancelOnCommThread(op, release_by)); });
+  if (result.wait_until(deadline) != std::future_status::ready) {
+    return DeadlineExceeded(op->what + ": cancel not confirmed by the communication thread within " +
+                            std::to_string(timeout.count()) + " ms; its buffers must stay allocated");
+  }
+  return result.get();
+}
+
+Status KVClient::CancelOnCommThread(const std::shared_ptr<OpState>& op, Clock::time_point deadline) {
+  {
+    std::lock_guard<std::mutex> lock(op->mu);
+    if (op->remaining == 0) return Status::Ok();  // finished meanwhile
+  }
+  op->cancelled = true;  // completions still queued in a transport leave the buffers alone
+  std::erase_if(pending_, [&](const auto& kv) { return kv.second.op == op; });  // late replies are dropped
+  Status held;
+  for (std::span<const uint8_t> region : op->regions) {
+    Status s = endpoint_.transport().Release(region, deadline);
+    if (!s.ok() && held.ok()) held = s.WithContext(op->what + ": cancel");
+  }
+  {
+    std::lock_guard<std::mutex> lock(op->mu);
+    if (op->error.ok()) op->error = Cancelled(op->what + ": cancelled");
+    std::fill(op->parts_left.begin(), op->parts_left.end(), 0);
+    op->remaining = 0;
+  }
+  op->cv.notify_all();
+  return held;
+}
 
 Handle KVClient::Failed(Status s) { return internal::CompletedHandle(std::move(s)); }
 
@@ -198,7 +256,24 @@ Handle KVClient::Start(std::string what, std::vector<Piece> pieces) {
   op->what = std::move(what);
   op->remaining = pieces.size();
   op->parts_left.assign(pieces.size(), 2);  // sent + answered
+  op->client = this;
   for (const Piece& p : pieces) op->server.push_back(p.server_rank);
+  // The pieces are consecutive slices of one gradient and one output buffer: release each whole.
+  auto bounds = [](auto member, const std::vector<Piece>& ps) {
+    const uint8_t* lo = nullptr;
+    const uint8_t* hi = nullptr;
+    for (const Piece& p : ps) {
+      std::span<const uint8_t> b = member(p);
+      if (b.empty()) continue;
+      if (!lo || b.data() < lo) lo = b.data();
+      if (!hi || b.data() + b.size() > hi) hi = b.data() + b.size();
+    }
+    return lo ? std::span<const uint8_t>(lo, static_cast<size_t>(hi - lo)) : std::span<const uint8_t>();
+  };
+  for (auto region : {bounds([](const Piece& p) { return p.payload; }, pieces),
+                      bounds([](const Piece& p) { return std::span<const uint8_t>(p.out); }, pieces)}) {
+    if (!region.empty()) op->regions.push_back(region);
+  }
   if (pieces.empty()) return Handle(op);
   if (!endpoint_.running()) {
     std::lock_guard<std::mutex> lock(op->mu);
@@ -281,6 +356,7 @@ void KVClient::OnFrame(IncomingFrame in, Frame frame) {
   auto out = p.out;
   auto fr = std::make_shared<Frame>(std::move(frame));
   Status s = endpoint_.transport().ReceivePayload(in, out, [op, piece, out, fr](Status st) {
+    if (op->cancelled) return;  // the buffer may be gone: do not read it
     if (st.ok()) st = VerifyPayload(*fr, out);
     op->Part(piece, st.ok() ? st : st.WithContext(op->what));
   });

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstring>
 #include <optional>
+#include <tuple>
 
 #include "shardps/core/digest.h"
 #include "shardps/core/optimizer.h"
@@ -71,14 +72,36 @@ enum MetricSlot { kCorrect = 0, kTested, kTestLoss, kTrainLoss, kTrained };
 
 using Seconds = std::chrono::duration<double>;
 
-// Waits for every handle, even after one fails, so no request still writes into or reads from
-// the caller's buffers once this returns (each wait bounded by `timeout`).
-Status WaitAll(std::vector<Handle>& hs, std::chrono::milliseconds timeout) {
+// Waits for every handle (each wait bounded by `timeout`). On the first failure the others are
+// cancelled, so that once this returns no transport reads from or writes into the buffers of any
+// of them, whatever the servers do later. If a transport cannot let go of a buffer (an MPI send
+// the peer never matched), `bufs` are moved into the store's keeping (their memory stays where
+// it is) until the node has stopped; the caller returns the error and must not use them.
+std::vector<float> Take(std::vector<float>& v) { return std::move(v); }
+std::vector<std::vector<float>> Take(std::vector<std::vector<float>>& v) { return std::move(v); }
+std::vector<std::vector<float>> Take(std::span<std::vector<float>>& s) {
+  std::vector<std::vector<float>> out;
+  for (auto& v : s) out.push_back(std::move(v));
+  return out;
+}
+
+template <typename... Bufs>
+Status WaitAll(ParamStore& params, std::vector<Handle>& hs, std::chrono::milliseconds timeout, Bufs&... bufs) {
   Status first;
   for (auto& h : hs) {
-    Status s = h.wait(timeout);
-    if (!s.ok() && first.ok()) first = s;
+    first = h.wait(timeout);
+    if (!first.ok()) break;
   }
+  if (first.ok()) return first;
+  bool held = false;
+  for (auto& h : hs) {
+    Status c = h.Cancel();
+    if (!c.ok() && !held) {
+      held = true;
+      first = Status(first.code(), first.message() + " (and " + c.message() + ")");
+    }
+  }
+  if (held) params.Retain(std::make_shared<std::tuple<decltype(Take(bufs))...>>(Take(bufs)...));
   return first;
 }
 
@@ -144,7 +167,7 @@ Status AverageReplicas(ParamStore& params, std::span<std::vector<float>> replica
   }
   std::vector<float> mine{n}, total(1);
   hs.push_back(params.PushPull(samples_table, mine, total, round));
-  SHARDPS_RETURN_IF_ERROR(WaitAll(hs, timeout));  // all of them, before `scaled` goes away
+  SHARDPS_RETURN_IF_ERROR(WaitAll(params, hs, timeout, scaled, mine, total, replica));  // before `scaled` goes away
   if (!(total[0] > 0)) return FailedPrecondition("model averaging round " + std::to_string(round) + " saw no samples");
   for (auto& t : replica) for (float& v : t) v /= total[0];
   return Status::Ok();
@@ -186,7 +209,7 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
   {
     std::vector<Handle> hs;
     for (size_t t = 0; t < M; ++t) hs.push_back(params.Pull(static_cast<uint32_t>(t), w[t], run.start_step));
-    SHARDPS_RETURN_IF_ERROR(WaitAll(hs, timeout).WithContext("pulling the model at step " + std::to_string(run.start_step)));
+    SHARDPS_RETURN_IF_ERROR(WaitAll(params, hs, timeout, w).WithContext("pulling the model at step " + std::to_string(run.start_step)));
   }
 
   const int64_t B = run.batch_size;
@@ -201,7 +224,8 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
   auto reduce = [&](std::vector<float> local) -> Result<std::vector<float>> {
     std::vector<float> total(kMetricsFloats);
     local.resize(kMetricsFloats, 0.0f);
-    SHARDPS_RETURN_IF_ERROR(params.PushPull(metrics_table, local, total, reduce_round++).wait(timeout));
+    std::vector<Handle> hs{params.PushPull(metrics_table, local, total, reduce_round++)};
+    SHARDPS_RETURN_IF_ERROR(WaitAll(params, hs, timeout, local, total));
     return total;
   };
   uint64_t average_round = 0;
@@ -281,7 +305,7 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
         loss = model.Gradient(wspans, xb.data(), yb.data(), rows, scale, gspans, [&](size_t t) {
           hs[t] = params.PushPull(static_cast<uint32_t>(t), g[t], next[t], static_cast<uint64_t>(step));
         });
-        SHARDPS_RETURN_IF_ERROR(WaitAll(hs, timeout).WithContext("step " + std::to_string(step)));
+        SHARDPS_RETURN_IF_ERROR(WaitAll(params, hs, timeout, g, next).WithContext("step " + std::to_string(step)));
         std::swap(w, next);
       } else {
         loss = model.Gradient(wspans, xb.data(), yb.data(), rows, scale, gspans);

@@ -33,6 +33,13 @@ struct IncomingFrame {
   Status error;                 // transport-level rejection (e.g. oversized frame); frame empty
 };
 
+// True when the two byte ranges share at least one byte (for Transport::Release).
+inline bool Overlaps(std::span<const uint8_t> a, std::span<const uint8_t> b) {
+  if (a.empty() || b.empty()) return false;
+  const auto a0 = reinterpret_cast<uintptr_t>(a.data()), b0 = reinterpret_cast<uintptr_t>(b.data());
+  return a0 < b0 + b.size() && b0 < a0 + a.size();
+}
+
 class Transport {
  public:
   virtual ~Transport() = default;
@@ -69,6 +76,14 @@ class Transport {
   // Tells every peer this rank is ending the job because of `reason` (transports that detect
   // lost peers report it with the reason, so every process can name the root cause).
   virtual void Abort(const std::string& reason) { (void)reason; }
+  // Lets go of the caller's memory in `region` (owner thread): once it returns OK, no send
+  // reads from it and no receive writes into it, whatever peers do later. A send whose payload
+  // lies in the region and has not fully gone out keeps its unsent bytes in memory of its own
+  // (the stream stays intact); a receive into the region is drained and dropped, and its
+  // completion reports CANCELLED. A transport that cannot take the memory back by `deadline`
+  // (an MPI send the peer never matches) says so with an error: the caller must then keep the
+  // region alive until the transport is shut down.
+  virtual Status Release(std::span<const uint8_t> region, Clock::time_point deadline) = 0;
   // Stops any thread of the transport's own; after it no completion runs and no receiver's
   // buffer is written. Called by the owner once it has stopped polling. Default: nothing.
   virtual void Shutdown() {}

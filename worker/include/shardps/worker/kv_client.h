@@ -13,8 +13,8 @@
 // Synchronous semantics: in each step every worker pushes every key of a table exactly once (in
 // one push or several disjoint key ranges); the servers sum the pushes of step t in worker-rank
 // order and apply the optimizer once; Pull(version = t + 1) returns the weights after that.
-// Buffers passed in must stay valid and unchanged until the handle completes: payloads are sent
-// from and received into them directly.
+// Buffers passed in must stay valid and unchanged until the handle completes or is cancelled:
+// payloads are sent from and received into them directly.
 // Thread safety: all methods may be called concurrently from any threads.
 #pragma once
 
@@ -58,9 +58,16 @@ class Handle {
   explicit Handle(std::shared_ptr<internal::OpState> state) : state_(std::move(state)) {}
 
   // Waits up to `timeout`. On expiry the status is DEADLINE_EXCEEDED and names the server ranks
-  // that have not answered; the operation stays pending and may be waited on again.
+  // that have not answered; the operation stays pending and may be waited on again (or cancelled).
   Status wait(std::chrono::milliseconds timeout) const;
   bool done() const;
+  // Gives up the operation: once this returns OK, no transport reads from or writes into its
+  // buffers, whatever the servers do later (a late reply is dropped), and wait() returns
+  // CANCELLED (or the error it had already failed with). A completed operation is left as it is.
+  // An error means a transport still holds the buffers (an MPI send the peer never matched):
+  // keep them alive until the node has stopped, e.g. with KVClient::Retain. `timeout` bounds the
+  // wait for the communication thread. Call it before the client is destroyed.
+  Status Cancel(std::chrono::milliseconds timeout = std::chrono::seconds(10)) const;
 
  private:
   std::shared_ptr<internal::OpState> state_;
@@ -86,6 +93,10 @@ class KVClient final : public FrameHandler {
   Handle Hello();
   // Tells every server this worker is done; call after all other handles completed.
   Handle Shutdown();
+  // Keeps `keep` alive until the client is destroyed, which Node does after its communication
+  // thread and transport have stopped: for buffers a failed Cancel could not take back.
+  void Retain(std::shared_ptr<void> keep);
+
   // Asks every server to write its shard of the model tables, all at `step`, into checkpoint
   // version `version` of its checkpoint directory; completes when every shard is durable.
   Handle Checkpoint(uint64_t version, uint64_t step);
@@ -113,7 +124,10 @@ class KVClient final : public FrameHandler {
     uint32_t chunk = 0;
   };
 
+  friend class Handle;
   Handle Start(std::string what, std::vector<Piece> pieces);
+  Status Cancel(const std::shared_ptr<internal::OpState>& op, std::chrono::milliseconds timeout);
+  Status CancelOnCommThread(const std::shared_ptr<internal::OpState>& op, Clock::time_point deadline);
   Handle Failed(Status s);
   Result<std::pair<uint64_t, uint64_t>> Resolve(uint32_t table, KeyRange range, size_t buffer_size,
                                                 const char* what) const;
@@ -128,6 +142,7 @@ class KVClient final : public FrameHandler {
 
   std::mutex mu_;
   uint64_t barrier_count_ = 0;  // GUARDED_BY(mu_)
+  std::vector<std::shared_ptr<void>> retained_;  // GUARDED_BY(mu_)
 
   // Communication thread only.
   uint64_t next_request_id_ = 1;

@@ -38,6 +38,9 @@ class ParamStore {
   virtual ~ParamStore() = default;
   virtual Handle Pull(uint32_t table, std::span<float> out, uint64_t version) = 0;
   virtual Handle PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step) = 0;
+  // Keeps buffers a cancelled request could not take back alive until the store's transport has
+  // stopped (see Handle::Cancel). Stores whose requests complete at once keep nothing.
+  virtual void Retain(std::shared_ptr<void> keep) { (void)keep; }
 };
 
 // Through the parameter servers.
@@ -48,6 +51,7 @@ class ClientParams final : public ParamStore {
   Handle PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step) override {
     return client_.PushPull(table, grad, out, step);
   }
+  void Retain(std::shared_ptr<void> keep) override { client_.Retain(std::move(keep)); }
 
  private:
   KVClient& client_;

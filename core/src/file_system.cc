@@ -259,10 +259,10 @@ Status EnsureWritableDirectory(FileSystem& fs, const std::string& dir, const std
 Status WriteFileAtomically(FileSystem& fs, const std::string& path, const std::vector<std::span<const uint8_t>>& parts,
                            const std::function<void(const std::string&)>& phase) {
   SHARDPS_RETURN_IF_ERROR(CheckRegularOrAbsent(path, "file"));
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  const std::string tmp = path + ".tmp";
   int fd = -1;
   int e = fs.CreateExclusive(tmp, &fd);
-  if (e == EEXIST) {  // left by a crashed process that had our pid
+  if (e == EEXIST) {  // left by a process killed while writing it
     fs.Remove(tmp);
     e = fs.CreateExclusive(tmp, &fd);
   }

@@ -725,6 +725,21 @@ int RunDistributed(FileSystem& fs, const config::TrainConfig& c, const TrainFlag
       }
       reader = std::make_unique<CheckpointReader>(std::move(*v));
     }
+    // Every process must load the same version (an operator's rollback between two processes'
+    // resolutions would split them): the lowest and the highest version resolved must agree
+    // (0: a fresh start; -1: this process failed, and says why itself).
+    const int64_t mine = !s.ok() ? -1 : reader ? static_cast<int64_t>(reader->manifest().version()) : 0;
+    auto hi = job.Max(mine);
+    auto neg_lo = hi.ok() ? job.Max(-mine) : Result<int64_t>(hi.status());
+    if (!neg_lo.ok()) {
+      report(neg_lo.status());
+      return 1;
+    }
+    if (-*neg_lo >= 0 && *hi != -*neg_lo) {
+      s = FailedPrecondition("the processes of this job resolved different checkpoints of " + (f.resume == "auto" ? c.checkpoint_dir() : f.resume) +
+                             " (versions " + std::to_string(-*neg_lo) + " to " + std::to_string(*hi) + ", 0 = none; this one " +
+                             std::to_string(mine) + "): was the directory changed while the job started? Start it again");
+    }
   }
   NodeOptions no;
   // The servers give up on a held request first (and say which workers it waits for); the

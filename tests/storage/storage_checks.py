@@ -6,7 +6,7 @@
 
   resume_auto       --resume auto on a missing, an empty and an only-incomplete directory starts
                     fresh (saying which), then resumes; explicit --resume stays strict; '@' in the
-                    directory name; a changed --train-limit is refused
+                    directory name; a changed --train-limit or other training data is refused
   second_writer     a second job on the same --checkpoint-dir is refused naming the holder; the lock
                     of a killed job is taken over
   gc_during_job     `shardps ckpt gc/tag/untag` run again and again while a job applies --keep-last:
@@ -123,6 +123,10 @@ def check_resume_auto(r, a):
     # Another data position: a changed --train-limit is refused, naming both counts.
     p = r.refused(["--epochs", "3", "--checkpoint-dir", ck, "--resume", "auto", "--train-limit", "2048"],
                   "was taken training on 4096 samples; this run has 2048")
+    # The same number of samples from another file (the test split as training data) is refused too.
+    other = ["--set", f"data.train={sc.FASHION}/t10k-images-idx3-ubyte.gz",
+             "--set", f"data.train_labels={sc.FASHION}/t10k-labels-idx1-ubyte.gz"]
+    r.refused(other + ["--epochs", "3", "--checkpoint-dir", ck, "--resume", "auto"], "was taken on other training data")
 
 
 def wait_for_lock_holder(ck, timeout=180):

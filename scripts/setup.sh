@@ -15,6 +15,7 @@ PACKAGES=(
   dataset-fashion-mnist
   python3-numpy python3-matplotlib
   clang-14 libclang-rt-14-dev
+  slurm-wlm munge
 )
 
 missing=()

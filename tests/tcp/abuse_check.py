@@ -68,7 +68,8 @@ descriptors (sampled from /proc/PID/fd every 20 ms) exceed their baseline by at 
 (16 pending and the one being accepted) during the attacks and the flood, and by at most 19
 (plus the two workers) while the squatter runs. Its peak memory (VmHWM, sampled from
 /proc/PID/status) may grow by at most 32 MiB during the attacks and the flood, and by at most
-64 MiB over the whole run. The whole check takes under 90 s.
+64 MiB over the whole run. Its total time is printed, not asserted (every wait has its own
+deadline; a slower machine must not fail it).
 """
 import argparse
 import concurrent.futures
@@ -103,7 +104,6 @@ SQUATTERS = 20           # silent connections the squatter keeps open
 SQUAT_WARMUP = 60        # evictions the squatter must see before the workers start
 SQUAT_LIMIT_S = 70
 WORLD = 3                # 1 server + 2 workers
-TIME_LIMIT_S = 90
 # The attacks may raise the server's peak memory by this much at most. Every attack is bounded
 # by fixed-size reads (40-byte HELLO, 36-byte PROOF, <= 67-byte registration) and at most 16
 # pending connections; honouring a 2^63 or 4 GiB length field would show up as gigabytes (or
@@ -862,8 +862,6 @@ def abuse(args):
             fail(f"the server's peak memory grew by {(mem.hwm - base[1]) / 1024:.1f} MiB (limit {TOTAL_GROWTH_MIB} MiB)")
         total = time.time() - t_start
         print(f"total {total:.1f} s")
-        if total > TIME_LIMIT_S:
-            fail(f"the check took {total:.1f} s (limit {TIME_LIMIT_S} s)")
     finally:
         if squatter is not None:
             squatter.stop.set()

@@ -2,6 +2,7 @@
 
 #include "shardps/core/random.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <set>
@@ -133,7 +134,7 @@ std::vector<uint64_t> TableLayout::BytesPerServer() const {
 void InitializeWeights(const TableInit& init, uint32_t table_id, uint64_t begin, std::span<float> out) {
   switch (init.kind) {
     case InitKind::kZeros:
-      std::memset(out.data(), 0, out.size_bytes());
+      std::fill(out.begin(), out.end(), 0.0f);  // not memset: out may be empty with a null data()
       return;
     case InitKind::kConstant:
       for (float& v : out) v = init.value;

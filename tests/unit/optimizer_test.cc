@@ -22,7 +22,8 @@ OptimizerConfig Config(OptimizerKind kind, float lr, float wd = 0.0f) {
 }
 
 bool BitEqual(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+  // memcmp of two empty vectors would pass null pointers (undefined behaviour).
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
 }
 
 // ---------------------------------------------------------------- SGD

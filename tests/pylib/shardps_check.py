@@ -177,9 +177,12 @@ def children_of(ppid):
 # ---- files ----
 
 def fresh_dir(path):
-    """An empty directory at `path` (removed first if present)."""
+    """An empty directory at `path` (whatever was there is removed first: a directory or a file)."""
     import shutil
-    shutil.rmtree(path, ignore_errors=True)
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
     os.makedirs(path)
     return path
 

@@ -275,21 +275,42 @@ def check_stopped_rank(r, args):
 
 
 def check_failure_reason(r, args):
-    """A process that fails after training started (the lead worker cannot write its model) tells
-    the others why: each exits non-zero naming it and its reason ("it ended the job: ...")."""
-    s, p, d = r.launch_local(1, 2, ["--config", r.config("fashion_softmax.prototxt"), "--epochs", "1",
-                                    "--train-limit", "3000", "--test-limit", "500",
-                                    "--model-out", os.path.join(r.work, "no-such-dir", "model.safetensors")])
+    """A process that fails after training started (the lead worker cannot write its model: its
+    directory became a file during training) tells the others why: each one still running exits
+    non-zero naming it and its reason ("it ended the job: ...")."""
+    d = r.fresh("reason")
+    model_dir, ck = os.path.join(d, "model-dir"), os.path.join(d, "ck")
+    os.makedirs(model_dir)
+    logs = os.path.join(d, "logs")
+    cmd = ["bash", r.launch, "-s", "1", "-w", "2", "-k", r.keygen(d), "-o", logs, "--", r.shardps, "train",
+           "--out-dir", os.path.join(d, "out"), "--progress", "never", "--config", r.config("fashion_softmax.prototxt"),
+           "--epochs", "2", "--test-limit", "500", "--checkpoint-dir", ck, "--checkpoint-every", "5",
+           "--model-out", os.path.join(model_dir, "model.safetensors")]
+    print("$ " + " ".join(cmd))
+    p = sc.popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sc.wait_until(lambda: p.poll() is not None or sc.committed_manifests(ck), 300, f"a first checkpoint in {ck}",
+                  poll=0.01)
+    if p.poll() is not None:
+        fail(f"the job ended (exit {p.returncode}) before its first checkpoint:\n{p.communicate()[1]}")
+    shutil.rmtree(model_dir)
+    with open(model_dir, "w") as f:
+        f.write("a file where the model's directory was\n")
+    _, se = sc.communicate(p, 120, "launch_local.sh after the model directory was replaced")
     if p.returncode == 0:
         fail("the job succeeded although the lead worker could not write its model")
-    logs = os.path.join(d, "logs")
-    for name in ["server-0.log", "worker-1.log"]:
+    # Server 0 waits for worker 0's goodbye, so it is still running when worker 0 fails and must say
+    # why. Worker 1 may have finished its own part already (then it exited 0 without a word); if it
+    # reports a failure, that report must name worker 0 and its reason.
+    for name, must in (("server-0.log", True), ("worker-1.log", False)):
         with open(os.path.join(logs, name)) as f:
             text = f.read()
-        for want in ["rank 1 (worker 0) lost: it ended the job", "IO_ERROR", "no-such-dir"]:
+        if not must and "shardps train:" not in text:
+            print(f"  {name}: no failure reported (it had finished its part)")
+            continue
+        for want in ["rank 1 (worker 0) lost: it ended the job", "model-dir"]:
             if want not in text:
-                fail(f"{name} lacks '{want}':\n{text}")
-        print(f"  {name}: {text.strip().splitlines()[-1]}")
+                fail(f"{name} lacks '{want}':\n{text}\n--- launch_local.sh\n{se}")
+        print(f"  {name}: {text.strip().splitlines()[-1][:200]}")
 
 
 def check_launch_local(r, args):

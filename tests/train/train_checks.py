@@ -492,23 +492,42 @@ def check_bad_input(r, args):
         fail(f"unknown override key not reported:\n{p.stderr}")
 
 
+def break_model_dir_after_first_checkpoint(p, ck, model_dir, what):
+    """Once the job `p` has committed a checkpoint in `ck` (training is under way, past the checks
+    at start), replaces the --model-out directory by a regular file, so that writing the final
+    model fails at the end."""
+    sc.wait_until(lambda: p.poll() is not None or sc.committed_manifests(ck), 300, f"{what}: a first checkpoint in {ck}",
+                  poll=0.01)
+    check(p.poll() is None, f"{what}: the job ended (exit {p.returncode}) before its first checkpoint")
+    shutil.rmtree(model_dir)
+    with open(model_dir, "w") as f:
+        f.write("a file where the model's directory was\n")
+
+
 def check_failure_ends_job(r, args):
     """Under mpirun, a rank that fails after training started (here the lead worker cannot write the
-    final model) ends the whole job at once (MPI_Abort) instead of leaving the servers waiting for
-    its goodbye until their finish deadline; its error says where training stood."""
+    final model: its directory became a file during training) ends the whole job at once
+    (MPI_Abort) instead of leaving the servers waiting for its goodbye until their finish deadline;
+    its error says where training stood."""
+    model_dir, ck = sc.fresh_dir(os.path.join(r.work, "model-dir")), os.path.join(r.work, "fe-ck")
+    shutil.rmtree(ck, ignore_errors=True)
+    out = sc.fresh_dir(os.path.join(r.work, "fe-out"))
+    cmd = sc.mpirun_cmd(r.mpirun, 3, [r.shardps, "train", "--out-dir", out, "--progress", "never", "--config",
+                                      r.config("fashion_softmax.prototxt"), "--servers", "1", "--epochs", "2",
+                                      "--test-limit", "500", "--checkpoint-dir", ck, "--checkpoint-every", "5",
+                                      "--model-out", os.path.join(model_dir, "model.safetensors")])
+    print("$ " + " ".join(cmd))
+    p = sc.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    break_model_dir_after_first_checkpoint(p, ck, model_dir, "failure_ends_job")
     t0 = time.time()
-    _, _, p = r.train(3, ["--config", r.config("fashion_softmax.prototxt"), "--servers", "1", "--epochs", "1",
-                          "--train-limit", "3000", "--test-limit", "500",
-                          "--model-out", os.path.join(r.work, "no-such-dir", "model.safetensors")],
-                      expect_ok=False, timeout=120)
+    so, se = sc.communicate(p, 120, "the job whose model cannot be written")
     took = time.time() - t0
-    if p.returncode == 0:
-        fail("the job succeeded although the lead worker could not write its model")
-    err = p.stdout + p.stderr
-    for want in ["rank 1 (worker 0): IO_ERROR", "no-such-dir", "last completed step"]:
-        if want not in err:
-            fail(f"missing '{want}' in the output:\n{err}")
-    print(f"  the job ended {took:.1f} s after it started, exit {p.returncode}")
+    check(p.returncode != 0, "the job succeeded although the lead worker could not write its model")
+    err = so + se
+    for want in ["rank 1 (worker 0): ", "model-dir", "last completed step"]:
+        check(want in err, lambda: f"missing '{want}' in the output:\n{err}")
+    print(f"  {[l for l in err.splitlines() if 'rank 1 (worker 0): ' in l][0][:200]}")
+    print(f"  the job ended {took:.1f} s after its model directory was replaced, exit {p.returncode}")
 
 
 def main():

@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Sets up the machine, builds, runs the fuzzers for a short bounded time, then the whole CTest
-# suite. Non-zero exit on any failure.
+# Sets up the machine, builds, runs the fuzzers for a short bounded time, the whole CTest suite,
+# then the sanitizer stages (scripts/sanitize.sh: ASan+UBSan, then TSan, each in its own build
+# directory). Non-zero exit if any stage fails; every stage runs even when an earlier one failed.
 #   scripts/test.sh                 # everything
-#   scripts/test.sh -L multirank    # extra args go to ctest (labels: unit, multirank, mpi, ...)
+#   scripts/test.sh -L multirank    # extra args go to the normal suite's ctest (labels: unit, multirank, mpi, ...)
 # SHARDPS_FUZZ_SECONDS (default 20) bounds each fuzzer's run; 0 skips fuzzing.
+# SHARDPS_SANITIZERS=0 skips the sanitizer stages, =1 runs them. Default: run them under CI (CI=true)
+# and when no ctest arguments are given; skip them when extra arguments narrow the normal suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ -z "${SHARDPS_SANITIZERS:-}" ]; then
+  if [ "${CI:-}" = "true" ] || [ "$#" -eq 0 ]; then SHARDPS_SANITIZERS=1; else SHARDPS_SANITIZERS=0; fi
+fi
+case "$SHARDPS_SANITIZERS" in 0|1) ;; *) echo "test.sh: SHARDPS_SANITIZERS must be 0 or 1, not '$SHARDPS_SANITIZERS'" >&2; exit 2;; esac
 bash scripts/setup.sh
 bash scripts/build.sh -DSHARDPS_BUILD_TESTS=ON
 FUZZ_SECONDS="${SHARDPS_FUZZ_SECONDS:-20}"
@@ -17,5 +24,14 @@ if [ "$FUZZ_SECONDS" -gt 0 ]; then
 fi
 # mpirun as root (CI runs as root) and with more ranks than cores: the tests set what they need
 # themselves; nothing is asked of the user here.
-cd "${SHARDPS_BUILD_DIR:-build}"
-ctest --output-on-failure --timeout 900 -j1 "$@"
+status=0
+t0=$SECONDS
+(cd "${SHARDPS_BUILD_DIR:-build}" && ctest --output-on-failure --timeout 900 -j1 "$@") || status=1
+echo "== normal suite: $((SECONDS - t0)) s, exit $status =="
+if [ "$SHARDPS_SANITIZERS" = "1" ]; then
+  for stage in asan tsan; do
+    echo "== sanitizer stage $stage =="
+    bash scripts/sanitize.sh "$stage" || status=1
+  done
+fi
+exit "$status"

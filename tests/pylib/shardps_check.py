@@ -17,6 +17,7 @@ condition for at most `timeout` seconds.
 import glob
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -107,6 +108,12 @@ def communicate(p, timeout, what=None):
         fail(f"{what or p.args} did not end within {timeout} s\n--- stdout\n{so}\n--- stderr\n{se}")
 
 
+# The first line of a sanitizer report (builds of scripts/sanitize.sh): a process that printed one
+# fails the check even when its failure was expected.
+SANITIZER_REPORT = re.compile(r"ERROR: (Address|Leak)Sanitizer|WARNING: ThreadSanitizer|"
+                              r"SUMMARY: [A-Za-z]+Sanitizer|: runtime error: ")
+
+
 def run(cmd, timeout=600, expect_ok=True, env=None, quiet=False, **kw):
     """Runs `cmd` to completion (output captured as text) with a deadline; prints the command, its
     time and exit code. expect_ok: a non-zero exit fails the check (with the output shown)."""
@@ -117,6 +124,8 @@ def run(cmd, timeout=600, expect_ok=True, env=None, quiet=False, **kw):
     cp = subprocess.CompletedProcess(cmd, p.returncode, so, se)
     if not quiet:
         print(f"$ {' '.join(cmd)}  ({time.time() - t0:.1f} s, exit {p.returncode})", flush=True)
+    if SANITIZER_REPORT.search(se) or SANITIZER_REPORT.search(so):
+        fail(f"sanitizer report from {' '.join(cmd)} (exit {p.returncode}):\n--- stdout\n{so}\n--- stderr\n{se}")
     if expect_ok and p.returncode != 0:
         fail(f"command failed with exit {p.returncode}: {' '.join(cmd)}\n--- stdout\n{so}\n--- stderr\n{se}")
     return cp

@@ -28,14 +28,12 @@ failed job names the real cause. Run by CTest (tests/guard/CMakeLists.txt), one 
 
 Every process has a deadline; the exit code decides (0 PASS, 1 FAIL).
 """
-import argparse
 import os
 import re
 import resource
 import signal
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pylib"))
 import shardps_check as sc  # noqa: E402
@@ -318,13 +316,10 @@ CHECKS = {
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--shardps", required=True)
-    ap.add_argument("--mpirun", required=True)
-    ap.add_argument("--source-dir", required=True)
-    ap.add_argument("--work", required=True)
+    ap = sc.job_arguments()
     ap.add_argument("check", choices=sorted(CHECKS))
     a = ap.parse_args()
+
     sc.need_fashion()
     sc.fresh_dir(a.work)
     CHECKS[a.check](Runner(a))

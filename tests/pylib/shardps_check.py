@@ -261,6 +261,27 @@ def need_fashion():
 
 # ---- the entry point ----
 
+def job_arguments(**mpirun):
+    """The arguments every check script takes from CMake: --shardps, --mpirun, --source-dir and
+    --work (paths made absolute). A script adds its own, then calls parse_args()."""
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def parse_args(self, *a, **kw):
+            args = super().parse_args(*a, **kw)
+            args.shardps = os.path.abspath(args.shardps)
+            args.source_dir = os.path.abspath(args.source_dir)
+            args.work = os.path.abspath(args.work)
+            return args
+
+    ap = Parser()
+    ap.add_argument("--shardps", required=True)
+    ap.add_argument("--mpirun", default="mpirun")
+    ap.add_argument("--source-dir", required=True)
+    ap.add_argument("--work", required=True)
+    return ap
+
+
 def main(fn, name, *args, **kwargs):
     """Runs fn(*args, **kwargs) and exits: 0 with "PASS <name>" when it returns, 1 with
     "FAIL: ..." on any failure. Every process started by popen is killed before the exit."""

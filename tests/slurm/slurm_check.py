@@ -24,7 +24,6 @@ generated SLURM_CONF in its environment, such as slurmstepd) is stopped at the e
 Every wait has a deadline. Exits 0 printing "PASS slurm", or 1 with "FAIL: ..."
 (tests/pylib/shardps_check.py).
 """
-import argparse
 import os
 import re
 import shutil
@@ -364,15 +363,8 @@ def slurm_check(a):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--shardps", required=True)
-    ap.add_argument("--mpirun", default="mpirun")
-    ap.add_argument("--source-dir", required=True)
-    ap.add_argument("--work", required=True)
+    ap = sc.job_arguments()
     a = ap.parse_args()
-    a.shardps = os.path.abspath(a.shardps)
-    a.source_dir = os.path.abspath(a.source_dir)
-    a.work = os.path.abspath(a.work)
 
     def interrupted(signum, frame):  # CTest's timeout, Ctrl-C: stop the cluster on the way out
         raise sc.CheckFailed(f"interrupted by signal {signum}")

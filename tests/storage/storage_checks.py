@@ -17,7 +17,6 @@
 
 The script's exit code decides (tests/pylib/shardps_check.py).
 """
-import argparse
 import os
 import signal
 import stat
@@ -234,7 +233,8 @@ def check_readonly_outputs(r, a):
     mounted = False
     if os.geteuid() == 0:
         # root writes through file modes: a read-only file system is the real thing.
-        p = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", ro], capture_output=True, text=True)
+        p = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", ro], capture_output=True, text=True,
+                           timeout=60)
         check(p.returncode == 0, f"cannot mount a read-only tmpfs at {ro} as root: {p.stderr}")
         mounted = True
     else:
@@ -260,7 +260,7 @@ def check_readonly_outputs(r, a):
         r.refused(["--epochs", "1", "--checkpoint-dir", os.path.join(plain, "ck")], "is not a directory")
     finally:
         if mounted:
-            subprocess.run(["umount", ro], check=False)
+            subprocess.run(["umount", ro], check=False, timeout=60)
         else:
             os.chmod(ro, 0o755)
 
@@ -275,11 +275,7 @@ CHECKS = {
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--shardps", required=True)
-    ap.add_argument("--mpirun", default="mpirun")
-    ap.add_argument("--source-dir", required=True)
-    ap.add_argument("--work", required=True)
+    ap = sc.job_arguments()
     ap.add_argument("check", choices=sorted(CHECKS))
     a = ap.parse_args()
     sc.fresh_dir(a.work)

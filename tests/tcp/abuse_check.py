@@ -71,7 +71,6 @@ descriptors (sampled from /proc/PID/fd every 20 ms) exceed their baseline by at 
 64 MiB over the whole run. Its total time is printed, not asserted (every wait has its own
 deadline; a slower machine must not fail it).
 """
-import argparse
 import concurrent.futures
 import errno
 import hashlib
@@ -879,11 +878,7 @@ def abuse(args):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--shardps", required=True)
-    ap.add_argument("--mpirun", default="mpirun")
-    ap.add_argument("--source-dir", required=True)
-    ap.add_argument("--work", required=True)
+    ap = sc.job_arguments()
     ap.add_argument("--squatter-processes", type=int, default=2,
                     help="run this many more squatters, each in its own process (default 2)")
     sc.main(abuse, "abuse", ap.parse_args())

@@ -8,7 +8,6 @@ scripts/launch_local.sh, or one subprocess per process when a check kills or sto
 reads their summary JSON and stderr, and exits non-zero with a message when the property does not
 hold (tests/pylib/shardps_check.py). Every wait is bounded, and every process a check started is killed when it ends.
 """
-import argparse
 import glob
 import os
 import re
@@ -375,17 +374,12 @@ def check_launch_local(r, args):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--shardps", required=True)
-    ap.add_argument("--mpirun", default="mpirun")
-    ap.add_argument("--source-dir", required=True)
-    ap.add_argument("--work", required=True)
+    ap = sc.job_arguments()
     ap.add_argument("--min-accuracy", type=float, default=0.84)
     ap.add_argument("--config", default="fashion_softmax.prototxt", help="convergence: the example config to train")
     ap.add_argument("check", choices=["matches_mpi", "convergence", "kill_worker", "kill_server", "stopped_rank",
                                       "launch_local", "failure_reason"])
     args = ap.parse_args()
-    args.shardps = os.path.abspath(shutil.which(args.shardps) or args.shardps)
 
     def run_check():
         sc.need_fashion()

@@ -19,7 +19,6 @@ safetensors library):
     with a message and no crash.
 Exits 0 printing "PASS export", or 1 printing "FAIL: ..." (tests/pylib/shardps_check.py).
 """
-import argparse
 import json
 import os
 import re
@@ -283,11 +282,7 @@ def export_checks(a):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--shardps", required=True)
-    ap.add_argument("--mpirun", default="mpirun")
-    ap.add_argument("--source-dir", required=True)
-    ap.add_argument("--work", required=True)
+    ap = sc.job_arguments()
     sc.main(export_checks, "export", ap.parse_args())
 
 

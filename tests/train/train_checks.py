@@ -6,7 +6,6 @@
 Each CHECK launches real jobs (mpirun or a single process), reads their summary JSON and final
 safetensors model, and exits non-zero with a message when the property does not hold.
 """
-import argparse
 import glob
 import gzip
 import json
@@ -531,11 +530,7 @@ def check_failure_ends_job(r, args):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--shardps", required=True)
-    ap.add_argument("--mpirun", default="mpirun")
-    ap.add_argument("--source-dir", required=True)
-    ap.add_argument("--work", required=True)
+    ap = sc.job_arguments()
     ap.add_argument("--config", default="fashion_softmax.prototxt")
     ap.add_argument("--min-accuracy", type=float, default=0.84)
     ap.add_argument("check", choices=["convergence", "repeat", "servers", "single_process", "workers", "local_sgd",

@@ -452,7 +452,12 @@ int BenchMain(int argc, char** argv) {
 // own round times (with one worker, the round; with more, one worker's view of it).
 int RunTcp(const BenchFlags& f, const LaunchPlan& plan, int argc, char** argv) {
   const auto t0 = std::chrono::steady_clock::now();
-  auto job = StartJob(plan, &argc, &argv, "shardps bench");
+  // json_out is each process's own; the rest every process must share.
+  const std::string configuration = "floats " + std::to_string(f.floats) + " servers " + std::to_string(f.servers) +
+                                    " colocated " + std::to_string(f.colocated) + " rounds " + std::to_string(f.rounds) +
+                                    " warmup " + std::to_string(f.warmup) + " chunk_floats " + std::to_string(f.chunk_floats) +
+                                    " timeout_ms " + std::to_string(f.timeout_ms);
+  auto job = StartJob(plan, &argc, &argv, "shardps bench", configuration);
   if (!job.ok()) {
     std::cerr << "shardps bench: " << job.status().ToString() << "\n";
     return 1;

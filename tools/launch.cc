@@ -10,6 +10,7 @@
 #include "mpi_env.h"
 #include "shardps/core/auth.h"
 #include "shardps/core/cluster.h"
+#include "shardps/core/digest.h"
 #include "shardps/core/frame.h"
 #include "shardps/core/mpi_transport.h"
 #include "shardps/core/tcp_transport.h"
@@ -352,7 +353,20 @@ Result<LaunchPlan> ResolveLaunch(const LaunchFlags& f, const Environment& env, i
   return p;
 }
 
-Result<std::unique_ptr<Job>> StartJob(const LaunchPlan& plan, int* argc, char*** argv, const std::string& program) {
+JobTag MakeJobTag(const LaunchPlan& plan, const std::string& program, const std::string& configuration) {
+  Sha256 h;
+  const std::string head = "shardps job tag 1\n" + program + "\n" + std::to_string(plan.size) + "\n" + plan.host + ":" +
+                           std::to_string(plan.port) + "\n";
+  h.Update(head.data(), head.size());
+  h.Update(configuration.data(), configuration.size());
+  const std::string hex = h.HexDigest();
+  JobTag tag{};
+  for (size_t i = 0; i < tag.size(); ++i) tag[i] = static_cast<uint8_t>(std::stoul(hex.substr(2 * i, 2), nullptr, 16));
+  return tag;
+}
+
+Result<std::unique_ptr<Job>> StartJob(const LaunchPlan& plan, int* argc, char*** argv, const std::string& program,
+                                      const std::string& configuration) {
   if (!plan.tcp) {
     int rank = 0, size = 0;
     if (!InitMpi(argc, argv, program.c_str(), &rank, &size)) return Unavailable("MPI could not be initialised");
@@ -365,6 +379,7 @@ Result<std::unique_ptr<Job>> StartJob(const LaunchPlan& plan, int* argc, char***
   o.rank = plan.rank;
   o.size = plan.size;
   o.insecure = plan.insecure;
+  o.job_tag = MakeJobTag(plan, program, configuration);
   o.setup_timeout = plan.setup_timeout;
   o.peer_timeout = plan.peer_timeout;
   o.handshake_timeout = std::min<std::chrono::milliseconds>(std::chrono::milliseconds(10000), plan.peer_timeout);

@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "shardps/core/auth.h"
 #include "shardps/core/status.h"
 #include "shardps/core/transport.h"
 
@@ -98,7 +99,15 @@ class Job {
   virtual bool AgreeFinal(bool ok) = 0;
 };
 
-// MPI_Init (MPI) or the rendezvous (TCP). `program` prefixes messages.
-Result<std::unique_ptr<Job>> StartJob(const LaunchPlan& plan, int* argc, char*** argv, const std::string& program);
+// MPI_Init (MPI) or the rendezvous (TCP). `program` prefixes messages. `configuration` is the
+// text every process of the job must share (the run's config, the bench's flags): over TCP its
+// digest is the job tag (auth.h), so a process of this job holding another secret ends the
+// rendezvous at once instead of being taken for a stranger.
+Result<std::unique_ptr<Job>> StartJob(const LaunchPlan& plan, int* argc, char*** argv, const std::string& program,
+                                      const std::string& configuration);
+
+// The job tag of a configuration: the first 16 bytes of SHA-256 over the program, the world
+// size, the coordinator and the configuration text.
+JobTag MakeJobTag(const LaunchPlan& plan, const std::string& program, const std::string& configuration);
 
 }  // namespace shardps::tools

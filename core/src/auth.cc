@@ -66,8 +66,8 @@ Status WriteNewSecret(const std::string& path) {
   return Status::Ok();
 }
 
-Handshake::Handshake(Secret secret, int32_t my_rank, Role role)
-    : secret_(std::move(secret)), my_rank_(my_rank), role_(role), state_(role == kAcceptor ? kWaitHello : kIdle) {
+Handshake::Handshake(Secret secret, int32_t my_rank, Role role, JobTag job_tag)
+    : secret_(std::move(secret)), my_rank_(my_rank), role_(role), state_(role == kAcceptor ? kWaitHello : kIdle), job_tag_(job_tag) {
   if (RAND_bytes(my_nonce_.data(), static_cast<int>(my_nonce_.size())) != 1) state_ = kFailed;
 }
 
@@ -76,6 +76,7 @@ std::vector<uint8_t> Handshake::Start() {
   std::memcpy(m.data(), kHelloMagic, 4);
   Put32(m.data() + 4, static_cast<uint32_t>(my_rank_));
   std::memcpy(m.data() + 8, my_nonce_.data(), 32);
+  std::memcpy(m.data() + 40, job_tag_.data(), job_tag_.size());
   if (role_ == kInitiator && state_ == kIdle) state_ = kWaitHello;
   return m;
 }
@@ -101,6 +102,10 @@ std::array<uint8_t, 32> Handshake::Proof(bool mine) const {
   return out;
 }
 
+bool Handshake::peer_in_same_job() const {
+  return job_tag_ != JobTag{} && CRYPTO_memcmp(peer_job_tag_.data(), job_tag_.data(), job_tag_.size()) == 0;
+}
+
 Status Handshake::Fail(Status s) {
   state_ = kFailed;
   return s;
@@ -119,6 +124,7 @@ Result<std::optional<std::vector<uint8_t>>> Handshake::OnMessage(std::span<const
       }
       peer_rank_ = static_cast<int32_t>(Get32(m.data() + 4));
       std::memcpy(peer_nonce_.data(), m.data() + 8, 32);
+      std::memcpy(peer_job_tag_.data(), m.data() + 40, peer_job_tag_.size());
       if (peer_nonce_ == my_nonce_) return Fail(Unavailable("authentication: the peer echoed our nonce (a reflection)"));
       state_ = kWaitProof;
       if (role_ == kAcceptor) return Reply(Start());  // our HELLO

@@ -121,7 +121,7 @@ Result<int> Introduce(asio::io_context& io, tcp::socket& s, const TcpOptions& o,
       return st;
     }
   } else {
-    Handshake h(o.secret, o.rank, Handshake::kInitiator);
+    Handshake h(o.secret, o.rank, Handshake::kInitiator, o.job_tag);
     auto m = h.Start();
     Status st = WriteExact(io, s, m.data(), m.size(), deadline, "authentication");
     while (st.ok() && !h.done()) {
@@ -204,6 +204,7 @@ struct Arrival : std::enable_shared_from_this<Arrival> {
   int peer = -1;
   int claimed = -1;          // the rank a HELLO claimed, for a refused proof
   bool wrong_proof = false;  // refused: its proof of the secret did not verify
+  bool same_job = false;     // ... and its HELLO carried our job tag
   uint32_t world = 0;        // the world size it registered with
   bool authenticated = false;
   bool finished = false;
@@ -232,7 +233,7 @@ struct Arrival : std::enable_shared_from_this<Arrival> {
       });
       return;
     }
-    handshake = std::make_unique<Handshake>(options.secret, options.rank, Handshake::kAcceptor);
+    handshake = std::make_unique<Handshake>(options.secret, options.rank, Handshake::kAcceptor, options.job_tag);
     ReadHandshake();
   }
 
@@ -257,6 +258,7 @@ struct Arrival : std::enable_shared_from_this<Arrival> {
         Status why = reply.status();
         self->wrong_proof = true;
         self->claimed = self->handshake->peer_rank();
+        self->same_job = self->handshake->peer_in_same_job();
         asio::async_write(self->sock, asio::buffer(*notice), [self, notice, why](const boost::system::error_code&, size_t) {
           self->Finish(why);
         });
@@ -339,6 +341,8 @@ class Gate {
     std::string from;
   };
   const std::unordered_map<int, Refusal>& wrong_proofs() const { return wrong_proofs_; }
+  // Ranks that were told why they cannot join (and have stopped) without joining.
+  const std::vector<int>& told() const { return told_; }
   void Close() {
     closed_ = true;
     boost::system::error_code ignored;
@@ -385,6 +389,18 @@ class Gate {
       s = InvalidArgument("claimed rank " + std::to_string(a->peer) + " in a world of " + std::to_string(o_.size));
     }
     if (!s.ok() && a->wrong_proof && a->claimed >= 0 && a->claimed < o_.size && a->claimed != o_.rank) {
+      if (a->same_job) {
+        // Started with this job's configuration but another secret: it was told and has
+        // stopped, so the rendezvous cannot succeed; it ends now for everyone.
+        error_ = FailedPrecondition("rank " + std::to_string(a->claimed) + " cannot join: a connection from " + a->from +
+                                    " claiming rank " + std::to_string(a->claimed) +
+                                    " was refused because its proof of the shared secret did not verify, although it was "
+                                    "started with this job's configuration (is that process using another --secret-file?); "
+                                    "the rendezvous ends now");
+        Warn("refused a connection from " + a->from + ": " + s.message());
+        told_.push_back(a->claimed);
+        return;
+      }
       wrong_proofs_[a->claimed] = {Clock::now(), a->from};
     }
     if (s.ok() && a->world != static_cast<uint32_t>(o_.size)) {
@@ -395,6 +411,7 @@ class Gate {
                                   std::to_string(o_.rank) + " for " + std::to_string(o_.size) +
                                   " (do --num-servers and --num-workers agree on every process?)");
       TellRefused(a->sock, error_.message());
+      told_.push_back(a->peer);
       boost::system::error_code ignored;
       a->sock.close(ignored);
       return;
@@ -433,6 +450,7 @@ class Gate {
   bool closed_ = false;
   Status error_;
   std::unordered_map<int, Refusal> wrong_proofs_;
+  std::vector<int> told_;
 };
 
 Result<tcp::endpoint> Resolve(const std::string& host, uint16_t port) {
@@ -492,6 +510,10 @@ class TcpTransport final : public Transport {
   }
 
   Status Setup();
+  // After a failed rendezvous (coordinator only): accepts connections until `until` or until
+  // every rank has been told, answering each that proves the secret with `why`.
+  void TellLatecomers(const tcp::endpoint& coordinator, const std::string& why, const std::vector<int>& already_told,
+                      Deadline until);
 
   int rank() const override { return o_.rank; }
   int size() const override { return o_.size; }
@@ -1178,17 +1200,55 @@ class TcpTransport final : public Transport {
   uint64_t next_self_token_ = 1;
 };
 
+void TcpTransport::TellLatecomers(const tcp::endpoint& coordinator, const std::string& why, const std::vector<int>& already_told,
+                                  Deadline until) {
+  std::vector<bool> told(o_.size, false);
+  told[o_.rank] = true;
+  for (int r : already_told) told[r] = true;
+  for (int r = 0; r < o_.size; ++r) {
+    if (peers_[r].sock) told[r] = true;
+  }
+  auto everyone_told = [&] { return std::all_of(told.begin(), told.end(), [](bool t) { return t; }); };
+  if (everyone_told()) return;
+  std::string waiting;
+  for (int r = 0; r < o_.size; ++r) {
+    if (!told[r]) waiting += (waiting.empty() ? "" : ",") + std::to_string(r);
+  }
+  const auto wait_ms = std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()).count();
+  const std::string note = "the rendezvous failed (" + why + "); staying up to " + std::to_string(std::max<int64_t>(0, wait_ms)) +
+                           " ms to tell ranks " + waiting + ", which have not joined, why";
+  if (o_.on_warning) o_.on_warning(note);
+  else std::cerr << "[shardps rank " << o_.rank << "] warning: " << note << std::endl;
+  tcp::acceptor a(io_);
+  if (!Listen(a, coordinator).ok()) return;  // the port was taken meanwhile: latecomers wait out their timeout
+  Gate late(io_, a, o_, o_.size, [&](int peer, PeerAddress, std::unique_ptr<tcp::socket> s) -> Status {
+    TellRefused(*s, why);
+    told[peer] = true;
+    return Status::Ok();
+  });
+  late.Open();
+  io_.restart();
+  while (!everyone_told() && Clock::now() < until) {
+    io_.run_one_until(std::min(until, Clock::now() + std::chrono::milliseconds(100)));
+    io_.restart();
+  }
+  late.Close();
+  io_.restart();
+  io_.poll();
+}
+
 Status TcpTransport::Setup() {
   const Deadline deadline = Clock::now() + o_.setup_timeout;
   SHARDPS_ASSIGN_OR_RETURN(tcp::endpoint coordinator, Resolve(o_.host, o_.port));
   std::vector<PeerAddress> table(o_.size);
-  // A connection refused for a wrong proof of the secret may be one of this job's processes
-  // started with another secret file: it has stopped (it was told), and its rank would be missed
-  // only at the setup timeout. So once a rank refused that way is still missing a grace period
-  // later, the rendezvous ends for everyone, naming the refused address. An unauthenticated
-  // stranger can claim a rank too, so the grace period is long enough for the real process to
-  // join: counted from the first registration of a process that knows the secret (short), or
-  // half the setup timeout while none has (docs/deployment.md, failure semantics).
+  // A connection refused for a wrong proof of the secret that carried our job tag ends the
+  // rendezvous at once (Gate::Arrived). One without the tag may be a stranger, or one of this
+  // job's processes started with another secret and another configuration: it has stopped (it
+  // was told), and its rank would be missed only at the setup timeout. So once a rank refused
+  // that way is still missing a grace period later, the rendezvous ends for everyone, naming the
+  // refused address. A stranger can claim a rank too, so the grace period is long enough for the
+  // real process to join: counted from the first registration of a process that knows the
+  // secret (short), or half the setup timeout while none has (docs/deployment.md).
   std::optional<Clock::time_point> first_registered;
   const auto short_grace = std::min<std::chrono::milliseconds>(
       o_.setup_timeout, std::max<std::chrono::milliseconds>(std::chrono::seconds(10), o_.setup_timeout / 10));
@@ -1265,6 +1325,13 @@ Status TcpTransport::Setup() {
       // Every process that joined learns why the job will not start, and stops now.
       for (int r = 1; r < o_.size; ++r) {
         if (peers_[r].sock) TellRefused(*peers_[r].sock, st.message());
+      }
+      // One that has not joined yet would dial a coordinator that has gone, which it cannot tell
+      // from one not started yet, and wait out its own setup timeout. So unless the setup
+      // timeout itself passed, the coordinator stays a little longer (the short grace period, or
+      // until every rank was told) to tell each latecomer that proves the secret why.
+      if (st.code() != StatusCode::kDeadlineExceeded) {
+        TellLatecomers(coordinator, st.message(), gate.told(), std::min(deadline, Clock::now() + short_grace));
       }
       return st;
     }

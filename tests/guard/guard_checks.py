@@ -20,9 +20,11 @@ failed job names the real cause. Run by CTest (tests/guard/CMakeLists.txt), one 
   tcp_world_mismatch --num-workers differing between the coordinator and its worker, both ways:
                      both fail naming both job sizes, without waiting for the setup timeout
                      (120 s here; the check's deadline is shorter)
-  tcp_wrong_secret   a worker with another secret file: it stops at once, and the coordinator ends
-                     the rendezvous (the refused address named) instead of waiting out the setup
-                     timeout; the worker that did join is told why
+  tcp_wrong_secret   a worker with another secret file (and this job's configuration, so its
+                     HELLO carries the job tag): it stops at once, and the coordinator ends the
+                     rendezvous at once (the refused address named, and that it is one of its own
+                     job's processes), the worker that did join told why; again with the
+                     misconfigured worker started first
   mpi_stopped_worker under mpirun a SIGSTOPped worker: the job fails naming the stopped worker
                      (worker ranks [2]) as the one the server waits for, not a silent server
 
@@ -234,6 +236,9 @@ def check_tcp_world_mismatch(r):
             check(want in j.log(p), f"{name}: {p} does not name both job sizes ({want!r})\n{j.log(p)}")
 
 
+SAME_JOB = "although it was started with this job's configuration"
+
+
 def check_tcp_wrong_secret(r):
     j = TcpJob(r, "wrong_secret")
     other = os.path.join(j.dir, "other_key")
@@ -252,6 +257,22 @@ def check_tcp_wrong_secret(r):
     check("did not verify" in log and "--secret-file" in log, f"server 0 does not say the proof was wrong\n{log}")
     check("ended the rendezvous" in j.log("worker0") and "claiming rank 2" in j.log("worker0"),
           f"worker 0 (which joined) is not told why the job ends\n{j.log('worker0')}")
+    # Its HELLO carried the job tag, so the coordinator ended the rendezvous at once rather than
+    # after the grace period it gives a stranger's wrong proof (whose message lacks this clause).
+    check(SAME_JOB in log, f"server 0 did not recognise the refused process as one of its own job's\n{log}")
+
+    # The misconfigured worker first, before any process that knows the secret joined: a
+    # stranger's wrong proof would wait out half the setup timeout here (60 s); this one ends the
+    # rendezvous at once.
+    j = TcpJob(r, "wrong_secret_first")
+    other = os.path.join(j.dir, "other_key")
+    sc.run([r.shardps, "keygen", "--out", other], timeout=60, quiet=True)
+    j.start("server0", "server", 0, 1)
+    j.start("worker0", "worker", 0, 1, key=other)
+    j.all_fail(100)
+    check("rejected our proof" in j.log("worker0"), f"the worker with the wrong secret does not say why\n{j.log('worker0')}")
+    check(SAME_JOB in j.log("server0") and "claiming rank 1" in j.log("server0"),
+          f"server 0 does not end the rendezvous naming the refused process of its own job\n{j.log('server0')}")
 
 
 def ompi_rank(pid):

@@ -104,7 +104,7 @@ SQUAT_WARMUP = 60        # evictions the squatter must see before the workers st
 SQUAT_LIMIT_S = 70
 WORLD = 3                # 1 server + 2 workers
 # The attacks may raise the server's peak memory by this much at most. Every attack is bounded
-# by fixed-size reads (40-byte HELLO, 36-byte PROOF, <= 67-byte registration) and at most 16
+# by fixed-size reads (56-byte HELLO, 36-byte PROOF, <= 67-byte registration) and at most 16
 # pending connections; honouring a 2^63 or 4 GiB length field would show up as gigabytes (or
 # an abort), so 32 MiB leaves room for allocator noise and nothing else.
 ATTACK_GROWTH_MIB = 32
@@ -113,7 +113,10 @@ ATTACK_GROWTH_MIB = 32
 TOTAL_GROWTH_MIB = 64
 
 HELLO_MAGIC, PROOF_MAGIC, REJECTED = b"SPSA", b"SPSP", b"SPSX"
-HELLO_BYTES, PROOF_BYTES = 40, 36
+HELLO_BYTES, PROOF_BYTES = 56, 36
+# A stranger does not know the job's configuration, so its HELLO carries no job tag (all zero):
+# its wrong proof is ignored instead of ending the job (auth.h).
+STRANGER_TAG = bytes(16)
 REFUSED = re.compile(r"refused a connection from ([0-9.]+):(\d+): (.*)")
 DEADLINE = rf"did not complete the handshake within {HANDSHAKE_MS} ms"
 BAD_HELLO = r'authentication: expected a HELLO \(magic "SPSA"\), got other bytes \(not a shardps peer\?\)'
@@ -129,7 +132,7 @@ def u32(v):
 
 
 def hello(rank, nonce):
-    return HELLO_MAGIC + u32(rank) + nonce
+    return HELLO_MAGIC + u32(rank) + nonce + STRANGER_TAG
 
 
 def proof(secret, label, prover_nonce, verifier_nonce, prover_rank, verifier_rank):
@@ -198,7 +201,7 @@ def authenticate(port, secret, rank):
     if theirs[:4] != HELLO_MAGIC:
         fail(f"the server's HELLO starts with {theirs[:4]!r}")
     server_rank = struct.unpack("<I", theirs[4:8])[0]
-    server_nonce = theirs[8:]
+    server_nonce = theirs[8:40]
     my_proof = proof(secret, b"I", nonce, server_nonce, rank, server_rank)
     s.sendall(my_proof)
     return s, mine, my_proof, server_nonce, server_rank
@@ -289,13 +292,13 @@ def attack_replay(port, secret):
     a, my_hello, my_proof, nonce_a, server_rank = authenticate(port, secret, rank=2)
     a.settimeout(5)
     server_proof = recv_exact(a, PROOF_BYTES)
-    if server_proof != proof(secret, b"A", nonce_a, my_hello[8:], server_rank, 2):
+    if server_proof != proof(secret, b"A", nonce_a, my_hello[8:40], server_rank, 2):
         fail("replay: the server's PROOF does not verify with the shared secret")
     # B: the same HELLO and PROOF bytes against a fresh server nonce.
     b = connect(port)
     b.sendall(my_hello)
     theirs = recv_exact(b, HELLO_BYTES)
-    if theirs[8:] == nonce_a:
+    if theirs[8:40] == nonce_a:
         fail("replay: the server reused its nonce")
     b.sendall(my_proof)
     got, how_b, secs_b = read_to_close(b, 10)
@@ -709,7 +712,7 @@ def abuse(args):
         s, my_hello, _, nonce, srank = authenticate(port, secret, rank=1)
         s.settimeout(5)
         sp = recv_exact(s, PROOF_BYTES)
-        if sp != proof(secret, b"A", nonce, my_hello[8:], srank, 1):
+        if sp != proof(secret, b"A", nonce, my_hello[8:40], srank, 1):
             fail("probe after the flood: the server's PROOF does not verify")
         probe_secs = time.time() - t_probe
         probe_port = s.getsockname()[1]

@@ -62,6 +62,37 @@ TEST(Auth, WrongSecretIsRefused) {
   EXPECT_FALSE(b.OnMessage(std::vector<uint8_t>(Handshake::kProofBytes)).ok());
 }
 
+TEST(Auth, JobTagTellsOurOwnMisconfiguredProcessFromAStranger) {
+  JobTag ours{}, theirs{};
+  ours[0] = 1;
+  theirs[0] = 2;
+  {  // another secret, our configuration: one of our own processes
+    Handshake a(Key(1), 3, Handshake::kInitiator, ours), b(Key(2), 0, Handshake::kAcceptor, ours);
+    Transcript t = RunHandshake(a, b);
+    EXPECT_FALSE(t.acceptor_status.ok());
+    EXPECT_TRUE(b.peer_in_same_job());
+  }
+  {  // another secret, another configuration: a stranger
+    Handshake a(Key(1), 3, Handshake::kInitiator, theirs), b(Key(2), 0, Handshake::kAcceptor, ours);
+    Transcript t = RunHandshake(a, b);
+    EXPECT_FALSE(t.acceptor_status.ok());
+    EXPECT_FALSE(b.peer_in_same_job());
+  }
+  {  // no tag on either side never matches
+    Handshake a(Key(1), 3, Handshake::kInitiator), b(Key(2), 0, Handshake::kAcceptor);
+    RunHandshake(a, b);
+    EXPECT_FALSE(b.peer_in_same_job());
+  }
+  {  // the tag is not part of the proof: the same secret authenticates across tags (the job
+     // agreement, not the handshake, compares configurations, with a better message)
+    Handshake a(Key(7), 3, Handshake::kInitiator, theirs), b(Key(7), 0, Handshake::kAcceptor, ours);
+    Transcript t = RunHandshake(a, b);
+    EXPECT_TRUE(t.acceptor_status.ok()) << t.acceptor_status.ToString();
+    EXPECT_TRUE(a.done() && b.done());
+    EXPECT_FALSE(b.peer_in_same_job());
+  }
+}
+
 TEST(Auth, ReplayedHandshakeIsRefused) {
   Handshake a(Key(7), 3, Handshake::kInitiator), b(Key(7), 0, Handshake::kAcceptor);
   Transcript recorded = RunHandshake(a, b);

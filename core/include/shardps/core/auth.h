@@ -12,7 +12,11 @@
 // Each proof is HMAC-SHA256(secret, label | own nonce | peer nonce | own rank | peer rank), so
 // it is bound to this connection's two nonces: a proof recorded from another connection (a
 // replay) does not verify, and neither side's proof can be reflected back as the other's. Proofs
-// are compared in constant time. Messages have fixed sizes; anything else is an error. A side
+// are compared in constant time. Each HELLO also carries the sender's job tag in the clear: a
+// digest of the job's configuration, the same on every process of one job and not guessable
+// by a stranger. It is not part of the proof; it only lets an acceptor tell one of its own job's
+// processes that holds another secret (a misconfiguration that ends the job) from a stranger
+// (ignored). Messages have fixed sizes; anything else is an error. A side
 // that saw an error stays failed.
 // Thread safety: a Handshake belongs to one connection and one thread.
 #pragma once
@@ -29,6 +33,7 @@
 namespace shardps {
 
 using Secret = std::vector<uint8_t>;
+using JobTag = std::array<uint8_t, 16>;  // all zero: no tag (never matches)
 inline constexpr size_t kMinSecretBytes = 32;
 
 // Reads a secret file (at least 32 bytes; refused if other users may read it).
@@ -40,10 +45,10 @@ Status WriteNewSecret(const std::string& path);
 class Handshake {
  public:
   enum Role { kInitiator, kAcceptor };
-  static constexpr size_t kHelloBytes = 4 + 4 + 32;  // magic "SPSA", rank, nonce
+  static constexpr size_t kHelloBytes = 4 + 4 + 32 + 16;  // magic "SPSA", rank, nonce, job tag
   static constexpr size_t kProofBytes = 4 + 32;       // magic "SPSP", HMAC
 
-  Handshake(Secret secret, int32_t my_rank, Role role);
+  Handshake(Secret secret, int32_t my_rank, Role role, JobTag job_tag = {});
 
   // The initiator's first message (HELLO); the acceptor starts by waiting.
   std::vector<uint8_t> Start();
@@ -52,6 +57,9 @@ class Handshake {
 
   bool done() const { return state_ == kDone; }
   int32_t peer_rank() const { return peer_rank_; }
+  // After the peer's HELLO: it carries our (non-zero) job tag, so it was started with this
+  // job's configuration, whether or not its proof verifies.
+  bool peer_in_same_job() const;
   // Bytes the next message from the peer must have (0 when done or failed).
   size_t expected_bytes() const;
 
@@ -67,6 +75,8 @@ class Handshake {
   int32_t peer_rank_ = -1;
   std::array<uint8_t, 32> my_nonce_{};
   std::array<uint8_t, 32> peer_nonce_{};
+  JobTag job_tag_{};
+  JobTag peer_job_tag_{};
 };
 
 }  // namespace shardps

@@ -45,6 +45,11 @@ struct TcpOptions {
   int size = 1;
   Secret secret;          // required unless `insecure`
   bool insecure = false;  // no authentication: only on a trusted network
+  // A digest of the job's configuration (auth.h): a process that carries it but fails to prove
+  // the secret is one of this job's processes started with another secret file, and the
+  // rendezvous ends at once for everyone; one without it is a stranger, and is ignored unless
+  // the rank it claimed stays missing. All zero: every wrong proof counts as a stranger's.
+  JobTag job_tag{};
   std::chrono::milliseconds setup_timeout{60000};
   std::chrono::milliseconds handshake_timeout{10000};
   std::chrono::milliseconds peer_timeout{60000};  // heartbeats go out every peer_timeout / 4

@@ -602,7 +602,9 @@ std::string WhereToResume(const config::TrainConfig& c, int64_t steps_done) {
 }
 
 int RunDistributed(FileSystem& fs, const config::TrainConfig& c, const TrainFlags& f, const LaunchPlan& plan, int argc, char** argv) {
-  auto started = StartJob(plan, &argc, &argv, "shardps train");
+  config::TrainConfig shared = c;
+  shared.clear_metrics_csv();  // as in the job agreement: each process may write its metrics elsewhere
+  auto started = StartJob(plan, &argc, &argv, "shardps train", ConfigToText(shared));
   if (!started.ok()) {
     std::cerr << "shardps train: " << started.status().ToString() << std::endl;
     return 1;
@@ -747,6 +749,7 @@ int RunDistributed(FileSystem& fs, const config::TrainConfig& c, const TrainFlag
   no.client.request_timeout = std::chrono::milliseconds(c.timeout_ms());
   no.server.max_hold = std::chrono::milliseconds(c.timeout_ms());
   no.server.checkpoint_dir = c.checkpoint_dir();
+  no.server.file_system = &fs;
   no.server.checkpoint_fault = CrashHook(f.crash_at, c.checkpoint_dir());
   no.startup_timeout = run.timeout;
   if (reader) no.prepare_server = [&](ps::Server& server) { return server.Restore(*reader); };

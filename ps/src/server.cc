@@ -278,7 +278,9 @@ void Server::HandleCheckpoint(IncomingFrame& in, const wire::Header& h) {
   const int source = in.source;
   writer_ = std::thread([this, vdir, source, h, chunks = std::move(chunks)] {
     Result<ckpt::ShardInfo> r =
-        WriteShard(vdir, static_cast<uint32_t>(cluster_.server_index()), h.step(), chunks, options_.checkpoint_fault);
+        options_.file_system ? WriteShard(*options_.file_system, vdir, static_cast<uint32_t>(cluster_.server_index()), h.step(), chunks,
+                                          options_.checkpoint_fault)
+                             : WriteShard(vdir, static_cast<uint32_t>(cluster_.server_index()), h.step(), chunks, options_.checkpoint_fault);
     Status s = r.ok() ? Status::Ok() : r.status();
     endpoint_.Post([this, s, source, h] {
       writer_busy_ = false;

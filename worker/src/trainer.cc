@@ -85,6 +85,19 @@ std::vector<std::vector<float>> Take(std::span<std::vector<float>>& s) {
   return out;
 }
 
+// Cancels every handle; if a transport cannot let go of a buffer, `bufs` go into the store's
+// keeping. Returns the first cancel error (OK when every buffer is free).
+template <typename... Bufs>
+Status CancelAll(ParamStore& params, std::vector<Handle>& hs, Bufs&... bufs) {
+  Status held;
+  for (auto& h : hs) {
+    Status c = h.Cancel();
+    if (!c.ok() && held.ok()) held = c;
+  }
+  if (!held.ok()) params.Retain(std::make_shared<std::tuple<decltype(Take(bufs))...>>(Take(bufs)...));
+  return held;
+}
+
 template <typename... Bufs>
 Status WaitAll(ParamStore& params, std::vector<Handle>& hs, std::chrono::milliseconds timeout, Bufs&... bufs) {
   Status first;
@@ -93,15 +106,9 @@ Status WaitAll(ParamStore& params, std::vector<Handle>& hs, std::chrono::millise
     if (!first.ok()) break;
   }
   if (first.ok()) return first;
-  bool held = false;
-  for (auto& h : hs) {
-    Status c = h.Cancel();
-    if (!c.ok() && !held) {
-      held = true;
-      first = Status(first.code(), first.message() + " (and " + c.message() + ")");
-    }
+  if (Status held = CancelAll(params, hs, bufs...); !held.ok()) {
+    first = Status(first.code(), first.message() + " (and " + held.message() + ")");
   }
-  if (held) params.Retain(std::make_shared<std::tuple<decltype(Take(bufs))...>>(Take(bufs)...));
   return first;
 }
 
@@ -302,9 +309,16 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
       double loss;
       if (!local_sgd) {
         std::vector<Handle> hs(M);
-        loss = model.Gradient(wspans, xb.data(), yb.data(), rows, scale, gspans, [&](size_t t) {
-          hs[t] = params.PushPull(static_cast<uint32_t>(t), g[t], next[t], static_cast<uint64_t>(step));
-        });
+        try {
+          loss = model.Gradient(wspans, xb.data(), yb.data(), rows, scale, gspans, [&](size_t t) {
+            hs[t] = params.PushPull(static_cast<uint32_t>(t), g[t], next[t], static_cast<uint64_t>(step));
+          });
+        } catch (...) {
+          // An allocation failing mid-backward unwinds past `g` and `next`, which tables already
+          // pushed still point into: let go of them first (or keep them alive) as on a failed wait.
+          (void)CancelAll(params, hs, g, next);
+          throw;
+        }
         SHARDPS_RETURN_IF_ERROR(WaitAll(params, hs, timeout, g, next).WithContext("step " + std::to_string(step)));
         std::swap(w, next);
       } else {

@@ -63,6 +63,9 @@ struct ServerOptions {
   // Where CHECKPOINT requests write (the request names only a version number, so a peer cannot
   // choose the path). Empty: checkpoints are refused.
   std::string checkpoint_dir;
+  // What shard writes go through (made at the program's edge; a fault-injecting one in tests).
+  // Null: the operating system's files (PosixFileSystem).
+  FileSystem* file_system = nullptr;
   // Crash tests only (shardps train --test-crash-at): called at each phase of a shard write.
   CheckpointFaultHook checkpoint_fault;
 };

@@ -16,6 +16,7 @@ PACKAGES=(
   python3-numpy python3-matplotlib
   clang-14 libclang-rt-14-dev
   slurm-wlm munge
+  iproute2
 )
 
 missing=()

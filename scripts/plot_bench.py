@@ -1,9 +1,14 @@
 #!/usr/bin/python3
-"""Draws the JSON of `shardps bench --suite` to a PNG: for each configuration, the median
-push+pull round against MPI_Allreduce of the same floats on the same ranks, by table size, with
-the bandwidth each implies next to MPI point-to-point streaming and memcpy.
+"""Draws benchmark JSON to a PNG. Two inputs are understood:
 
-    scripts/plot_bench.py bench_suite.json [-o bench_suite.png]
+- suite.json of scripts/bench_suite.sh (launches across configurations): for each configuration,
+  every launch's median round as a point, the median of the launch medians as a line, and
+  MPI_Allreduce of the same launches dashed; the spread between launches is what it shows.
+- the JSON of `shardps bench --suite` (one launch): for each configuration, the median push+pull
+  round against MPI_Allreduce by table size, with the bandwidth each implies next to MPI
+  point-to-point streaming and memcpy.
+
+    scripts/plot_bench.py suite.json [-o suite.png]
 """
 import argparse
 import json
@@ -15,6 +20,46 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def plot_launches(data, out):
+    """suite.json of scripts/bench_suite.sh: the spread of launch medians per configuration."""
+    configs = []
+    for c in data["configs"]:
+        name = f"{c['transport']} {c['config']}"
+        if name not in configs:
+            configs.append(name)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
+    for k, (name, color) in enumerate(zip(configs, colors)):
+        rows = sorted((c for c in data["configs"] if f"{c['transport']} {c['config']}" == name), key=lambda c: c["floats"])
+        x = [r["floats"] for r in rows]
+        jitter = 1 + 0.04 * (k - len(configs) / 2)  # side by side at each size
+        for r in rows:
+            ax1.plot([r["floats"] * jitter] * len(r["launch_medians_ms"]), r["launch_medians_ms"], ".", color=color,
+                     alpha=0.6)
+            ax2.plot([r["floats"] * jitter] * len(r["launch_medians_ms"]),
+                     [v / r["median_of_medians_ms"] for v in r["launch_medians_ms"]], ".", color=color, alpha=0.6)
+        ax1.plot(x, [r["median_of_medians_ms"] for r in rows], "-", color=color, label=f"{name}: median of launch medians")
+        ar = [(r["floats"], r["allreduce_median_of_medians_ms"]) for r in rows if r.get("allreduce_median_of_medians_ms")]
+        if ar:
+            ax1.plot([a for a, _ in ar], [b for _, b in ar], "x--", color=color, label=f"{name}: MPI_Allreduce, same launches")
+    ax1.set_xscale("log")
+    ax1.set_yscale("log")
+    ax1.set_xlabel("table size (floats)")
+    ax1.set_ylabel("median round of each launch (ms)")
+    ax1.grid(alpha=0.3, which="both")
+    ax1.legend(fontsize=7)
+    ax2.set_xscale("log")
+    ax2.axhline(1.5, color="gray", linestyle=":", label="1.5x the median")
+    ax2.set_xlabel("table size (floats)")
+    ax2.set_ylabel("launch median / median of launch medians")
+    ax2.grid(alpha=0.3, which="both")
+    ax2.legend(fontsize=7)
+    fig.suptitle(f"scripts/bench_suite.sh {data['launches']}: push+pull round across launches ({data.get('date', '')})")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    print(out)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("json", help="file written by shardps bench --suite --json-out")
@@ -24,6 +69,8 @@ def main():
     try:
         with open(args.json) as f:
             data = json.load(f)
+        if "configs" in data:
+            return plot_launches(data, out)
         results = data["results"]
     except (OSError, ValueError, KeyError) as e:
         sys.exit(f"plot_bench: cannot read {args.json}: {e}")

@@ -408,7 +408,7 @@ int BenchMain(int argc, char** argv) {
     return RunTcp(f, *plan, argc, argv);
   }
   int rank = 0, size = 0;
-  if (!InitMpi(&argc, &argv, "shardps bench", &rank, &size)) return 1;
+  if (!InitMpi(&argc, &argv, "shardps bench", &rank, &size, MpiWorkload::kCommunicationOnly)) return 1;
   if (vm.count("suite")) {
     if (size < 3) {
       if (rank == 0) std::cerr << "shardps bench --suite needs 3 ranks (mpirun -np 3), got " << size << "\n";

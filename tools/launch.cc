@@ -369,7 +369,7 @@ Result<std::unique_ptr<Job>> StartJob(const LaunchPlan& plan, int* argc, char***
                                       const std::string& configuration) {
   if (!plan.tcp) {
     int rank = 0, size = 0;
-    if (!InitMpi(argc, argv, program.c_str(), &rank, &size)) return Unavailable("MPI could not be initialised");
+    if (!InitMpi(argc, argv, program.c_str(), &rank, &size, MpiWorkload::kTraining)) return Unavailable("MPI could not be initialised");
     return std::unique_ptr<Job>(new MpiJob(rank, size));
   }
   TcpOptions o;

@@ -376,6 +376,7 @@ Status WriteSummary(FileSystem& fs, const std::string& path, const config::Train
      << ",\"workers\":" << workers << ",\"epochs\":" << r.epochs << ",\"steps\":" << r.steps
      << ",\"test_accuracy\":" << r.test_accuracy << ",\"train_loss\":" << r.train_loss
      << ",\"wall_seconds\":" << r.wall_seconds << ",\"samples_per_second\":" << r.samples_per_second
+     << ",\"compute_seconds\":" << r.compute_seconds << ",\"wait_seconds\":" << r.wait_seconds
      << ",\"weights_sha256\":" << JsonQuote(r.weights_sha256) << "}";
   std::cout << js.str() << std::endl;
   const std::string text = js.str() + "\n";

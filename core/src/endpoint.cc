@@ -79,6 +79,12 @@ void Endpoint::Post(std::function<void()> task) {
   transport_->Wake();
 }
 
+void Endpoint::BeginWait() {
+  if (waiters_.fetch_add(1) == 0) transport_->Wake();  // leave a low-duty-cycle poll now
+}
+
+void Endpoint::EndWait() { waiters_.fetch_sub(1); }
+
 void Endpoint::Warn(const std::string& message) {
   if (options_.on_warning) {
     options_.on_warning(message);
@@ -207,6 +213,7 @@ void Endpoint::Loop() {
     if (client_ && client_ != server_) next = std::min(next, client_->OnTick(now));
     if (stop_) next = std::min(next, now + std::chrono::milliseconds(1));
     frames.clear();
+    transport_->SetComputeBusy(client_ != nullptr && waiters_.load() == 0 && !stop_);
     Status s = transport_->Poll(&frames, next);
     if (!s.ok()) Warn("transport: " + s.ToString());
     for (auto& in : frames) Dispatch(std::move(in));

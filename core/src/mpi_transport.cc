@@ -2,6 +2,8 @@
 
 #include <atomic>
 #include <climits>
+#include <condition_variable>
+#include <mutex>
 #include <cstring>
 #include <thread>
 
@@ -117,6 +119,10 @@ class MpiTransport final : public Transport {
       if (wake_.exchange(false, std::memory_order_acq_rel)) return Status::Ok();
       const auto now = Clock::now();
       if (now >= deadline) return Status::Ok();
+      if (compute_busy_ && options_.busy_nap.count() > 0) {
+        Nap(std::min<Clock::duration>(options_.busy_nap, deadline - now));
+        continue;
+      }
       if (++idle <= options_.spin_polls) continue;
       if (now - last_progress_ < options_.yield_for) {
         // Recently busy: stay responsive, but let any runnable thread on this CPU (a training
@@ -157,7 +163,15 @@ class MpiTransport final : public Transport {
     }
   }
 
-  void Wake() override { wake_.store(true, std::memory_order_release); }
+  void Wake() override {
+    wake_.store(true);
+    if (napping_.load()) {
+      std::lock_guard<std::mutex> lock(nap_mu_);
+      nap_cv_.notify_one();
+    }
+  }
+
+  void SetComputeBusy(bool busy) override { compute_busy_ = busy; }
 
   bool Idle() const override { return sends_in_flight_ == 0; }
 
@@ -307,6 +321,19 @@ class MpiTransport final : public Transport {
   int64_t sends_in_flight_ = 0;
   Clock::time_point last_progress_ = Clock::now();
   std::atomic<bool> wake_{false};
+  // A nap ends early when Wake() is called: Wake() stores wake_ and then reads napping_, Nap()
+  // stores napping_ and then reads wake_ (both sequentially consistent), so one sees the other.
+  std::atomic<bool> napping_{false};
+  std::mutex nap_mu_;
+  std::condition_variable nap_cv_;
+  bool compute_busy_ = false;  // owner thread
+
+  void Nap(Clock::duration d) {
+    std::unique_lock<std::mutex> lock(nap_mu_);
+    napping_.store(true);
+    nap_cv_.wait_for(lock, d, [&] { return wake_.load(); });
+    napping_.store(false);
+  }
 };
 
 }  // namespace

@@ -47,7 +47,13 @@ using internal::OpState;
 Status Handle::wait(std::chrono::milliseconds timeout) const {
   if (!state_) return Status::Ok();
   std::unique_lock<std::mutex> lock(state_->mu);
-  if (state_->cv.wait_for(lock, timeout, [&] { return state_->remaining == 0; })) return state_->error;
+  if (state_->remaining == 0) return state_->error;
+  // While this thread blocks, the communication thread may poll eagerly (Endpoint::BeginWait).
+  KVClient* client = state_->client;
+  if (client) client->endpoint_.BeginWait();
+  const bool done = state_->cv.wait_for(lock, timeout, [&] { return state_->remaining == 0; });
+  if (client) client->endpoint_.EndWait();
+  if (done) return state_->error;
   std::set<int> missing;
   for (size_t i = 0; i < state_->parts_left.size(); ++i) if (state_->parts_left[i] > 0) missing.insert(state_->server[i]);
   return DeadlineExceeded(state_->what + ": no reply within " + std::to_string(timeout.count()) +

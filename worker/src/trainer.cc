@@ -249,6 +249,7 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
   std::vector<std::span<const float>> wspans(M);
   std::vector<std::span<float>> gspans(M);
   double train_seconds = 0;
+  double compute_seconds = 0, wait_seconds = 0;  // sync steps: gathering + gradient, then the exchange
   double interval_loss = 0;
   int64_t interval_rows = 0;
   double recent_loss = 0;
@@ -319,7 +320,10 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
           (void)CancelAll(params, hs, g, next);
           throw;
         }
+        const auto tg = std::chrono::steady_clock::now();
         SHARDPS_RETURN_IF_ERROR(WaitAll(params, hs, timeout, g, next).WithContext("step " + std::to_string(step)));
+        compute_seconds += Seconds(tg - t0).count();
+        wait_seconds += Seconds(std::chrono::steady_clock::now() - tg).count();
         std::swap(w, next);
       } else {
         loss = model.Gradient(wspans, xb.data(), yb.data(), rows, scale, gspans);
@@ -406,6 +410,8 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
   result.epochs = run.epochs;
   result.steps = step;
   result.wall_seconds = Seconds(std::chrono::steady_clock::now() - start).count();
+  result.compute_seconds = compute_seconds;
+  result.wait_seconds = wait_seconds;
   result.samples_per_second = train_seconds > 0 ? static_cast<double>((step - static_cast<int64_t>(run.start_step)) * B) / train_seconds : 0;
   result.weights = std::move(w);
   result.weights_sha256 = WeightsSha256(result.weights);

@@ -90,6 +90,13 @@ class Endpoint {
   // Runs `task` on the communication thread. Thread-safe.
   void Post(std::function<void()> task);
 
+  // A thread of this process starts or stops blocking on an operation of this endpoint (the
+  // worker's Handle::wait). While a client is set and no thread waits, the worker is taken to be
+  // computing, and a polling transport leaves it the core (Transport::SetComputeBusy).
+  // Thread-safe.
+  void BeginWait();
+  void EndWait();
+
   // --- comm thread only ---
   // Encodes `header` (sender filled in) and sends it with `payload`.
   void Send(int dest, wire::Header header, std::span<const uint8_t> payload, Completion on_sent);
@@ -117,6 +124,7 @@ class Endpoint {
   std::vector<std::function<void()>> tasks_;  // GUARDED_BY(mu_)
   Status lost_;                               // GUARDED_BY(mu_)
   std::atomic<bool> has_lost_{false};
+  std::atomic<int> waiters_{0};
 
   std::atomic<bool> running_{false};
   std::atomic<bool> stop_{false};

@@ -13,9 +13,11 @@
 //
 // Threading: one thread calls the transport (the Endpoint's); MPI_THREAD_SERIALIZED suffices when
 // the application itself only calls MPI before the Endpoint starts or after it stops.
-// Polling: MPI has no blocking wait on "a message or a local wake-up", so Poll() polls: a short
-// spin, then sched_yield() between polls (so a training thread sharing the core runs first) while
-// traffic is recent, then naps of `idle_sleep` when the rank has been idle for a while.
+// Polling: MPI has no blocking wait on "a message or a local wake-up", so Poll() polls. While a
+// compute thread of the process is busy (Transport::SetComputeBusy) it polls once per
+// `busy_nap`, sleeping in between unless woken, so the compute thread keeps its core. Otherwise:
+// a short spin, then sched_yield() between polls while traffic is recent, then naps of
+// `idle_sleep` when the rank has been idle for a while (docs/benchmarks.md has the measurements).
 #pragma once
 
 #include <mpi.h>
@@ -35,6 +37,9 @@ struct MpiTransportOptions {
   int spin_polls = 100;
   std::chrono::microseconds yield_for{20000};
   std::chrono::microseconds idle_sleep{200};
+  // While a compute thread is busy: the pause between polls (a Wake() ends it early); 0 polls
+  // as when no one computes.
+  std::chrono::microseconds busy_nap{100};
 };
 
 Result<std::unique_ptr<Transport>> CreateMpiTransport(MPI_Comm comm, const MpiTransportOptions& options = {});

@@ -67,6 +67,12 @@ class Transport {
   // Thread-safe: makes a concurrent or the next Poll() return promptly.
   virtual void Wake() = 0;
 
+  // Owner thread, before Poll(): whether a compute thread of this process is busy right now (a
+  // worker computing rather than waiting on the network). A transport that must poll for
+  // progress then polls at a low duty cycle, so it does not take the compute thread's core; when
+  // no one computes it polls eagerly. Transports that block until something happens ignore it.
+  virtual void SetComputeBusy(bool busy) { (void)busy; }
+
   // True when no send is still in flight (used to flush before stopping).
   virtual bool Idle() const = 0;
 

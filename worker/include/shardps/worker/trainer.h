@@ -135,6 +135,11 @@ struct TrainResult {
   double train_loss = 0;  // mean over the last epoch, all workers
   double wall_seconds = 0;
   double samples_per_second = 0;
+  // Synchronous steps only (0 otherwise), this worker: seconds spent gathering the batch and
+  // computing the gradient, and seconds then spent waiting for the exchange to complete (the
+  // part of the push-pull not overlapped with backpropagation, plus waiting for slower workers).
+  double compute_seconds = 0;
+  double wait_seconds = 0;
   std::vector<std::vector<float>> weights;  // final model tables, in declaration order
   std::string weights_sha256;
 };

@@ -9,6 +9,7 @@
 #include <deque>
 #include <future>
 #include <iostream>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -343,6 +344,13 @@ class Gate {
   const std::unordered_map<int, Refusal>& wrong_proofs() const { return wrong_proofs_; }
   // Ranks that were told why they cannot join (and have stopped) without joining.
   const std::vector<int>& told() const { return told_; }
+  // After a failed rendezvous: every later arrival that authenticates goes to `on_peer` (which
+  // tells it why), and the gate stays open until closed.
+  void Reroute(std::function<Status(int peer, PeerAddress, std::unique_ptr<tcp::socket>)> on_peer) {
+    on_peer_ = std::move(on_peer);
+    error_ = Status::Ok();
+    want_ = std::numeric_limits<int>::max();
+  }
   void Close() {
     closed_ = true;
     boost::system::error_code ignored;
@@ -512,8 +520,7 @@ class TcpTransport final : public Transport {
   Status Setup();
   // After a failed rendezvous (coordinator only): accepts connections until `until` or until
   // every rank has been told, answering each that proves the secret with `why`.
-  void TellLatecomers(const tcp::endpoint& coordinator, const std::string& why, const std::vector<int>& already_told,
-                      Deadline until);
+  void TellLatecomers(Gate& gate, const std::string& why, Deadline until);
 
   int rank() const override { return o_.rank; }
   int size() const override { return o_.size; }
@@ -1200,11 +1207,10 @@ class TcpTransport final : public Transport {
   uint64_t next_self_token_ = 1;
 };
 
-void TcpTransport::TellLatecomers(const tcp::endpoint& coordinator, const std::string& why, const std::vector<int>& already_told,
-                                  Deadline until) {
+void TcpTransport::TellLatecomers(Gate& gate, const std::string& why, Deadline until) {
   std::vector<bool> told(o_.size, false);
   told[o_.rank] = true;
-  for (int r : already_told) told[r] = true;
+  for (int r : gate.told()) told[r] = true;
   for (int r = 0; r < o_.size; ++r) {
     if (peers_[r].sock) told[r] = true;
   }
@@ -1219,22 +1225,18 @@ void TcpTransport::TellLatecomers(const tcp::endpoint& coordinator, const std::s
                            " ms to tell ranks " + waiting + ", which have not joined, why";
   if (o_.on_warning) o_.on_warning(note);
   else std::cerr << "[shardps rank " << o_.rank << "] warning: " << note << std::endl;
-  tcp::acceptor a(io_);
-  if (!Listen(a, coordinator).ok()) return;  // the port was taken meanwhile: latecomers wait out their timeout
-  Gate late(io_, a, o_, o_.size, [&](int peer, PeerAddress, std::unique_ptr<tcp::socket> s) -> Status {
+  // Connections still authenticating stay open: they are told when they complete.
+  gate.Reroute([&](int peer, PeerAddress, std::unique_ptr<tcp::socket> s) -> Status {
     TellRefused(*s, why);
     told[peer] = true;
     return Status::Ok();
   });
-  late.Open();
   io_.restart();
   while (!everyone_told() && Clock::now() < until) {
+    for (int r : gate.told()) told[r] = true;
     io_.run_one_until(std::min(until, Clock::now() + std::chrono::milliseconds(100)));
     io_.restart();
   }
-  late.Close();
-  io_.restart();
-  io_.poll();
 }
 
 Status TcpTransport::Setup() {
@@ -1272,10 +1274,7 @@ Status TcpTransport::Setup() {
     io_.restart();
     while (!gate.complete()) {
       if (Status r = refused_rank_missing(gate, Clock::now()); !r.ok()) {
-        gate.Close();
-        io_.restart();
-        io_.poll();
-        return r.WithContext(what);
+        return r.WithContext(what);  // the caller closes the gate (the coordinator first tells latecomers)
       }
       if (Clock::now() >= deadline) {
         std::string missing;
@@ -1292,11 +1291,7 @@ Status TcpTransport::Setup() {
       io_.run_one_until(std::min(deadline, Clock::now() + std::chrono::milliseconds(100)));
       io_.restart();
     }
-    if (!gate.error().ok()) {
-      gate.Close();
-      return gate.error();
-    }
-    return Status::Ok();
+    return gate.error();  // on an error the caller closes the gate, as above
   };
   auto adopt = [&](int peer, std::unique_ptr<tcp::socket> s) -> Status {
     if (peers_[peer].sock) return FailedPrecondition("rank " + std::to_string(peer) + " connected twice (two processes started with the same rank?)");
@@ -1318,23 +1313,24 @@ Status TcpTransport::Setup() {
     });
     gate.Open();
     Status st = wait_for(gate, "rendezvous at " + o_.host + ":" + std::to_string(o_.port));
-    gate.Close();
-    io_.restart();
-    io_.poll();
     if (!st.ok()) {
       // Every process that joined learns why the job will not start, and stops now.
       for (int r = 1; r < o_.size; ++r) {
         if (peers_[r].sock) TellRefused(*peers_[r].sock, st.message());
       }
-      // One that has not joined yet would dial a coordinator that has gone, which it cannot tell
-      // from one not started yet, and wait out its own setup timeout. So unless the setup
-      // timeout itself passed, the coordinator stays a little longer (the short grace period, or
-      // until every rank was told) to tell each latecomer that proves the secret why.
+      // One that has not joined yet (or is still authenticating) would dial a coordinator that
+      // has gone, which it cannot tell from one not started yet, and wait out its own setup
+      // timeout. So unless the setup timeout itself passed, the coordinator keeps the gate open a
+      // little longer (the short grace period, or until every rank was told) and tells each
+      // process that proves the secret why.
       if (st.code() != StatusCode::kDeadlineExceeded) {
-        TellLatecomers(coordinator, st.message(), gate.told(), std::min(deadline, Clock::now() + short_grace));
+        TellLatecomers(gate, st.message(), std::min(deadline, Clock::now() + short_grace));
       }
-      return st;
     }
+    gate.Close();
+    io_.restart();
+    io_.poll();
+    if (!st.ok()) return st;
     std::vector<uint8_t> bytes;
     for (const auto& e : table) {
       bytes.push_back(static_cast<uint8_t>(e.host.size()));

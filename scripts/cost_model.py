@@ -52,11 +52,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # Built-in constants: the values `calibrate` derives from the calibration records committed in
 # docs/scaling_measurements.jsonl (see docs/scaling.md). Used when no --data is given.
 DEFAULT_CONSTANTS = {
-    "c_first_ns_per_byte": 0.0,
-    "c_next_ns_per_byte": 0.0,
-    "c_piece_us": 0.0,
-    "t_fixed_ms": 0.0,
-    "cores": 2,
+    "c_first_ns_per_byte": 1.257,
+    "c_next_ns_per_byte": 0.446,
+    "c_piece_us": 53.4,
+    "t_fixed_ms": 0.080,
+    "cores": 1.25,
 }
 
 

@@ -1,0 +1,69 @@
+#!/usr/bin/python3
+"""shardps over TCP side by side with ps-lite on the same machine, alternating launches: a
+push-then-pull round of a dense table (1K, 1M, 10M floats) with 1 server and 1 or 2 workers,
+SGD on the server, worker 0's median round per launch (as `shardps bench` over TCP reports it).
+
+ps-lite is not part of shardps: build its benchmark outside the repository first (the steps are in
+the benchmark's README, e.g. ../shared/bench/pslite/README.md), then
+
+    scripts/bench_vs_pslite.py N --run-pslite PATH/run_pslite.sh [--pslite-bench /tmp/pslite/bench_pslite]
+
+Prints a table of the median (min-max) over N launches of each, and the ratio of the medians.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_suite as bs  # noqa: E402
+
+CELLS = [(1000, 1, 2000), (1000000, 1, 100), (10000000, 1, 30), (1000, 2, 2000), (1000000, 2, 100), (10000000, 2, 30)]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("launches", type=int)
+    ap.add_argument("--run-pslite", required=True, help="the ps-lite benchmark's run_pslite.sh")
+    ap.add_argument("--pslite-bench", default="/tmp/pslite/bench_pslite")
+    ap.add_argument("--shardps", default=os.path.join(bs.ROOT, "build", "bin", "shardps"))
+    args = ap.parse_args()
+    for path in (args.run_pslite, args.pslite_bench, args.shardps):
+        if not os.access(path, os.X_OK):
+            sys.exit(f"bench_vs_pslite: {path} is not an executable")
+    work = tempfile.mkdtemp(prefix="shardps_vs_pslite_")
+    key = os.path.join(work, "job.key")
+    subprocess.run([args.shardps, "keygen", "--out", key], check=True, capture_output=True, timeout=60)
+    env = dict(os.environ, PSLITE_BENCH=args.pslite_bench)
+    res = {}
+    for i in range(args.launches):
+        for floats, w, rounds in CELLS:
+            r = bs.run_tcp(args.shardps, key, w, floats, rounds)
+            res.setdefault((floats, w, "shardps"), []).append(r["round_ms"]["median"])
+            p = subprocess.run([args.run_pslite, "1", str(w), "1", str(floats), str(rounds), "5", str(bs.free_port()),
+                                os.path.join(work, f"log{i}")], capture_output=True, text=True, timeout=300, env=env)
+            lines = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
+            zero = [x for x in lines if x.get("rank") == 0]
+            if not zero:  # ps-lite's known start-up race: the launch is skipped, and said so
+                print(f"ps-lite launch {i + 1} ({floats} floats, {w} workers) failed (exit {p.returncode}); skipped",
+                      file=sys.stderr)
+                continue
+            res.setdefault((floats, w, "pslite"), []).append(zero[0]["round_ms"]["median"])
+        print(f"bench_vs_pslite: pass {i + 1}/{args.launches} done", file=sys.stderr, flush=True)
+    print("| floats | workers | ps-lite median (min-max) ms | shardps TCP median (min-max) ms | ps-lite / shardps |")
+    print("|---:|---:|---:|---:|---:|")
+    for floats, w, _ in CELLS:
+        a, b = res.get((floats, w, "pslite"), []), res.get((floats, w, "shardps"), [])
+        if a and b:
+            print(f"| {floats:,} | {w} | {statistics.median(a):.4g} ({min(a):.4g}-{max(a):.4g}) | "
+                  f"{statistics.median(b):.4g} ({min(b):.4g}-{max(b):.4g}) | {statistics.median(a) / statistics.median(b):.2f}x |")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (RuntimeError, subprocess.SubprocessError) as e:
+        sys.exit(f"bench_vs_pslite: {e}")

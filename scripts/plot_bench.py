@@ -20,6 +20,22 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def finish(fig, ax1, ylabel1, ax2, ylabel2, title, out):
+    """The axes both drawings share (table size on a log scale; the left panel's time also log),
+    each panel's y label, grid and legend; then the title, and the figure written to `out`."""
+    ax1.set_yscale("log")
+    for ax, ylabel in ((ax1, ylabel1), (ax2, ylabel2)):
+        ax.set_xscale("log")
+        ax.set_xlabel("table size (floats)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    print(out)
+
+
 def plot_launches(data, out):
     """suite.json of scripts/bench_suite.sh: the spread of launch medians per configuration."""
     configs = []
@@ -42,22 +58,9 @@ def plot_launches(data, out):
         ar = [(r["floats"], r["allreduce_median_of_medians_ms"]) for r in rows if r.get("allreduce_median_of_medians_ms")]
         if ar:
             ax1.plot([a for a, _ in ar], [b for _, b in ar], "x--", color=color, label=f"{name}: MPI_Allreduce, same launches")
-    ax1.set_xscale("log")
-    ax1.set_yscale("log")
-    ax1.set_xlabel("table size (floats)")
-    ax1.set_ylabel("median round of each launch (ms)")
-    ax1.grid(alpha=0.3, which="both")
-    ax1.legend(fontsize=7)
-    ax2.set_xscale("log")
     ax2.axhline(1.5, color="gray", linestyle=":", label="1.5x the median")
-    ax2.set_xlabel("table size (floats)")
-    ax2.set_ylabel("launch median / median of launch medians")
-    ax2.grid(alpha=0.3, which="both")
-    ax2.legend(fontsize=7)
-    fig.suptitle(f"scripts/bench_suite.sh {data['launches']}: push+pull round across launches ({data.get('date', '')})")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    print(out)
+    finish(fig, ax1, "median round of each launch (ms)", ax2, "launch median / median of launch medians",
+           f"scripts/bench_suite.sh {data['launches']}: push+pull round across launches ({data.get('date', '')})", out)
 
 
 def main():
@@ -94,21 +97,8 @@ def main():
     if data.get("memcpy_gbps"):
         ax2.axhline(data["memcpy_gbps"], color="black", linestyle=":",
                     label=f"single-thread memcpy ({data['memcpy_gbps']:.1f} GB/s)")
-    ax1.set_xscale("log")
-    ax1.set_yscale("log")
-    ax1.set_xlabel("table size (floats)")
-    ax1.set_ylabel("median time per round (ms)")
-    ax1.grid(alpha=0.3, which="both")
-    ax1.legend(fontsize=7)
-    ax2.set_xscale("log")
-    ax2.set_xlabel("table size (floats)")
-    ax2.set_ylabel("GB/s per worker (push + pull bytes / round)")
-    ax2.grid(alpha=0.3, which="both")
-    ax2.legend(fontsize=7)
-    fig.suptitle("shardps bench --suite")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    print(out)
+    finish(fig, ax1, "median time per round (ms)", ax2, "GB/s per worker (push + pull bytes / round)",
+           "shardps bench --suite", out)
 
 
 if __name__ == "__main__":

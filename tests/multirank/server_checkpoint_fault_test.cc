@@ -8,6 +8,7 @@
 #include <atomic>
 #include <filesystem>
 
+#include "common/scratch_dir.h"
 #include "common/threads_cluster.h"
 #include "shardps/core/checkpoint.h"
 #include "shardps/core/file_system.h"
@@ -51,17 +52,8 @@ void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
 class ServerCheckpointFault : public ::testing::TestWithParam<Case> {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/shardps_server_ckpt_XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    root_ = tmpl;
-    dir_ = root_ + "/ckpt";
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(root_, ec);
-  }
-  std::string root_, dir_;
+  testing::ScratchDir scratch_{"shardps_server_ckpt"};
+  std::string dir_ = scratch_.string() + "/ckpt";
 };
 
 std::vector<std::string> Names(const std::string& dir) {

@@ -16,6 +16,7 @@
 #include <fstream>
 #include <thread>
 
+#include "common/scratch_dir.h"
 #include "shardps/core/checkpoint.h"
 #include "shardps/core/file_system.h"
 #include "shardps/core/safetensors.h"
@@ -32,17 +33,6 @@ namespace fs = std::filesystem;
 
 class StorageTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/shardps_storage_XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    root_ = tmpl;
-    dir_ = root_ + "/ckpt";
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(root_, ec);
-  }
-
   // Two shards of a table "w" of 8 floats, every value `value`, at `step`; the lead worker's and
   // the servers' part of a checkpoint, as the job does it: on any failure the version is abandoned.
   Status WriteVersion(FileSystem& fsys, uint64_t step, float value, uint64_t* version_out = nullptr) {
@@ -102,7 +92,9 @@ class StorageTest : public ::testing::Test {
   }
 
   PosixFileSystem posix_;
-  std::string root_, dir_;
+  testing::ScratchDir scratch_{"shardps_storage"};
+  std::string root_ = scratch_.string();
+  std::string dir_ = root_ + "/ckpt";
 };
 
 TEST_F(StorageTest, WritesAndReadsThroughTheFileSystem) {

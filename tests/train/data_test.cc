@@ -3,7 +3,6 @@
 #include "shardps/worker/data.h"
 
 #include <gtest/gtest.h>
-#include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
@@ -19,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "common/scratch_dir.h"
+
 namespace shardps::worker {
 namespace {
 
@@ -30,17 +31,6 @@ using Bytes = std::vector<uint8_t>;
 // A fresh directory per test, removed afterwards.
 class DataTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::path(::testing::TempDir()) /
-           ("shardps_data_test_" + std::to_string(::getpid()) + "_" + info->test_suite_name() + "_" + info->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
   std::string Path(const std::string& name) const { return (dir_ / name).string(); }
 
   std::string WritePlain(const std::string& name, const Bytes& b) const {
@@ -72,7 +62,8 @@ class DataTest : public ::testing::Test {
     return Bytes(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
   }
 
-  fs::path dir_;
+  testing::ScratchDir scratch_{"shardps_data_test"};
+  fs::path dir_ = scratch_.path();
 };
 
 // An IDX file: 00 00 <type> <ndims> <dims, big-endian uint32> <data>.

@@ -2,10 +2,11 @@
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <cstdio>
 #include <fstream>
+
+#include "common/scratch_dir.h"
 
 namespace shardps {
 namespace {
@@ -130,8 +131,8 @@ TEST(Auth, MalformedMessagesAndReflectionAreRefused) {
 }
 
 TEST(Auth, KeygenWritesAPrivateSecretAndLoadChecksIt) {
-  const std::string dir = ::testing::TempDir() + "/shardps_auth_" + std::to_string(::getpid());
-  ::mkdir(dir.c_str(), 0700);
+  testing::ScratchDir scratch("shardps_auth");
+  const std::string dir = scratch.string();
   const std::string key = dir + "/job.key";
   ASSERT_TRUE(WriteNewSecret(key).ok());
   struct stat st;

@@ -323,6 +323,12 @@ struct Arrival : std::enable_shared_from_this<Arrival> {
   }
 };
 
+// A warning of this rank's transport: to TcpOptions::on_warning if set, else to stderr.
+void Warn(const TcpOptions& o, const std::string& m) {
+  if (o.on_warning) o.on_warning(m);
+  else std::cerr << "[shardps rank " << o.rank << "] warning: " << m << std::endl;
+}
+
 // Accepts connections on `acceptor` until `want` peers have authenticated (or it is closed).
 class Gate {
  public:
@@ -365,7 +371,7 @@ class Gate {
     acceptor_.async_accept(*sock, [this, sock](const boost::system::error_code& e) {
       if (e == asio::error::operation_aborted || closed_) return;  // the gate may be gone when aborted
       if (e) {
-        Warn("accept failed: " + e.message());
+        Warn(o_, "accept failed: " + e.message());
         return AcceptNext();
       }
       if (static_cast<int>(live_.size()) >= o_.max_pending_connections) {
@@ -405,7 +411,7 @@ class Gate {
                                     " was refused because its proof of the shared secret did not verify, although it was "
                                     "started with this job's configuration (is that process using another --secret-file?); "
                                     "the rendezvous ends now");
-        Warn("refused a connection from " + a->from + ": " + s.message());
+        Warn(o_, "refused a connection from " + a->from + ": " + s.message());
         told_.push_back(a->claimed);
         return;
       }
@@ -427,9 +433,9 @@ class Gate {
     if (!s.ok()) {
       // Logged, but not without bound: a flood must not fill the log.
       if (++refused_ <= kLoggedRefusals || refused_ % 1000 == 0) {
-        Warn("refused a connection from " + a->from + ": " + s.message() +
-             (refused_ == kLoggedRefusals ? " (further refusals are logged once per 1000)"
-                                          : refused_ > kLoggedRefusals ? " (" + std::to_string(refused_) + " refused so far)" : ""));
+        Warn(o_, "refused a connection from " + a->from + ": " + s.message() +
+                 (refused_ == kLoggedRefusals ? " (further refusals are logged once per 1000)"
+                                              : refused_ > kLoggedRefusals ? " (" + std::to_string(refused_) + " refused so far)" : ""));
       }
       return;
     }
@@ -440,11 +446,6 @@ class Gate {
       return;
     }
     ++got_;
-  }
-
-  void Warn(const std::string& m) {
-    if (o_.on_warning) o_.on_warning(m);
-    else std::cerr << "[shardps rank " << o_.rank << "] warning: " << m << std::endl;
   }
 
   asio::io_context& io_;
@@ -1223,8 +1224,7 @@ void TcpTransport::TellLatecomers(Gate& gate, const std::string& why, Deadline u
   const auto wait_ms = std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()).count();
   const std::string note = "the rendezvous failed (" + why + "); staying up to " + std::to_string(std::max<int64_t>(0, wait_ms)) +
                            " ms to tell ranks " + waiting + ", which have not joined, why";
-  if (o_.on_warning) o_.on_warning(note);
-  else std::cerr << "[shardps rank " << o_.rank << "] warning: " << note << std::endl;
+  Warn(o_, note);
   // Connections still authenticating stay open: they are told when they complete.
   gate.Reroute([&](int peer, PeerAddress, std::unique_ptr<tcp::socket> s) -> Status {
     TellRefused(*s, why);

@@ -39,6 +39,15 @@ struct BenchFlags {
   int64_t timeout_ms = 60000;
   bool allreduce = true;
   std::string json_out;
+
+  // The flags every process of a TCP job must share, as the configuration text of the job
+  // agreement (json_out is each process's own; allreduce plays no part over TCP). A flag added
+  // above that the processes must agree on is added here too.
+  std::string Describe() const {
+    return "floats " + std::to_string(floats) + " servers " + std::to_string(servers) + " colocated " +
+           std::to_string(colocated) + " rounds " + std::to_string(rounds) + " warmup " + std::to_string(warmup) +
+           " chunk_floats " + std::to_string(chunk_floats) + " timeout_ms " + std::to_string(timeout_ms);
+  }
 };
 
 struct Summary {
@@ -452,12 +461,7 @@ int BenchMain(int argc, char** argv) {
 // own round times (with one worker, the round; with more, one worker's view of it).
 int RunTcp(const BenchFlags& f, const LaunchPlan& plan, int argc, char** argv) {
   const auto t0 = std::chrono::steady_clock::now();
-  // json_out is each process's own; the rest every process must share.
-  const std::string configuration = "floats " + std::to_string(f.floats) + " servers " + std::to_string(f.servers) +
-                                    " colocated " + std::to_string(f.colocated) + " rounds " + std::to_string(f.rounds) +
-                                    " warmup " + std::to_string(f.warmup) + " chunk_floats " + std::to_string(f.chunk_floats) +
-                                    " timeout_ms " + std::to_string(f.timeout_ms);
-  auto job = StartJob(plan, &argc, &argv, "shardps bench", configuration);
+  auto job = StartJob(plan, &argc, &argv, "shardps bench", f.Describe());
   if (!job.ok()) {
     std::cerr << "shardps bench: " << job.status().ToString() << "\n";
     return 1;

@@ -96,6 +96,7 @@ worker::RunOptions ToRunOptions(const config::TrainConfig& c, int worker, int wo
   r.eval_every_epochs = c.eval_every_epochs();
   r.worker = worker;
   r.workers = workers;
+  r.push_block_floats = c.chunk_floats();
   // A worker waits longer than a server holds its request (timeout_ms, RunDistributed): when a
   // worker stalls, the server's answer to the live workers, naming the workers whose pushes are
   // missing, arrives before their own wait gives up and could only blame the server.

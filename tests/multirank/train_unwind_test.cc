@@ -63,11 +63,12 @@ class FailingMidBackward final : public worker::ParamStore {
   worker::Handle Pull(uint32_t table, std::span<float> out, uint64_t version) override {
     return inner_.Pull(table, out, version);
   }
-  worker::Handle PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step) override {
+  worker::Handle PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step,
+                          worker::KeyRange range) override {
     const int n = ++push_pulls_;
     if (n == fail_at_) throw std::bad_alloc();
     if (n == 1) before_first_();
-    worker::Handle h = inner_.PushPull(table, grad, out, step);
+    worker::Handle h = inner_.PushPull(table, grad, out, step, range);
     issued_.push_back(h);
     issued_tables_.push_back(table);
     return h;

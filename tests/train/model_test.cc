@@ -307,10 +307,13 @@ TEST(ModelGradient, OnReadyOncePerTableLastLayerFirstWithFinalGradients) {
   Buffers grads = ZeroBuffers(*model);
   std::vector<size_t> order;
   std::vector<std::vector<float>> at_ready(model->num_tables());
-  const double loss = model->Gradient(params.cview(), x.data(), y.data(), rows, 0.5f, grads.view(), [&](size_t t) {
-    order.push_back(t);
-    at_ready.at(t) = grads.tables.at(t);  // must already be final
-  });
+  const double loss =
+      model->Gradient(params.cview(), x.data(), y.data(), rows, 0.5f, grads.view(), [&](size_t t, uint64_t b, uint64_t e) {
+        order.push_back(t);
+        EXPECT_EQ(b, 0u) << "table " << t;  // no block size: whole tables
+        EXPECT_EQ(e, grads.tables.at(t).size()) << "table " << t;
+        at_ready.at(t) = grads.tables.at(t);  // must already be final
+      });
   // Bias then weight, layer 2, then 1, then 0.
   EXPECT_EQ(order, (std::vector<size_t>{5, 4, 3, 2, 1, 0}));
   for (size_t t = 0; t < model->num_tables(); ++t) EXPECT_EQ(at_ready[t], grads.tables[t]) << "table " << t;
@@ -324,8 +327,65 @@ TEST(ModelGradient, OnReadyOncePerTableLastLayerFirstWithFinalGradients) {
   auto soft = MakeModel({.input_dim = 7, .num_classes = 3});
   Buffers sp = RandomParams(*soft, rng), sg = ZeroBuffers(*soft);
   order.clear();
-  soft->Gradient(sp.cview(), x.data(), y.data(), rows, 1.0f, sg.view(), [&](size_t t) { order.push_back(t); });
+  soft->Gradient(sp.cview(), x.data(), y.data(), rows, 1.0f, sg.view(), [&](size_t t, uint64_t, uint64_t) { order.push_back(t); });
   EXPECT_EQ(order, (std::vector<size_t>{1, 0}));
+}
+
+// Blocked weight gradients: each table's reported ranges are whole rows (at most block_floats
+// of them unless one row is wider), in order, disjoint and covering the table, and final when
+// reported; the same block size gives the same bits every time, and any block size gives the
+// unblocked gradient up to float rounding (small blocks may take another Eigen kernel).
+void CheckBlocks(const ModelSpec& spec, int64_t rows, uint64_t block_floats, uint32_t seed) {
+  SCOPED_TRACE("block_floats " + std::to_string(block_floats));
+  auto model = MakeModel(spec);
+  std::mt19937 rng(seed);
+  Buffers params = RandomParams(*model, rng);
+  const auto x = RandomInputs(rows, spec.input_dim, rng);
+  const auto y = RandomLabels(rows, spec.num_classes, rng);
+  Buffers whole = ZeroBuffers(*model), blocked = ZeroBuffers(*model), again = ZeroBuffers(*model);
+  const double lw = model->Gradient(params.cview(), x.data(), y.data(), rows, 0.25f, whole.view());
+  std::vector<uint64_t> next(model->num_tables(), 0);  // each table's next unreported element
+  std::vector<size_t> table_order;
+  std::vector<std::vector<float>> at_ready = whole.tables;  // each element as it was when reported
+  const double lb = model->Gradient(
+      params.cview(), x.data(), y.data(), rows, 0.25f, blocked.view(),
+      [&](size_t t, uint64_t b, uint64_t e) {
+        ASSERT_LT(t, next.size());
+        EXPECT_EQ(b, next[t]) << "table " << t;
+        ASSERT_LT(b, e) << "table " << t;
+        ASSERT_LE(e, whole.tables[t].size()) << "table " << t;
+        next[t] = e;
+        if (table_order.empty() || table_order.back() != t) table_order.push_back(t);
+        std::copy(blocked.tables[t].begin() + b, blocked.tables[t].begin() + e, at_ready[t].begin() + b);
+        if (t % 2 == 0 && block_floats > 0) {
+          const uint64_t cols = whole.tables[t + 1].size();  // a weight table's row is its bias's width
+          EXPECT_EQ(b % cols, 0u);
+          EXPECT_EQ(e % cols, 0u);
+          EXPECT_LE(e - b, std::max<uint64_t>(block_floats, cols));
+        }
+      },
+      block_floats);
+  EXPECT_EQ(lb, lw);  // the forward pass does not depend on the blocks
+  for (size_t t = 0; t < next.size(); ++t) EXPECT_EQ(next[t], whole.tables[t].size()) << "table " << t << " not covered";
+  std::vector<size_t> expected;
+  for (size_t t = model->num_tables(); t-- > 0;) expected.push_back(t);  // bias, then weight, last layer first
+  EXPECT_EQ(table_order, expected);
+  EXPECT_EQ(at_ready, blocked.tables);  // nothing changed after its on_ready
+  model->Gradient(params.cview(), x.data(), y.data(), rows, 0.25f, again.view(), nullptr, block_floats);
+  EXPECT_EQ(again.tables, blocked.tables);
+  for (size_t t = 0; t < whole.tables.size(); ++t) {
+    for (size_t i = 0; i < whole.tables[t].size(); ++i) {
+      ASSERT_NEAR(blocked.tables[t][i], whole.tables[t][i], 1e-6f + 1e-5f * std::abs(whole.tables[t][i]))
+          << "table " << t << " at " << i;
+    }
+  }
+}
+
+TEST(ModelGradient, WeightGradientsInRowBlocks) {
+  for (uint64_t b : {0u, 1u, 12u, 20u, 35u, 1000u}) CheckBlocks({.input_dim = 7, .num_classes = 3, .hidden = {5, 4}}, 9, b, 21);
+  // The shipped MLP's shape and the training chunk size (128 rows of 256 per block).
+  CheckBlocks({.input_dim = 784, .num_classes = 10, .hidden = {256}}, 32, 32768, 22);
+  CheckBlocks({.input_dim = 784, .num_classes = 10, .hidden = {256}}, 64, 5000, 23);
 }
 
 TEST(ModelGradient, ZeroRows) {
@@ -337,7 +397,9 @@ TEST(ModelGradient, ZeroRows) {
   std::vector<size_t> order;
   const float x = 0;
   const int32_t y = 0;
-  EXPECT_EQ(model->Gradient(params.cview(), &x, &y, 0, 1.0f, grads.view(), [&](size_t t) { order.push_back(t); }), 0.0);
+  EXPECT_EQ(model->Gradient(params.cview(), &x, &y, 0, 1.0f, grads.view(),
+                            [&](size_t t, uint64_t, uint64_t) { order.push_back(t); }),
+            0.0);
   EXPECT_EQ(order, (std::vector<size_t>{3, 2, 1, 0}));
   for (const auto& g : grads.tables)
     for (float v : g) EXPECT_EQ(v, 0.0f);

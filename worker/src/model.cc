@@ -134,13 +134,13 @@ std::vector<TableSpec> Model::Tables(uint64_t seed) const {
   return out;
 }
 
-// on_ready order: for each layer, last first, the bias table (2l+1) then the weight table (2l),
-// called right after both are written and before the backward pass moves on to the layer below.
-// Parameters (all tables) are read until Gradient returns; gradients are never touched again
-// after their on_ready.
+// on_ready order: for each layer, last first, the bias table (2l+1) whole, then the weight table
+// (2l) whole or block by block, each call right after its part is written and before the backward
+// pass moves on to the layer below. Parameters (all tables) are read until Gradient returns;
+// gradients are never touched again after their on_ready.
 double Model::Gradient(std::span<const std::span<const float>> params, const float* x, const int32_t* y, int64_t rows,
-                       float scale, std::span<const std::span<float>> grads,
-                       const std::function<void(size_t)>& on_ready) const {
+                       float scale, std::span<const std::span<float>> grads, const ReadyFn& on_ready,
+                       uint64_t block_floats) const {
   const auto d = Dims(spec_);
   const size_t L = d.size() - 1;
   assert(SizesMatch(d, num_tables(), params) && SizesMatch(d, num_tables(), grads));
@@ -168,17 +168,24 @@ double Model::Gradient(std::span<const std::span<const float>> params, const flo
   // Backward, last layer first.
   RowMatrix da;
   for (size_t l = L; l-- > 0;) {
-    Map gw(grads[2 * l].data(), d[l], d[l + 1]);
-    VecMap gb(grads[2 * l + 1].data(), d[l + 1]);
-    if (l == 0) gw.noalias() = input.transpose() * dz;
-    else gw.noalias() = acts[l].transpose() * dz;
+    const int64_t in = d[l], out = d[l + 1];
+    VecMap gb(grads[2 * l + 1].data(), out);
     gb.noalias() = dz.colwise().sum();
-    if (on_ready) {
-      on_ready(2 * l + 1);
-      on_ready(2 * l);
+    if (on_ready) on_ready(2 * l + 1, 0, static_cast<uint64_t>(out));
+    // dW = input^T * dZ, row block by row block: rows [r0, r0 + n) of dW need only columns
+    // [r0, r0 + n) of the layer's input.
+    const int64_t block_rows = block_floats == 0 || static_cast<uint64_t>(in * out) <= block_floats
+                                   ? in
+                                   : std::max<int64_t>(1, static_cast<int64_t>(block_floats) / out);
+    for (int64_t r0 = 0; r0 < in; r0 += block_rows) {
+      const int64_t n = std::min(block_rows, in - r0);
+      Map gw(grads[2 * l].data() + r0 * out, n, out);
+      if (l == 0) gw.noalias() = input.middleCols(r0, n).transpose() * dz;
+      else gw.noalias() = acts[l].middleCols(r0, n).transpose() * dz;
+      if (on_ready) on_ready(2 * l, static_cast<uint64_t>(r0 * out), static_cast<uint64_t>((r0 + n) * out));
     }
     if (l > 0) {
-      ConstMap w(params[2 * l].data(), d[l], d[l + 1]);
+      ConstMap w(params[2 * l].data(), in, out);
       da.noalias() = dz * w.transpose();
       // ReLU derivative: pass where the layer's output (== its pre-activation) was positive.
       dz = (acts[l].array() > 0.0f).select(da.array(), 0.0f).matrix();

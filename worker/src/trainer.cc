@@ -23,6 +23,7 @@ struct LocalParams::Table {
   std::vector<float> weights;
   std::vector<float> slots;
   uint64_t version = 0;
+  uint64_t covered = 0;  // elements pushed so far in the step at `version`
 };
 
 LocalParams::LocalParams(const std::vector<TableSpec>& tables) {
@@ -48,20 +49,35 @@ Handle LocalParams::Pull(uint32_t table, std::span<float> out, uint64_t version)
   return internal::CompletedHandle(Status::Ok());
 }
 
-Handle LocalParams::PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step) {
+Handle LocalParams::PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step,
+                             KeyRange range) {
   if (table >= tables_.size()) return internal::CompletedHandle(NotFound("unknown table " + std::to_string(table)));
   Table& t = *tables_[table];
-  if (grad.size() != t.weights.size() || out.size() != t.weights.size()) {
-    return internal::CompletedHandle(InvalidArgument("push-pull buffer size mismatch"));
+  const uint64_t size = t.weights.size();
+  const uint64_t begin = range.begin, end = range.end == KeyRange{}.end ? size : range.end;
+  if (begin >= end || end > size || grad.size() != end - begin || out.size() != end - begin) {
+    return internal::CompletedHandle(InvalidArgument("push-pull of [" + std::to_string(begin) + "," +
+                                                     std::to_string(end) + ") of table '" + t.spec.name + "' (" +
+                                                     std::to_string(size) + " floats) with buffers of " +
+                                                     std::to_string(grad.size()) + " and " +
+                                                     std::to_string(out.size()) + " floats"));
   }
   if (step != t.version) {
     return internal::CompletedHandle(FailedPrecondition("push for step " + std::to_string(step) + " of table '" +
                                                         t.spec.name + "', which is at " + std::to_string(t.version)));
   }
+  if (end - begin > size - t.covered) {
+    return internal::CompletedHandle(InvalidArgument("push-pull ranges of table '" + t.spec.name + "' in step " +
+                                                     std::to_string(step) + " overlap"));
+  }
   // Exactly what a server does with one worker: the gradient is the sum, then one update.
-  ApplyOptimizer(t.spec.optimizer, t.version + 1, t.weights, t.slots, grad);
-  ++t.version;
-  std::memcpy(out.data(), t.weights.data(), out.size_bytes());
+  ApplyOptimizerToRange(t.spec.optimizer, t.version + 1, t.weights, t.slots, begin, grad);
+  std::memcpy(out.data(), t.weights.data() + begin, out.size_bytes());
+  t.covered += end - begin;
+  if (t.covered == size) {
+    ++t.version;
+    t.covered = 0;
+  }
   return internal::CompletedHandle(Status::Ok());
 }
 
@@ -170,10 +186,10 @@ Status AverageReplicas(ParamStore& params, std::span<std::vector<float>> replica
   for (size_t t = 0; t < replica.size(); ++t) {
     scaled[t].resize(replica[t].size());
     for (size_t i = 0; i < replica[t].size(); ++i) scaled[t][i] = replica[t][i] * n;
-    hs.push_back(params.PushPull(static_cast<uint32_t>(t), scaled[t], replica[t], round));
+    hs.push_back(params.PushPull(static_cast<uint32_t>(t), scaled[t], replica[t], round, {}));
   }
   std::vector<float> mine{n}, total(1);
-  hs.push_back(params.PushPull(samples_table, mine, total, round));
+  hs.push_back(params.PushPull(samples_table, mine, total, round, {}));
   SHARDPS_RETURN_IF_ERROR(WaitAll(params, hs, timeout, scaled, mine, total, replica));  // before `scaled` goes away
   if (!(total[0] > 0)) return FailedPrecondition("model averaging round " + std::to_string(round) + " saw no samples");
   for (auto& t : replica) for (float& v : t) v /= total[0];
@@ -231,7 +247,7 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
   auto reduce = [&](std::vector<float> local) -> Result<std::vector<float>> {
     std::vector<float> total(kMetricsFloats);
     local.resize(kMetricsFloats, 0.0f);
-    std::vector<Handle> hs{params.PushPull(metrics_table, local, total, reduce_round++)};
+    std::vector<Handle> hs{params.PushPull(metrics_table, local, total, reduce_round++, {})};
     SHARDPS_RETURN_IF_ERROR(WaitAll(params, hs, timeout, local, total));
     return total;
   };
@@ -248,6 +264,7 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
   std::vector<int32_t> yb;
   std::vector<std::span<const float>> wspans(M);
   std::vector<std::span<float>> gspans(M);
+  std::vector<Handle> hs;  // sync: the step's push-pulls
   double train_seconds = 0;
   double compute_seconds = 0, wait_seconds = 0;  // sync steps: gathering + gradient, then the exchange
   double interval_loss = 0;
@@ -309,11 +326,16 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
       }
       double loss;
       if (!local_sgd) {
-        std::vector<Handle> hs(M);
+        hs.clear();
         try {
-          loss = model.Gradient(wspans, xb.data(), yb.data(), rows, scale, gspans, [&](size_t t) {
-            hs[t] = params.PushPull(static_cast<uint32_t>(t), g[t], next[t], static_cast<uint64_t>(step));
-          });
+          loss = model.Gradient(
+              wspans, xb.data(), yb.data(), rows, scale, gspans,
+              [&](size_t t, uint64_t b, uint64_t e) {
+                hs.push_back(params.PushPull(static_cast<uint32_t>(t), std::span<const float>(g[t]).subspan(b, e - b),
+                                             std::span<float>(next[t]).subspan(b, e - b), static_cast<uint64_t>(step),
+                                             KeyRange{b, e}));
+              },
+              run.push_block_floats);
         } catch (...) {
           // An allocation failing mid-backward unwinds past `g` and `next`, which tables already
           // pushed still point into: let go of them first (or keep them alive) as on a failed wait.

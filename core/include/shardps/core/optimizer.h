@@ -25,6 +25,12 @@ namespace shardps {
 void ApplyOptimizer(const OptimizerConfig& config, uint64_t step, std::span<float> weights,
                     std::span<float> slots, std::span<const float> gradient);
 
+// The same on elements [begin, begin + gradient.size()) of a table held whole: `weights` and
+// `slots` are the whole table's (slots as above, OptimizerSlots(kind) arrays of weights.size()),
+// so a table can be updated range by range as its gradient arrives, with the same result.
+void ApplyOptimizerToRange(const OptimizerConfig& config, uint64_t step, std::span<float> weights,
+                           std::span<float> slots, uint64_t begin, std::span<const float> gradient);
+
 // dst[i] += src[i], vectorised.
 void AddInto(std::span<float> dst, std::span<const float> src);
 

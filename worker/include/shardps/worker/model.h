@@ -4,7 +4,9 @@
 //   SHARDPS_ASSIGN_OR_RETURN(auto model, Model::Create({.input_dim = 784, .num_classes = 10, .hidden = {256}}));
 //   std::vector<TableSpec> tables = model->Tables(/*seed=*/7);   // declare these to the servers
 //   double loss_sum = model->Gradient(params, x, y, rows, /*scale=*/1.0f / global_batch, grads,
-//                                     [&](size_t table) { /* grads[table] is final: push it */ });
+//                                     [&](size_t table, uint64_t begin, uint64_t end) {
+//                                       /* grads[table][begin, end) is final: push it */ },
+//                                     /*block_floats=*/32768);
 //
 // Parameter layout: for each layer l (input -> hidden... -> output) a weight table "l<l>.w" of
 // in x out floats, row-major (element (i, o) at i * out + o), then a bias table "l<l>.b" of out
@@ -50,13 +52,22 @@ class Model {
   std::vector<TableSpec> Tables(uint64_t seed) const;
   size_t num_tables() const { return 2 * (spec_.hidden.size() + 1); }
 
+  // Called with (table, begin, end) as soon as elements [begin, end) of that table's gradient are
+  // final.
+  using ReadyFn = std::function<void(size_t table, uint64_t begin, uint64_t end)>;
+
   // Forward and backward over `rows` samples (x: rows x input_dim row-major, y: labels).
-  // Writes grads[t] (same sizes as params[t]); calls on_ready(t) as soon as table t's gradient is
-  // final, last layer first, so the caller can start pushing it while earlier layers compute.
+  // Writes grads[t] (same sizes as params[t]) and reports each part as it becomes final, last
+  // layer first, so the caller can push it while the layers below are computed. A weight table
+  // larger than `block_floats` (> 0) is computed and reported in blocks of whole rows of about
+  // that many floats, first rows first: the first layer's gradient, the largest and the last one
+  // backpropagation produces, then travels while the rest of it is computed. The same
+  // `block_floats` always gives the same blocks and bits; another may round differently (a small
+  // block can take another Eigen kernel), so training takes it from the job's configuration.
   // Returns the sum of the samples' losses.
   double Gradient(std::span<const std::span<const float>> params, const float* x, const int32_t* y, int64_t rows,
-                  float scale, std::span<const std::span<float>> grads,
-                  const std::function<void(size_t)>& on_ready = nullptr) const;
+                  float scale, std::span<const std::span<float>> grads, const ReadyFn& on_ready = nullptr,
+                  uint64_t block_floats = 0) const;
 
   EvalResult Evaluate(std::span<const std::span<const float>> params, const float* x, const int32_t* y,
                       int64_t rows) const;

@@ -7,8 +7,9 @@
 // Modes:
 //  * sync: every step each worker computes the gradient of its share of the global batch (scaled
 //    by 1 / global batch, so the workers' gradients sum to the full-batch gradient) and pushes
-//    each table as soon as backprop has produced it, receiving the updated weights in the same
-//    round trip (PushPull), so communication of late layers overlaps computation of early ones.
+//    each table, or each block of rows of a big weight table (RunOptions::push_block_floats), as
+//    soon as backprop has produced it, receiving the updated weights in the same round trip
+//    (PushPull), so communication overlaps the computation still to come.
 //  * local_sgd: each worker keeps a replica and its own optimizer state, takes K local steps on
 //    its share (gradients scaled by its own batch share), then the replicas are averaged through
 //    the servers weighted by the samples each worker processed; K = 0 averages once, at the end.
@@ -37,7 +38,10 @@ class ParamStore {
  public:
   virtual ~ParamStore() = default;
   virtual Handle Pull(uint32_t table, std::span<float> out, uint64_t version) = 0;
-  virtual Handle PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step) = 0;
+  // Pushes the gradient of `range` of the table (grad.size() == its length; KeyRange{} is the whole
+  // table) and receives the weights of that range after the step's update.
+  virtual Handle PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step,
+                          KeyRange range) = 0;
   // Keeps buffers a cancelled request could not take back alive until the store's transport has
   // stopped (see Handle::Cancel). Stores whose requests complete at once keep nothing.
   virtual void Retain(std::shared_ptr<void> keep) { (void)keep; }
@@ -48,8 +52,9 @@ class ClientParams final : public ParamStore {
  public:
   explicit ClientParams(KVClient& client) : client_(client) {}
   Handle Pull(uint32_t table, std::span<float> out, uint64_t version) override { return client_.Pull(table, out, version); }
-  Handle PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step) override {
-    return client_.PushPull(table, grad, out, step);
+  Handle PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step,
+                  KeyRange range) override {
+    return client_.PushPull(table, grad, out, step, range);
   }
   void Retain(std::shared_ptr<void> keep) override { client_.Retain(std::move(keep)); }
 
@@ -58,12 +63,15 @@ class ClientParams final : public ParamStore {
 };
 
 // In this process, no servers: the same initialisation and optimizer code a server runs, applied
-// to the one worker's gradient. A job of 1 server + 1 worker gives bit-identical weights.
+// to the one worker's gradient, range by range as it is pushed (a step's ranges of a table must
+// be disjoint and cover it; the table's version advances when they do). A job of 1 server + 1
+// worker gives bit-identical weights.
 class LocalParams final : public ParamStore {
  public:
   explicit LocalParams(const std::vector<TableSpec>& tables);
   Handle Pull(uint32_t table, std::span<float> out, uint64_t version) override;
-  Handle PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step) override;
+  Handle PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step,
+                  KeyRange range) override;
 
  private:
   struct Table;
@@ -83,6 +91,10 @@ struct RunOptions {
   int workers = 1;
   std::chrono::milliseconds timeout{120000};
   uint64_t start_step = 0;      // resume: steps already applied (the servers hold that version)
+  // sync: a weight table's gradient larger than this is pushed in blocks of rows as backprop
+  // produces them (Model::Gradient's block_floats); 0 pushes whole tables. The job's chunk size,
+  // so that blocks are whole chunks.
+  uint64_t push_block_floats = 0;
 };
 
 // Every table of a run in declaration order: the model's, then a reduction table for metrics

@@ -11,7 +11,8 @@ Configurations, for each size:
                  same 2 ranks timed in the same launch
   mpi colocated  mpirun -np 2 --colocated: both ranks serve and work (and the same Allreduce)
   mpi 1S2W       mpirun -np 3 --oversubscribe: 1 server + 2 workers (Allreduce on 3 ranks)
-  tcp 1S1W       separate processes over TCP loopback (authenticated), 1 server + 1 worker
+  tcp 1S1W       separate processes over TCP loopback (authenticated), 1 server + 1 worker, each
+                 bound to a CPU of its own when there are enough (cpu_binding, as launch_local.sh)
   tcp 1S2W       the same with 2 workers
 Writes DIR/launches.jsonl (one record per launch, with the bench's own JSON) and DIR/suite.json
 (per configuration: launch medians, median of medians, slowest launch, the Allreduce of the same
@@ -47,6 +48,21 @@ def free_port():
     return port
 
 
+def cpu_binding(processes):
+    """The CPU each of `processes` processes on this host gets: one CPU of this process's affinity
+    set each, in order, when there are enough of them; None (the kernel places them) otherwise.
+    Two busy processes left to the kernel on a 2-core machine often share one core while the other
+    idles (the receiver of a loopback transfer is woken onto the sender's core): docs/benchmarks.md.
+    scripts/launch_local.sh applies the same rule."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return cpus[:processes] if processes <= len(cpus) else None
+
+
+def bound(cmd, cpu):
+    """`cmd` run on `cpu` only (unchanged when cpu is None)."""
+    return cmd if cpu is None else ["taskset", "-c", str(cpu)] + cmd
+
+
 def last_json(text, what):
     for line in reversed(text.splitlines()):
         line = line.strip()
@@ -66,16 +82,18 @@ def run_mpi(binary, mpirun, kind, floats, rounds):
     return last_json(p.stdout, " ".join(cmd))
 
 
-def run_tcp(binary, key, workers, floats, rounds):
+def run_tcp(binary, key, workers, floats, rounds, bind=True):
     port = free_port()
     common = [binary, "bench", "--transport", "tcp", "--coordinator", f"127.0.0.1:{port}", "--num-servers", "1",
               "--num-workers", str(workers), "--floats", str(floats), "--rounds", str(rounds), "--setup-timeout", "60",
               "--secret-file", key]
-    procs = [subprocess.Popen(common + ["--role", "server", "--rank", "0"], stdout=subprocess.PIPE,
+    cpus = cpu_binding(1 + workers) if bind else None
+    cpu = (lambda k: None) if cpus is None else (lambda k: cpus[k])
+    procs = [subprocess.Popen(bound(common + ["--role", "server", "--rank", "0"], cpu(0)), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)]
     for w in range(workers):
-        procs.append(subprocess.Popen(common + ["--role", "worker", "--rank", str(w)], stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+        procs.append(subprocess.Popen(bound(common + ["--role", "worker", "--rank", str(w)], cpu(1 + w)),
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = []
     deadline = time.time() + LAUNCH_TIMEOUT_S
     try:

@@ -17,9 +17,16 @@ tcp_bench() {  # tcp_bench FLOATS ROUNDS AUTH_FLAGS... -> one JSON line
   local port; port=$(free_port)
   local common=(bench --transport tcp --coordinator "127.0.0.1:$port" --num-servers 1 --num-workers 1
                 --floats "$floats" --rounds "$rounds" --setup-timeout 60 "$@")
-  "$BIN" "${common[@]}" --role server --rank 0 >/dev/null &
+  # Each process on a CPU of its own when there are two (as scripts/launch_local.sh does).
+  local bs=() bw=()
+  if (($(nproc) >= 2)); then
+    local cpus
+    read -r -a cpus < <(/usr/bin/python3 -c 'import os; print(*sorted(os.sched_getaffinity(0)))')
+    bs=(taskset -c "${cpus[0]}") bw=(taskset -c "${cpus[1]}")
+  fi
+  "${bs[@]}" "$BIN" "${common[@]}" --role server --rank 0 >/dev/null &
   local server=$!
-  "$BIN" "${common[@]}" --role worker --rank 0
+  "${bw[@]}" "$BIN" "${common[@]}" --role worker --rank 0
   wait "$server"
 }
 for i in $(seq "$RUNS"); do

@@ -2,6 +2,8 @@
 """shardps over TCP side by side with ps-lite on the same machine, alternating launches: a
 push-then-pull round of a dense table (1K, 1M, 10M floats) with 1 server and 1 or 2 workers,
 SGD on the server, worker 0's median round per launch (as `shardps bench` over TCP reports it).
+Both get the same placement on CPUs (bench_suite.cpu_binding: a CPU of its own per process when
+there are enough).
 
 ps-lite is not part of shardps: build its benchmark outside the repository first (the steps are in
 the benchmark's README, e.g. ../shared/bench/pslite/README.md), then
@@ -37,14 +39,29 @@ def main():
     work = tempfile.mkdtemp(prefix="shardps_vs_pslite_")
     key = os.path.join(work, "job.key")
     subprocess.run([args.shardps, "keygen", "--out", key], check=True, capture_output=True, timeout=60)
-    env = dict(os.environ, PSLITE_BENCH=args.pslite_bench)
+    # Both sides get the same placement (bench_suite.cpu_binding): with a CPU per busy process,
+    # the server on the first and each worker on its own; ps-lite's scheduler, idle once the job
+    # has started, is left to the kernel. The wrapper binds ps-lite's processes by their role.
+    wrapped = {}
+    for w in sorted({w for _, w, _ in CELLS}):
+        cpus = bs.cpu_binding(1 + w)
+        if cpus is None or w != 1:  # ps-lite does not number its workers: bind only a single one
+            wrapped[w] = args.pslite_bench
+            continue
+        path = os.path.join(work, f"pslite_bound_{w}.sh")
+        with open(path, "w") as f:
+            f.write(f"#!/bin/bash\ncase $DMLC_ROLE in\n  server) exec taskset -c {cpus[0]} {args.pslite_bench} ;;\n"
+                    f"  worker) exec taskset -c {cpus[1]} {args.pslite_bench} ;;\n  *) exec {args.pslite_bench} ;;\nesac\n")
+        os.chmod(path, 0o755)
+        wrapped[w] = path
     res = {}
     for i in range(args.launches):
         for floats, w, rounds in CELLS:
             r = bs.run_tcp(args.shardps, key, w, floats, rounds)
             res.setdefault((floats, w, "shardps"), []).append(r["round_ms"]["median"])
             p = subprocess.run([args.run_pslite, "1", str(w), "1", str(floats), str(rounds), "5", str(bs.free_port()),
-                                os.path.join(work, f"log{i}")], capture_output=True, text=True, timeout=300, env=env)
+                                os.path.join(work, f"log{i}")], capture_output=True, text=True, timeout=300,
+                               env=dict(os.environ, PSLITE_BENCH=wrapped[w]))
             lines = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
             zero = [x for x in lines if x.get("rank") == 0]
             if not zero:  # ps-lite's known start-up race: the launch is skipped, and said so

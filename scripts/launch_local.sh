@@ -10,6 +10,10 @@
 #   -o LOGDIR   per-process logs and the other workers' output directories (default: a new
 #               directory under ${TMPDIR:-/tmp}, kept and named on stderr)
 #   -g GRACE    seconds the others get to report a failure before they are stopped (default 3)
+#   -B          leave the processes' placement on CPUs to the kernel (default: when S + W is at
+#               most the CPUs this script may use, each process is bound to one of them, servers
+#               first: two busy processes left to the kernel often share a core while another
+#               idles, which made TCP rounds up to 2x slower; see docs/benchmarks.md)
 #
 # BIN is the shardps binary (e.g. build/bin/shardps). Each process runs
 #   BIN train ARGS... --transport tcp --coordinator 127.0.0.1:PORT --role server|worker --rank R
@@ -38,8 +42,8 @@ die() {
   exit 2
 }
 
-servers=1 workers=2 port='' key='' logdir='' grace=3
-while getopts ':s:w:p:k:o:g:h' opt; do
+servers=1 workers=2 port='' key='' logdir='' grace=3 bind=1
+while getopts ':s:w:p:k:o:g:Bh' opt; do
   case $opt in
     s) servers=$OPTARG ;;
     w) workers=$OPTARG ;;
@@ -47,6 +51,7 @@ while getopts ':s:w:p:k:o:g:h' opt; do
     k) key=$OPTARG ;;
     o) logdir=$OPTARG ;;
     g) grace=$OPTARG ;;
+    B) bind=0 ;;
     h) usage ;;
     :) die "-$OPTARG needs a value" ;;
     *) die "unknown option -$OPTARG (-h for help)" ;;
@@ -148,11 +153,21 @@ if [[ -z $logdir ]]; then
   logdir=$(mktemp -d "${TMPDIR:-/tmp}/shardps-launch.XXXXXX")
 fi
 mkdir -p "$logdir"
-echo "launch_local: $servers server(s) + $workers worker(s) at 127.0.0.1:$port; logs in $logdir" >&2
+cpus=()  # cpus[j]: the CPU of the j-th process started (servers, then workers); empty: not bound
+if ((bind)) && command -v taskset >/dev/null; then
+  read -r -a allowed < <(python3 -c 'import os; print(*sorted(os.sched_getaffinity(0)))' 2>/dev/null) || allowed=()
+  if ((${#allowed[@]} >= servers + workers)); then
+    cpus=("${allowed[@]:0:servers + workers}")
+  fi
+fi
+placement="placement left to the kernel"
+((${#cpus[@]} == 0)) || placement="bound to CPUs ${cpus[*]}"
+echo "launch_local: $servers server(s) + $workers worker(s) at 127.0.0.1:$port ($placement); logs in $logdir" >&2
 
-start() {  # start NAME LOG ARGS...
-  local name=$1 log=$2
-  shift 2
+start() {  # start NAME LOG CPU_INDEX ARGS...
+  local name=$1 log=$2 j=$3
+  shift 3
+  ((${#cpus[@]} == 0)) || set -- taskset -c "${cpus[j]}" "$@"
   if [[ -n $log ]]; then
     setsid "$@" </dev/null >"$log" 2>&1 &
   else
@@ -165,13 +180,13 @@ start() {  # start NAME LOG ARGS...
 flags=(--transport tcp --coordinator "127.0.0.1:$port" --num-servers "$servers" --num-workers "$workers"
   "${secret[@]}")
 for ((i = 0; i < servers; i++)); do
-  start "server $i" "$logdir/server-$i.log" "$bin" "${cmd[@]}" "${flags[@]}" --role server --rank "$i"
+  start "server $i" "$logdir/server-$i.log" "$i" "$bin" "${cmd[@]}" "${flags[@]}" --role server --rank "$i"
 done
 for ((k = 1; k < workers; k++)); do
-  start "worker $k" "$logdir/worker-$k.log" "$bin" "${others[@]}" --out-dir "$logdir/worker-$k" \
+  start "worker $k" "$logdir/worker-$k.log" $((servers + k)) "$bin" "${others[@]}" --out-dir "$logdir/worker-$k" \
     "${flags[@]}" --role worker --rank "$k"
 done
-start "worker 0" '' "$bin" "${cmd[@]}" "${flags[@]}" --role worker --rank 0
+start "worker 0" '' "$servers" "$bin" "${cmd[@]}" "${flags[@]}" --role worker --rank 0
 
 reap() {  # reap PID STATUS: a process ended
   local pid=$1 rc=$2 name=${name_of[$1]} log p

@@ -70,14 +70,14 @@ class Runner:
         sc.run(cmd, timeout=timeout, env=ENV)
         return read_summary(out)
 
-    def launch_local(self, servers, workers, args, name="launch", timeout=300, bin_=None, opts=()):
+    def launch_local(self, servers, workers, args, name="launch", timeout=300, bin_=None, opts=(), env=None):
         """A job through scripts/launch_local.sh; returns (summary or None, completed process, dir)."""
         d = self.fresh(name)
         out = os.path.join(d, "out")
         cmd = ["bash", self.launch, "-s", str(servers), "-w", str(workers), "-k", self.keygen(d),
                "-o", os.path.join(d, "logs"), *opts, "--", bin_ or self.shardps, "train", "--out-dir", out,
                "--progress", "never"] + args
-        p = sc.run(cmd, timeout=timeout, env=ENV, expect_ok=False)
+        p = sc.run(cmd, timeout=timeout, env=env or ENV, expect_ok=False)
         summary = read_summary(out) if p.returncode == 0 else None
         return summary, p, d
 
@@ -371,6 +371,43 @@ def check_launch_local(r, args):
             fail(f"launch_local.sh returned {p.returncode} after {sig.name}, not {128 + sig.value}:\n{se}")
         leftovers(d, f"after {sig.name}")
         print(f"  {sig.name}: launch_local.sh returned {p.returncode} after {time.time() - t0:.1f} s, nothing left")
+
+    # Placement: with at least as many usable CPUs as processes, each process runs bound to a CPU
+    # of its own, servers first (in the order of this process's affinity set); with -B, or with
+    # too few CPUs, every process may use all of them. Each process reports the CPUs the kernel
+    # lets it use (/proc/self/status) before it becomes shardps.
+    probe = os.path.join(r.marker, "report_cpus.sh")
+    with open(probe, "w") as f:
+        f.write('#!/bin/bash\nprev=\nfor a in "$@"; do case $prev in --role) role=$a ;; --rank) rank=$a ;; esac; prev=$a; done\n'
+                'grep Cpus_allowed_list /proc/self/status | cut -f2 > "$REPORT_DIR/$role-$rank"\n'
+                f'exec {shlex.quote(r.shardps)} "$@"\n')
+    os.chmod(probe, 0o755)
+    usable = sorted(os.sched_getaffinity(0))
+
+    def cpus_of(text):  # "0-1,3" -> [0, 1, 3]
+        out = []
+        for part in text.strip().split(","):
+            lo, _, hi = part.partition("-")
+            out += list(range(int(lo), int(hi or lo) + 1))
+        return out
+
+    for opts, servers, workers in (([], 1, 1), (["-B"], 1, 1), ([], 1, len(usable))):
+        report = r.fresh("cpus")
+        _, p, _ = r.launch_local(servers, workers, softmax + ["--epochs", "1"], name="placement", timeout=120,
+                                 bin_=probe, opts=opts, env=dict(ENV, REPORT_DIR=report))
+        if p.returncode != 0:
+            fail(f"launch_local.sh {' '.join(opts)} with {servers} + {workers} failed:\n{p.stderr}")
+        names = [f"server-{i}" for i in range(servers)] + [f"worker-{k}" for k in range(workers)]
+        got = {n: cpus_of(open(os.path.join(report, n)).read()) for n in names}
+        bind = not opts and servers + workers <= len(usable)
+        want = {n: [usable[j]] for j, n in enumerate(names)} if bind else {n: usable for n in names}
+        if got != want:
+            fail(f"launch_local.sh {' '.join(opts)} with {servers} + {workers} on CPUs {usable}: "
+                 f"processes could use {got}, expected {want}:\n{p.stderr}")
+        said = "bound to CPUs " + " ".join(str(c) for c in usable[:servers + workers]) if bind else "left to the kernel"
+        if said not in p.stderr:
+            fail(f"launch_local.sh did not say '{said}':\n{p.stderr}")
+        print(f"  {' '.join(opts) or 'default'}, {servers} + {workers} processes on CPUs {usable}: {got}")
 
 
 def main():

@@ -5,7 +5,7 @@
 #include <cstdio>
 #include <vector>
 
-#include "shardps/core/mpi_transport.h"
+#include "shardps/net/mpi_transport.h"
 #include "shardps/node.h"
 
 using namespace shardps;

@@ -20,7 +20,7 @@
 #include "commands.h"
 #include "launch.h"
 #include "mpi_env.h"
-#include "shardps/core/mpi_transport.h"
+#include "shardps/net/mpi_transport.h"
 #include "shardps/node.h"
 
 namespace shardps::tools {

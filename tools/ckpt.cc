@@ -11,9 +11,9 @@
 #include <string>
 
 #include "commands.h"
-#include "shardps/core/checkpoint.h"
-#include "shardps/core/file_system.h"
-#include "shardps/core/json.h"
+#include "shardps/storage/checkpoint.h"
+#include "shardps/storage/file_system.h"
+#include "shardps/base/json.h"
 
 namespace shardps::tools {
 namespace {

@@ -31,9 +31,9 @@
 #include <string>
 #include <vector>
 
-#include "shardps/core/checkpoint.h"
-#include "shardps/core/safetensors.h"
-#include "shardps/core/config.h"
+#include "shardps/storage/checkpoint.h"
+#include "shardps/storage/safetensors.h"
+#include "config.h"
 
 namespace shardps::tools {
 namespace {

@@ -8,12 +8,12 @@
 #include <iostream>
 
 #include "mpi_env.h"
-#include "shardps/core/auth.h"
-#include "shardps/core/cluster.h"
-#include "shardps/core/digest.h"
-#include "shardps/core/frame.h"
-#include "shardps/core/mpi_transport.h"
-#include "shardps/core/tcp_transport.h"
+#include "shardps/net/auth.h"
+#include "shardps/base/cluster.h"
+#include "shardps/base/digest.h"
+#include "shardps/net/frame.h"
+#include "shardps/net/mpi_transport.h"
+#include "shardps/net/tcp_transport.h"
 
 extern char** environ;
 

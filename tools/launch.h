@@ -19,9 +19,9 @@
 #include <string>
 #include <vector>
 
-#include "shardps/core/auth.h"
-#include "shardps/core/status.h"
-#include "shardps/core/transport.h"
+#include "shardps/net/auth.h"
+#include "shardps/base/status.h"
+#include "shardps/net/transport.h"
 
 namespace shardps::tools {
 

@@ -4,7 +4,7 @@
 #include <string>
 
 #include "commands.h"
-#include "shardps/core/auth.h"
+#include "shardps/net/auth.h"
 
 namespace {
 

@@ -15,10 +15,10 @@
 #include <functional>
 #include <memory>
 
-#include "shardps/core/cluster.h"
-#include "shardps/core/endpoint.h"
-#include "shardps/core/layout.h"
-#include "shardps/core/status.h"
+#include "shardps/base/cluster.h"
+#include "shardps/net/endpoint.h"
+#include "shardps/base/layout.h"
+#include "shardps/base/status.h"
 #include "shardps/ps/server.h"
 #include "shardps/worker/kv_client.h"
 

@@ -7,7 +7,7 @@
 #include <future>
 #include <map>
 
-#include "shardps/core/optimizer.h"
+#include "shardps/base/optimizer.h"
 
 namespace shardps::ps {
 

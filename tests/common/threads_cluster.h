@@ -13,8 +13,8 @@
 
 #include <boost/asio.hpp>
 
-#include "shardps/core/inproc_transport.h"
-#include "shardps/core/tcp_transport.h"
+#include "shardps/net/inproc_transport.h"
+#include "shardps/net/tcp_transport.h"
 #include "shardps/node.h"
 
 namespace shardps::testing {

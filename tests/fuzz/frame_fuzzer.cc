@@ -5,7 +5,7 @@
 #include <cstdlib>
 #include <span>
 
-#include "shardps/core/frame.h"
+#include "shardps/net/frame.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace shardps;

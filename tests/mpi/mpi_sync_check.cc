@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "shardps/core/mpi_transport.h"
+#include "shardps/net/mpi_transport.h"
 #include "shardps/node.h"
 
 using namespace shardps;

@@ -6,7 +6,7 @@
 #include <thread>
 
 #include "common/threads_cluster.h"
-#include "shardps/core/crc32c.h"
+#include "shardps/base/crc32c.h"
 
 namespace shardps {
 namespace {

@@ -10,8 +10,8 @@
 
 #include "common/scratch_dir.h"
 #include "common/threads_cluster.h"
-#include "shardps/core/checkpoint.h"
-#include "shardps/core/file_system.h"
+#include "shardps/storage/checkpoint.h"
+#include "shardps/storage/file_system.h"
 
 namespace shardps {
 namespace {

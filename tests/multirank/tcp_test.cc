@@ -6,8 +6,8 @@
 #include <mutex>
 #include <thread>
 
-#include "shardps/core/inproc_transport.h"
-#include "shardps/core/tcp_transport.h"
+#include "shardps/net/inproc_transport.h"
+#include "shardps/net/tcp_transport.h"
 #include "shardps/node.h"
 
 namespace shardps {

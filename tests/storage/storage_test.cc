@@ -17,9 +17,9 @@
 #include <thread>
 
 #include "common/scratch_dir.h"
-#include "shardps/core/checkpoint.h"
-#include "shardps/core/file_system.h"
-#include "shardps/core/safetensors.h"
+#include "shardps/storage/checkpoint.h"
+#include "shardps/storage/file_system.h"
+#include "shardps/storage/safetensors.h"
 #include "shardps/worker/data.h"
 
 namespace shardps {

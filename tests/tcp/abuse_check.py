@@ -125,7 +125,7 @@ LIMIT_NOTICE = "(further refusals are logged once per 1000)"
 SO_FAR = re.compile(r"\((\d+) refused so far\)$")
 
 
-# ---- The handshake of core/src/auth.cc, initiator side ----
+# ---- The handshake of core/net/src/auth.cc, initiator side ----
 
 def u32(v):
     return struct.pack("<I", v & 0xFFFFFFFF)

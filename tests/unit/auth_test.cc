@@ -1,4 +1,4 @@
-#include "shardps/core/auth.h"
+#include "shardps/net/auth.h"
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>

@@ -1,5 +1,5 @@
 // Cluster: role assignment (split and colocated), index lookups, invalid inputs.
-#include "shardps/core/cluster.h"
+#include "shardps/base/cluster.h"
 
 #include <gtest/gtest.h>
 

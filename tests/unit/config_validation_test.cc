@@ -6,7 +6,7 @@
 
 #include <string>
 
-#include "shardps/core/config.h"
+#include "config.h"
 
 namespace shardps {
 namespace {

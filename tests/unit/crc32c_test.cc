@@ -1,5 +1,5 @@
 // CRC32C (Castagnoli): published vectors, incremental extension, alignment and length coverage.
-#include "shardps/core/crc32c.h"
+#include "shardps/base/crc32c.h"
 
 #include <gtest/gtest.h>
 

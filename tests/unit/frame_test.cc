@@ -1,6 +1,6 @@
 // Framing: EncodeFrame / DecodeFramePrefix / DecodeFrame / VerifyPayload, round trips and every
 // malformed input the decoder has to reject without crashing.
-#include "shardps/core/frame.h"
+#include "shardps/net/frame.h"
 
 #include <gtest/gtest.h>
 
@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "shardps/core/crc32c.h"
+#include "shardps/base/crc32c.h"
 
 // ---- allocation probe: the largest single allocation made while tracking is on ----
 namespace {

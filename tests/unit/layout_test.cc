@@ -1,5 +1,5 @@
 // TableLayout: chunking, balancing, ChunksIn, digest, validation; InitializeWeights.
-#include "shardps/core/layout.h"
+#include "shardps/base/layout.h"
 
 #include <gtest/gtest.h>
 

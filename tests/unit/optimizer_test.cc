@@ -1,6 +1,6 @@
 // Optimizers: SGD, momentum, Adam and sum against hand-computed values; element-wise property;
 // AddInto; OptimizerSlots / ParseOptimizerKind / OptimizerKindName.
-#include "shardps/core/optimizer.h"
+#include "shardps/base/optimizer.h"
 
 #include <gtest/gtest.h>
 

@@ -1,5 +1,5 @@
 // Status, Result<T>, StatusCodeName, WithContext and the propagation macros.
-#include "shardps/core/status.h"
+#include "shardps/base/status.h"
 
 #include <gtest/gtest.h>
 

@@ -1,6 +1,6 @@
 #include "shardps/worker/data.h"
 
-#include "shardps/core/random.h"
+#include "shardps/base/random.h"
 
 #include <zlib.h>
 

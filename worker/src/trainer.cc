@@ -8,8 +8,8 @@
 #include <optional>
 #include <tuple>
 
-#include "shardps/core/digest.h"
-#include "shardps/core/optimizer.h"
+#include "shardps/base/digest.h"
+#include "shardps/base/optimizer.h"
 
 namespace shardps::worker {
 

@@ -3,7 +3,7 @@
 #include <thread>
 #include <vector>
 
-#include "shardps/core/inproc_transport.h"
+#include "shardps/net/inproc_transport.h"
 #include "shardps/node.h"
 
 int main() {

@@ -39,11 +39,11 @@
 #include <utility>
 #include <vector>
 
-#include "shardps/core/checkpoint.h"
-#include "shardps/core/cluster.h"
-#include "shardps/core/endpoint.h"
-#include "shardps/core/layout.h"
-#include "shardps/core/safetensors.h"
+#include "shardps/storage/checkpoint.h"
+#include "shardps/base/cluster.h"
+#include "shardps/net/endpoint.h"
+#include "shardps/base/layout.h"
+#include "shardps/storage/safetensors.h"
 
 namespace shardps::ps {
 

@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "shardps/core/status.h"
+#include "shardps/base/status.h"
 
 namespace shardps::worker {
 

@@ -29,9 +29,9 @@
 #include <unordered_map>
 #include <vector>
 
-#include "shardps/core/cluster.h"
-#include "shardps/core/endpoint.h"
-#include "shardps/core/layout.h"
+#include "shardps/base/cluster.h"
+#include "shardps/net/endpoint.h"
+#include "shardps/base/layout.h"
 
 namespace shardps::worker {
 

@@ -25,8 +25,8 @@
 #include <string>
 #include <vector>
 
-#include "shardps/core/layout.h"
-#include "shardps/core/status.h"
+#include "shardps/base/layout.h"
+#include "shardps/base/status.h"
 
 namespace shardps::worker {
 

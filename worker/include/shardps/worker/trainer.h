@@ -25,8 +25,8 @@
 #include <string>
 #include <vector>
 
-#include "shardps/core/layout.h"
-#include "shardps/core/status.h"
+#include "shardps/base/layout.h"
+#include "shardps/base/status.h"
 #include "shardps/worker/data.h"
 #include "shardps/worker/kv_client.h"
 #include "shardps/worker/model.h"

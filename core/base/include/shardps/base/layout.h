@@ -1,0 +1,113 @@
+// Tables and how they are cut into chunks and spread over servers.
+//
+//   std::vector<TableSpec> specs = {{.name = "w", .size = 1'000'000}};
+//   SHARDPS_ASSIGN_OR_RETURN(TableLayout layout, TableLayout::Create(specs, /*num_servers=*/2));
+//   for (const ChunkInfo& c : layout.ChunksIn(0, 0, 1'000'000)) { ... c.server ... }
+//
+// A dense table of n floats is cut into chunks of at most `chunk_floats` elements. Chunks of all
+// tables, in declaration order, go one by one to the server that holds the fewest bytes so far
+// (lowest index on a tie): bytes are balanced to within one chunk, a tiny table lives on one
+// server and a big one spreads over all. Every rank computes the same layout from the same specs;
+// workers prove it to servers with digest().
+// Thread safety: immutable after construction.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "shardps/base/status.h"
+
+namespace shardps {
+
+enum class OptimizerKind {
+  kSgd,
+  kMomentum,
+  kAdam,
+  kSum,  // the table holds the sum of the last step's pushes (reductions, model averaging)
+};
+
+// Applied by the server once per step to the sum of the workers' gradients.
+struct OptimizerConfig {
+  OptimizerKind kind = OptimizerKind::kSgd;
+  float learning_rate = 0.01f;
+  float momentum = 0.9f;       // kMomentum: v = momentum*v + (g + wd*w); w -= lr*v
+  float beta1 = 0.9f;          // kAdam
+  float beta2 = 0.999f;        // kAdam
+  float epsilon = 1e-8f;       // kAdam
+  float weight_decay = 0.0f;   // added to the gradient as weight_decay * w
+};
+
+// Number of optimizer state floats kept per weight.
+int OptimizerSlots(OptimizerKind kind);
+Result<OptimizerKind> ParseOptimizerKind(const std::string& name);
+std::string_view OptimizerKindName(OptimizerKind kind);
+
+enum class InitKind { kZeros, kConstant, kUniform, kNormal };
+
+// Initial weights, a pure function of (seed, table id, global index): the same on any number of
+// servers.
+struct TableInit {
+  InitKind kind = InitKind::kZeros;
+  float value = 0.0f;                 // kConstant
+  float low = -0.05f, high = 0.05f;   // kUniform
+  float stddev = 0.01f;               // kNormal
+  uint64_t seed = 0;
+};
+
+struct TableSpec {
+  std::string name;
+  uint64_t size = 0;  // floats
+  TableInit init;
+  OptimizerConfig optimizer;
+};
+
+struct ChunkInfo {
+  uint32_t table = 0;
+  uint32_t index = 0;   // chunk index within its table
+  uint64_t begin = 0;   // global element offsets in the table, half-open
+  uint64_t end = 0;
+  int server = 0;       // server index (not rank)
+  uint64_t size() const { return end - begin; }
+};
+
+struct LayoutOptions {
+  uint64_t chunk_floats = 256 * 1024;  // 1 MiB chunks
+};
+
+class TableLayout {
+ public:
+  static Result<TableLayout> Create(std::vector<TableSpec> specs, int num_servers,
+                                    const LayoutOptions& options = {});
+
+  int num_servers() const { return num_servers_; }
+  uint64_t chunk_floats() const { return chunk_floats_; }
+  size_t num_tables() const { return specs_.size(); }
+  const TableSpec& table(uint32_t id) const { return specs_.at(id); }
+  const std::vector<TableSpec>& tables() const { return specs_; }
+  Result<uint32_t> FindTable(const std::string& name) const;
+
+  // All chunks of table `id`, in key order.
+  std::span<const ChunkInfo> chunks(uint32_t table) const;
+  // The chunks overlapping [begin, end) of `table` (their full extents).
+  std::span<const ChunkInfo> ChunksIn(uint32_t table, uint64_t begin, uint64_t end) const;
+  // Index of the chunk of `table` that holds element `key`.
+  uint32_t ChunkOf(uint32_t table, uint64_t key) const { return static_cast<uint32_t>(key / chunk_floats_); }
+  // Bytes of weights each server holds (optimizer state not counted).
+  std::vector<uint64_t> BytesPerServer() const;
+  // A digest of specs, chunking and assignment; two ranks agree on the layout iff digests match.
+  uint64_t digest() const { return digest_; }
+
+ private:
+  int num_servers_ = 0;
+  uint64_t chunk_floats_ = 0;
+  uint64_t digest_ = 0;
+  std::vector<TableSpec> specs_;
+  std::vector<std::vector<ChunkInfo>> chunks_;
+};
+
+// Writes the initial values of elements [begin, begin + out.size()) of table `table_id`.
+void InitializeWeights(const TableInit& init, uint32_t table_id, uint64_t begin, std::span<float> out);
+
+}  // namespace shardps

@@ -1,0 +1,644 @@
+#include "shardps/storage/checkpoint.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <optional>
+#include <cctype>
+#include <ctime>
+#include <thread>
+
+#include "shardps/base/crc32c.h"
+#include "shardps/storage/file_system.h"
+
+namespace shardps {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string Errno(const std::string& what) { return what + ": " + std::strerror(errno); }
+
+Status SyncDir(FileSystem& fsys, const std::string& dir) {
+  const int e = fsys.SyncDir(dir);
+  return e == 0 ? Status::Ok() : IoError("fsync directory '" + dir + "': " + ErrnoText(e));
+}
+
+// [CRC32C little-endian][message]
+Status WriteMessage(FileSystem& fsys, const std::string& path, const google::protobuf::MessageLite& m,
+                    const CheckpointFaultHook& fault = nullptr) {
+  std::string body = m.SerializeAsString();
+  uint32_t crc = Crc32c(body.data(), body.size());
+  uint8_t head[4] = {uint8_t(crc), uint8_t(crc >> 8), uint8_t(crc >> 16), uint8_t(crc >> 24)};
+  return WriteFileAtomically(fsys, path, {std::span<const uint8_t>(head, 4),
+                                std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(body.data()), body.size())},
+                         fault);
+}
+
+Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes) {
+  std::error_code ec;
+  const auto size = fs::file_size(path, ec);
+  if (ec) return NotFound("'" + path + "': " + ec.message());
+  if (size > max_bytes) return DataLoss("'" + path + "' has " + std::to_string(size) + " bytes, more than " + std::to_string(max_bytes));
+  std::string out(size, '\0');
+  int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) return IoError(Errno("open '" + path + "'"));
+  size_t done = 0;
+  while (done < size) {
+    ssize_t n = ::read(fd, out.data() + done, size - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      ::close(fd);
+      return IoError(Errno("read '" + path + "'"));
+    }
+    done += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  return out;
+}
+
+template <typename M>
+Result<M> ReadMessage(const std::string& path) {
+  SHARDPS_ASSIGN_OR_RETURN(std::string raw, ReadFile(path, uint64_t{64} << 20));
+  if (raw.size() < 4) return DataLoss("'" + path + "' is truncated (" + std::to_string(raw.size()) + " bytes)");
+  const auto* p = reinterpret_cast<const uint8_t*>(raw.data());
+  const uint32_t crc = p[0] | (p[1] << 8) | (p[2] << 16) | (uint32_t{p[3]} << 24);
+  if (Crc32c(raw.data() + 4, raw.size() - 4) != crc) return DataLoss("'" + path + "': CRC32C mismatch");
+  M m;
+  if (!m.ParseFromArray(raw.data() + 4, static_cast<int>(raw.size() - 4))) return DataLoss("'" + path + "' does not parse");
+  return m;
+}
+
+bool ParseVersionName(const std::string& name, uint64_t* v) {
+  if (name.size() != 9 || name[0] != 'v') return false;
+  uint64_t x = 0;
+  for (size_t i = 1; i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9') return false;
+    x = x * 10 + (name[i] - '0');
+  }
+  *v = x;
+  return true;
+}
+
+std::string ShardName(uint32_t server, const char* ext) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "shard-%05u.%s", server, ext);
+  return buf;
+}
+
+}  // namespace
+
+std::string CheckpointVersionDir(const std::string& dir, uint64_t version) {
+  char buf[16];
+  std::snprintf(buf, sizeof(buf), "v%08llu", static_cast<unsigned long long>(version));
+  return (fs::path(dir) / buf).string();
+}
+
+Result<uint64_t> NextCheckpointVersion(FileSystem& fsys, const std::string& dir) {
+  SHARDPS_RETURN_IF_ERROR(EnsureDirectory(fsys, dir, "checkpoint directory"));
+  std::error_code ec;
+  uint64_t next = 1;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    uint64_t v;
+    if (ParseVersionName(e.path().filename().string(), &v)) next = std::max(next, v + 1);
+  }
+  if (ec) return IoError("cannot list '" + dir + "': " + ec.message());
+  return next;
+}
+
+Status CreateCheckpointVersionDir(FileSystem& fsys, const std::string& version_dir) {
+  const int e = fsys.MakeDir(version_dir);
+  if (e != 0) return IoError("cannot create '" + version_dir + "': " + ErrnoText(e));
+  Status s = SyncDir(fsys, fs::path(version_dir).parent_path().string());
+  if (!s.ok()) fsys.Remove(version_dir);
+  return s;
+}
+
+Status AbandonCheckpointVersion(FileSystem& fsys, const std::string& version_dir) {
+  SHARDPS_RETURN_IF_ERROR(RemoveTree(fsys, version_dir));
+  return SyncDir(fsys, fs::path(version_dir).parent_path().string());
+}
+
+Result<ckpt::ShardInfo> WriteShard(const std::string& version_dir, uint32_t server, uint64_t step,
+                                   const std::vector<ChunkToSave>& chunks, const CheckpointFaultHook& fault) {
+  PosixFileSystem posix;
+  return WriteShard(posix, version_dir, server, step, chunks, fault);
+}
+
+Result<ckpt::ShardInfo> WriteShard(FileSystem& fsys, const std::string& version_dir, uint32_t server, uint64_t step,
+                                   const std::vector<ChunkToSave>& chunks, const CheckpointFaultHook& fault) {
+  ckpt::ShardInfo info;
+  info.set_server(server);
+  info.set_file(ShardName(server, "bin"));
+  info.set_step(step);
+  std::vector<std::span<const uint8_t>> parts;
+  uint64_t offset = 0;
+  uint32_t file_crc = 0;
+  for (const ChunkToSave& c : chunks) {
+    auto bytes = std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(c.data.data()), c.data.size() * sizeof(float));
+    ckpt::ChunkEntry* e = info.add_chunks();
+    e->set_table(c.table);
+    e->set_begin(c.begin);
+    e->set_end(c.end);
+    e->set_offset(offset);
+    e->set_bytes(bytes.size());
+    e->set_crc32c(Crc32c(bytes.data(), bytes.size()));
+    file_crc = Crc32cExtend(file_crc, bytes.data(), bytes.size());
+    parts.push_back(bytes);
+    offset += bytes.size();
+  }
+  info.set_bytes(offset);
+  info.set_crc32c(file_crc);
+  const std::string dir = version_dir;
+  const auto t0 = std::chrono::steady_clock::now();
+  SHARDPS_RETURN_IF_ERROR(WriteFileAtomically(fsys, (fs::path(dir) / info.file()).string(), parts, fault));
+  info.set_write_micros(static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count()));
+  SHARDPS_RETURN_IF_ERROR(WriteMessage(fsys, (fs::path(dir) / ShardName(server, "info")).string(), info, fault));
+  if (fault) fault("shard-written:" + version_dir);
+  return info;
+}
+
+Status CommitManifest(FileSystem& fsys, const std::string& version_dir, ckpt::Manifest* m, uint32_t expected_shards,
+                      const CheckpointFaultHook& fault) {
+  ckpt::Manifest& manifest = *m;
+  manifest.clear_shards();
+  for (uint32_t s = 0; s < expected_shards; ++s) {
+    SHARDPS_ASSIGN_OR_RETURN(ckpt::ShardInfo info,
+                             ReadMessage<ckpt::ShardInfo>((fs::path(version_dir) / ShardName(s, "info")).string()));
+    if (info.step() != manifest.step()) {
+      return DataLoss("shard " + std::to_string(s) + " of '" + version_dir + "' is at step " + std::to_string(info.step()) +
+                      ", the checkpoint at step " + std::to_string(manifest.step()));
+    }
+    *manifest.add_shards() = std::move(info);
+  }
+  manifest.set_created_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch()).count());
+  return WriteMessage(fsys, (fs::path(version_dir) / "MANIFEST").string(), manifest, fault);
+}
+
+Status VerifyCheckpoint(CheckpointVersion* v) {
+  auto m = ReadMessage<ckpt::Manifest>((fs::path(v->path) / "MANIFEST").string());
+  if (!m.ok()) return m.status().code() == StatusCode::kNotFound ? NotFound("no MANIFEST (incomplete checkpoint)") : m.status();
+  v->manifest = std::move(*m);
+  v->bytes = 0;
+  if (v->manifest.version() != v->version) {
+    return DataLoss("MANIFEST names version " + std::to_string(v->manifest.version()));
+  }
+  for (const auto& shard : v->manifest.shards()) {
+    if (shard.step() != v->manifest.step()) {
+      return DataLoss("shard " + shard.file() + " is at step " + std::to_string(shard.step()) + ", the manifest at step " +
+                      std::to_string(v->manifest.step()));
+    }
+    const std::string path = (fs::path(v->path) / shard.file()).string();
+    SHARDPS_ASSIGN_OR_RETURN(std::string data, ReadFile(path, uint64_t{1} << 40));
+    if (data.size() != shard.bytes()) {
+      return DataLoss("'" + path + "' has " + std::to_string(data.size()) + " bytes, the manifest says " +
+                      std::to_string(shard.bytes()));
+    }
+    if (Crc32c(data.data(), data.size()) != shard.crc32c()) {
+      // Name the chunk that is damaged when one is.
+      for (const auto& c : shard.chunks()) {
+        if (c.offset() + c.bytes() > data.size() || Crc32c(data.data() + c.offset(), c.bytes()) != c.crc32c()) {
+          return DataLoss("'" + path + "': chunk [" + std::to_string(c.begin()) + "," + std::to_string(c.end()) + ") of table " +
+                          std::to_string(c.table()) + " at byte offset " + std::to_string(c.offset()) + " fails its CRC32C");
+        }
+      }
+      return DataLoss("'" + path + "' fails its CRC32C");
+    }
+    for (const auto& c : shard.chunks()) {
+      if (c.offset() + c.bytes() > data.size()) {
+        return DataLoss("'" + path + "': chunk [" + std::to_string(c.begin()) + "," + std::to_string(c.end()) + ") of table " +
+                        std::to_string(c.table()) + " at byte offset " + std::to_string(c.offset()) + " lies outside the file");
+      }
+    }
+    v->bytes += data.size();
+  }
+  return Status::Ok();
+}
+
+std::vector<CheckpointVersion> ListCheckpoints(const std::string& dir, bool verify) {
+  std::vector<CheckpointVersion> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    uint64_t v;
+    if (!e.is_directory() || !ParseVersionName(e.path().filename().string(), &v)) continue;
+    CheckpointVersion cv;
+    cv.version = v;
+    cv.path = e.path().string();
+    if (verify) {
+      cv.status = VerifyCheckpoint(&cv);
+    } else {
+      auto m = ReadMessage<ckpt::Manifest>((e.path() / "MANIFEST").string());
+      if (m.ok()) cv.manifest = std::move(*m);
+      else cv.status = m.status();
+    }
+    out.push_back(std::move(cv));
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.version < b.version; });
+  return out;
+}
+
+namespace {
+
+Result<CheckpointVersion> LoadVersion(const std::string& dir, uint64_t v, const std::string& label) {
+  std::error_code ec;
+  CheckpointVersion cv;
+  cv.version = v;
+  cv.path = CheckpointVersionDir(dir, v);
+  if (!fs::is_directory(cv.path, ec)) return NotFound("checkpoint " + label + " does not exist in '" + dir + "'");
+  cv.status = VerifyCheckpoint(&cv);
+  if (!cv.status.ok()) return cv.status.WithContext("checkpoint " + label + " in '" + dir + "' is not valid");
+  return cv;
+}
+
+bool IsNumber(const std::string& s) { return !s.empty() && s.size() <= 18 && s.find_first_not_of("0123456789") == std::string::npos; }
+
+Result<uint64_t> VersionOf(const std::string& dir, const std::string& which) {
+  if (IsNumber(which)) return std::stoull(which);
+  SHARDPS_ASSIGN_OR_RETURN(CheckpointTags tags, ReadCheckpointTags(dir));
+  for (const auto& [t, v] : tags) if (t == which) return v;
+  return NotFound("no checkpoint version or tag '" + which + "' in '" + dir + "'");
+}
+
+Result<std::optional<uint64_t>> ReadHead(const std::string& dir) {
+  const std::string path = (fs::path(dir) / "HEAD").string();
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return std::optional<uint64_t>();
+  SHARDPS_ASSIGN_OR_RETURN(std::string raw, ReadFile(path, 64));
+  while (!raw.empty() && (raw.back() == '\n' || raw.back() == ' ')) raw.pop_back();
+  if (!IsNumber(raw)) return DataLoss("'" + path + "' does not hold a version number");
+  return std::optional<uint64_t>(std::stoull(raw));
+}
+
+Status WriteText(FileSystem& fsys, const std::string& path, const std::string& text) {
+  return WriteFileAtomically(fsys, path, {std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size())});
+}
+
+bool ValidTagName(const std::string& t) {
+  if (t.empty() || t.size() > 64 || IsNumber(t)) return false;
+  for (char c : t) if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) return false;
+  return true;
+}
+
+}  // namespace
+
+CheckpointSpec ParseCheckpointSpec(const std::string& spec) {
+  std::error_code ec;
+  // An existing directory is taken whole, '@' in its name or not.
+  if (fs::is_directory(spec, ec)) return {spec, ""};
+  const size_t at = spec.rfind('@');
+  if (at == std::string::npos || at == 0) return {spec, ""};
+  const std::string which = spec.substr(at + 1);
+  if (!IsNumber(which) && !ValidTagName(which)) return {spec, ""};
+  return {spec.substr(0, at), which};
+}
+
+Result<CheckpointVersion> ResolveCheckpoint(const std::string& spec, const std::function<void(const std::string&)>& warn) {
+  const CheckpointSpec parsed = ParseCheckpointSpec(spec);
+  const std::string& dir = parsed.dir;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) {
+    return NotFound("checkpoint directory '" + dir + "' does not exist" +
+                    (parsed.which.empty() ? "" : " (read '" + spec + "' as version or tag '" + parsed.which + "' of it)"));
+  }
+  if (!parsed.which.empty()) {
+    const std::string& which = parsed.which;
+    SHARDPS_ASSIGN_OR_RETURN(uint64_t v, VersionOf(dir, which));
+    return LoadVersion(dir, v, IsNumber(which) ? "version " + which : "'" + which + "' (version " + std::to_string(v) + ")");
+  }
+  SHARDPS_ASSIGN_OR_RETURN(std::optional<uint64_t> head, ReadHead(dir));
+  if (head) return LoadVersion(dir, *head, "version " + std::to_string(*head) + " (rolled back to)");
+  // Newest first; only as many versions are read and verified as it takes to find a valid one.
+  auto all = ListCheckpoints(dir, /*verify=*/false);
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    it->status = VerifyCheckpoint(&*it);
+    if (it->status.ok()) return std::move(*it);
+    if (warn) warn("skipping checkpoint " + it->path + ": " + it->status.message());
+  }
+  return NotFound("no valid checkpoint in '" + dir + "'");
+}
+
+Result<AutoResume> ResolveCheckpointAuto(const std::string& dir, const std::function<void(const std::string&)>& warn) {
+  std::error_code ec;
+  AutoResume out;
+  if (!fs::exists(dir, ec)) {
+    out.why = "checkpoint directory '" + dir + "' does not exist yet";
+    return out;
+  }
+  if (!fs::is_directory(dir, ec)) return FailedPrecondition("checkpoint directory '" + dir + "' is not a directory");
+  SHARDPS_ASSIGN_OR_RETURN(std::optional<uint64_t> head, ReadHead(dir));
+  if (head) {  // an operator's rollback is obeyed strictly
+    SHARDPS_ASSIGN_OR_RETURN(CheckpointVersion v, LoadVersion(dir, *head, "version " + std::to_string(*head) + " (rolled back to)"));
+    out.version = std::move(v);
+    return out;
+  }
+  auto all = ListCheckpoints(dir, /*verify=*/false);
+  std::string incomplete, broken;
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    it->status = VerifyCheckpoint(&*it);
+    if (it->status.ok()) {
+      out.version = std::move(*it);
+      return out;
+    }
+    const bool has_manifest = fs::exists(fs::path(it->path) / "MANIFEST", ec);
+    std::string& list = has_manifest ? broken : incomplete;
+    list += (list.empty() ? "" : ", ") + fs::path(it->path).filename().string();
+    if (has_manifest) list += " (" + it->status.message() + ")";
+    if (warn) warn("skipping checkpoint " + it->path + ": " + it->status.message());
+  }
+  if (!broken.empty()) {
+    // Committed checkpoints that fail verification are damage, not a first run: never trained over.
+    return DataLoss("checkpoint directory '" + dir + "' holds committed checkpoints but none is valid: " + broken +
+                    "; refusing to start fresh over them (inspect with shardps ckpt verify, then remove them or move the "
+                    "directory away)");
+  }
+  out.why = all.empty() ? "checkpoint directory '" + dir + "' holds no checkpoint"
+                        : "checkpoint directory '" + dir + "' holds only incomplete versions (" + incomplete + ", no MANIFEST)";
+  return out;
+}
+
+Result<CheckpointTags> ReadCheckpointTags(const std::string& dir) {
+  CheckpointTags tags;
+  const std::string path = (fs::path(dir) / "TAGS").string();
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return tags;
+  SHARDPS_ASSIGN_OR_RETURN(std::string raw, ReadFile(path, 1 << 20));
+  size_t line_no = 0;
+  for (size_t b = 0; b < raw.size();) {
+    size_t e = raw.find('\n', b);
+    if (e == std::string::npos) e = raw.size();
+    std::string line = raw.substr(b, e - b);
+    b = e + 1;
+    ++line_no;
+    if (line.empty()) continue;
+    const size_t sp = line.find(' ');
+    if (sp == std::string::npos || !IsNumber(line.substr(sp + 1)) || !ValidTagName(line.substr(0, sp))) {
+      return DataLoss("'" + path + "':" + std::to_string(line_no) + ": expected '<tag> <version>'");
+    }
+    tags.emplace_back(line.substr(0, sp), std::stoull(line.substr(sp + 1)));
+  }
+  std::sort(tags.begin(), tags.end());
+  return tags;
+}
+
+static Status WriteTags(FileSystem& fsys, const std::string& dir, const CheckpointTags& tags) {
+  std::string text;
+  for (const auto& [t, v] : tags) text += t + " " + std::to_string(v) + "\n";
+  return WriteText(fsys, (fs::path(dir) / "TAGS").string(), text);
+}
+
+Status TagCheckpoint(FileSystem& fsys, const std::string& dir, uint64_t version, const std::string& tag) {
+  if (!ValidTagName(tag)) return InvalidArgument("tag '" + tag + "': use letters, digits, '-', '_' or '.', not only digits");
+  SHARDPS_RETURN_IF_ERROR(LoadVersion(dir, version, "version " + std::to_string(version)).status());
+  SHARDPS_ASSIGN_OR_RETURN(CheckpointTags tags, ReadCheckpointTags(dir));
+  std::erase_if(tags, [&](const auto& p) { return p.first == tag; });
+  tags.emplace_back(tag, version);
+  std::sort(tags.begin(), tags.end());
+  return WriteTags(fsys, dir, tags);
+}
+
+Status UntagCheckpoint(FileSystem& fsys, const std::string& dir, const std::string& tag) {
+  SHARDPS_ASSIGN_OR_RETURN(CheckpointTags tags, ReadCheckpointTags(dir));
+  const size_t before = tags.size();
+  std::erase_if(tags, [&](const auto& p) { return p.first == tag; });
+  if (tags.size() == before) return NotFound("no tag '" + tag + "' in '" + dir + "'");
+  return WriteTags(fsys, dir, tags);
+}
+
+Result<uint64_t> RollbackCheckpoint(FileSystem& fsys, const std::string& dir, const std::string& spec) {
+  SHARDPS_ASSIGN_OR_RETURN(uint64_t v, VersionOf(dir, spec));
+  SHARDPS_RETURN_IF_ERROR(LoadVersion(dir, v, "version " + std::to_string(v)).status());
+  SHARDPS_RETURN_IF_ERROR(WriteText(fsys, (fs::path(dir) / "HEAD").string(), std::to_string(v) + "\n"));
+  return v;
+}
+
+Status ClearCheckpointHead(FileSystem& fsys, const std::string& dir) {
+  const std::string path = (fs::path(dir) / "HEAD").string();
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return Status::Ok();
+  const int e = fsys.Remove(path);
+  if (e != 0 && e != ENOENT) return IoError("cannot remove '" + path + "': " + ErrnoText(e));
+  return SyncDir(fsys, dir);
+}
+
+Result<GcReport> CollectCheckpointGarbage(FileSystem& fsys, const std::string& dir, uint64_t keep_last, uint64_t max_bytes) {
+  auto all = ListCheckpoints(dir, /*verify=*/true);
+  SHARDPS_ASSIGN_OR_RETURN(CheckpointTags tags, ReadCheckpointTags(dir));
+  SHARDPS_ASSIGN_OR_RETURN(std::optional<uint64_t> head, ReadHead(dir));
+  // Sizes on disk, whatever the state of the version.
+  std::vector<uint64_t> bytes(all.size(), 0);
+  uint64_t total = 0;
+  for (size_t i = 0; i < all.size(); ++i) {
+    std::error_code ec;
+    for (const auto& e : fs::recursive_directory_iterator(all[i].path, ec)) {
+      if (e.is_regular_file(ec)) bytes[i] += e.file_size(ec);
+    }
+    total += bytes[i];
+  }
+  int64_t newest_valid = -1;
+  for (size_t i = 0; i < all.size(); ++i) if (all[i].status.ok()) newest_valid = static_cast<int64_t>(i);
+  auto is_protected = [&](size_t i) {
+    if (static_cast<int64_t>(i) >= newest_valid) return true;  // the newest valid one, and any being written
+    for (const auto& [t, v] : tags) if (v == all[i].version) return true;
+    return head && *head == all[i].version;
+  };
+  // Valid versions kept by the count rule: the newest keep_last.
+  std::vector<bool> over_count(all.size(), false);
+  if (keep_last > 0) {
+    uint64_t seen = 0;
+    for (int64_t i = static_cast<int64_t>(all.size()) - 1; i >= 0; --i) {
+      if (!all[i].status.ok()) continue;
+      if (++seen > keep_last) over_count[i] = true;
+    }
+  }
+  GcReport report;
+  auto remove = [&](size_t i) -> Status {
+    // A version another process deleted meanwhile is simply gone: not an error.
+    SHARDPS_RETURN_IF_ERROR(RemoveTree(fsys, all[i].path));
+    report.deleted.push_back(all[i].version);
+    report.bytes_freed += bytes[i];
+    total -= bytes[i];
+    bytes[i] = 0;
+    return Status::Ok();
+  };
+  // Broken older versions first, then the count rule, then the byte budget, oldest first.
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (!is_protected(i) && (!all[i].status.ok() || over_count[i])) SHARDPS_RETURN_IF_ERROR(remove(i));
+  }
+  if (max_bytes > 0) {
+    for (size_t i = 0; i < all.size() && total > max_bytes; ++i) {
+      if (bytes[i] > 0 && !is_protected(i)) SHARDPS_RETURN_IF_ERROR(remove(i));
+    }
+  }
+  if (!report.deleted.empty()) SHARDPS_RETURN_IF_ERROR(SyncDir(fsys, dir));
+  std::sort(report.deleted.begin(), report.deleted.end());
+  report.bytes_kept = total;
+  return report;
+}
+
+// ---- locks ----
+
+namespace {
+
+const char* LockFileName(CheckpointDirLock::Kind kind) {
+  return kind == CheckpointDirLock::Kind::kWriter ? "LOCK" : "REGISTRY.LOCK";
+}
+
+std::string ReadHolder(int fd) {
+  char buf[512];
+  const ssize_t n = ::pread(fd, buf, sizeof(buf) - 1, 0);
+  std::string s = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "";
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ' || s.back() == '\0')) s.pop_back();
+  return s;
+}
+
+std::string DescribeMe(const std::string& purpose) {
+  char host[256] = {0};
+  if (::gethostname(host, sizeof(host) - 1) != 0) std::snprintf(host, sizeof(host), "unknown");
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  ::gmtime_r(&now, &tm);
+  char when[32];
+  std::strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", &tm);
+  return "pid " + std::to_string(::getpid()) + " on host " + host + ", since " + when + " (" + purpose + ")";
+}
+
+}  // namespace
+
+Result<CheckpointDirLock> CheckpointDirLock::Acquire(const std::string& dir, Kind kind, const std::string& purpose,
+                                                     std::chrono::milliseconds wait) {
+  const std::string path = (fs::path(dir) / LockFileName(kind)).string();
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return IoError(Errno("cannot open lock file '" + path + "'"));
+  const auto deadline = std::chrono::steady_clock::now() + wait;
+  for (;;) {
+    if (::flock(fd, LOCK_EX | LOCK_NB) == 0) break;
+    if (errno != EWOULDBLOCK && errno != EINTR) {
+      Status s = IoError(Errno("cannot lock '" + path + "'"));
+      ::close(fd);
+      return s;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      std::string holder = ReadHolder(fd);
+      ::close(fd);
+      if (holder.empty()) holder = "another process (it has not written its name yet)";
+      if (kind == Kind::kWriter) {
+        return FailedPrecondition("checkpoint directory '" + dir + "' is in use by another writer: " + holder +
+                                  "; two jobs must not write to one checkpoint directory (give this one another "
+                                  "--checkpoint-dir, or stop that job)");
+      }
+      return DeadlineExceeded("checkpoint directory '" + dir + "' is busy: its registry lock is held by " + holder +
+                              "; gave up after " + std::to_string(wait.count()) + " ms");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  // The lock is ours. A holder that released it cleanly left the file empty; any text left is the
+  // record of a process that died holding it (the kernel released its lock).
+  CheckpointDirLock lock;
+  lock.fd_ = fd;
+  lock.taken_over_ = ReadHolder(fd);
+  const std::string me = DescribeMe(purpose) + "\n";
+  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, me.data(), me.size(), 0) != static_cast<ssize_t>(me.size())) {
+    return IoError(Errno("cannot write lock file '" + path + "'"));  // the destructor releases the lock
+  }
+  return lock;
+}
+
+std::string CheckpointDirLock::Holder(const std::string& dir, Kind kind) {
+  const std::string path = (fs::path(dir) / LockFileName(kind)).string();
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return "";
+  std::string holder;
+  if (::flock(fd, LOCK_SH | LOCK_NB) != 0) {
+    holder = ReadHolder(fd);
+    if (holder.empty()) holder = "another process";
+  }
+  ::close(fd);  // releases the shared probe lock if it was taken
+  return holder;
+}
+
+CheckpointDirLock::CheckpointDirLock(CheckpointDirLock&& o) noexcept : fd_(o.fd_), taken_over_(std::move(o.taken_over_)) {
+  o.fd_ = -1;
+}
+
+CheckpointDirLock& CheckpointDirLock::operator=(CheckpointDirLock&& o) noexcept {
+  if (this != &o) {
+    Release();
+    fd_ = o.fd_;
+    taken_over_ = std::move(o.taken_over_);
+    o.fd_ = -1;
+  }
+  return *this;
+}
+
+CheckpointDirLock::~CheckpointDirLock() { Release(); }
+
+void CheckpointDirLock::Release() {
+  if (fd_ < 0) return;
+  // Empty means "released cleanly"; then unlock (close also would).
+  if (::ftruncate(fd_, 0) != 0) { /* the next holder then reports a take-over: harmless */ }
+  ::flock(fd_, LOCK_UN);
+  ::close(fd_);
+  fd_ = -1;
+}
+
+Result<uint32_t> CheckpointReader::FindTable(const std::string& name, uint64_t size, uint32_t slots) const {
+  for (int t = 0; t < v_.manifest.tables_size(); ++t) {
+    const auto& ti = v_.manifest.tables(t);
+    if (ti.name() != name) continue;
+    if (ti.size() != size) {
+      return InvalidArgument("checkpoint table '" + name + "' has " + std::to_string(ti.size()) + " elements, the model " +
+                             std::to_string(size));
+    }
+    if (ti.slots() != slots) {
+      return InvalidArgument("checkpoint table '" + name + "' was saved with " + std::to_string(ti.slots()) +
+                             " optimizer slots per weight (" + ti.optimizer() + "), this run has " + std::to_string(slots));
+    }
+    return static_cast<uint32_t>(t);
+  }
+  return NotFound("checkpoint " + v_.path + " has no table '" + name + "'");
+}
+
+Status CheckpointReader::Read(uint32_t table, uint64_t begin, uint64_t end, std::span<float> weights, std::span<float> slots) {
+  const uint32_t nslots = v_.manifest.tables(table).slots();
+  const uint64_t n = end - begin;
+  uint64_t covered = 0;
+  for (const auto& shard : v_.manifest.shards()) {
+    const std::string path = (fs::path(v_.path) / shard.file()).string();
+    for (const auto& c : shard.chunks()) {
+      if (c.table() != table || c.end() <= begin || c.begin() >= end) continue;
+      const uint64_t size = c.end() - c.begin();
+      if (c.bytes() != size * 4 * (1 + nslots)) return DataLoss("'" + path + "': chunk entry size mismatch");
+      std::vector<float> buf(size * (1 + nslots));
+      int fd = ::open(path.c_str(), O_RDONLY);
+      if (fd < 0) return IoError(Errno("open '" + path + "'"));
+      ssize_t got = ::pread(fd, buf.data(), c.bytes(), static_cast<off_t>(c.offset()));
+      ::close(fd);
+      if (got != static_cast<ssize_t>(c.bytes())) return DataLoss("'" + path + "': short read at byte offset " + std::to_string(c.offset()));
+      if (Crc32c(buf.data(), c.bytes()) != c.crc32c()) {
+        return DataLoss("'" + path + "': chunk at byte offset " + std::to_string(c.offset()) + " fails its CRC32C");
+      }
+      const uint64_t lo = std::max(begin, c.begin()), hi = std::min(end, c.end());
+      std::memcpy(weights.data() + (lo - begin), buf.data() + (lo - c.begin()), (hi - lo) * sizeof(float));
+      for (uint32_t k = 0; k < nslots; ++k) {
+        std::memcpy(slots.data() + k * n + (lo - begin), buf.data() + size * (1 + k) + (lo - c.begin()), (hi - lo) * sizeof(float));
+      }
+      covered += hi - lo;
+    }
+  }
+  if (covered != n) {
+    return DataLoss("checkpoint " + v_.path + " covers " + std::to_string(covered) + " of elements [" + std::to_string(begin) +
+                    "," + std::to_string(end) + ") of table " + std::to_string(table));
+  }
+  return Status::Ok();
+}
+
+}  // namespace shardps

@@ -1,0 +1,252 @@
+#include "config.h"
+
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/text_format.h>
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+namespace shardps {
+namespace {
+
+namespace pb = google::protobuf;
+
+// Collects text-format errors as "file:line:column: message".
+class ErrorCollector : public pb::io::ErrorCollector {
+ public:
+  explicit ErrorCollector(std::string source) : source_(std::move(source)) {}
+  void AddError(int line, pb::io::ColumnNumber column, const std::string& message) override {
+    if (!errors_.empty()) errors_ += "; ";
+    errors_ += source_ + ":" + std::to_string(line + 1) + ":" + std::to_string(column + 1) + ": " + message;
+  }
+  void AddWarning(int line, pb::io::ColumnNumber column, const std::string& message) override {}
+  const std::string& errors() const { return errors_; }
+
+ private:
+  std::string source_;
+  std::string errors_;
+};
+
+}  // namespace
+
+Result<config::TrainConfig> ParseTrainConfig(const std::string& text, const std::string& source) {
+  config::TrainConfig c;
+  pb::TextFormat::Parser parser;
+  ErrorCollector errors(source);
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(text, &c)) {
+    return InvalidArgument("config " + (errors.errors().empty() ? source + ": could not parse" : errors.errors()));
+  }
+  return c;
+}
+
+Result<config::TrainConfig> LoadTrainConfig(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return NotFound("config file '" + path + "' cannot be opened");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) return IoError("reading config file '" + path + "' failed");
+  return ParseTrainConfig(ss.str(), path);
+}
+
+Status ApplyConfigOverride(config::TrainConfig* c, const std::string& assignment) {
+  const size_t eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0) {
+    return InvalidArgument("override '" + assignment + "' is not of the form key=value");
+  }
+  const std::string key = assignment.substr(0, eq);
+  const std::string value = assignment.substr(eq + 1);
+  // Walk the dotted path to find the field and its type.
+  std::vector<std::string> parts;
+  for (size_t b = 0;;) {
+    size_t d = key.find('.', b);
+    parts.push_back(key.substr(b, d == std::string::npos ? std::string::npos : d - b));
+    if (d == std::string::npos) break;
+    b = d + 1;
+  }
+  const pb::Descriptor* desc = c->GetDescriptor();
+  const pb::FieldDescriptor* field = nullptr;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    field = desc->FindFieldByName(parts[i]);
+    if (!field) return InvalidArgument("unknown config key '" + key + "' (no field '" + parts[i] + "' in " + desc->name() + ")");
+    if (i + 1 < parts.size()) {
+      if (field->type() != pb::FieldDescriptor::TYPE_MESSAGE) {
+        return InvalidArgument("config key '" + key + "': '" + parts[i] + "' is not a message");
+      }
+      desc = field->message_type();
+    }
+  }
+  if (field->type() == pb::FieldDescriptor::TYPE_MESSAGE) {
+    return InvalidArgument("config key '" + key + "' names a message; set one of its fields");
+  }
+  // Build a text-format fragment "a { b: v }" and merge it: the parser checks the value's type.
+  auto quote = [&](const std::string& v) {
+    if (field->type() != pb::FieldDescriptor::TYPE_STRING) return v;
+    std::string q = "\"";
+    for (char ch : v) {
+      if (ch == '"' || ch == '\\') q += '\\';
+      q += ch;
+    }
+    return q + "\"";
+  };
+  std::string inner;
+  if (field->is_repeated()) {
+    std::string list;
+    for (size_t b = 0; b <= value.size();) {
+      size_t d = value.find(',', b);
+      std::string item = value.substr(b, d == std::string::npos ? std::string::npos : d - b);
+      if (!item.empty()) list += (list.empty() ? "" : ", ") + quote(item);
+      if (d == std::string::npos) break;
+      b = d + 1;
+    }
+    inner = parts.back() + ": [" + list + "]";
+  } else {
+    inner = parts.back() + ": " + quote(value);
+  }
+  std::string text = inner;
+  for (size_t i = parts.size() - 1; i-- > 0;) text = parts[i] + " { " + text + " }";
+  // Clear a repeated field first so the override replaces rather than appends.
+  if (field->is_repeated()) {
+    pb::Message* m = c;
+    for (size_t i = 0; i + 1 < parts.size(); ++i) {
+      m = m->GetReflection()->MutableMessage(m, m->GetDescriptor()->FindFieldByName(parts[i]));
+    }
+    m->GetReflection()->ClearField(m, field);
+  }
+  pb::TextFormat::Parser parser;
+  ErrorCollector errors("override '" + assignment + "'");
+  parser.RecordErrorsTo(&errors);
+  if (!parser.MergeFromString(text, c)) {
+    return InvalidArgument("bad value for config key '" + key + "': " + errors.errors());
+  }
+  return Status::Ok();
+}
+
+namespace {
+
+// Seven significant digits: what a float holds, so 0.1f prints as 0.1.
+std::string FloatText(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.7g", v);
+  return buf;
+}
+
+// Every float or double field of `m` (set or default, nested messages included) must be finite:
+// a NaN or infinity in a training config can only turn the weights into NaN. Names the first
+// offending key with its dotted path.
+Status CheckFinite(const pb::Message& m, const std::string& prefix) {
+  const pb::Descriptor* d = m.GetDescriptor();
+  const pb::Reflection* r = m.GetReflection();
+  for (int i = 0; i < d->field_count(); ++i) {
+    const pb::FieldDescriptor* f = d->field(i);
+    const std::string key = prefix + f->name();
+    const bool is_float = f->cpp_type() == pb::FieldDescriptor::CPPTYPE_FLOAT;
+    const bool is_double = f->cpp_type() == pb::FieldDescriptor::CPPTYPE_DOUBLE;
+    if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
+      if (f->is_repeated()) {
+        for (int k = 0; k < r->FieldSize(m, f); ++k) {
+          SHARDPS_RETURN_IF_ERROR(CheckFinite(r->GetRepeatedMessage(m, f, k), key + "[" + std::to_string(k) + "]."));
+        }
+      } else {
+        SHARDPS_RETURN_IF_ERROR(CheckFinite(r->GetMessage(m, f), key + "."));
+      }
+      continue;
+    }
+    if (!is_float && !is_double) continue;
+    auto value = [&](int k) -> double {
+      if (f->is_repeated()) return is_float ? r->GetRepeatedFloat(m, f, k) : r->GetRepeatedDouble(m, f, k);
+      return is_float ? r->GetFloat(m, f) : r->GetDouble(m, f);
+    };
+    const int n = f->is_repeated() ? r->FieldSize(m, f) : 1;
+    for (int k = 0; k < n; ++k) {
+      const double v = value(k);
+      if (!std::isfinite(v)) {
+        return InvalidArgument("config " + key + ": " + FloatText(v) + " is not a finite number");
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<OptimizerConfig> ToOptimizerConfig(const config::OptimizerConfig& c) {
+  OptimizerConfig o;
+  auto kind = ParseOptimizerKind(c.kind());
+  if (!kind.ok()) return InvalidArgument("config optimizer.kind: " + kind.status().message());
+  o.kind = *kind;
+  if (o.kind == OptimizerKind::kSum) return InvalidArgument("config optimizer.kind: 'sum' is not a training optimizer");
+  // Values that make every update meaningless (NaN weights, no progress, division by zero) are
+  // refused here, before any training, whoever builds the optimizer from a config.
+  auto bad = [](const std::string& key, double v, const std::string& why) {
+    return InvalidArgument("config optimizer." + key + " = " + FloatText(v) + ": " + why);
+  };
+  SHARDPS_RETURN_IF_ERROR(CheckFinite(c, "optimizer."));
+  if (!(c.learning_rate() > 0)) return bad("learning_rate", c.learning_rate(), "must be a positive finite number");
+  if (!(c.weight_decay() >= 0)) return bad("weight_decay", c.weight_decay(), "must be zero or positive");
+  // Checked whatever the kind (the defaults are valid): a config that sets them means them.
+  if (!(c.momentum() >= 0 && c.momentum() < 1)) {
+    return bad("momentum", c.momentum(), "must be in [0, 1) (1 or more lets the velocity grow without bound)");
+  }
+  if (!(c.beta1() >= 0 && c.beta1() < 1)) return bad("beta1", c.beta1(), "must be in [0, 1)");
+  if (!(c.beta2() >= 0 && c.beta2() < 1)) return bad("beta2", c.beta2(), "must be in [0, 1) (1 divides by a zero bias correction)");
+  if (!(c.epsilon() > 0)) return bad("epsilon", c.epsilon(), "must be positive (adam divides by sqrt(v) + epsilon)");
+  o.learning_rate = c.learning_rate();
+  o.momentum = c.momentum();
+  o.beta1 = c.beta1();
+  o.beta2 = c.beta2();
+  o.epsilon = c.epsilon();
+  o.weight_decay = c.weight_decay();
+  return o;
+}
+
+Status ValidateTrainConfig(const config::TrainConfig& c) {
+  auto bad = [](const std::string& key, const std::string& why) { return InvalidArgument("config " + key + ": " + why); };
+  if (c.model() != "softmax" && c.model() != "mlp") return bad("model", "'" + c.model() + "' is not softmax or mlp");
+  if (c.model() == "mlp" && c.hidden_size() == 0) return bad("hidden", "an mlp needs at least one hidden layer");
+  if (c.model() == "softmax" && c.hidden_size() > 0) return bad("hidden", "softmax regression has no hidden layers");
+  for (int64_t h : c.hidden()) if (h < 1) return bad("hidden", "layer width " + std::to_string(h) + " is not positive");
+  if (c.mode() != "sync" && c.mode() != "local_sgd") return bad("mode", "'" + c.mode() + "' is not sync or local_sgd");
+  if (c.local_steps() < 0) return bad("local_steps", "must not be negative");
+  if (c.epochs() < 1) return bad("epochs", "must be at least 1, got " + std::to_string(c.epochs()));
+  if (c.batch_size() < 1) return bad("batch_size", "must be at least 1, got " + std::to_string(c.batch_size()));
+  if (c.servers() < 0) return bad("servers", "must not be negative");
+  if (c.chunk_floats() < 1) return bad("chunk_floats", "must be at least 1");
+  if (c.timeout_ms() < 1 || c.timeout_ms() > 1000000000) return bad("timeout_ms", std::to_string(c.timeout_ms()) + " is outside 1..1000000000");
+  if (c.log_every_steps() < 1) return bad("log_every_steps", "must be at least 1");
+  if (c.eval_every_epochs() < 1) return bad("eval_every_epochs", "must be at least 1");
+  const auto& d = c.data();
+  if (d.format() != "idx" && d.format() != "libsvm" && d.format() != "csv") {
+    return bad("data.format", "'" + d.format() + "' is not idx, libsvm or csv");
+  }
+  if (d.train().empty()) return bad("data.train", "no training data file given");
+  if (d.test().empty()) return bad("data.test", "no test data file given");
+  if (d.format() == "idx" && (d.train_labels().empty() || d.test_labels().empty())) {
+    return bad("data.train_labels/test_labels", "idx data needs label files");
+  }
+  if (d.num_classes() < 2) return bad("data.num_classes", "must be at least 2");
+  if (d.train_limit() < 0 || d.test_limit() < 0) return bad("data.train_limit/test_limit", "must not be negative");
+  if (c.checkpoint_every() < 0) return bad("checkpoint_every", "must not be negative");
+  if (c.keep_last() < 0 || c.max_bytes() < 0) return bad("keep_last/max_bytes", "must not be negative");
+  if (c.checkpoint_every() > 0 && c.checkpoint_dir().empty()) return bad("checkpoint_every", "needs checkpoint_dir");
+  if (!c.checkpoint_dir().empty() && c.mode() == "local_sgd") {
+    return bad("checkpoint_dir", "checkpoints of local_sgd runs (worker replicas) are not supported yet");
+  }
+  if (!c.checkpoint_dir().empty() && c.servers() == 0 && !c.colocated()) {
+    return bad("checkpoint_dir", "checkpoints are written by parameter servers; --servers 0 has none");
+  }
+  SHARDPS_RETURN_IF_ERROR(CheckFinite(c, ""));
+  SHARDPS_RETURN_IF_ERROR(ToOptimizerConfig(c.optimizer()).status());
+  return Status::Ok();
+}
+
+std::string ConfigToText(const config::TrainConfig& c) {
+  std::string out;
+  pb::TextFormat::PrintToString(c, &out);
+  return out;
+}
+
+}  // namespace shardps

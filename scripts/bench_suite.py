@@ -4,7 +4,8 @@ at start-up (placement, first touch, who wins the cores), so each configuration 
 times, interleaved with every other one, and reported as the median of the launch medians and the
 slowest launch.
 
-    scripts/bench_suite.sh N [--sizes 1000,1000000,10000000,40000000] [--out DIR] [--no-tcp]
+    scripts/bench_suite.sh N [--sizes 1000,1000000,10000000,40000000] [--out DIR] [--no-tcp] [--no-mpi]
+                           [--compare-placement]
 
 Configurations, for each size:
   mpi 1S1W       mpirun -np 2: 1 server + 1 worker, with MPI_Allreduce of the same floats on the
@@ -14,6 +15,7 @@ Configurations, for each size:
   tcp 1S1W       separate processes over TCP loopback (authenticated), 1 server + 1 worker, each
                  bound to a CPU of its own when there are enough (cpu_binding, as launch_local.sh)
   tcp 1S2W       the same with 2 workers
+  tcp ... unbound  with --compare-placement: the TCP ones again, placement left to the kernel
 Writes DIR/launches.jsonl (one record per launch, with the bench's own JSON) and DIR/suite.json
 (per configuration: launch medians, median of medians, slowest launch, the Allreduce of the same
 launches); prints a table. scripts/plot_bench.py DIR/suite.json draws the spread.
@@ -117,6 +119,10 @@ def main():
     ap.add_argument("--sizes", default="1000,1000000,10000000,40000000")
     ap.add_argument("--out", default=None, help="directory for launches.jsonl and suite.json (default: a new temp dir)")
     ap.add_argument("--no-tcp", action="store_true")
+    ap.add_argument("--no-mpi", action="store_true")
+    ap.add_argument("--compare-placement", action="store_true",
+                    help="TCP configurations also with placement left to the kernel ('1S1W unbound'), launched "
+                         "right after the bound ones")
     ap.add_argument("--shardps", default=os.environ.get("SHARDPS_BIN", os.path.join(ROOT, "build", "bin", "shardps")))
     ap.add_argument("--mpirun", default="mpirun")
     args = ap.parse_args()
@@ -136,9 +142,12 @@ def main():
     if not os.path.exists(key):
         subprocess.run([args.shardps, "keygen", "--out", key], check=True, capture_output=True, timeout=60)
 
-    configs = [("mpi", k) for k in ("1S1W", "colocated", "1S2W")]
+    configs = [] if args.no_mpi else [("mpi", k) for k in ("1S1W", "colocated", "1S2W")]
     if not args.no_tcp:
-        configs += [("tcp", "1S1W"), ("tcp", "1S2W")]
+        for k in ("1S1W", "1S2W"):
+            configs += [("tcp", k)] + ([("tcp", k + " unbound")] if args.compare_placement else [])
+    if not configs:
+        sys.exit("bench_suite: --no-mpi and --no-tcp leave nothing to run")
     records = []
     started = time.time()
     with open(os.path.join(out, "launches.jsonl"), "w") as log:
@@ -151,7 +160,8 @@ def main():
                     if transport == "mpi":
                         r = run_mpi(args.shardps, args.mpirun, kind, floats, rounds)
                     else:
-                        r = run_tcp(args.shardps, key, 2 if kind == "1S2W" else 1, floats, rounds)
+                        r = run_tcp(args.shardps, key, 2 if kind.startswith("1S2W") else 1, floats, rounds,
+                                    bind=not kind.endswith("unbound"))
                     rec = {"launch": launch, "transport": transport, "config": kind, "floats": floats,
                            "round_ms": r["round_ms"]["median"], "push_ms": r["push_ms"]["median"],
                            "pull_ms": r["pull_ms"]["median"],

@@ -44,7 +44,8 @@ def plot_launches(data, out):
         if name not in configs:
             configs.append(name)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
-    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
+              "tab:olive", "tab:cyan"]
     for k, (name, color) in enumerate(zip(configs, colors)):
         rows = sorted((c for c in data["configs"] if f"{c['transport']} {c['config']}" == name), key=lambda c: c["floats"])
         x = [r["floats"] for r in rows]

@@ -248,8 +248,9 @@ TEST(SumTest, WeightsBecomeTheGradient) {
 
 // ---------------------------------------------------------------- element-wise property
 
-// Applies 3 steps to [0, n) in one call, and to [0, cut) and [cut, n) in separate calls (with
-// their own slices of state), and requires bit-identical weights and state.
+// Applies 3 steps to [0, n) in one call, to [0, cut) and [cut, n) in separate calls (with
+// their own slices of state), and to the two ranges of the whole table with
+// ApplyOptimizerToRange (high range first), and requires bit-identical weights and state.
 void ExpectSplitInvariant(const OptimizerConfig& c, size_t n, size_t cut, uint32_t seed) {
   const size_t k = static_cast<size_t>(OptimizerSlots(c.kind));
   std::mt19937 rng(seed);
@@ -259,13 +260,18 @@ void ExpectSplitInvariant(const OptimizerConfig& c, size_t n, size_t cut, uint32
   std::vector<float> whole_w = w, whole_s(k * n, 0.0f);
   std::vector<float> lo_w(w.begin(), w.begin() + cut), hi_w(w.begin() + cut, w.end());
   std::vector<float> lo_s(k * cut, 0.0f), hi_s(k * (n - cut), 0.0f);
+  std::vector<float> range_w = w, range_s(k * n, 0.0f);
   for (int step = 1; step <= 3; ++step) {
     std::vector<float> g(n);
     for (auto& x : g) x = d(rng);
     ApplyOptimizer(c, step, whole_w, whole_s, g);
     ApplyOptimizer(c, step, lo_w, lo_s, std::span<const float>(g).subspan(0, cut));
     ApplyOptimizer(c, step, hi_w, hi_s, std::span<const float>(g).subspan(cut));
+    ApplyOptimizerToRange(c, step, range_w, range_s, cut, std::span<const float>(g).subspan(cut));
+    ApplyOptimizerToRange(c, step, range_w, range_s, 0, std::span<const float>(g).subspan(0, cut));
   }
+  EXPECT_TRUE(BitEqual(whole_w, range_w)) << OptimizerKindName(c.kind) << " n=" << n << " cut=" << cut << " (ranges)";
+  EXPECT_TRUE(BitEqual(whole_s, range_s)) << OptimizerKindName(c.kind) << " n=" << n << " cut=" << cut << " (ranges)";
   std::vector<float> joined_w = lo_w;
   joined_w.insert(joined_w.end(), hi_w.begin(), hi_w.end());
   EXPECT_TRUE(BitEqual(whole_w, joined_w)) << OptimizerKindName(c.kind) << " n=" << n << " cut=" << cut;

@@ -27,6 +27,7 @@
 #include "shardps/base/json.h"
 #include "shardps/storage/safetensors.h"
 #include "shardps/node.h"
+#include "shardps/worker/checkpoint_driver.h"
 #include "shardps/worker/trainer.h"
 
 namespace shardps::tools {
@@ -241,123 +242,6 @@ CheckpointFaultHook CrashHook(const std::string& spec, const std::string& dir) {
   };
 }
 
-// Drives checkpoints from the lead worker: asks every server to write its shard at a step
-// boundary, lets training go on while they write, and commits the manifest once all are durable.
-// At most one checkpoint is in flight.
-class CheckpointDriver {
- public:
-  CheckpointDriver(FileSystem& fs, worker::KVClient& client, const config::TrainConfig& c, ckpt::Manifest base, uint32_t servers,
-                   std::chrono::milliseconds timeout)
-      : fs_(fs), client_(client), dir_(c.checkpoint_dir()), every_(static_cast<uint64_t>(c.checkpoint_every())),
-        keep_last_(static_cast<uint64_t>(c.keep_last())), max_bytes_(static_cast<uint64_t>(c.max_bytes())),
-        base_(std::move(base)), servers_(servers), timeout_(timeout) {}
-
-  void set_fault(CheckpointFaultHook fault) { fault_ = std::move(fault); }
-  // A resumed run does not write its starting point again.
-  void set_resumed_at(uint64_t step) {
-    if (step > 0) last_step_ = step;
-  }
-
-  Status OnStep(const worker::Cursor& cur, bool final) {
-    SHARDPS_RETURN_IF_ERROR(Collect(/*wait=*/false));
-    if (final) {
-      // A checkpoint of an earlier step still being written finishes first (one in flight).
-      if (pending_ && manifest_.step() != cur.step) SHARDPS_RETURN_IF_ERROR(Collect(/*wait=*/true, /*count_stall=*/false));
-      if (!(pending_ && manifest_.step() == cur.step) && last_step_ != cur.step) SHARDPS_RETURN_IF_ERROR(Begin(cur));
-      return Collect(/*wait=*/true, /*count_stall=*/false);  // training is over: not a stall
-    }
-    if (every_ > 0 && cur.step % every_ == 0) {
-      SHARDPS_RETURN_IF_ERROR(Collect(/*wait=*/true));
-      return Begin(cur);
-    }
-    return Status::Ok();
-  }
-
-  double stall_ms() const { return stall_ms_; }
-  // Bytes of shard data per second of (parallel) shard writing, summed over all checkpoints.
-  double write_mb_per_s() const { return write_seconds_ > 0 ? bytes_ / write_seconds_ / 1e6 : 0; }
-  uint64_t bytes() const { return bytes_; }
-  int written() const { return written_; }
-
- private:
-  Status Begin(const worker::Cursor& cur) {
-    const auto t0 = std::chrono::steady_clock::now();
-    SHARDPS_ASSIGN_OR_RETURN(uint64_t version, NextCheckpointVersion(fs_, dir_));
-    vdir_ = CheckpointVersionDir(dir_, version);
-    SHARDPS_RETURN_IF_ERROR(CreateCheckpointVersionDir(fs_, vdir_));
-    manifest_ = base_;
-    manifest_.set_version(version);
-    manifest_.set_step(cur.step);
-    manifest_.set_epoch(cur.epoch);
-    manifest_.set_step_in_epoch(cur.step_in_epoch);
-    handle_ = client_.Checkpoint(version, cur.step);
-    pending_ = true;
-    stall_ms_ += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    return Status::Ok();
-  }
-
-  Status Collect(bool wait, bool count_stall = true) {
-    if (!pending_ || (!wait && !handle_.done())) return Status::Ok();
-    const auto t0 = std::chrono::steady_clock::now();
-    Status shards = handle_.wait(timeout_);
-    // The registry lock: the commit and the retention below never interleave with an operator's
-    // `shardps ckpt gc/tag/untag/rollback` (they wait for it, and this waits for them).
-    auto registry = CheckpointDirLock::Acquire(dir_, CheckpointDirLock::Kind::kRegistry, "shardps train: committing checkpoint",
-                                               timeout_);
-    if (!registry.ok()) return registry.status();
-    if (!registry->taken_over_from().empty()) {
-      std::cerr << "shardps train: took over the registry lock of " << dir_ << " left by " << registry->taken_over_from()
-                << " (that process is gone)" << std::endl;
-    }
-    Status committed = shards.ok() ? CommitManifest(fs_, vdir_, &manifest_, servers_, fault_) : shards;
-    if (!committed.ok()) {
-      // A version that failed to commit leaves nothing behind (the previous one stays the newest).
-      pending_ = false;
-      if (shards.ok() || shards.code() != StatusCode::kDeadlineExceeded) {
-        Status cleaned = AbandonCheckpointVersion(fs_, vdir_);
-        if (!cleaned.ok()) std::cerr << "shardps train: " << cleaned.ToString() << std::endl;
-      }
-      return committed.WithContext("checkpoint " + vdir_);
-    }
-    uint64_t slowest = 0;
-    for (const auto& sh : manifest_.shards()) {
-      bytes_ += sh.bytes();
-      slowest = std::max<uint64_t>(slowest, sh.write_micros());
-    }
-    write_seconds_ += slowest * 1e-6;  // shards are written in parallel, one per server
-    // The newest checkpoint is again what a plain --resume picks; then the retention rules.
-    SHARDPS_RETURN_IF_ERROR(ClearCheckpointHead(fs_, dir_));
-    if (keep_last_ > 0 || max_bytes_ > 0) {
-      SHARDPS_RETURN_IF_ERROR(CollectCheckpointGarbage(fs_, dir_, keep_last_, max_bytes_).status());
-    }
-    if (wait && count_stall) stall_ms_ += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    pending_ = false;
-    last_step_ = manifest_.step();
-    ++written_;
-    return Status::Ok();
-  }
-
-  FileSystem& fs_;
-  worker::KVClient& client_;
-  const std::string dir_;
-  const uint64_t every_;
-  const uint64_t keep_last_;
-  const uint64_t max_bytes_;
-  const ckpt::Manifest base_;
-  const uint32_t servers_;
-  const std::chrono::milliseconds timeout_;
-  CheckpointFaultHook fault_;
-  bool pending_ = false;
-  worker::Handle handle_;
-  ckpt::Manifest manifest_;
-  std::string vdir_;
-  uint64_t last_step_ = UINT64_MAX;
-  double stall_ms_ = 0;
-  int written_ = 0;
-  uint64_t bytes_ = 0;
-  double write_seconds_ = 0;
-};
-
 // CRC32C over the training samples used (features, then labels): with their count, what a
 // checkpoint's data cursor is relative to.
 uint32_t TrainDataCrc(const worker::Dataset& d) {
@@ -393,7 +277,7 @@ Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const O
   worker::RunOptions run = ToRunOptions(c, worker, workers);
   run.start_step = start_step;
   worker::TrainHooks hooks;
-  std::unique_ptr<CheckpointDriver> checkpoints;
+  std::unique_ptr<worker::CheckpointDriver> checkpoints;
   if (lead && client && !c.checkpoint_dir().empty()) {
     ckpt::Manifest base;
     base.set_seed(c.seed());
@@ -412,8 +296,16 @@ Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const O
       ti->set_optimizer(std::string(OptimizerKindName(t.optimizer.kind)));
       ti->set_slots(static_cast<uint32_t>(OptimizerSlots(t.optimizer.kind)));
     }
-    checkpoints = std::make_unique<CheckpointDriver>(*out.fs, *client, c, std::move(base), static_cast<uint32_t>(servers), run.timeout);
-    checkpoints->set_fault(CrashHook(f.crash_at, c.checkpoint_dir()));
+    worker::CheckpointOptions co;
+    co.dir = c.checkpoint_dir();
+    co.every = static_cast<uint64_t>(c.checkpoint_every());
+    co.keep_last = static_cast<uint64_t>(c.keep_last());
+    co.max_bytes = static_cast<uint64_t>(c.max_bytes());
+    co.timeout = run.timeout;
+    co.fault = CrashHook(f.crash_at, c.checkpoint_dir());
+    co.on_warning = [](const std::string& m) { std::cerr << "shardps train: " << m << std::endl; };
+    checkpoints = std::make_unique<worker::CheckpointDriver>(*out.fs, *client, std::move(base), static_cast<uint32_t>(servers),
+                                                             std::move(co));
     checkpoints->set_resumed_at(start_step);
     hooks.on_step_end = [&](const worker::Cursor& cur, bool final) { return checkpoints->OnStep(cur, final); };
   }

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Sets up the machine, builds, runs the fuzzers for a short bounded time, the whole CTest suite,
-# then the sanitizer stages (scripts/sanitize.sh: ASan+UBSan, then TSan, each in its own build
-# directory). Non-zero exit if any stage fails; every stage runs even when an earlier one failed.
+# then a build without MPI (SHARDPS_WITH_MPI=OFF, build-tcp/) with the tests it registers, then the
+# sanitizer stages (scripts/sanitize.sh: ASan+UBSan, then TSan, each in its own build directory).
+# Non-zero exit if any stage fails; every stage runs even when an earlier one failed.
 #   scripts/test.sh                 # everything
 #   scripts/test.sh -L multirank    # extra args go to the normal suite's ctest (labels: unit, multirank, mpi, ...)
 # SHARDPS_FUZZ_SECONDS (default 20) bounds each fuzzer's run; 0 skips fuzzing.
-# SHARDPS_SANITIZERS=0 skips the sanitizer stages, =1 runs them. Default: run them under CI (CI=true)
-# and when no ctest arguments are given; skip them when extra arguments narrow the normal suite.
+# SHARDPS_SANITIZERS=0 skips the TCP-only build and the sanitizer stages, =1 runs them. Default: run
+# them under CI (CI=true) and when no ctest arguments are given; skip them when extra arguments
+# narrow the normal suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${SHARDPS_SANITIZERS:-}" ]; then
@@ -29,6 +31,13 @@ t0=$SECONDS
 (cd "${SHARDPS_BUILD_DIR:-build}" && ctest --output-on-failure --timeout 900 -j1 "$@") || status=1
 echo "== normal suite: $((SECONDS - t0)) s, exit $status =="
 if [ "$SHARDPS_SANITIZERS" = "1" ]; then
+  echo "== TCP-only build (SHARDPS_WITH_MPI=OFF) =="
+  t0=$SECONDS
+  tcp_status=0
+  SHARDPS_BUILD_DIR=build-tcp bash scripts/build.sh -DSHARDPS_BUILD_TESTS=ON -DSHARDPS_WITH_MPI=OFF &&
+    (cd build-tcp && ctest --output-on-failure --timeout 900 -j1) || tcp_status=1
+  echo "== TCP-only build and its tests: $((SECONDS - t0)) s, exit $tcp_status =="
+  [ "$tcp_status" = 0 ] || status=1
   for stage in asan tsan; do
     echo "== sanitizer stage $stage =="
     bash scripts/sanitize.sh "$stage" || status=1

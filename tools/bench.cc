@@ -1,7 +1,9 @@
 // shardps bench: synchronous push/pull rounds over MPI, next to MPI_Allreduce of the same floats, or
 // over TCP between processes started on their own (--transport tcp).
 #include <malloc.h>
+#if SHARDPS_WITH_MPI
 #include <mpi.h>
+#endif
 
 #include <algorithm>
 #include <charconv>
@@ -19,8 +21,10 @@
 
 #include "commands.h"
 #include "launch.h"
+#if SHARDPS_WITH_MPI
 #include "mpi_env.h"
 #include "shardps/net/mpi_transport.h"
+#endif
 #include "shardps/node.h"
 
 namespace shardps::tools {
@@ -72,6 +76,7 @@ std::string Json(const Summary& s) {
 }
 
 // Per-round times, reduced with MAX over ranks: a synchronous round is as slow as its slowest rank.
+#if SHARDPS_WITH_MPI
 std::vector<double> MaxOverRanks(const std::vector<double>& mine, MPI_Comm comm) {
   std::vector<double> out(mine.size());
   MPI_Allreduce(mine.data(), out.data(), static_cast<int>(mine.size()), MPI_DOUBLE, MPI_MAX, comm);
@@ -90,6 +95,8 @@ std::vector<double> TimeAllreduce(const BenchFlags& f, MPI_Comm comm) {
   }
   return MaxOverRanks(times, comm);
 }
+
+#endif  // SHARDPS_WITH_MPI
 
 void PrintResult(const BenchFlags& f, int servers, int workers, const Summary& round, const Summary& push,
                  const Summary& pull, const std::string& extra) {
@@ -172,6 +179,7 @@ Status RunPs(const BenchFlags& f, Result<std::unique_ptr<Transport>> transport, 
 
 // ---- shardps bench --suite -------------------------------------------------------------------
 
+#if SHARDPS_WITH_MPI
 // Peak resident set size of this process since the last ResetPeakRss(), in MiB.
 double PeakRssMiB() {
   std::ifstream in("/proc/self/status");
@@ -342,6 +350,8 @@ int SuiteMain(const BenchFlags& base, std::vector<uint64_t> sizes, int rank, int
   return 0;
 }
 
+#endif  // SHARDPS_WITH_MPI
+
 }  // namespace
 
 int RunTcp(const BenchFlags& f, const LaunchPlan& plan, int argc, char** argv);
@@ -416,6 +426,10 @@ int BenchMain(int argc, char** argv) {
     }
     return RunTcp(f, *plan, argc, argv);
   }
+#if !SHARDPS_WITH_MPI
+  std::cerr << "shardps bench: this shardps was built without MPI (SHARDPS_WITH_MPI=OFF): use --transport tcp\n";
+  return 2;
+#else
   int rank = 0, size = 0;
   if (!InitMpi(&argc, &argv, "shardps bench", &rank, &size, MpiWorkload::kCommunicationOnly)) return 1;
   if (vm.count("suite")) {
@@ -455,6 +469,7 @@ int BenchMain(int argc, char** argv) {
   }
   MPI_Finalize();
   return 0;
+#endif  // SHARDPS_WITH_MPI
 }
 
 // The same rounds over TCP between processes started on their own; the first worker reports its

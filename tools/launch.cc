@@ -1,18 +1,24 @@
 #include "launch.h"
 
+#if SHARDPS_WITH_MPI
 #include <mpi.h>
+#endif
 #include <unistd.h>
 
 #include <charconv>
 #include <cstdlib>
 #include <iostream>
 
+#if SHARDPS_WITH_MPI
 #include "mpi_env.h"
+#endif
 #include "shardps/net/auth.h"
 #include "shardps/base/cluster.h"
 #include "shardps/base/digest.h"
 #include "shardps/net/frame.h"
+#if SHARDPS_WITH_MPI
 #include "shardps/net/mpi_transport.h"
+#endif
 #include "shardps/net/tcp_transport.h"
 
 extern char** environ;
@@ -64,6 +70,7 @@ Result<double> ParseSeconds(const std::string& what, const std::string& text) {
   return v;
 }
 
+#if SHARDPS_WITH_MPI
 class MpiJob final : public Job {
  public:
   MpiJob(int rank, int size) : rank_(rank), size_(size) {}
@@ -92,6 +99,7 @@ class MpiJob final : public Job {
  private:
   int rank_, size_;
 };
+#endif  // SHARDPS_WITH_MPI
 
 // Hands frames that arrived during the agreement (a peer that already started its Node may send
 // its HELLO before this process has the agreement's answer) to the Node's first Poll.
@@ -368,9 +376,14 @@ JobTag MakeJobTag(const LaunchPlan& plan, const std::string& program, const std:
 Result<std::unique_ptr<Job>> StartJob(const LaunchPlan& plan, int* argc, char*** argv, const std::string& program,
                                       const std::string& configuration) {
   if (!plan.tcp) {
+#if SHARDPS_WITH_MPI
     int rank = 0, size = 0;
     if (!InitMpi(argc, argv, program.c_str(), &rank, &size, MpiWorkload::kTraining)) return Unavailable("MPI could not be initialised");
     return std::unique_ptr<Job>(new MpiJob(rank, size));
+#else
+    return FailedPrecondition(program + " was built without MPI (SHARDPS_WITH_MPI=OFF): start each process with "
+                              "--transport tcp (docs/deployment.md)");
+#endif
   }
   TcpOptions o;
   o.host = plan.host;

@@ -255,11 +255,11 @@ void Server::HandleCheckpoint(IncomingFrame& in, const wire::Header& h) {
   std::vector<ChunkToSave> chunks;
   std::vector<uint32_t> ckpt_table(layout_.num_tables(), 0);
   for (uint32_t t = 0, k = 0; t < layout_.num_tables(); ++t) {
-    if (IsCheckpointed(layout_.table(t))) ckpt_table[t] = k++;
+    if (layout_.table(t).checkpointed) ckpt_table[t] = k++;
   }
   for (const auto& csp : chunks_) {
     const ChunkState& cs = *csp;
-    if (!IsCheckpointed(*cs.spec)) continue;
+    if (!cs.spec->checkpointed) continue;
     if (cs.version != h.step()) {
       return Reject(in, h, FailedPrecondition("checkpoint at step " + std::to_string(h.step()) + " requested, but " + Describe(cs)));
     }
@@ -293,7 +293,7 @@ void Server::HandleCheckpoint(IncomingFrame& in, const wire::Header& h) {
 Status Server::InitFrom(const SafetensorsFile& file) {
   for (uint32_t t = 0; t < layout_.num_tables(); ++t) {
     const TableSpec& spec = layout_.table(t);
-    if (!IsCheckpointed(spec)) continue;
+    if (!spec.checkpointed) continue;
     bool mine = false;
     for (const auto& cs : chunks_) mine |= cs->info.table == t;
     if (!mine) continue;
@@ -315,7 +315,7 @@ Status Server::Restore(CheckpointReader& reader) {
   const uint64_t step = reader.manifest().step();
   for (auto& csp : chunks_) {
     ChunkState& cs = *csp;
-    if (!IsCheckpointed(*cs.spec)) continue;
+    if (!cs.spec->checkpointed) continue;
     const uint32_t nslots = static_cast<uint32_t>(OptimizerSlots(cs.spec->optimizer.kind));
     SHARDPS_ASSIGN_OR_RETURN(uint32_t t, reader.FindTable(cs.spec->name, cs.spec->size, nslots));
     SHARDPS_RETURN_IF_ERROR(reader.Read(t, cs.info.begin, cs.info.end, cs.weights, cs.slots));

@@ -287,6 +287,19 @@ TEST(LayoutTest, DigestDiffersWhenAnythingDiffers) {
   opt[0].optimizer.kind = OptimizerKind::kAdam;
   EXPECT_NE(MustCreate(opt, 3, 64).digest(), d);
 
+  // Whether a table is checkpointed, and its shape: every rank must see the same.
+  std::vector<TableSpec> unsaved = base;
+  unsaved[1].checkpointed = false;
+  EXPECT_NE(MustCreate(unsaved, 3, 64).digest(), d);
+  std::vector<TableSpec> shaped = base;
+  shaped[0].shape = {100, 10};
+  const uint64_t d_shaped = MustCreate(shaped, 3, 64).digest();
+  EXPECT_NE(d_shaped, d);
+  shaped[0].shape = {10, 100};
+  EXPECT_NE(MustCreate(shaped, 3, 64).digest(), d_shaped);
+  shaped[0].shape = {1000};  // the same elements, one dimension given explicitly
+  EXPECT_NE(MustCreate(shaped, 3, 64).digest(), d);
+
   for (int servers : {1, 2, 4, 5}) EXPECT_NE(MustCreate(base, servers, 64).digest(), d) << servers;
   for (uint64_t chunk : {uint64_t{63}, uint64_t{65}, uint64_t{128}, uint64_t{1} << 20})
     EXPECT_NE(MustCreate(base, 3, chunk).digest(), d) << chunk;
@@ -316,6 +329,34 @@ TEST(LayoutTest, ErrorCases) {
   Result<TableLayout> zero_size = TableLayout::Create({Spec("bias", 0)}, 1);
   ASSERT_FALSE(zero_size.ok());
   EXPECT_NE(zero_size.status().message().find("bias"), std::string::npos) << zero_size.status().message();
+}
+
+TEST(LayoutTest, AShapeMustHoldTheTableSize) {
+  TableSpec w = Spec("l0.w", 12);
+  for (std::vector<uint64_t> ok : {std::vector<uint64_t>{}, {12}, {3, 4}, {4, 3}, {2, 3, 2}, {1, 12, 1}}) {
+    w.shape = ok;
+    EXPECT_TRUE(TableLayout::Create({w}, 2).ok()) << ShapeText(ok);
+  }
+  for (std::vector<uint64_t> bad : {std::vector<uint64_t>{11}, {3, 5}, {12, 0}, {0}, {uint64_t{1} << 62, 16, 3}}) {
+    w.shape = bad;
+    Result<TableLayout> r = TableLayout::Create({w}, 2);
+    ASSERT_FALSE(r.ok()) << ShapeText(bad);
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(r.status().message().find("'l0.w'"), std::string::npos) << r.status().message();
+    EXPECT_NE(r.status().message().find(ShapeText(bad)), std::string::npos) << r.status().message();
+  }
+  EXPECT_EQ(ShapeElements(std::vector<uint64_t>{}), 1u);
+  EXPECT_EQ(ShapeElements(std::vector<uint64_t>{784, 128}), 784u * 128u);
+  EXPECT_EQ(ShapeElements(std::vector<uint64_t>{uint64_t{1} << 32, uint64_t{1} << 32}), 0u);  // overflow
+  EXPECT_EQ(ShapeText(std::vector<uint64_t>{784, 128}), "784 x 128");
+}
+
+TEST(LayoutTest, TablesAreCheckpointedUnlessDeclaredOtherwise) {
+  EXPECT_TRUE(TableSpec{}.checkpointed);
+  TableSpec metrics{.name = "_metrics", .size = 4, .checkpointed = false};
+  const TableLayout l = MustCreate({Spec("_w", 8), metrics}, 1, 16);
+  EXPECT_TRUE(l.table(0).checkpointed);  // a name says nothing about it
+  EXPECT_FALSE(l.table(1).checkpointed);
 }
 
 TEST(LayoutTest, NoTablesIsAValidLayout) {

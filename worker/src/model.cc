@@ -112,6 +112,7 @@ std::vector<TableSpec> Model::Tables(uint64_t seed) const {
     TableSpec w;
     w.name = "l" + std::to_string(l) + ".w";
     w.size = static_cast<uint64_t>(d[l] * d[l + 1]);
+    w.shape = {static_cast<uint64_t>(d[l]), static_cast<uint64_t>(d[l + 1])};  // [in, out], row-major
     if (spec_.hidden.empty()) {
       w.init.kind = InitKind::kZeros;  // softmax regression is convex: zero is the natural start
     } else {
@@ -126,6 +127,7 @@ std::vector<TableSpec> Model::Tables(uint64_t seed) const {
     TableSpec b;
     b.name = "l" + std::to_string(l) + ".b";
     b.size = static_cast<uint64_t>(d[l + 1]);
+    b.shape = {b.size};
     b.init.kind = InitKind::kZeros;
     b.init.seed = seed;
     out.push_back(std::move(w));

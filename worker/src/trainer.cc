@@ -160,11 +160,11 @@ std::vector<TableSpec> TrainingTables(const Model& model, const RunOptions& run)
       t.optimizer = run.optimizer;
     }
   }
-  TableSpec metrics{.name = "_metrics", .size = kMetricsFloats};
+  TableSpec metrics{.name = "_metrics", .size = kMetricsFloats, .checkpointed = false};
   metrics.optimizer.kind = OptimizerKind::kSum;
   tables.push_back(metrics);
   if (run.mode == "local_sgd") {
-    TableSpec samples{.name = "_samples", .size = 1};
+    TableSpec samples{.name = "_samples", .size = 1, .checkpointed = false};
     samples.optimizer.kind = OptimizerKind::kSum;
     tables.push_back(samples);
   }

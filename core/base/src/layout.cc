@@ -53,6 +53,21 @@ std::string_view OptimizerKindName(OptimizerKind kind) {
   return "?";
 }
 
+uint64_t ShapeElements(std::span<const uint64_t> shape) {
+  uint64_t n = 1;
+  for (uint64_t d : shape) {
+    if (d == 0 || n > UINT64_MAX / d) return 0;
+    n *= d;
+  }
+  return n;
+}
+
+std::string ShapeText(std::span<const uint64_t> shape) {
+  std::string s;
+  for (uint64_t d : shape) s += (s.empty() ? "" : " x ") + std::to_string(d);
+  return s;
+}
+
 Result<TableLayout> TableLayout::Create(std::vector<TableSpec> specs, int num_servers,
                                         const LayoutOptions& options) {
   if (num_servers < 1) return InvalidArgument("a layout needs at least one server");
@@ -63,6 +78,10 @@ Result<TableLayout> TableLayout::Create(std::vector<TableSpec> specs, int num_se
     if (s.name.empty()) return InvalidArgument("a table needs a name");
     if (!names.insert(s.name).second) return InvalidArgument("table name '" + s.name + "' declared twice");
     if (s.size == 0) return InvalidArgument("table '" + s.name + "' has size 0");
+    if (!s.shape.empty() && ShapeElements(s.shape) != s.size) {
+      return InvalidArgument("table '" + s.name + "' has shape " + ShapeText(s.shape) + ", which does not hold its " +
+                             std::to_string(s.size) + " elements");
+    }
     if (s.size / options.chunk_floats + (s.size % options.chunk_floats != 0) > UINT32_MAX) {
       return InvalidArgument("table '" + s.name + "' has more than 2^32 chunks; raise chunk_floats");
     }
@@ -87,6 +106,9 @@ Result<TableLayout> TableLayout::Create(std::vector<TableSpec> specs, int num_se
     }
     HashValue(h, s.init.kind);
     HashValue(h, s.init.seed);
+    HashValue(h, s.checkpointed);
+    HashValue(h, s.shape.size());
+    for (uint64_t d : s.shape) HashValue(h, d);
     std::vector<ChunkInfo> cs;
     const uint64_t n = s.size / l.chunk_floats_ + (s.size % l.chunk_floats_ != 0);  // no overflow near 2^64
     cs.reserve(n);

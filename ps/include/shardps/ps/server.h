@@ -108,17 +108,14 @@ class Server final : public FrameHandler {
 
   ServerStats stats() const;
 
-  // Loads this server's chunks of every saved table (tables whose names start with '_' are
-  // internal and start fresh) from a checkpoint, whatever server count and chunking wrote it, and
+  // Loads this server's chunks of every saved table (TableSpec::checkpointed; the others start
+  // fresh) from a checkpoint, whatever server count and chunking wrote it, and
   // sets them to its step. Call before the endpoint starts.
   Status Restore(CheckpointReader& reader);
 
   // Sets this server's chunks of every model table from a safetensors file (tensor names = table
   // names, sizes must match; f16 and int8 exports are widened). Optimizer state starts at zero.
   Status InitFrom(const SafetensorsFile& file);
-
-  // Model tables are the ones saved in checkpoints (names not starting with '_').
-  static bool IsCheckpointed(const TableSpec& t) { return t.name.empty() || t.name[0] != '_'; }
 
  private:
   struct Held;

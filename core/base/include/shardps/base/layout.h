@@ -59,9 +59,20 @@ struct TableInit {
 struct TableSpec {
   std::string name;
   uint64_t size = 0;  // floats
+  // The tensor's dimensions, row-major, for what reads the weights as tensors (model files,
+  // `shardps ckpt export`): their product is `size`. Empty means one dimension of `size`.
+  std::vector<uint64_t> shape;
   TableInit init;
   OptimizerConfig optimizer;
+  // Saved in checkpoints and exported. False for tables that only carry a run's bookkeeping
+  // (reductions of metrics or sample counts), which a resumed run starts afresh.
+  bool checkpointed = true;
 };
+
+// The number of elements a tensor of `shape` holds (1 for no dimensions); 0 if a dimension is 0
+// or the product overflows. ShapeText: "784 x 128".
+uint64_t ShapeElements(std::span<const uint64_t> shape);
+std::string ShapeText(std::span<const uint64_t> shape);
 
 struct ChunkInfo {
   uint32_t table = 0;

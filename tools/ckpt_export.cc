@@ -10,8 +10,10 @@
 //         [-127, 127]; the scale is stored as the F32 tensor "<name>.scale" of shape [1] and as the
 //         metadata value "<name>.scale" (so w ~= q * scale).
 // F32 scale tensors come first so every tensor starts at a multiple of its element size.
-// Shapes: "l<k>.b" -> [size]; "l<k>.w" -> [size / out, out] with out the size of "l<k>.b" (or the
-// width the run's config gives layer k); anything else -> [size].
+// Shapes: each table's shape as the manifest records it (TableInfo.shape). A manifest written
+// before shapes were recorded has none; for it the former name rule is kept as a legacy fallback:
+// "l<k>.w" -> [size / out, out] with out the size of "l<k>.b" (or the width the run's config gives
+// layer k); anything else -> [size].
 // --prune-below X zeroes every weight with |w| < X before conversion and prints the sparsity of
 // what was written (zeros in the output encoding), per tensor and over all tensors.
 // The file is written to FILE.tmp and renamed over FILE.
@@ -111,6 +113,8 @@ void Append(std::vector<unsigned char>* out, const T& v) {
   out->insert(out->end(), p, p + sizeof(T));
 }
 
+// ---- Legacy fallback for manifests without shapes (see the top of this file).
+
 bool ParseLayer(const std::string& name, char kind, uint64_t* layer) {
   // "l<k>.w" / "l<k>.b"
   if (name.size() < 4 || name[0] != 'l' || name[name.size() - 2] != '.' || name.back() != kind) return false;
@@ -135,7 +139,8 @@ std::vector<uint64_t> ConfigWidths(const ckpt::Manifest& m) {
   return widths;
 }
 
-std::vector<std::vector<uint64_t>> Shapes(const ckpt::Manifest& m) {
+// Legacy: the shape of a table in a manifest that records none, told from its name.
+std::vector<std::vector<uint64_t>> LegacyShapesFromNames(const ckpt::Manifest& m) {
   const std::vector<uint64_t> widths = ConfigWidths(m);
   auto table_size = [&](const std::string& name) -> std::optional<uint64_t> {
     for (const auto& t : m.tables()) {
@@ -163,6 +168,25 @@ std::vector<std::vector<uint64_t>> Shapes(const ckpt::Manifest& m) {
       }
     }
     shapes.push_back(std::move(shape));
+  }
+  return shapes;
+}
+
+// Every table's shape as the manifest records it (VerifyCheckpoint checked that it holds the
+// table's size); by the legacy name rule for tables of a manifest written before shapes were
+// recorded.
+std::vector<std::vector<uint64_t>> Shapes(const ckpt::Manifest& m, const std::string& vpath) {
+  bool all_recorded = true;
+  for (const auto& t : m.tables()) all_recorded &= !t.shape().empty();
+  std::vector<std::vector<uint64_t>> shapes(static_cast<size_t>(m.tables_size()));
+  if (!all_recorded) {
+    std::cerr << "shardps ckpt export: note: checkpoint " << vpath
+              << " records no table shapes (written by an older shardps); shapes follow the table names\n";
+    shapes = LegacyShapesFromNames(m);
+  }
+  for (int t = 0; t < m.tables_size(); ++t) {
+    const auto& shape = m.tables(t).shape();
+    if (!shape.empty()) shapes[static_cast<size_t>(t)].assign(shape.begin(), shape.end());
   }
   return shapes;
 }
@@ -266,7 +290,7 @@ Status Export(FileSystem& fs, const ExportFlags& f) {
   CheckpointReader reader(std::move(v));
   const ckpt::Manifest& m = reader.manifest();
   if (m.tables_size() == 0) return DataLoss("checkpoint " + vpath + " lists no tables");
-  const std::vector<std::vector<uint64_t>> shapes = Shapes(m);
+  const std::vector<std::vector<uint64_t>> shapes = Shapes(m, vpath);
 
   // The weights, then the (pruned) conversion of each table.
   std::vector<Tensor> weights(static_cast<size_t>(m.tables_size()));

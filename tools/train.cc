@@ -181,18 +181,12 @@ Status CheckModelFits(const worker::ModelSpec& ms, const config::TrainConfig& c,
                            " it may use (physical memory or its RLIMIT_AS/RLIMIT_DATA): choose smaller hidden layers");
 }
 
-// Writes the final model as one safetensors file: l<k>.w as [in, out], l<k>.b as [out], float32.
-Status WriteFinalModel(FileSystem& fs, const std::string& path, const worker::Model& model, const std::vector<TableSpec>& tables,
+// Writes the final model as one safetensors file: every table as a float32 tensor of its shape.
+Status WriteFinalModel(FileSystem& fs, const std::string& path, const std::vector<TableSpec>& tables,
                        const std::vector<std::vector<float>>& weights) {
-  const auto& ms = model.spec();
-  std::vector<uint64_t> dims{static_cast<uint64_t>(ms.input_dim)};
-  for (int64_t h : ms.hidden) dims.push_back(static_cast<uint64_t>(h));
-  dims.push_back(static_cast<uint64_t>(ms.num_classes));
   std::vector<SafetensorsTensor> tensors;
   for (size_t t = 0; t < weights.size(); ++t) {
-    const size_t layer = t / 2;
-    tensors.push_back({tables[t].name, "F32",
-                       t % 2 == 0 ? std::vector<uint64_t>{dims[layer], dims[layer + 1]} : std::vector<uint64_t>{dims[layer + 1]},
+    tensors.push_back({tables[t].name, "F32", tables[t].shape.empty() ? std::vector<uint64_t>{tables[t].size} : tables[t].shape,
                        {reinterpret_cast<const uint8_t*>(weights[t].data()), weights[t].size() * sizeof(float)}});
   }
   return WriteSafetensors(fs, path, tensors);
@@ -289,12 +283,7 @@ Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const O
     base.set_train_samples(static_cast<uint64_t>(train.num_samples));
     base.set_train_data_crc32c(TrainDataCrc(train));
     for (const TableSpec& t : worker::TrainingTables(*model, run)) {
-      if (!ps::Server::IsCheckpointed(t)) continue;
-      auto* ti = base.add_tables();
-      ti->set_name(t.name);
-      ti->set_size(t.size);
-      ti->set_optimizer(std::string(OptimizerKindName(t.optimizer.kind)));
-      ti->set_slots(static_cast<uint32_t>(OptimizerSlots(t.optimizer.kind)));
+      if (t.checkpointed) *base.add_tables() = CheckpointTableInfo(t);
     }
     worker::CheckpointOptions co;
     co.dir = c.checkpoint_dir();
@@ -325,7 +314,7 @@ Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const O
   if (lead) {
     progress->Finish(r);
     const auto tables = worker::TrainingTables(*model, run);
-    SHARDPS_RETURN_IF_ERROR(WriteFinalModel(*out.fs, out.model_out, *model, tables, r.weights));
+    SHARDPS_RETURN_IF_ERROR(WriteFinalModel(*out.fs, out.model_out, tables, r.weights));
     SHARDPS_RETURN_IF_ERROR(WriteSummary(*out.fs, out.summary_json, c, servers, workers, r));
     if (checkpoints) {
       std::cerr << "shardps train: " << checkpoints->written() << " checkpoints in " << c.checkpoint_dir() << ", "

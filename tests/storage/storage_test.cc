@@ -57,6 +57,7 @@ class StorageTest : public ::testing::Test {
       t->set_name("w");
       t->set_size(8);
       t->set_slots(0);
+      if (!shape_.empty()) *t = CheckpointTableInfo(TableSpec{.name = "w", .size = 8, .shape = shape_});
       return CommitManifest(fsys, vdir, &m, 2);
     }();
     if (!s.ok()) {
@@ -91,6 +92,8 @@ class StorageTest : public ::testing::Test {
     EXPECT_EQ(present, versions);
   }
 
+  // The shape WriteVersion records for "w"; none: a manifest as versions before shapes wrote it.
+  std::vector<uint64_t> shape_;
   PosixFileSystem posix_;
   testing::ScratchDir scratch_{"shardps_storage"};
   std::string root_ = scratch_.string();
@@ -101,6 +104,43 @@ TEST_F(StorageTest, WritesAndReadsThroughTheFileSystem) {
   ASSERT_TRUE(WriteVersion(posix_, 10, 1.5f).ok());
   ExpectNewest(1, 10, 1.5f);
   ExpectClean({1});
+}
+
+TEST_F(StorageTest, ManifestsRecordTableShapes) {
+  // Every table gets a shape: its own, or one dimension.
+  const ckpt::TableInfo b = CheckpointTableInfo(TableSpec{.name = "l0.b", .size = 5});
+  EXPECT_EQ(std::vector<uint64_t>(b.shape().begin(), b.shape().end()), std::vector<uint64_t>{5});
+  const ckpt::TableInfo w = CheckpointTableInfo(TableSpec{.name = "l0.w", .size = 15, .shape = {3, 5}});
+  EXPECT_EQ(std::vector<uint64_t>(w.shape().begin(), w.shape().end()), (std::vector<uint64_t>{3, 5}));
+  EXPECT_EQ(w.size(), 15u);
+  EXPECT_EQ(w.name(), "l0.w");
+
+  // A manifest without shapes (older versions) stays valid.
+  ASSERT_TRUE(WriteVersion(posix_, 1, 1.0f).ok());
+  auto v1 = ResolveCheckpoint(dir_ + "@1", nullptr);
+  ASSERT_TRUE(v1.ok()) << v1.status().ToString();
+  EXPECT_EQ(v1->manifest.tables(0).shape_size(), 0);
+
+  shape_ = {2, 4};
+  ASSERT_TRUE(WriteVersion(posix_, 2, 2.0f).ok());
+  auto v2 = ResolveCheckpoint(dir_ + "@2", nullptr);
+  ASSERT_TRUE(v2.ok()) << v2.status().ToString();
+  const auto& s2 = v2->manifest.tables(0).shape();
+  EXPECT_EQ(std::vector<uint64_t>(s2.begin(), s2.end()), (std::vector<uint64_t>{2, 4}));
+
+  // A shape that does not hold the table's size makes the version invalid, naming the table.
+  shape_ = {3, 3};
+  ASSERT_TRUE(WriteVersion(posix_, 3, 3.0f).ok());
+  auto v3 = ResolveCheckpoint(dir_ + "@3", nullptr);
+  ASSERT_FALSE(v3.ok());
+  EXPECT_EQ(v3.status().code(), StatusCode::kDataLoss);
+  EXPECT_MSG_HAS(v3.status(), "table 'w' of 8 elements the shape 3 x 3");
+  std::vector<std::string> warnings;
+  auto newest = ResolveCheckpoint(dir_, [&](const std::string& w) { warnings.push_back(w); });
+  ASSERT_TRUE(newest.ok()) << newest.status().ToString();
+  EXPECT_EQ(newest->version, 2u);
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(warnings[0].find("3 x 3"), std::string::npos) << warnings[0];
 }
 
 class StorageFaultTest : public StorageTest {

@@ -15,6 +15,10 @@ safetensors library):
   * --prune-below X zeroes exactly the weights with |w| < X, and the printed sparsity (per tensor
     and overall) matches the zeros in the file;
   * DIR@VERSION and DIR@TAG select older versions (their step in the metadata);
+  * shapes come from the manifest, which records each table's shape; a manifest without shapes
+    (as older versions wrote them, made here by rewriting MANIFEST with protoc) still exports the
+    same shapes by the documented legacy name rule, with a note; a recorded shape that does not
+    hold its table's size is refused naming the table;
   * bad --dtype, bad --prune-below, a missing checkpoint and an unwritable --out exit non-zero
     with a message and no crash.
 Exits 0 printing "PASS export", or 1 printing "FAIL: ..." (tests/pylib/shardps_check.py).
@@ -24,6 +28,7 @@ import os
 import re
 import shutil
 import struct
+import subprocess
 import sys
 import time
 
@@ -104,6 +109,93 @@ def check_weights_only(model, tensors, path, suffix_ok=()):
             fail(f"{path}: {name} has shape {tensors[name].shape}, the model {w.shape}")
 
 
+def crc32c(data):
+    """CRC32C (Castagnoli, reflected 0x82F63B78), as the checkpoint files use."""
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def manifest_text(source_dir, path):
+    """MANIFEST (4-byte CRC32C + shardps.ckpt.Manifest) as protobuf text, via protoc."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    if struct.unpack("<I", raw[:4])[0] != crc32c(raw[4:]):
+        fail(f"{path}: CRC32C mismatch")
+    proto_dir = os.path.join(source_dir, "core", "storage", "proto")
+    p = subprocess.run(["protoc", "-I", proto_dir, "--decode=shardps.ckpt.Manifest", "checkpoint.proto"],
+                       input=raw[4:], capture_output=True, timeout=60)
+    if p.returncode != 0:
+        fail(f"protoc --decode {path}: {p.stderr.decode()}")
+    return p.stdout.decode()
+
+
+def write_manifest(source_dir, path, text):
+    proto_dir = os.path.join(source_dir, "core", "storage", "proto")
+    p = subprocess.run(["protoc", "-I", proto_dir, "--encode=shardps.ckpt.Manifest", "checkpoint.proto"],
+                       input=text.encode(), capture_output=True, timeout=60)
+    if p.returncode != 0:
+        fail(f"protoc --encode for {path}: {p.stderr.decode()}")
+    with open(path, "wb") as f:
+        f.write(struct.pack("<I", crc32c(p.stdout)) + p.stdout)
+
+
+def manifest_shapes(text):
+    """{table name: [dims]} from a Manifest in protobuf text format."""
+    shapes = {}
+    for block in re.findall(r"tables \{(.*?)\n\}", text, re.S):
+        name = re.search(r'name: "([^"]*)"', block).group(1)
+        shapes[name] = [int(d) for d in re.findall(r"shape: (\d+)", block)]
+    return shapes
+
+
+def shape_checks(a, ck, newest, model, f32_path, ex):
+    """Export reads shapes from the manifest; an old manifest without them uses the legacy rule."""
+    vdir = os.path.join(ck, "v%08d" % newest["version"])
+    text = manifest_text(a.source_dir, os.path.join(vdir, "MANIFEST"))
+    recorded = manifest_shapes(text)
+    want = {n: list(w.shape) for n, w in model.items()}
+    if recorded != want:
+        fail(f"the manifest records shapes {recorded}, the model has {want}")
+    print(f"  the manifest records every table's shape: {recorded}")
+    f32, _, _ = read_safetensors(f32_path)
+
+    # A manifest as older versions wrote it: no shapes. Same tensors, by the legacy name rule.
+    old_ck = ex("old_ck")
+    shutil.copytree(vdir, os.path.join(old_ck, os.path.basename(vdir)))
+    old_text = re.sub(r"\n\s*shape: \d+", "", text)
+    if "shape:" in old_text:
+        fail("could not strip the shapes from the manifest")
+    write_manifest(a.source_dir, os.path.join(old_ck, os.path.basename(vdir), "MANIFEST"), old_text)
+    path = ex("legacy.safetensors")
+    p = run([a.shardps, "ckpt", "export", old_ck, "--out", path])
+    if "records no table shapes" not in p.stderr:
+        fail(f"exporting a manifest without shapes printed no note:\n{p.stderr}")
+    t, _, _ = read_safetensors(path)
+    for name in model:
+        if t[name].shape != f32[name].shape or t[name].tobytes() != f32[name].tobytes():
+            fail(f"{path}: {name} {t[name].shape} differs from the export with recorded shapes {f32[name].shape}")
+    print("  a manifest without shapes: the same tensors and shapes by the legacy rule, with a note")
+
+    # Shapes really come from the manifest: a recorded shape that does not hold the table is refused.
+    bad_ck = ex("bad_shape_ck")
+    shutil.copytree(vdir, os.path.join(bad_ck, os.path.basename(vdir)))
+    bias = next(n for n, s in want.items() if len(s) == 1)
+    bad_text = re.sub(r'(name: "%s"\n(?:.*\n)*?\s*shape: )(\d+)' % re.escape(bias),
+                      lambda m: m.group(1) + str(int(m.group(2)) + 1), text, count=1)
+    if manifest_shapes(bad_text)[bias] == want[bias]:
+        fail("could not alter the recorded shape")
+    write_manifest(a.source_dir, os.path.join(bad_ck, os.path.basename(vdir), "MANIFEST"), bad_text)
+    bad_path = ex("bad_shape.safetensors")
+    p = run([a.shardps, "ckpt", "export", bad_ck, "--out", bad_path], expect_ok=False)
+    if p.returncode <= 0 or p.returncode >= 128 or f"'{bias}'" not in p.stderr or os.path.exists(bad_path):
+        fail(f"a recorded shape not holding table {bias}: exit {p.returncode}\n{p.stderr}")
+    print(f"  a recorded shape that does not hold '{bias}': exit {p.returncode}: {p.stderr.strip().splitlines()[-1]}")
+
+
 def parse_sparsity(stdout):
     per, total = {}, None
     for line in stdout.splitlines():
@@ -164,6 +256,7 @@ def export_checks(a):
         fail("the temporary file was left behind")
     print(f"  f32: {len(t)} tensors equal final_model.safetensors bit for bit "
           f"({', '.join(f'{n}{list(v.shape)}' for n, v in t.items())})")
+    shape_checks(a, ck, newest, model, path, ex)
 
     # f16: numpy's round-to-nearest-even conversion, bit for bit, and within half-precision rounding.
     path = ex("f16.safetensors")

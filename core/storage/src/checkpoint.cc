@@ -184,6 +184,20 @@ Status CommitManifest(FileSystem& fsys, const std::string& version_dir, ckpt::Ma
   return WriteMessage(fsys, (fs::path(version_dir) / "MANIFEST").string(), manifest, fault);
 }
 
+ckpt::TableInfo CheckpointTableInfo(const TableSpec& table) {
+  ckpt::TableInfo ti;
+  ti.set_name(table.name);
+  ti.set_size(table.size);
+  if (table.shape.empty()) {
+    ti.add_shape(table.size);
+  } else {
+    for (uint64_t d : table.shape) ti.add_shape(d);
+  }
+  ti.set_optimizer(std::string(OptimizerKindName(table.optimizer.kind)));
+  ti.set_slots(static_cast<uint32_t>(OptimizerSlots(table.optimizer.kind)));
+  return ti;
+}
+
 Status VerifyCheckpoint(CheckpointVersion* v) {
   auto m = ReadMessage<ckpt::Manifest>((fs::path(v->path) / "MANIFEST").string());
   if (!m.ok()) return m.status().code() == StatusCode::kNotFound ? NotFound("no MANIFEST (incomplete checkpoint)") : m.status();
@@ -191,6 +205,14 @@ Status VerifyCheckpoint(CheckpointVersion* v) {
   v->bytes = 0;
   if (v->manifest.version() != v->version) {
     return DataLoss("MANIFEST names version " + std::to_string(v->manifest.version()));
+  }
+  for (const auto& t : v->manifest.tables()) {
+    const std::span<const uint64_t> shape(t.shape().data(), static_cast<size_t>(t.shape_size()));
+    // An empty shape: a manifest written before shapes were recorded.
+    if (!shape.empty() && ShapeElements(shape) != t.size()) {
+      return DataLoss("MANIFEST gives table '" + t.name() + "' of " + std::to_string(t.size()) + " elements the shape " +
+                      ShapeText(shape));
+    }
   }
   for (const auto& shard : v->manifest.shards()) {
     if (shard.step() != v->manifest.step()) {

@@ -66,6 +66,10 @@ Result<ckpt::ShardInfo> WriteShard(const std::string& version_dir, uint32_t serv
 Status CommitManifest(FileSystem& fs, const std::string& version_dir, ckpt::Manifest* manifest, uint32_t expected_shards,
                       const CheckpointFaultHook& fault = nullptr);
 
+// What a manifest records of a checkpointed table: name, size, shape ([size] when the spec gives
+// none), optimizer and its slots per weight.
+ckpt::TableInfo CheckpointTableInfo(const TableSpec& table);
+
 struct CheckpointVersion {
   uint64_t version = 0;
   std::string path;

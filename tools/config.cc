@@ -175,9 +175,9 @@ Status CheckFinite(const pb::Message& m, const std::string& prefix) {
 
 Result<OptimizerConfig> ToOptimizerConfig(const config::OptimizerConfig& c) {
   OptimizerConfig o;
-  auto kind = ParseOptimizerKind(c.kind());
-  if (!kind.ok()) return InvalidArgument("config optimizer.kind: " + kind.status().message());
-  o.kind = *kind;
+  auto optimizer = LookupOptimizer(c.kind());
+  if (!optimizer.ok()) return InvalidArgument("config optimizer.kind: " + optimizer.status().message());
+  o.kind = c.kind();
   if (o.kind == OptimizerKind::kSum) return InvalidArgument("config optimizer.kind: 'sum' is not a training optimizer");
   // Values that make every update meaningless (NaN weights, no progress, division by zero) are
   // refused here, before any training, whoever builds the optimizer from a config.
@@ -194,12 +194,22 @@ Result<OptimizerConfig> ToOptimizerConfig(const config::OptimizerConfig& c) {
   if (!(c.beta1() >= 0 && c.beta1() < 1)) return bad("beta1", c.beta1(), "must be in [0, 1)");
   if (!(c.beta2() >= 0 && c.beta2() < 1)) return bad("beta2", c.beta2(), "must be in [0, 1) (1 divides by a zero bias correction)");
   if (!(c.epsilon() > 0)) return bad("epsilon", c.epsilon(), "must be positive (adam divides by sqrt(v) + epsilon)");
+  if (!(c.initial_accumulator() >= 0)) return bad("initial_accumulator", c.initial_accumulator(), "must be zero or positive");
+  if (!(c.ftrl_beta() > 0)) {
+    return bad("ftrl_beta", c.ftrl_beta(), "must be positive (ftrl divides by (ftrl_beta + sqrt(n)) / learning_rate + l2)");
+  }
+  if (!(c.l1() >= 0)) return bad("l1", c.l1(), "must be zero or positive");
+  if (!(c.l2() >= 0)) return bad("l2", c.l2(), "must be zero or positive");
   o.learning_rate = c.learning_rate();
   o.momentum = c.momentum();
   o.beta1 = c.beta1();
   o.beta2 = c.beta2();
   o.epsilon = c.epsilon();
   o.weight_decay = c.weight_decay();
+  o.initial_accumulator = c.initial_accumulator();
+  o.ftrl_beta = c.ftrl_beta();
+  o.l1 = c.l1();
+  o.l2 = c.l2();
   return o;
 }
 

@@ -1,21 +1,25 @@
-// Optimizers: SGD, momentum, Adam and sum against hand-computed values; element-wise property;
-// AddInto; OptimizerSlots / ParseOptimizerKind / OptimizerKindName.
+// Optimizers: SGD, momentum, Adam, sum, AdaGrad and FTRL against hand-computed values and scalar
+// formulas; element-wise property; AddInto; the registry (names, slots, errors) and the layout's
+// use of it (unknown names refused, name and hyperparameters in the digest).
 #include "shardps/base/optimizer.h"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "shardps/base/layout.h"
+
 namespace shardps {
 namespace {
 
-OptimizerConfig Config(OptimizerKind kind, float lr, float wd = 0.0f) {
+OptimizerConfig Config(std::string_view kind, float lr, float wd = 0.0f) {
   OptimizerConfig c;
-  c.kind = kind;
+  c.kind = std::string(kind);
   c.learning_rate = lr;
   c.weight_decay = wd;
   return c;
@@ -246,6 +250,182 @@ TEST(SumTest, WeightsBecomeTheGradient) {
   EXPECT_EQ(w, (std::vector<float>{4.0f, 5.0f, 6.0f}));
 }
 
+// ---------------------------------------------------------------- AdaGrad
+
+// s += g'^2; w -= lr * g' / (sqrt(s + a0) + eps), g' = g + wd*w. The values below are chosen so
+// that every square root and quotient is exact in float.
+TEST(AdaGradTest, ThreeStepsByHand) {
+  // lr = 21/16, a0 = 0, eps = 1, w0 = 1, g = 3, 4, 12:
+  //   t=1: s = 9,   sqrt = 3,  w = 1 - (21/16*3)/4 = 1 - 63/64         = 0.015625
+  //   t=2: s = 25,  sqrt = 5,  w = 0.015625 - (21/16*4)/6 = - 0.875   = -0.859375
+  //   t=3: s = 169, sqrt = 13, w = -0.859375 - (21/16*12)/14 = - 1.125 = -1.984375
+  OptimizerConfig c = Config("adagrad", 21.0f / 16.0f);
+  c.initial_accumulator = 0.0f;
+  c.epsilon = 1.0f;
+  std::vector<float> w = {1.0f}, s = {0.0f};
+  const float g[3] = {3.0f, 4.0f, 12.0f};
+  const float ew[3] = {0.015625f, -0.859375f, -1.984375f};
+  const float es[3] = {9.0f, 25.0f, 169.0f};
+  for (int step = 1; step <= 3; ++step) {
+    ApplyOptimizer(c, step, w, s, std::vector<float>{g[step - 1]});
+    EXPECT_EQ(w[0], ew[step - 1]) << "step " << step;
+    EXPECT_EQ(s[0], es[step - 1]) << "step " << step;
+  }
+}
+
+TEST(AdaGradTest, InitialAccumulatorAndZeroGradientByHand) {
+  // lr = 7, a0 = 16, eps = 1, w0 = 0, g = 3, 0, 12:
+  //   t=1: s = 9,   sqrt(25) = 5,   w = 0 - 21/6 = -3.5
+  //   t=2: g = 0: s and w unchanged
+  //   t=3: s = 153, sqrt(169) = 13, w = -3.5 - 84/14 = -9.5
+  OptimizerConfig c = Config("adagrad", 7.0f);
+  c.initial_accumulator = 16.0f;
+  c.epsilon = 1.0f;
+  std::vector<float> w = {0.0f}, s = {0.0f};
+  const float g[3] = {3.0f, 0.0f, 12.0f};
+  const float ew[3] = {-3.5f, -3.5f, -9.5f};
+  const float es[3] = {9.0f, 9.0f, 153.0f};
+  for (int step = 1; step <= 3; ++step) {
+    ApplyOptimizer(c, step, w, s, std::vector<float>{g[step - 1]});
+    EXPECT_EQ(w[0], ew[step - 1]) << "step " << step;
+    EXPECT_EQ(s[0], es[step - 1]) << "step " << step;
+  }
+}
+
+TEST(AdaGradTest, TwoStepsWithWeightDecayByHand) {
+  // lr = 21/16, wd = 0.5, a0 = 0, eps = 1, w0 = 1:
+  //   t=1: g = 2.5:       g' = 2.5 + 0.5   = 3, s = 9,  w = 1 - 63/64    = 0.015625
+  //   t=2: g = 3.9921875: g' = g + 1/128   = 4, s = 25, w = 0.015625 - 0.875 = -0.859375
+  OptimizerConfig c = Config("adagrad", 21.0f / 16.0f, 0.5f);
+  c.initial_accumulator = 0.0f;
+  c.epsilon = 1.0f;
+  std::vector<float> w = {1.0f}, s = {0.0f};
+  ApplyOptimizer(c, 1, w, s, std::vector<float>{2.5f});
+  EXPECT_EQ(w[0], 0.015625f);
+  EXPECT_EQ(s[0], 9.0f);
+  ApplyOptimizer(c, 2, w, s, std::vector<float>{3.9921875f});
+  EXPECT_EQ(w[0], -0.859375f);
+  EXPECT_EQ(s[0], 25.0f);
+}
+
+TEST(AdaGradTest, MatchesScalarFormulaOnRandomValues) {
+  std::mt19937 rng(4);
+  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
+  OptimizerConfig c = Config("adagrad", 0.05f, 0.01f);
+  c.initial_accumulator = 0.1f;
+  c.epsilon = 1e-6f;
+  const size_t n = 31;
+  std::vector<float> w(n), s(n, 0.0f), g(n);
+  for (auto& x : w) x = d(rng);
+  std::vector<double> rw(w.begin(), w.end()), rs(n, 0.0);
+  const double a0 = c.initial_accumulator, eps = c.epsilon;
+  for (int step = 1; step <= 4; ++step) {
+    for (auto& x : g) x = d(rng);
+    ApplyOptimizer(c, step, w, s, g);
+    for (size_t i = 0; i < n; ++i) {
+      const double gp = g[i] + 0.01 * rw[i];
+      rs[i] += gp * gp;
+      rw[i] -= 0.05 * gp / (std::sqrt(rs[i] + a0) + eps);
+      EXPECT_NEAR(w[i], rw[i], 2e-6) << "step " << step << " i " << i;
+      EXPECT_NEAR(s[i], rs[i], 2e-6) << "step " << step << " i " << i;
+    }
+  }
+}
+
+// ---------------------------------------------------------------- FTRL-Proximal
+
+// alpha = lr; n' = n + g'^2; sigma = (sqrt(n') - sqrt(n)) / alpha; z += g' - sigma*w; n = n';
+// w = |z| <= l1 ? 0 : -(z - sign(z)*l1) / ((beta + sqrt(n)) / alpha + l2).   Slots: z, n.
+TEST(FtrlTest, ThreeStepsByHand) {
+  // alpha = 1, beta = 1, l1 = l2 = 0, w0 = 0, g = 3, 4, 0:
+  //   t=1: n = 9,  sigma = 3, z = 3,                 w = -3 / (1 + 3)    = -0.75
+  //   t=2: n = 25, sigma = 2, z = 3 + 4 + 2*0.75 = 8.5, w = -8.5 / (1 + 5) = -1.41666667
+  //   t=3: g = 0: n, z unchanged, w = -8.5 / 6 again
+  OptimizerConfig c = Config("ftrl", 1.0f);
+  c.ftrl_beta = 1.0f;
+  std::vector<float> w = {0.0f}, slots(2, 0.0f);
+  const float g[3] = {3.0f, 4.0f, 0.0f};
+  const double ew[3] = {-0.75, -8.5 / 6, -8.5 / 6};
+  const float ez[3] = {3.0f, 8.5f, 8.5f};
+  const float en[3] = {9.0f, 25.0f, 25.0f};
+  for (int step = 1; step <= 3; ++step) {
+    ApplyOptimizer(c, step, w, slots, std::vector<float>{g[step - 1]});
+    EXPECT_NEAR(w[0], ew[step - 1], 1e-6) << "step " << step;
+    EXPECT_EQ(slots[0], ez[step - 1]) << "step " << step;
+    EXPECT_EQ(slots[1], en[step - 1]) << "step " << step;
+  }
+}
+
+TEST(FtrlTest, L1GivesExactZerosByHand) {
+  // alpha = 1, beta = 1, l1 = 4, w0 = 0, g = 3, 4, -12:
+  //   t=1: n = 9,   z = 3 <= 4                          -> w = 0
+  //   t=2: n = 25,  sigma = 2, z = 3 + 4 - 0 = 7 > 4     -> w = -(7 - 4) / (1 + 5) = -0.5
+  //   t=3: n = 169, sigma = 8, z = 7 - 12 + 8*0.5 = -1    -> |z| <= 4: w = 0
+  OptimizerConfig c = Config("ftrl", 1.0f);
+  c.ftrl_beta = 1.0f;
+  c.l1 = 4.0f;
+  std::vector<float> w = {0.0f}, slots(2, 0.0f);
+  const float g[3] = {3.0f, 4.0f, -12.0f};
+  const float ew[3] = {0.0f, -0.5f, 0.0f};
+  const float ez[3] = {3.0f, 7.0f, -1.0f};
+  for (int step = 1; step <= 3; ++step) {
+    ApplyOptimizer(c, step, w, slots, std::vector<float>{g[step - 1]});
+    EXPECT_EQ(w[0], ew[step - 1]) << "step " << step;
+    EXPECT_EQ(slots[0], ez[step - 1]) << "step " << step;
+  }
+}
+
+TEST(FtrlTest, L2AndLearningRateByHand) {
+  // alpha = 0.5, beta = 1, l2 = 2, w0 = 0, g = 3, 4:
+  //   t=1: n = 9,  sigma = 3/0.5 = 6, z = 3,               w = -3 / ((1+3)/0.5 + 2)   = -0.3
+  //   t=2: n = 25, sigma = 2/0.5 = 4, z = 3 + 4 + 4*0.3 = 8.2, w = -8.2 / ((1+5)/0.5 + 2) = -0.585714286
+  OptimizerConfig c = Config("ftrl", 0.5f);
+  c.ftrl_beta = 1.0f;
+  c.l2 = 2.0f;
+  std::vector<float> w = {0.0f}, slots(2, 0.0f);
+  ApplyOptimizer(c, 1, w, slots, std::vector<float>{3.0f});
+  EXPECT_NEAR(w[0], -0.3, 1e-7);
+  ApplyOptimizer(c, 2, w, slots, std::vector<float>{4.0f});
+  EXPECT_NEAR(slots[0], 8.2, 1e-6);
+  EXPECT_NEAR(w[0], -8.2 / 14, 1e-6);
+}
+
+TEST(FtrlTest, MatchesScalarFormulaOnRandomValues) {
+  std::mt19937 rng(6);
+  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
+  OptimizerConfig c = Config("ftrl", 0.1f, 0.01f);
+  c.ftrl_beta = 0.5f;
+  c.l1 = 0.2f;
+  c.l2 = 0.25f;
+  const size_t n = 37;
+  std::vector<float> w(n), slots(2 * n, 0.0f), g(n);
+  for (auto& x : w) x = 0.05f * d(rng);  // non-zero initial weights enter through sigma * w
+  std::vector<double> rw(w.begin(), w.end()), rz(n, 0.0), rn(n, 0.0);
+  const double alpha = 0.1, beta = 0.5, l1 = c.l1, l2 = 0.25;
+  int zeros = 0;
+  for (int step = 1; step <= 4; ++step) {
+    for (auto& x : g) x = d(rng);
+    ApplyOptimizer(c, step, w, slots, g);
+    for (size_t i = 0; i < n; ++i) {
+      const double gp = g[i] + 0.01 * rw[i];
+      const double n2 = rn[i] + gp * gp;
+      const double sigma = (std::sqrt(n2) - std::sqrt(rn[i])) / alpha;
+      rz[i] += gp - sigma * rw[i];
+      rn[i] = n2;
+      rw[i] = std::fabs(rz[i]) <= l1 ? 0.0 : -(rz[i] - std::copysign(l1, rz[i])) / ((beta + std::sqrt(n2)) / alpha + l2);
+      if (rw[i] == 0.0) {
+        ++zeros;
+        EXPECT_EQ(w[i], 0.0f) << "step " << step << " i " << i;
+      }
+      EXPECT_NEAR(w[i], rw[i], 1e-5) << "step " << step << " i " << i;
+      EXPECT_NEAR(slots[i], rz[i], 1e-4) << "step " << step << " i " << i;
+      EXPECT_NEAR(slots[n + i], rn[i], 1e-5) << "step " << step << " i " << i;
+    }
+  }
+  EXPECT_GT(zeros, 0);  // both branches were exercised
+  EXPECT_LT(zeros, 4 * static_cast<int>(n));
+}
+
 // ---------------------------------------------------------------- element-wise property
 
 // Applies 3 steps to [0, n) in one call, to [0, cut) and [cut, n) in separate calls (with
@@ -290,7 +470,11 @@ TEST(ElementWiseTest, WholeEqualsHalvesBitForBit) {
       Config(OptimizerKind::kMomentum, 0.01f),     Config(OptimizerKind::kMomentum, 0.05f, 0.001f),
       Config(OptimizerKind::kAdam, 0.001f),        Config(OptimizerKind::kAdam, 0.01f, 0.01f),
       Config(OptimizerKind::kSum, 1.0f),
+      Config("adagrad", 0.05f),                    Config("adagrad", 0.1f, 0.01f),
+      Config("ftrl", 0.1f),                        Config("ftrl", 0.05f, 0.01f),
   };
+  configs.back().l1 = 0.01f;  // FTRL's zero branch on some elements
+  configs.back().l2 = 0.1f;
   uint32_t seed = 10;
   for (const OptimizerConfig& c : configs) {
     // Odd lengths and cuts so vectorised bodies and scalar tails fall in different places.
@@ -356,38 +540,85 @@ TEST(AddIntoTest, SummingGradientsFromSeveralWorkers) {
   EXPECT_EQ(sum, std::vector<float>(5, 10.0f));
 }
 
-// ---------------------------------------------------------------- kinds
+// ---------------------------------------------------------------- registry
 
-TEST(OptimizerKindTest, Slots) {
-  EXPECT_EQ(OptimizerSlots(OptimizerKind::kSgd), 0);
-  EXPECT_EQ(OptimizerSlots(OptimizerKind::kMomentum), 1);
-  EXPECT_EQ(OptimizerSlots(OptimizerKind::kAdam), 2);
-  EXPECT_EQ(OptimizerSlots(OptimizerKind::kSum), 0);
-}
-
-TEST(OptimizerKindTest, ParseValidNames) {
-  const std::vector<std::pair<std::string, OptimizerKind>> cases = {
-      {"sgd", OptimizerKind::kSgd},
-      {"momentum", OptimizerKind::kMomentum},
-      {"adam", OptimizerKind::kAdam},
-      {"sum", OptimizerKind::kSum},
-  };
-  for (const auto& [name, kind] : cases) {
-    Result<OptimizerKind> r = ParseOptimizerKind(name);
-    ASSERT_TRUE(r.ok()) << name << ": " << r.status().ToString();
-    EXPECT_EQ(*r, kind);
-    // Name and parse round-trip.
-    EXPECT_EQ(OptimizerKindName(kind), name);
+TEST(OptimizerRegistryTest, ListsTheBuiltInsWithTheirSlots) {
+  const std::vector<std::pair<std::string, int>> expect = {
+      {"sgd", 0}, {"momentum", 1}, {"adam", 2}, {"sum", 0}, {"adagrad", 1}, {"ftrl", 2}};
+  const auto all = RegisteredOptimizers();
+  ASSERT_EQ(all.size(), expect.size());
+  for (size_t i = 0; i < all.size(); ++i) {
+    EXPECT_EQ(all[i]->name(), expect[i].first);
+    EXPECT_EQ(all[i]->slots(), expect[i].second) << expect[i].first;
+    EXPECT_EQ(FindOptimizer(expect[i].first), all[i]) << expect[i].first;
+    EXPECT_EQ(OptimizerSlots(expect[i].first), expect[i].second) << expect[i].first;
+    EXPECT_EQ(OptimizerKindName(expect[i].first), expect[i].first);
+    Result<const Optimizer*> r = LookupOptimizer(expect[i].first);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_EQ(*r, all[i]);
   }
+  EXPECT_EQ(RegisteredOptimizerNames(), "sgd, momentum, adam, sum, adagrad, ftrl");
+  // The constants for C++ callers name registered optimizers.
+  for (std::string_view k : {OptimizerKind::kSgd, OptimizerKind::kMomentum, OptimizerKind::kAdam, OptimizerKind::kSum}) {
+    EXPECT_NE(FindOptimizer(k), nullptr) << k;
+  }
+  EXPECT_EQ(OptimizerConfig{}.kind, "sgd");
 }
 
-TEST(OptimizerKindTest, ParseInvalidNames) {
-  for (const std::string name : {"", "SGD", "Adam", "adamw", " sgd", "sgd ", "rmsprop", "momentum2"}) {
-    Result<OptimizerKind> r = ParseOptimizerKind(name);
-    ASSERT_FALSE(r.ok()) << "'" << name << "' parsed";
+TEST(OptimizerRegistryTest, UnknownNamesAreRefusedWithTheRegisteredNames) {
+  for (const std::string name : {"", "SGD", "Adam", "adamw", " sgd", "sgd ", "rmsprop", "momentum2", "AdaGrad"}) {
+    EXPECT_EQ(FindOptimizer(name), nullptr) << "'" << name << "'";
+    EXPECT_EQ(OptimizerKindName(name), "?") << "'" << name << "'";
+    Result<const Optimizer*> r = LookupOptimizer(name);
+    ASSERT_FALSE(r.ok()) << "'" << name << "' found";
     EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
     EXPECT_NE(r.status().message().find("'" + name + "'"), std::string::npos) << r.status().message();
+    EXPECT_NE(r.status().message().find("sgd, momentum, adam, sum, adagrad, ftrl"), std::string::npos)
+        << r.status().message();
   }
+}
+
+TEST(OptimizerRegistryTest, LayoutRefusesATableNamingAnUnknownOptimizer) {
+  TableSpec t{.name = "w", .size = 10};
+  t.optimizer.kind = "rmsprop";
+  auto l = TableLayout::Create({t}, 1);
+  ASSERT_FALSE(l.ok());
+  EXPECT_EQ(l.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(l.status().message().find("table 'w'"), std::string::npos) << l.status().ToString();
+  EXPECT_NE(l.status().message().find("'rmsprop'"), std::string::npos) << l.status().ToString();
+  EXPECT_NE(l.status().message().find("adagrad"), std::string::npos) << l.status().ToString();
+}
+
+TEST(OptimizerRegistryTest, LayoutDigestCoversTheOptimizerAndEveryHyperparameter) {
+  auto digest = [](const OptimizerConfig& c) {
+    TableSpec t{.name = "w", .size = 100};
+    t.optimizer = c;
+    auto l = TableLayout::Create({t}, 2);
+    EXPECT_TRUE(l.ok()) << l.status().ToString();
+    return l.ok() ? l->digest() : 0;
+  };
+  const OptimizerConfig base;
+  const uint64_t d0 = digest(base);
+  EXPECT_EQ(digest(base), d0);  // deterministic
+  std::vector<uint64_t> seen = {d0};
+  for (const Optimizer* o : RegisteredOptimizers()) {
+    if (o->name() == base.kind) continue;
+    OptimizerConfig c = base;
+    c.kind = std::string(o->name());
+    seen.push_back(digest(c));
+  }
+  for (float OptimizerConfig::*field :
+       {&OptimizerConfig::learning_rate, &OptimizerConfig::momentum, &OptimizerConfig::beta1, &OptimizerConfig::beta2,
+        &OptimizerConfig::epsilon, &OptimizerConfig::weight_decay, &OptimizerConfig::initial_accumulator,
+        &OptimizerConfig::ftrl_beta, &OptimizerConfig::l1, &OptimizerConfig::l2}) {
+    OptimizerConfig c = base;
+    c.*field += 0.125f;
+    seen.push_back(digest(c));
+  }
+  // All different: a worker and a server that disagree on any of these refuse each other.
+  std::sort(seen.begin(), seen.end());
+  EXPECT_EQ(std::adjacent_find(seen.begin(), seen.end()), seen.end());
+  EXPECT_EQ(seen.size(), 1 + 5 + 10u);
 }
 
 }  // namespace

@@ -25,34 +25,6 @@ void HashValue(uint64_t& h, const T& v) { HashBytes(h, &v, sizeof(v)); }
 
 }  // namespace
 
-int OptimizerSlots(OptimizerKind kind) {
-  switch (kind) {
-    case OptimizerKind::kSgd: return 0;
-    case OptimizerKind::kMomentum: return 1;
-    case OptimizerKind::kAdam: return 2;
-    case OptimizerKind::kSum: return 0;
-  }
-  return 0;
-}
-
-Result<OptimizerKind> ParseOptimizerKind(const std::string& name) {
-  if (name == "sgd") return OptimizerKind::kSgd;
-  if (name == "momentum") return OptimizerKind::kMomentum;
-  if (name == "adam") return OptimizerKind::kAdam;
-  if (name == "sum") return OptimizerKind::kSum;
-  return InvalidArgument("unknown optimizer '" + name + "' (expected sgd, momentum, adam or sum)");
-}
-
-std::string_view OptimizerKindName(OptimizerKind kind) {
-  switch (kind) {
-    case OptimizerKind::kSgd: return "sgd";
-    case OptimizerKind::kMomentum: return "momentum";
-    case OptimizerKind::kAdam: return "adam";
-    case OptimizerKind::kSum: return "sum";
-  }
-  return "?";
-}
-
 uint64_t ShapeElements(std::span<const uint64_t> shape) {
   uint64_t n = 1;
   for (uint64_t d : shape) {
@@ -78,6 +50,9 @@ Result<TableLayout> TableLayout::Create(std::vector<TableSpec> specs, int num_se
     if (s.name.empty()) return InvalidArgument("a table needs a name");
     if (!names.insert(s.name).second) return InvalidArgument("table name '" + s.name + "' declared twice");
     if (s.size == 0) return InvalidArgument("table '" + s.name + "' has size 0");
+    if (auto o = LookupOptimizer(s.optimizer.kind); !o.ok()) {
+      return InvalidArgument("table '" + s.name + "': " + o.status().message());
+    }
     if (!s.shape.empty() && ShapeElements(s.shape) != s.size) {
       return InvalidArgument("table '" + s.name + "' has shape " + ShapeText(s.shape) + ", which does not hold its " +
                              std::to_string(s.size) + " elements");
@@ -98,10 +73,13 @@ Result<TableLayout> TableLayout::Create(std::vector<TableSpec> specs, int num_se
     const TableSpec& s = l.specs_[t];
     HashBytes(h, s.name.data(), s.name.size());
     HashValue(h, s.size);
-    HashValue(h, s.optimizer.kind);
+    HashValue(h, s.optimizer.kind.size());
+    HashBytes(h, s.optimizer.kind.data(), s.optimizer.kind.size());
     // Every setting the servers act on, so a worker started with another config is refused.
     for (float v : {s.optimizer.learning_rate, s.optimizer.momentum, s.optimizer.beta1, s.optimizer.beta2,
-                    s.optimizer.epsilon, s.optimizer.weight_decay, s.init.value, s.init.low, s.init.high, s.init.stddev}) {
+                    s.optimizer.epsilon, s.optimizer.weight_decay, s.optimizer.initial_accumulator,
+                    s.optimizer.ftrl_beta, s.optimizer.l1, s.optimizer.l2, s.init.value, s.init.low, s.init.high,
+                    s.init.stddev}) {
       HashValue(h, v);
     }
     HashValue(h, s.init.kind);

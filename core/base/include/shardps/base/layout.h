@@ -17,32 +17,10 @@
 #include <string>
 #include <vector>
 
+#include "shardps/base/optimizer.h"
 #include "shardps/base/status.h"
 
 namespace shardps {
-
-enum class OptimizerKind {
-  kSgd,
-  kMomentum,
-  kAdam,
-  kSum,  // the table holds the sum of the last step's pushes (reductions, model averaging)
-};
-
-// Applied by the server once per step to the sum of the workers' gradients.
-struct OptimizerConfig {
-  OptimizerKind kind = OptimizerKind::kSgd;
-  float learning_rate = 0.01f;
-  float momentum = 0.9f;       // kMomentum: v = momentum*v + (g + wd*w); w -= lr*v
-  float beta1 = 0.9f;          // kAdam
-  float beta2 = 0.999f;        // kAdam
-  float epsilon = 1e-8f;       // kAdam
-  float weight_decay = 0.0f;   // added to the gradient as weight_decay * w
-};
-
-// Number of optimizer state floats kept per weight.
-int OptimizerSlots(OptimizerKind kind);
-Result<OptimizerKind> ParseOptimizerKind(const std::string& name);
-std::string_view OptimizerKindName(OptimizerKind kind);
 
 enum class InitKind { kZeros, kConstant, kUniform, kNormal };
 

@@ -1,12 +1,14 @@
 // Config values that make training meaningless are refused before training, naming the key and
 // the value: non-finite numbers anywhere, a non-positive learning rate, epsilon <= 0, betas and
-// momentum outside [0, 1), a negative weight decay. Reached from a config file's text and from
-// overrides (what `shardps train --lr inf` and `--set` turn into).
+// momentum outside [0, 1), a negative weight decay, AdaGrad's and FTRL's out-of-range values, an
+// optimizer name that is not registered (the error lists the registered ones). Reached from a
+// config file's text and from overrides (what `shardps train --lr inf` and `--set` turn into).
 #include <gtest/gtest.h>
 
 #include <string>
 
 #include "config.h"
+#include "shardps/base/optimizer.h"
 
 namespace shardps {
 namespace {
@@ -107,6 +109,62 @@ TEST(ConfigValidation, ToOptimizerConfigRefusesTheSameValues) {
 
 TEST(ConfigValidation, UnknownOptimizerNamesTheKey) {
   ExpectRefused({"optimizer.kind=rmsprop"}, "optimizer.kind", "rmsprop");
+}
+
+TEST(ConfigValidation, UnknownOptimizerListsTheRegisteredNames) {
+  for (const std::string name : {"rmsprop", "Adam", "ada_grad", ""}) {
+    Status s = WithOverrides({"optimizer.kind=" + name});
+    ASSERT_FALSE(s.ok()) << "'" << name << "' accepted";
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.ToString();
+    EXPECT_NE(s.message().find("optimizer.kind"), std::string::npos) << s.ToString();
+    EXPECT_NE(s.message().find("'" + name + "'"), std::string::npos) << s.ToString();
+    // Every registered name is listed, so the message stays right as optimizers are added.
+    for (const Optimizer* o : RegisteredOptimizers()) {
+      EXPECT_NE(s.message().find(std::string(o->name())), std::string::npos) << o->name() << ": " << s.ToString();
+    }
+  }
+}
+
+TEST(ConfigValidation, SumIsNotATrainingOptimizer) {
+  ExpectRefused({"optimizer.kind=sum"}, "optimizer.kind", "sum");
+}
+
+TEST(ConfigValidation, AdaGradAndFtrlAreAcceptedWithTheirHyperparameters) {
+  EXPECT_TRUE(WithOverrides({"optimizer.kind=adagrad"}).ok());
+  EXPECT_TRUE(WithOverrides({"optimizer.kind=adagrad", "optimizer.initial_accumulator=0", "optimizer.epsilon=1e-6"}).ok());
+  EXPECT_TRUE(WithOverrides({"optimizer.kind=ftrl"}).ok());
+  EXPECT_TRUE(WithOverrides({"optimizer.kind=ftrl", "optimizer.ftrl_beta=0.5", "optimizer.l1=0.01", "optimizer.l2=0.1"}).ok());
+  config::OptimizerConfig o;
+  o.set_kind("ftrl");
+  o.set_learning_rate(0.05f);
+  o.set_ftrl_beta(2.0f);
+  o.set_l1(0.25f);
+  o.set_l2(0.5f);
+  o.set_initial_accumulator(0.125f);
+  auto r = ToOptimizerConfig(o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->kind, "ftrl");
+  EXPECT_EQ(r->learning_rate, 0.05f);
+  EXPECT_EQ(r->ftrl_beta, 2.0f);
+  EXPECT_EQ(r->l1, 0.25f);
+  EXPECT_EQ(r->l2, 0.5f);
+  EXPECT_EQ(r->initial_accumulator, 0.125f);
+  o.set_kind("adagrad");
+  r = ToOptimizerConfig(o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->kind, "adagrad");
+  EXPECT_EQ(OptimizerSlots(r->kind), 1);
+}
+
+TEST(ConfigValidation, AdaGradAndFtrlHyperparametersAreChecked) {
+  ExpectRefused({"optimizer.kind=adagrad", "optimizer.initial_accumulator=-0.1"}, "optimizer.initial_accumulator", "-0.1");
+  ExpectRefused({"optimizer.kind=adagrad", "optimizer.initial_accumulator=nan"}, "optimizer.initial_accumulator", "nan");
+  ExpectRefused({"optimizer.kind=adagrad", "optimizer.epsilon=0"}, "optimizer.epsilon", "0");
+  ExpectRefused({"optimizer.kind=ftrl", "optimizer.ftrl_beta=0"}, "optimizer.ftrl_beta", "0");
+  ExpectRefused({"optimizer.kind=ftrl", "optimizer.ftrl_beta=-1"}, "optimizer.ftrl_beta", "-1");
+  ExpectRefused({"optimizer.kind=ftrl", "optimizer.l1=-0.5"}, "optimizer.l1", "-0.5");
+  ExpectRefused({"optimizer.kind=ftrl", "optimizer.l2=-0.5"}, "optimizer.l2", "-0.5");
+  ExpectRefused({"optimizer.kind=ftrl", "optimizer.l2=inf"}, "optimizer.l2", "inf");
 }
 
 }  // namespace

@@ -139,8 +139,9 @@ class StashingTransport final : public Transport {
   std::vector<IncomingFrame> stash_;
 };
 
-// Agreement over the TCP transport before the Node owns it: every process sends its value to
-// rank 0, which answers every one with the reduction. A lost peer ends it with that peer's name.
+// Agreement over the TCP transport before the Node owns it, in JOB_AGREE frames (protocol.md):
+// every process sends its value to rank 0, which answers every one with the reduction. A lost
+// peer ends it with that peer's name.
 class TcpJob final : public Job {
  public:
   TcpJob(std::unique_ptr<Transport> t, const LaunchPlan& plan, Cluster cluster, std::string program)
@@ -192,12 +193,14 @@ class TcpJob final : public Job {
     if (!t_) return FailedPrecondition("the transport belongs to the node now");
     const uint64_t seq = ++seq_;
     const Clock::time_point deadline = Clock::now() + plan_.setup_timeout;
+    const wire::AgreeReduce reduce = max ? wire::AGREE_MAX : wire::AGREE_MIN;
     auto send = [&](int dest, int64_t v) {
       wire::Header h;
-      h.set_op(wire::BARRIER);
+      h.set_op(wire::JOB_AGREE);
       h.set_sender(plan_.rank);
-      h.set_barrier_id(seq);
-      h.set_step(static_cast<uint64_t>(v));
+      h.set_agree_round(seq);
+      h.set_agree_reduce(reduce);
+      h.set_agree_value(v);
       return t_->Send(dest, EncodeFrame(h, {}), {}, nullptr);
     };
     int64_t acc = value;
@@ -234,13 +237,18 @@ class TcpJob final : public Job {
           continue;
         }
         auto f = DecodeFrame(in.frame, FrameLimits{});
-        if (!f.ok() || f->header.op() != wire::BARRIER || f->header.barrier_id() != seq || f->header.sender() != in.source ||
+        if (!f.ok() || f->header.op() != wire::JOB_AGREE || f->header.agree_round() != seq || f->header.sender() != in.source ||
             in.payload_bytes != 0 || (plan_.rank != 0 && in.source != 0) || (plan_.rank == 0 && heard[in.source])) {
           stash_.push_back(std::move(in));  // for the Node (it validates everything)
           continue;
         }
+        if (f->header.agree_reduce() != reduce) {  // the same program takes the same rounds: a bug or a stranger
+          return FailedPrecondition(cluster_.Describe(in.source) + " takes part in job agreement " + std::to_string(seq) +
+                                    " as " + wire::AgreeReduce_Name(f->header.agree_reduce()) + ", this process as " +
+                                    wire::AgreeReduce_Name(reduce));
+        }
         heard[in.source] = true;
-        const int64_t v = static_cast<int64_t>(f->header.step());
+        const int64_t v = f->header.agree_value();
         if (all) (*all)[in.source] = v;
         acc = plan_.rank == 0 ? (max ? std::max(acc, v) : std::min(acc, v)) : v;
         --waiting;

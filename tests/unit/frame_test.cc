@@ -209,6 +209,27 @@ TEST(FrameTest, RoundTripEveryOp) {
   }
 }
 
+TEST(FrameTest, RoundTripJobAgreement) {
+  // The TCP job agreement has its own op and fields; values are signed (a version, or -1 for a
+  // process that failed).
+  for (int64_t value : {int64_t{-1}, int64_t{0}, int64_t{1}, INT64_MIN, INT64_MAX}) {
+    wire::Header h;
+    h.set_op(wire::JOB_AGREE);
+    h.set_sender(3);
+    h.set_agree_round(7);
+    h.set_agree_reduce(wire::AGREE_MAX);
+    h.set_agree_value(value);
+    Result<Frame> r = DecodeFrame(EncodeFrame(h, {}, false), FrameLimits{});
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_EQ(r->header.op(), wire::JOB_AGREE);
+    EXPECT_EQ(r->header.agree_round(), 7u);
+    EXPECT_EQ(r->header.agree_reduce(), wire::AGREE_MAX);
+    EXPECT_EQ(r->header.agree_value(), value);
+    EXPECT_EQ(r->header.step(), 0u);  // nothing travels in the fields of other ops
+    EXPECT_EQ(r->header.barrier_id(), 0u);
+  }
+}
+
 TEST(FrameTest, DecodeFramePrefixReportsFields) {
   const wire::Header h = FullHeader();
   const std::vector<uint8_t> payload = Payload(77);

@@ -39,6 +39,8 @@ struct JobConfig {
   uint64_t chunk_floats = 64;
   InProcOptions inproc;
   NodeOptions node;
+  // If set, each rank's transport passes through it before the node starts (fault injection).
+  std::function<std::unique_ptr<Transport>(int rank, std::unique_ptr<Transport>)> wrap_transport;
 };
 
 class ThreadsJob {
@@ -81,6 +83,7 @@ class ThreadsJob {
     } else {
       transport = hub_.Connect(rank);
     }
+    if (config_.wrap_transport) transport = config_.wrap_transport(rank, std::move(transport));
     SHARDPS_ASSIGN_OR_RETURN(auto node, Node::Start(std::move(transport), cluster, layout, config_.node));
     Status body_status = body(rank, *node);
     Status finish = node->Finish();

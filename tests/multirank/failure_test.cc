@@ -1,6 +1,10 @@
 // Deadlines: a worker that stops pushing, or a server that never answers, makes every waiting
-// rank fail with an error that names the step and the missing ranks.
+// rank fail with an error that names the step and the missing ranks; a transport whose Poll keeps
+// failing ends the job on its rank with that error.
 #include <gtest/gtest.h>
+
+#include <atomic>
+#include <thread>
 
 #include "common/threads_cluster.h"
 
@@ -86,6 +90,82 @@ TEST(Deadlines, ServerThatNeverAnswersFailsStartup) {
   ASSERT_FALSE(node.ok());
   EXPECT_EQ(node.status().code(), StatusCode::kDeadlineExceeded);
   EXPECT_NE(node.status().message().find("server ranks [0]"), std::string::npos) << node.status().ToString();
+}
+
+// A real transport whose Poll fails from the moment it is armed (a broken device, a dead MPI
+// library): everything else goes to the real one.
+class FailingPoll final : public Transport {
+ public:
+  explicit FailingPoll(std::unique_ptr<Transport> inner) : inner_(std::move(inner)) {}
+  void Arm() { armed_ = true; }
+  int rank() const override { return inner_->rank(); }
+  int size() const override { return inner_->size(); }
+  std::string name() const override { return inner_->name(); }
+  Status Send(int dest, std::vector<uint8_t> frame, std::span<const uint8_t> payload, Completion on_sent) override {
+    return inner_->Send(dest, std::move(frame), payload, std::move(on_sent));
+  }
+  Status ReceivePayload(const IncomingFrame& in, std::span<uint8_t> dest, Completion done) override {
+    return inner_->ReceivePayload(in, dest, std::move(done));
+  }
+  Status DiscardPayload(const IncomingFrame& in) override { return inner_->DiscardPayload(in); }
+  Status Poll(std::vector<IncomingFrame>* frames, Clock::time_point deadline) override {
+    if (armed_) return Internal("injected: the device is gone");
+    return inner_->Poll(frames, deadline);
+  }
+  void Wake() override { inner_->Wake(); }
+  bool Idle() const override { return inner_->Idle(); }
+  Status Release(std::span<const uint8_t> region, Clock::time_point deadline) override {
+    return inner_->Release(region, deadline);
+  }
+  void Shutdown() override { inner_->Shutdown(); }
+
+ private:
+  std::unique_ptr<Transport> inner_;
+  std::atomic<bool> armed_{false};
+};
+
+TEST(TransportFailure, APollThatKeepsFailingEndsTheJobOnThatRankWithItsError) {
+  JobConfig cfg;
+  cfg.world = 2;  // server 0; worker 1
+  cfg.servers = 1;
+  cfg.tables = OneTable();
+  cfg.chunk_floats = 128;
+  cfg.node.endpoint.poll_failure_limit = milliseconds(200);
+  cfg.node.finish_timeout = milliseconds(2000);  // the server waits for a worker that cannot say goodbye
+  std::atomic<int> transport_warnings{0};
+  cfg.node.endpoint.on_warning = [&](const std::string& m) {
+    if (m.find("injected") != std::string::npos) ++transport_warnings;
+  };
+  FailingPoll* worker_transport = nullptr;
+  cfg.wrap_transport = [&](int rank, std::unique_ptr<Transport> t) -> std::unique_ptr<Transport> {
+    if (rank != 1) return t;
+    auto f = std::make_unique<FailingPoll>(std::move(t));
+    worker_transport = f.get();
+    return f;
+  };
+  ThreadsJob job(cfg);
+  Status first, lost, second;
+  job.Run([&](int rank, Node& node) -> Status {
+    auto* c = node.client();
+    if (!c) return Status::Ok();
+    std::vector<float> g(300, 1.0f), w(300);
+    first = c->PushPull(0, g, w, 0).wait(milliseconds(30000));
+    worker_transport->Arm();
+    // The endpoint gives up on its transport once the failure persisted (a bounded wait).
+    for (int i = 0; i < 3000 && node.endpoint().lost().ok(); ++i) std::this_thread::sleep_for(milliseconds(10));
+    lost = node.endpoint().lost();
+    // Then every operation fails at once with that error instead of waiting for its deadline.
+    second = c->PushPull(0, g, w, 1).wait(milliseconds(60000));
+    return Status::Ok();
+  });
+  ASSERT_TRUE(first.ok()) << first.ToString();
+  EXPECT_EQ(lost.code(), StatusCode::kUnavailable) << lost.ToString();
+  EXPECT_EQ(second.code(), StatusCode::kUnavailable) << second.ToString();
+  EXPECT_NE(second.message().find("kept failing"), std::string::npos) << second.ToString();
+  EXPECT_NE(second.message().find("injected: the device is gone"), std::string::npos) << second.ToString();
+  // Warned when it started and when it ended the job, not on every turn of the loop.
+  EXPECT_GE(transport_warnings.load(), 1);
+  EXPECT_LE(transport_warnings.load(), 3);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "shardps/net/endpoint.h"
 
 #include <iostream>
+#include <thread>
 
 namespace shardps {
 
@@ -58,8 +59,9 @@ std::string Endpoint::Describe(int rank) const {
   return options_.describe_rank ? options_.describe_rank(rank) : "rank " + std::to_string(rank);
 }
 
-void Endpoint::PeerLost(int rank, const Status& why) {
-  Status s = Unavailable(Describe(rank) + " lost: " + why.message());
+void Endpoint::PeerLost(int rank, const Status& why) { Lost(Unavailable(Describe(rank) + " lost: " + why.message())); }
+
+void Endpoint::Lost(const Status& s) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!lost_.ok()) return;  // the first loss is the cause; later ones follow from it
@@ -196,6 +198,7 @@ void Endpoint::Dispatch(IncomingFrame in) {
 void Endpoint::Loop() {
   std::vector<IncomingFrame> frames;
   Clock::time_point stop_by = Clock::time_point::max();
+  Clock::time_point failing_since = Clock::time_point::max();  // of the current run of failed Polls
   for (;;) {
     std::vector<std::function<void()>> tasks;
     {
@@ -215,8 +218,26 @@ void Endpoint::Loop() {
     frames.clear();
     transport_->SetComputeBusy(client_ != nullptr && waiters_.load() == 0 && !stop_);
     Status s = transport_->Poll(&frames, next);
-    if (!s.ok()) Warn("transport: " + s.ToString());
+    if (s.ok()) {
+      failing_since = Clock::time_point::max();
+    } else if (failing_since == Clock::time_point::max()) {
+      failing_since = Clock::now();
+      Warn("transport: " + s.ToString() + " (the job ends on this rank if it persists for " +
+           std::to_string(options_.poll_failure_limit.count()) + " ms)");
+    } else if (!has_lost_.load() && Clock::now() - failing_since >= options_.poll_failure_limit) {
+      Lost(Unavailable("the " + transport_->name() + " transport of " + Describe(rank_) + " kept failing for " +
+                       std::to_string(options_.poll_failure_limit.count()) + " ms: " + s.ToString()));
+    }
     for (auto& in : frames) Dispatch(std::move(in));
+    if (!s.ok()) {
+      // Do not spin on a broken transport; a Post (Wake) still ends the pause at once for the
+      // next turn's tasks, since tasks are run first.
+      std::unique_lock<std::mutex> lock(mu_);
+      if (tasks_.empty() && !stop_) {
+        lock.unlock();
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+    }
   }
 }
 

@@ -57,6 +57,13 @@ struct EndpointOptions {
   std::function<void(const std::string&)> on_warning;
   // Names a rank in errors, e.g. "rank 3 (worker 1)". Default: "rank 3".
   std::function<std::string(int)> describe_rank;
+  // A transport whose Poll keeps failing this long (every Poll in between failed) has failed:
+  // the endpoint ends the job on this rank as if a peer were lost, with the transport's error
+  // (lost() returns it, handlers get OnPeerLost, every later send fails with it at once). An
+  // operation already in flight still ends at its own deadline: its buffers may be in the
+  // broken transport's hands. The first failure is warned about once (not on every loop turn),
+  // and the loop pauses between failing Polls instead of spinning.
+  std::chrono::milliseconds poll_failure_limit{2000};
 };
 
 class Endpoint {
@@ -110,6 +117,7 @@ class Endpoint {
   void Dispatch(IncomingFrame in);
   void ReplyToUndecodable(const IncomingFrame& in, const Status& why);
   void PeerLost(int rank, const Status& why);
+  void Lost(const Status& s);  // the job cannot go on here: fail everything waiting with `s`
   std::string Describe(int rank) const;
 
   // Constant after construction.

@@ -718,7 +718,7 @@ int TrainMain(int argc, char** argv) {
       ("epochs", po::value(&epochs), "config epochs")
       ("batch-size", po::value(&batch), "config batch_size (global, split over the workers)")
       ("lr", po::value(&lr), "config optimizer.learning_rate")
-      ("optimizer", po::value(&optimizer), "config optimizer.kind: sgd, momentum or adam")
+      ("optimizer", po::value(&optimizer), "config optimizer.kind: a registered optimizer (sgd, momentum, adam, adagrad, ftrl)")
       ("mode", po::value(&mode), "config mode: sync or local_sgd")
       ("local-steps", po::value(&local_steps), "config local_steps (local_sgd: K; 0 = one final average)")
       ("hidden", po::value(&hidden), "config hidden layer widths, e.g. 256,128")

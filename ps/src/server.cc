@@ -318,6 +318,13 @@ Status Server::Restore(CheckpointReader& reader) {
     if (!cs.spec->checkpointed) continue;
     const uint32_t nslots = static_cast<uint32_t>(OptimizerSlots(cs.spec->optimizer.kind));
     SHARDPS_ASSIGN_OR_RETURN(uint32_t t, reader.FindTable(cs.spec->name, cs.spec->size, nslots));
+    // Optimizers with as many slots may keep different state in them (momentum, adagrad). An
+    // empty name: a manifest that did not record it, checked by slot count alone.
+    if (const std::string& saved = reader.manifest().tables(static_cast<int>(t)).optimizer();
+        !saved.empty() && saved != cs.spec->optimizer.kind) {
+      return InvalidArgument("checkpoint table '" + cs.spec->name + "' was saved with optimizer '" + saved +
+                             "', this run has '" + cs.spec->optimizer.kind + "': its optimizer state would not mean the same");
+    }
     SHARDPS_RETURN_IF_ERROR(reader.Read(t, cs.info.begin, cs.info.end, cs.weights, cs.slots));
     cs.version = step;
   }

@@ -162,6 +162,12 @@ def check_resume(r, args):
     print(f"  2 -> 1 workers: relative difference {d:.3g}")
     if d > 1e-5:
         fail(f"resuming with 1 worker differs by {d} relative")
+    # ftrl keeps two state floats per weight like adam, but other ones: refused by name.
+    _, _, p = r.train(3, ckpt_args(r, "--servers", "1", "--epochs", "2", "--resume", ck1, "--optimizer", "ftrl"),
+                      expect_ok=False)
+    if p.returncode == 0 or "optimizer 'adam'" not in p.stderr or "'ftrl'" not in p.stderr:
+        fail(f"resuming an adam checkpoint with ftrl was not refused by name:\n{p.stderr}")
+    print("  adam -> ftrl (same slot count): refused")
     versions = sc.ckpt_versions(r.shardps, ck1)
     if [v["step"] for v in versions] != [24, 48, 64] or not all(v["valid"] for v in versions):
         fail(f"ckpt list: {versions}")

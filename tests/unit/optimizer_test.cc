@@ -542,6 +542,8 @@ TEST(AddIntoTest, SummingGradientsFromSeveralWorkers) {
 
 // ---------------------------------------------------------------- registry
 
+// Checkpoint manifests record these names and slot counts: changing one would refuse the
+// checkpoints written before.
 TEST(OptimizerRegistryTest, ListsTheBuiltInsWithTheirSlots) {
   const std::vector<std::pair<std::string, int>> expect = {
       {"sgd", 0}, {"momentum", 1}, {"adam", 2}, {"sum", 0}, {"adagrad", 1}, {"ftrl", 2}};

@@ -9,9 +9,9 @@
 //   ApplyOptimizer(cfg, /*step=*/1, w, slots, g);   // step counts from 1 (Adam's bias correction)
 //
 // Adding an optimizer: write a class deriving from Optimizer in core/base/src/optimizer.cc and list
-// it in RegisteredOptimizers() there; give any new hyperparameter a field in OptimizerConfig (and
-// the layout digest, layout.cc). Nothing else switches on the optimizer: configs, servers, workers
-// and checkpoints find it by name.
+// it in RegisteredOptimizers() there; give any new hyperparameter a field in OptimizerConfig, the
+// layout digest (layout.cc) and the CLI config (tools/config.proto, ToOptimizerConfig). Nothing
+// else switches on the optimizer: configs, servers, workers and checkpoints find it by name.
 #pragma once
 
 #include <cstddef>

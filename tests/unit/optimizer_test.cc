@@ -30,6 +30,26 @@ bool BitEqual(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
 }
 
+// One weight from zero state: after step i (gradient steps[i].g) the weight must be steps[i].w
+// (exactly, or within w_tol) and the slots exactly steps[i].slots (all of them, when given).
+struct Step {
+  float g;
+  double w;
+  std::vector<float> slots;
+};
+void ExpectSteps(const OptimizerConfig& c, float w0, const std::vector<Step>& steps, double w_tol = 0.0) {
+  std::vector<float> w = {w0}, s(static_cast<size_t>(OptimizerSlots(c.kind)), 0.0f);
+  for (size_t i = 0; i < steps.size(); ++i) {
+    ApplyOptimizer(c, i + 1, w, s, std::vector<float>{steps[i].g});
+    if (w_tol == 0.0) {
+      EXPECT_EQ(w[0], static_cast<float>(steps[i].w)) << c.kind << " step " << i + 1;
+    } else {
+      EXPECT_NEAR(w[0], steps[i].w, w_tol) << c.kind << " step " << i + 1;
+    }
+    if (!steps[i].slots.empty()) EXPECT_EQ(s, steps[i].slots) << c.kind << " step " << i + 1;
+  }
+}
+
 // ---------------------------------------------------------------- SGD
 
 TEST(SgdTest, ThreeStepsByHand) {
@@ -262,15 +282,7 @@ TEST(AdaGradTest, ThreeStepsByHand) {
   OptimizerConfig c = Config("adagrad", 21.0f / 16.0f);
   c.initial_accumulator = 0.0f;
   c.epsilon = 1.0f;
-  std::vector<float> w = {1.0f}, s = {0.0f};
-  const float g[3] = {3.0f, 4.0f, 12.0f};
-  const float ew[3] = {0.015625f, -0.859375f, -1.984375f};
-  const float es[3] = {9.0f, 25.0f, 169.0f};
-  for (int step = 1; step <= 3; ++step) {
-    ApplyOptimizer(c, step, w, s, std::vector<float>{g[step - 1]});
-    EXPECT_EQ(w[0], ew[step - 1]) << "step " << step;
-    EXPECT_EQ(s[0], es[step - 1]) << "step " << step;
-  }
+  ExpectSteps(c, 1.0f, {{3.0f, 0.015625, {9.0f}}, {4.0f, -0.859375, {25.0f}}, {12.0f, -1.984375, {169.0f}}});
 }
 
 TEST(AdaGradTest, InitialAccumulatorAndZeroGradientByHand) {
@@ -281,15 +293,7 @@ TEST(AdaGradTest, InitialAccumulatorAndZeroGradientByHand) {
   OptimizerConfig c = Config("adagrad", 7.0f);
   c.initial_accumulator = 16.0f;
   c.epsilon = 1.0f;
-  std::vector<float> w = {0.0f}, s = {0.0f};
-  const float g[3] = {3.0f, 0.0f, 12.0f};
-  const float ew[3] = {-3.5f, -3.5f, -9.5f};
-  const float es[3] = {9.0f, 9.0f, 153.0f};
-  for (int step = 1; step <= 3; ++step) {
-    ApplyOptimizer(c, step, w, s, std::vector<float>{g[step - 1]});
-    EXPECT_EQ(w[0], ew[step - 1]) << "step " << step;
-    EXPECT_EQ(s[0], es[step - 1]) << "step " << step;
-  }
+  ExpectSteps(c, 0.0f, {{3.0f, -3.5, {9.0f}}, {0.0f, -3.5, {9.0f}}, {12.0f, -9.5, {153.0f}}});
 }
 
 TEST(AdaGradTest, TwoStepsWithWeightDecayByHand) {
@@ -299,13 +303,7 @@ TEST(AdaGradTest, TwoStepsWithWeightDecayByHand) {
   OptimizerConfig c = Config("adagrad", 21.0f / 16.0f, 0.5f);
   c.initial_accumulator = 0.0f;
   c.epsilon = 1.0f;
-  std::vector<float> w = {1.0f}, s = {0.0f};
-  ApplyOptimizer(c, 1, w, s, std::vector<float>{2.5f});
-  EXPECT_EQ(w[0], 0.015625f);
-  EXPECT_EQ(s[0], 9.0f);
-  ApplyOptimizer(c, 2, w, s, std::vector<float>{3.9921875f});
-  EXPECT_EQ(w[0], -0.859375f);
-  EXPECT_EQ(s[0], 25.0f);
+  ExpectSteps(c, 1.0f, {{2.5f, 0.015625, {9.0f}}, {3.9921875f, -0.859375, {25.0f}}});
 }
 
 TEST(AdaGradTest, MatchesScalarFormulaOnRandomValues) {
@@ -343,17 +341,8 @@ TEST(FtrlTest, ThreeStepsByHand) {
   //   t=3: g = 0: n, z unchanged, w = -8.5 / 6 again
   OptimizerConfig c = Config("ftrl", 1.0f);
   c.ftrl_beta = 1.0f;
-  std::vector<float> w = {0.0f}, slots(2, 0.0f);
-  const float g[3] = {3.0f, 4.0f, 0.0f};
-  const double ew[3] = {-0.75, -8.5 / 6, -8.5 / 6};
-  const float ez[3] = {3.0f, 8.5f, 8.5f};
-  const float en[3] = {9.0f, 25.0f, 25.0f};
-  for (int step = 1; step <= 3; ++step) {
-    ApplyOptimizer(c, step, w, slots, std::vector<float>{g[step - 1]});
-    EXPECT_NEAR(w[0], ew[step - 1], 1e-6) << "step " << step;
-    EXPECT_EQ(slots[0], ez[step - 1]) << "step " << step;
-    EXPECT_EQ(slots[1], en[step - 1]) << "step " << step;
-  }
+  ExpectSteps(c, 0.0f, {{3.0f, -0.75, {3.0f, 9.0f}}, {4.0f, -8.5 / 6, {8.5f, 25.0f}}, {0.0f, -8.5 / 6, {8.5f, 25.0f}}},
+              /*w_tol=*/1e-6);
 }
 
 TEST(FtrlTest, L1GivesExactZerosByHand) {
@@ -364,15 +353,7 @@ TEST(FtrlTest, L1GivesExactZerosByHand) {
   OptimizerConfig c = Config("ftrl", 1.0f);
   c.ftrl_beta = 1.0f;
   c.l1 = 4.0f;
-  std::vector<float> w = {0.0f}, slots(2, 0.0f);
-  const float g[3] = {3.0f, 4.0f, -12.0f};
-  const float ew[3] = {0.0f, -0.5f, 0.0f};
-  const float ez[3] = {3.0f, 7.0f, -1.0f};
-  for (int step = 1; step <= 3; ++step) {
-    ApplyOptimizer(c, step, w, slots, std::vector<float>{g[step - 1]});
-    EXPECT_EQ(w[0], ew[step - 1]) << "step " << step;
-    EXPECT_EQ(slots[0], ez[step - 1]) << "step " << step;
-  }
+  ExpectSteps(c, 0.0f, {{3.0f, 0.0, {3.0f, 9.0f}}, {4.0f, -0.5, {7.0f, 25.0f}}, {-12.0f, 0.0, {-1.0f, 169.0f}}});
 }
 
 TEST(FtrlTest, L2AndLearningRateByHand) {

@@ -51,7 +51,7 @@ void Endpoint::Abort(const Status& why, std::chrono::milliseconds flush) {
 
 Status Endpoint::lost() const {
   if (!has_lost_.load()) return Status::Ok();
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   return lost_;
 }
 
@@ -63,7 +63,7 @@ void Endpoint::PeerLost(int rank, const Status& why) { Lost(Unavailable(Describe
 
 void Endpoint::Lost(const Status& s) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     if (!lost_.ok()) return;  // the first loss is the cause; later ones follow from it
     lost_ = s;
   }
@@ -75,7 +75,7 @@ void Endpoint::Lost(const Status& s) {
 
 void Endpoint::Post(std::function<void()> task) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     tasks_.push_back(std::move(task));
   }
   transport_->Wake();
@@ -202,7 +202,7 @@ void Endpoint::Loop() {
   for (;;) {
     std::vector<std::function<void()>> tasks;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       tasks.swap(tasks_);
     }
     for (auto& t : tasks) t();
@@ -232,11 +232,12 @@ void Endpoint::Loop() {
     if (!s.ok()) {
       // Do not spin on a broken transport; a Post (Wake) still ends the pause at once for the
       // next turn's tasks, since tasks are run first.
-      std::unique_lock<std::mutex> lock(mu_);
-      if (tasks_.empty() && !stop_) {
-        lock.unlock();
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      bool no_tasks;
+      {
+        MutexLock lock(mu_);
+        no_tasks = tasks_.empty();
       }
+      if (no_tasks && !stop_) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
   }
 }

@@ -5,24 +5,26 @@
 #include <random>
 #include <unordered_map>
 
+#include "shardps/base/thread_annotations.h"
+
 namespace shardps {
 
 // A payload on its way: the receiver copies it out of the sender's buffer (zero-copy until then).
 // If the sender releases that buffer first, the bytes move into `own` and the view follows them.
 struct InProcPayload {
-  std::mutex mu;
-  std::span<const uint8_t> view;  // GUARDED_BY(mu)
-  std::vector<uint8_t> own;       // GUARDED_BY(mu)
+  Mutex mu;
+  std::span<const uint8_t> view SHARDPS_GUARDED_BY(mu);
+  std::vector<uint8_t> own SHARDPS_GUARDED_BY(mu);
   const std::span<const uint8_t> original;  // the sender's buffer
   const size_t size;
   explicit InProcPayload(std::span<const uint8_t> p) : view(p), original(p), size(p.size()) {}
   void CopyTo(std::span<uint8_t> dest) {
-    std::lock_guard<std::mutex> lock(mu);
+    MutexLock lock(mu);
     std::memcpy(dest.data(), view.data(), dest.size());
   }
   // Sender side: stop pointing into the caller's memory.
   void Detach() {
-    std::lock_guard<std::mutex> lock(mu);
+    MutexLock lock(mu);
     if (!own.empty() || view.empty()) return;
     own.assign(view.begin(), view.end());
     view = own;
@@ -39,14 +41,14 @@ struct InProcEvent {
 };
 
 struct InProcHub::Mailbox {
-  std::mutex mu;
+  Mutex mu;
   std::condition_variable cv;
-  std::deque<InProcEvent> events;  // GUARDED_BY(mu)
-  bool woken = false;              // GUARDED_BY(mu)
+  std::deque<InProcEvent> events SHARDPS_GUARDED_BY(mu);
+  bool woken SHARDPS_GUARDED_BY(mu) = false;
 
   void Put(InProcEvent e) {
     {
-      std::lock_guard<std::mutex> lock(mu);
+      MutexLock lock(mu);
       events.push_back(std::move(e));
     }
     cv.notify_one();
@@ -121,7 +123,7 @@ class InProcTransport final : public Transport {
     std::vector<InProcEvent> got;
     bool progressed = RunLocalCompletions();
     {
-      std::unique_lock<std::mutex> lock(box.mu);
+      MutexLock lock(box.mu);
       for (;;) {
         const auto now = Clock::now();
         Clock::time_point next_delivery = Clock::time_point::max();
@@ -135,7 +137,7 @@ class InProcTransport final : public Transport {
           }
         }
         if (!got.empty() || progressed || box.woken || now >= deadline) break;
-        box.cv.wait_until(lock, std::min(deadline, next_delivery));
+        box.cv.wait_until(lock.native(), std::min(deadline, next_delivery));
       }
       box.woken = false;
     }
@@ -177,7 +179,7 @@ class InProcTransport final : public Transport {
   void Wake() override {
     InProcHub::Mailbox& box = *boxes_[rank_];
     {
-      std::lock_guard<std::mutex> lock(box.mu);
+      MutexLock lock(box.mu);
       box.woken = true;
     }
     box.cv.notify_one();

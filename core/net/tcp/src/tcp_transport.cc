@@ -16,6 +16,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "shardps/base/thread_annotations.h"
+
 namespace shardps {
 namespace {
 
@@ -648,9 +650,11 @@ class TcpTransport final : public Transport {
       }
     }
     {
-      std::unique_lock<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       if (self_ready_.empty() && local_done_.empty()) {
-        cv_.wait_until(lock, deadline, [&] { return !inbox_.empty() || !completions_.empty() || woken_; });
+        while (inbox_.empty() && completions_.empty() && !woken_) {
+          if (cv_.wait_until(lock.native(), deadline) == std::cv_status::timeout) break;
+        }
       }
       ready_flag_.store(false, std::memory_order_relaxed);
       woken_ = false;
@@ -672,7 +676,7 @@ class TcpTransport final : public Transport {
 
   void Wake() override {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       woken_ = true;
       ready_flag_.store(true, std::memory_order_release);
     }
@@ -754,7 +758,7 @@ class TcpTransport final : public Transport {
   // ---- eager buffers (either thread) ----
   EagerPayload TakeEagerBuffer() {
     {
-      std::lock_guard<std::mutex> lock(pool_mu_);
+      MutexLock lock(pool_mu_);
       if (!pool_.empty()) {
         EagerPayload b{std::move(pool_.back()), 0};
         pool_.pop_back();
@@ -765,7 +769,7 @@ class TcpTransport final : public Transport {
   }
   void ReleaseEager(EagerPayload b) {
     eager_bytes_ -= kEagerBytes;
-    std::lock_guard<std::mutex> lock(pool_mu_);
+    MutexLock lock(pool_mu_);
     if (pool_.size() < 64) pool_.push_back(std::move(b.data));
   }
 
@@ -781,7 +785,7 @@ class TcpTransport final : public Transport {
   // ---- I/O thread ----
   void Deliver(std::function<void()> completion) {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       completions_.push_back(std::move(completion));
       ready_flag_.store(true, std::memory_order_release);
     }
@@ -792,7 +796,7 @@ class TcpTransport final : public Transport {
   }
   void Arrive(IncomingFrame in) {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       inbox_.push_back(std::move(in));
       ready_flag_.store(true, std::memory_order_release);
     }
@@ -971,7 +975,7 @@ class TcpTransport final : public Transport {
                              peers_[r].last_heard = Clock::now();
                              frame->token = next_token_++ | kEagerToken;
                              {
-                               std::lock_guard<std::mutex> lock(mu_);
+                               MutexLock lock(mu_);
                                eager_arrived_.emplace(frame->token, std::move(*buf));
                              }
                              Arrive(std::move(*frame));
@@ -1188,16 +1192,16 @@ class TcpTransport final : public Transport {
   bool stopping_ = false;
   std::vector<uint8_t> scratch_;  // where released payload bytes are read and dropped
   // Shared between the threads.
-  std::mutex mu_;
+  Mutex mu_;
   std::condition_variable cv_;
-  std::vector<IncomingFrame> inbox_;                // GUARDED_BY(mu_)
-  std::vector<std::function<void()>> completions_;  // GUARDED_BY(mu_)
-  bool woken_ = false;                              // GUARDED_BY(mu_)
+  std::vector<IncomingFrame> inbox_ SHARDPS_GUARDED_BY(mu_);
+  std::vector<std::function<void()>> completions_ SHARDPS_GUARDED_BY(mu_);
+  bool woken_ SHARDPS_GUARDED_BY(mu_) = false;
   std::atomic<bool> ready_flag_{false};             // something for Poll (set under mu_)
-  std::unordered_map<uint64_t, EagerPayload> eager_arrived_;  // GUARDED_BY(mu_)
+  std::unordered_map<uint64_t, EagerPayload> eager_arrived_ SHARDPS_GUARDED_BY(mu_);
   std::atomic<uint64_t> eager_bytes_{0};            // eager payloads not yet claimed or discarded
-  std::mutex pool_mu_;
-  std::vector<std::unique_ptr<uint8_t[]>> pool_;    // GUARDED_BY(pool_mu_)
+  Mutex pool_mu_;
+  std::vector<std::unique_ptr<uint8_t[]>> pool_ SHARDPS_GUARDED_BY(pool_mu_);
   std::atomic<int64_t> in_flight_{0};
   // Owner thread only.
   std::vector<IncomingFrame> self_ready_;

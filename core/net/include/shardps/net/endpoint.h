@@ -29,6 +29,7 @@
 #include <thread>
 #include <vector>
 
+#include "shardps/base/thread_annotations.h"
 #include "shardps/net/frame.h"
 #include "shardps/net/transport.h"
 
@@ -91,11 +92,11 @@ class Endpoint {
   // cause), flushes, and stops.
   void Abort(const Status& why, std::chrono::milliseconds flush = std::chrono::milliseconds(2000));
   // The first lost peer, once one was lost (then every send fails with it). Thread-safe.
-  Status lost() const;
+  Status lost() const SHARDPS_EXCLUDES(mu_);
   bool running() const { return running_.load(); }
 
   // Runs `task` on the communication thread. Thread-safe.
-  void Post(std::function<void()> task);
+  void Post(std::function<void()> task) SHARDPS_EXCLUDES(mu_);
 
   // A thread of this process starts or stops blocking on an operation of this endpoint (the
   // worker's Handle::wait). While a client is set and no thread waits, the worker is taken to be
@@ -117,7 +118,7 @@ class Endpoint {
   void Dispatch(IncomingFrame in);
   void ReplyToUndecodable(const IncomingFrame& in, const Status& why);
   void PeerLost(int rank, const Status& why);
-  void Lost(const Status& s);  // the job cannot go on here: fail everything waiting with `s`
+  void Lost(const Status& s) SHARDPS_EXCLUDES(mu_);  // the job cannot go on here: fail everything waiting with `s`
   std::string Describe(int rank) const;
 
   // Constant after construction.
@@ -128,9 +129,9 @@ class Endpoint {
   FrameHandler* server_ = nullptr;  // set before Start()
   FrameHandler* client_ = nullptr;
 
-  mutable std::mutex mu_;
-  std::vector<std::function<void()>> tasks_;  // GUARDED_BY(mu_)
-  Status lost_;                               // GUARDED_BY(mu_)
+  mutable Mutex mu_;
+  std::vector<std::function<void()>> tasks_ SHARDPS_GUARDED_BY(mu_);
+  Status lost_ SHARDPS_GUARDED_BY(mu_);
   std::atomic<bool> has_lost_{false};
   std::atomic<int> waiters_{0};
 

@@ -15,17 +15,22 @@ struct OpState {
   KVClient* client = nullptr;                   // null for operations that never started
   std::vector<std::span<const uint8_t>> regions;  // the caller's buffers (payloads and outputs)
   bool cancelled = false;                        // communication thread only
-  mutable std::mutex mu;
+  mutable Mutex mu;
   std::condition_variable cv;
-  std::vector<int> server;          // by piece
-  std::vector<uint8_t> parts_left;  // GUARDED_BY(mu), by piece
-  size_t remaining = 0;             // GUARDED_BY(mu)
-  Status error;                     // GUARDED_BY(mu): first failure
+  std::vector<int> server;                                // by piece
+  std::vector<uint8_t> parts_left SHARDPS_GUARDED_BY(mu);  // by piece
+  size_t remaining SHARDPS_GUARDED_BY(mu) = 0;
+  Status error SHARDPS_GUARDED_BY(mu);                     // the first failure
 
-  void Part(size_t piece, const Status& s) {
+  // The constructors run before the state is shared, so they set guarded fields without the lock
+  // (the analysis does not check constructors).
+  explicit OpState(Status done) : error(std::move(done)) {}  // finished before it started
+  OpState(std::string description, size_t pieces) : what(std::move(description)), parts_left(pieces, 2), remaining(pieces) {}
+
+  void Part(size_t piece, const Status& s) SHARDPS_EXCLUDES(mu) {
     bool all = false;
     {
-      std::lock_guard<std::mutex> lock(mu);
+      MutexLock lock(mu);
       if (!s.ok() && error.ok()) error = s;
       if (parts_left[piece] == 0) return;
       if (--parts_left[piece] == 0) all = --remaining == 0;
@@ -35,9 +40,7 @@ struct OpState {
 };
 
 Handle CompletedHandle(Status s) {
-  auto op = std::make_shared<OpState>();
-  op->error = std::move(s);
-  return Handle(op);
+  return Handle(std::make_shared<OpState>(std::move(s)));
 }
 
 }  // namespace internal
@@ -46,12 +49,17 @@ using internal::OpState;
 
 Status Handle::wait(std::chrono::milliseconds timeout) const {
   if (!state_) return Status::Ok();
-  std::unique_lock<std::mutex> lock(state_->mu);
+  MutexLock lock(state_->mu);
   if (state_->remaining == 0) return state_->error;
   // While this thread blocks, the communication thread may poll eagerly (Endpoint::BeginWait).
   KVClient* client = state_->client;
   if (client) client->endpoint_.BeginWait();
-  const bool done = state_->cv.wait_for(lock, timeout, [&] { return state_->remaining == 0; });
+  // wait_for(timeout, predicate), with the predicate tested here, where the analysis sees the lock.
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  while (state_->remaining != 0) {
+    if (state_->cv.wait_until(lock.native(), until) == std::cv_status::timeout) break;
+  }
+  const bool done = state_->remaining == 0;
   if (client) client->endpoint_.EndWait();
   if (done) return state_->error;
   std::set<int> missing;
@@ -67,7 +75,7 @@ Status Handle::Cancel(std::chrono::milliseconds timeout) const {
 
 bool Handle::done() const {
   if (!state_) return true;
-  std::lock_guard<std::mutex> lock(state_->mu);
+  MutexLock lock(state_->mu);
   return state_->remaining == 0;
 }
 
@@ -86,7 +94,7 @@ KVClient::KVClient(Endpoint& endpoint, const Cluster& cluster, const TableLayout
 KVClient::~KVClient() = default;
 
 void KVClient::Retain(std::shared_ptr<void> keep) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   retained_.push_back(std::move(keep));
 }
 
@@ -94,7 +102,7 @@ Status KVClient::Cancel(const std::shared_ptr<OpState>& op, std::chrono::millise
   const auto deadline = Clock::now() + timeout;
   if (!endpoint_.running()) {
     // Stopped: the endpoint shut its transport down, which then touches no buffer.
-    std::lock_guard<std::mutex> lock(op->mu);
+    MutexLock lock(op->mu);
     if (op->error.ok()) op->error = Cancelled(op->what + ": cancelled");
     std::fill(op->parts_left.begin(), op->parts_left.end(), 0);
     op->remaining = 0;
@@ -114,7 +122,7 @@ Status KVClient::Cancel(const std::shared_ptr<OpState>& op, std::chrono::millise
 
 Status KVClient::CancelOnCommThread(const std::shared_ptr<OpState>& op, Clock::time_point deadline) {
   {
-    std::lock_guard<std::mutex> lock(op->mu);
+    MutexLock lock(op->mu);
     if (op->remaining == 0) return Status::Ok();  // finished meanwhile
   }
   op->cancelled = true;  // completions still queued in a transport leave the buffers alone
@@ -125,7 +133,7 @@ Status KVClient::CancelOnCommThread(const std::shared_ptr<OpState>& op, Clock::t
     if (!s.ok() && held.ok()) held = s.WithContext(op->what + ": cancel");
   }
   {
-    std::lock_guard<std::mutex> lock(op->mu);
+    MutexLock lock(op->mu);
     if (op->error.ok()) op->error = Cancelled(op->what + ": cancelled");
     std::fill(op->parts_left.begin(), op->parts_left.end(), 0);
     op->remaining = 0;
@@ -209,7 +217,7 @@ Handle KVClient::PushPull(uint32_t table, std::span<const float> grad, std::span
 Handle KVClient::Barrier() {
   uint64_t id;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     id = barrier_count_++;
   }
   Piece p;
@@ -258,10 +266,7 @@ Handle KVClient::Checkpoint(uint64_t version, uint64_t step) {
 }
 
 Handle KVClient::Start(std::string what, std::vector<Piece> pieces) {
-  auto op = std::make_shared<OpState>();
-  op->what = std::move(what);
-  op->remaining = pieces.size();
-  op->parts_left.assign(pieces.size(), 2);  // sent + answered
+  auto op = std::make_shared<OpState>(std::move(what), pieces.size());  // each piece: sent + answered
   op->client = this;
   for (const Piece& p : pieces) op->server.push_back(p.server_rank);
   // The pieces are consecutive slices of one gradient and one output buffer: release each whole.
@@ -282,7 +287,7 @@ Handle KVClient::Start(std::string what, std::vector<Piece> pieces) {
   }
   if (pieces.empty()) return Handle(op);
   if (!endpoint_.running()) {
-    std::lock_guard<std::mutex> lock(op->mu);
+    MutexLock lock(op->mu);
     op->error = Unavailable(op->what + ": the communication thread is not running");
     op->remaining = 0;
     return Handle(op);

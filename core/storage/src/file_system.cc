@@ -77,7 +77,7 @@ const char* FsOpName(FsOp op) {
 }
 
 const FsFault* FaultInjectingFileSystem::Next(FsOp op, const std::string& what) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   ++calls_;
   log_.push_back(std::string(FsOpName(op)) + (what.empty() ? "" : " " + what));
   const FsFault* hit = nullptr;
@@ -145,17 +145,17 @@ int FaultInjectingFileSystem::SyncDir(const std::string& path) {
 }
 
 uint64_t FaultInjectingFileSystem::calls() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   return calls_;
 }
 
 int FaultInjectingFileSystem::fired() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   return fired_;
 }
 
 std::vector<std::string> FaultInjectingFileSystem::log() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   return log_;
 }
 

@@ -32,6 +32,7 @@
 #include "shardps/base/cluster.h"
 #include "shardps/net/endpoint.h"
 #include "shardps/base/layout.h"
+#include "shardps/base/thread_annotations.h"
 
 namespace shardps::worker {
 
@@ -140,9 +141,9 @@ class KVClient final : public FrameHandler {
   const TableLayout layout_;
   const ClientOptions options_;
 
-  std::mutex mu_;
-  uint64_t barrier_count_ = 0;  // GUARDED_BY(mu_)
-  std::vector<std::shared_ptr<void>> retained_;  // GUARDED_BY(mu_)
+  Mutex mu_;
+  uint64_t barrier_count_ SHARDPS_GUARDED_BY(mu_) = 0;
+  std::vector<std::shared_ptr<void>> retained_ SHARDPS_GUARDED_BY(mu_);
 
   // Communication thread only.
   uint64_t next_request_id_ = 1;

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "shardps/base/status.h"
+#include "shardps/base/thread_annotations.h"
 
 namespace shardps {
 
@@ -89,14 +90,14 @@ class FaultInjectingFileSystem final : public FileSystem {
 
  private:
   // The fault selected for this call, or nullptr; counts the call.
-  const FsFault* Next(FsOp op, const std::string& what);
+  const FsFault* Next(FsOp op, const std::string& what) SHARDPS_EXCLUDES(mu_);
   FileSystem& base_;
   const std::vector<FsFault> faults_;
-  mutable std::mutex mu_;
-  std::vector<uint64_t> seen_;
-  uint64_t calls_ = 0;
-  int fired_ = 0;
-  std::vector<std::string> log_;
+  mutable Mutex mu_;
+  std::vector<uint64_t> seen_ SHARDPS_GUARDED_BY(mu_);
+  uint64_t calls_ SHARDPS_GUARDED_BY(mu_) = 0;
+  int fired_ SHARDPS_GUARDED_BY(mu_) = 0;
+  std::vector<std::string> log_ SHARDPS_GUARDED_BY(mu_);
 };
 
 // Writes `parts` to `path` atomically: a temporary file next to it, fsync, rename over `path`,

@@ -106,13 +106,13 @@ Server::~Server() {
 }
 
 ServerStats Server::stats() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   return stats_;
 }
 
 void Server::OnPeerLost(const Status& why) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     if (lost_.ok()) lost_ = why;
   }
   cv_.notify_all();
@@ -127,11 +127,15 @@ std::optional<uint64_t> Server::CompletedSteps(uint32_t tables) const {
 }
 
 Status Server::WaitForWorkers(std::chrono::milliseconds timeout) {
-  std::unique_lock<std::mutex> lock(mu_);
-  auto all = [&] { return std::all_of(worker_done_.begin(), worker_done_.end(), [](bool b) { return b; }); };
-  if (cv_.wait_for(lock, timeout, [&] { return all() || !lost_.ok(); })) {
-    if (!lost_.ok() && !all()) return lost_;
-    return Status::Ok();
+  MutexLock lock(mu_);
+  // The condition is tested here, in the locked scope, where the analysis sees the lock; once more
+  // after the deadline, as wait_for with a predicate does.
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  for (bool timed_out = false;;) {
+    if (std::all_of(worker_done_.begin(), worker_done_.end(), [](bool b) { return b; })) return Status::Ok();
+    if (!lost_.ok()) return lost_;
+    if (timed_out) break;
+    timed_out = cv_.wait_until(lock.native(), until) == std::cv_status::timeout;
   }
   std::vector<int> missing;
   for (int w = 0; w < num_workers_; ++w) if (!worker_done_[w]) missing.push_back(cluster_.worker_rank(w));
@@ -172,7 +176,7 @@ void Server::Reject(IncomingFrame& in, const wire::Header& h, const Status& s) {
     in.payload_bytes = 0;
   }
   endpoint_.SendError(in.source, h, s);
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   ++stats_.errors_sent;
 }
 
@@ -225,7 +229,7 @@ void Server::HandleHello(IncomingFrame& in, const wire::Header& h) {
 void Server::HandleShutdown(IncomingFrame& in, const wire::Header& h) {
   SendOk(in.source, h);
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     worker_done_[cluster_.WorkerIndexOf(in.source)] = true;
   }
   cv_.notify_all();
@@ -368,7 +372,7 @@ void Server::HandlePush(IncomingFrame& in, Frame& f) {
   const int w = cluster_.WorkerIndexOf(in.source);
   bool after_shutdown;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     ++stats_.pushes;
     after_shutdown = worker_done_[w];
   }
@@ -579,7 +583,7 @@ void Server::ApplyStep(ChunkState& cs) {
   std::fill(cs.arrived.begin(), cs.arrived.end(), 0);
   for (auto& r : cs.ranges) r.clear();
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     ++stats_.steps_applied;
   }
   AnswerPulls(cs);
@@ -629,7 +633,7 @@ void Server::AnswerPulls(ChunkState& cs) {
 void Server::HandlePull(IncomingFrame& in, Frame& f) {
   const wire::Header& h = f.header;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     ++stats_.pulls;
   }
   auto v = ValidateKeys(h, /*allow_empty=*/false);

@@ -43,6 +43,7 @@
 #include "shardps/base/cluster.h"
 #include "shardps/net/endpoint.h"
 #include "shardps/base/layout.h"
+#include "shardps/base/thread_annotations.h"
 #include "shardps/storage/safetensors.h"
 
 namespace shardps::ps {
@@ -174,11 +175,11 @@ class Server final : public FrameHandler {
   bool writer_busy_ = false;
   Clock::time_point next_expiry_ = Clock::time_point::max();
 
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   std::condition_variable cv_;
-  std::vector<bool> worker_done_;  // GUARDED_BY(mu_)
-  Status lost_;                    // GUARDED_BY(mu_)
-  ServerStats stats_;              // GUARDED_BY(mu_)
+  std::vector<bool> worker_done_ SHARDPS_GUARDED_BY(mu_);
+  Status lost_ SHARDPS_GUARDED_BY(mu_);
+  ServerStats stats_ SHARDPS_GUARDED_BY(mu_);
 };
 
 }  // namespace shardps::ps

@@ -1,5 +1,7 @@
 // shardps train: data-parallel training through the parameter servers (or alone, --servers 0).
-#include <sys/resource.h>
+// This file is the orchestration: flags, the config, the job's processes and their roles. The
+// checks made before training are in train_checks.*, the outputs in train_outputs.*, the training
+// loop and checkpoints in the worker library.
 #include <unistd.h>
 
 #include <boost/program_options.hpp>
@@ -8,11 +10,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <optional>
 #include <new>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -21,27 +21,22 @@
 #include "progress.h"
 #include "shardps/storage/checkpoint.h"
 #include "config.h"
-#include "shardps/base/crc32c.h"
 #include "shardps/storage/file_system.h"
-#include "shardps/base/digest.h"
-#include "shardps/base/json.h"
 #include "shardps/storage/safetensors.h"
 #include "shardps/node.h"
 #include "shardps/worker/checkpoint_driver.h"
 #include "shardps/worker/trainer.h"
+#include "train_checks.h"
+#include "train_outputs.h"
 
 namespace shardps::tools {
 namespace {
 
 namespace po = boost::program_options;
 
-struct TrainFlags {
+struct TrainFlags : OutputFlags {
   std::string config_path;
   std::vector<std::string> overrides;
-  std::string out_dir = "shardps_run";
-  std::string summary_json;
-  std::string metrics_csv;
-  std::string model_out;
   std::string progress = "auto";
   std::string resume;  // DIR, DIR@VERSION, DIR@TAG or "auto" (the checkpoint dir's newest, else a fresh start)
   std::string crash_at;  // test only: PHASE@VERSION
@@ -113,110 +108,6 @@ Result<std::unique_ptr<worker::Model>> MakeModel(const config::TrainConfig& c, c
   return worker::Model::Create(ms);
 }
 
-// How much memory a process of this job may use: the host's physical memory, or less if
-// RLIMIT_AS / RLIMIT_DATA say so. Read once, at the program's edge.
-uint64_t MemoryLimitBytes() {
-  uint64_t limit = UINT64_MAX;
-  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-  if (pages > 0 && page > 0) limit = static_cast<uint64_t>(pages) * static_cast<uint64_t>(page);
-  for (int res : {RLIMIT_AS, RLIMIT_DATA}) {
-    rlimit rl{};
-    if (getrlimit(res, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) limit = std::min<uint64_t>(limit, rl.rlim_cur);
-  }
-  return limit;
-}
-
-std::string Gigabytes(double bytes) {
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "%.2f GB", bytes / 1e9);
-  return buf;
-}
-
-// What a process needs at least for the model (a lower bound: data sets, buffers of the transport
-// and the libraries come on top), checked against MemoryLimitBytes() before anything is
-// allocated: a model that cannot fit is refused at start with its size, not killed by a failed
-// allocation after hours of training.
-Status CheckModelFits(const worker::ModelSpec& ms, const config::TrainConfig& c, bool trains, bool holds_tables,
-                      int servers, int64_t test_rows, uint64_t limit) {
-  std::vector<int64_t> d{ms.input_dim};
-  d.insert(d.end(), ms.hidden.begin(), ms.hidden.end());
-  d.push_back(ms.num_classes);
-  double params = 0, widest = 0, widths = 0;
-  for (size_t l = 0; l + 1 < d.size(); ++l) {
-    params += static_cast<double>(d[l]) * static_cast<double>(d[l + 1]) + static_cast<double>(d[l + 1]);
-    widest = std::max(widest, static_cast<double>(d[l + 1]));
-    widths += static_cast<double>(d[l + 1]);
-  }
-  const auto opt = ToOptimizerConfig(c.optimizer());  // validated
-  const double slots = opt.ok() ? OptimizerSlots(opt->kind) : 2;
-  const double copy = params * sizeof(float);
-  double need = 0;
-  std::string what;
-  if (trains) {
-    // Weights, next weights and gradients (local_sgd: its optimizer's slots too), evaluation in
-    // blocks of up to 1024 rows (activation and pre-activation of the widest layer), and a batch's
-    // activations and their gradients.
-    const double copies = 3 + (c.mode() == "local_sgd" ? slots : 0);
-    const double eval_rows = static_cast<double>(std::min<int64_t>(1024, std::max<int64_t>(1, test_rows)));
-    need += copies * copy + 2 * eval_rows * widest * sizeof(float) + 2 * static_cast<double>(c.batch_size()) * widths * sizeof(float);
-    what = std::to_string(static_cast<int>(copies)) + " copies of the model to train";
-  }
-  if (holds_tables) {
-    // The weights and optimizer slots of its share of the tables, and (a server) as much again
-    // for the sums of the workers' gradients.
-    const double share = servers > 0 ? copy / servers : copy;
-    need += share * ((servers > 0 ? 2 : 1) + slots);
-    what += std::string(what.empty() ? "" : " and ") + (servers > 0 ? "a 1/" + std::to_string(servers) + " share" : "a copy") +
-            " of the tables with " + std::to_string(static_cast<int>(slots)) + " optimizer slots";
-  }
-  if (need <= static_cast<double>(limit)) return Status::Ok();
-  char params_text[32];
-  std::snprintf(params_text, sizeof(params_text), "%.0f", params);
-  return ResourceExhausted("the model (hidden " + [&] {
-    std::string h;
-    for (int64_t w : ms.hidden) h += (h.empty() ? "" : ",") + std::to_string(w);
-    return h.empty() ? std::string("none") : h;
-  }() + ") has " + params_text + " parameters, " + Gigabytes(copy) + " per copy; this process would need at least " +
-                           Gigabytes(need) + " (" + what + "), more than the " + Gigabytes(static_cast<double>(limit)) +
-                           " it may use (physical memory or its RLIMIT_AS/RLIMIT_DATA): choose smaller hidden layers");
-}
-
-// Writes the final model as one safetensors file: every table as a float32 tensor of its shape.
-Status WriteFinalModel(FileSystem& fs, const std::string& path, const std::vector<TableSpec>& tables,
-                       const std::vector<std::vector<float>>& weights) {
-  std::vector<SafetensorsTensor> tensors;
-  for (size_t t = 0; t < weights.size(); ++t) {
-    tensors.push_back({tables[t].name, "F32", tables[t].shape.empty() ? std::vector<uint64_t>{tables[t].size} : tables[t].shape,
-                       {reinterpret_cast<const uint8_t*>(weights[t].data()), weights[t].size() * sizeof(float)}});
-  }
-  return WriteSafetensors(fs, path, tensors);
-}
-
-class MetricsCsv {
- public:
-  Status Open(const std::string& path) {
-    // Streamed while training runs, so not renamed into place: it is never opened over a device.
-    SHARDPS_RETURN_IF_ERROR(CheckRegularOrAbsent(path, "metrics CSV"));
-    out_.open(path, std::ios::trunc);
-    if (!out_) return IoError("cannot create metrics CSV '" + path + "'");
-    out_ << "epoch,step,samples,train_loss,test_loss,test_accuracy,samples_per_second,wall_seconds\n";
-    out_.flush();
-    return Status::Ok();
-  }
-  void Write(const worker::MetricsRow& r) {
-    char buf[256];
-    auto opt = [](double v) { return v < 0 ? std::string() : std::to_string(v); };
-    std::snprintf(buf, sizeof(buf), "%d,%lld,%lld,%.6f,", r.epoch, static_cast<long long>(r.step),
-                  static_cast<long long>(r.samples), r.train_loss);
-    out_ << buf << opt(r.test_loss) << "," << opt(r.test_accuracy) << "," << r.samples_per_second << "," << r.wall_seconds
-         << "\n";
-    out_.flush();
-  }
-
- private:
-  std::ofstream out_;
-};
-
 // The crash-test hook of --test-crash-at PHASE@VERSION: kills this process (SIGKILL, no cleanup)
 // when a write of that version reaches that phase.
 CheckpointFaultHook CrashHook(const std::string& spec, const std::string& dir) {
@@ -234,32 +125,6 @@ CheckpointFaultHook CrashHook(const std::string& spec, const std::string& dir) {
       raise(SIGKILL);
     }
   };
-}
-
-// CRC32C over the training samples used (features, then labels): with their count, what a
-// checkpoint's data cursor is relative to.
-uint32_t TrainDataCrc(const worker::Dataset& d) {
-  uint32_t crc = Crc32cExtend(0, d.features.data(), d.features.size() * sizeof(float));
-  return Crc32cExtend(crc, d.labels.data(), d.labels.size() * sizeof(int32_t));
-}
-
-struct Outputs {
-  std::string summary_json, metrics_csv, model_out;
-  FileSystem* fs = nullptr;  // every output and checkpoint write goes through it
-};
-
-Status WriteSummary(FileSystem& fs, const std::string& path, const config::TrainConfig& c, int servers, int workers,
-                    const worker::TrainResult& r) {
-  std::ostringstream js;
-  js << "{\"model\":" << JsonQuote(c.model()) << ",\"mode\":" << JsonQuote(c.mode()) << ",\"servers\":" << servers
-     << ",\"workers\":" << workers << ",\"epochs\":" << r.epochs << ",\"steps\":" << r.steps
-     << ",\"test_accuracy\":" << r.test_accuracy << ",\"train_loss\":" << r.train_loss
-     << ",\"wall_seconds\":" << r.wall_seconds << ",\"samples_per_second\":" << r.samples_per_second
-     << ",\"compute_seconds\":" << r.compute_seconds << ",\"wait_seconds\":" << r.wait_seconds
-     << ",\"weights_sha256\":" << JsonQuote(r.weights_sha256) << "}";
-  std::cout << js.str() << std::endl;
-  const std::string text = js.str() + "\n";
-  return WriteFileAtomically(fs, path, {std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size())});
 }
 
 // Trains as worker `worker` of `workers` and, on the lead worker, writes the outputs.
@@ -327,48 +192,6 @@ Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const O
   return Status::Ok();
 }
 
-// Every output location is checked before any training: a missing or read-only directory, a
-// device or a directory where a file should go is refused now, not after the last step.
-Result<Outputs> PrepareOutputs(FileSystem& fs, const TrainFlags& f, const config::TrainConfig& c) {
-  Outputs o;
-  o.fs = &fs;
-  SHARDPS_RETURN_IF_ERROR(EnsureWritableDirectory(fs, f.out_dir, "output directory (--out-dir)"));
-  o.summary_json = f.summary_json.empty() ? f.out_dir + "/summary.json" : f.summary_json;
-  o.metrics_csv = !f.metrics_csv.empty() ? f.metrics_csv : c.has_metrics_csv() ? c.metrics_csv() : f.out_dir + "/metrics.csv";
-  o.model_out = f.model_out.empty() ? f.out_dir + "/final_model.safetensors" : f.model_out;
-  SHARDPS_RETURN_IF_ERROR(CheckOutputFile(fs, o.summary_json, "summary JSON (--summary-json)"));
-  SHARDPS_RETURN_IF_ERROR(CheckOutputFile(fs, o.metrics_csv, "metrics CSV (--metrics-csv)"));
-  SHARDPS_RETURN_IF_ERROR(CheckOutputFile(fs, o.model_out, "final model (--model-out)"));
-  return o;
-}
-
-// A resume continues at the checkpoint's data cursor (epoch, step in it); that position only
-// means the same with the same training samples and global batch. Checked on every worker.
-Status CheckResumeData(const CheckpointVersion& v, const config::TrainConfig& c, const worker::Dataset* train) {
-  const auto& m = v.manifest;
-  const std::string where = "epoch " + std::to_string(m.epoch()) + ", step " + std::to_string(m.step_in_epoch()) + " of it";
-  const std::string fix = "; resume with the same data, data.train_limit, batch_size and seed (or start a new run from its "
-                          "weights with --init-from after shardps ckpt export)";
-  if (m.global_batch() != c.batch_size() || m.seed() != c.seed()) {
-    return InvalidArgument("checkpoint " + v.path + " was taken with batch_size " + std::to_string(m.global_batch()) + " and seed " +
-                           std::to_string(m.seed()) + "; this run has " + std::to_string(c.batch_size()) + " and " +
-                           std::to_string(c.seed()) + " (the data cursor, " + where + ", would not mean the same)" + fix);
-  }
-  if (train == nullptr || m.train_samples() == 0) return Status::Ok();  // a server, or a checkpoint that does not record it
-  if (m.train_samples() != static_cast<uint64_t>(train->num_samples)) {
-    return InvalidArgument("checkpoint " + v.path + " was taken training on " + std::to_string(m.train_samples()) +
-                           " samples; this run has " + std::to_string(train->num_samples) + " (data.train_limit " +
-                           std::to_string(c.data().train_limit()) + ", " + c.data().train() + "): the data cursor, " + where +
-                           ", would not mean the same" + fix);
-  }
-  if (m.train_data_crc32c() != TrainDataCrc(*train)) {
-    return InvalidArgument("checkpoint " + v.path + " was taken on other training data than " + c.data().train() +
-                           " holds now (same sample count, different content): the data cursor, " + where +
-                           ", would not mean the same" + fix);
-  }
-  return Status::Ok();
-}
-
 int RunSingleProcess(FileSystem& fs, const config::TrainConfig& c, const TrainFlags& f) {
   auto fail = [](const Status& s) {
     std::cerr << "shardps train: " << s.ToString() << std::endl;
@@ -393,95 +216,6 @@ int RunSingleProcess(FileSystem& fs, const config::TrainConfig& c, const TrainFl
                                   std::to_string(c.hidden_size()) + " hidden layers (" + Gigabytes(static_cast<double>(MemoryLimitBytes())) +
                                   " may be used): choose smaller hidden layers"));
   }
-}
-
-// 48 bits of the SHA-256 of `text` (the job agreement compares them; printed in hex).
-int64_t Digest48(const std::string& text) {
-  Sha256 h;
-  h.Update(text.data(), text.size());
-  return static_cast<int64_t>(std::stoull(h.HexDigest().substr(0, 12), nullptr, 16));
-}
-
-// The job agreement on the run's data and batch configuration: every rank's values are gathered
-// on rank 0, which refuses a mismatch naming the ranks and their values. Without it a worker
-// started with another batch size or training set would train other steps than its peers and
-// the job would hang until a request timeout blamed a server. Every process calls it once, after
-// loading its data. Returns rank 0's verdict (OK elsewhere).
-Status CompareRanks(Job& job, const Cluster& cluster, const config::TrainConfig& c, const worker::Dataset& train,
-                    const worker::Dataset& test) {
-  constexpr int64_t kNone = INT64_MIN;  // a value this rank does not have (servers load no data)
-  const bool w = cluster.is_worker();
-  config::TrainConfig shared = c;
-  shared.clear_metrics_csv();  // each process may write its metrics elsewhere
-  struct Fact {
-    std::string name;
-    int64_t value;
-    bool hex;
-  };
-  const std::vector<Fact> facts = {
-      {"processes in the job", job.size(), false},
-      {"servers", cluster.num_servers(), false},
-      {"workers", cluster.num_workers(), false},
-      {"batch_size", c.batch_size(), false},
-      {"epochs", c.epochs(), false},
-      {"seed", static_cast<int64_t>(c.seed() & 0x7fffffffffffffffULL), false},
-      {"mode", Digest48(c.mode()), true},
-      {"local_steps", c.local_steps(), false},
-      {"data.train_limit", c.data().train_limit(), false},
-      {"data.test_limit", c.data().test_limit(), false},
-      {"training samples loaded", w ? train.num_samples : kNone, false},
-      {"test samples loaded", w ? test.num_samples : kNone, false},
-      {"input features", w ? train.num_features : kNone, false},
-      {"model (model, hidden, num_classes)", Digest48(c.model() + "|" + [&] {
-         std::string h;
-         for (int64_t x : c.hidden()) h += std::to_string(x) + ",";
-         return h + "|" + std::to_string(c.data().num_classes());
-       }()), true},
-      {"optimizer", Digest48(c.optimizer().SerializeAsString()), true},
-      {"whole config (but metrics_csv)", Digest48(ConfigToText(shared)), true},
-  };
-  std::string disagreements;
-  for (const Fact& f : facts) {
-    SHARDPS_ASSIGN_OR_RETURN(std::vector<int64_t> all, job.Gather(f.value));
-    if (all.empty()) continue;  // not rank 0
-    std::vector<std::pair<int64_t, std::string>> groups;  // value -> ranks, in order of first appearance
-    for (int r = 0; r < static_cast<int>(all.size()); ++r) {
-      if (all[r] == kNone) continue;
-      auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == all[r]; });
-      if (it == groups.end()) {
-        groups.push_back({all[r], ""});
-        it = groups.end() - 1;
-      }
-      it->second += (it->second.empty() ? "" : ", ") + cluster.Describe(r);
-    }
-    if (groups.size() < 2) continue;
-    std::string m = f.name + ":";
-    for (const auto& [value, ranks] : groups) {
-      char v[32];
-      if (f.hex) std::snprintf(v, sizeof(v), "digest %012llx", static_cast<unsigned long long>(value));
-      else std::snprintf(v, sizeof(v), "%lld", static_cast<long long>(value));
-      m += std::string(" ") + v + " on " + ranks + ";";
-    }
-    m.pop_back();
-    disagreements += (disagreements.empty() ? "" : " | ") + m;
-    // The first few are enough: a digest differs whenever a named value does.
-  }
-  if (disagreements.empty()) return Status::Ok();
-  return FailedPrecondition("the processes of this job were started with different configurations (every process needs "
-                            "the same config, flags and data): " + disagreements);
-}
-
-// What a failed process says besides the error: where training stood and what to resume from.
-std::string WhereToResume(const config::TrainConfig& c, int64_t steps_done) {
-  std::string m = steps_done >= 0 ? "; last completed step " + std::to_string(steps_done) : "";
-  if (c.checkpoint_dir().empty()) return m + "; no checkpoint directory was configured, nothing to resume from";
-  const auto versions = ListCheckpoints(c.checkpoint_dir(), /*verify=*/false);
-  for (auto it = versions.rbegin(); it != versions.rend(); ++it) {
-    if (!it->status.ok()) continue;
-    return m + "; newest checkpoint " + it->path + " (step " + std::to_string(it->manifest.step()) + "): resume with --resume " +
-           c.checkpoint_dir();
-  }
-  return m + "; no checkpoint in " + c.checkpoint_dir() + " yet";
 }
 
 int RunDistributed(FileSystem& fs, const config::TrainConfig& c, const TrainFlags& f, const LaunchPlan& plan, int argc, char** argv) {

@@ -46,7 +46,9 @@ void ExpectSteps(const OptimizerConfig& c, float w0, const std::vector<Step>& st
     } else {
       EXPECT_NEAR(w[0], steps[i].w, w_tol) << c.kind << " step " << i + 1;
     }
-    if (!steps[i].slots.empty()) EXPECT_EQ(s, steps[i].slots) << c.kind << " step " << i + 1;
+    if (!steps[i].slots.empty()) {
+      EXPECT_EQ(s, steps[i].slots) << c.kind << " step " << i + 1;
+    }
   }
 }
 

@@ -1,0 +1,49 @@
+#include "train_outputs.h"
+
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+
+#include "shardps/base/json.h"
+#include "shardps/storage/safetensors.h"
+
+namespace shardps::tools {
+
+Status WriteSummary(FileSystem& fs, const std::string& path, const config::TrainConfig& c, int servers, int workers,
+                    const worker::TrainResult& r) {
+  std::ostringstream js;
+  js << "{\"model\":" << JsonQuote(c.model()) << ",\"mode\":" << JsonQuote(c.mode()) << ",\"servers\":" << servers
+     << ",\"workers\":" << workers << ",\"epochs\":" << r.epochs << ",\"steps\":" << r.steps
+     << ",\"test_accuracy\":" << r.test_accuracy << ",\"train_loss\":" << r.train_loss
+     << ",\"wall_seconds\":" << r.wall_seconds << ",\"samples_per_second\":" << r.samples_per_second
+     << ",\"compute_seconds\":" << r.compute_seconds << ",\"wait_seconds\":" << r.wait_seconds
+     << ",\"weights_sha256\":" << JsonQuote(r.weights_sha256) << "}";
+  std::cout << js.str() << std::endl;
+  const std::string text = js.str() + "\n";
+  return WriteFileAtomically(fs, path, {std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size())});
+}
+
+Result<Outputs> PrepareOutputs(FileSystem& fs, const OutputFlags& f, const config::TrainConfig& c) {
+  Outputs o;
+  o.fs = &fs;
+  SHARDPS_RETURN_IF_ERROR(EnsureWritableDirectory(fs, f.out_dir, "output directory (--out-dir)"));
+  o.summary_json = f.summary_json.empty() ? f.out_dir + "/summary.json" : f.summary_json;
+  o.metrics_csv = !f.metrics_csv.empty() ? f.metrics_csv : c.has_metrics_csv() ? c.metrics_csv() : f.out_dir + "/metrics.csv";
+  o.model_out = f.model_out.empty() ? f.out_dir + "/final_model.safetensors" : f.model_out;
+  SHARDPS_RETURN_IF_ERROR(CheckOutputFile(fs, o.summary_json, "summary JSON (--summary-json)"));
+  SHARDPS_RETURN_IF_ERROR(CheckOutputFile(fs, o.metrics_csv, "metrics CSV (--metrics-csv)"));
+  SHARDPS_RETURN_IF_ERROR(CheckOutputFile(fs, o.model_out, "final model (--model-out)"));
+  return o;
+}
+
+Status WriteFinalModel(FileSystem& fs, const std::string& path, const std::vector<TableSpec>& tables,
+                       const std::vector<std::vector<float>>& weights) {
+  std::vector<SafetensorsTensor> tensors;
+  for (size_t t = 0; t < weights.size(); ++t) {
+    tensors.push_back({tables[t].name, "F32", tables[t].shape.empty() ? std::vector<uint64_t>{tables[t].size} : tables[t].shape,
+                       {reinterpret_cast<const uint8_t*>(weights[t].data()), weights[t].size() * sizeof(float)}});
+  }
+  return WriteSafetensors(fs, path, tensors);
+}
+
+}  // namespace shardps::tools

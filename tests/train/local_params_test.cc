@@ -92,5 +92,16 @@ TEST(LocalParams, BadRangesAreRefusedNamingTheTable) {
   EXPECT_TRUE(p.Pull(0, w, 1).wait(kNow).ok());
 }
 
+TEST(LocalParams, AnUnknownOptimizerIsRefusedNamingIt) {
+  std::vector<TableSpec> tables = Tables();
+  tables[0].optimizer.kind = "no-such-optimizer";
+  LocalParams p(tables);
+  std::vector<float> g(1000, 0.5f), out(1000);
+  Status s = p.PushPull(0, g, out, 0, {}).wait(kNow);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("no-such-optimizer"), std::string::npos) << s.ToString();
+  EXPECT_NE(s.message().find("adam"), std::string::npos) << s.ToString();  // the registered names
+}
+
 }  // namespace
 }  // namespace shardps::worker

@@ -32,7 +32,9 @@ LocalParams::LocalParams(const std::vector<TableSpec>& tables) {
     tab->spec = tables[t];
     tab->weights.resize(tables[t].size);
     InitializeWeights(tables[t].init, t, 0, tab->weights);
-    tab->slots.assign(tables[t].size * OptimizerSlots(tables[t].optimizer.kind), 0.0f);
+    // An unknown optimizer (not checked by a layout here) is refused by PushPull, naming it.
+    const Optimizer* o = FindOptimizer(tables[t].optimizer.kind);
+    tab->slots.assign(tables[t].size * static_cast<size_t>(o != nullptr ? o->slots() : 0), 0.0f);
     tables_.push_back(std::move(tab));
   }
 }
@@ -65,6 +67,9 @@ Handle LocalParams::PushPull(uint32_t table, std::span<const float> grad, std::s
   if (step != t.version) {
     return internal::CompletedHandle(FailedPrecondition("push for step " + std::to_string(step) + " of table '" +
                                                         t.spec.name + "', which is at " + std::to_string(t.version)));
+  }
+  if (auto o = LookupOptimizer(t.spec.optimizer.kind); !o.ok()) {
+    return internal::CompletedHandle(o.status().WithContext("table '" + t.spec.name + "'"));
   }
   if (end - begin > size - t.covered) {
     return internal::CompletedHandle(InvalidArgument("push-pull ranges of table '" + t.spec.name + "' in step " +
@@ -215,6 +220,7 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
                            std::to_string(train.num_samples) + " training samples");
   }
   SHARDPS_ASSIGN_OR_RETURN(BatchSlice slice, SliceOfBatch(run.batch_size, run.workers, run.worker));
+  SHARDPS_RETURN_IF_ERROR(LookupOptimizer(run.optimizer.kind).status().WithContext("training options"));
   const bool local_sgd = run.mode == "local_sgd";
   const size_t M = model.num_tables();
   const uint32_t metrics_table = static_cast<uint32_t>(M);

@@ -87,7 +87,7 @@ class Server final : public FrameHandler {
 
   void OnFrame(IncomingFrame in, Frame frame) override;
   Clock::time_point OnTick(Clock::time_point now) override;
-  void OnPeerLost(const Status& why) override;
+  void OnPeerLost(const Status& why) override SHARDPS_EXCLUDES(mu_);
 
   // Steps fully applied to every chunk this server holds of tables [0, tables) (the lowest such
   // chunk version); nullopt when it holds none. Call when the communication thread has stopped.
@@ -95,7 +95,7 @@ class Server final : public FrameHandler {
 
   // Blocks until every worker has sent SHUTDOWN; on timeout names the workers that have not. A
   // lost peer ends the wait at once with its error.
-  Status WaitForWorkers(std::chrono::milliseconds timeout);
+  Status WaitForWorkers(std::chrono::milliseconds timeout) SHARDPS_EXCLUDES(mu_);
 
   struct ChunkCopy {
     ChunkInfo info;
@@ -107,7 +107,7 @@ class Server final : public FrameHandler {
   // on the communication thread when it is running.
   Result<std::vector<ChunkCopy>> Snapshot(std::optional<uint32_t> table, std::chrono::milliseconds timeout);
 
-  ServerStats stats() const;
+  ServerStats stats() const SHARDPS_EXCLUDES(mu_);
 
   // Loads this server's chunks of every saved table (TableSpec::checkpointed; the others start
   // fresh) from a checkpoint, whatever server count and chunking wrote it, and
@@ -130,7 +130,7 @@ class Server final : public FrameHandler {
   void HandleShutdown(IncomingFrame& in, const wire::Header& h);
   void HandleCheckpoint(IncomingFrame& in, const wire::Header& h);
   Result<ChunkState*> ValidateKeys(const wire::Header& h, bool allow_empty);
-  void Reject(IncomingFrame& in, const wire::Header& h, const Status& s);
+  void Reject(IncomingFrame& in, const wire::Header& h, const Status& s) SHARDPS_EXCLUDES(mu_);
   void AcceptPush(ChunkState& cs, std::shared_ptr<Held> held);
   bool Claim(ChunkState& cs, Held& held);  // false (and rejected) if it overlaps this step's keys
   void Unclaim(ChunkState& cs, const Held& held);

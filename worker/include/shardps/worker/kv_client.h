@@ -89,14 +89,14 @@ class KVClient final : public FrameHandler {
   Handle PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step,
                   KeyRange range = {});
   // Completes when every worker has entered the same (n-th) barrier.
-  Handle Barrier();
+  Handle Barrier() SHARDPS_EXCLUDES(mu_);
   // Checks with every server that both sides use the same table layout.
   Handle Hello();
   // Tells every server this worker is done; call after all other handles completed.
   Handle Shutdown();
   // Keeps `keep` alive until the client is destroyed, which Node does after its communication
   // thread and transport have stopped: for buffers a failed Cancel could not take back.
-  void Retain(std::shared_ptr<void> keep);
+  void Retain(std::shared_ptr<void> keep) SHARDPS_EXCLUDES(mu_);
 
   // Asks every server to write its shard of the model tables, all at `step`, into checkpoint
   // version `version` of its checkpoint directory; completes when every shard is durable.

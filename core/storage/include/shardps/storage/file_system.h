@@ -84,9 +84,9 @@ class FaultInjectingFileSystem final : public FileSystem {
   int MakeDir(const std::string& path) override;
   int SyncDir(const std::string& path) override;
 
-  uint64_t calls() const;  // calls made so far, of every kind
-  int fired() const;       // faults injected so far
-  std::vector<std::string> log() const;  // "write", "rename a -> b", ... in call order
+  uint64_t calls() const SHARDPS_EXCLUDES(mu_);  // calls made so far, of every kind
+  int fired() const SHARDPS_EXCLUDES(mu_);       // faults injected so far
+  std::vector<std::string> log() const SHARDPS_EXCLUDES(mu_);  // "write", "rename a -> b", ... in call order
 
  private:
   // The fault selected for this call, or nullptr; counts the call.

@@ -53,7 +53,7 @@ TEST_P(SyncStep, FixedGradientsGiveTheClosedFormResult) {
   auto st = job.Run([&](int rank, Node& node) -> Status {
     auto* c = node.client();
     if (!c) return Status::Ok();
-    const int w = static_cast<int>(rank) - servers;
+    const int w = static_cast<int>(rank) - cfg.servers;  // not the structured binding: clang-14 cannot capture one
     std::vector<float> ga(1000), gb(37), wa(1000), wb(37);
     for (uint64_t i = 0; i < ga.size(); ++i) ga[i] = FixedGrad(w, i);
     for (uint64_t i = 0; i < gb.size(); ++i) gb[i] = FixedGrad(w, i);

@@ -103,39 +103,20 @@ class MpiJob final : public Job {
 
 // Hands frames that arrived during the agreement (a peer that already started its Node may send
 // its HELLO before this process has the agreement's answer) to the Node's first Poll.
-class StashingTransport final : public Transport {
+class StashingTransport final : public ForwardingTransport {
  public:
   StashingTransport(std::unique_ptr<Transport> inner, std::vector<IncomingFrame> stash)
-      : inner_(std::move(inner)), stash_(std::move(stash)) {}
-  int rank() const override { return inner_->rank(); }
-  int size() const override { return inner_->size(); }
-  std::string name() const override { return inner_->name(); }
-  Status Send(int dest, std::vector<uint8_t> frame, std::span<const uint8_t> payload, Completion on_sent) override {
-    return inner_->Send(dest, std::move(frame), payload, std::move(on_sent));
-  }
-  Status ReceivePayload(const IncomingFrame& in, std::span<uint8_t> dest, Completion done) override {
-    return inner_->ReceivePayload(in, dest, std::move(done));
-  }
-  Status DiscardPayload(const IncomingFrame& in) override { return inner_->DiscardPayload(in); }
-  Status Release(std::span<const uint8_t> region, Clock::time_point deadline) override {
-    return inner_->Release(region, deadline);
-  }
+      : ForwardingTransport(std::move(inner)), stash_(std::move(stash)) {}
   Status Poll(std::vector<IncomingFrame>* frames, Clock::time_point deadline) override {
     if (!stash_.empty()) {
       for (auto& f : stash_) frames->push_back(std::move(f));
       stash_.clear();
       deadline = Clock::now();  // make progress, do not wait
     }
-    return inner_->Poll(frames, deadline);
+    return ForwardingTransport::Poll(frames, deadline);
   }
-  void Wake() override { inner_->Wake(); }
-  bool Idle() const override { return inner_->Idle(); }
-  void Goodbye() override { inner_->Goodbye(); }
-  void Abort(const std::string& reason) override { inner_->Abort(reason); }
-  void Shutdown() override { inner_->Shutdown(); }
 
  private:
-  std::unique_ptr<Transport> inner_;
   std::vector<IncomingFrame> stash_;
 };
 

@@ -94,33 +94,16 @@ TEST(Deadlines, ServerThatNeverAnswersFailsStartup) {
 
 // A real transport whose Poll fails from the moment it is armed (a broken device, a dead MPI
 // library): everything else goes to the real one.
-class FailingPoll final : public Transport {
+class FailingPoll final : public ForwardingTransport {
  public:
-  explicit FailingPoll(std::unique_ptr<Transport> inner) : inner_(std::move(inner)) {}
+  explicit FailingPoll(std::unique_ptr<Transport> inner) : ForwardingTransport(std::move(inner)) {}
   void Arm() { armed_ = true; }
-  int rank() const override { return inner_->rank(); }
-  int size() const override { return inner_->size(); }
-  std::string name() const override { return inner_->name(); }
-  Status Send(int dest, std::vector<uint8_t> frame, std::span<const uint8_t> payload, Completion on_sent) override {
-    return inner_->Send(dest, std::move(frame), payload, std::move(on_sent));
-  }
-  Status ReceivePayload(const IncomingFrame& in, std::span<uint8_t> dest, Completion done) override {
-    return inner_->ReceivePayload(in, dest, std::move(done));
-  }
-  Status DiscardPayload(const IncomingFrame& in) override { return inner_->DiscardPayload(in); }
   Status Poll(std::vector<IncomingFrame>* frames, Clock::time_point deadline) override {
     if (armed_) return Internal("injected: the device is gone");
-    return inner_->Poll(frames, deadline);
+    return ForwardingTransport::Poll(frames, deadline);
   }
-  void Wake() override { inner_->Wake(); }
-  bool Idle() const override { return inner_->Idle(); }
-  Status Release(std::span<const uint8_t> region, Clock::time_point deadline) override {
-    return inner_->Release(region, deadline);
-  }
-  void Shutdown() override { inner_->Shutdown(); }
 
  private:
-  std::unique_ptr<Transport> inner_;
   std::atomic<bool> armed_{false};
 };
 

@@ -95,4 +95,37 @@ class Transport {
   virtual void Shutdown() {}
 };
 
+// Hands every call to `inner`: the base of decorators that change one or two behaviours of a
+// transport (frames stashed before a node starts, faults injected in tests) and forward the rest.
+class ForwardingTransport : public Transport {
+ public:
+  explicit ForwardingTransport(std::unique_ptr<Transport> inner) : inner_(std::move(inner)) {}
+
+  int rank() const override { return inner_->rank(); }
+  int size() const override { return inner_->size(); }
+  std::string name() const override { return inner_->name(); }
+  Status Send(int dest, std::vector<uint8_t> frame, std::span<const uint8_t> payload, Completion on_sent) override {
+    return inner_->Send(dest, std::move(frame), payload, std::move(on_sent));
+  }
+  Status ReceivePayload(const IncomingFrame& in, std::span<uint8_t> dest, Completion done) override {
+    return inner_->ReceivePayload(in, dest, std::move(done));
+  }
+  Status DiscardPayload(const IncomingFrame& in) override { return inner_->DiscardPayload(in); }
+  Status Poll(std::vector<IncomingFrame>* frames, Clock::time_point deadline) override {
+    return inner_->Poll(frames, deadline);
+  }
+  void Wake() override { inner_->Wake(); }
+  void SetComputeBusy(bool busy) override { inner_->SetComputeBusy(busy); }
+  bool Idle() const override { return inner_->Idle(); }
+  void Goodbye() override { inner_->Goodbye(); }
+  void Abort(const std::string& reason) override { inner_->Abort(reason); }
+  Status Release(std::span<const uint8_t> region, Clock::time_point deadline) override {
+    return inner_->Release(region, deadline);
+  }
+  void Shutdown() override { inner_->Shutdown(); }
+
+ private:
+  std::unique_ptr<Transport> inner_;
+};
+
 }  // namespace shardps

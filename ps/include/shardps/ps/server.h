@@ -42,34 +42,12 @@
 #include "shardps/storage/checkpoint.h"
 #include "shardps/base/cluster.h"
 #include "shardps/net/endpoint.h"
+#include "shardps/ps/server_options.h"
 #include "shardps/base/layout.h"
 #include "shardps/base/thread_annotations.h"
 #include "shardps/storage/safetensors.h"
 
 namespace shardps::ps {
-
-struct ServerOptions {
-  // Longest a request is held (a pull waiting for a step, a push waiting for lower-ranked
-  // workers) when the request itself names no shorter timeout.
-  std::chrono::milliseconds max_hold{60000};
-  // Pushes for future steps parked per chunk before further ones are refused.
-  size_t max_future_pushes_per_chunk = 4096;
-  // Pulls waiting per chunk before further ones are refused.
-  size_t max_waiting_pulls_per_chunk = 4096;
-  // Accumulators (one chunk each): chunks summing a step at the same time. Bounds the server's
-  // memory to weights + optimizer state + (accumulators + scratch_buffers) chunks.
-  size_t accumulators = 16;
-  // Scratch buffers (one chunk each) for receiving the second and later gradients of a step.
-  size_t scratch_buffers = 4;
-  // Where CHECKPOINT requests write (the request names only a version number, so a peer cannot
-  // choose the path). Empty: checkpoints are refused.
-  std::string checkpoint_dir;
-  // What shard writes go through (made at the program's edge; a fault-injecting one in tests).
-  // Null: the operating system's files (PosixFileSystem).
-  FileSystem* file_system = nullptr;
-  // Crash tests only (shardps train --test-crash-at): called at each phase of a shard write.
-  CheckpointFaultHook checkpoint_fault;
-};
 
 struct ServerStats {
   uint64_t pushes = 0;

@@ -24,6 +24,7 @@
 #include "shardps/storage/file_system.h"
 #include "shardps/storage/safetensors.h"
 #include "shardps/node.h"
+#include "shardps/ps/server.h"
 #include "shardps/worker/checkpoint_driver.h"
 #include "shardps/worker/trainer.h"
 #include "train_checks.h"

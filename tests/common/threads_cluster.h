@@ -13,9 +13,11 @@
 
 #include <boost/asio.hpp>
 
+#include "shardps/net/endpoint.h"  // Node::endpoint(), an internal part tests reach into
 #include "shardps/net/inproc_transport.h"
 #include "shardps/net/tcp_transport.h"
 #include "shardps/node.h"
+#include "shardps/ps/server.h"  // Node::server(), an internal part tests reach into
 
 namespace shardps::testing {
 

@@ -1,18 +1,90 @@
 #include "shardps/worker/kv_client.h"
 
 #include <algorithm>
+#include <condition_variable>
 #include <future>
+#include <mutex>
 #include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "shardps/base/thread_annotations.h"
+#include "shardps/net/endpoint.h"
 
 namespace shardps::worker {
 
 namespace internal {
 
+// The protocol side of a KVClient: builds the requests, keeps the pending ones and matches the
+// replies on the communication thread (the endpoint's client handler).
+class ClientCore final : public FrameHandler {
+ public:
+  ClientCore(Endpoint& endpoint, const Cluster& cluster, const TableLayout& layout, ClientOptions options)
+      : endpoint_(endpoint), cluster_(cluster), layout_(layout), options_(options) {}
+
+  Handle Push(uint32_t table, std::span<const float> grad, uint64_t step, KeyRange range);
+  Handle Pull(uint32_t table, std::span<float> out, uint64_t version, KeyRange range);
+  Handle PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step, KeyRange range);
+  Handle Barrier() SHARDPS_EXCLUDES(mu_);
+  Handle Hello();
+  Handle Shutdown();
+  void Retain(std::shared_ptr<void> keep) SHARDPS_EXCLUDES(mu_);
+  Handle Checkpoint(uint64_t version, uint64_t step);
+  const TableLayout& layout() const { return layout_; }
+
+  Status Cancel(const std::shared_ptr<OpState>& op, std::chrono::milliseconds timeout);
+  Endpoint& endpoint() { return endpoint_; }
+
+  // FrameHandler (communication thread).
+  void OnFrame(IncomingFrame in, Frame frame) override;
+  Clock::time_point OnTick(Clock::time_point now) override { return Clock::time_point::max(); }
+  void OnPeerLost(const Status& why) override;
+
+ private:
+  struct Piece {
+    int server_rank = 0;
+    wire::Header header;
+    std::span<const uint8_t> payload;
+    std::span<uint8_t> out;  // where a pull reply's payload goes
+  };
+  struct Pending {
+    std::shared_ptr<OpState> op;
+    size_t piece = 0;
+    std::span<uint8_t> out;
+    wire::Op op_code = wire::OP_UNSPECIFIED;
+    int server_rank = -1;  // only this rank's reply is accepted
+    uint32_t chunk = 0;
+  };
+
+  Handle Start(std::string what, std::vector<Piece> pieces);
+  Status CancelOnCommThread(const std::shared_ptr<OpState>& op, Clock::time_point deadline);
+  Handle Failed(Status s);
+  Result<std::pair<uint64_t, uint64_t>> Resolve(uint32_t table, KeyRange range, size_t buffer_size,
+                                                const char* what) const;
+  std::vector<Piece> Split(wire::Op op, uint32_t table, uint64_t begin, uint64_t end, uint64_t step,
+                           const float* grad, float* out) const;
+
+  // Constant after construction.
+  Endpoint& endpoint_;
+  const Cluster cluster_;
+  const TableLayout layout_;
+  const ClientOptions options_;
+
+  Mutex mu_;
+  uint64_t barrier_count_ SHARDPS_GUARDED_BY(mu_) = 0;
+  std::vector<std::shared_ptr<void>> retained_ SHARDPS_GUARDED_BY(mu_);
+
+  // Communication thread only.
+  uint64_t next_request_id_ = 1;
+  std::unordered_map<uint64_t, Pending> pending_;
+};
+
 // Shared by a Handle and the communication thread. Each piece (one message to one server)
 // finishes when its send has completed and its reply has arrived (and, for pulls, its payload).
 struct OpState {
   std::string what;
-  KVClient* client = nullptr;                   // null for operations that never started
+  ClientCore* client = nullptr;                 // null for operations that never started
   std::vector<std::span<const uint8_t>> regions;  // the caller's buffers (payloads and outputs)
   bool cancelled = false;                        // communication thread only
   mutable Mutex mu;
@@ -45,6 +117,7 @@ Handle CompletedHandle(Status s) {
 
 }  // namespace internal
 
+using internal::ClientCore;
 using internal::OpState;
 
 Status Handle::wait(std::chrono::milliseconds timeout) const {
@@ -52,15 +125,15 @@ Status Handle::wait(std::chrono::milliseconds timeout) const {
   MutexLock lock(state_->mu);
   if (state_->remaining == 0) return state_->error;
   // While this thread blocks, the communication thread may poll eagerly (Endpoint::BeginWait).
-  KVClient* client = state_->client;
-  if (client) client->endpoint_.BeginWait();
+  ClientCore* client = state_->client;
+  if (client) client->endpoint().BeginWait();
   // wait_for(timeout, predicate), with the predicate tested here, where the analysis sees the lock.
   const auto until = std::chrono::steady_clock::now() + timeout;
   while (state_->remaining != 0) {
     if (state_->cv.wait_until(lock.native(), until) == std::cv_status::timeout) break;
   }
   const bool done = state_->remaining == 0;
-  if (client) client->endpoint_.EndWait();
+  if (client) client->endpoint().EndWait();
   if (done) return state_->error;
   std::set<int> missing;
   for (size_t i = 0; i < state_->parts_left.size(); ++i) if (state_->parts_left[i] > 0) missing.insert(state_->server[i]);
@@ -89,16 +162,34 @@ std::span<uint8_t> Bytes(float* p, uint64_t n) { return {reinterpret_cast<uint8_
 }  // namespace
 
 KVClient::KVClient(Endpoint& endpoint, const Cluster& cluster, const TableLayout& layout, ClientOptions options)
-    : endpoint_(endpoint), cluster_(cluster), layout_(layout), options_(options) {}
+    : core_(std::make_unique<ClientCore>(endpoint, cluster, layout, options)) {}
 
 KVClient::~KVClient() = default;
 
-void KVClient::Retain(std::shared_ptr<void> keep) {
+Handle KVClient::Push(uint32_t table, std::span<const float> grad, uint64_t step, KeyRange range) {
+  return core_->Push(table, grad, step, range);
+}
+Handle KVClient::Pull(uint32_t table, std::span<float> out, uint64_t version, KeyRange range) {
+  return core_->Pull(table, out, version, range);
+}
+Handle KVClient::PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step,
+                          KeyRange range) {
+  return core_->PushPull(table, grad, out, step, range);
+}
+Handle KVClient::Barrier() { return core_->Barrier(); }
+Handle KVClient::Hello() { return core_->Hello(); }
+Handle KVClient::Shutdown() { return core_->Shutdown(); }
+void KVClient::Retain(std::shared_ptr<void> keep) { core_->Retain(std::move(keep)); }
+Handle KVClient::Checkpoint(uint64_t version, uint64_t step) { return core_->Checkpoint(version, step); }
+const TableLayout& KVClient::layout() const { return core_->layout(); }
+FrameHandler* KVClient::frame_handler() { return core_.get(); }
+
+void ClientCore::Retain(std::shared_ptr<void> keep) {
   MutexLock lock(mu_);
   retained_.push_back(std::move(keep));
 }
 
-Status KVClient::Cancel(const std::shared_ptr<OpState>& op, std::chrono::milliseconds timeout) {
+Status ClientCore::Cancel(const std::shared_ptr<OpState>& op, std::chrono::milliseconds timeout) {
   const auto deadline = Clock::now() + timeout;
   if (!endpoint_.running()) {
     // Stopped: the endpoint shut its transport down, which then touches no buffer.
@@ -120,7 +211,7 @@ Status KVClient::Cancel(const std::shared_ptr<OpState>& op, std::chrono::millise
   return result.get();
 }
 
-Status KVClient::CancelOnCommThread(const std::shared_ptr<OpState>& op, Clock::time_point deadline) {
+Status ClientCore::CancelOnCommThread(const std::shared_ptr<OpState>& op, Clock::time_point deadline) {
   {
     MutexLock lock(op->mu);
     if (op->remaining == 0) return Status::Ok();  // finished meanwhile
@@ -142,9 +233,9 @@ Status KVClient::CancelOnCommThread(const std::shared_ptr<OpState>& op, Clock::t
   return held;
 }
 
-Handle KVClient::Failed(Status s) { return internal::CompletedHandle(std::move(s)); }
+Handle ClientCore::Failed(Status s) { return internal::CompletedHandle(std::move(s)); }
 
-Result<std::pair<uint64_t, uint64_t>> KVClient::Resolve(uint32_t table, KeyRange range, size_t buffer_size,
+Result<std::pair<uint64_t, uint64_t>> ClientCore::Resolve(uint32_t table, KeyRange range, size_t buffer_size,
                                                         const char* what) const {
   if (table >= layout_.num_tables()) {
     return NotFound(std::string(what) + ": unknown table id " + std::to_string(table) + " (this job has " +
@@ -164,7 +255,7 @@ Result<std::pair<uint64_t, uint64_t>> KVClient::Resolve(uint32_t table, KeyRange
   return std::make_pair(range.begin, end);
 }
 
-std::vector<KVClient::Piece> KVClient::Split(wire::Op op, uint32_t table, uint64_t begin, uint64_t end, uint64_t step,
+std::vector<ClientCore::Piece> ClientCore::Split(wire::Op op, uint32_t table, uint64_t begin, uint64_t end, uint64_t step,
                                              const float* grad, float* out) const {
   std::vector<Piece> pieces;
   for (const ChunkInfo& c : layout_.ChunksIn(table, begin, end)) {
@@ -188,22 +279,22 @@ std::vector<KVClient::Piece> KVClient::Split(wire::Op op, uint32_t table, uint64
   return pieces;
 }
 
-Handle KVClient::Push(uint32_t table, std::span<const float> grad, uint64_t step, KeyRange range) {
+Handle ClientCore::Push(uint32_t table, std::span<const float> grad, uint64_t step, KeyRange range) {
   auto r = Resolve(table, range, grad.size(), "push");
   if (!r.ok()) return Failed(r.status());
   return Start("push of table '" + layout_.table(table).name + "' step " + std::to_string(step),
                Split(wire::PUSH, table, r->first, r->second, step, grad.data(), nullptr));
 }
 
-Handle KVClient::Pull(uint32_t table, std::span<float> out, uint64_t version, KeyRange range) {
+Handle ClientCore::Pull(uint32_t table, std::span<float> out, uint64_t version, KeyRange range) {
   auto r = Resolve(table, range, out.size(), "pull");
   if (!r.ok()) return Failed(r.status());
   return Start("pull of table '" + layout_.table(table).name + "' version " + std::to_string(version),
                Split(wire::PULL, table, r->first, r->second, version, nullptr, out.data()));
 }
 
-Handle KVClient::PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step,
-                          KeyRange range) {
+Handle ClientCore::PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step,
+                            KeyRange range) {
   auto r = Resolve(table, range, grad.size(), "push-pull");
   if (!r.ok()) return Failed(r.status());
   if (out.size() != grad.size()) {
@@ -214,7 +305,7 @@ Handle KVClient::PushPull(uint32_t table, std::span<const float> grad, std::span
                Split(wire::PUSH_PULL, table, r->first, r->second, step, grad.data(), out.data()));
 }
 
-Handle KVClient::Barrier() {
+Handle ClientCore::Barrier() {
   uint64_t id;
   {
     MutexLock lock(mu_);
@@ -229,7 +320,7 @@ Handle KVClient::Barrier() {
   return Start("barrier " + std::to_string(id), std::move(pieces));
 }
 
-Handle KVClient::Hello() {
+Handle ClientCore::Hello() {
   std::vector<Piece> pieces;
   for (int s : cluster_.server_ranks()) {
     Piece p;
@@ -241,7 +332,7 @@ Handle KVClient::Hello() {
   return Start("hello", std::move(pieces));
 }
 
-Handle KVClient::Shutdown() {
+Handle ClientCore::Shutdown() {
   std::vector<Piece> pieces;
   for (int s : cluster_.server_ranks()) {
     Piece p;
@@ -252,7 +343,7 @@ Handle KVClient::Shutdown() {
   return Start("shutdown", std::move(pieces));
 }
 
-Handle KVClient::Checkpoint(uint64_t version, uint64_t step) {
+Handle ClientCore::Checkpoint(uint64_t version, uint64_t step) {
   std::vector<Piece> pieces;
   for (int s : cluster_.server_ranks()) {
     Piece p;
@@ -265,7 +356,7 @@ Handle KVClient::Checkpoint(uint64_t version, uint64_t step) {
   return Start("checkpoint version " + std::to_string(version) + " at step " + std::to_string(step), std::move(pieces));
 }
 
-Handle KVClient::Start(std::string what, std::vector<Piece> pieces) {
+Handle ClientCore::Start(std::string what, std::vector<Piece> pieces) {
   auto op = std::make_shared<OpState>(std::move(what), pieces.size());  // each piece: sent + answered
   op->client = this;
   for (const Piece& p : pieces) op->server.push_back(p.server_rank);
@@ -308,7 +399,7 @@ Handle KVClient::Start(std::string what, std::vector<Piece> pieces) {
   return Handle(op);
 }
 
-void KVClient::OnPeerLost(const Status& why) {
+void ClientCore::OnPeerLost(const Status& why) {
   // Every request fails now; later ones fail in Endpoint::Send.
   auto pending = std::move(pending_);
   pending_.clear();
@@ -317,7 +408,7 @@ void KVClient::OnPeerLost(const Status& why) {
   for (auto& [id, p] : pending) p.op->Part(p.piece, why.WithContext(p.op->what));
 }
 
-void KVClient::OnFrame(IncomingFrame in, Frame frame) {
+void ClientCore::OnFrame(IncomingFrame in, Frame frame) {
   const wire::Header& h = frame.header;
   auto it = pending_.find(h.request_id());
   if (it == pending_.end()) {

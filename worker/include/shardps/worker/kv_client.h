@@ -1,7 +1,7 @@
 // KVClient: a worker's view of the parameter servers. Thread-safe; every call returns at once
 // with a Handle whose wait(timeout) yields the outcome.
 //
-//   worker::KVClient client(endpoint, cluster, layout, {.request_timeout = std::chrono::seconds(30)});
+//   // a Node makes the client of a working rank (node.h): worker::KVClient& client = *node->client();
 //   std::vector<float> w(n), g(n);
 //   for (uint64_t step = 0; step < steps; ++step) {
 //     SHARDPS_RETURN_IF_ERROR(client.Pull(table, w, /*version=*/step).wait(timeout));
@@ -19,20 +19,19 @@
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <limits>
 #include <memory>
-#include <mutex>
 #include <span>
-#include <string>
-#include <unordered_map>
-#include <vector>
 
 #include "shardps/base/cluster.h"
-#include "shardps/net/endpoint.h"
 #include "shardps/base/layout.h"
-#include "shardps/base/thread_annotations.h"
+#include "shardps/base/status.h"
+
+namespace shardps {
+class Endpoint;
+class FrameHandler;
+}  // namespace shardps
 
 namespace shardps::worker {
 
@@ -50,6 +49,7 @@ struct ClientOptions {
 
 namespace internal {
 struct OpState;
+class ClientCore;  // the protocol side, on the communication thread (kv_client.cc)
 }
 
 // The outcome of an asynchronous operation. Cheap to copy; all copies share the outcome.
@@ -74,10 +74,12 @@ class Handle {
   std::shared_ptr<internal::OpState> state_;
 };
 
-class KVClient final : public FrameHandler {
+class KVClient {
  public:
+  // Made by Node for a working rank, on its endpoint (the communication thread, which library
+  // users never see); the client registers with it through frame_handler().
   KVClient(Endpoint& endpoint, const Cluster& cluster, const TableLayout& layout, ClientOptions options = {});
-  ~KVClient() override;
+  ~KVClient();
   KVClient(const KVClient&) = delete;
   KVClient& operator=(const KVClient&) = delete;
 
@@ -89,65 +91,27 @@ class KVClient final : public FrameHandler {
   Handle PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step,
                   KeyRange range = {});
   // Completes when every worker has entered the same (n-th) barrier.
-  Handle Barrier() SHARDPS_EXCLUDES(mu_);
+  Handle Barrier();
   // Checks with every server that both sides use the same table layout.
   Handle Hello();
   // Tells every server this worker is done; call after all other handles completed.
   Handle Shutdown();
   // Keeps `keep` alive until the client is destroyed, which Node does after its communication
   // thread and transport have stopped: for buffers a failed Cancel could not take back.
-  void Retain(std::shared_ptr<void> keep) SHARDPS_EXCLUDES(mu_);
+  void Retain(std::shared_ptr<void> keep);
 
   // Asks every server to write its shard of the model tables, all at `step`, into checkpoint
   // version `version` of its checkpoint directory; completes when every shard is durable.
   Handle Checkpoint(uint64_t version, uint64_t step);
 
-  const TableLayout& layout() const { return layout_; }
+  const TableLayout& layout() const;
 
-  // FrameHandler (communication thread).
-  void OnFrame(IncomingFrame in, Frame frame) override;
-  Clock::time_point OnTick(Clock::time_point now) override { return Clock::time_point::max(); }
-  void OnPeerLost(const Status& why) override;
+  // What the endpoint hands this client's replies to (Endpoint::SetClientHandler); its calls run
+  // on the communication thread.
+  FrameHandler* frame_handler();
 
  private:
-  struct Piece {
-    int server_rank = 0;
-    wire::Header header;
-    std::span<const uint8_t> payload;
-    std::span<uint8_t> out;  // where a pull reply's payload goes
-  };
-  struct Pending {
-    std::shared_ptr<internal::OpState> op;
-    size_t piece = 0;
-    std::span<uint8_t> out;
-    wire::Op op_code = wire::OP_UNSPECIFIED;
-    int server_rank = -1;  // only this rank's reply is accepted
-    uint32_t chunk = 0;
-  };
-
-  friend class Handle;
-  Handle Start(std::string what, std::vector<Piece> pieces);
-  Status Cancel(const std::shared_ptr<internal::OpState>& op, std::chrono::milliseconds timeout);
-  Status CancelOnCommThread(const std::shared_ptr<internal::OpState>& op, Clock::time_point deadline);
-  Handle Failed(Status s);
-  Result<std::pair<uint64_t, uint64_t>> Resolve(uint32_t table, KeyRange range, size_t buffer_size,
-                                                const char* what) const;
-  std::vector<Piece> Split(wire::Op op, uint32_t table, uint64_t begin, uint64_t end, uint64_t step,
-                           const float* grad, float* out) const;
-
-  // Constant after construction.
-  Endpoint& endpoint_;
-  const Cluster cluster_;
-  const TableLayout layout_;
-  const ClientOptions options_;
-
-  Mutex mu_;
-  uint64_t barrier_count_ SHARDPS_GUARDED_BY(mu_) = 0;
-  std::vector<std::shared_ptr<void>> retained_ SHARDPS_GUARDED_BY(mu_);
-
-  // Communication thread only.
-  uint64_t next_request_id_ = 1;
-  std::unordered_map<uint64_t, Pending> pending_;
+  std::unique_ptr<internal::ClientCore> core_;
 };
 
 }  // namespace shardps::worker

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "shardps/base/thread_annotations.h"
+#include "shardps/net/endpoint_options.h"
 #include "shardps/net/frame.h"
 #include "shardps/net/transport.h"
 
@@ -47,24 +48,6 @@ class FrameHandler {
   // A peer was lost (its connection closed without a goodbye, or it stopped answering
   // heartbeats): the job cannot go on. Fail everything waiting; `why` names the rank.
   virtual void OnPeerLost(const Status& why) { (void)why; }
-};
-
-struct EndpointOptions {
-  FrameLimits limits;
-  bool checksum_payloads = false;  // CRC32C over payloads; transports here are already reliable
-  std::chrono::milliseconds max_idle_wait{100};
-  // Where warnings go (a reply to an unknown request, a frame that failed to decode). Called on
-  // the communication thread. Default: stderr with the rank.
-  std::function<void(const std::string&)> on_warning;
-  // Names a rank in errors, e.g. "rank 3 (worker 1)". Default: "rank 3".
-  std::function<std::string(int)> describe_rank;
-  // A transport whose Poll keeps failing this long (every Poll in between failed) has failed:
-  // the endpoint ends the job on this rank as if a peer were lost, with the transport's error
-  // (lost() returns it, handlers get OnPeerLost, every later send fails with it at once). An
-  // operation already in flight still ends at its own deadline: its buffers may be in the
-  // broken transport's hands. The first failure is warned about once (not on every loop turn),
-  // and the loop pauses between failing Polls instead of spinning.
-  std::chrono::milliseconds poll_failure_limit{2000};
 };
 
 class Endpoint {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "shardps/base/status.h"
+#include "shardps/net/endpoint_options.h"  // FrameLimits
 #include "wire.pb.h"
 
 namespace shardps {
@@ -24,11 +25,6 @@ inline constexpr size_t kFramePrefixBytes = 32;
 inline constexpr uint32_t kFrameMagic = 0x46535053u;  // bytes "SPSF"
 inline constexpr uint16_t kFrameVersion = 1;
 inline constexpr uint16_t kFrameFlagPayloadCrc = 1u << 0;
-
-struct FrameLimits {
-  uint32_t max_header_bytes = 16 * 1024;
-  uint64_t max_payload_bytes = uint64_t{1} << 31;  // 2 GiB
-};
 
 // What the prefix says, before the header bytes are looked at.
 struct FramePrefix {

@@ -1,3 +1,10 @@
+// The TCP transport's connection handling: after the rendezvous (rendezvous.cc, its accepting
+// side in gate.cc) one I/O thread serves every peer's socket: the envelope stream, the write
+// queue, payloads handed to the receiver (eager, direct or read aside; Peer::PayloadState),
+// heartbeats and the detection of lost peers; the owning thread's calls post to it.
+// Over 600 lines on purpose: the send and receive paths share each Peer and the I/O thread's
+// invariants (which payload a stream is paused on, when a receiver's buffer may be touched,
+// what Release must redirect), and they are checked against each other when read together.
 #include "shardps/net/tcp_transport.h"
 
 #include <algorithm>
@@ -16,6 +23,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "rendezvous.h"
 #include "shardps/base/thread_annotations.h"
 
 namespace shardps {
@@ -36,13 +44,6 @@ constexpr uint64_t kEagerBytes = 256 * 1024;
 constexpr uint64_t kEagerBudget = 16 * 1024 * 1024;
 constexpr uint64_t kEagerToken = uint64_t{1} << 63;
 enum Kind : uint32_t { kMessage = 0, kHeartbeat = 1, kGoodbye = 2, kAbort = 3 };
-constexpr size_t kMaxAddressBytes = 64;
-constexpr int kLoggedRefusals = 50;
-constexpr uint8_t kRejected[4] = {'S', 'P', 'S', 'X'};  // the acceptor's answer to a wrong proof
-// In place of the address table's byte count: the coordinator ends the rendezvous, and a u32 LE
-// length and the reason (at most kMaxReasonBytes) follow.
-constexpr uint32_t kRendezvousRefused = 0xFFFFFFFF;
-constexpr size_t kMaxReasonBytes = 4000;
 
 std::vector<uint8_t> Envelope(uint64_t payload_bytes, uint32_t frame_bytes, Kind kind) {
   std::vector<uint8_t> e(kEnvelopeBytes);
@@ -51,434 +52,6 @@ std::vector<uint8_t> Envelope(uint64_t payload_bytes, uint32_t frame_bytes, Kind
   std::memcpy(e.data() + 8, &frame_bytes, 4);
   std::memcpy(e.data() + 12, &k, 4);
   return e;
-}
-
-// ---- Synchronous helpers for the dialing side of the rendezvous (caller's thread) ----
-
-// Runs `io` until `*done` or `deadline`.
-Status RunUntil(asio::io_context& io, const bool* done, Deadline deadline, const std::string& what) {
-  io.restart();
-  while (!*done) {
-    if (Clock::now() >= deadline) return DeadlineExceeded(what + ": timed out");
-    io.run_one_until(deadline);
-    io.restart();
-  }
-  return Status::Ok();
-}
-
-template <typename Op>
-Status RunOp(asio::io_context& io, tcp::socket& s, Deadline deadline, const std::string& what, Op op) {
-  // `state` outlives an abandoned operation: closing the socket completes it later.
-  auto state = std::make_shared<std::pair<bool, boost::system::error_code>>(false, boost::system::error_code{});
-  op([state](const boost::system::error_code& e, size_t) {
-    state->second = e;
-    state->first = true;
-  });
-  Status st = RunUntil(io, &state->first, deadline, what);
-  if (!st.ok()) {
-    boost::system::error_code ignored;
-    s.close(ignored);
-    return st;
-  }
-  if (state->second) return Unavailable(what + ": " + state->second.message());
-  return Status::Ok();
-}
-
-Status ReadExact(asio::io_context& io, tcp::socket& s, void* buf, size_t n, Deadline deadline, const std::string& what) {
-  return RunOp(io, s, deadline, what, [&](auto cb) { asio::async_read(s, asio::buffer(buf, n), cb); });
-}
-
-Status WriteExact(asio::io_context& io, tcp::socket& s, const void* buf, size_t n, Deadline deadline, const std::string& what) {
-  return RunOp(io, s, deadline, what, [&](auto cb) { asio::async_write(s, asio::buffer(buf, n), cb); });
-}
-
-// Connects, retrying while the peer is not listening yet.
-Status Connect(asio::io_context& io, tcp::socket& s, const tcp::endpoint& ep, Deadline deadline, const std::string& what) {
-  for (;;) {
-    Status st = RunOp(io, s, deadline, what, [&](auto cb) {
-      s.async_connect(ep, [cb](const boost::system::error_code& e) { cb(e, 0); });
-    });
-    if (st.ok()) {
-      s.set_option(tcp::no_delay(true));
-      return st;
-    }
-    if (st.code() == StatusCode::kDeadlineExceeded) return st;
-    boost::system::error_code ignored;
-    s.close(ignored);
-    if (Clock::now() + std::chrono::milliseconds(50) >= deadline) return st;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-}
-
-// `*busy` is set when the peer closed the connection before answering at all (it had too many
-// connections pending): worth dialling again. A close after its HELLO means it refused our proof.
-Result<int> Introduce(asio::io_context& io, tcp::socket& s, const TcpOptions& o, const std::string& my_addr,
-                      uint16_t my_port, Deadline deadline, bool* busy) {
-  *busy = false;
-  int peer = -1;
-  if (o.insecure) {
-    SHARDPS_RETURN_IF_ERROR(WriteExact(io, s, &o.rank, 4, deadline, "hello"));
-    Status st = ReadExact(io, s, &peer, 4, deadline, "hello");
-    if (!st.ok()) {
-      *busy = st.code() == StatusCode::kUnavailable;
-      return st;
-    }
-  } else {
-    Handshake h(o.secret, o.rank, Handshake::kInitiator, o.job_tag);
-    auto m = h.Start();
-    Status st = WriteExact(io, s, m.data(), m.size(), deadline, "authentication");
-    while (st.ok() && !h.done()) {
-      std::vector<uint8_t> in(h.expected_bytes());
-      if (in.empty()) return Unavailable("authentication failed");
-      // The first 4 bytes: a magic, or the acceptor's rejection of our proof.
-      st = ReadExact(io, s, in.data(), 4, deadline, "authentication");
-      if (st.ok() && std::memcmp(in.data(), kRejected, 4) == 0) {
-        return Unavailable("authentication failed: the peer rejected our proof (do both sides use the same secret file?)");
-      }
-      if (st.ok()) st = ReadExact(io, s, in.data() + 4, in.size() - 4, deadline, "authentication");
-      if (!st.ok()) {
-        *busy = st.code() == StatusCode::kUnavailable;  // closed without a word: dropped, not refused
-        break;
-      }
-      SHARDPS_ASSIGN_OR_RETURN(auto reply, h.OnMessage(in));
-      if (reply) st = WriteExact(io, s, reply->data(), reply->size(), deadline, "authentication");
-    }
-    SHARDPS_RETURN_IF_ERROR(st);
-    peer = h.peer_rank();
-  }
-  std::vector<uint8_t> reg{static_cast<uint8_t>(my_addr.size())};
-  reg.insert(reg.end(), my_addr.begin(), my_addr.end());
-  reg.push_back(static_cast<uint8_t>(my_port & 0xff));
-  reg.push_back(static_cast<uint8_t>(my_port >> 8));
-  // The world size this process was started for: the coordinator refuses a mismatch at once.
-  const uint32_t world = static_cast<uint32_t>(o.size);
-  for (int i = 0; i < 4; ++i) reg.push_back(static_cast<uint8_t>(world >> (8 * i)));
-  SHARDPS_RETURN_IF_ERROR(WriteExact(io, s, reg.data(), reg.size(), deadline, "registration"));
-  return peer;
-}
-
-// Connects and introduces itself, dialling again while the peer is not listening yet or too
-// busy to answer, until `deadline`.
-Result<int> Dial(asio::io_context& io, tcp::socket& s, const tcp::endpoint& ep, const TcpOptions& o,
-                 const std::string& my_addr, uint16_t my_port, Deadline deadline, const std::string& what) {
-  for (int attempt = 1;; ++attempt) {
-    SHARDPS_RETURN_IF_ERROR(Connect(io, s, ep, deadline, what));
-    bool busy = false;
-    Result<int> peer = Introduce(io, s, o, my_addr, my_port, deadline, &busy);
-    if (peer.ok() || !busy) return peer.ok() ? peer : Result<int>(peer.status().WithContext(what));
-    boost::system::error_code ignored;
-    s.close(ignored);
-    const auto backoff = std::chrono::milliseconds(std::min(50 * attempt, 500));
-    if (Clock::now() + backoff >= deadline) return Unavailable(what + ": the peer keeps closing the connection before answering (" + peer.status().message() + ")");
-    std::this_thread::sleep_for(backoff);
-  }
-}
-
-struct PeerAddress {
-  std::string host;
-  uint16_t port = 0;
-};
-
-// The coordinator's answer, in place of the address table, when the rendezvous fails: the
-// marker, then the reason, so the peer can say why instead of seeing the connection close.
-void TellRefused(tcp::socket& s, const std::string& reason) {
-  const std::string r = reason.substr(0, kMaxReasonBytes);
-  std::vector<uint8_t> m;
-  for (uint32_t v : {kRendezvousRefused, static_cast<uint32_t>(r.size())}) {
-    for (int i = 0; i < 4; ++i) m.push_back(static_cast<uint8_t>(v >> (8 * i)));
-  }
-  m.insert(m.end(), r.begin(), r.end());
-  boost::system::error_code ignored;
-  s.non_blocking(false, ignored);
-  asio::write(s, asio::buffer(m), ignored);  // a few bytes into an idle socket's send buffer
-}
-
-// ---- Accepting side: authenticates many connections at once, each under its own deadline ----
-
-// One connection being authenticated. Everything runs on the io_context's thread.
-struct Arrival : std::enable_shared_from_this<Arrival> {
-  Arrival(asio::io_context& io, const TcpOptions& o) : sock(io), timer(io), options(o) {}
-  tcp::socket sock;
-  asio::steady_timer timer;
-  const TcpOptions& options;
-  std::unique_ptr<Handshake> handshake;
-  std::vector<uint8_t> buf;
-  std::string from;
-  int peer = -1;
-  int claimed = -1;          // the rank a HELLO claimed, for a refused proof
-  bool wrong_proof = false;  // refused: its proof of the secret did not verify
-  bool same_job = false;     // ... and its HELLO carried our job tag
-  uint32_t world = 0;        // the world size it registered with
-  bool authenticated = false;
-  bool finished = false;
-  std::function<void(std::shared_ptr<Arrival>, Status)> done;
-
-  void Begin(std::chrono::milliseconds timeout) {
-    boost::system::error_code ec;
-    auto remote = sock.remote_endpoint(ec);
-    from = ec ? std::string("an unknown address") : remote.address().to_string() + ":" + std::to_string(remote.port());
-    sock.set_option(tcp::no_delay(true), ec);
-    timer.expires_after(timeout);
-    timer.async_wait([self = shared_from_this(), timeout](const boost::system::error_code& e) {
-      if (e) return;
-      self->Finish(DeadlineExceeded(self->authenticated ? "authenticated as rank " + std::to_string(self->peer) +
-                                                              " but did not register within " + std::to_string(timeout.count()) + " ms"
-                                                        : "did not complete the handshake within " + std::to_string(timeout.count()) + " ms"));
-    });
-    if (options.insecure) {
-      buf.resize(4);
-      asio::async_read(sock, asio::buffer(buf), [self = shared_from_this()](const boost::system::error_code& e, size_t) {
-        if (e) return self->Finish(Unavailable("hello: " + e.message()));
-        std::memcpy(&self->peer, self->buf.data(), 4);
-        self->Write(std::vector<uint8_t>(reinterpret_cast<const uint8_t*>(&self->options.rank),
-                                         reinterpret_cast<const uint8_t*>(&self->options.rank) + 4));
-        self->ReadRegistration();
-      });
-      return;
-    }
-    handshake = std::make_unique<Handshake>(options.secret, options.rank, Handshake::kAcceptor, options.job_tag);
-    ReadHandshake();
-  }
-
-  void Write(std::vector<uint8_t> bytes) {
-    auto data = std::make_shared<std::vector<uint8_t>>(std::move(bytes));
-    asio::async_write(sock, asio::buffer(*data), [self = shared_from_this(), data](const boost::system::error_code& e, size_t) {
-      if (e) self->Finish(Unavailable("write: " + e.message()));
-    });
-  }
-
-  void ReadHandshake() {
-    buf.resize(handshake->expected_bytes());
-    asio::async_read(sock, asio::buffer(buf), [self = shared_from_this()](const boost::system::error_code& e, size_t) {
-      if (e) return self->Finish(Unavailable("authentication: " + e.message()));
-      const bool was_proof = self->buf.size() == Handshake::kProofBytes;
-      auto reply = self->handshake->OnMessage(self->buf);
-      if (!reply.ok()) {
-        if (!was_proof) return self->Finish(reply.status());
-        // A wrong proof: say so before closing, so a misconfigured peer stops dialling at once
-        // (a close without it means "busy, dial again").
-        auto notice = std::make_shared<std::vector<uint8_t>>(kRejected, kRejected + 4);
-        Status why = reply.status();
-        self->wrong_proof = true;
-        self->claimed = self->handshake->peer_rank();
-        self->same_job = self->handshake->peer_in_same_job();
-        asio::async_write(self->sock, asio::buffer(*notice), [self, notice, why](const boost::system::error_code&, size_t) {
-          self->Finish(why);
-        });
-        return;
-      }
-      if (*reply) self->Write(std::move(**reply));
-      if (self->handshake->done()) {
-        self->peer = self->handshake->peer_rank();
-        return self->ReadRegistration();
-      }
-      self->ReadHandshake();
-    });
-  }
-
-  // [u8 address length][address][u16 port][u32 world size], the address at most kMaxAddressBytes.
-  // The claimed rank is checked before the world size is read.
-  void ReadRegistration() {
-    authenticated = true;
-    buf.resize(1);
-    asio::async_read(sock, asio::buffer(buf), [self = shared_from_this()](const boost::system::error_code& e, size_t) {
-      if (e) return self->Finish(Unavailable("registration: " + e.message()));
-      const size_t len = self->buf[0];
-      if (len == 0 || len > kMaxAddressBytes) {
-        return self->Finish(InvalidArgument("registration of rank " + std::to_string(self->peer) + ": address length " +
-                                            std::to_string(len) + " outside 1.." + std::to_string(kMaxAddressBytes)));
-      }
-      self->buf.resize(len + 2);
-      asio::async_read(self->sock, asio::buffer(self->buf), [self](const boost::system::error_code& e, size_t) {
-        if (e) return self->Finish(Unavailable("registration: " + e.message()));
-        if (self->peer < 0 || self->peer >= self->options.size || self->peer == self->options.rank) {
-          return self->Finish(InvalidArgument("claimed rank " + std::to_string(self->peer) + " in a world of " +
-                                              std::to_string(self->options.size)));
-        }
-        auto size = std::make_shared<std::array<uint8_t, 4>>();
-        asio::async_read(self->sock, asio::buffer(*size), [self, size](const boost::system::error_code& e, size_t) {
-          if (e) return self->Finish(Unavailable("registration of rank " + std::to_string(self->peer) + ": " + e.message()));
-          self->world = static_cast<uint32_t>((*size)[0]) | (static_cast<uint32_t>((*size)[1]) << 8) |
-                        (static_cast<uint32_t>((*size)[2]) << 16) | (static_cast<uint32_t>((*size)[3]) << 24);
-          self->Finish(Status::Ok());
-        });
-      });
-    });
-  }
-
-  PeerAddress Registered() const {
-    PeerAddress a;
-    a.host.assign(buf.begin(), buf.end() - 2);
-    a.port = static_cast<uint16_t>(buf[buf.size() - 2] | (buf[buf.size() - 1] << 8));
-    return a;
-  }
-
-  void Finish(Status s) {
-    if (finished) return;
-    finished = true;
-    timer.cancel();
-    if (!s.ok()) {
-      boost::system::error_code ignored;
-      sock.close(ignored);
-    }
-    done(shared_from_this(), std::move(s));
-  }
-};
-
-// A warning of this rank's transport: to TcpOptions::on_warning if set, else to stderr.
-void Warn(const TcpOptions& o, const std::string& m) {
-  if (o.on_warning) o.on_warning(m);
-  else std::cerr << "[shardps rank " << o.rank << "] warning: " << m << std::endl;
-}
-
-// Accepts connections on `acceptor` until `want` peers have authenticated (or it is closed).
-class Gate {
- public:
-  Gate(asio::io_context& io, tcp::acceptor& acceptor, const TcpOptions& o, int want,
-       std::function<Status(int peer, PeerAddress, std::unique_ptr<tcp::socket>)> on_peer)
-      : io_(io), acceptor_(acceptor), o_(o), want_(want), on_peer_(std::move(on_peer)) {}
-
-  void Open() {
-    if (want_ > 0) AcceptNext();
-  }
-  bool complete() const { return got_ >= want_ || !error_.ok(); }
-  const Status& error() const { return error_; }
-  int refused() const { return refused_; }
-  // Connections refused for a wrong proof of the secret, by the rank they claimed (the latest).
-  struct Refusal {
-    Clock::time_point at;
-    std::string from;
-  };
-  const std::unordered_map<int, Refusal>& wrong_proofs() const { return wrong_proofs_; }
-  // Ranks that were told why they cannot join (and have stopped) without joining.
-  const std::vector<int>& told() const { return told_; }
-  // After a failed rendezvous: every later arrival that authenticates goes to `on_peer` (which
-  // tells it why), and the gate stays open until closed.
-  void Reroute(std::function<Status(int peer, PeerAddress, std::unique_ptr<tcp::socket>)> on_peer) {
-    on_peer_ = std::move(on_peer);
-    error_ = Status::Ok();
-    want_ = std::numeric_limits<int>::max();
-  }
-  void Close() {
-    closed_ = true;
-    boost::system::error_code ignored;
-    acceptor_.close(ignored);
-    auto live = live_;  // Finish() removes from live_
-    for (auto& a : live) a->Finish(Cancelled("rendezvous is over"));
-  }
-
- private:
-  void AcceptNext() {
-    auto sock = std::make_shared<tcp::socket>(io_);
-    acceptor_.async_accept(*sock, [this, sock](const boost::system::error_code& e) {
-      if (e == asio::error::operation_aborted || closed_) return;  // the gate may be gone when aborted
-      if (e) {
-        Warn(o_, "accept failed: " + e.message());
-        return AcceptNext();
-      }
-      if (static_cast<int>(live_.size()) >= o_.max_pending_connections) {
-        // Full: the oldest connection that has not proved the secret goes (one that has is a
-        // real peer a round trip from registering). A real peer completes its handshake in
-        // about a millisecond, so idle connections cannot hold the door shut against it.
-        auto victim = std::find_if(live_.begin(), live_.end(), [](const auto& a) { return !a->authenticated; });
-        if (victim == live_.end()) {  // every slot holds an authenticated peer: refuse the newcomer
-          boost::system::error_code ignored;
-          sock->close(ignored);
-          return AcceptNext();
-        }
-        (*victim)->Finish(ResourceExhausted("evicted: " + std::to_string(live_.size()) +
-                                            " connections pending, this one the oldest unauthenticated"));
-      }
-      auto a = std::make_shared<Arrival>(io_, o_);
-      a->sock = std::move(*sock);
-      a->done = [this](std::shared_ptr<Arrival> a, Status s) { Arrived(std::move(a), std::move(s)); };
-      live_.push_back(a);
-      a->Begin(o_.handshake_timeout);
-      AcceptNext();
-    });
-  }
-
-  void Arrived(std::shared_ptr<Arrival> a, Status s) {
-    std::erase(live_, a);
-    if (closed_) return;
-    if (s.ok() && (a->peer < 0 || a->peer >= o_.size || a->peer == o_.rank)) {
-      s = InvalidArgument("claimed rank " + std::to_string(a->peer) + " in a world of " + std::to_string(o_.size));
-    }
-    if (!s.ok() && a->wrong_proof && a->claimed >= 0 && a->claimed < o_.size && a->claimed != o_.rank) {
-      if (a->same_job) {
-        // Started with this job's configuration but another secret: it was told and has
-        // stopped, so the rendezvous cannot succeed; it ends now for everyone.
-        error_ = FailedPrecondition("rank " + std::to_string(a->claimed) + " cannot join: a connection from " + a->from +
-                                    " claiming rank " + std::to_string(a->claimed) +
-                                    " was refused because its proof of the shared secret did not verify, although it was "
-                                    "started with this job's configuration (is that process using another --secret-file?); "
-                                    "the rendezvous ends now");
-        Warn(o_, "refused a connection from " + a->from + ": " + s.message());
-        told_.push_back(a->claimed);
-        return;
-      }
-      wrong_proofs_[a->claimed] = {Clock::now(), a->from};
-    }
-    if (s.ok() && a->world != static_cast<uint32_t>(o_.size)) {
-      // It knows the secret, so it is one of this job's processes, started for another job size:
-      // the rendezvous cannot succeed; it ends now for everyone (the peer is told why).
-      error_ = FailedPrecondition("rank " + std::to_string(a->peer) + " (connecting from " + a->from +
-                                  ") was started for a job of " + std::to_string(a->world) + " processes, rank " +
-                                  std::to_string(o_.rank) + " for " + std::to_string(o_.size) +
-                                  " (do --num-servers and --num-workers agree on every process?)");
-      TellRefused(a->sock, error_.message());
-      told_.push_back(a->peer);
-      boost::system::error_code ignored;
-      a->sock.close(ignored);
-      return;
-    }
-    if (!s.ok()) {
-      // Logged, but not without bound: a flood must not fill the log.
-      if (++refused_ <= kLoggedRefusals || refused_ % 1000 == 0) {
-        Warn(o_, "refused a connection from " + a->from + ": " + s.message() +
-                 (refused_ == kLoggedRefusals ? " (further refusals are logged once per 1000)"
-                                              : refused_ > kLoggedRefusals ? " (" + std::to_string(refused_) + " refused so far)" : ""));
-      }
-      return;
-    }
-    auto sock = std::make_unique<tcp::socket>(std::move(a->sock));
-    Status st = on_peer_(a->peer, a->Registered(), std::move(sock));
-    if (!st.ok()) {
-      error_ = st;
-      return;
-    }
-    ++got_;
-  }
-
-  asio::io_context& io_;
-  tcp::acceptor& acceptor_;
-  const TcpOptions& o_;
-  int want_;
-  std::function<Status(int, PeerAddress, std::unique_ptr<tcp::socket>)> on_peer_;
-  std::vector<std::shared_ptr<Arrival>> live_;
-  int got_ = 0;
-  int refused_ = 0;
-  bool closed_ = false;
-  Status error_;
-  std::unordered_map<int, Refusal> wrong_proofs_;
-  std::vector<int> told_;
-};
-
-Result<tcp::endpoint> Resolve(const std::string& host, uint16_t port) {
-  boost::system::error_code ec;
-  const auto addr = asio::ip::make_address(host, ec);
-  if (ec) return InvalidArgument("bad address '" + host + "' (give a numeric IPv4 or IPv6 address): " + ec.message());
-  return tcp::endpoint(addr, port);
-}
-
-Status Listen(tcp::acceptor& a, const tcp::endpoint& ep) {
-  boost::system::error_code ec;
-  a.open(ep.protocol(), ec);
-  if (!ec) a.set_option(tcp::acceptor::reuse_address(true), ec);
-  if (!ec) a.bind(ep, ec);
-  if (!ec) a.listen(asio::socket_base::max_listen_connections, ec);
-  if (ec) return Unavailable("cannot listen on " + ep.address().to_string() + ":" + std::to_string(ep.port()) + ": " + ec.message());
-  return Status::Ok();
 }
 
 // ---- The transport ----
@@ -520,10 +93,8 @@ class TcpTransport final : public Transport {
     }
   }
 
+  // Connects to every other rank (rendezvous.h), then hands the sockets to the I/O thread.
   Status Setup();
-  // After a failed rendezvous (coordinator only): accepts connections until `until` or until
-  // every rank has been told, answering each that proves the secret with `why`.
-  void TellLatecomers(Gate& gate, const std::string& why, Deadline until);
 
   int rank() const override { return o_.rank; }
   int size() const override { return o_.size; }
@@ -731,28 +302,43 @@ class TcpTransport final : public Transport {
     std::unique_ptr<uint8_t[]> data;  // kEagerBytes capacity, from the pool
     uint64_t size = 0;
   };
+  // The connection's life. A lost peer is reported once; one that said goodbye first is not
+  // reported at all (its closing is an orderly exit).
+  enum class Link {
+    kJoining,   // no envelope yet since the mesh came up (allowed the setup time to speak)
+    kUp,        // heard from
+    kDeparted,  // said goodbye
+    kLost,      // closed: every later send or receive fails at once
+  };
+  // What the incoming stream does with the payload behind the last frame handed to the receiver
+  // (one with a token: larger than eager). The stream pauses until the payload is consumed.
+  enum class PayloadState {
+    kNone,           // none pending: reading envelope by envelope
+    kParked,         // its bytes wait in the socket for the receiver to claim or discard them
+    kReadingAside,   // unclaimed after the dispatch: being read into `side`
+    kAside,          // in `side`, waiting for the claim (a copy) or the discard
+    kClaimedAside,   // being read into `side`, copied to claim_dest when complete
+    kDropping,       // discarded or released: being read aside or drained, then dropped
+    kDirect,         // being read straight into the receiver's buffer (ReadDirect)
+    kDirectDropped,  // ... which the receiver released: the rest goes to scratch memory
+  };
   struct Peer {
     std::unique_ptr<tcp::socket> sock;
-    bool writing = false;
+    Link link = Link::kJoining;
+    bool writing = false;  // a WriteSome of `queue` is under way
     std::deque<Outgoing> queue;
     uint8_t env[kEnvelopeBytes];
     std::vector<uint8_t> frame;
     uint64_t payload_bytes = 0;
-    uint64_t token = 0;  // the payload waiting in the stream, 0 if none
-    bool side_reading = false, side_done = false, discard = false, claimed = false;
+    PayloadState payload = PayloadState::kNone;
+    uint64_t token = 0;  // the payload the receiver may claim or discard, 0 if none
     std::vector<uint8_t> side;
     std::span<uint8_t> claim_dest;
     Completion claim_done;
-    // A payload read straight into the receiver's buffer (ReadDirect): how far it got; once the
-    // receiver releases the buffer, the rest is read into scratch memory and dropped.
-    bool direct = false, direct_dropped = false;
-    std::span<uint8_t> direct_dest;
+    std::span<uint8_t> direct_dest;  // kDirect: the receiver's buffer, and how far it got
     size_t direct_got = 0;
     Completion direct_done;
     Clock::time_point last_heard;
-    bool heard = false;     // an envelope has arrived since the mesh came up
-    bool dead = false;      // lost: reported once
-    bool departed = false;  // said goodbye: its closing is not a failure
   };
 
   // ---- eager buffers (either thread) ----
@@ -812,10 +398,11 @@ class TcpTransport final : public Transport {
 
   void Lost(int r, const std::string& why) {
     Peer& p = peers_[r];
-    if (p.dead) return;
-    p.dead = true;
+    if (p.link == Link::kLost) return;
+    const bool departed = p.link == Link::kDeparted;
+    p.link = Link::kLost;
     Close(p);
-    if (p.departed || stopping_) return;  // an orderly exit
+    if (departed || stopping_) return;  // an orderly exit
     IncomingFrame in;
     in.source = r;
     in.error = Unavailable(why);  // the endpoint names the rank and its role
@@ -824,7 +411,7 @@ class TcpTransport final : public Transport {
 
   void Enqueue(int r, Outgoing out) {
     Peer& p = peers_[r];
-    if (!p.sock || p.dead) {
+    if (!p.sock || p.link == Link::kLost) {
       if (out.counted) --in_flight_;
       Complete(std::move(out.done), Unavailable("send to rank " + std::to_string(r) + ": the connection is lost"));
       return;
@@ -835,7 +422,7 @@ class TcpTransport final : public Transport {
 
   void StartWrite(int r) {
     Peer& p = peers_[r];
-    if (p.dead) {  // fail what is left
+    if (p.link == Link::kLost) {  // fail what is left
       for (auto& out : p.queue) {
         if (out.counted) --in_flight_;
         Complete(std::move(out.done), Unavailable("send to rank " + std::to_string(r) + ": the connection is lost"));
@@ -905,14 +492,13 @@ class TcpTransport final : public Transport {
           out.payload = out.own;
         }
       }
-      if (p.claimed && Overlaps(p.claim_dest, region)) {  // being read aside: drop it there
-        p.claimed = false;
-        p.discard = true;
+      if (p.payload == PayloadState::kClaimedAside && Overlaps(p.claim_dest, region)) {  // drop it there
+        p.payload = PayloadState::kDropping;
         p.claim_dest = {};
         Complete(std::move(p.claim_done), Cancelled("payload receive cancelled"));
       }
-      if (p.direct && !p.direct_dropped && Overlaps(p.direct_dest, region)) {
-        p.direct_dropped = true;  // the rest goes to scratch memory
+      if (p.payload == PayloadState::kDirect && Overlaps(p.direct_dest, region)) {
+        p.payload = PayloadState::kDirectDropped;  // the rest goes to scratch memory
         Complete(std::move(p.direct_done), Cancelled("payload receive cancelled"));
       }
     }
@@ -920,19 +506,19 @@ class TcpTransport final : public Transport {
 
   void StartRead(int r) {
     Peer& p = peers_[r];
-    if (p.dead) return;
+    if (p.link == Link::kLost) return;
     asio::async_read(*p.sock, asio::buffer(p.env, kEnvelopeBytes), [this, r](const boost::system::error_code& e, size_t) {
       if (e) return Lost(r, ReadError(e));
       Peer& p = peers_[r];
       p.last_heard = Clock::now();
-      p.heard = true;
+      if (p.link == Link::kJoining) p.link = Link::kUp;
       uint32_t fb, kind;
       std::memcpy(&p.payload_bytes, p.env, 8);
       std::memcpy(&fb, p.env + 8, 4);
       std::memcpy(&kind, p.env + 12, 4);
       if (kind == kHeartbeat || kind == kGoodbye) {
         if (fb != 0 || p.payload_bytes != 0) return Lost(r, "malformed control envelope");
-        if (kind == kGoodbye) p.departed = true;
+        if (kind == kGoodbye) p.link = Link::kDeparted;
         return StartRead(r);
       }
       if (kind == kAbort) {  // the peer is ending the job: its reason names the root cause
@@ -986,6 +572,7 @@ class TcpTransport final : public Transport {
         if (p.payload_bytes > 0) {
           in.token = next_token_++;
           p.token = in.token;
+          p.payload = PayloadState::kParked;
           Arrive(std::move(in));
           return;  // the stream waits for the receiver to claim or discard the payload
         }
@@ -1011,29 +598,31 @@ class TcpTransport final : public Transport {
 
   void Claim(int src, uint64_t token, std::span<uint8_t> dest, Completion done) {
     Peer& p = peers_[src];
-    if (p.dead) return Complete(std::move(done), Unavailable("payload from rank " + std::to_string(src) + ": the connection is lost"));
+    if (p.link == Link::kLost) return Complete(std::move(done), Unavailable("payload from rank " + std::to_string(src) + ": the connection is lost"));
     if (p.token != token) return Complete(std::move(done), Internal("payload token " + std::to_string(token) + " is not the pending one"));
-    if (p.side_done) {  // already read aside: copy
-      std::memcpy(dest.data(), p.side.data(), dest.size());
-      std::vector<uint8_t>().swap(p.side);
-      p.side_done = false;
-      p.token = 0;
-      Complete(std::move(done), Status::Ok());
-      return StartRead(src);
+    switch (p.payload) {
+      case PayloadState::kAside:  // already read aside: copy
+        std::memcpy(dest.data(), p.side.data(), dest.size());
+        std::vector<uint8_t>().swap(p.side);
+        p.payload = PayloadState::kNone;
+        p.token = 0;
+        Complete(std::move(done), Status::Ok());
+        return StartRead(src);
+      case PayloadState::kReadingAside:  // copied when complete
+        p.payload = PayloadState::kClaimedAside;
+        p.claim_dest = dest;
+        p.claim_done = std::move(done);
+        return;
+      case PayloadState::kParked:  // straight into the caller's buffer
+        p.payload = PayloadState::kDirect;
+        p.token = 0;
+        p.direct_dest = dest;
+        p.direct_got = 0;
+        p.direct_done = std::move(done);
+        return ReadDirect(src);
+      default:  // claimed or discarded before: the endpoint consumes each payload once
+        return Complete(std::move(done), Internal("payload token " + std::to_string(token) + " was already claimed or discarded"));
     }
-    if (p.side_reading) {  // being read aside: copy when complete
-      p.claim_dest = dest;
-      p.claim_done = std::move(done);
-      p.claimed = true;
-      return;
-    }
-    p.token = 0;  // straight into the caller's buffer
-    p.direct = true;
-    p.direct_dropped = false;
-    p.direct_dest = dest;
-    p.direct_got = 0;
-    p.direct_done = std::move(done);
-    ReadDirect(src);
   }
 
   // Reads a claimed payload into the receiver's buffer until the socket has nothing more, then
@@ -1047,8 +636,9 @@ class TcpTransport final : public Transport {
     while (p.direct_got < p.direct_dest.size()) {
       const size_t left = p.direct_dest.size() - p.direct_got;
       if (scratch_.empty()) scratch_.resize(64 * 1024);
-      const auto into = p.direct_dropped ? asio::buffer(scratch_.data(), std::min(left, scratch_.size()))
-                                         : asio::buffer(p.direct_dest.data() + p.direct_got, left);
+      const auto into = p.payload == PayloadState::kDirectDropped
+                            ? asio::buffer(scratch_.data(), std::min(left, scratch_.size()))
+                            : asio::buffer(p.direct_dest.data() + p.direct_got, left);
       const size_t n = p.sock->read_some(into, e);
       if (e == asio::error::would_block || e == asio::error::try_again) {
         p.sock->async_wait(tcp::socket::wait_read, [this, src](const boost::system::error_code& e) {
@@ -1061,17 +651,19 @@ class TcpTransport final : public Transport {
       p.direct_got += n;
       p.last_heard = Clock::now();
     }
-    p.direct = false;
+    const bool dropped = p.payload == PayloadState::kDirectDropped;
+    p.payload = PayloadState::kNone;
     p.direct_dest = {};
-    if (!p.direct_dropped) Complete(std::move(p.direct_done), Status::Ok());
+    if (!dropped) Complete(std::move(p.direct_done), Status::Ok());
     StartRead(src);
   }
 
   void DirectFailed(int src, const boost::system::error_code& e) {
     Peer& p = peers_[src];
-    p.direct = false;
+    const bool dropped = p.payload == PayloadState::kDirectDropped;
+    p.payload = PayloadState::kNone;
     p.direct_dest = {};
-    if (!p.direct_dropped) Complete(std::move(p.direct_done), Unavailable("payload from rank " + std::to_string(src) + ": " + e.message()));
+    if (!dropped) Complete(std::move(p.direct_done), Unavailable("payload from rank " + std::to_string(src) + ": " + e.message()));
     Lost(src, ReadError(e));
   }
 
@@ -1079,8 +671,7 @@ class TcpTransport final : public Transport {
   void Drain(int r, uint64_t left) {
     Peer& p = peers_[r];
     if (left == 0) {
-      p.side_reading = false;
-      p.discard = false;
+      p.payload = PayloadState::kNone;
       p.token = 0;
       return StartRead(r);
     }
@@ -1088,7 +679,7 @@ class TcpTransport final : public Transport {
     asio::async_read(*p.sock, asio::buffer(p.side), [this, r, left](const boost::system::error_code& e, size_t n) {
       Peer& p = peers_[r];
       if (e) {
-        p.side_reading = false;
+        p.payload = PayloadState::kNone;
         return Lost(r, ReadError(e));
       }
       p.last_heard = Clock::now();
@@ -1098,50 +689,54 @@ class TcpTransport final : public Transport {
 
   void Discard(int src, uint64_t token) {
     Peer& p = peers_[src];
-    if (p.dead || p.token != token) return;
-    p.discard = true;
-    if (p.side_done) {
-      std::vector<uint8_t>().swap(p.side);
-      p.side_done = false;
-      p.discard = false;
-      p.token = 0;
-      StartRead(src);
-    } else if (!p.side_reading) {
-      StartSideRead(src);
+    if (p.link == Link::kLost || p.token != token) return;
+    switch (p.payload) {
+      case PayloadState::kAside:
+        std::vector<uint8_t>().swap(p.side);
+        p.payload = PayloadState::kNone;
+        p.token = 0;
+        return StartRead(src);
+      case PayloadState::kParked:  // nobody wants the bytes: no buffer for them
+        p.payload = PayloadState::kDropping;
+        return Drain(src, p.payload_bytes);
+      case PayloadState::kReadingAside:  // dropped when complete
+        p.payload = PayloadState::kDropping;
+        return;
+      default:  // claimed or discarded before
+        return;
     }
   }
 
   void ReadAsideIfParked(int src, uint64_t token) {
     Peer& p = peers_[src];
-    if (!p.dead && p.token == token && !p.side_reading && !p.side_done) StartSideRead(src);
+    if (p.link != Link::kLost && p.token == token && p.payload == PayloadState::kParked) StartSideRead(src);
   }
 
   void StartSideRead(int r) {
     Peer& p = peers_[r];
-    p.side_reading = true;
-    if (p.discard) return Drain(r, p.payload_bytes);  // nobody wants the bytes: no buffer for them
+    p.payload = PayloadState::kReadingAside;
     p.side.resize(p.payload_bytes);
     asio::async_read(*p.sock, asio::buffer(p.side), Heard(r), [this, r](const boost::system::error_code& e, size_t) {
       Peer& p = peers_[r];
-      p.side_reading = false;
+      const PayloadState was = p.payload;
       if (e) {
-        if (p.claimed) Complete(std::move(p.claim_done), Unavailable("payload from rank " + std::to_string(r) + ": " + e.message()));
-        p.claimed = false;
+        p.payload = PayloadState::kNone;
+        if (was == PayloadState::kClaimedAside) Complete(std::move(p.claim_done), Unavailable("payload from rank " + std::to_string(r) + ": " + e.message()));
         return Lost(r, ReadError(e));
       }
       p.last_heard = Clock::now();
-      if (p.discard || p.claimed) {
-        if (p.claimed) std::memcpy(p.claim_dest.data(), p.side.data(), p.claim_dest.size());
-        Completion done = std::move(p.claim_done);
-        const bool claimed = p.claimed;
-        std::vector<uint8_t>().swap(p.side);
-        p.discard = p.claimed = false;
-        p.token = 0;
-        if (claimed) Complete(std::move(done), Status::Ok());
-        StartRead(r);
+      if (was == PayloadState::kReadingAside) {
+        p.payload = PayloadState::kAside;
         return;
       }
-      p.side_done = true;
+      // Claimed meanwhile (copy it), or discarded or released (drop it).
+      if (was == PayloadState::kClaimedAside) std::memcpy(p.claim_dest.data(), p.side.data(), p.claim_dest.size());
+      Completion done = std::move(p.claim_done);
+      std::vector<uint8_t>().swap(p.side);
+      p.payload = PayloadState::kNone;
+      p.token = 0;
+      if (was == PayloadState::kClaimedAside) Complete(std::move(done), Status::Ok());
+      StartRead(r);
     });
   }
 
@@ -1155,15 +750,15 @@ class TcpTransport final : public Transport {
       const auto now = Clock::now();
       for (int r = 0; r < o_.size; ++r) {
         Peer& p = peers_[r];
-        if (r == o_.rank || !p.sock || p.dead || p.departed) continue;
+        if (r == o_.rank || !p.sock || p.link == Link::kLost || p.link == Link::kDeparted) continue;
         // While this side holds the stream (a payload parked, unclaimed), nothing can arrive
         // from the peer: that is not its silence.
-        if (p.token != 0 && !p.side_reading) {
+        if (p.payload == PayloadState::kParked || p.payload == PayloadState::kAside) {
           p.last_heard = now;
         }
         // Until a peer's first envelope, allow it the setup time (it may still be dialling the
         // ranks below it).
-        const auto allowed = p.heard ? o_.peer_timeout : std::max(o_.peer_timeout, o_.setup_timeout);
+        const auto allowed = p.link != Link::kJoining ? o_.peer_timeout : std::max(o_.peer_timeout, o_.setup_timeout);
         if (now - p.last_heard > allowed) {
           Lost(r, "nothing heard from it, not even a heartbeat, for " +
                       std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(now - p.last_heard).count()) +
@@ -1212,200 +807,9 @@ class TcpTransport final : public Transport {
   uint64_t next_self_token_ = 1;
 };
 
-void TcpTransport::TellLatecomers(Gate& gate, const std::string& why, Deadline until) {
-  std::vector<bool> told(o_.size, false);
-  told[o_.rank] = true;
-  for (int r : gate.told()) told[r] = true;
-  for (int r = 0; r < o_.size; ++r) {
-    if (peers_[r].sock) told[r] = true;
-  }
-  auto everyone_told = [&] { return std::all_of(told.begin(), told.end(), [](bool t) { return t; }); };
-  if (everyone_told()) return;
-  std::string waiting;
-  for (int r = 0; r < o_.size; ++r) {
-    if (!told[r]) waiting += (waiting.empty() ? "" : ",") + std::to_string(r);
-  }
-  const auto wait_ms = std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()).count();
-  const std::string note = "the rendezvous failed (" + why + "); staying up to " + std::to_string(std::max<int64_t>(0, wait_ms)) +
-                           " ms to tell ranks " + waiting + ", which have not joined, why";
-  Warn(o_, note);
-  // Connections still authenticating stay open: they are told when they complete.
-  gate.Reroute([&](int peer, PeerAddress, std::unique_ptr<tcp::socket> s) -> Status {
-    TellRefused(*s, why);
-    told[peer] = true;
-    return Status::Ok();
-  });
-  io_.restart();
-  while (!everyone_told() && Clock::now() < until) {
-    for (int r : gate.told()) told[r] = true;
-    io_.run_one_until(std::min(until, Clock::now() + std::chrono::milliseconds(100)));
-    io_.restart();
-  }
-}
-
 Status TcpTransport::Setup() {
-  const Deadline deadline = Clock::now() + o_.setup_timeout;
-  SHARDPS_ASSIGN_OR_RETURN(tcp::endpoint coordinator, Resolve(o_.host, o_.port));
-  std::vector<PeerAddress> table(o_.size);
-  // A connection refused for a wrong proof of the secret that carried our job tag ends the
-  // rendezvous at once (Gate::Arrived). One without the tag may be a stranger, or one of this
-  // job's processes started with another secret and another configuration: it has stopped (it
-  // was told), and its rank would be missed only at the setup timeout. So once a rank refused
-  // that way is still missing a grace period later, the rendezvous ends for everyone, naming the
-  // refused address. A stranger can claim a rank too, so the grace period is long enough for the
-  // real process to join: counted from the first registration of a process that knows the
-  // secret (short), or half the setup timeout while none has (docs/deployment.md).
-  std::optional<Clock::time_point> first_registered;
-  const auto short_grace = std::min<std::chrono::milliseconds>(
-      o_.setup_timeout, std::max<std::chrono::milliseconds>(std::chrono::seconds(10), o_.setup_timeout / 10));
-  const auto long_grace = std::max(short_grace, std::chrono::milliseconds(o_.setup_timeout / 2));
-  auto refused_rank_missing = [&](const Gate& gate, Clock::time_point now) -> Status {
-    for (const auto& [rank, refusal] : gate.wrong_proofs()) {
-      if (peers_[rank].sock) continue;  // the real process joined
-      const auto since = first_registered ? std::max(refusal.at, *first_registered) : refusal.at;
-      const auto grace = first_registered ? short_grace : long_grace;
-      if (now < since + grace) continue;
-      return FailedPrecondition(
-          "rank " + std::to_string(rank) + " did not join: a connection from " + refusal.from + " claiming rank " +
-          std::to_string(rank) + " was refused " +
-          std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(now - refusal.at).count()) +
-          " ms ago because its proof of the shared secret did not verify (is that process using another --secret-file?); "
-          "the rendezvous ends now instead of at the setup timeout of " + std::to_string(o_.setup_timeout.count()) + " ms");
-    }
-    return Status::Ok();
-  };
-  auto wait_for = [&](Gate& gate, const std::string& what) -> Status {
-    io_.restart();
-    while (!gate.complete()) {
-      if (Status r = refused_rank_missing(gate, Clock::now()); !r.ok()) {
-        return r.WithContext(what);  // the caller closes the gate (the coordinator first tells latecomers)
-      }
-      if (Clock::now() >= deadline) {
-        std::string missing;
-        for (int r = 0; r < o_.size; ++r) {
-          if (r != o_.rank && !peers_[r].sock) missing += (missing.empty() ? "" : ",") + std::to_string(r);
-        }
-        gate.Close();
-        io_.restart();
-        io_.poll();
-        return DeadlineExceeded(what + ": ranks " + missing + " did not connect within " +
-                                std::to_string(o_.setup_timeout.count()) + " ms (" + std::to_string(gate.refused()) +
-                                " connections refused)");
-      }
-      io_.run_one_until(std::min(deadline, Clock::now() + std::chrono::milliseconds(100)));
-      io_.restart();
-    }
-    return gate.error();  // on an error the caller closes the gate, as above
-  };
-  auto adopt = [&](int peer, std::unique_ptr<tcp::socket> s) -> Status {
-    if (peers_[peer].sock) return FailedPrecondition("rank " + std::to_string(peer) + " connected twice (two processes started with the same rank?)");
-    peers_[peer].sock = std::move(s);
-    if (!first_registered) first_registered = Clock::now();
-    return Status::Ok();
-  };
-  if (o_.rank == 0) {
-    tcp::acceptor a(io_);
-    SHARDPS_RETURN_IF_ERROR(Listen(a, coordinator));
-    table[0] = {o_.host, o_.port};
-    Gate gate(io_, a, o_, o_.size - 1, [&](int peer, PeerAddress addr, std::unique_ptr<tcp::socket> s) -> Status {
-      if (addr.host == "0.0.0.0" || addr.host == "::") {  // listening everywhere: reachable where it came from
-        boost::system::error_code ec;
-        addr.host = s->remote_endpoint(ec).address().to_string();
-      }
-      table[peer] = addr;
-      return adopt(peer, std::move(s));
-    });
-    gate.Open();
-    Status st = wait_for(gate, "rendezvous at " + o_.host + ":" + std::to_string(o_.port));
-    if (!st.ok()) {
-      // Every process that joined learns why the job will not start, and stops now.
-      for (int r = 1; r < o_.size; ++r) {
-        if (peers_[r].sock) TellRefused(*peers_[r].sock, st.message());
-      }
-      // One that has not joined yet (or is still authenticating) would dial a coordinator that
-      // has gone, which it cannot tell from one not started yet, and wait out its own setup
-      // timeout. So unless the setup timeout itself passed, the coordinator keeps the gate open a
-      // little longer (the short grace period, or until every rank was told) and tells each
-      // process that proves the secret why.
-      if (st.code() != StatusCode::kDeadlineExceeded) {
-        TellLatecomers(gate, st.message(), std::min(deadline, Clock::now() + short_grace));
-      }
-    }
-    gate.Close();
-    io_.restart();
-    io_.poll();
-    if (!st.ok()) return st;
-    std::vector<uint8_t> bytes;
-    for (const auto& e : table) {
-      bytes.push_back(static_cast<uint8_t>(e.host.size()));
-      bytes.insert(bytes.end(), e.host.begin(), e.host.end());
-      bytes.push_back(static_cast<uint8_t>(e.port & 0xff));
-      bytes.push_back(static_cast<uint8_t>(e.port >> 8));
-    }
-    const uint32_t n = static_cast<uint32_t>(bytes.size());
-    for (int i = 1; i < o_.size; ++i) {
-      SHARDPS_RETURN_IF_ERROR(WriteExact(io_, *peers_[i].sock, &n, 4, deadline, "address table"));
-      SHARDPS_RETURN_IF_ERROR(WriteExact(io_, *peers_[i].sock, bytes.data(), bytes.size(), deadline, "address table"));
-    }
-  } else {
-    if (o_.listen.size() > kMaxAddressBytes) return InvalidArgument("listen address too long");
-    SHARDPS_ASSIGN_OR_RETURN(tcp::endpoint mine_ep, Resolve(o_.listen, 0));
-    tcp::acceptor mine(io_);
-    SHARDPS_RETURN_IF_ERROR(Listen(mine, mine_ep));
-    const uint16_t my_port = mine.local_endpoint().port();
-    // Higher ranks may dial in while we dial lower ones: accept them concurrently.
-    Gate gate(io_, mine, o_, o_.size - 1 - o_.rank, [&](int peer, PeerAddress, std::unique_ptr<tcp::socket> s) -> Status {
-      if (peer <= o_.rank) return InvalidArgument("rank " + std::to_string(peer) + " dialed rank " + std::to_string(o_.rank) + "; lower ranks are dialed, not dialing");
-      return adopt(peer, std::move(s));
-    });
-    gate.Open();
-    auto s = std::make_unique<tcp::socket>(io_);
-    Status st;
-    Result<int> peer = Dial(io_, *s, coordinator, o_, o_.listen, my_port, deadline,
-                            "joining through the coordinator " + o_.host + ":" + std::to_string(o_.port));
-    if (peer.ok() && *peer != 0) peer = Unavailable("the coordinator answered as rank " + std::to_string(*peer));
-    uint32_t n = 0;
-    if (peer.ok()) st = ReadExact(io_, *s, &n, 4, deadline, "address table from the coordinator");
-    else st = peer.status();
-    if (st.ok() && n == kRendezvousRefused) {
-      uint32_t len = 0;
-      st = ReadExact(io_, *s, &len, 4, deadline, "the coordinator's refusal");
-      if (st.ok() && (len == 0 || len > kMaxReasonBytes)) st = DataLoss("refusal of " + std::to_string(len) + " bytes from the coordinator");
-      std::string why(st.ok() ? len : 0, '\0');
-      if (st.ok()) st = ReadExact(io_, *s, why.data(), len, deadline, "the coordinator's refusal");
-      if (st.ok()) st = FailedPrecondition("the coordinator " + o_.host + ":" + std::to_string(o_.port) + " ended the rendezvous: " + why);
-    }
-    if (st.ok() && n > o_.size * (kMaxAddressBytes + 3)) st = DataLoss("address table of " + std::to_string(n) + " bytes");
-    std::vector<uint8_t> bytes(st.ok() ? n : 0);
-    if (st.ok()) st = ReadExact(io_, *s, bytes.data(), n, deadline, "address table from the coordinator");
-    size_t at = 0;
-    for (int r = 0; st.ok() && r < o_.size; ++r) {
-      if (at >= bytes.size() || at + 1 + bytes[at] + 2 > bytes.size()) {
-        st = DataLoss("truncated address table from the coordinator");
-        break;
-      }
-      const size_t len = bytes[at];
-      table[r].host.assign(bytes.begin() + at + 1, bytes.begin() + at + 1 + len);
-      table[r].port = static_cast<uint16_t>(bytes[at + 1 + len] | (bytes[at + 2 + len] << 8));
-      at += 3 + len;
-    }
-    if (st.ok()) st = adopt(0, std::move(s));
-    for (int j = 1; st.ok() && j < o_.rank; ++j) {  // dial every lower rank
-      auto d = std::make_unique<tcp::socket>(io_);
-      Result<tcp::endpoint> ep = Resolve(table[j].host, table[j].port);
-      st = ep.status();
-      Result<int> got = st.ok() ? Dial(io_, *d, *ep, o_, o_.listen, my_port, deadline,
-                                       "connecting to rank " + std::to_string(j) + " at " + table[j].host + ":" + std::to_string(table[j].port))
-                                : Result<int>(st);
-      if (got.ok() && *got != j) got = Unavailable("rank " + std::to_string(j) + "'s address answered as rank " + std::to_string(*got));
-      st = got.ok() ? adopt(j, std::move(d)) : got.status();
-    }
-    if (st.ok()) st = wait_for(gate, "waiting for higher ranks to connect");
-    gate.Close();
-    io_.restart();
-    io_.poll();
-    SHARDPS_RETURN_IF_ERROR(st);
-  }
+  SHARDPS_ASSIGN_OR_RETURN(auto socks, tcp_internal::Rendezvous(io_, o_));
+  for (int r = 0; r < o_.size; ++r) peers_[r].sock = std::move(socks[r]);
   // The mesh is up: the I/O thread takes over every socket.
   io_.restart();
   const auto now = Clock::now();

@@ -11,6 +11,7 @@
 #include "common/scratch_dir.h"
 #include "common/threads_cluster.h"
 #include "shardps/storage/checkpoint.h"
+#include "shardps/storage/fault_file_system.h"
 #include "shardps/storage/file_system.h"
 
 namespace shardps {

@@ -18,6 +18,7 @@
 
 #include "common/scratch_dir.h"
 #include "shardps/storage/checkpoint.h"
+#include "shardps/storage/fault_file_system.h"
 #include "shardps/storage/file_system.h"
 #include "shardps/storage/safetensors.h"
 #include "shardps/worker/data.h"
@@ -119,14 +120,13 @@ TEST_F(StorageTest, ManifestsRecordTableShapes) {
   ASSERT_TRUE(WriteVersion(posix_, 1, 1.0f).ok());
   auto v1 = ResolveCheckpoint(dir_ + "@1", nullptr);
   ASSERT_TRUE(v1.ok()) << v1.status().ToString();
-  EXPECT_EQ(v1->manifest.tables(0).shape_size(), 0);
+  EXPECT_TRUE(v1->manifest.tables().at(0).shape.empty());
 
   shape_ = {2, 4};
   ASSERT_TRUE(WriteVersion(posix_, 2, 2.0f).ok());
   auto v2 = ResolveCheckpoint(dir_ + "@2", nullptr);
   ASSERT_TRUE(v2.ok()) << v2.status().ToString();
-  const auto& s2 = v2->manifest.tables(0).shape();
-  EXPECT_EQ(std::vector<uint64_t>(s2.begin(), s2.end()), (std::vector<uint64_t>{2, 4}));
+  EXPECT_EQ(v2->manifest.tables().at(0).shape, (std::vector<uint64_t>{2, 4}));
 
   // A shape that does not hold the table's size makes the version invalid, naming the table.
   shape_ = {3, 3};

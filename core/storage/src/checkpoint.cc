@@ -15,6 +15,7 @@
 #include <cctype>
 #include <ctime>
 #include <thread>
+#include <utility>
 
 #include "shardps/base/crc32c.h"
 #include "shardps/storage/file_system.h"
@@ -198,15 +199,55 @@ ckpt::TableInfo CheckpointTableInfo(const TableSpec& table) {
   return ti;
 }
 
+CheckpointManifest::CheckpointManifest() : m_(std::make_unique<ckpt::Manifest>()) {}
+CheckpointManifest::CheckpointManifest(ckpt::Manifest m) : m_(std::make_unique<ckpt::Manifest>(std::move(m))) {}
+CheckpointManifest::CheckpointManifest(const CheckpointManifest& o) : m_(std::make_unique<ckpt::Manifest>(*o.m_)) {}
+CheckpointManifest& CheckpointManifest::operator=(const CheckpointManifest& o) {
+  if (this != &o) *m_ = *o.m_;
+  return *this;
+}
+// A moved-from manifest stays usable (empty), as a moved-from protobuf message is.
+CheckpointManifest::CheckpointManifest(CheckpointManifest&& o) noexcept
+    : m_(std::exchange(o.m_, std::make_unique<ckpt::Manifest>())) {}
+CheckpointManifest& CheckpointManifest::operator=(CheckpointManifest&& o) noexcept {
+  if (this != &o) m_.swap(o.m_);
+  return *this;
+}
+CheckpointManifest::~CheckpointManifest() = default;
+
+uint64_t CheckpointManifest::version() const { return m_->version(); }
+uint64_t CheckpointManifest::step() const { return m_->step(); }
+uint64_t CheckpointManifest::epoch() const { return m_->epoch(); }
+uint64_t CheckpointManifest::step_in_epoch() const { return m_->step_in_epoch(); }
+uint64_t CheckpointManifest::seed() const { return m_->seed(); }
+int64_t CheckpointManifest::global_batch() const { return m_->global_batch(); }
+const std::string& CheckpointManifest::config() const { return m_->config(); }
+uint32_t CheckpointManifest::num_servers() const { return m_->num_servers(); }
+uint32_t CheckpointManifest::num_workers() const { return m_->num_workers(); }
+int64_t CheckpointManifest::created_unix_ms() const { return m_->created_unix_ms(); }
+uint64_t CheckpointManifest::train_samples() const { return m_->train_samples(); }
+uint32_t CheckpointManifest::train_data_crc32c() const { return m_->train_data_crc32c(); }
+const ckpt::Manifest& CheckpointManifest::proto() const { return *m_; }
+
+std::vector<CheckpointManifest::Table> CheckpointManifest::tables() const {
+  std::vector<Table> out;
+  for (const auto& t : m_->tables()) {
+    out.push_back({.name = t.name(), .size = t.size(), .shape = {t.shape().begin(), t.shape().end()},
+                   .optimizer = t.optimizer(), .slots = t.slots()});
+  }
+  return out;
+}
+
 Status VerifyCheckpoint(CheckpointVersion* v) {
   auto m = ReadMessage<ckpt::Manifest>((fs::path(v->path) / "MANIFEST").string());
   if (!m.ok()) return m.status().code() == StatusCode::kNotFound ? NotFound("no MANIFEST (incomplete checkpoint)") : m.status();
-  v->manifest = std::move(*m);
+  v->manifest = CheckpointManifest(std::move(*m));
   v->bytes = 0;
-  if (v->manifest.version() != v->version) {
-    return DataLoss("MANIFEST names version " + std::to_string(v->manifest.version()));
+  const ckpt::Manifest& manifest = v->manifest.proto();
+  if (manifest.version() != v->version) {
+    return DataLoss("MANIFEST names version " + std::to_string(manifest.version()));
   }
-  for (const auto& t : v->manifest.tables()) {
+  for (const auto& t : manifest.tables()) {
     const std::span<const uint64_t> shape(t.shape().data(), static_cast<size_t>(t.shape_size()));
     // An empty shape: a manifest written before shapes were recorded.
     if (!shape.empty() && ShapeElements(shape) != t.size()) {
@@ -214,10 +255,10 @@ Status VerifyCheckpoint(CheckpointVersion* v) {
                       ShapeText(shape));
     }
   }
-  for (const auto& shard : v->manifest.shards()) {
-    if (shard.step() != v->manifest.step()) {
+  for (const auto& shard : manifest.shards()) {
+    if (shard.step() != manifest.step()) {
       return DataLoss("shard " + shard.file() + " is at step " + std::to_string(shard.step()) + ", the manifest at step " +
-                      std::to_string(v->manifest.step()));
+                      std::to_string(manifest.step()));
     }
     const std::string path = (fs::path(v->path) / shard.file()).string();
     SHARDPS_ASSIGN_OR_RETURN(std::string data, ReadFile(path, uint64_t{1} << 40));
@@ -259,7 +300,7 @@ std::vector<CheckpointVersion> ListCheckpoints(const std::string& dir, bool veri
       cv.status = VerifyCheckpoint(&cv);
     } else {
       auto m = ReadMessage<ckpt::Manifest>((e.path() / "MANIFEST").string());
-      if (m.ok()) cv.manifest = std::move(*m);
+      if (m.ok()) cv.manifest = CheckpointManifest(std::move(*m));
       else cv.status = m.status();
     }
     out.push_back(std::move(cv));
@@ -612,9 +653,11 @@ void CheckpointDirLock::Release() {
   fd_ = -1;
 }
 
+const ckpt::Manifest& CheckpointReader::manifest() const { return v_.manifest.proto(); }
+
 Result<uint32_t> CheckpointReader::FindTable(const std::string& name, uint64_t size, uint32_t slots) const {
-  for (int t = 0; t < v_.manifest.tables_size(); ++t) {
-    const auto& ti = v_.manifest.tables(t);
+  for (int t = 0; t < manifest().tables_size(); ++t) {
+    const auto& ti = manifest().tables(t);
     if (ti.name() != name) continue;
     if (ti.size() != size) {
       return InvalidArgument("checkpoint table '" + name + "' has " + std::to_string(ti.size()) + " elements, the model " +
@@ -630,10 +673,10 @@ Result<uint32_t> CheckpointReader::FindTable(const std::string& name, uint64_t s
 }
 
 Status CheckpointReader::Read(uint32_t table, uint64_t begin, uint64_t end, std::span<float> weights, std::span<float> slots) {
-  const uint32_t nslots = v_.manifest.tables(table).slots();
+  const uint32_t nslots = manifest().tables(table).slots();
   const uint64_t n = end - begin;
   uint64_t covered = 0;
-  for (const auto& shard : v_.manifest.shards()) {
+  for (const auto& shard : manifest().shards()) {
     const std::string path = (fs::path(v_.path) / shard.file()).string();
     for (const auto& c : shard.chunks()) {
       if (c.table() != table || c.end() <= begin || c.begin() >= end) continue;

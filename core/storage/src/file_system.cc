@@ -1,4 +1,5 @@
 #include "shardps/storage/file_system.h"
+#include "shardps/storage/fault_file_system.h"
 
 #include <dirent.h>
 #include <fcntl.h>

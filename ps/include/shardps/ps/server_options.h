@@ -11,7 +11,7 @@
 #include <cstddef>
 #include <string>
 
-#include "shardps/storage/checkpoint.h"
+#include "shardps/storage/checkpoint_registry.h"  // CheckpointFaultHook
 
 namespace shardps {
 class FileSystem;

@@ -5,28 +5,24 @@
 //   PosixFileSystem posix;                                  // made once at the program's edge
 //   SHARDPS_RETURN_IF_ERROR(WriteFileAtomically(posix, "model.safetensors", parts));
 //
-//   FaultInjectingFileSystem faulty(posix, {{.op = FsOp::kWrite, .nth = 3, .error = ENOSPC}});
-//   Status s = WriteFileAtomically(faulty, path, parts);   // fails at the third write(2), cleans up
+// Tests inject failures through FaultInjectingFileSystem (fault_file_system.h, internal).
 //
 // The primitives return 0 or an errno value; the helpers below turn them into a Status naming the
 // file. WriteFileAtomically never leaves its temporary file behind on a failure, and the previous
 // content of the destination stays in place unless the rename happened.
-// Thread safety: PosixFileSystem is stateless; FaultInjectingFileSystem is internally locked.
+// Thread safety: PosixFileSystem is stateless.
 #pragma once
 
 #include <sys/types.h>
 
 #include <cerrno>
-
 #include <cstdint>
 #include <functional>
-#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "shardps/base/status.h"
-#include "shardps/base/thread_annotations.h"
 
 namespace shardps {
 
@@ -55,49 +51,6 @@ class PosixFileSystem final : public FileSystem {
   int Remove(const std::string& path) override;
   int MakeDir(const std::string& path) override;
   int SyncDir(const std::string& path) override;
-};
-
-enum class FsOp { kAny, kCreate, kWrite, kSync, kClose, kRename, kRemove, kMakeDir, kSyncDir };
-const char* FsOpName(FsOp op);
-
-// One injected failure: the `nth` call (1-based) of kind `op` fails with `error`, or, with
-// `short_write` (op kWrite), writes only part of its bytes and reports that.
-struct FsFault {
-  FsOp op = FsOp::kAny;
-  uint64_t nth = 1;
-  int error = EIO;
-  bool short_write = false;
-};
-
-// Passes every call to `base` except the ones its faults select.
-class FaultInjectingFileSystem final : public FileSystem {
- public:
-  FaultInjectingFileSystem(FileSystem& base, std::vector<FsFault> faults) : base_(base), faults_(std::move(faults)) {
-    seen_.assign(faults_.size(), 0);
-  }
-  int CreateExclusive(const std::string& path, int* fd) override;
-  int Write(int fd, const uint8_t* data, size_t n, size_t* written) override;
-  int Sync(int fd) override;
-  int Close(int fd) override;
-  int Rename(const std::string& from, const std::string& to) override;
-  int Remove(const std::string& path) override;
-  int MakeDir(const std::string& path) override;
-  int SyncDir(const std::string& path) override;
-
-  uint64_t calls() const SHARDPS_EXCLUDES(mu_);  // calls made so far, of every kind
-  int fired() const SHARDPS_EXCLUDES(mu_);       // faults injected so far
-  std::vector<std::string> log() const SHARDPS_EXCLUDES(mu_);  // "write", "rename a -> b", ... in call order
-
- private:
-  // The fault selected for this call, or nullptr; counts the call.
-  const FsFault* Next(FsOp op, const std::string& what) SHARDPS_EXCLUDES(mu_);
-  FileSystem& base_;
-  const std::vector<FsFault> faults_;
-  mutable Mutex mu_;
-  std::vector<uint64_t> seen_ SHARDPS_GUARDED_BY(mu_);
-  uint64_t calls_ SHARDPS_GUARDED_BY(mu_) = 0;
-  int fired_ SHARDPS_GUARDED_BY(mu_) = 0;
-  std::vector<std::string> log_ SHARDPS_GUARDED_BY(mu_);
 };
 
 // Writes `parts` to `path` atomically: a temporary file next to it, fsync, rename over `path`,

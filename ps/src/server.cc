@@ -1,57 +1,14 @@
 #include "shardps/ps/server.h"
 
 #include <algorithm>
-#include <limits>
 #include <cstring>
-#include <filesystem>
-#include <future>
-#include <map>
+#include <limits>
 
+#include "server_internal.h"
+#include "shardps/base/codec.h"
 #include "shardps/base/optimizer.h"
 
 namespace shardps::ps {
-
-// A request the server holds: its frame (payload still on the wire for pushes) and deadline.
-struct Server::Held {
-  IncomingFrame in;
-  Frame frame;
-  Clock::time_point arrived;
-  Clock::time_point deadline;
-  int worker = -1;  // worker index of the sender
-  const wire::Header& h() const { return frame.header; }
-};
-
-struct Server::ChunkState {
-  ChunkInfo info;
-  const TableSpec* spec = nullptr;
-  std::vector<float> weights;
-  std::vector<float> slots;
-  float* accum = nullptr;  // from the accumulator pool, held from worker 0's first piece to the update
-  uint64_t version = 0;  // optimizer updates applied
-
-  // Gathering the current step (== version), in worker-rank order. Every worker covers the
-  // whole chunk once per step, in one push or several disjoint ones.
-  std::vector<std::vector<std::shared_ptr<Held>>> parked;  // by worker index: pieces waiting their turn
-  std::vector<std::vector<std::pair<uint64_t, uint64_t>>> ranges;  // by worker: pieces accepted this step
-  std::vector<uint64_t> covered;  // by worker index: elements summed this step
-  std::vector<uint64_t> arrived;  // by worker index: elements pushed this step, even if later refused
-                                  // or expired (so errors name the worker that never sent, not
-                                  // the ones queued behind it)
-  int next_worker = 0;            // worker index being summed; earlier ones are complete
-  bool receiving = false;         // a payload of this chunk is being received
-  bool waiting_scratch = false;
-  bool waiting_accum = false;
-
-  std::vector<std::shared_ptr<Held>> future;  // pushes for later steps
-  std::vector<std::shared_ptr<Held>> pulls;   // waiting for version >= step
-  int inflight_sends = 0;                     // pull replies still reading `weights`
-  bool apply_pending = false;
-};
-
-struct Server::BarrierState {
-  // barrier id -> requests, by worker index
-  std::map<uint64_t, std::vector<std::shared_ptr<Held>>> waiting;
-};
 
 namespace {
 
@@ -68,6 +25,10 @@ std::string Range(const wire::Header& h) {
 
 int64_t Ms(Clock::duration d) { return std::chrono::duration_cast<std::chrono::milliseconds>(d).count(); }
 
+CodecContext ContextOf(const wire::Header& h, int rank) {
+  return {.table = h.table(), .chunk = h.chunk(), .step = h.step(), .rank = rank};
+}
+
 }  // namespace
 
 Server::Server(Endpoint& endpoint, const Cluster& cluster, const TableLayout& layout, ServerOptions options)
@@ -76,25 +37,28 @@ Server::Server(Endpoint& endpoint, const Cluster& cluster, const TableLayout& la
       layout_(layout),
       options_(options),
       num_workers_(cluster.num_workers()),
+      policy_error_(ValidateServerOptions(options)),
       accum_pool_(layout.chunk_floats(), std::max<size_t>(1, options.accumulators)),
       scratch_pool_(layout.chunk_floats(), std::max<size_t>(1, options.scratch_buffers)),
       barrier_(std::make_unique<BarrierState>()),
       worker_done_(cluster.num_workers(), false) {
+  const ConsistencyPolicy* policy = nullptr;
+  if (auto p = LookupConsistencyPolicy(options_.consistency); p.ok()) policy = *p;
+  const SyncLimits limits{.num_workers = num_workers_,
+                          .max_future_pushes_per_chunk = options_.max_future_pushes_per_chunk,
+                          .max_waiting_pulls_per_chunk = options_.max_waiting_pulls_per_chunk};
   const int me = cluster_.server_index();
   for (uint32_t t = 0; t < layout_.num_tables(); ++t) {
     const TableSpec& spec = layout_.table(t);
     for (const ChunkInfo& c : layout_.chunks(t)) {
       if (c.server != me) continue;
-      auto cs = std::make_unique<ChunkState>();
+      auto cs = std::make_unique<Served>();
       cs->info = c;
       cs->spec = &layout_.table(t);
       cs->weights.resize(c.size());
       InitializeWeights(spec.init, t, c.begin, cs->weights);
       cs->slots.assign(c.size() * OptimizerSlots(spec.optimizer.kind), 0.0f);
-      cs->parked.resize(num_workers_);
-      cs->ranges.resize(num_workers_);
-      cs->covered.assign(num_workers_, 0);
-      cs->arrived.assign(num_workers_, 0);
+      if (policy) cs->sync = policy->ForChunk(*cs, *this, limits);
       by_key_[Key(t, c.index)] = cs.get();
       chunks_.push_back(std::move(cs));
     }
@@ -118,14 +82,6 @@ void Server::OnPeerLost(const Status& why) {
   cv_.notify_all();
 }
 
-std::optional<uint64_t> Server::CompletedSteps(uint32_t tables) const {
-  std::optional<uint64_t> v;
-  for (const auto& cs : chunks_) {
-    if (cs->info.table < tables) v = std::min(v.value_or(std::numeric_limits<uint64_t>::max()), cs->version);
-  }
-  return v;
-}
-
 Status Server::WaitForWorkers(std::chrono::milliseconds timeout) {
   MutexLock lock(mu_);
   // The condition is tested here, in the locked scope, where the analysis sees the lock; once more
@@ -141,26 +97,6 @@ Status Server::WaitForWorkers(std::chrono::milliseconds timeout) {
   for (int w = 0; w < num_workers_; ++w) if (!worker_done_[w]) missing.push_back(cluster_.worker_rank(w));
   return DeadlineExceeded("server rank " + std::to_string(cluster_.rank()) + ": worker ranks " + FormatRanks(missing) +
                           " did not finish within " + std::to_string(timeout.count()) + " ms");
-}
-
-Result<std::vector<Server::ChunkCopy>> Server::Snapshot(std::optional<uint32_t> table,
-                                                        std::chrono::milliseconds timeout) {
-  auto copy = [this, table] {
-    std::vector<ChunkCopy> out;
-    for (const auto& cs : chunks_) {
-      if (table && cs->info.table != *table) continue;
-      out.push_back({cs->info, cs->version, cs->weights, cs->slots});
-    }
-    return out;
-  };
-  if (!endpoint_.running()) return copy();
-  auto promise = std::make_shared<std::promise<std::vector<ChunkCopy>>>();
-  auto fut = promise->get_future();
-  endpoint_.Post([promise, copy] { promise->set_value(copy()); });
-  if (fut.wait_for(timeout) != std::future_status::ready) {
-    return DeadlineExceeded("server snapshot not taken within " + std::to_string(timeout.count()) + " ms");
-  }
-  return fut.get();
 }
 
 Clock::time_point Server::DeadlineFor(const wire::Header& h, Clock::time_point now) const {
@@ -194,6 +130,10 @@ void Server::SendOk(int dest, const wire::Header& request) {
 
 void Server::OnFrame(IncomingFrame in, Frame frame) {
   const wire::Header& h = frame.header;
+  if (!policy_error_.ok()) {
+    Reject(in, h, policy_error_.WithContext("server rank " + std::to_string(cluster_.rank())));
+    return;
+  }
   if (h.op() != wire::PUSH && h.op() != wire::PUSH_PULL && in.payload_bytes > 0) {
     Reject(in, h, InvalidArgument(OpName(h.op()) + " carries no payload, got " + std::to_string(in.payload_bytes) + " bytes"));
     return;
@@ -235,107 +175,7 @@ void Server::HandleShutdown(IncomingFrame& in, const wire::Header& h) {
   cv_.notify_all();
 }
 
-void Server::HandleCheckpoint(IncomingFrame& in, const wire::Header& h) {
-  if (options_.checkpoint_dir.empty()) {
-    return Reject(in, h, FailedPrecondition("server rank " + std::to_string(cluster_.rank()) + " has no checkpoint directory"));
-  }
-  if (writer_busy_) return Reject(in, h, ResourceExhausted("a checkpoint write is already in flight on this server"));
-  if (cluster_.WorkerIndexOf(in.source) != 0) {
-    return Reject(in, h, FailedPrecondition("checkpoints are requested by the lead worker (rank " +
-                                            std::to_string(cluster_.worker_rank(0)) + ")"));
-  }
-  {
-    // Only into a version the lead worker has just created, never over a committed one.
-    const std::string v = CheckpointVersionDir(options_.checkpoint_dir, h.checkpoint_version());
-    std::error_code ec;
-    if (h.checkpoint_version() >= 100000000 || !std::filesystem::is_directory(v, ec) ||
-        std::filesystem::exists(v + "/MANIFEST", ec)) {
-      return Reject(in, h, FailedPrecondition("checkpoint version " + std::to_string(h.checkpoint_version()) +
-                                              " is not a version being written in " + options_.checkpoint_dir));
-    }
-  }
-  // Snapshot (copy) every model chunk now; the file is written in the background while training
-  // goes on. Every chunk must be exactly at the requested step.
-  std::vector<ChunkToSave> chunks;
-  std::vector<uint32_t> ckpt_table(layout_.num_tables(), 0);
-  for (uint32_t t = 0, k = 0; t < layout_.num_tables(); ++t) {
-    if (layout_.table(t).checkpointed) ckpt_table[t] = k++;
-  }
-  for (const auto& csp : chunks_) {
-    const ChunkState& cs = *csp;
-    if (!cs.spec->checkpointed) continue;
-    if (cs.version != h.step()) {
-      return Reject(in, h, FailedPrecondition("checkpoint at step " + std::to_string(h.step()) + " requested, but " + Describe(cs)));
-    }
-    ChunkToSave c;
-    c.table = ckpt_table[cs.info.table];
-    c.begin = cs.info.begin;
-    c.end = cs.info.end;
-    c.data.reserve(cs.weights.size() + cs.slots.size());
-    c.data.insert(c.data.end(), cs.weights.begin(), cs.weights.end());
-    c.data.insert(c.data.end(), cs.slots.begin(), cs.slots.end());
-    chunks.push_back(std::move(c));
-  }
-  if (writer_.joinable()) writer_.join();
-  writer_busy_ = true;
-  const std::string vdir = CheckpointVersionDir(options_.checkpoint_dir, h.checkpoint_version());
-  const int source = in.source;
-  writer_ = std::thread([this, vdir, source, h, chunks = std::move(chunks)] {
-    Result<ckpt::ShardInfo> r =
-        options_.file_system ? WriteShard(*options_.file_system, vdir, static_cast<uint32_t>(cluster_.server_index()), h.step(), chunks,
-                                          options_.checkpoint_fault)
-                             : WriteShard(vdir, static_cast<uint32_t>(cluster_.server_index()), h.step(), chunks, options_.checkpoint_fault);
-    Status s = r.ok() ? Status::Ok() : r.status();
-    endpoint_.Post([this, s, source, h] {
-      writer_busy_ = false;
-      if (s.ok()) SendOk(source, h);
-      else endpoint_.SendError(source, h, s);
-    });
-  });
-}
-
-Status Server::InitFrom(const SafetensorsFile& file) {
-  for (uint32_t t = 0; t < layout_.num_tables(); ++t) {
-    const TableSpec& spec = layout_.table(t);
-    if (!spec.checkpointed) continue;
-    bool mine = false;
-    for (const auto& cs : chunks_) mine |= cs->info.table == t;
-    if (!mine) continue;
-    SHARDPS_ASSIGN_OR_RETURN(std::vector<float> w, file.ReadFloats(spec.name));
-    if (w.size() != spec.size) {
-      return InvalidArgument("tensor '" + spec.name + "' has " + std::to_string(w.size()) + " elements, the table " +
-                             std::to_string(spec.size));
-    }
-    for (auto& cs : chunks_) {
-      if (cs->info.table != t) continue;
-      std::copy(w.begin() + static_cast<int64_t>(cs->info.begin), w.begin() + static_cast<int64_t>(cs->info.end),
-                cs->weights.begin());
-    }
-  }
-  return Status::Ok();
-}
-
-Status Server::Restore(CheckpointReader& reader) {
-  const uint64_t step = reader.manifest().step();
-  for (auto& csp : chunks_) {
-    ChunkState& cs = *csp;
-    if (!cs.spec->checkpointed) continue;
-    const uint32_t nslots = static_cast<uint32_t>(OptimizerSlots(cs.spec->optimizer.kind));
-    SHARDPS_ASSIGN_OR_RETURN(uint32_t t, reader.FindTable(cs.spec->name, cs.spec->size, nslots));
-    // Optimizers with as many slots may keep different state in them (momentum, adagrad). An
-    // empty name: a manifest that did not record it, checked by slot count alone.
-    if (const std::string& saved = reader.manifest().tables(static_cast<int>(t)).optimizer();
-        !saved.empty() && saved != cs.spec->optimizer.kind) {
-      return InvalidArgument("checkpoint table '" + cs.spec->name + "' was saved with optimizer '" + saved +
-                             "', this run has '" + cs.spec->optimizer.kind + "': its optimizer state would not mean the same");
-    }
-    SHARDPS_RETURN_IF_ERROR(reader.Read(t, cs.info.begin, cs.info.end, cs.weights, cs.slots));
-    cs.version = step;
-  }
-  return Status::Ok();
-}
-
-Result<Server::ChunkState*> Server::ValidateKeys(const wire::Header& h, bool allow_empty) {
+Result<Server::Served*> Server::ValidateKeys(const wire::Header& h, bool allow_empty) {
   if (h.table() >= layout_.num_tables()) {
     return NotFound("unknown table id " + std::to_string(h.table()) + " (this job has " +
                     std::to_string(layout_.num_tables()) + " tables)");
@@ -363,8 +203,23 @@ Result<Server::ChunkState*> Server::ValidateKeys(const wire::Header& h, bool all
     return InvalidArgument("chunk " + std::to_string(c.index) + " of table '" + spec.name + "' is served by rank " +
                            std::to_string(cluster_.server_rank(c.server)) + ", not rank " + std::to_string(cluster_.rank()));
   }
-  if (h.dtype() != wire::F32 || h.codec() != wire::RAW) return InvalidArgument("only raw float32 payloads are supported");
+  if (h.dtype() != wire::F32) return InvalidArgument("only float32 payloads are supported");
+  if (FindCodecById(h.codec()) == nullptr) {
+    return InvalidArgument(OpName(h.op()) + " of table '" + spec.name + "' names codec id " + std::to_string(h.codec()) +
+                           ", which server rank " + std::to_string(cluster_.rank()) +
+                           " does not know (registered: " + RegisteredCodecNames() + ")");
+  }
   return it->second;
+}
+
+HeldPtr Server::Hold(IncomingFrame& in, Frame& f) {
+  auto held = std::make_shared<HeldRequest>();
+  held->arrived = Clock::now();
+  held->deadline = DeadlineFor(f.header, held->arrived);
+  held->worker = cluster_.WorkerIndexOf(in.source);
+  held->in = std::move(in);
+  held->frame = std::move(f);
+  return held;
 }
 
 void Server::HandlePush(IncomingFrame& in, Frame& f) {
@@ -381,253 +236,18 @@ void Server::HandlePush(IncomingFrame& in, Frame& f) {
   }
   auto v = ValidateKeys(h, /*allow_empty=*/false);
   if (!v.ok()) return Reject(in, h, v.status());
-  ChunkState& cs = **v;
+  Served& cs = **v;
   const uint64_t n = h.key_end() - h.key_begin();
-  if (h.element_count() != n || in.payload_bytes != n * sizeof(float)) {
+  const Codec* codec = FindCodecById(h.codec());  // known: ValidateKeys
+  // Checked before anything is received or allocated.
+  const Status size = codec->CheckEncodedSize(n, in.payload_bytes);
+  if (h.element_count() != n || !size.ok()) {
     return Reject(in, h, InvalidArgument("push to table '" + cs.spec->name + "' " + Range(h) + " carries " +
                                          std::to_string(in.payload_bytes) + " bytes (element_count " +
                                          std::to_string(h.element_count()) + "); the range needs " +
-                                         std::to_string(n * sizeof(float))));
+                                         (codec->raw() ? std::to_string(n * sizeof(float)) : size.message())));
   }
-  if (h.step() < cs.version) {
-    return Reject(in, h, FailedPrecondition("push for step " + std::to_string(h.step()) + " to " + Describe(cs) +
-                                            ", which has already applied that step (stale push)"));
-  }
-  auto held = std::make_shared<Held>();
-  held->arrived = Clock::now();
-  held->deadline = DeadlineFor(h, held->arrived);
-  held->worker = w;
-  held->in = std::move(in);
-  held->frame = std::move(f);
-  AcceptPush(cs, std::move(held));
-}
-
-void Server::AcceptPush(ChunkState& cs, std::shared_ptr<Held> held) {
-  const wire::Header& h = held->h();
-  const int w = held->worker;
-  if (h.step() > cs.version) {
-    if (cs.future.size() >= options_.max_future_pushes_per_chunk) {
-      return Reject(held->in, h, ResourceExhausted("push for step " + std::to_string(h.step()) + " to " + Describe(cs) +
-                                                   ": too many pushes for future steps are already parked"));
-    }
-    next_expiry_ = std::min(next_expiry_, held->deadline);
-    cs.future.push_back(std::move(held));
-    return;
-  }
-  if (!Claim(cs, *held)) return;
-  next_expiry_ = std::min(next_expiry_, held->deadline);
-  cs.parked[w].push_back(std::move(held));
-  Advance(cs);
-}
-
-bool Server::Claim(ChunkState& cs, Held& held) {
-  const wire::Header& h = held.h();
-  auto& rs = cs.ranges[held.worker];
-  for (const auto& [b, e] : rs) {
-    if (h.key_begin() < e && b < h.key_end()) {
-      Reject(held.in, h, FailedPrecondition("push for step " + std::to_string(h.step()) + " to " + Describe(cs) +
-                                            " from worker rank " + std::to_string(held.in.source) + " overlaps keys [" +
-                                            std::to_string(b) + "," + std::to_string(e) +
-                                            ") it already pushed for this step (duplicate push)"));
-      return false;
-    }
-  }
-  rs.emplace_back(h.key_begin(), h.key_end());
-  cs.arrived[held.worker] += h.key_end() - h.key_begin();
-  return true;
-}
-
-void Server::Unclaim(ChunkState& cs, const Held& held) {
-  auto& rs = cs.ranges[held.worker];
-  auto it = std::find(rs.begin(), rs.end(), std::make_pair(held.h().key_begin(), held.h().key_end()));
-  if (it != rs.end()) rs.erase(it);
-}
-
-float* Server::BufferPool::Acquire() {
-  if (!free.empty()) {
-    float* p = free.back();
-    free.pop_back();
-    return p;
-  }
-  if (buffers.size() < capacity) {
-    buffers.push_back(std::make_unique<float[]>(floats));
-    return buffers.back().get();
-  }
-  return nullptr;
-}
-
-void Server::Release(BufferPool& pool, float* p) {
-  pool.free.push_back(p);
-  // Wake waiters until one takes the buffer: a waiter whose pushes have expired meanwhile takes
-  // nothing, and must not leave the buffer idle while others wait.
-  while (!pool.free.empty() && !pool.waiters.empty()) {
-    ChunkState* cs = pool.waiters.front();
-    pool.waiters.pop_front();
-    cs->waiting_scratch = false;
-    cs->waiting_accum = false;
-    Advance(*cs);
-  }
-}
-
-// Sums parked pushes in worker-rank order, applies the step when complete, and repeats while
-// parked pushes for the next step are already there.
-void Server::Advance(ChunkState& cs) {
-  const uint64_t size = cs.info.size();
-  for (;;) {
-    while (!cs.receiving && !cs.waiting_scratch && !cs.waiting_accum && cs.next_worker < num_workers_) {
-      if (cs.covered[cs.next_worker] == size) {
-        ++cs.next_worker;
-        continue;
-      }
-      auto& queue = cs.parked[cs.next_worker];
-      if (queue.empty()) break;
-      std::shared_ptr<Held> held = queue.front();
-      const wire::Header& h = held->h();
-      const uint64_t n = h.key_end() - h.key_begin();
-      const uint64_t off = h.key_begin() - cs.info.begin;
-      if (cs.accum == nullptr) {
-        // Accumulators come from a bounded pool: a server's memory is its weights, their state
-        // and a fixed number of chunk buffers, whatever the table size. A chunk that finds none
-        // free leaves its pushes unreceived (in the transport) until another chunk's update
-        // returns one; that one never waits on this one, so this cannot deadlock.
-        cs.accum = accum_pool_.Acquire();
-        if (cs.accum == nullptr) {
-          cs.waiting_accum = true;
-          accum_pool_.waiters.push_back(&cs);
-          return;
-        }
-      }
-      float* dest;
-      bool scratch = false;
-      if (cs.next_worker == 0) {
-        dest = cs.accum + off;  // worker 0 covers the chunk: its values start the sum
-      } else {
-        dest = scratch_pool_.Acquire();
-        if (dest == nullptr) {
-          cs.waiting_scratch = true;
-          scratch_pool_.waiters.push_back(&cs);
-          return;
-        }
-        scratch = true;
-      }
-      queue.erase(queue.begin());
-      cs.receiving = true;
-      Status s = endpoint_.transport().ReceivePayload(
-          held->in, AsBytes(dest, n),
-          [this, &cs, held, dest, scratch](Status st) { OnPushPayload(cs, held, dest, scratch, std::move(st)); });
-      if (!s.ok()) {
-        cs.receiving = false;
-        if (scratch) Release(scratch_pool_, dest);
-        Unclaim(cs, *held);
-        Reject(held->in, h, s);
-        continue;  // the worker's other parked pieces go on
-      }
-    }
-    if (cs.receiving || cs.next_worker < num_workers_) return;
-    if (cs.inflight_sends > 0) {
-      cs.apply_pending = true;  // a pull reply is still reading the weights
-      return;
-    }
-    ApplyStep(cs);
-  }
-}
-
-void Server::OnPushPayload(ChunkState& cs, std::shared_ptr<Held> held, float* dest, bool scratch, Status st) {
-  cs.receiving = false;
-  const wire::Header& h = held->h();
-  const uint64_t n = h.key_end() - h.key_begin();
-  if (st.ok()) st = VerifyPayload(held->frame, AsBytes(static_cast<const float*>(dest), n));
-  if (!st.ok()) {
-    // The sum is unchanged (worker 0's region of the accumulator is overwritten by its re-push);
-    // the worker may push these keys again for this step.
-    held->in.payload_bytes = 0;  // consumed
-    Unclaim(cs, *held);
-    endpoint_.SendError(held->in.source, h, st.WithContext("push to " + Describe(cs)));
-    if (scratch) Release(scratch_pool_, dest);
-    Advance(cs);  // the worker's other parked pieces go on
-    return;
-  }
-  if (scratch) {
-    const uint64_t off = h.key_begin() - cs.info.begin;
-    AddInto(std::span<float>(cs.accum + off, n), std::span<const float>(dest, n));
-  }
-  FinishContribution(cs, *held);
-  if (scratch) Release(scratch_pool_, dest);  // may Advance() another chunk waiting for a buffer
-  Advance(cs);
-}
-
-void Server::FinishContribution(ChunkState& cs, Held& held) {
-  const wire::Header& h = held.h();
-  cs.covered[held.worker] += h.key_end() - h.key_begin();
-  if (h.op() == wire::PUSH) {
-    SendOk(held.in.source, h);
-  } else {  // PUSH_PULL: answer with the weights after this step
-    auto pull = std::make_shared<Held>();
-    pull->in.source = held.in.source;
-    pull->frame.header = h;
-    pull->frame.header.set_step(h.step() + 1);
-    pull->arrived = held.arrived;
-    pull->deadline = held.deadline;
-    pull->worker = held.worker;
-    cs.pulls.push_back(std::move(pull));
-  }
-}
-
-void Server::ApplyStep(ChunkState& cs) {
-  ApplyOptimizer(cs.spec->optimizer, cs.version + 1, cs.weights, cs.slots,
-                 std::span<const float>(cs.accum, cs.info.size()));
-  ++cs.version;
-  cs.apply_pending = false;
-  cs.next_worker = 0;
-  std::fill(cs.covered.begin(), cs.covered.end(), 0);
-  std::fill(cs.arrived.begin(), cs.arrived.end(), 0);
-  for (auto& r : cs.ranges) r.clear();
-  {
-    MutexLock lock(mu_);
-    ++stats_.steps_applied;
-  }
-  AnswerPulls(cs);
-  // Pushes that arrived early for this step join it now.
-  std::vector<std::shared_ptr<Held>> later;
-  std::vector<std::shared_ptr<Held>> now;
-  for (auto& f : cs.future) (f->h().step() == cs.version ? now : later).push_back(std::move(f));
-  cs.future = std::move(later);
-  for (auto& f : now) {
-    if (Claim(cs, *f)) cs.parked[f->worker].push_back(std::move(f));
-  }
-  float* accum = cs.accum;
-  cs.accum = nullptr;
-  Release(accum_pool_, accum);  // may Advance() a chunk waiting for an accumulator
-}
-
-void Server::SendWeights(ChunkState& cs, Held& held) {
-  const wire::Header& req = held.h();
-  const uint64_t off = req.key_begin() - cs.info.begin;
-  const uint64_t n = req.key_end() - req.key_begin();
-  wire::Header r;
-  r.set_op(wire::RESPONSE);
-  r.set_reply_to(req.op());
-  r.set_request_id(req.request_id());
-  r.set_table(req.table());
-  r.set_chunk(req.chunk());
-  r.set_key_begin(req.key_begin());
-  r.set_key_end(req.key_end());
-  r.set_step(cs.version);
-  r.set_element_count(n);
-  ++cs.inflight_sends;
-  endpoint_.Send(held.in.source, std::move(r), AsBytes(static_cast<const float*>(cs.weights.data() + off), n),
-                 [this, &cs](Status s) {
-                   if (!s.ok()) endpoint_.Warn("sending weights of " + Describe(cs) + ": " + s.ToString());
-                   if (--cs.inflight_sends == 0 && cs.apply_pending) Advance(cs);
-                 });
-}
-
-void Server::AnswerPulls(ChunkState& cs) {
-  std::vector<std::shared_ptr<Held>> still;
-  std::vector<std::shared_ptr<Held>> ready;
-  for (auto& p : cs.pulls) (p->h().step() <= cs.version ? ready : still).push_back(std::move(p));
-  cs.pulls = std::move(still);
-  for (auto& p : ready) SendWeights(cs, *p);
+  cs.sync->OnPush(Hold(in, f));
 }
 
 void Server::HandlePull(IncomingFrame& in, Frame& f) {
@@ -638,23 +258,116 @@ void Server::HandlePull(IncomingFrame& in, Frame& f) {
   }
   auto v = ValidateKeys(h, /*allow_empty=*/false);
   if (!v.ok()) return Reject(in, h, v.status());
-  ChunkState& cs = **v;
-  auto held = std::make_shared<Held>();
-  held->arrived = Clock::now();
-  held->deadline = DeadlineFor(h, held->arrived);
-  held->worker = cluster_.WorkerIndexOf(in.source);
-  held->in = std::move(in);
-  held->frame = std::move(f);
-  if (held->h().step() <= cs.version) {
-    SendWeights(cs, *held);
+  (*v)->sync->OnPull(Hold(in, f));
+}
+
+// PolicyHost.
+
+void Server::Refuse(HeldRequest& request, const Status& why) { Reject(request.in, request.h(), why); }
+
+void Server::Acknowledge(const HeldRequest& push) { SendOk(push.in.source, push.h()); }
+
+Status Server::ReceivePayload(const HeldPtr& push, std::span<float> dest, std::function<void(Status)> done) {
+  const Codec* codec = FindCodecById(push->h().codec());  // known: ValidateKeys
+  if (codec->raw()) {  // straight into `dest`
+    const std::span<uint8_t> bytes = AsBytes(dest.data(), dest.size());
+    return endpoint_.transport().ReceivePayload(push->in, bytes, [push, bytes, done = std::move(done)](Status st) {
+      push->in.payload_bytes = 0;  // consumed
+      if (st.ok()) st = VerifyPayload(push->frame, bytes);
+      done(std::move(st));
+    });
+  }
+  // Into a copy (its size checked against the codec in HandlePush), decoded into `dest`.
+  auto encoded = std::make_shared<std::vector<uint8_t>>(push->in.payload_bytes);
+  const CodecContext ctx = ContextOf(push->h(), push->in.source);
+  return endpoint_.transport().ReceivePayload(
+      push->in, *encoded, [push, encoded, dest, codec, ctx, done = std::move(done)](Status st) {
+        push->in.payload_bytes = 0;  // consumed
+        if (st.ok()) st = VerifyPayload(push->frame, *encoded);
+        if (st.ok()) st = codec->Decode(*encoded, dest, ctx);
+        done(std::move(st));
+      });
+}
+
+void Server::SendWeights(Chunk& chunk, const HeldRequest& pull) {
+  const wire::Header& req = pull.h();
+  const uint64_t off = req.key_begin() - chunk.info.begin;
+  const uint64_t n = req.key_end() - req.key_begin();
+  const Codec* codec = FindCodecById(req.codec());  // known: ValidateKeys
+  wire::Header r;
+  r.set_op(wire::RESPONSE);
+  r.set_reply_to(req.op());
+  r.set_request_id(req.request_id());
+  r.set_table(req.table());
+  r.set_chunk(req.chunk());
+  r.set_key_begin(req.key_begin());
+  r.set_key_end(req.key_end());
+  r.set_step(chunk.version);
+  r.set_element_count(n);
+  r.set_codec(codec->id());
+  const std::span<const float> weights(chunk.weights.data() + off, n);
+  if (!codec->raw()) {  // an encoded copy: the weights are free again at once
+    auto encoded = std::make_shared<std::vector<uint8_t>>(codec->Encode(weights, ContextOf(r, cluster_.rank())));
+    endpoint_.Send(pull.in.source, std::move(r), *encoded, [this, &chunk, encoded](Status s) {
+      if (!s.ok()) endpoint_.Warn("sending weights of " + Describe(chunk) + ": " + s.ToString());
+    });
     return;
   }
-  if (cs.pulls.size() >= options_.max_waiting_pulls_per_chunk) {
-    return Reject(held->in, held->h(), ResourceExhausted("too many pulls waiting on " + Describe(cs)));
-  }
-  next_expiry_ = std::min(next_expiry_, held->deadline);
-  cs.pulls.push_back(std::move(held));
+  Served& served = static_cast<Served&>(chunk);  // every Chunk a policy sees is one of chunks_
+  ++chunk.inflight_sends;
+  endpoint_.Send(pull.in.source, std::move(r), AsBytes(weights.data(), n), [this, &served](Status s) {
+    if (!s.ok()) endpoint_.Warn("sending weights of " + Describe(served) + ": " + s.ToString());
+    if (--served.inflight_sends == 0) served.sync->OnWeightsFree();
+  });
 }
+
+void Server::ApplyUpdate(Chunk& chunk, std::span<const float> gradient) {
+  ApplyOptimizer(chunk.spec->optimizer, chunk.version + 1, chunk.weights, chunk.slots, gradient);
+  ++chunk.version;
+  MutexLock lock(mu_);
+  ++stats_.steps_applied;
+}
+
+float* Server::BufferPool::Acquire(ChunkSync* waiter) {
+  if (!free.empty()) {
+    float* p = free.back();
+    free.pop_back();
+    return p;
+  }
+  if (buffers.size() < capacity) {
+    buffers.push_back(std::make_unique<float[]>(floats));
+    return buffers.back().get();
+  }
+  waiters.push_back(waiter);
+  return nullptr;
+}
+
+void Server::BufferPool::Release(float* p) {
+  free.push_back(p);
+  // Wake waiters until one takes the buffer: a waiter whose pushes have expired meanwhile takes
+  // nothing, and must not leave the buffer idle while others wait.
+  while (!free.empty() && !waiters.empty()) {
+    ChunkSync* sync = waiters.front();
+    waiters.pop_front();
+    sync->OnBufferFree();
+  }
+}
+
+float* Server::AcquireAccumulator(ChunkSync* waiter) { return accum_pool_.Acquire(waiter); }
+void Server::ReleaseAccumulator(float* buffer) { accum_pool_.Release(buffer); }
+float* Server::AcquireScratch(ChunkSync* waiter) { return scratch_pool_.Acquire(waiter); }
+void Server::ReleaseScratch(float* buffer) { scratch_pool_.Release(buffer); }
+
+void Server::WakeAt(Clock::time_point deadline) { next_expiry_ = std::min(next_expiry_, deadline); }
+
+std::string Server::Describe(const Chunk& cs) const {
+  return "table '" + cs.spec->name + "' chunk " + std::to_string(cs.info.index) + " [" + std::to_string(cs.info.begin) +
+         "," + std::to_string(cs.info.end) + ") at step " + std::to_string(cs.version);
+}
+
+std::string Server::Self() const { return "server rank " + std::to_string(cluster_.rank()); }
+
+int Server::WorkerRank(int worker) const { return cluster_.worker_rank(worker); }
 
 void Server::HandleBarrier(IncomingFrame& in, const wire::Header& h) {
   if (cluster_.server_index() != 0) {
@@ -670,7 +383,7 @@ void Server::HandleBarrier(IncomingFrame& in, const wire::Header& h) {
     return Reject(in, h, FailedPrecondition("worker rank " + std::to_string(in.source) + " entered barrier " +
                                             std::to_string(h.barrier_id()) + " twice"));
   }
-  auto held = std::make_shared<Held>();
+  auto held = std::make_shared<HeldRequest>();
   held->arrived = Clock::now();
   held->deadline = DeadlineFor(h, held->arrived);
   held->worker = w;
@@ -684,19 +397,6 @@ void Server::HandleBarrier(IncomingFrame& in, const wire::Header& h) {
   }
 }
 
-std::vector<int> Server::MissingWorkers(const ChunkState& cs) const {
-  std::vector<int> missing;
-  for (int w = 0; w < num_workers_; ++w) {
-    if (cs.arrived[w] < cs.info.size()) missing.push_back(cluster_.worker_rank(w));
-  }
-  return missing;
-}
-
-std::string Server::Describe(const ChunkState& cs) const {
-  return "table '" + cs.spec->name + "' chunk " + std::to_string(cs.info.index) + " [" + std::to_string(cs.info.begin) +
-         "," + std::to_string(cs.info.end) + ") at step " + std::to_string(cs.version);
-}
-
 Clock::time_point Server::OnTick(Clock::time_point now) {
   if (now >= next_expiry_) ExpireHeld(now);
   return next_expiry_;
@@ -704,55 +404,9 @@ Clock::time_point Server::OnTick(Clock::time_point now) {
 
 void Server::ExpireHeld(Clock::time_point now) {
   Clock::time_point next = Clock::time_point::max();
-  const std::string me = "server rank " + std::to_string(cluster_.rank());
-  for (auto& csp : chunks_) {
-    ChunkState& cs = *csp;
-    const std::string missing = FormatRanks(MissingWorkers(cs));
-    // Pulls waiting for a step that is not complete.
-    std::vector<std::shared_ptr<Held>> keep;
-    for (auto& p : cs.pulls) {
-      if (p->deadline > now) {
-        next = std::min(next, p->deadline);
-        keep.push_back(std::move(p));
-        continue;
-      }
-      Reject(p->in, p->h(),
-             DeadlineExceeded(OpName(p->h().op()) + " of table '" + cs.spec->name + "' " + Range(p->h()) + " for step " +
-                              std::to_string(p->h().step()) + " held " + std::to_string(Ms(now - p->arrived)) + " ms on " + me +
-                              ": step " + std::to_string(cs.version) + " is missing pushes from worker ranks " + missing));
-    }
-    cs.pulls = std::move(keep);
-    // Pushes parked behind lower-ranked workers.
-    for (int w = 0; w < num_workers_; ++w) {
-      std::vector<std::shared_ptr<Held>> still;
-      for (auto& p : cs.parked[w]) {
-        if (p->deadline > now) {
-          next = std::min(next, p->deadline);
-          still.push_back(std::move(p));
-          continue;
-        }
-        Unclaim(cs, *p);
-        Reject(p->in, p->h(),
-               DeadlineExceeded("push for step " + std::to_string(p->h().step()) + " held " +
-                                std::to_string(Ms(now - p->arrived)) + " ms on " + me + ": " + Describe(cs) +
-                                " is missing pushes from worker ranks " + missing + " (summed in worker-rank order)"));
-      }
-      cs.parked[w] = std::move(still);
-    }
-    // Pushes for future steps.
-    keep.clear();
-    for (auto& p : cs.future) {
-      if (p->deadline > now) {
-        next = std::min(next, p->deadline);
-        keep.push_back(std::move(p));
-        continue;
-      }
-      Reject(p->in, p->h(),
-             DeadlineExceeded("push for step " + std::to_string(p->h().step()) + " held " +
-                              std::to_string(Ms(now - p->arrived)) + " ms on " + me + ": " + Describe(cs) +
-                              " is missing pushes from worker ranks " + missing));
-    }
-    cs.future = std::move(keep);
+  const std::string me = Self();
+  for (auto& cs : chunks_) {
+    if (cs->sync) next = std::min(next, cs->sync->Expire(now));
   }
   for (auto it = barrier_->waiting.begin(); it != barrier_->waiting.end();) {
     auto& slots = it->second;

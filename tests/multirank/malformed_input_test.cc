@@ -238,5 +238,32 @@ TEST_F(MalformedInput, EveryBadMessageGetsAnErrorAndChangesNothing) {
   nodes_[0]->endpoint().Stop();
 }
 
+
+// A codec id the server's registry does not have: the push's payload is discarded, the pull is not
+// answered with weights, each ERROR names the id, and the table does not change.
+TEST_F(MalformedInput, UnknownCodecIdIsRefusedWithAnErrorNamingIt) {
+  worker::KVClient& honest = *nodes_[1]->client();
+  std::vector<float> g64(64, 5.0f);
+  for (wire::Op op : {wire::PUSH, wire::PUSH_PULL, wire::PULL}) {
+    auto h = Push(0, 0, 0, 64, 0, 40 + op);
+    h.set_op(op);
+    h.set_codec(7);
+    if (op == wire::PULL) h.set_element_count(0);
+    const bool payload = op != wire::PULL;
+    raw_->Send(0, Encode(h, payload ? 256 : 0), payload ? Bytes(g64) : std::span<const uint8_t>());
+    auto reply = raw_->Next();
+    ASSERT_TRUE(reply.ok()) << reply.status().ToString();
+    EXPECT_EQ(reply->header.op(), wire::ERROR) << OpName(op);
+    EXPECT_EQ(reply->header.error_code(), static_cast<int>(StatusCode::kInvalidArgument)) << reply->header.error();
+    EXPECT_NE(reply->header.error().find("codec id 7"), std::string::npos) << reply->header.error();
+    EXPECT_NE(reply->header.error().find("identity"), std::string::npos) << reply->header.error();
+  }
+  std::vector<float> w(100);
+  ASSERT_TRUE(honest.Pull(0, w, 0).wait(kWait).ok());
+  for (float v : w) ASSERT_EQ(v, 1.0f);
+  nodes_[1]->endpoint().Stop();
+  nodes_[0]->endpoint().Stop();
+}
+
 }  // namespace
 }  // namespace shardps

@@ -80,7 +80,7 @@ wire::Header FullHeader() {
   h.set_key_end(1'262'144);
   h.set_step(987654321);
   h.set_dtype(wire::F32);
-  h.set_codec(wire::RAW);
+  h.set_codec(0);  // the identity codec
   h.set_element_count(262144);
   h.set_reply_to(wire::PULL);
   h.set_error_code(5);

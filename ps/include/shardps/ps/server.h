@@ -1,26 +1,21 @@
-// Server: holds this rank's chunks of every table (weights and optimizer state) and runs the
-// synchronous step on them.
+// Server: holds this rank's chunks of every table (weights and optimizer state), handles the
+// workers' requests and runs the optimizer on its chunks.
 //
 //   ps::Server server(endpoint, cluster, layout, {});
 //   endpoint.SetServerHandler(&server);
 //   endpoint.Start();
 //   server.WaitForWorkers(std::chrono::minutes(10));   // until every worker sent SHUTDOWN
 //
-// The synchronous step, per chunk (docs/architecture.md has the whole life of a step):
-//  * A push carries the worker's step t. Each worker covers every key of the chunk once per step,
-//    in one push or several disjoint ones (e.g. layer by layer). Pushes for t are summed in
-//    worker-rank order: the payload of worker k is received only after workers 0..k-1 are summed,
-//    so the sum is the same bits whatever order messages arrive in. Worker 0's values are received
-//    straight into the accumulator; later ones into a scratch buffer and added (vectorised).
-//  * When every worker has contributed to step t the optimizer runs once (after any pull reply
-//    still being sent from the weights has left) and the chunk moves to version t+1.
-//  * A pull for version v is answered when the chunk's version reaches v, straight from the
-//    weights buffer.
-//  * Every held request has a deadline; on expiry it gets an ERROR naming the step and the worker
-//    ranks whose pushes are missing.
-// Every request is validated before its payload is touched: unknown table, key range out of
-// bounds or across chunks, wrong length, stale or duplicate step all get an ERROR reply, the
-// payload is discarded and no table changes.
+// Request handling lives here: every request is validated before its payload is touched
+// (unknown table, key range out of bounds or across chunks, wrong length, unknown codec all get an
+// ERROR reply, the payload is discarded and no table changes), payloads are received straight
+// into the server's buffers and pull replies sent straight from the weights (with the identity
+// codec; another codec decodes and encodes copies).
+// When a push counts, when a step is complete and when a pull is answered is the consistency
+// policy's decision (ServerOptions::consistency, consistency.h; the default "bsp" sums each
+// step's pushes in worker-rank order and answers a pull for version v at version v). Every held
+// request has a deadline; on expiry it gets an ERROR naming the step and the worker ranks whose
+// pushes are missing.
 //
 // Thread safety: OnFrame/OnTick run on the endpoint's communication thread. WaitForWorkers,
 // Snapshot and stats() may be called from any thread.
@@ -42,6 +37,7 @@
 #include "shardps/storage/checkpoint.h"
 #include "shardps/base/cluster.h"
 #include "shardps/net/endpoint.h"
+#include "shardps/ps/consistency.h"
 #include "shardps/ps/server_options.h"
 #include "shardps/base/layout.h"
 #include "shardps/base/thread_annotations.h"
@@ -56,8 +52,10 @@ struct ServerStats {
   uint64_t errors_sent = 0;
 };
 
-class Server final : public FrameHandler {
+class Server final : public FrameHandler, private PolicyHost {
  public:
+  // `options` should have passed ValidateServerOptions (Node::Start checks): a server built with
+  // an unknown consistency policy refuses every request with that error.
   Server(Endpoint& endpoint, const Cluster& cluster, const TableLayout& layout, ServerOptions options = {});
   ~Server() override;
   Server(const Server&) = delete;
@@ -97,8 +95,7 @@ class Server final : public FrameHandler {
   Status InitFrom(const SafetensorsFile& file);
 
  private:
-  struct Held;
-  struct ChunkState;
+  struct Served;  // a Chunk and its policy's ChunkSync
   struct BarrierState;
 
   void HandleHello(IncomingFrame& in, const wire::Header& h);
@@ -107,34 +104,39 @@ class Server final : public FrameHandler {
   void HandleBarrier(IncomingFrame& in, const wire::Header& h);
   void HandleShutdown(IncomingFrame& in, const wire::Header& h);
   void HandleCheckpoint(IncomingFrame& in, const wire::Header& h);
-  Result<ChunkState*> ValidateKeys(const wire::Header& h, bool allow_empty);
+  Result<Served*> ValidateKeys(const wire::Header& h, bool allow_empty);
+  HeldPtr Hold(IncomingFrame& in, Frame& f);
   void Reject(IncomingFrame& in, const wire::Header& h, const Status& s) SHARDPS_EXCLUDES(mu_);
-  void AcceptPush(ChunkState& cs, std::shared_ptr<Held> held);
-  bool Claim(ChunkState& cs, Held& held);  // false (and rejected) if it overlaps this step's keys
-  void Unclaim(ChunkState& cs, const Held& held);
-  void Advance(ChunkState& cs);
-  void OnPushPayload(ChunkState& cs, std::shared_ptr<Held> held, float* dest, bool scratch, Status st);
-  void FinishContribution(ChunkState& cs, Held& held);
-  void ApplyStep(ChunkState& cs);
-  void AnswerPulls(ChunkState& cs);
-  void SendWeights(ChunkState& cs, Held& held);
   void SendOk(int dest, const wire::Header& request);
   Clock::time_point DeadlineFor(const wire::Header& h, Clock::time_point now) const;
   void ExpireHeld(Clock::time_point now);
-  std::vector<int> MissingWorkers(const ChunkState& cs) const;
-  std::string Describe(const ChunkState& cs) const;
+
+  // PolicyHost (server.cc): what the chunks' policies ask of the server.
+  void Refuse(HeldRequest& request, const Status& why) override;
+  void Acknowledge(const HeldRequest& push) override;
+  void SendWeights(Chunk& chunk, const HeldRequest& pull) override;
+  Status ReceivePayload(const HeldPtr& push, std::span<float> dest, std::function<void(Status)> done) override;
+  void ApplyUpdate(Chunk& chunk, std::span<const float> gradient) override;
+  float* AcquireAccumulator(ChunkSync* waiter) override;
+  void ReleaseAccumulator(float* buffer) override;
+  float* AcquireScratch(ChunkSync* waiter) override;
+  void ReleaseScratch(float* buffer) override;
+  void WakeAt(Clock::time_point deadline) override;
+  std::string Describe(const Chunk& chunk) const override;
+  std::string Self() const override;
+  int WorkerRank(int worker) const override;
+
   // A bounded set of chunk-sized buffers, handed out on demand; chunks that find none wait.
   struct BufferPool {
     BufferPool(uint64_t floats, size_t capacity) : floats(floats), capacity(capacity) {}
-    float* Acquire();  // nullptr when all `capacity` buffers are in use
+    float* Acquire(ChunkSync* waiter);  // nullptr (and `waiter` queued) when all are in use
+    void Release(float* p);             // and resumes the chunks waiting for one
     const uint64_t floats;
     const size_t capacity;
     std::vector<std::unique_ptr<float[]>> buffers;
     std::vector<float*> free;
-    std::deque<ChunkState*> waiters;
+    std::deque<ChunkSync*> waiters;
   };
-  // Returns `p` to `pool` and resumes the first chunk waiting for one.
-  void Release(BufferPool& pool, float* p);
 
   // Constant after construction.
   Endpoint& endpoint_;
@@ -142,10 +144,11 @@ class Server final : public FrameHandler {
   const TableLayout layout_;
   const ServerOptions options_;
   const int num_workers_;
+  const Status policy_error_;  // the consistency policy could not be found: every request gets it
 
   // Communication thread only.
-  std::vector<std::unique_ptr<ChunkState>> chunks_;
-  std::unordered_map<uint64_t, ChunkState*> by_key_;  // (table << 32 | chunk index)
+  std::vector<std::unique_ptr<Served>> chunks_;
+  std::unordered_map<uint64_t, Served*> by_key_;  // (table << 32 | chunk index)
   BufferPool accum_pool_;
   BufferPool scratch_pool_;
   std::unique_ptr<BarrierState> barrier_;

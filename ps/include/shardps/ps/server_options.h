@@ -20,6 +20,9 @@ class FileSystem;
 namespace shardps::ps {
 
 struct ServerOptions {
+  // The consistency policy deciding when a step is complete and a pull is answered: a name from
+  // RegisteredConsistencyPolicies() (consistency.h). "bsp", bulk synchronous, is the default.
+  std::string consistency = "bsp";
   // Longest a request is held (a pull waiting for a step, a push waiting for lower-ranked
   // workers) when the request itself names no shorter timeout.
   std::chrono::milliseconds max_hold{60000};
@@ -41,5 +44,9 @@ struct ServerOptions {
   // Crash tests only (shardps train --test-crash-at): called at each phase of a shard write.
   CheckpointFaultHook checkpoint_fault;
 };
+
+// Checks what can be checked before a server starts: an unknown consistency policy is
+// INVALID_ARGUMENT naming it and the registered ones.
+Status ValidateServerOptions(const ServerOptions& options);
 
 }  // namespace shardps::ps

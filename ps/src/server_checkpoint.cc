@@ -1,0 +1,141 @@
+// Server: checkpoints of its chunks (CHECKPOINT requests, written in the background), restoring
+// and initialising them before serving, and copies of them while serving.
+#include <algorithm>
+#include <filesystem>
+#include <future>
+#include <limits>
+
+#include "server_internal.h"
+#include "shardps/base/optimizer.h"
+
+namespace shardps::ps {
+
+void Server::HandleCheckpoint(IncomingFrame& in, const wire::Header& h) {
+  if (options_.checkpoint_dir.empty()) {
+    return Reject(in, h, FailedPrecondition("server rank " + std::to_string(cluster_.rank()) + " has no checkpoint directory"));
+  }
+  if (writer_busy_) return Reject(in, h, ResourceExhausted("a checkpoint write is already in flight on this server"));
+  if (cluster_.WorkerIndexOf(in.source) != 0) {
+    return Reject(in, h, FailedPrecondition("checkpoints are requested by the lead worker (rank " +
+                                            std::to_string(cluster_.worker_rank(0)) + ")"));
+  }
+  {
+    // Only into a version the lead worker has just created, never over a committed one.
+    const std::string v = CheckpointVersionDir(options_.checkpoint_dir, h.checkpoint_version());
+    std::error_code ec;
+    if (h.checkpoint_version() >= 100000000 || !std::filesystem::is_directory(v, ec) ||
+        std::filesystem::exists(v + "/MANIFEST", ec)) {
+      return Reject(in, h, FailedPrecondition("checkpoint version " + std::to_string(h.checkpoint_version()) +
+                                              " is not a version being written in " + options_.checkpoint_dir));
+    }
+  }
+  // Snapshot (copy) every model chunk now; the file is written in the background while training
+  // goes on. Every chunk must be exactly at the requested step.
+  std::vector<ChunkToSave> chunks;
+  std::vector<uint32_t> ckpt_table(layout_.num_tables(), 0);
+  for (uint32_t t = 0, k = 0; t < layout_.num_tables(); ++t) {
+    if (layout_.table(t).checkpointed) ckpt_table[t] = k++;
+  }
+  for (const auto& csp : chunks_) {
+    const Served& cs = *csp;
+    if (!cs.spec->checkpointed) continue;
+    if (cs.version != h.step()) {
+      return Reject(in, h, FailedPrecondition("checkpoint at step " + std::to_string(h.step()) + " requested, but " + Describe(cs)));
+    }
+    ChunkToSave c;
+    c.table = ckpt_table[cs.info.table];
+    c.begin = cs.info.begin;
+    c.end = cs.info.end;
+    c.data.reserve(cs.weights.size() + cs.slots.size());
+    c.data.insert(c.data.end(), cs.weights.begin(), cs.weights.end());
+    c.data.insert(c.data.end(), cs.slots.begin(), cs.slots.end());
+    chunks.push_back(std::move(c));
+  }
+  if (writer_.joinable()) writer_.join();
+  writer_busy_ = true;
+  const std::string vdir = CheckpointVersionDir(options_.checkpoint_dir, h.checkpoint_version());
+  const int source = in.source;
+  writer_ = std::thread([this, vdir, source, h, chunks = std::move(chunks)] {
+    Result<ckpt::ShardInfo> r =
+        options_.file_system ? WriteShard(*options_.file_system, vdir, static_cast<uint32_t>(cluster_.server_index()), h.step(), chunks,
+                                          options_.checkpoint_fault)
+                             : WriteShard(vdir, static_cast<uint32_t>(cluster_.server_index()), h.step(), chunks, options_.checkpoint_fault);
+    Status s = r.ok() ? Status::Ok() : r.status();
+    endpoint_.Post([this, s, source, h] {
+      writer_busy_ = false;
+      if (s.ok()) SendOk(source, h);
+      else endpoint_.SendError(source, h, s);
+    });
+  });
+}
+
+Status Server::InitFrom(const SafetensorsFile& file) {
+  for (uint32_t t = 0; t < layout_.num_tables(); ++t) {
+    const TableSpec& spec = layout_.table(t);
+    if (!spec.checkpointed) continue;
+    bool mine = false;
+    for (const auto& cs : chunks_) mine |= cs->info.table == t;
+    if (!mine) continue;
+    SHARDPS_ASSIGN_OR_RETURN(std::vector<float> w, file.ReadFloats(spec.name));
+    if (w.size() != spec.size) {
+      return InvalidArgument("tensor '" + spec.name + "' has " + std::to_string(w.size()) + " elements, the table " +
+                             std::to_string(spec.size));
+    }
+    for (auto& cs : chunks_) {
+      if (cs->info.table != t) continue;
+      std::copy(w.begin() + static_cast<int64_t>(cs->info.begin), w.begin() + static_cast<int64_t>(cs->info.end),
+                cs->weights.begin());
+    }
+  }
+  return Status::Ok();
+}
+
+Status Server::Restore(CheckpointReader& reader) {
+  const uint64_t step = reader.manifest().step();
+  for (auto& csp : chunks_) {
+    Served& cs = *csp;
+    if (!cs.spec->checkpointed) continue;
+    const uint32_t nslots = static_cast<uint32_t>(OptimizerSlots(cs.spec->optimizer.kind));
+    SHARDPS_ASSIGN_OR_RETURN(uint32_t t, reader.FindTable(cs.spec->name, cs.spec->size, nslots));
+    // Optimizers with as many slots may keep different state in them (momentum, adagrad). An
+    // empty name: a manifest that did not record it, checked by slot count alone.
+    if (const std::string& saved = reader.manifest().tables(static_cast<int>(t)).optimizer();
+        !saved.empty() && saved != cs.spec->optimizer.kind) {
+      return InvalidArgument("checkpoint table '" + cs.spec->name + "' was saved with optimizer '" + saved +
+                             "', this run has '" + cs.spec->optimizer.kind + "': its optimizer state would not mean the same");
+    }
+    SHARDPS_RETURN_IF_ERROR(reader.Read(t, cs.info.begin, cs.info.end, cs.weights, cs.slots));
+    cs.version = step;
+  }
+  return Status::Ok();
+}
+
+Result<std::vector<Server::ChunkCopy>> Server::Snapshot(std::optional<uint32_t> table,
+                                                        std::chrono::milliseconds timeout) {
+  auto copy = [this, table] {
+    std::vector<ChunkCopy> out;
+    for (const auto& cs : chunks_) {
+      if (table && cs->info.table != *table) continue;
+      out.push_back({cs->info, cs->version, cs->weights, cs->slots});
+    }
+    return out;
+  };
+  if (!endpoint_.running()) return copy();
+  auto promise = std::make_shared<std::promise<std::vector<ChunkCopy>>>();
+  auto fut = promise->get_future();
+  endpoint_.Post([promise, copy] { promise->set_value(copy()); });
+  if (fut.wait_for(timeout) != std::future_status::ready) {
+    return DeadlineExceeded("server snapshot not taken within " + std::to_string(timeout.count()) + " ms");
+  }
+  return fut.get();
+}
+
+std::optional<uint64_t> Server::CompletedSteps(uint32_t tables) const {
+  std::optional<uint64_t> v;
+  for (const auto& cs : chunks_) {
+    if (cs->info.table < tables) v = std::min(v.value_or(std::numeric_limits<uint64_t>::max()), cs->version);
+  }
+  return v;
+}
+
+}  // namespace shardps::ps

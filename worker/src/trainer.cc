@@ -20,6 +20,7 @@ Handle CompletedHandle(Status s);
 
 struct LocalParams::Table {
   TableSpec spec;
+  Result<const Optimizer*> optimizer = nullptr;  // an unknown name is refused by PushPull, naming it
   std::vector<float> weights;
   std::vector<float> slots;
   uint64_t version = 0;
@@ -32,9 +33,8 @@ LocalParams::LocalParams(const std::vector<TableSpec>& tables) {
     tab->spec = tables[t];
     tab->weights.resize(tables[t].size);
     InitializeWeights(tables[t].init, t, 0, tab->weights);
-    // An unknown optimizer (not checked by a layout here) is refused by PushPull, naming it.
-    const Optimizer* o = FindOptimizer(tables[t].optimizer.kind);
-    tab->slots.assign(tables[t].size * static_cast<size_t>(o != nullptr ? o->slots() : 0), 0.0f);
+    tab->optimizer = LookupOptimizer(tables[t].optimizer.kind);
+    tab->slots.assign(tables[t].size * static_cast<size_t>(tab->optimizer.ok() ? (*tab->optimizer)->slots() : 0), 0.0f);
     tables_.push_back(std::move(tab));
   }
 }
@@ -68,15 +68,15 @@ Handle LocalParams::PushPull(uint32_t table, std::span<const float> grad, std::s
     return internal::CompletedHandle(FailedPrecondition("push for step " + std::to_string(step) + " of table '" +
                                                         t.spec.name + "', which is at " + std::to_string(t.version)));
   }
-  if (auto o = LookupOptimizer(t.spec.optimizer.kind); !o.ok()) {
-    return internal::CompletedHandle(o.status().WithContext("table '" + t.spec.name + "'"));
+  if (!t.optimizer.ok()) {
+    return internal::CompletedHandle(t.optimizer.status().WithContext("table '" + t.spec.name + "'"));
   }
   if (end - begin > size - t.covered) {
     return internal::CompletedHandle(InvalidArgument("push-pull ranges of table '" + t.spec.name + "' in step " +
                                                      std::to_string(step) + " overlap"));
   }
   // Exactly what a server does with one worker: the gradient is the sum, then one update.
-  ApplyOptimizerToRange(t.spec.optimizer, t.version + 1, t.weights, t.slots, begin, grad);
+  ApplyOptimizerToRange(**t.optimizer, t.spec.optimizer, t.version + 1, t.weights, t.slots, begin, grad);
   std::memcpy(out.data(), t.weights.data() + begin, out.size_bytes());
   t.covered += end - begin;
   if (t.covered == size) {

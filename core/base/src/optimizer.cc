@@ -184,22 +184,24 @@ std::string_view OptimizerKindName(std::string_view kind) {
 
 void ApplyOptimizer(const OptimizerConfig& c, uint64_t step, std::span<float> weights, std::span<float> slots,
                     std::span<const float> gradient) {
-  const Optimizer* o = FindOptimizer(c.kind);
-  assert(o != nullptr && step >= 1);
-  const size_t n = weights.size();
-  assert(gradient.size() == n);
-  assert(slots.size() == n * static_cast<size_t>(o->slots()));
-  o->Apply(c, step, weights.data(), slots.data(), n, gradient.data(), n);
+  assert(gradient.size() == weights.size());
+  ApplyOptimizerToRange(c, step, weights, slots, 0, gradient);
 }
 
 void ApplyOptimizerToRange(const OptimizerConfig& c, uint64_t step, std::span<float> weights, std::span<float> slots,
                            uint64_t begin, std::span<const float> gradient) {
   const Optimizer* o = FindOptimizer(c.kind);
-  assert(o != nullptr && step >= 1);
+  assert(o != nullptr);
+  ApplyOptimizerToRange(*o, c, step, weights, slots, begin, gradient);
+}
+
+void ApplyOptimizerToRange(const Optimizer& o, const OptimizerConfig& c, uint64_t step, std::span<float> weights,
+                           std::span<float> slots, uint64_t begin, std::span<const float> gradient) {
+  assert(step >= 1 && o.name() == c.kind);
   const size_t n = weights.size();
   assert(begin <= n && gradient.size() <= n - begin);
-  assert(slots.size() == n * static_cast<size_t>(o->slots()));
-  o->Apply(c, step, weights.data() + begin, slots.data() + begin, n, gradient.data(), gradient.size());
+  assert(slots.size() == n * static_cast<size_t>(o.slots()));
+  o.Apply(c, step, weights.data() + begin, slots.data() + begin, n, gradient.data(), gradient.size());
 }
 
 }  // namespace shardps

@@ -94,6 +94,11 @@ void ApplyOptimizer(const OptimizerConfig& config, uint64_t step, std::span<floa
 // so a table can be updated range by range as its gradient arrives, with the same result.
 void ApplyOptimizerToRange(const OptimizerConfig& config, uint64_t step, std::span<float> weights,
                            std::span<float> slots, uint64_t begin, std::span<const float> gradient);
+// The same with the optimizer already looked up (config.kind must name it): for callers that
+// resolve it once, when the table is made, rather than at every step.
+void ApplyOptimizerToRange(const Optimizer& optimizer, const OptimizerConfig& config, uint64_t step,
+                           std::span<float> weights, std::span<float> slots, uint64_t begin,
+                           std::span<const float> gradient);
 
 // dst[i] += src[i], vectorised.
 void AddInto(std::span<float> dst, std::span<const float> src);

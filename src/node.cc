@@ -26,6 +26,9 @@ Result<std::unique_ptr<Node>> Node::Start(std::unique_ptr<Transport> transport, 
     return InvalidArgument("layout is for " + std::to_string(layout.num_servers()) + " servers, the cluster has " +
                            std::to_string(cluster.num_servers()));
   }
+  // Options the server or client would refuse, refused before anything starts.
+  SHARDPS_RETURN_IF_ERROR(ps::ValidateServerOptions(options.server));
+  SHARDPS_RETURN_IF_ERROR(worker::ValidateClientOptions(options.client));
   std::unique_ptr<Node> n(new Node(options));
   EndpointOptions eo = options.endpoint;
   if (!eo.describe_rank) eo.describe_rank = [cluster](int r) { return cluster.Describe(r); };

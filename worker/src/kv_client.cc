@@ -9,6 +9,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "shardps/base/codec.h"
 #include "shardps/base/thread_annotations.h"
 #include "shardps/net/endpoint.h"
 
@@ -21,7 +22,12 @@ namespace internal {
 class ClientCore final : public FrameHandler {
  public:
   ClientCore(Endpoint& endpoint, const Cluster& cluster, const TableLayout& layout, ClientOptions options)
-      : endpoint_(endpoint), cluster_(cluster), layout_(layout), options_(options) {}
+      : endpoint_(endpoint),
+        cluster_(cluster),
+        layout_(layout),
+        options_(options),
+        codec_(FindCodec(options_.codec)),
+        codec_error_(ValidateClientOptions(options_)) {}
 
   Handle Push(uint32_t table, std::span<const float> grad, uint64_t step, KeyRange range);
   Handle Pull(uint32_t table, std::span<float> out, uint64_t version, KeyRange range);
@@ -46,6 +52,7 @@ class ClientCore final : public FrameHandler {
     int server_rank = 0;
     wire::Header header;
     std::span<const uint8_t> payload;
+    std::shared_ptr<std::vector<uint8_t>> encoded;  // what `payload` points into, for a codec that copies
     std::span<uint8_t> out;  // where a pull reply's payload goes
   };
   struct Pending {
@@ -70,6 +77,8 @@ class ClientCore final : public FrameHandler {
   const Cluster cluster_;
   const TableLayout layout_;
   const ClientOptions options_;
+  const Codec* const codec_;   // null when options_.codec is not registered
+  const Status codec_error_;  // then: why; every operation fails with it
 
   Mutex mu_;
   uint64_t barrier_count_ SHARDPS_GUARDED_BY(mu_) = 0;
@@ -86,6 +95,7 @@ struct OpState {
   std::string what;
   ClientCore* client = nullptr;                 // null for operations that never started
   std::vector<std::span<const uint8_t>> regions;  // the caller's buffers (payloads and outputs)
+  std::vector<std::shared_ptr<std::vector<uint8_t>>> encoded;  // encoded payloads being sent (codecs that copy)
   bool cancelled = false;                        // communication thread only
   mutable Mutex mu;
   std::condition_variable cv;
@@ -160,6 +170,8 @@ std::span<const uint8_t> Bytes(const float* p, uint64_t n) {
 std::span<uint8_t> Bytes(float* p, uint64_t n) { return {reinterpret_cast<uint8_t*>(p), n * sizeof(float)}; }
 
 }  // namespace
+
+Status ValidateClientOptions(const ClientOptions& options) { return LookupCodec(options.codec).status(); }
 
 KVClient::KVClient(Endpoint& endpoint, const Cluster& cluster, const TableLayout& layout, ClientOptions options)
     : core_(std::make_unique<ClientCore>(endpoint, cluster, layout, options)) {}
@@ -269,9 +281,17 @@ std::vector<ClientCore::Piece> ClientCore::Split(wire::Op op, uint32_t table, ui
     p.header.set_key_begin(b);
     p.header.set_key_end(e);
     p.header.set_step(step);
+    p.header.set_codec(codec_->id());
     if (grad) {
       p.header.set_element_count(e - b);
-      p.payload = Bytes(grad + (b - begin), e - b);
+      if (codec_->raw()) {
+        p.payload = Bytes(grad + (b - begin), e - b);  // sent from the caller's buffer
+      } else {
+        const CodecContext ctx{.table = table, .chunk = c.index, .step = step, .rank = cluster_.rank()};
+        p.encoded = std::make_shared<std::vector<uint8_t>>(
+            codec_->Encode(std::span<const float>(grad + (b - begin), e - b), ctx));
+        p.payload = *p.encoded;
+      }
     }
     if (out) p.out = Bytes(out + (b - begin), e - b);
     pieces.push_back(std::move(p));
@@ -280,6 +300,7 @@ std::vector<ClientCore::Piece> ClientCore::Split(wire::Op op, uint32_t table, ui
 }
 
 Handle ClientCore::Push(uint32_t table, std::span<const float> grad, uint64_t step, KeyRange range) {
+  if (!codec_error_.ok()) return Failed(codec_error_);
   auto r = Resolve(table, range, grad.size(), "push");
   if (!r.ok()) return Failed(r.status());
   return Start("push of table '" + layout_.table(table).name + "' step " + std::to_string(step),
@@ -287,6 +308,7 @@ Handle ClientCore::Push(uint32_t table, std::span<const float> grad, uint64_t st
 }
 
 Handle ClientCore::Pull(uint32_t table, std::span<float> out, uint64_t version, KeyRange range) {
+  if (!codec_error_.ok()) return Failed(codec_error_);
   auto r = Resolve(table, range, out.size(), "pull");
   if (!r.ok()) return Failed(r.status());
   return Start("pull of table '" + layout_.table(table).name + "' version " + std::to_string(version),
@@ -295,6 +317,7 @@ Handle ClientCore::Pull(uint32_t table, std::span<float> out, uint64_t version, 
 
 Handle ClientCore::PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step,
                             KeyRange range) {
+  if (!codec_error_.ok()) return Failed(codec_error_);
   auto r = Resolve(table, range, grad.size(), "push-pull");
   if (!r.ok()) return Failed(r.status());
   if (out.size() != grad.size()) {
@@ -361,6 +384,12 @@ Handle ClientCore::Start(std::string what, std::vector<Piece> pieces) {
   op->client = this;
   for (const Piece& p : pieces) op->server.push_back(p.server_rank);
   // The pieces are consecutive slices of one gradient and one output buffer: release each whole.
+  // Encoded copies are the op's own buffers, one region each.
+  for (const Piece& p : pieces) {
+    if (!p.encoded) continue;
+    op->encoded.push_back(p.encoded);
+    op->regions.push_back(*p.encoded);
+  }
   auto bounds = [](auto member, const std::vector<Piece>& ps) {
     const uint8_t* lo = nullptr;
     const uint8_t* hi = nullptr;
@@ -372,7 +401,7 @@ Handle ClientCore::Start(std::string what, std::vector<Piece> pieces) {
     }
     return lo ? std::span<const uint8_t>(lo, static_cast<size_t>(hi - lo)) : std::span<const uint8_t>();
   };
-  for (auto region : {bounds([](const Piece& p) { return p.payload; }, pieces),
+  for (auto region : {bounds([](const Piece& p) { return p.encoded ? std::span<const uint8_t>() : p.payload; }, pieces),
                       bounds([](const Piece& p) { return std::span<const uint8_t>(p.out); }, pieces)}) {
     if (!region.empty()) op->regions.push_back(region);
   }
@@ -447,21 +476,46 @@ void ClientCore::OnFrame(IncomingFrame in, Frame frame) {
     p.op->Part(p.piece, Status::Ok());
     return;
   }
-  if (in.payload_bytes != p.out.size()) {
+  if (h.codec() != codec_->id()) {
+    if (in.payload_bytes > 0) (void)endpoint_.transport().DiscardPayload(in);
+    p.op->Part(p.piece, DataLoss(p.op->what + ": reply from rank " + std::to_string(in.source) + " is coded with codec id " +
+                                     std::to_string(h.codec()) + ", the request asked for " + std::string(codec_->name()) +
+                                     " (id " + std::to_string(codec_->id()) + ")"));
+    return;
+  }
+  const uint64_t floats = p.out.size() / sizeof(float);
+  if (codec_->raw() ? in.payload_bytes != p.out.size() : !codec_->CheckEncodedSize(floats, in.payload_bytes).ok()) {
     if (in.payload_bytes > 0) (void)endpoint_.transport().DiscardPayload(in);
     p.op->Part(p.piece, DataLoss(p.op->what + ": reply from rank " + std::to_string(in.source) + " carries " +
-                                     std::to_string(in.payload_bytes) + " bytes, expected " + std::to_string(p.out.size())));
+                                     std::to_string(in.payload_bytes) + " bytes, expected " +
+                                     (codec_->raw() ? std::to_string(p.out.size())
+                                                    : codec_->CheckEncodedSize(floats, in.payload_bytes).message())));
     return;
   }
   auto op = p.op;
   const size_t piece = p.piece;
   auto out = p.out;
   auto fr = std::make_shared<Frame>(std::move(frame));
-  Status s = endpoint_.transport().ReceivePayload(in, out, [op, piece, out, fr](Status st) {
-    if (op->cancelled) return;  // the buffer may be gone: do not read it
-    if (st.ok()) st = VerifyPayload(*fr, out);
-    op->Part(piece, st.ok() ? st : st.WithContext(op->what));
-  });
+  Status s;
+  if (codec_->raw()) {  // straight into the caller's buffer
+    s = endpoint_.transport().ReceivePayload(in, out, [op, piece, out, fr](Status st) {
+      if (op->cancelled) return;  // the buffer may be gone: do not read it
+      if (st.ok()) st = VerifyPayload(*fr, out);
+      op->Part(piece, st.ok() ? st : st.WithContext(op->what));
+    });
+  } else {  // into a copy, decoded into the caller's buffer once complete
+    auto encoded = std::make_shared<std::vector<uint8_t>>(in.payload_bytes);
+    const CodecContext ctx{.table = h.table(), .chunk = h.chunk(), .step = h.step(), .rank = in.source};
+    const Codec* codec = codec_;
+    s = endpoint_.transport().ReceivePayload(in, *encoded, [op, piece, out, fr, encoded, ctx, codec](Status st) {
+      if (op->cancelled) return;  // the buffer may be gone: do not write it
+      if (st.ok()) st = VerifyPayload(*fr, *encoded);
+      if (st.ok()) {
+        st = codec->Decode(*encoded, std::span<float>(reinterpret_cast<float*>(out.data()), out.size() / sizeof(float)), ctx);
+      }
+      op->Part(piece, st.ok() ? st : st.WithContext(op->what));
+    });
+  }
   if (!s.ok()) p.op->Part(p.piece, s.WithContext(p.op->what));
 }
 

@@ -23,6 +23,7 @@
 #include <limits>
 #include <memory>
 #include <span>
+#include <string>
 
 #include "shardps/base/cluster.h"
 #include "shardps/base/layout.h"
@@ -45,7 +46,14 @@ struct ClientOptions {
   // How long a server may hold one of this client's requests (sent in every request). A server
   // that gives up answers with an error naming the step and the workers it was waiting for.
   std::chrono::milliseconds request_timeout{60000};
+  // The gradient codec of pushes and pull replies: a name from RegisteredCodecs()
+  // (shardps/base/codec.h). "identity" sends the floats from and into the caller's buffers.
+  std::string codec = "identity";
 };
+
+// Checks what can be checked before a client starts: an unknown codec is INVALID_ARGUMENT naming
+// it and the registered ones. (A client built with one fails every operation with that error.)
+Status ValidateClientOptions(const ClientOptions& options);
 
 namespace internal {
 struct OpState;

@@ -1,0 +1,116 @@
+// The server's consistency policy and the client's codec are chosen by name in the options; a
+// name that is not registered is refused before anything starts, with an error naming it, and a
+// server or client built with one anyway refuses its work with the same error instead of serving.
+#include <gtest/gtest.h>
+
+#include "common/threads_cluster.h"
+#include "shardps/base/codec.h"
+
+namespace shardps {
+namespace {
+
+using std::chrono::milliseconds;
+constexpr auto kWait = milliseconds(20000);
+
+struct OneTable {
+  OneTable() {
+    TableSpec t{.name = "w", .size = 100};
+    t.init.kind = InitKind::kConstant;
+    t.init.value = 1.0f;
+    t.optimizer.learning_rate = 0.5f;
+    layout = *TableLayout::Create({t}, 1, {.chunk_floats = 64});
+  }
+  TableLayout layout;
+};
+
+TEST(Seams, NodeStartRefusesAnUnknownPolicyOrCodecBeforeStarting) {
+  OneTable t;
+  InProcHub hub(2);
+  auto server = Cluster::Create(2, 0, {.num_servers = 1});
+  auto worker = Cluster::Create(2, 1, {.num_servers = 1});
+  ASSERT_TRUE(server.ok() && worker.ok());
+  NodeOptions bad_policy;
+  bad_policy.server.consistency = "ssp-typo";
+  auto n = Node::Start(hub.Connect(0), *server, t.layout, bad_policy);
+  ASSERT_FALSE(n.ok());
+  EXPECT_EQ(n.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(n.status().message().find("'ssp-typo'"), std::string::npos) << n.status().ToString();
+  EXPECT_NE(n.status().message().find("bsp"), std::string::npos) << n.status().ToString();
+  NodeOptions bad_codec;
+  bad_codec.client.codec = "zip";
+  auto m = Node::Start(hub.Connect(1), *worker, t.layout, bad_codec);
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(m.status().message().find("'zip'"), std::string::npos) << m.status().ToString();
+  EXPECT_NE(m.status().message().find("identity"), std::string::npos) << m.status().ToString();
+}
+
+TEST(Seams, AClientWithAnUnknownCodecFailsEveryTransferNamingIt) {
+  OneTable t;
+  InProcHub hub(2);
+  auto worker = Cluster::Create(2, 1, {.num_servers = 1});
+  ASSERT_TRUE(worker.ok());
+  Endpoint endpoint(hub.Connect(1), {});
+  worker::KVClient client(endpoint, *worker, t.layout, {.codec = "zip"});
+  std::vector<float> g(100, 1.0f), w(100);
+  for (Status s : {client.Push(0, g, 0).wait(kWait), client.Pull(0, w, 0).wait(kWait),
+                   client.PushPull(0, g, w, 0).wait(kWait)}) {
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(s.message().find("'zip'"), std::string::npos) << s.ToString();
+  }
+}
+
+TEST(Seams, AServerWithAnUnknownPolicyRefusesEveryRequestNamingIt) {
+  OneTable t;
+  InProcHub hub(2);
+  auto server_cluster = Cluster::Create(2, 0, {.num_servers = 1});
+  auto worker_cluster = Cluster::Create(2, 1, {.num_servers = 1});
+  ASSERT_TRUE(server_cluster.ok() && worker_cluster.ok());
+  EndpointOptions quiet;
+  quiet.on_warning = [](const std::string&) {};
+  Endpoint endpoint(hub.Connect(0), quiet);
+  ps::ServerOptions o;
+  o.consistency = "ssp-typo";
+  ps::Server server(endpoint, *server_cluster, t.layout, o);
+  endpoint.SetServerHandler(&server);
+  ASSERT_TRUE(endpoint.Start().ok());
+  // The worker's Node says HELLO first: the answer is the server's error.
+  NodeOptions w;
+  w.endpoint.on_warning = [](const std::string&) {};
+  w.startup_timeout = kWait;
+  auto n = Node::Start(hub.Connect(1), *worker_cluster, t.layout, w);
+  ASSERT_FALSE(n.ok());
+  EXPECT_EQ(n.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(n.status().message().find("'ssp-typo'"), std::string::npos) << n.status().ToString();
+  EXPECT_NE(n.status().message().find("server rank 0"), std::string::npos) << n.status().ToString();
+  endpoint.Stop();
+}
+
+TEST(Seams, TheDefaultNamesSelectBspAndTheIdentityCodec) {
+  EXPECT_EQ(ps::ServerOptions{}.consistency, ps::kBspConsistency);
+  EXPECT_EQ(worker::ClientOptions{}.codec, kIdentityCodec);
+  // Named explicitly, the step is the synchronous one: 1 - 0.5 * (1 + 2) over two workers.
+  testing::JobConfig c{.world = 4, .servers = 2};
+  TableSpec t{.name = "w", .size = 300};
+  t.init.kind = InitKind::kConstant;
+  t.init.value = 1.0f;
+  t.optimizer.learning_rate = 0.5f;
+  c.tables = {t};
+  c.node.server.consistency = "bsp";
+  c.node.client.codec = "identity";
+  testing::ThreadsJob job(c);
+  auto statuses = job.Run([&](int rank, Node& node) -> Status {
+    if (!node.client()) return Status::Ok();
+    const float g = rank == 2 ? 1.0f : 2.0f;
+    std::vector<float> grad(300, g), w(300);
+    SHARDPS_RETURN_IF_ERROR(node.client()->PushPull(0, grad, w, 0).wait(kWait));
+    for (float v : w) {
+      if (v != -0.5f) return Internal("weight " + std::to_string(v) + ", expected -0.5");
+    }
+    return Status::Ok();
+  });
+  for (int r = 0; r < 4; ++r) EXPECT_TRUE(statuses[r].ok()) << "rank " << r << ": " << statuses[r].ToString();
+}
+
+}  // namespace
+}  // namespace shardps

@@ -12,46 +12,47 @@ namespace {
 using std::chrono::milliseconds;
 constexpr auto kWait = milliseconds(20000);
 
-struct OneTable {
-  OneTable() {
+// Rank 0 serves, rank 1 works, one table of 100 ones.
+class Seams : public ::testing::Test {
+ protected:
+  void SetUp() override {
     TableSpec t{.name = "w", .size = 100};
     t.init.kind = InitKind::kConstant;
     t.init.value = 1.0f;
     t.optimizer.learning_rate = 0.5f;
-    layout = *TableLayout::Create({t}, 1, {.chunk_floats = 64});
+    auto l = TableLayout::Create({t}, 1, {.chunk_floats = 64});
+    auto s = Cluster::Create(2, 0, {.num_servers = 1});
+    auto w = Cluster::Create(2, 1, {.num_servers = 1});
+    ASSERT_TRUE(l.ok() && s.ok() && w.ok());
+    layout_ = std::make_unique<TableLayout>(*l);
+    server_ = std::make_unique<Cluster>(*s);
+    worker_ = std::make_unique<Cluster>(*w);
   }
-  TableLayout layout;
+  InProcHub hub_{2};
+  std::unique_ptr<TableLayout> layout_;
+  std::unique_ptr<Cluster> server_, worker_;
 };
 
-TEST(Seams, NodeStartRefusesAnUnknownPolicyOrCodecBeforeStarting) {
-  OneTable t;
-  InProcHub hub(2);
-  auto server = Cluster::Create(2, 0, {.num_servers = 1});
-  auto worker = Cluster::Create(2, 1, {.num_servers = 1});
-  ASSERT_TRUE(server.ok() && worker.ok());
+TEST_F(Seams, NodeStartRefusesAnUnknownPolicyOrCodecBeforeStarting) {
   NodeOptions bad_policy;
   bad_policy.server.consistency = "ssp-typo";
-  auto n = Node::Start(hub.Connect(0), *server, t.layout, bad_policy);
+  auto n = Node::Start(hub_.Connect(0), *server_, *layout_, bad_policy);
   ASSERT_FALSE(n.ok());
   EXPECT_EQ(n.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(n.status().message().find("'ssp-typo'"), std::string::npos) << n.status().ToString();
   EXPECT_NE(n.status().message().find("bsp"), std::string::npos) << n.status().ToString();
   NodeOptions bad_codec;
   bad_codec.client.codec = "zip";
-  auto m = Node::Start(hub.Connect(1), *worker, t.layout, bad_codec);
+  auto m = Node::Start(hub_.Connect(1), *worker_, *layout_, bad_codec);
   ASSERT_FALSE(m.ok());
   EXPECT_EQ(m.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(m.status().message().find("'zip'"), std::string::npos) << m.status().ToString();
   EXPECT_NE(m.status().message().find("identity"), std::string::npos) << m.status().ToString();
 }
 
-TEST(Seams, AClientWithAnUnknownCodecFailsEveryTransferNamingIt) {
-  OneTable t;
-  InProcHub hub(2);
-  auto worker = Cluster::Create(2, 1, {.num_servers = 1});
-  ASSERT_TRUE(worker.ok());
-  Endpoint endpoint(hub.Connect(1), {});
-  worker::KVClient client(endpoint, *worker, t.layout, {.codec = "zip"});
+TEST_F(Seams, AClientWithAnUnknownCodecFailsEveryTransferNamingIt) {
+  Endpoint endpoint(hub_.Connect(1), {});
+  worker::KVClient client(endpoint, *worker_, *layout_, {.codec = "zip"});
   std::vector<float> g(100, 1.0f), w(100);
   for (Status s : {client.Push(0, g, 0).wait(kWait), client.Pull(0, w, 0).wait(kWait),
                    client.PushPull(0, g, w, 0).wait(kWait)}) {
@@ -60,25 +61,20 @@ TEST(Seams, AClientWithAnUnknownCodecFailsEveryTransferNamingIt) {
   }
 }
 
-TEST(Seams, AServerWithAnUnknownPolicyRefusesEveryRequestNamingIt) {
-  OneTable t;
-  InProcHub hub(2);
-  auto server_cluster = Cluster::Create(2, 0, {.num_servers = 1});
-  auto worker_cluster = Cluster::Create(2, 1, {.num_servers = 1});
-  ASSERT_TRUE(server_cluster.ok() && worker_cluster.ok());
+TEST_F(Seams, AServerWithAnUnknownPolicyRefusesEveryRequestNamingIt) {
   EndpointOptions quiet;
   quiet.on_warning = [](const std::string&) {};
-  Endpoint endpoint(hub.Connect(0), quiet);
+  Endpoint endpoint(hub_.Connect(0), quiet);
   ps::ServerOptions o;
   o.consistency = "ssp-typo";
-  ps::Server server(endpoint, *server_cluster, t.layout, o);
+  ps::Server server(endpoint, *server_, *layout_, o);
   endpoint.SetServerHandler(&server);
   ASSERT_TRUE(endpoint.Start().ok());
   // The worker's Node says HELLO first: the answer is the server's error.
   NodeOptions w;
   w.endpoint.on_warning = [](const std::string&) {};
   w.startup_timeout = kWait;
-  auto n = Node::Start(hub.Connect(1), *worker_cluster, t.layout, w);
+  auto n = Node::Start(hub_.Connect(1), *worker_, *layout_, w);
   ASSERT_FALSE(n.ok());
   EXPECT_EQ(n.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(n.status().message().find("'ssp-typo'"), std::string::npos) << n.status().ToString();
@@ -86,7 +82,7 @@ TEST(Seams, AServerWithAnUnknownPolicyRefusesEveryRequestNamingIt) {
   endpoint.Stop();
 }
 
-TEST(Seams, TheDefaultNamesSelectBspAndTheIdentityCodec) {
+TEST(SeamDefaults, TheDefaultNamesSelectBspAndTheIdentityCodec) {
   EXPECT_EQ(ps::ServerOptions{}.consistency, ps::kBspConsistency);
   EXPECT_EQ(worker::ClientOptions{}.codec, kIdentityCodec);
   // Named explicitly, the step is the synchronous one: 1 - 0.5 * (1 + 2) over two workers.

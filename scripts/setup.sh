@@ -14,6 +14,7 @@ PACKAGES=(
   zlib1g-dev
   dataset-fashion-mnist
   python3-numpy python3-matplotlib
+  liblinear-tools
   clang-14 libclang-rt-14-dev
   slurm-wlm munge
   iproute2

@@ -6,5 +6,6 @@ namespace shardps::tools {
 int BenchMain(int argc, char** argv);
 int TrainMain(int argc, char** argv);
 int CkptMain(int argc, char** argv);
+int DatagenMain(int argc, char** argv);  // datagen.cc
 
 }  // namespace shardps::tools

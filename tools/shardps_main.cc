@@ -17,6 +17,7 @@ void Usage(std::FILE* out) {
                "  ckpt      list, verify, tag, untag, rollback, gc, export: the checkpoint registry\n"
                "  keygen    --out FILE: write a fresh shared secret for authenticated transports\n"
                "  bench     time synchronous push/pull rounds against MPI_Allreduce (run under mpirun)\n"
+               "  datagen   --out DIR: synthetic click-style libsvm data with a known true model\n"
                "  version   print the version\n"
                "\n"
                "`shardps <command> --help` lists a command's flags.\n");
@@ -33,6 +34,7 @@ int main(int argc, char** argv) {
   if (cmd == "bench") return shardps::tools::BenchMain(argc - 1, argv + 1);
   if (cmd == "train") return shardps::tools::TrainMain(argc - 1, argv + 1);
   if (cmd == "ckpt") return shardps::tools::CkptMain(argc - 1, argv + 1);
+  if (cmd == "datagen") return shardps::tools::DatagenMain(argc - 1, argv + 1);
   if (cmd == "keygen") {
     // shardps keygen --out FILE: 32 random bytes, mode 0600, never overwriting.
     if (argc != 4 || std::strcmp(argv[2], "--out") != 0) {

@@ -1,6 +1,12 @@
 // Transport: moves frames and their payloads between ranks. Backends: MPI (mpi_transport.h) and
 // in-process ranks-as-threads (inproc_transport.h) and TCP (tcp_transport.h).
 //
+//   SHARDPS_ASSIGN_OR_RETURN(std::unique_ptr<Transport> t, CreateTcpTransport(tcp_options));  // a factory
+//   SHARDPS_ASSIGN_OR_RETURN(auto node, Node::Start(std::move(t), cluster, layout));  // Node drives it
+//
+// A library user picks a backend through its factory and hands the transport to Node; the
+// interface below is for writing a backend (or a decorator over one).
+//
 // A message is a small frame (prefix + protobuf header, owned bytes) plus an optional payload
 // that is sent straight from the caller's buffer and, on the receiving side, received straight
 // into a buffer the receiver chooses after it has read the frame: no intermediate copies and no
@@ -14,6 +20,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>

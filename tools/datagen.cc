@@ -471,16 +471,17 @@ Result<DatagenSummary> RunDatagen(const DatagenOptions& o) {
       }
     }
   }
-  fs::create_directories(dir, ec);
-  if (ec) return IoError("cannot create directory '" + o.out_dir + "': " + ec.message());
   // An upper bound of the bytes (ids are often shorter than the longest).
   {
     const double id_chars = std::ceil(static_cast<double>(o.feature_bits) * std::log10(2.0)) + 1;
     const double per_nnz = 1 + id_chars + 1 + (o.real_values ? 4 : 1);
     const double estimate =
         static_cast<double>(o.train_rows + o.test_rows) * (3 + static_cast<double>(o.nnz) * per_nnz);
+    // The file system DIR is on (or will be: its nearest existing ancestor).
+    fs::path on = fs::absolute(dir, ec);
+    while (!on.empty() && !fs::exists(on, ec) && on.has_parent_path() && on.parent_path() != on) on = on.parent_path();
     struct statvfs vfs {};
-    if (::statvfs(o.out_dir.c_str(), &vfs) == 0) {
+    if (::statvfs(on.c_str(), &vfs) == 0) {
       const double avail = static_cast<double>(vfs.f_bavail) * static_cast<double>(vfs.f_frsize);
       if (estimate > avail) {
         return ResourceExhausted("the files may need up to " + std::to_string(static_cast<uint64_t>(estimate)) +
@@ -488,6 +489,13 @@ Result<DatagenSummary> RunDatagen(const DatagenOptions& o) {
                                  " bytes free");
       }
     }
+  }
+  fs::create_directories(dir, ec);
+  if (ec) return IoError("cannot create directory '" + o.out_dir + "': " + ec.message());
+  // Replacing a set: its meta.json goes first, so a meta.json present always belongs to the
+  // train.svm and test.svm beside it, even if this run is interrupted.
+  if (fs::remove(dir / names[2], ec); ec) {
+    return IoError("cannot remove the old '" + (dir / names[2]).string() + "': " + ec.message());
   }
   const SyntheticClicks model(o);
   DatagenSummary s;

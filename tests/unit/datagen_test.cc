@@ -7,11 +7,13 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <map>
+#include <unordered_map>
 #include <set>
 #include <sstream>
 #include <string>
@@ -84,6 +86,14 @@ TEST(DatagenTest, BadOptionsAndExistingFilesWriteNothing) {
   auto r = RunDatagen(o);
   ASSERT_FALSE(r.ok());
   EXPECT_FALSE(fs::exists(o.out_dir)) << "nothing is created for invalid options";
+  // More than the disk holds (2^40 rows): refused before the directory is made.
+  o.nnz = 30;
+  o.train_rows = int64_t{1} << 40;
+  r = RunDatagen(o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kResourceExhausted) << r.status().message();
+  EXPECT_NE(r.status().message().find("bytes free"), std::string::npos) << r.status().message();
+  EXPECT_FALSE(fs::exists(o.out_dir));
   // An existing meta.json is not replaced without force; nothing else is written either.
   o.nnz = 5;
   o.train_rows = 10;
@@ -302,6 +312,58 @@ TEST(DatagenTest, SameSeedSameBytesAndTheReaderReadsItBack) {
   std::snprintf(want, sizeof(want), "\"bayes_logloss\": %.17g,", a->test.bayes_logloss);
   EXPECT_NE(meta.find(want), std::string::npos) << meta;
   EXPECT_NE(meta.find("\"seed\": 1,"), std::string::npos) << meta;
+}
+
+// The pieces together, as a sparse trainer will use them: generated files, the sparse reader,
+// batches of sorted unique keys, the LR gradient per key, AdaGrad on a key -> weight map. The
+// model must learn: close at least half the gap between the constant predictor and the Bayes
+// log-loss on the test set.
+TEST(DatagenTest, SparseLogisticRegressionLearnsTheGeneratedModel) {
+  testing::ScratchDir scratch("shardps_datagen_test");
+  DatagenOptions o;
+  o.feature_bits = 16;
+  o.nnz = 10;
+  o.train_rows = 40000;
+  o.test_rows = 5000;
+  o.out_dir = scratch.string();
+  auto gen = RunDatagen(o);
+  ASSERT_TRUE(gen.ok()) << gen.status().message();
+  auto train = worker::ReadLibsvmSparse(scratch.string() + "/train.svm");
+  auto test = worker::ReadLibsvmSparse(scratch.string() + "/test.svm");
+  ASSERT_TRUE(train.ok() && test.ok());
+  std::unordered_map<uint64_t, std::pair<float, float>> table;  // key -> (weight, sum of squared gradients)
+  worker::EpochOrder order(train->num_rows(), 5);
+  worker::SparseBatch b;
+  std::vector<float> w, g;
+  for (uint64_t epoch = 0; epoch < 2; ++epoch) {
+    const std::vector<int64_t> perm = order.Permutation(epoch);
+    for (size_t s = 0; s + 100 <= perm.size(); s += 100) {
+      ASSERT_TRUE(worker::MakeSparseBatch(*train, std::span<const int64_t>(perm.data() + s, 100), {}, &b).ok());
+      w.resize(b.keys.size());
+      g.resize(b.keys.size());
+      for (size_t k = 0; k < b.keys.size(); ++k) w[k] = table[b.keys[k]].first;
+      ASSERT_TRUE(worker::SparseLrLossAndGradient(b, w, g).ok());
+      for (size_t k = 0; k < b.keys.size(); ++k) {
+        auto& [wk, g2] = table[b.keys[k]];
+        g2 += g[k] * g[k];
+        wk -= 0.05f * g[k] / (std::sqrt(g2) + 1e-8f);
+      }
+    }
+  }
+  std::vector<int64_t> all(static_cast<size_t>(test->num_rows()));
+  for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int64_t>(i);
+  ASSERT_TRUE(worker::MakeSparseBatch(*test, all, {}, &b).ok());
+  w.assign(b.keys.size(), 0.0f);
+  for (size_t k = 0; k < b.keys.size(); ++k) {
+    if (auto it = table.find(b.keys[k]); it != table.end()) w[k] = it->second.first;
+  }
+  auto loss = worker::SparseLrEvaluate(b, w);
+  ASSERT_TRUE(loss.ok());
+  const double bayes = gen->test.bayes_logloss, constant = gen->constant_logloss;
+  std::printf("test log-loss %.6f, Bayes %.6f, constant %.6f\n", loss->mean_loss, bayes, constant);
+  ASSERT_LT(bayes, constant);
+  EXPECT_LT(loss->mean_loss, bayes + 0.5 * (constant - bayes))
+      << "test log-loss " << loss->mean_loss << ", Bayes " << bayes << ", constant " << constant;
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "shardps/net/frame.h"
 #include "shardps/net/inproc_transport.h"
 #include "shardps/node.h"
 

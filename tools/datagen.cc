@@ -277,8 +277,8 @@ double SyntheticClicks::TrueWeight(uint64_t id) const {
 
 void SyntheticClicks::MakeRow(Split split, uint64_t row, Row* out) const {
   uint64_t state = SplitMix64(split_key_[static_cast<int>(split)] ^ SplitMix64(row));
-  // (id, rank) of every draw, then sorted by id and merged.
-  // Draw until the row has nnz distinct features: draw the missing number, merge repeats, repeat.
+  // (id, rank) pairs, sorted by id. Draw until the row has nnz distinct features: draw the
+  // missing number, sort, merge repeats, repeat.
   // A Zipf law too steep (or an id space too small) to give them within the draw budget leaves
   // the row shorter rather than looping for ever.
   std::vector<std::pair<uint64_t, uint64_t>>& draws = out->draws;

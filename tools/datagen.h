@@ -64,7 +64,7 @@ class SyntheticClicks {
   uint64_t num_features() const { return n_; }
   uint64_t RankToId(uint64_t rank) const;  // rank in [1, 2^k] -> id in [1, 2^k], a bijection
   uint64_t IdToRank(uint64_t id) const;    // its inverse
-  double TrueWeight(uint64_t id) const;    // w of feature `id`
+  double TrueWeight(uint64_t id) const;    // w of feature `id` in [1, 2^k]
   double bias() const { return bias_; }
   // A Zipf-distributed rank from the stream `state`.
   uint64_t SampleRank(uint64_t* state) const;

@@ -57,6 +57,8 @@ def liblinear_logloss(pred_path, labels):
             p = min(max(p1 if y == 1 else 1.0 - p1, 1e-15), 1.0)
             total -= math.log(p)
             n += 1
+    if n == 0 or not math.isfinite(total):
+        sys.exit(f"bench_sparse_lr_liblinear: {pred_path}: no usable probabilities")
     if n != len(labels):
         sys.exit(f"bench_sparse_lr_liblinear: {pred_path} has {n} predictions for {len(labels)} test rows")
     return total / n

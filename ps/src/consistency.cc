@@ -7,7 +7,7 @@ namespace shardps::ps {
 
 std::span<const ConsistencyPolicy* const> RegisteredConsistencyPolicies() {
   // The registry. To add a policy, list it here. Built once, immutable after.
-  static const ConsistencyPolicy* const all[] = {&BspPolicy()};
+  static const ConsistencyPolicy* const all[] = {&BspPolicy(), &SspPolicy(), &AspPolicy()};
   return all;
 }
 
@@ -21,7 +21,12 @@ Result<const ConsistencyPolicy*> LookupConsistencyPolicy(std::string_view name) 
 }
 
 Status ValidateServerOptions(const ServerOptions& options) {
-  return LookupConsistencyPolicy(options.consistency).status();
+  SHARDPS_RETURN_IF_ERROR(LookupConsistencyPolicy(options.consistency).status());
+  if (options.staleness < 0 || options.staleness > kMaxStaleness) {
+    return InvalidArgument("ServerOptions::staleness " + std::to_string(options.staleness) + " is outside 0.." +
+                           std::to_string(kMaxStaleness));
+  }
+  return Status::Ok();
 }
 
 }  // namespace shardps::ps

@@ -7,5 +7,7 @@
 namespace shardps::ps {
 
 const ConsistencyPolicy& BspPolicy();  // bsp_policy.cc
+const ConsistencyPolicy& SspPolicy();  // ssp_policy.cc
+const ConsistencyPolicy& AspPolicy();  // asp_policy.cc
 
 }  // namespace shardps::ps

@@ -46,7 +46,8 @@ Server::Server(Endpoint& endpoint, const Cluster& cluster, const TableLayout& la
   if (auto p = LookupConsistencyPolicy(options_.consistency); p.ok()) policy = *p;
   const SyncLimits limits{.num_workers = num_workers_,
                           .max_future_pushes_per_chunk = options_.max_future_pushes_per_chunk,
-                          .max_waiting_pulls_per_chunk = options_.max_waiting_pulls_per_chunk};
+                          .max_waiting_pulls_per_chunk = options_.max_waiting_pulls_per_chunk,
+                          .staleness = static_cast<uint64_t>(std::max(0, options_.staleness))};
   const int me = cluster_.server_index();
   for (uint32_t t = 0; t < layout_.num_tables(); ++t) {
     const TableSpec& spec = layout_.table(t);

@@ -1,7 +1,8 @@
-// The consistency-policy interface, driven through the bulk synchronous policy ("bsp") with a
-// host that keeps payloads in memory and completes receives and sends when the test says so (as
-// a transport does, later on the communication thread). The server's own tests (multirank) run
-// the same policy behind real transports.
+// The consistency-policy interface, driven through the bulk synchronous policy ("bsp"), the
+// bounded-staleness one ("ssp") and the asynchronous one ("asp") with a host that keeps payloads
+// in memory and completes receives and sends when the test says so (as a transport does, later on
+// the communication thread). The server's own tests (multirank) run the policies behind real
+// transports.
 #include <gtest/gtest.h>
 
 #include <deque>
@@ -152,10 +153,10 @@ class BspThroughInterface : public ::testing::Test {
     chunk_->spec = &spec_;
     chunk_->weights.assign(TestHost::kChunk, 1.0f);
     host_ = std::make_unique<TestHost>(accumulators, scratch);
-    auto policy = LookupConsistencyPolicy("bsp");
+    auto policy = LookupConsistencyPolicy(policy_);
     ASSERT_TRUE(policy.ok()) << policy.status().ToString();
-    sync_ = (*policy)->ForChunk(*chunk_, *host_, {.num_workers = kWorkers, .max_future_pushes_per_chunk = 2,
-                                                  .max_waiting_pulls_per_chunk = 2});
+    sync_ = (*policy)->ForChunk(*chunk_, *host_, {.num_workers = kWorkers, .max_future_pushes_per_chunk = future_limit_,
+                                                  .max_waiting_pulls_per_chunk = 2, .staleness = staleness_});
   }
 
   HeldPtr Request(wire::Op op, int worker, uint64_t step, uint64_t begin = 0, uint64_t end = TestHost::kChunk,
@@ -189,6 +190,9 @@ class BspThroughInterface : public ::testing::Test {
     return id;
   }
 
+  std::string policy_ = "bsp";
+  uint64_t staleness_ = 0;
+  size_t future_limit_ = 2;
   TableSpec spec_;
   std::unique_ptr<Chunk> chunk_;
   std::unique_ptr<TestHost> host_;
@@ -378,6 +382,275 @@ TEST_F(BspThroughInterface, ChunksWaitForABufferAndResumeWhenOneIsFree) {
   EXPECT_EQ(chunk_->version, 1u);
   EXPECT_EQ(chunk_->weights, Expected());
   EXPECT_EQ(other.weights, Expected());
+}
+
+TEST(ConsistencyRegistry, SspAndAspAreRegisteredAndStalenessIsChecked) {
+  for (std::string_view name : {kSspConsistency, kAspConsistency}) {
+    auto p = LookupConsistencyPolicy(name);
+    ASSERT_TRUE(p.ok()) << p.status().ToString();
+    EXPECT_EQ((*p)->name(), name);
+  }
+  ServerOptions o;
+  o.consistency = "ssp";
+  o.staleness = kMaxStaleness;
+  EXPECT_TRUE(ValidateServerOptions(o).ok());
+  for (int bad : {-1, kMaxStaleness + 1}) {
+    o.staleness = bad;
+    Status s = ValidateServerOptions(o);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(s.message().find("staleness"), std::string::npos) << s.ToString();
+  }
+}
+
+// "ssp" with staleness 2 (and limits set per test).
+class SspThroughInterface : public BspThroughInterface {
+ protected:
+  void SetUp() override { Use(2); }
+  void Use(uint64_t s, size_t future_limit = 2) {
+    policy_ = "ssp";
+    staleness_ = s;
+    future_limit_ = future_limit;
+    Make();
+  }
+  // Workers 0..2 push kG0..kG2 for `step` (PUSH), received.
+  void CompleteStep(uint64_t step) {
+    Push(0, step, kG0);
+    Push(1, step, kG1);
+    Push(2, step, kG2);
+    host_->RunReceives();
+  }
+};
+
+TEST_F(SspThroughInterface, StalenessZeroSumsAsBspDoesWhateverTheArrivalOrder) {
+  for (const std::vector<int>& order : {std::vector<int>{2, 0, 1}, {1, 2, 0}, {0, 1, 2}}) {
+    Use(0);
+    const std::vector<std::vector<float>> g = {kG0, kG1, kG2};
+    std::vector<uint64_t> ids;
+    for (int w : order) {
+      ids.push_back(Push(w, 0, g[w], 0, wire::PUSH_PULL));
+      host_->RunReceives();
+      if (ids.size() < 3) {
+        EXPECT_EQ(chunk_->version, 0u);
+        EXPECT_EQ(host_->Find(ids.back()), nullptr) << "s = 0 answered a push-pull before its step was applied";
+      }
+    }
+    EXPECT_EQ(chunk_->version, 1u);
+    EXPECT_EQ(chunk_->weights, Expected());  // bit for bit
+    for (uint64_t id : ids) {
+      const TestHost::Reply* r = host_->Find(id);
+      ASSERT_NE(r, nullptr);
+      EXPECT_TRUE(r->ok) << r->error.ToString();
+      EXPECT_EQ(r->version, 1u);
+      EXPECT_EQ(r->weights, Expected());
+    }
+  }
+}
+
+TEST_F(SspThroughInterface, PullForVersionVIsAnsweredAtVMinusSAndNotBefore) {
+  const uint64_t at_once = Pull(0, 2);  // needs version 0
+  ASSERT_NE(host_->Find(at_once), nullptr);
+  EXPECT_EQ(host_->Find(at_once)->version, 0u);
+  host_->FinishSends(*sync_);
+  const uint64_t held = Pull(1, 3);  // needs version 1; the chunk is at 0 = v - s - 1
+  EXPECT_EQ(host_->Find(held), nullptr) << "answered at version v - s - 1";
+  CompleteStep(0);
+  const TestHost::Reply* r = host_->Find(held);
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(r->version, 1u);
+  EXPECT_EQ(r->weights, Expected());
+}
+
+TEST_F(SspThroughInterface, PushPullIsAnsweredWithinTheStalenessBeforeOthersPush) {
+  // Worker 0 runs ahead: its push-pulls of steps 0 and 1 want versions 1 and 2, both within
+  // s = 2 of version 0; step 2's wants version 3 and waits for step 0 to be applied.
+  const uint64_t p0 = Push(0, 0, kG0, 0, wire::PUSH_PULL);
+  host_->RunReceives();
+  const uint64_t p1 = Push(0, 1, kG0, 0, wire::PUSH_PULL);
+  host_->RunReceives();
+  const uint64_t p2 = Push(0, 2, kG0, 0, wire::PUSH_PULL);
+  host_->RunReceives();
+  ASSERT_NE(host_->Find(p0), nullptr);
+  ASSERT_NE(host_->Find(p1), nullptr);
+  EXPECT_EQ(host_->Find(p0)->version, 0u);
+  EXPECT_EQ(host_->Find(p1)->version, 0u);
+  EXPECT_EQ(host_->Find(p2), nullptr) << "answered 3 steps stale with s = 2";
+  host_->FinishSends(*sync_);
+  Push(1, 0, kG1);
+  host_->RunReceives();
+  EXPECT_EQ(host_->Find(p2), nullptr);
+  Push(2, 0, kG2);
+  host_->RunReceives();
+  EXPECT_EQ(chunk_->version, 1u);
+  const TestHost::Reply* r = host_->Find(p2);
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(r->version, 1u);
+  EXPECT_EQ(r->weights, Expected());
+}
+
+TEST_F(SspThroughInterface, StepsAreAppliedInOrderWithTheSameSumsAsBsp) {
+  // Steps 0..2 pushed out of order (later steps first) give the weights of three bsp steps.
+  Use(2, /*future_limit=*/16);
+  for (uint64_t t : {2u, 1u, 0u}) {
+    Push(2, t, kG2);
+    Push(1, t, kG1);
+    Push(0, t, kG0);
+  }
+  host_->RunReceives();
+  EXPECT_EQ(chunk_->version, 3u);
+  std::vector<float> w(4, 1.0f);
+  for (int step = 0; step < 3; ++step) {
+    for (size_t i = 0; i < 4; ++i) w[i] -= 1.0f * ((kG0[i] + kG1[i]) + kG2[i]);
+  }
+  EXPECT_EQ(chunk_->weights, w);
+}
+
+TEST_F(SspThroughInterface, ParksPushesUpToSAheadAndRefusesBeyondTheLimit) {
+  Use(2, /*future_limit=*/3);
+  const uint64_t a1 = Push(0, 1, kG0);  // within s: received and acknowledged now
+  const uint64_t a2 = Push(0, 2, kG0);
+  host_->RunReceives();
+  ASSERT_NE(host_->Find(a1), nullptr);
+  ASSERT_NE(host_->Find(a2), nullptr);
+  EXPECT_TRUE(host_->Find(a1)->ok);
+  EXPECT_TRUE(host_->Find(a2)->ok);
+  const uint64_t beyond = Push(0, 3, kG0);  // 3 ahead: parked, payload unread
+  host_->RunReceives();
+  EXPECT_EQ(host_->Find(beyond), nullptr);
+  const uint64_t over = Push(1, 1, kG1);  // a fourth push for a future step: over the limit of 3
+  ASSERT_NE(host_->Find(over), nullptr);
+  EXPECT_EQ(host_->Find(over)->error.code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(host_->Find(over)->error.message().find("too many"), std::string::npos) << host_->Find(over)->error.ToString();
+  CompleteStep(0);
+  EXPECT_EQ(chunk_->version, 1u);
+  ASSERT_NE(host_->Find(beyond), nullptr) << "the parked push was not received when the window reached it";
+  EXPECT_TRUE(host_->Find(beyond)->ok);
+  const uint64_t stale = Push(2, 0, kG2);
+  ASSERT_NE(host_->Find(stale), nullptr);
+  EXPECT_EQ(host_->Find(stale)->error.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(host_->Find(stale)->error.message().find("stale"), std::string::npos);
+  const uint64_t dup = Push(0, 1, {5.0f}, 3);
+  ASSERT_NE(host_->Find(dup), nullptr);
+  EXPECT_NE(host_->Find(dup)->error.message().find("duplicate"), std::string::npos);
+}
+
+TEST_F(SspThroughInterface, UpdateWaitsForPullRepliesReadingTheWeights) {
+  Pull(0, 0);
+  CompleteStep(0);
+  EXPECT_EQ(chunk_->version, 0u) << "updated while a reply was reading the weights";
+  host_->FinishSends(*sync_);
+  EXPECT_EQ(chunk_->version, 1u);
+  EXPECT_EQ(chunk_->weights, Expected());
+}
+
+TEST_F(SspThroughInterface, ExpiryNamesTheMissingWorkers) {
+  Use(1);
+  Push(0, 0, kG0, 0, wire::PUSH_PULL);  // answered at once (wants version 1, s = 1)
+  host_->RunReceives();
+  host_->FinishSends(*sync_);
+  HeldPtr ahead = Request(wire::PUSH_PULL, 0, 1, 0, TestHost::kChunk, std::chrono::milliseconds(5));
+  const uint64_t id = ahead->h().request_id();
+  const Clock::time_point deadline = ahead->deadline;
+  host_->payloads[id] = kG0;
+  sync_->OnPush(std::move(ahead));
+  host_->RunReceives();
+  Push(1, 0, kG1);  // worker 2 (rank 12) never pushes step 0
+  host_->RunReceives();
+  EXPECT_EQ(host_->Find(id), nullptr) << "answered 2 steps stale with s = 1";
+  EXPECT_LE(host_->wake, deadline);
+  EXPECT_EQ(sync_->Expire(deadline - std::chrono::milliseconds(1)), deadline);
+  EXPECT_EQ(sync_->Expire(deadline), Clock::time_point::max());
+  const TestHost::Reply* r = host_->Find(id);
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(r->error.code(), StatusCode::kDeadlineExceeded);
+  EXPECT_NE(r->error.message().find("worker ranks [12]"), std::string::npos) << r->error.ToString();
+  EXPECT_EQ(sync_->MissingWorkers(), std::vector<int>{kWorkerRankBase + 2});
+}
+
+TEST_F(SspThroughInterface, ReductionTablesStayBulkSynchronous) {
+  spec_.optimizer.kind = std::string(OptimizerKind::kSum);
+  sync_ = (*LookupConsistencyPolicy("ssp"))->ForChunk(*chunk_, *host_, {.num_workers = kWorkers, .staleness = 2});
+  const uint64_t id = Push(0, 0, kG0, 0, wire::PUSH_PULL);
+  host_->RunReceives();
+  EXPECT_EQ(host_->Find(id), nullptr) << "a sum table answered before every worker pushed";
+  Push(1, 0, kG1);
+  Push(2, 0, kG2);
+  host_->RunReceives();
+  ASSERT_NE(host_->Find(id), nullptr);
+  EXPECT_EQ(host_->Find(id)->version, 1u);
+}
+
+class AspThroughInterface : public BspThroughInterface {
+ protected:
+  void SetUp() override {
+    policy_ = "asp";
+    future_limit_ = 4;
+    Make();
+  }
+};
+
+TEST_F(AspThroughInterface, EachWorkersPushIsAnUpdateOfItsOwn) {
+  const uint64_t p1 = Push(1, 0, kG1, 0, wire::PUSH_PULL);
+  host_->RunReceives();
+  EXPECT_EQ(chunk_->version, 1u);
+  std::vector<float> w(4, 1.0f);
+  for (size_t i = 0; i < 4; ++i) w[i] -= kG1[i];
+  EXPECT_EQ(chunk_->weights, w);
+  const TestHost::Reply* r = host_->Find(p1);
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(r->version, 1u);
+  EXPECT_EQ(r->weights, w);
+  host_->FinishSends(*sync_);
+  const uint64_t p0 = Push(0, 0, kG0);
+  host_->RunReceives();
+  ASSERT_NE(host_->Find(p0), nullptr);
+  EXPECT_TRUE(host_->Find(p0)->ok);
+  EXPECT_EQ(chunk_->version, 2u);
+  for (size_t i = 0; i < 4; ++i) w[i] -= kG0[i];
+  EXPECT_EQ(chunk_->weights, w);
+  EXPECT_TRUE(sync_->MissingWorkers().empty());
+}
+
+TEST_F(AspThroughInterface, PiecesOfAWorkerMakeOneUpdateAndRepliesWait) {
+  const uint64_t now = Pull(2, 0);
+  ASSERT_NE(host_->Find(now), nullptr);
+  const uint64_t held = Pull(2, 2);  // two updates
+  EXPECT_EQ(host_->Find(held), nullptr);
+  const uint64_t a = Push(0, 0, {kG0[0], kG0[1]}, 0, wire::PUSH_PULL);
+  host_->RunReceives();
+  EXPECT_EQ(chunk_->version, 0u) << "applied half a contribution";
+  Push(0, 0, {kG0[2], kG0[3]}, 2, wire::PUSH_PULL);
+  host_->RunReceives();
+  EXPECT_EQ(chunk_->version, 0u) << "updated while a pull reply was reading the weights";
+  host_->FinishSends(*sync_);
+  EXPECT_EQ(chunk_->version, 1u);
+  ASSERT_NE(host_->Find(a), nullptr);
+  EXPECT_EQ(host_->Find(a)->version, 1u);
+  host_->FinishSends(*sync_);
+  Push(1, 0, kG1);
+  host_->RunReceives();
+  EXPECT_EQ(chunk_->version, 2u);
+  ASSERT_NE(host_->Find(held), nullptr);
+  EXPECT_EQ(host_->Find(held)->version, 2u);
+  const uint64_t stale = Push(0, 0, kG0);
+  ASSERT_NE(host_->Find(stale), nullptr);
+  EXPECT_EQ(host_->Find(stale)->error.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(host_->Find(stale)->error.message().find("stale"), std::string::npos);
+}
+
+TEST_F(AspThroughInterface, AnIncompleteContributionExpiresNamingItsWorker) {
+  HeldPtr half = Request(wire::PUSH_PULL, 1, 0, 0, 2, std::chrono::milliseconds(5));
+  const uint64_t id = half->h().request_id();
+  const Clock::time_point deadline = half->deadline;
+  host_->payloads[id] = {kG1[0], kG1[1]};
+  sync_->OnPush(std::move(half));
+  host_->RunReceives();
+  EXPECT_LE(host_->wake, deadline);
+  EXPECT_EQ(sync_->Expire(deadline), Clock::time_point::max());
+  const TestHost::Reply* r = host_->Find(id);
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(r->error.code(), StatusCode::kDeadlineExceeded);
+  EXPECT_NE(r->error.message().find("worker rank 11 pushed only 2 of the 4 keys"), std::string::npos) << r->error.ToString();
+  EXPECT_EQ(chunk_->version, 0u);
 }
 
 }  // namespace

@@ -16,12 +16,20 @@
 //  * applies the optimizer when it decides a step is complete (PolicyHost::ApplyUpdate);
 //  * answers a pull when the chunk is recent enough for it, or holds it;
 //  * refuses what it holds at the request's deadline, naming the worker ranks it waits for.
-// "bsp" (bulk synchronous, bsp_policy.cc) is the one registered today: a push for step t is
-// counted when it is the chunk's current step, summed in worker-rank order, the update runs once
-// all workers covered the chunk, and a pull for version v is answered when version >= v.
-// A bounded-staleness policy changes the pull rule (answered at version >= v - s) and how far
-// ahead pushes are parked; an asynchronous one applies each push as it arrives. Neither needs a
-// change in the server: they are a new ChunkSync and an entry in RegisteredConsistencyPolicies().
+// Registered (consistency.cc):
+//  * "bsp" (bulk synchronous, bsp_policy.cc): a push for step t is counted when it is the chunk's
+//    current step, summed in worker-rank order, the update runs once all workers covered the
+//    chunk, and a pull for version v is answered when version >= v.
+//  * "ssp" (bounded staleness s = ServerOptions::staleness, ssp_policy.cc): updates as "bsp" (the
+//    same sum, bit for bit), but pushes up to s steps ahead are received at once and a pull for
+//    version v (a PUSH_PULL of step t: v = t + 1) is answered at version >= v - s. s = 0 gives
+//    the weights of "bsp".
+//  * "asp" (asynchronous, asp_policy.cc): each worker's values are applied, one update each, as
+//    soon as they cover the chunk; a PUSH_PULL is answered right after its own update. Not
+//    deterministic.
+// A reply's step field carries the version of the weights it holds. Tables whose optimizer is
+// "sum" (reductions) stay bulk synchronous under "ssp" and "asp". A policy is a ChunkSync and an
+// entry in RegisteredConsistencyPolicies(); the server does not change.
 #pragma once
 
 #include <cstdint>
@@ -125,6 +133,7 @@ struct SyncLimits {
   int num_workers = 1;
   size_t max_future_pushes_per_chunk = 4096;  // pushes parked for later steps
   size_t max_waiting_pulls_per_chunk = 4096;  // pulls held
+  uint64_t staleness = 0;                     // "ssp": steps a read may lag (ServerOptions::staleness)
 };
 
 // A consistency model, by name. Stateless; its ChunkSyncs hold the state.
@@ -138,6 +147,9 @@ class ConsistencyPolicy {
 
 // The name of the bulk synchronous policy, the default.
 inline constexpr std::string_view kBspConsistency = "bsp";
+// Bounded staleness and asynchronous updates.
+inline constexpr std::string_view kSspConsistency = "ssp";
+inline constexpr std::string_view kAspConsistency = "asp";
 
 // The registry: every policy a job can name, in a fixed order; built once, immutable after.
 std::span<const ConsistencyPolicy* const> RegisteredConsistencyPolicies();

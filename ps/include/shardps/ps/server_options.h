@@ -19,10 +19,16 @@ class FileSystem;
 
 namespace shardps::ps {
 
+// The largest ServerOptions::staleness accepted.
+inline constexpr int kMaxStaleness = 1000;
+
 struct ServerOptions {
   // The consistency policy deciding when a step is complete and a pull is answered: a name from
   // RegisteredConsistencyPolicies() (consistency.h). "bsp", bulk synchronous, is the default.
   std::string consistency = "bsp";
+  // "ssp" only: how many steps a read may lag behind the reader's own step (0..kMaxStaleness; 0
+  // gives the weights of "bsp"). The other policies ignore it.
+  int staleness = 0;
   // Longest a request is held (a pull waiting for a step, a push waiting for lower-ranked
   // workers) when the request itself names no shorter timeout.
   std::chrono::milliseconds max_hold{60000};
@@ -46,7 +52,8 @@ struct ServerOptions {
 };
 
 // Checks what can be checked before a server starts: an unknown consistency policy is
-// INVALID_ARGUMENT naming it and the registered ones.
+// INVALID_ARGUMENT naming it and the registered ones; a staleness outside 0..kMaxStaleness is
+// INVALID_ARGUMENT naming ServerOptions::staleness.
 Status ValidateServerOptions(const ServerOptions& options);
 
 }  // namespace shardps::ps

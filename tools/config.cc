@@ -9,6 +9,9 @@
 #include <fstream>
 #include <sstream>
 
+#include "shardps/ps/consistency.h"
+#include "shardps/ps/server_options.h"
+
 namespace shardps {
 namespace {
 
@@ -247,6 +250,23 @@ Status ValidateTrainConfig(const config::TrainConfig& c) {
   }
   if (!c.checkpoint_dir().empty() && c.servers() == 0 && !c.colocated()) {
     return bad("checkpoint_dir", "checkpoints are written by parameter servers; --servers 0 has none");
+  }
+  if (auto p = ps::LookupConsistencyPolicy(c.consistency()); !p.ok()) return bad("consistency", p.status().message());
+  if (c.staleness() < 0 || c.staleness() > ps::kMaxStaleness) {
+    return bad("staleness", std::to_string(c.staleness()) + " is outside 0.." + std::to_string(ps::kMaxStaleness));
+  }
+  if (c.staleness() != 0 && c.consistency() != ps::kSspConsistency) {
+    return bad("staleness", std::to_string(c.staleness()) + " applies only to consistency 'ssp' (consistency is '" +
+                                c.consistency() + "')");
+  }
+  if (c.consistency() != ps::kBspConsistency) {
+    if (c.mode() == "local_sgd") {
+      return bad("consistency", "'" + c.consistency() + "' applies to mode sync; local_sgd averages in rounds every worker completes (use bsp)");
+    }
+    if (!c.checkpoint_dir().empty()) {
+      return bad("consistency", "checkpoints are taken with every chunk at the same step, which only 'bsp' guarantees ('" +
+                                    c.consistency() + "' with checkpoint_dir is not supported)");
+    }
   }
   SHARDPS_RETURN_IF_ERROR(CheckFinite(c, ""));
   SHARDPS_RETURN_IF_ERROR(ToOptimizerConfig(c.optimizer()).status());

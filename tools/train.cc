@@ -24,6 +24,7 @@
 #include "shardps/storage/file_system.h"
 #include "shardps/storage/safetensors.h"
 #include "shardps/node.h"
+#include "shardps/ps/consistency.h"
 #include "shardps/ps/server.h"
 #include "shardps/worker/checkpoint_driver.h"
 #include "shardps/worker/trainer.h"
@@ -41,6 +42,9 @@ struct TrainFlags : OutputFlags {
   std::string progress = "auto";
   std::string resume;  // DIR, DIR@VERSION, DIR@TAG or "auto" (the checkpoint dir's newest, else a fresh start)
   std::string crash_at;  // test only: PHASE@VERSION
+  std::string slow_worker;  // test only: W:F, worker W computes F times as long
+  int slow_worker_index = -1;
+  double slow_factor = 1.0;
   std::string init_from;  // safetensors file to start from
   bool under_mpirun = false;  // stdout belongs to a launcher: no redrawing progress
 };
@@ -94,6 +98,8 @@ worker::RunOptions ToRunOptions(const config::TrainConfig& c, int worker, int wo
   r.worker = worker;
   r.workers = workers;
   r.push_block_floats = c.chunk_floats();
+  r.consistency = c.consistency();
+  r.staleness = c.staleness();
   // A worker waits longer than a server holds its request (timeout_ms, RunDistributed): when a
   // worker stalls, the server's answer to the live workers, naming the workers whose pushes are
   // missing, arrives before their own wait gives up and could only blame the server.
@@ -136,6 +142,14 @@ Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const O
   SHARDPS_ASSIGN_OR_RETURN(auto model, MakeModel(c, train));
   worker::RunOptions run = ToRunOptions(c, worker, workers);
   run.start_step = start_step;
+  // --servers 0: one worker applying its own updates at once, which is what "ssp" and "asp" give
+  // with one worker; the final pull is not needed.
+  if (servers == 0) run.consistency = std::string(ps::kBspConsistency);
+  if (f.slow_worker_index >= workers) {
+    return InvalidArgument("--test-slow-worker " + f.slow_worker + ": this job has only " + std::to_string(workers) +
+                           " workers (0.." + std::to_string(workers - 1) + ")");
+  }
+  if (f.slow_worker_index == worker) run.slow_factor = f.slow_factor;
   worker::TrainHooks hooks;
   std::unique_ptr<worker::CheckpointDriver> checkpoints;
   if (lead && client && !c.checkpoint_dir().empty()) {
@@ -244,6 +258,10 @@ int RunDistributed(FileSystem& fs, const config::TrainConfig& c, const TrainFlag
   // Every process reaches each agreement below, whatever failed, so none is left waiting.
   Status s;
   if (!cluster.ok()) s = cluster.status();
+  if (s.ok() && f.slow_worker_index >= cluster->num_workers()) {
+    s = InvalidArgument("--test-slow-worker " + f.slow_worker + ": this job has only " + std::to_string(cluster->num_workers()) +
+                        " workers (0.." + std::to_string(cluster->num_workers() - 1) + ")");
+  }
   Result<Outputs> out = Outputs{};
   worker::Dataset train, test;
   std::optional<CheckpointDirLock> writer_lock;  // the lead worker's, for the whole run
@@ -366,6 +384,8 @@ int RunDistributed(FileSystem& fs, const config::TrainConfig& c, const TrainFlag
   // workers' own waits (run.timeout) are longer by a margin.
   no.client.request_timeout = std::chrono::milliseconds(c.timeout_ms());
   no.server.max_hold = std::chrono::milliseconds(c.timeout_ms());
+  no.server.consistency = c.consistency();
+  no.server.staleness = c.staleness();
   no.server.checkpoint_dir = c.checkpoint_dir();
   no.server.file_system = &fs;
   no.server.checkpoint_fault = CrashHook(f.crash_at, c.checkpoint_dir());
@@ -446,6 +466,8 @@ int TrainMain(int argc, char** argv) {
   std::string optimizer, mode, hidden, checkpoint_dir;
   int64_t checkpoint_every = 0, keep_last = 0, max_bytes = 0;
   bool colocated = false;
+  std::string consistency;
+  int staleness = -1;
   LaunchFlags launch;
   desc.add_options()("help,h", "print this help")
       ("config", po::value(&f.config_path)->required(), "training config, protobuf text format (.prototxt)")
@@ -460,6 +482,8 @@ int TrainMain(int argc, char** argv) {
       ("seed", po::value(&seed), "config seed")
       ("servers", po::value(&servers), "ranks 0..S-1 serve, the rest train; 0 = one process, no servers")
       ("colocated", po::bool_switch(&colocated), "every rank serves a shard and trains")
+      ("consistency", po::value(&consistency), "config consistency: bsp (default), ssp (bounded staleness) or asp (asynchronous)")
+      ("staleness", po::value(&staleness), "config staleness: ssp's bound, 0..1000")
       ("train-limit", po::value(&train_limit), "use only the first N training samples")
       ("test-limit", po::value(&test_limit), "use only the first N test samples")
       ("out-dir", po::value(&f.out_dir)->default_value(f.out_dir), "directory for the outputs below")
@@ -477,7 +501,10 @@ int TrainMain(int argc, char** argv) {
       ("max-bytes", po::value(&max_bytes), "config max_bytes: keep the checkpoint directory under B bytes")
       ("test-crash-at", po::value(&f.crash_at),
        "TESTS ONLY: SIGKILL this process at a checkpoint phase, PHASE@VERSION: shard-written (servers), "
-       "before-rename:MANIFEST or before-dir-fsync:MANIFEST (lead worker)");
+       "before-rename:MANIFEST or before-dir-fsync:MANIFEST (lead worker)")
+      ("test-slow-worker", po::value(&f.slow_worker),
+       "TESTS AND BENCHMARKS ONLY: W:F makes worker W (0-based) take F times its compute time per step "
+       "(it sleeps F-1 times the previous step's compute), F in [1, 100]");
   po::options_description launch_desc("how the processes of the job find each other");
   AddLaunchOptions(&launch_desc, &launch);
   desc.add(launch_desc);
@@ -516,6 +543,8 @@ int TrainMain(int argc, char** argv) {
     f.overrides.push_back("servers=" + std::to_string(RequestedServers(launch, env)));
   }
   if (colocated) f.overrides.push_back("colocated=true");
+  if (vm.count("consistency")) f.overrides.push_back("consistency=" + consistency);
+  if (vm.count("staleness")) f.overrides.push_back("staleness=" + std::to_string(staleness));
   if (vm.count("checkpoint-dir")) f.overrides.push_back("checkpoint_dir=" + checkpoint_dir);
   if (vm.count("checkpoint-every")) f.overrides.push_back("checkpoint_every=" + std::to_string(checkpoint_every));
   if (vm.count("keep-last")) f.overrides.push_back("keep_last=" + std::to_string(keep_last));
@@ -531,6 +560,13 @@ int TrainMain(int argc, char** argv) {
     const std::string v = at == std::string::npos ? "" : f.crash_at.substr(at + 1);
     if (v.empty() || v.size() > 9 || v.find_first_not_of("0123456789") != std::string::npos) {
       std::cerr << "shardps train: --test-crash-at wants PHASE@VERSION, got '" << f.crash_at << "'\n";
+      return 2;
+    }
+  }
+  if (!f.slow_worker.empty()) {
+    Status parsed = ParseSlowWorker(f.slow_worker, &f.slow_worker_index, &f.slow_factor);
+    if (!parsed.ok()) {
+      std::cerr << "shardps train: " << parsed.message() << "\n";
       return 2;
     }
   }

@@ -1,8 +1,10 @@
 // Config values that make training meaningless are refused before training, naming the key and
 // the value: non-finite numbers anywhere, a non-positive learning rate, epsilon <= 0, betas and
 // momentum outside [0, 1), a negative weight decay, AdaGrad's and FTRL's out-of-range values, an
-// optimizer name that is not registered (the error lists the registered ones). Reached from a
-// config file's text and from overrides (what `shardps train --lr inf` and `--set` turn into).
+// optimizer name that is not registered (the error lists the registered ones), an unknown
+// consistency policy, a staleness out of range or without ssp, ssp/asp with local_sgd or
+// checkpoints. Reached from a config file's text and from overrides (what `shardps train --lr inf`
+// and `--set` turn into).
 #include <gtest/gtest.h>
 
 #include <string>
@@ -165,6 +167,22 @@ TEST(ConfigValidation, AdaGradAndFtrlHyperparametersAreChecked) {
   ExpectRefused({"optimizer.kind=ftrl", "optimizer.l1=-0.5"}, "optimizer.l1", "-0.5");
   ExpectRefused({"optimizer.kind=ftrl", "optimizer.l2=-0.5"}, "optimizer.l2", "-0.5");
   ExpectRefused({"optimizer.kind=ftrl", "optimizer.l2=inf"}, "optimizer.l2", "inf");
+}
+
+TEST(ConfigValidation, ConsistencyAndStalenessAreChecked) {
+  EXPECT_TRUE(WithOverrides({"consistency=bsp"}).ok());
+  EXPECT_TRUE(WithOverrides({"consistency=ssp", "staleness=0"}).ok());
+  EXPECT_TRUE(WithOverrides({"consistency=ssp", "staleness=1000"}).ok());
+  EXPECT_TRUE(WithOverrides({"consistency=asp"}).ok());
+  EXPECT_TRUE(WithOverrides({"consistency=ssp", "staleness=3", "servers=0"}).ok());  // one worker: as bsp
+  ExpectRefused({"consistency=stale"}, "consistency", "'stale'");
+  ExpectRefused({"consistency=stale"}, "consistency", "ssp");  // the registered names are listed
+  ExpectRefused({"consistency=ssp", "staleness=-1"}, "staleness", "-1");
+  ExpectRefused({"consistency=ssp", "staleness=1001"}, "staleness", "1001");
+  ExpectRefused({"staleness=2"}, "staleness", "'ssp'");  // bsp has no staleness
+  ExpectRefused({"consistency=asp", "staleness=2"}, "staleness", "'asp'");
+  ExpectRefused({"consistency=asp", "mode=local_sgd"}, "consistency", "local_sgd");
+  ExpectRefused({"consistency=ssp", "checkpoint_dir=/tmp/x"}, "consistency", "checkpoint");
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstring>
 #include <optional>
+#include <thread>
 #include <tuple>
 
 #include "shardps/base/digest.h"
@@ -273,6 +274,7 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
   std::vector<Handle> hs;  // sync: the step's push-pulls
   double train_seconds = 0;
   double compute_seconds = 0, wait_seconds = 0;  // sync steps: gathering + gradient, then the exchange
+  Seconds last_compute{0};  // the previous sync step's gathering + gradient (slow_factor)
   double interval_loss = 0;
   int64_t interval_rows = 0;
   double recent_loss = 0;
@@ -325,6 +327,11 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
     int64_t epoch_rows = 0;
     for (int64_t s = epoch == first_epoch ? first_step_in_epoch : 0; s < steps_per_epoch; ++s) {
       const auto t0 = std::chrono::steady_clock::now();
+      if (run.slow_factor > 1.0 && !local_sgd && last_compute.count() > 0) {
+        std::this_thread::sleep_for(std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+            last_compute * (run.slow_factor - 1.0)));
+      }
+      const auto tc = std::chrono::steady_clock::now();
       GatherRows(train, std::span<const int64_t>(perm).subspan(s * B + slice.begin, rows), &xb, &yb);
       for (size_t t = 0; t < M; ++t) {
         wspans[t] = w[t];
@@ -351,6 +358,7 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
         const auto tg = std::chrono::steady_clock::now();
         SHARDPS_RETURN_IF_ERROR(WaitAll(params, hs, timeout, g, next).WithContext("step " + std::to_string(step)));
         compute_seconds += Seconds(tg - t0).count();
+        last_compute = tg - tc;
         wait_seconds += Seconds(std::chrono::steady_clock::now() - tg).count();
         std::swap(w, next);
       } else {
@@ -416,6 +424,15 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
     const bool last = epoch + 1 == run.epochs;
     if (local_sgd && last && samples_since_average > 0) {
       SHARDPS_RETURN_IF_ERROR(average().WithContext("final model average"));
+    }
+    if (!local_sgd && last && run.consistency != "bsp" && static_cast<uint64_t>(step) > run.start_step) {
+      // The replies of the last steps may lag the other workers: pull the weights every worker's
+      // last step went into.
+      const uint64_t all = run.consistency == "asp" ? static_cast<uint64_t>(step) * static_cast<uint64_t>(run.workers)
+                                                    : static_cast<uint64_t>(step) + static_cast<uint64_t>(run.staleness);
+      std::vector<Handle> fin;
+      for (size_t t = 0; t < M; ++t) fin.push_back(params.Pull(static_cast<uint32_t>(t), w[t], all));
+      SHARDPS_RETURN_IF_ERROR(WaitAll(params, fin, timeout, w).WithContext("pulling the final model (" + run.consistency + ")"));
     }
     if (auto bad = FirstNonFinite(w)) {
       return FailedPrecondition("at the end of epoch " + std::to_string(epoch) + " (step " + std::to_string(step) + "): weight " +

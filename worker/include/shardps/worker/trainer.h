@@ -95,6 +95,17 @@ struct RunOptions {
   // produces them (Model::Gradient's block_floats); 0 pushes whole tables. The job's chunk size,
   // so that blocks are whole chunks.
   uint64_t push_block_floats = 0;
+  // The servers' consistency policy (ServerOptions::consistency) and staleness. Under "ssp" and
+  // "asp" the replies a worker receives during training may lag the other workers; at the end of
+  // sync training it pulls the weights once every worker's last step is applied (ssp: version
+  // steps + staleness, answered at version >= steps; asp: version steps x workers, the updates
+  // all workers' pushes make), so every worker ends with the same final model.
+  std::string consistency = "bsp";
+  int staleness = 0;
+  // Tests and benchmarks only (shardps train --test-slow-worker): each sync step of this worker
+  // also sleeps (slow_factor - 1) x the previous step's measured compute time, so the worker takes
+  // about slow_factor times as long to compute. 1: no delay.
+  double slow_factor = 1.0;
 };
 
 // Every table of a run in declaration order: the model's, then a reduction table for metrics

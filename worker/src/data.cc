@@ -2,7 +2,7 @@
 
 #include "shardps/base/random.h"
 
-#include <zlib.h>
+#include "file_input.h"
 
 #include <algorithm>
 #include <cassert>
@@ -18,113 +18,21 @@
 #include <utility>
 
 namespace shardps::worker {
+
+using input::At;
+using input::ForEachLine;
+using input::IsSpace;
+using input::ParseNumber;
+using input::Quoted;
+using input::ReadAll;
+using input::ReadText;
+using input::Trim;
+
 namespace {
 
 // The largest dense feature matrix a reader builds (floats). A text file can announce a width far
 // beyond its own size (a libsvm index of 10^12); that is refused with a message, not attempted.
 constexpr uint64_t kMaxDenseFloats = uint64_t{1} << 31;  // 8 GiB
-
-std::string Quoted(const std::string& path) { return "'" + path + "'"; }
-
-// ---------------------------------------------------------------------------------------------
-// Whole-file reading. gzip input (detected by the 0x1f 0x8b magic) is inflated, member after
-// member; any other file is passed through unchanged, so one path serves both. A gzip file must be
-// gzip to its last byte: a truncated stream and data after the last member (trailing garbage,
-// which zlib's gz* calls silently ignore) are refused.
-
-Result<std::vector<uint8_t>> ReadAll(const std::string& path) {
-  if (path.empty()) return InvalidArgument("no file name given");
-  errno = 0;
-  std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "rbe"), &std::fclose);
-  if (!f) {
-    const int e = errno;
-    std::string why = e != 0 ? std::strerror(e) : "out of memory";
-    if (e == ENOENT || e == ENOTDIR) return NotFound("cannot open " + Quoted(path) + ": " + why);
-    return IoError("cannot open " + Quoted(path) + ": " + why);
-  }
-  constexpr size_t kIn = size_t{1} << 20;     // read the file in 1 MiB blocks
-  constexpr size_t kBlock = size_t{1} << 24;  // and grow the output 16 MiB at a time at least
-  std::vector<uint8_t> in, out;
-  size_t size = 0;      // bytes of `out` in use
-  uint64_t offset = 0;  // file offset of in[0]
-  auto read_block = [&](size_t* n) -> Status {
-    *n = std::fread(in.data(), 1, in.size(), f.get());
-    if (*n == 0 && std::ferror(f.get())) {
-      return IoError("reading " + Quoted(path) + " failed after " + std::to_string(offset) + " bytes: " + std::strerror(errno));
-    }
-    return Status::Ok();
-  };
-  z_stream zs{};
-  bool z_open = false;
-  struct ZEnd {
-    z_stream* zs;
-    bool* open;
-    ~ZEnd() {
-      if (*open) inflateEnd(zs);
-    }
-  } z_end{&zs, &z_open};
-  try {
-    in.resize(kIn);
-    size_t n = 0;
-    SHARDPS_RETURN_IF_ERROR(read_block(&n));
-    const bool gz = n >= 2 && in[0] == 0x1f && in[1] == 0x8b;
-    if (!gz) {
-      while (n > 0) {
-        if (out.size() - size < n) out.resize(std::max(out.size() * 2, size + std::max(n, kBlock)));
-        std::memcpy(out.data() + size, in.data(), n);
-        size += n;
-        offset += n;
-        SHARDPS_RETURN_IF_ERROR(read_block(&n));
-      }
-      out.resize(size);
-      return out;
-    }
-    if (inflateInit2(&zs, 15 + 16) != Z_OK) return ResourceExhausted("zlib cannot start inflating " + Quoted(path));
-    z_open = true;
-    bool in_member = true;
-    while (n > 0) {
-      zs.next_in = in.data();
-      zs.avail_in = static_cast<uInt>(n);
-      while (zs.avail_in > 0) {
-        if (!in_member) {
-          // After a member only another member may follow.
-          const bool magic = zs.next_in[0] == 0x1f && (zs.avail_in < 2 || zs.next_in[1] == 0x8b);
-          if (!magic) {
-            const uint64_t at = offset + static_cast<uint64_t>(zs.next_in - in.data());
-            return DataLoss(Quoted(path) + ": trailing garbage at byte offset " + std::to_string(at) +
-                            " after the end of the gzip data (" + std::to_string(size) +
-                            " decompressed bytes); the file is damaged or not one gzip file");
-          }
-          inflateReset(&zs);
-          in_member = true;
-        }
-        if (out.size() - size < kBlock) out.resize(std::max(out.size() * 2, size + kBlock));
-        zs.next_out = out.data() + size;
-        zs.avail_out = static_cast<uInt>(std::min<size_t>(out.size() - size, UINT32_MAX));
-        const int r = inflate(&zs, Z_NO_FLUSH);
-        size = static_cast<size_t>(zs.next_out - out.data());
-        if (r == Z_STREAM_END) {
-          in_member = false;
-        } else if (r == Z_BUF_ERROR) {
-          if (zs.avail_out != 0) break;  // needs more input
-        } else if (r != Z_OK) {
-          return DataLoss(Quoted(path) + ": gzip decompression failed after " + std::to_string(size) +
-                          " bytes: " + (zs.msg ? zs.msg : "error " + std::to_string(r)));
-        }
-      }
-      offset += n;
-      SHARDPS_RETURN_IF_ERROR(read_block(&n));
-    }
-    if (in_member) {
-      return DataLoss(Quoted(path) + ": unexpected end of file after " + std::to_string(size) +
-                      " decompressed bytes (truncated or corrupt gzip file)");
-    }
-  } catch (const std::bad_alloc&) {
-    return ResourceExhausted("out of memory reading " + Quoted(path) + " (" + std::to_string(size) + " bytes read)");
-  }
-  out.resize(size);
-  return out;
-}
 
 // ---------------------------------------------------------------------------------------------
 // IDX
@@ -227,62 +135,6 @@ Result<IdxFile> ReadIdxFile(const std::string& path, size_t want_dims, const cha
                     " trailing bytes from byte offset " + std::to_string(f.data_offset + total) + ")");
   }
   return f;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Text parsing helpers (strict: the whole token must be a number).
-
-std::string At(const std::string& path, int64_t line) { return path + ":" + std::to_string(line) + ": "; }
-
-// Integer or float via std::from_chars (locale-independent, no leading spaces, no trailing junk).
-// One leading '+' is accepted; floats must be finite.
-template <typename T>
-bool ParseNumber(std::string_view s, T* out) {
-  if (!s.empty() && s.front() == '+') {
-    s.remove_prefix(1);
-    if (!s.empty() && (s.front() == '+' || s.front() == '-')) return false;
-  }
-  if (s.empty()) return false;
-  T v{};
-  const auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc() || p != s.data() + s.size()) return false;
-  if constexpr (std::is_floating_point_v<T>) {
-    if (!std::isfinite(v)) return false;
-  }
-  *out = v;
-  return true;
-}
-
-bool IsSpace(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f'; }
-
-std::string_view Trim(std::string_view s) {
-  while (!s.empty() && IsSpace(s.front())) s.remove_prefix(1);
-  while (!s.empty() && IsSpace(s.back())) s.remove_suffix(1);
-  return s;
-}
-
-// Calls fn(line_number, line) for every line of `text` (1-based, "\n" or "\r\n" endings).
-template <typename Fn>
-Status ForEachLine(std::string_view text, Fn&& fn) {
-  if (text.size() >= 3 && static_cast<uint8_t>(text[0]) == 0xEF && static_cast<uint8_t>(text[1]) == 0xBB &&
-      static_cast<uint8_t>(text[2]) == 0xBF) {
-    text.remove_prefix(3);  // UTF-8 byte order mark
-  }
-  int64_t line_no = 0;
-  size_t b = 0;
-  while (b < text.size()) {
-    size_t e = text.find('\n', b);
-    if (e == std::string_view::npos) e = text.size();
-    ++line_no;
-    SHARDPS_RETURN_IF_ERROR(fn(line_no, text.substr(b, e - b)));
-    b = e + 1;
-  }
-  return Status::Ok();
-}
-
-Result<std::string> ReadText(const std::string& path) {
-  SHARDPS_ASSIGN_OR_RETURN(std::vector<uint8_t> b, ReadAll(path));
-  return std::string(b.begin(), b.end());
 }
 
 Status ParseLabel(const std::string& path, int64_t line, std::string_view tok, int num_classes, int32_t* label) {
@@ -502,180 +354,6 @@ Result<Dataset> ReadCsv(const std::string& path, int num_classes, bool has_heade
   d.num_samples = static_cast<int64_t>(d.labels.size());
   if (d.num_samples == 0) return InvalidArgument(Quoted(path) + " holds no samples");
   return d;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Sparse libsvm and batches.
-
-namespace {
-
-std::string PairAt(const std::string& path, int64_t line, size_t pair, std::string_view tok) {
-  return At(path, line) + "pair " + std::to_string(pair) + " ('" + std::string(tok) + "'): ";
-}
-
-const char* LabelFormatText(LabelFormat f) {
-  switch (f) {
-    case LabelFormat::kAuto: return "0/1 or -1/+1";
-    case LabelFormat::kZeroOne: return "0/1";
-    case LabelFormat::kPlusMinusOne: return "-1/+1";
-  }
-  return "?";
-}
-
-}  // namespace
-
-Result<SparseDataset> ReadLibsvmSparse(const std::string& path, const SparseReadOptions& options) {
-  SHARDPS_ASSIGN_OR_RETURN(std::vector<uint8_t> bytes, ReadAll(path));
-  const std::string_view text(reinterpret_cast<const char*>(bytes.data()), bytes.size());
-  SparseDataset d;
-  d.source = path;
-  // The label convention in force: options.labels, or once a file line has shown it (0 or -1),
-  // that one (`convention_line` names the line that fixed it).
-  LabelFormat convention = options.labels;
-  int64_t convention_line = 0;
-  Status st = Status::Ok();
-  try {
-    // Upper bounds of the sizes ('\n' and ':' counts), so the arrays are allocated once.
-    const size_t lines = static_cast<size_t>(std::count(text.begin(), text.end(), '\n')) + 1;
-    const size_t colons = static_cast<size_t>(std::count(text.begin(), text.end(), ':'));
-    d.row_offsets.reserve(lines + 1);
-    d.labels.reserve(lines);
-    d.ids.reserve(colons);
-    d.values.reserve(colons);
-    st = ForEachLine(text, [&](int64_t line_no, std::string_view line) -> Status {
-      line = Trim(line);
-      if (line.empty() || line.front() == '#') return Status::Ok();
-      size_t p = 0;
-      auto next_token = [&]() -> std::string_view {
-        while (p < line.size() && IsSpace(line[p])) ++p;
-        const size_t b = p;
-        while (p < line.size() && !IsSpace(line[p])) ++p;
-        return line.substr(b, p - b);
-      };
-      // The label.
-      const std::string_view label_tok = next_token();
-      double lv = 0;
-      if (!ParseNumber(label_tok, &lv) || !(lv == 0 || lv == 1 || lv == -1)) {
-        return InvalidArgument(At(path, line_no) + "label '" + std::string(label_tok) + "' is not a binary label (" +
-                               LabelFormatText(convention) + ")");
-      }
-      if (lv != 1) {
-        const LabelFormat needs = lv == 0 ? LabelFormat::kZeroOne : LabelFormat::kPlusMinusOne;
-        if (convention == LabelFormat::kAuto) {
-          convention = needs;
-          convention_line = line_no;
-        } else if (convention != needs) {
-          std::string why = convention_line > 0 ? "line " + std::to_string(convention_line) + " uses " : "the labels are ";
-          return InvalidArgument(At(path, line_no) + "label '" + std::string(label_tok) + "' but " + why +
-                                 LabelFormatText(convention) + " (a file uses 0/1 or -1/+1, not both)");
-        }
-      }
-      const float label = lv == 1 ? 1.0f : 0.0f;
-      // The pairs.
-      uint64_t prev = 0;
-      size_t pair = 0;
-      for (std::string_view tok = next_token(); !tok.empty(); tok = next_token()) {
-        if (tok.front() == '#') break;  // trailing comment
-        ++pair;
-        const size_t colon = tok.find(':');
-        if (colon == std::string_view::npos) {
-          return InvalidArgument(PairAt(path, line_no, pair, tok) + "not <id>:<value>");
-        }
-        const std::string_view id_text = tok.substr(0, colon);
-        uint64_t id = 0;
-        if (!ParseNumber(id_text, &id)) {
-          return InvalidArgument(PairAt(path, line_no, pair, tok) + "feature id '" + std::string(id_text) +
-                                 "' is not an integer in [1, 2^64 - 1]");
-        }
-        if (id == 0) return InvalidArgument(PairAt(path, line_no, pair, tok) + "feature id 0: ids are 1-based");
-        if (id <= prev) {
-          return InvalidArgument(PairAt(path, line_no, pair, tok) + "feature id " + std::to_string(id) +
-                                 (id == prev ? " repeats the id of pair " : " is below the id of pair ") +
-                                 std::to_string(pair - 1) + " (" + std::to_string(prev) +
-                                 "); ids within a line must be strictly increasing");
-        }
-        if (options.max_feature_id != 0 && id > options.max_feature_id) {
-          return InvalidArgument(PairAt(path, line_no, pair, tok) + "feature id " + std::to_string(id) +
-                                 " exceeds the largest allowed id " + std::to_string(options.max_feature_id));
-        }
-        const std::string_view value_text = tok.substr(colon + 1);
-        float v = 0;
-        if (!ParseNumber(value_text, &v)) {
-          return InvalidArgument(PairAt(path, line_no, pair, tok) + "value '" + std::string(value_text) +
-                                 "' is not a finite number");
-        }
-        prev = id;
-        d.ids.push_back(id);
-        d.values.push_back(v);
-      }
-      if (prev > d.max_id) d.max_id = prev;
-      d.labels.push_back(label);
-      d.row_offsets.push_back(d.ids.size());
-      return Status::Ok();
-    });
-  } catch (const std::bad_alloc&) {
-    return ResourceExhausted("out of memory reading " + Quoted(path) + " (" + std::to_string(d.labels.size()) + " rows, " +
-                             std::to_string(d.ids.size()) + " nonzeros read)");
-  }
-  SHARDPS_RETURN_IF_ERROR(st);
-  if (d.labels.empty()) return InvalidArgument(Quoted(path) + " holds no samples");
-  return d;
-}
-
-Status MakeSparseBatch(const SparseDataset& data, std::span<const int64_t> rows, const SparseBatchOptions& options,
-                       SparseBatch* out) {
-  const int64_t n = data.num_rows();
-  const uint64_t extra = options.bias_key ? 1 : 0;
-  uint64_t total = 0;
-  for (size_t i = 0; i < rows.size(); ++i) {
-    const int64_t r = rows[i];
-    if (r < 0 || r >= n) {
-      return InvalidArgument("batch entry " + std::to_string(i) + " is row " + std::to_string(r) + ", outside [0, " +
-                             std::to_string(n) + ") of " + Quoted(data.source));
-    }
-    const size_t ru = static_cast<size_t>(r);
-    total += data.row_offsets[ru + 1] - data.row_offsets[ru] + extra;
-  }
-  try {
-    out->row_offsets.resize(rows.size() + 1);
-    out->labels.resize(rows.size());
-    out->slots.resize(total);
-    out->values.resize(total);
-    out->scratch.resize(total);
-    out->keys.clear();
-    // Every nonzero as (id, position); sorting the pairs orders the ids and, among equal ids, the
-    // positions, so the result depends on nothing but the input.
-    uint64_t j = 0;
-    out->row_offsets[0] = 0;
-    for (size_t i = 0; i < rows.size(); ++i) {
-      const size_t r = static_cast<size_t>(rows[i]);
-      if (options.bias_key) {
-        out->scratch[j] = {kSparseBiasKey, j};
-        out->values[j] = 1.0f;
-        ++j;
-      }
-      for (uint64_t k = data.row_offsets[r]; k < data.row_offsets[r + 1]; ++k, ++j) {
-        out->scratch[j] = {data.ids[k], j};
-        out->values[j] = data.values[k];
-      }
-      out->row_offsets[i + 1] = j;
-      out->labels[i] = data.labels[r];
-    }
-    std::sort(out->scratch.begin(), out->scratch.end());
-    for (const auto& [id, pos] : out->scratch) {
-      if (out->keys.empty() || out->keys.back() != id) {
-        if (out->keys.size() == std::numeric_limits<uint32_t>::max()) {
-          return ResourceExhausted("a batch of " + std::to_string(rows.size()) + " rows touches more than 2^32 - 1 distinct keys");
-        }
-        out->keys.push_back(id);
-      }
-      out->slots[pos] = static_cast<uint32_t>(out->keys.size() - 1);
-    }
-  } catch (const std::bad_alloc&) {
-    return ResourceExhausted("out of memory for a batch of " + std::to_string(rows.size()) + " rows (" +
-                             std::to_string(total) + " nonzeros) of " + Quoted(data.source));
-  }
-  return Status::Ok();
 }
 
 // ---------------------------------------------------------------------------------------------

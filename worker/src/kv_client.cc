@@ -254,7 +254,7 @@ Result<std::pair<uint64_t, uint64_t>> ClientCore::Resolve(uint32_t table, KeyRan
                     std::to_string(layout_.num_tables()) + " tables)");
   }
   const TableSpec& spec = layout_.table(table);
-  const uint64_t end = range.end == std::numeric_limits<uint64_t>::max() ? spec.size : range.end;
+  const uint64_t end = range.EndIn(spec.size);
   if (range.begin >= end || end > spec.size) {
     return OutOfRange(std::string(what) + " of table '" + spec.name + "': key range [" + std::to_string(range.begin) + "," +
                       std::to_string(end) + ") is empty or outside its " + std::to_string(spec.size) + " elements");

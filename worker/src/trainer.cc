@@ -57,7 +57,7 @@ Handle LocalParams::PushPull(uint32_t table, std::span<const float> grad, std::s
   if (table >= tables_.size()) return internal::CompletedHandle(NotFound("unknown table " + std::to_string(table)));
   Table& t = *tables_[table];
   const uint64_t size = t.weights.size();
-  const uint64_t begin = range.begin, end = range.end == KeyRange{}.end ? size : range.end;
+  const uint64_t begin = range.begin, end = range.EndIn(size);
   if (begin >= end || end > size || grad.size() != end - begin || out.size() != end - begin) {
     return internal::CompletedHandle(InvalidArgument("push-pull of [" + std::to_string(begin) + "," +
                                                      std::to_string(end) + ") of table '" + t.spec.name + "' (" +

@@ -40,6 +40,8 @@ namespace shardps::worker {
 struct KeyRange {
   uint64_t begin = 0;
   uint64_t end = std::numeric_limits<uint64_t>::max();
+  // `end`, or `table_size` for the default (the rest of the table).
+  uint64_t EndIn(uint64_t table_size) const { return end == std::numeric_limits<uint64_t>::max() ? table_size : end; }
 };
 
 struct ClientOptions {

@@ -149,7 +149,8 @@ Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const O
     return InvalidArgument("--test-slow-worker " + f.slow_worker + ": this job has only " + std::to_string(workers) +
                            " workers (0.." + std::to_string(workers - 1) + ")");
   }
-  if (f.slow_worker_index == worker) run.slow_factor = f.slow_factor;
+  if (f.slow_worker_index == worker || f.slow_worker_index == kAnySlowWorker) run.slow_factor = f.slow_factor;
+  run.slow_rotates = f.slow_worker_index == kAnySlowWorker;
   worker::TrainHooks hooks;
   std::unique_ptr<worker::CheckpointDriver> checkpoints;
   if (lead && client && !c.checkpoint_dir().empty()) {
@@ -504,7 +505,8 @@ int TrainMain(int argc, char** argv) {
        "before-rename:MANIFEST or before-dir-fsync:MANIFEST (lead worker)")
       ("test-slow-worker", po::value(&f.slow_worker),
        "TESTS AND BENCHMARKS ONLY: W:F makes worker W (0-based) take F times its compute time per step "
-       "(it sleeps F-1 times the previous step's compute), F in [1, 100]");
+       "(it sleeps F-1 times the previous step's compute), F in [1, 100]; any:F slows one worker per step, "
+       "picked by a hash of the step");
   po::options_description launch_desc("how the processes of the job find each other");
   AddLaunchOptions(&launch_desc, &launch);
   desc.add(launch_desc);

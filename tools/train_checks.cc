@@ -209,17 +209,18 @@ std::string WhereToResume(const config::TrainConfig& c, int64_t steps_done) {
 
 Status ParseSlowWorker(const std::string& spec, int* worker, double* factor) {
   const auto bad = [&] {
-    return InvalidArgument("--test-slow-worker wants W:F (worker index W >= 0, factor F in [1, 100]), got '" + spec + "'");
+    return InvalidArgument("--test-slow-worker wants W:F (worker index W >= 0 or any, factor F in [1, 100]), got '" + spec +
+                           "'");
   };
   const size_t colon = spec.find(':');
   if (colon == std::string::npos || colon == 0 || colon + 1 == spec.size()) return bad();
   const std::string w = spec.substr(0, colon), f = spec.substr(colon + 1);
-  if (w.size() > 6 || w.find_first_not_of("0123456789") != std::string::npos) return bad();
+  if (w != "any" && (w.size() > 6 || w.find_first_not_of("0123456789") != std::string::npos)) return bad();
   if (f.size() > 16 || f.find_first_not_of("0123456789.") != std::string::npos) return bad();
   char* end = nullptr;
   const double v = std::strtod(f.c_str(), &end);
   if (end != f.c_str() + f.size() || !(v >= 1.0 && v <= 100.0)) return bad();
-  *worker = std::stoi(w);
+  *worker = w == "any" ? kAnySlowWorker : std::stoi(w);
   *factor = v;
   return Status::Ok();
 }

@@ -35,8 +35,10 @@ Status CheckResumeData(const CheckpointVersion& v, const config::TrainConfig& c,
 Status CompareRanks(Job& job, const Cluster& cluster, const config::TrainConfig& c, const worker::Dataset& train,
                     const worker::Dataset& test);
 
-// --test-slow-worker W:F (tests and benchmarks only): worker index W >= 0 and factor F in [1, 100];
-// anything else is INVALID_ARGUMENT naming the flag and the value.
+// --test-slow-worker W:F (tests and benchmarks only): worker index W >= 0, or "any" (the slowed
+// worker changes from step to step: *worker = kAnySlowWorker), and factor F in [1, 100]; anything
+// else is INVALID_ARGUMENT naming the flag and the value.
+inline constexpr int kAnySlowWorker = -2;
 Status ParseSlowWorker(const std::string& spec, int* worker, double* factor);
 
 // Where training stood and what to resume from, appended to a failed process's error.

@@ -148,6 +148,15 @@ std::optional<std::pair<size_t, size_t>> FirstNonFinite(const std::vector<std::v
   return std::nullopt;
 }
 
+// slow_rotates: the worker slowed in `step`.
+int SlowTurn(uint64_t step, int workers) {
+  uint64_t x = (step + 1) * 0x9E3779B97F4A7C15ull;
+  x ^= x >> 29;
+  x *= 0xBF58476D1CE4E5B9ull;
+  x ^= x >> 32;
+  return static_cast<int>(x % static_cast<uint64_t>(std::max(1, workers)));
+}
+
 std::string DivergedHint(const RunOptions& run) {
   char lr[32];
   std::snprintf(lr, sizeof(lr), "%.6g", run.optimizer.learning_rate);
@@ -327,7 +336,8 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
     int64_t epoch_rows = 0;
     for (int64_t s = epoch == first_epoch ? first_step_in_epoch : 0; s < steps_per_epoch; ++s) {
       const auto t0 = std::chrono::steady_clock::now();
-      if (run.slow_factor > 1.0 && !local_sgd && last_compute.count() > 0) {
+      if (run.slow_factor > 1.0 && !local_sgd && last_compute.count() > 0 &&
+          (!run.slow_rotates || SlowTurn(static_cast<uint64_t>(step), run.workers) == run.worker)) {
         std::this_thread::sleep_for(std::chrono::duration_cast<std::chrono::steady_clock::duration>(
             last_compute * (run.slow_factor - 1.0)));
       }

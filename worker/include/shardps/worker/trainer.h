@@ -106,6 +106,9 @@ struct RunOptions {
   // also sleeps (slow_factor - 1) x the previous step's measured compute time, so the worker takes
   // about slow_factor times as long to compute. 1: no delay.
   double slow_factor = 1.0;
+  // With slow_factor: the slowed worker changes from step to step (a hash of the step picks one
+  // of the workers, the same on every worker), a straggler that moves.
+  bool slow_rotates = false;
 };
 
 // Every table of a run in declaration order: the model's, then a reduction table for metrics

@@ -2,13 +2,15 @@
 //  * Every push is received when it arrives, into a chunk-sized buffer for its worker and step. A
 //    worker covers the chunk in one push or several disjoint ones (an overlapping one is refused
 //    as a duplicate); once it has, the optimizer runs once with that worker's values alone (after
-//    any pull reply still reading the weights has left), in the order contributions complete. The
+//    any pull reply still reading the weights has left), in the order contributions complete;
+//    contributions completed meanwhile are applied one after the other before any reply is sent. The
 //    chunk's version counts these updates: W workers pushing for T steps make W x T of them.
 //  * A push for a step at or below the highest one of that worker already applied is refused as
 //    stale (unless that step's contribution is still open). Pieces held (received, waiting for the rest of their worker's step) are bounded by
 //    max_future_pushes_per_chunk.
-//  * A PUSH is acknowledged once received; a PUSH_PULL is answered right after its own update,
-//    with the weights as they are then (the reply's step field carries the version). A pull for
+//  * A PUSH is acknowledged once received; a PUSH_PULL is answered after its own update (and any
+//    applied with it), with the weights as they are then (the reply's step field carries the
+//    version). A pull for
 //    version v is answered as soon as the chunk has applied v updates (v = 0: at once) with the
 //    current weights.
 // Not deterministic: the order of the updates is the order in which the workers' pushes arrive.
@@ -158,9 +160,12 @@ void AspChunk::OnPayload(const HeldPtr& held, Status st) {
   }
 }
 
-// Applies the complete contributions, one update each, while no reply reads the weights.
+// Applies the complete contributions, one update each, while no reply reads the weights; then
+// answers their push-pulls (and the pulls now satisfied) with the weights after all of them.
 void AspChunk::Drain() {
-  while (!complete_.empty() && c_.inflight_sends == 0) {
+  if (complete_.empty() || c_.inflight_sends > 0) return;
+  std::vector<HeldPtr> replies;
+  while (!complete_.empty()) {
     const auto [w, t] = complete_.front();
     complete_.pop_front();
     auto it = open_[w].find(t);
@@ -169,17 +174,18 @@ void AspChunk::Drain() {
     host_.ApplyUpdate(c_, k.values);
     applied_[w] = std::max(applied_[w].value_or(0), t);
     if (free_.size() < static_cast<size_t>(limits_.num_workers)) free_.push_back(std::move(k.values));
-    for (const HeldPtr& r : k.replies) host_.SendWeights(c_, *r);
-    std::vector<HeldPtr> still;
-    for (auto& p : pulls_) {
-      if (p->h().step() <= c_.version) {
-        host_.SendWeights(c_, *p);
-      } else {
-        still.push_back(std::move(p));
-      }
-    }
-    pulls_ = std::move(still);
+    for (HeldPtr& r : k.replies) replies.push_back(std::move(r));
   }
+  for (const HeldPtr& r : replies) host_.SendWeights(c_, *r);
+  std::vector<HeldPtr> still;
+  for (auto& p : pulls_) {
+    if (p->h().step() <= c_.version) {
+      host_.SendWeights(c_, *p);
+    } else {
+      still.push_back(std::move(p));
+    }
+  }
+  pulls_ = std::move(still);
 }
 
 Clock::time_point AspChunk::Expire(Clock::time_point now) {

@@ -239,7 +239,9 @@ TEST_F(BspThroughInterface, SumsInWorkerRankOrderWhateverTheArrivalOrder) {
     for (int w : order) {
       ids.push_back(Push(w, 0, g[w]));
       host_->RunReceives();
-      if (ids.size() < 3) EXPECT_EQ(chunk_->version, 0u);
+      if (ids.size() < 3) {
+        EXPECT_EQ(chunk_->version, 0u);
+      }
     }
     EXPECT_EQ(chunk_->version, 1u);
     EXPECT_EQ(host_->updates, 1);
@@ -635,6 +637,23 @@ TEST_F(AspThroughInterface, PiecesOfAWorkerMakeOneUpdateAndRepliesWait) {
   ASSERT_NE(host_->Find(stale), nullptr);
   EXPECT_EQ(host_->Find(stale)->error.code(), StatusCode::kFailedPrecondition);
   EXPECT_NE(host_->Find(stale)->error.message().find("stale"), std::string::npos);
+}
+
+TEST_F(AspThroughInterface, ContributionsThatCompleteWhileAReplyIsSentAreAppliedTogether) {
+  Pull(2, 0);  // its reply reads the weights
+  const uint64_t a = Push(0, 0, kG0, 0, wire::PUSH_PULL);
+  const uint64_t b = Push(1, 0, kG1, 0, wire::PUSH_PULL);
+  host_->RunReceives();
+  EXPECT_EQ(chunk_->version, 0u);
+  host_->FinishSends(*sync_);
+  EXPECT_EQ(chunk_->version, 2u) << "one update per contribution";
+  std::vector<float> w(4, 1.0f);
+  for (size_t i = 0; i < 4; ++i) w[i] = (w[i] - kG0[i]) - kG1[i];  // in completion order
+  EXPECT_EQ(chunk_->weights, w);
+  for (uint64_t id : {a, b}) {
+    ASSERT_NE(host_->Find(id), nullptr);
+    EXPECT_EQ(host_->Find(id)->version, 2u);
+  }
 }
 
 TEST_F(AspThroughInterface, AnIncompleteContributionExpiresNamingItsWorker) {

@@ -244,11 +244,7 @@ void SspChunk::Advance() {
 }
 
 void SspChunk::AnswerPulls() {
-  std::vector<HeldPtr> still;
-  std::vector<HeldPtr> ready;
-  for (auto& p : pulls_) (Ready(p->h().step()) ? ready : still).push_back(std::move(p));
-  pulls_ = std::move(still);
-  for (auto& p : ready) host_.SendWeights(c_, *p);
+  AnswerReadyPulls(pulls_, [this](uint64_t wanted) { return Ready(wanted); }, c_, host_);
 }
 
 Clock::time_point SspChunk::Expire(Clock::time_point now) {

@@ -19,8 +19,8 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pylib"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import shardps_check as sc  # noqa: E402
-from shardps_check import check, fail  # noqa: E402
-from train_checks import SMALL, Runner  # noqa: E402
+from shardps_check import check  # noqa: E402
+from train_checks import SMALL, run_checks  # noqa: E402
 
 
 def check_ssp_zero(r, args):
@@ -82,15 +82,7 @@ def main():
     ap = sc.job_arguments()
     ap.add_argument("--min-accuracy", type=float, default=0.78)
     ap.add_argument("check", choices=["ssp_zero", "convergence", "refused"])
-    args = ap.parse_args()
-
-    def run_check():
-        sc.need_fashion()
-        os.makedirs(args.work, exist_ok=True)
-        r = Runner(args.shardps, args.work, args.mpirun, args.source_dir)
-        globals()["check_" + args.check](r, args)
-
-    sc.main(run_check, args.check)
+    run_checks(ap.parse_args(), globals())
 
 
 if __name__ == "__main__":

@@ -542,14 +542,17 @@ def main():
     ap.add_argument("check", choices=["convergence", "repeat", "servers", "single_process", "workers", "local_sgd",
                                       "bad_input", "resume", "corruption", "registry", "crash", "kill_loop", "init_from",
                                       "failure_ends_job"])
-    args = ap.parse_args()
+    run_checks(ap.parse_args(), globals(), without_data={"bad_input"})
 
+
+def run_checks(args, checks, without_data=()):
+    """Runs check_<args.check> from `checks` (a module's globals) with a Runner over args.work."""
     def run_check():
-        if args.check != "bad_input":
+        if args.check not in without_data:
             sc.need_fashion()
         os.makedirs(args.work, exist_ok=True)
         r = Runner(args.shardps, args.work, args.mpirun, args.source_dir)
-        globals()["check_" + args.check](r, args)
+        checks["check_" + args.check](r, args)
 
     sc.main(run_check, args.check)
 

@@ -29,6 +29,9 @@ Result<std::unique_ptr<Node>> Node::Start(std::unique_ptr<Transport> transport, 
   // Options the server or client would refuse, refused before anything starts.
   SHARDPS_RETURN_IF_ERROR(ps::ValidateServerOptions(options.server));
   SHARDPS_RETURN_IF_ERROR(worker::ValidateClientOptions(options.client));
+  if (options.restore_from && options.init_from) {
+    return InvalidArgument("NodeOptions: restore_from and init_from both set; the tables can start from one of them");
+  }
   std::unique_ptr<Node> n(new Node(options));
   EndpointOptions eo = options.endpoint;
   if (!eo.describe_rank) eo.describe_rank = [cluster](int r) { return cluster.Describe(r); };
@@ -36,7 +39,8 @@ Result<std::unique_ptr<Node>> Node::Start(std::unique_ptr<Transport> transport, 
   if (cluster.is_server()) {
     n->server_ = std::make_unique<ps::Server>(*n->endpoint_, cluster, layout, options.server);
     n->endpoint_->SetServerHandler(n->server_.get());
-    if (options.prepare_server) SHARDPS_RETURN_IF_ERROR(options.prepare_server(*n->server_));
+    if (options.restore_from) SHARDPS_RETURN_IF_ERROR(n->server_->Restore(*options.restore_from));
+    if (options.init_from) SHARDPS_RETURN_IF_ERROR(n->server_->InitFrom(*options.init_from));
   }
   if (cluster.is_worker()) {
     n->client_ = std::make_unique<worker::KVClient>(*n->endpoint_, cluster, layout, options.client);

@@ -154,18 +154,15 @@ Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const O
   worker::TrainHooks hooks;
   std::unique_ptr<worker::CheckpointDriver> checkpoints;
   if (lead && client && !c.checkpoint_dir().empty()) {
-    ckpt::Manifest base;
-    base.set_seed(c.seed());
-    base.set_global_batch(c.batch_size());
-    base.set_config(ConfigToText(c));
-    base.set_num_servers(static_cast<uint32_t>(servers));
-    base.set_num_workers(static_cast<uint32_t>(workers));
-    base.set_chunk_floats(c.chunk_floats());
-    base.set_train_samples(static_cast<uint64_t>(train.num_samples));
-    base.set_train_data_crc32c(TrainDataCrc(train));
-    for (const TableSpec& t : worker::TrainingTables(*model, run)) {
-      if (t.checkpointed) *base.add_tables() = CheckpointTableInfo(t);
-    }
+    worker::CheckpointRun ckrun{.seed = c.seed(),
+                                .global_batch = c.batch_size(),
+                                .config = ConfigToText(c),
+                                .num_servers = static_cast<uint32_t>(servers),
+                                .num_workers = static_cast<uint32_t>(workers),
+                                .chunk_floats = c.chunk_floats(),
+                                .train_samples = static_cast<uint64_t>(train.num_samples),
+                                .train_data_crc32c = TrainDataCrc(train),
+                                .tables = worker::TrainingTables(*model, run)};
     worker::CheckpointOptions co;
     co.dir = c.checkpoint_dir();
     co.every = static_cast<uint64_t>(c.checkpoint_every());
@@ -174,7 +171,7 @@ Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const O
     co.timeout = run.timeout;
     co.fault = CrashHook(f.crash_at, c.checkpoint_dir());
     co.on_warning = [](const std::string& m) { std::cerr << "shardps train: " << m << std::endl; };
-    checkpoints = std::make_unique<worker::CheckpointDriver>(*out.fs, *client, std::move(base), static_cast<uint32_t>(servers),
+    checkpoints = std::make_unique<worker::CheckpointDriver>(*out.fs, *client, ckrun,
                                                              std::move(co));
     checkpoints->set_resumed_at(start_step);
     hooks.on_step_end = [&](const worker::Cursor& cur, bool final) { return checkpoints->OnStep(cur, final); };
@@ -391,7 +388,7 @@ int RunDistributed(FileSystem& fs, const config::TrainConfig& c, const TrainFlag
   no.server.file_system = &fs;
   no.server.checkpoint_fault = CrashHook(f.crash_at, c.checkpoint_dir());
   no.startup_timeout = run.timeout;
-  if (reader) no.prepare_server = [&](ps::Server& server) { return server.Restore(*reader); };
+  if (reader) no.restore_from = reader.get();
   std::unique_ptr<SafetensorsFile> init;
   if (s.ok() && !f.init_from.empty() && !reader) {  // with --resume auto: only for a fresh start
     auto file = SafetensorsFile::Open(f.init_from);
@@ -399,7 +396,7 @@ int RunDistributed(FileSystem& fs, const config::TrainConfig& c, const TrainFlag
       s = file.status();
     } else {
       init = std::make_unique<SafetensorsFile>(std::move(*file));
-      no.prepare_server = [&](ps::Server& server) { return server.InitFrom(*init); };
+      no.init_from = init.get();
     }
   }
   if (!agree(s)) return 1;

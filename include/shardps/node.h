@@ -9,6 +9,9 @@
 //   if (node->client()) { ... node->client()->PushPull(...).wait(timeout) ... }
 //   SHARDPS_RETURN_IF_ERROR(node->Finish());   // workers say goodbye; servers wait for them
 //
+// Checkpoints: worker::CheckpointDriver (shardps/worker/checkpoint_driver.h) writes them from a
+// worker; NodeOptions::restore_from starts the servers from one.
+//
 // Thread safety: client() is thread-safe (see KVClient); Start/Finish from one thread.
 #pragma once
 
@@ -22,6 +25,8 @@
 #include "shardps/net/endpoint_options.h"
 #include "shardps/net/transport.h"
 #include "shardps/ps/server_options.h"
+#include "shardps/storage/checkpoint_registry.h"
+#include "shardps/storage/safetensors.h"
 #include "shardps/worker/kv_client.h"
 
 namespace shardps {
@@ -38,10 +43,13 @@ struct NodeOptions {
   // Longest Start() waits for every server to confirm the layout, and Finish() for the goodbyes.
   std::chrono::milliseconds startup_timeout{60000};
   std::chrono::milliseconds finish_timeout{600000};
-  // Runs on a serving rank after its server is built and before it serves (e.g. Restore). The
-  // server's class is internal (shardps/ps/server.h in the source tree): shardps' own programs
-  // use this.
-  std::function<Status(ps::Server&)> prepare_server;
+  // Where a serving rank's tables start, instead of their initialisers (at most one of the two;
+  // both outlive Start): a checkpoint version (its shard of every checkpointed table, whatever
+  // server count wrote it, at the version's step; the workers go on from
+  // reader.checkpoint().manifest.step()), or a model file (tensor names = table names; optimizer
+  // state starts at zero).
+  CheckpointReader* restore_from = nullptr;
+  const SafetensorsFile* init_from = nullptr;
 };
 
 class Node {

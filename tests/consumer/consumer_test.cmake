@@ -24,6 +24,7 @@ set(expected
   shardps/storage/checkpoint_registry.h
   shardps/storage/file_system.h
   shardps/storage/safetensors.h
+  shardps/worker/checkpoint_driver.h
   shardps/worker/kv_client.h)
 if(WITH_MPI)
   list(APPEND expected shardps/net/mpi_transport.h)
@@ -52,7 +53,7 @@ execute_process(COMMAND ${CMAKE_COMMAND} --build ${WORK}/build RESULT_VARIABLE r
 if(NOT rc EQUAL 0)
   message(FATAL_ERROR "build failed:\n${out}\n${err}")
 endif()
-execute_process(COMMAND ${WORK}/build/consumer RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err
+execute_process(COMMAND ${WORK}/build/consumer ${WORK}/run RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err
   TIMEOUT 120)
 if(NOT rc EQUAL 0)
   message(FATAL_ERROR "consumer failed (${rc}):\n${out}\n${err}")

@@ -27,6 +27,7 @@
 
 #include "shardps/base/layout.h"
 #include "shardps/base/status.h"
+#include "shardps/worker/checkpoint_driver.h"  // Cursor
 #include "shardps/worker/data.h"
 #include "shardps/worker/kv_client.h"
 #include "shardps/worker/model.h"
@@ -135,14 +136,6 @@ struct MetricsRow {
   double test_accuracy = -1;
   double samples_per_second = 0;
   double wall_seconds = 0;
-};
-
-// Where training stands after a step: `step` steps applied; the next is step `step_in_epoch` of
-// epoch `epoch` (the data cursor a checkpoint records).
-struct Cursor {
-  uint64_t step = 0;
-  uint64_t epoch = 0;
-  uint64_t step_in_epoch = 0;
 };
 
 struct TrainHooks {

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets up the machine, builds, runs the fuzzers for a short bounded time, the whole CTest suite,
-# then a build without MPI (SHARDPS_WITH_MPI=OFF, build-tcp/) with the tests it registers (but the
-# convergence runs, which the normal suite already ran over TCP and take a minute or more), then the
+# then a build without MPI (SHARDPS_WITH_MPI=OFF, build-tcp/) with its tests of the labels unit,
+# multirank, tcp and install (the code a build without MPI changes: the transports' factories, the
+# TCP launch, the installed package; not the convergence runs, which the normal suite already ran
+# over TCP, nor the single-process training checks, which do not depend on MPI), then the
 # sanitizer stages (scripts/sanitize.sh: ASan+UBSan, then TSan, each in its own build directory).
 # Non-zero exit if any stage fails; every stage runs even when an earlier one failed.
 #   scripts/test.sh                 # everything
@@ -36,7 +38,7 @@ if [ "$SHARDPS_SANITIZERS" = "1" ]; then
   t0=$SECONDS
   tcp_status=0
   SHARDPS_BUILD_DIR=build-tcp bash scripts/build.sh -DSHARDPS_BUILD_TESTS=ON -DSHARDPS_WITH_MPI=OFF &&
-    (cd build-tcp && ctest --output-on-failure --timeout 900 -j1 -LE '^convergence$') || tcp_status=1
+    (cd build-tcp && ctest --output-on-failure --timeout 900 -j1 -L '^(unit|multirank|tcp|install)$' -LE '^convergence$') || tcp_status=1
   echo "== TCP-only build and its tests: $((SECONDS - t0)) s, exit $tcp_status =="
   [ "$tcp_status" = 0 ] || status=1
   for stage in asan tsan; do

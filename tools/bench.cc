@@ -19,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench.h"
 #include "commands.h"
 #include "launch.h"
 #if SHARDPS_WITH_MPI
@@ -32,27 +33,6 @@ namespace {
 
 namespace po = boost::program_options;
 using Ms = std::chrono::duration<double, std::milli>;
-
-struct BenchFlags {
-  uint64_t floats = 1'000'000;
-  int servers = 1;
-  bool colocated = false;
-  int rounds = 100;
-  int warmup = 5;
-  uint64_t chunk_floats = 256 * 1024;
-  int64_t timeout_ms = 60000;
-  bool allreduce = true;
-  std::string json_out;
-
-  // The flags every process of a TCP job must share, as the configuration text of the job
-  // agreement (json_out is each process's own; allreduce plays no part over TCP). A flag added
-  // above that the processes must agree on is added here too.
-  std::string Describe() const {
-    return "floats " + std::to_string(floats) + " servers " + std::to_string(servers) + " colocated " +
-           std::to_string(colocated) + " rounds " + std::to_string(rounds) + " warmup " + std::to_string(warmup) +
-           " chunk_floats " + std::to_string(chunk_floats) + " timeout_ms " + std::to_string(timeout_ms);
-  }
-};
 
 struct Summary {
   double min = 0, median = 0, max = 0;
@@ -115,11 +95,8 @@ void PrintResult(const BenchFlags& f, int servers, int workers, const Summary& r
   }
 }
 
-struct Rounds {
-  std::vector<double> round, push, pull;
-};
-
 Status RunPs(const BenchFlags& f, Result<std::unique_ptr<Transport>> transport, int rank, int size, Rounds* out) {
+  if (f.sparse_keys > 0) return RunSparsePs(f, std::move(transport), rank, size, out);
   ClusterOptions co;
   co.num_servers = f.servers;
   co.colocated = f.colocated;
@@ -370,6 +347,8 @@ int BenchMain(int argc, char** argv) {
       ("no-allreduce", "skip the MPI_Allreduce reference")
       ("suite", "run the benchmark suite (needs 3 ranks): sizes x {1 server + 1 worker, 2 colocated, 1 server + 2 workers}")
       ("sizes", po::value<std::string>()->default_value("1000,1000000,10000000,40000000"), "--suite: table sizes in floats")
+      ("sparse", po::value(&f.sparse_keys), "rounds of a sparse table instead: push and pull this many keys")
+      ("sparse-dim", po::value(&f.sparse_dim)->default_value(f.sparse_dim), "--sparse: floats per row")
       ("json-out", po::value(&f.json_out), "also write the JSON object to this file");
   LaunchFlags launch;
   po::options_description launch_desc("how the processes of the job find each other");
@@ -394,6 +373,13 @@ int BenchMain(int argc, char** argv) {
   else if (f.warmup < 0) bad = "--warmup must not be negative";
   else if (f.chunk_floats < 1) bad = "--chunk-floats must be at least 1";
   else if (f.timeout_ms < 1) bad = "--timeout-ms must be at least 1";
+  else if (vm.count("sparse") && (f.sparse_keys < 1 || f.sparse_keys > 100'000'000)) bad = "--sparse must be in [1, 100000000] keys";
+  else if (f.sparse_dim < 1 || f.sparse_dim > 4096) bad = "--sparse-dim must be in [1, 4096]";
+  else if (f.sparse_keys > 0 && (vm.count("suite") || f.colocated)) bad = "--sparse runs alone, without --suite or --colocated";
+  if (f.sparse_keys > 0) {
+    f.floats = f.sparse_keys * f.sparse_dim;  // what the round moves each way, for the GB/s figure
+    f.allreduce = false;
+  }
   std::vector<uint64_t> sizes;
   {
     std::stringstream ss(vm["sizes"].as<std::string>());
@@ -465,6 +451,7 @@ int BenchMain(int argc, char** argv) {
   if (rank == 0) {
     std::string extra;
     if (f.allreduce) extra = ",\"allreduce_ms\":" + Json(allreduce) + ",\"allreduce_ranks\":" + std::to_string(size);
+    if (f.sparse_keys > 0) extra += ",\"sparse_keys\":" + std::to_string(f.sparse_keys) + ",\"row_dim\":" + std::to_string(f.sparse_dim);
     PrintResult(f, servers, workers, round, push, pull, extra + ",\"transport\":\"mpi\"");
   }
   MPI_Finalize();
@@ -494,6 +481,9 @@ int RunTcp(const BenchFlags& f, const LaunchPlan& plan, int argc, char** argv) {
     std::snprintf(buf, sizeof(buf), "%.3f", setup_ms);
     PrintResult(f, f.servers, size - f.servers, Summarize(rounds.round), Summarize(rounds.push), Summarize(rounds.pull),
                 std::string(",\"setup_ms\":") + buf + ",\"authenticated\":" + (plan.insecure ? "false" : "true") +
+                    (f.sparse_keys > 0 ? ",\"sparse_keys\":" + std::to_string(f.sparse_keys) + ",\"row_dim\":" +
+                                             std::to_string(f.sparse_dim)
+                                       : std::string()) +
                     ",\"transport\":\"tcp\"");
   }
   return 0;

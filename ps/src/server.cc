@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "server_internal.h"
+#include "sparse_table.h"
 #include "shardps/base/codec.h"
 #include "shardps/base/optimizer.h"
 
@@ -49,8 +50,14 @@ Server::Server(Endpoint& endpoint, const Cluster& cluster, const TableLayout& la
                           .max_waiting_pulls_per_chunk = options_.max_waiting_pulls_per_chunk,
                           .staleness = static_cast<uint64_t>(std::max(0, options_.staleness))};
   const int me = cluster_.server_index();
+  sparse_.resize(layout_.num_tables());
+  sparse_queue_.resize(num_workers_);
   for (uint32_t t = 0; t < layout_.num_tables(); ++t) {
     const TableSpec& spec = layout_.table(t);
+    if (spec.sparse() && policy) {
+      sparse_[t] = std::make_unique<SparseTable>(spec, t, static_cast<PolicyHost&>(*this), static_cast<SparseHost&>(*this), limits,
+                                                 policy->name());
+    }
     for (const ChunkInfo& c : layout_.chunks(t)) {
       if (c.server != me) continue;
       auto cs = std::make_unique<Served>();
@@ -135,7 +142,8 @@ void Server::OnFrame(IncomingFrame in, Frame frame) {
     Reject(in, h, policy_error_.WithContext("server rank " + std::to_string(cluster_.rank())));
     return;
   }
-  if (h.op() != wire::PUSH && h.op() != wire::PUSH_PULL && in.payload_bytes > 0) {
+  const bool sparse_op = h.op() == wire::SPARSE_PUSH || h.op() == wire::SPARSE_PULL || h.op() == wire::SPARSE_PUSH_PULL;
+  if (h.op() != wire::PUSH && h.op() != wire::PUSH_PULL && !sparse_op && in.payload_bytes > 0) {
     Reject(in, h, InvalidArgument(OpName(h.op()) + " carries no payload, got " + std::to_string(in.payload_bytes) + " bytes"));
     return;
   }
@@ -152,6 +160,9 @@ void Server::OnFrame(IncomingFrame in, Frame frame) {
     case wire::SHUTDOWN: HandleShutdown(in, h); return;
     case wire::HEARTBEAT: SendOk(in.source, h); return;
     case wire::CHECKPOINT: HandleCheckpoint(in, h); return;
+    case wire::SPARSE_PUSH:
+    case wire::SPARSE_PULL:
+    case wire::SPARSE_PUSH_PULL: HandleSparse(in, frame); return;
     default:
       Reject(in, h, InvalidArgument(OpName(h.op()) + " is not a request"));
   }
@@ -182,6 +193,12 @@ Result<Server::Served*> Server::ValidateKeys(const wire::Header& h, bool allow_e
                     std::to_string(layout_.num_tables()) + " tables)");
   }
   const TableSpec& spec = layout_.table(h.table());
+  if (spec.sparse()) {
+    return InvalidArgument("table '" + spec.name + "' is sparse: " + OpName(h.op()) + " is for dense tables (use " +
+                           OpName(h.op() == wire::PULL ? wire::SPARSE_PULL : h.op() == wire::PUSH ? wire::SPARSE_PUSH
+                                                                                                   : wire::SPARSE_PUSH_PULL) +
+                           ")");
+  }
   const auto chunks = layout_.chunks(h.table());
   if (h.chunk() >= chunks.size()) {
     return OutOfRange("chunk " + std::to_string(h.chunk()) + " of table '" + spec.name + "' does not exist (it has " +
@@ -408,6 +425,9 @@ void Server::ExpireHeld(Clock::time_point now) {
   const std::string me = Self();
   for (auto& cs : chunks_) {
     if (cs->sync) next = std::min(next, cs->sync->Expire(now));
+  }
+  for (auto& st : sparse_) {
+    if (st) next = std::min(next, st->Expire(now));
   }
   for (auto it = barrier_->waiting.begin(); it != barrier_->waiting.end();) {
     auto& slots = it->second;

@@ -15,6 +15,12 @@ void Server::HandleCheckpoint(IncomingFrame& in, const wire::Header& h) {
     return Reject(in, h, FailedPrecondition("server rank " + std::to_string(cluster_.rank()) + " has no checkpoint directory"));
   }
   if (writer_busy_) return Reject(in, h, ResourceExhausted("a checkpoint write is already in flight on this server"));
+  for (const TableSpec& t : layout_.tables()) {
+    if (t.sparse() && t.checkpointed) {
+      return Reject(in, h, FailedPrecondition("sparse table '" + t.name + "' cannot be saved in a checkpoint yet; declare it "
+                                         "with checkpointed = false to checkpoint the dense tables alone"));
+    }
+  }
   if (cluster_.WorkerIndexOf(in.source) != 0) {
     return Reject(in, h, FailedPrecondition("checkpoints are requested by the lead worker (rank " +
                                             std::to_string(cluster_.worker_rank(0)) + ")"));

@@ -84,8 +84,11 @@ class MalformedInput : public ::testing::Test {
     t.init.kind = InitKind::kConstant;
     t.init.value = 1.0f;
     t.optimizer.learning_rate = 0.5f;
+    TableSpec sparse{.name = "emb", .row_dim = 2};  // table 1
+    sparse.init.kind = InitKind::kConstant;
+    sparse.init.value = 3.0f;
     hub_ = std::make_unique<InProcHub>(3);
-    layout_ = std::make_unique<TableLayout>(*TableLayout::Create({t}, 1, {.chunk_floats = 64}));
+    layout_ = std::make_unique<TableLayout>(*TableLayout::Create({t, sparse}, 1, {.chunk_floats = 64}));
     for (int r = 0; r < 2; ++r) {
       auto c = Cluster::Create(3, r, {.num_servers = 1});
       ASSERT_TRUE(c.ok());
@@ -261,6 +264,50 @@ TEST_F(MalformedInput, UnknownCodecIdIsRefusedWithAnErrorNamingIt) {
   std::vector<float> w(100);
   ASSERT_TRUE(honest.Pull(0, w, 0).wait(kWait).ok());
   for (float v : w) ASSERT_EQ(v, 1.0f);
+  nodes_[1]->endpoint().Stop();
+  nodes_[0]->endpoint().Stop();
+}
+
+// Sparse requests whose keys or sizes are wrong, or that name the wrong kind of table: each gets
+// an ERROR naming what is wrong (the first bad key's position), before any row is created.
+TEST_F(MalformedInput, BadSparseRequestsAreRefusedNamingWhatIsWrong) {
+  auto sparse = [](wire::Op op, uint32_t table, uint64_t keys, uint64_t id) {
+    wire::Header h;
+    h.set_op(op);
+    h.set_sender(2);
+    h.set_request_id(id);
+    h.set_table(table);
+    h.set_element_count(keys);
+    return h;
+  };
+  auto payload = [](std::vector<uint64_t> keys, size_t floats) {
+    std::vector<uint8_t> p(keys.size() * 8 + floats * 4, 0);
+    std::memcpy(p.data(), keys.data(), keys.size() * 8);
+    return p;
+  };
+  auto expect = [&](const wire::Header& h, const std::vector<uint8_t>& p, const std::string& text) {
+    raw_->Send(0, EncodeFrame(h, p), p);
+    auto reply = raw_->Next();
+    ASSERT_TRUE(reply.ok()) << reply.status().ToString();
+    EXPECT_EQ(reply->header.op(), wire::ERROR) << text;
+    EXPECT_EQ(reply->header.error_code(), static_cast<int>(StatusCode::kInvalidArgument)) << reply->header.error();
+    EXPECT_NE(reply->header.error().find(text), std::string::npos) << reply->header.error();
+  };
+  expect(sparse(wire::SPARSE_PUSH, 1, 3, 60), payload({5, 9, 3}, 6), "keys[2] = 3 follows keys[1] = 9");
+  expect(sparse(wire::SPARSE_PULL, 1, 2, 61), payload({4, 4}, 0), "keys[1] = 4 follows keys[0] = 4");
+  expect(sparse(wire::SPARSE_PUSH, 1, 2, 62), payload({1, 2}, 3), "carries 28 bytes for 2 keys");
+  expect(sparse(wire::SPARSE_PUSH_PULL, 1, uint64_t{1} << 62, 63), payload({1}, 2), "keys");  // no allocation of 2^62 keys
+  expect(sparse(wire::SPARSE_PULL, 0, 1, 64), payload({1}, 0), "is dense");
+  auto coded = sparse(wire::SPARSE_PULL, 1, 1, 65);
+  coded.set_codec(3);
+  expect(coded, payload({1}, 0), "identity codec");
+  auto dense_op = Push(1, 0, 0, 2, 0, 66);
+  expect(dense_op, payload({}, 2), "is sparse");
+  // Nothing was created or changed: the rows come back as initialised.
+  std::vector<float> rows(4);
+  ASSERT_TRUE(nodes_[1]->client()->SparsePull(1, std::vector<uint64_t>{3, 5}, rows, 0).wait(kWait).ok());
+  EXPECT_EQ(rows, std::vector<float>(4, 3.0f));
+  EXPECT_EQ(nodes_[0]->server()->stats().sparse_rows, 2u);  // the two just pulled
   nodes_[1]->endpoint().Stop();
   nodes_[0]->endpoint().Stop();
 }

@@ -1,5 +1,7 @@
 #include "shardps/worker/kv_client.h"
 
+#include "client_core.h"
+
 #include <algorithm>
 #include <condition_variable>
 #include <future>
@@ -15,120 +17,11 @@
 
 namespace shardps::worker {
 
-namespace internal {
-
-// The protocol side of a KVClient: builds the requests, keeps the pending ones and matches the
-// replies on the communication thread (the endpoint's client handler).
-class ClientCore final : public FrameHandler {
- public:
-  ClientCore(Endpoint& endpoint, const Cluster& cluster, const TableLayout& layout, ClientOptions options)
-      : endpoint_(endpoint),
-        cluster_(cluster),
-        layout_(layout),
-        options_(options),
-        codec_(FindCodec(options_.codec)),
-        codec_error_(ValidateClientOptions(options_)) {}
-
-  Handle Push(uint32_t table, std::span<const float> grad, uint64_t step, KeyRange range);
-  Handle Pull(uint32_t table, std::span<float> out, uint64_t version, KeyRange range);
-  Handle PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step, KeyRange range);
-  Handle Barrier() SHARDPS_EXCLUDES(mu_);
-  Handle Hello();
-  Handle Shutdown();
-  void Retain(std::shared_ptr<void> keep) SHARDPS_EXCLUDES(mu_);
-  Handle Checkpoint(uint64_t version, uint64_t step);
-  const TableLayout& layout() const { return layout_; }
-
-  Status Cancel(const std::shared_ptr<OpState>& op, std::chrono::milliseconds timeout);
-  Endpoint& endpoint() { return endpoint_; }
-
-  // FrameHandler (communication thread).
-  void OnFrame(IncomingFrame in, Frame frame) override;
-  Clock::time_point OnTick(Clock::time_point now) override { return Clock::time_point::max(); }
-  void OnPeerLost(const Status& why) override;
-
- private:
-  struct Piece {
-    int server_rank = 0;
-    wire::Header header;
-    std::span<const uint8_t> payload;
-    std::shared_ptr<std::vector<uint8_t>> encoded;  // what `payload` points into, for a codec that copies
-    std::span<uint8_t> out;  // where a pull reply's payload goes
-  };
-  struct Pending {
-    std::shared_ptr<OpState> op;
-    size_t piece = 0;
-    std::span<uint8_t> out;
-    wire::Op op_code = wire::OP_UNSPECIFIED;
-    int server_rank = -1;  // only this rank's reply is accepted
-    uint32_t chunk = 0;
-  };
-
-  Handle Start(std::string what, std::vector<Piece> pieces);
-  Status CancelOnCommThread(const std::shared_ptr<OpState>& op, Clock::time_point deadline);
-  Handle Failed(Status s);
-  Result<std::pair<uint64_t, uint64_t>> Resolve(uint32_t table, KeyRange range, size_t buffer_size,
-                                                const char* what) const;
-  std::vector<Piece> Split(wire::Op op, uint32_t table, uint64_t begin, uint64_t end, uint64_t step,
-                           const float* grad, float* out) const;
-
-  // Constant after construction.
-  Endpoint& endpoint_;
-  const Cluster cluster_;
-  const TableLayout layout_;
-  const ClientOptions options_;
-  const Codec* const codec_;   // null when options_.codec is not registered
-  const Status codec_error_;  // then: why; every operation fails with it
-
-  Mutex mu_;
-  uint64_t barrier_count_ SHARDPS_GUARDED_BY(mu_) = 0;
-  std::vector<std::shared_ptr<void>> retained_ SHARDPS_GUARDED_BY(mu_);
-
-  // Communication thread only.
-  uint64_t next_request_id_ = 1;
-  std::unordered_map<uint64_t, Pending> pending_;
-};
-
-// Shared by a Handle and the communication thread. Each piece (one message to one server)
-// finishes when its send has completed and its reply has arrived (and, for pulls, its payload).
-struct OpState {
-  std::string what;
-  ClientCore* client = nullptr;                 // null for operations that never started
-  std::vector<std::span<const uint8_t>> regions;  // the caller's buffers (payloads and outputs)
-  std::vector<std::shared_ptr<std::vector<uint8_t>>> encoded;  // encoded payloads being sent (codecs that copy)
-  bool cancelled = false;                        // communication thread only
-  mutable Mutex mu;
-  std::condition_variable cv;
-  std::vector<int> server;                                // by piece
-  std::vector<uint8_t> parts_left SHARDPS_GUARDED_BY(mu);  // by piece
-  size_t remaining SHARDPS_GUARDED_BY(mu) = 0;
-  Status error SHARDPS_GUARDED_BY(mu);                     // the first failure
-
-  // The constructors run before the state is shared, so they set guarded fields without the lock
-  // (the analysis does not check constructors).
-  explicit OpState(Status done) : error(std::move(done)) {}  // finished before it started
-  OpState(std::string description, size_t pieces) : what(std::move(description)), parts_left(pieces, 2), remaining(pieces) {}
-
-  void Part(size_t piece, const Status& s) SHARDPS_EXCLUDES(mu) {
-    bool all = false;
-    {
-      MutexLock lock(mu);
-      if (!s.ok() && error.ok()) error = s;
-      if (parts_left[piece] == 0) return;
-      if (--parts_left[piece] == 0) all = --remaining == 0;
-    }
-    if (all) cv.notify_all();
-  }
-};
-
-Handle CompletedHandle(Status s) {
-  return Handle(std::make_shared<OpState>(std::move(s)));
-}
-
-}  // namespace internal
 
 using internal::ClientCore;
 using internal::OpState;
+
+Handle internal::CompletedHandle(Status s) { return Handle(std::make_shared<OpState>(std::move(s))); }
 
 Status Handle::wait(std::chrono::milliseconds timeout) const {
   if (!state_) return Status::Ok();
@@ -187,6 +80,16 @@ Handle KVClient::Pull(uint32_t table, std::span<float> out, uint64_t version, Ke
 Handle KVClient::PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step,
                           KeyRange range) {
   return core_->PushPull(table, grad, out, step, range);
+}
+Handle KVClient::SparsePush(uint32_t table, std::span<const uint64_t> keys, std::span<const float> grads, uint64_t step) {
+  return core_->SparsePush(table, keys, grads, step);
+}
+Handle KVClient::SparsePull(uint32_t table, std::span<const uint64_t> keys, std::span<float> rows, uint64_t version) {
+  return core_->SparsePull(table, keys, rows, version);
+}
+Handle KVClient::SparsePushPull(uint32_t table, std::span<const uint64_t> keys, std::span<const float> grads,
+                                std::span<float> rows, uint64_t step) {
+  return core_->SparsePushPull(table, keys, grads, rows, step);
 }
 Handle KVClient::Barrier() { return core_->Barrier(); }
 Handle KVClient::Hello() { return core_->Hello(); }
@@ -386,9 +289,14 @@ Handle ClientCore::Start(std::string what, std::vector<Piece> pieces) {
   // The pieces are consecutive slices of one gradient and one output buffer: release each whole.
   // Encoded copies are the op's own buffers, one region each.
   for (const Piece& p : pieces) {
-    if (!p.encoded) continue;
-    op->encoded.push_back(p.encoded);
-    op->regions.push_back(*p.encoded);
+    if (p.encoded) {
+      op->encoded.push_back(p.encoded);
+      op->regions.push_back(*p.encoded);
+    }
+    if (p.inbox) {
+      op->encoded.push_back(p.inbox);
+      op->regions.push_back(*p.inbox);
+    }
   }
   auto bounds = [](auto member, const std::vector<Piece>& ps) {
     const uint8_t* lo = nullptr;
@@ -402,7 +310,8 @@ Handle ClientCore::Start(std::string what, std::vector<Piece> pieces) {
     return lo ? std::span<const uint8_t>(lo, static_cast<size_t>(hi - lo)) : std::span<const uint8_t>();
   };
   for (auto region : {bounds([](const Piece& p) { return p.encoded ? std::span<const uint8_t>() : p.payload; }, pieces),
-                      bounds([](const Piece& p) { return std::span<const uint8_t>(p.out); }, pieces)}) {
+                      bounds([](const Piece& p) { return p.inbox ? std::span<const uint8_t>() : std::span<const uint8_t>(p.out); },
+                             pieces)}) {
     if (!region.empty()) op->regions.push_back(region);
   }
   if (pieces.empty()) return Handle(op);
@@ -418,7 +327,8 @@ Handle ClientCore::Start(std::string what, std::vector<Piece> pieces) {
       const uint64_t id = next_request_id_++;
       p.header.set_request_id(id);
       p.header.set_timeout_ms(static_cast<uint64_t>(options_.request_timeout.count()));
-      pending_[id] = Pending{op, i, p.out, p.header.op(), p.server_rank, p.header.chunk()};
+      pending_[id] = Pending{op,       i,       p.out, p.header.op(), p.server_rank, p.header.chunk(), p.sparse,
+                             std::move(p.after_receive), p.header.table(), p.server};
       endpoint_.Send(p.server_rank, p.header, p.payload, [this, op, i, id](Status s) {
         op->Part(i, s);
         if (!s.ok() && pending_.erase(id) > 0) op->Part(i, s);  // no reply will come
@@ -461,12 +371,15 @@ void ClientCore::OnFrame(IncomingFrame in, Frame frame) {
   pending_.erase(it);
   if (h.op() == wire::ERROR) {
     if (in.payload_bytes > 0) (void)endpoint_.transport().DiscardPayload(in);
+    // The server may not hold the key list this request carried: the next one sends its keys.
+    if (p.sparse) ForgetSparseKeys(p.table, p.server);
     int code = h.error_code();
     if (code <= 0 || code > static_cast<int>(StatusCode::kCancelled)) code = static_cast<int>(StatusCode::kInternal);
     p.op->Part(p.piece, Status(static_cast<StatusCode>(code), p.op->what + ": " + h.error()));
     return;
   }
-  const bool wants_payload = p.op_code == wire::PULL || p.op_code == wire::PUSH_PULL;
+  const bool wants_payload = p.op_code == wire::PULL || p.op_code == wire::PUSH_PULL || p.op_code == wire::SPARSE_PULL ||
+                             p.op_code == wire::SPARSE_PUSH_PULL;
   if (!wants_payload) {
     if (in.payload_bytes > 0) {
       (void)endpoint_.transport().DiscardPayload(in);
@@ -476,6 +389,7 @@ void ClientCore::OnFrame(IncomingFrame in, Frame frame) {
     p.op->Part(p.piece, Status::Ok());
     return;
   }
+  if (p.sparse) return ReceiveRows(std::move(in), std::move(frame), std::move(p));
   if (h.codec() != codec_->id()) {
     if (in.payload_bytes > 0) (void)endpoint_.transport().DiscardPayload(in);
     p.op->Part(p.piece, DataLoss(p.op->what + ": reply from rank " + std::to_string(in.source) + " is coded with codec id " +

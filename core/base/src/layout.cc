@@ -49,7 +49,17 @@ Result<TableLayout> TableLayout::Create(std::vector<TableSpec> specs, int num_se
   for (const TableSpec& s : specs) {
     if (s.name.empty()) return InvalidArgument("a table needs a name");
     if (!names.insert(s.name).second) return InvalidArgument("table name '" + s.name + "' declared twice");
-    if (s.size == 0) return InvalidArgument("table '" + s.name + "' has size 0");
+    if (s.sparse()) {
+      if (s.size != 0 || !s.shape.empty()) {
+        return InvalidArgument("table '" + s.name + "' is sparse (row_dim " + std::to_string(s.row_dim) +
+                               "): its size and shape must be left empty, rows are created on first touch");
+      }
+      if (s.optimizer.kind == OptimizerKind::kSum) {
+        return InvalidArgument("table '" + s.name + "' is sparse: optimizer 'sum' is for dense reduction tables");
+      }
+    } else if (s.size == 0) {
+      return InvalidArgument("table '" + s.name + "' has size 0");
+    }
     if (auto o = LookupOptimizer(s.optimizer.kind); !o.ok()) {
       return InvalidArgument("table '" + s.name + "': " + o.status().message());
     }
@@ -73,6 +83,7 @@ Result<TableLayout> TableLayout::Create(std::vector<TableSpec> specs, int num_se
     const TableSpec& s = l.specs_[t];
     HashBytes(h, s.name.data(), s.name.size());
     HashValue(h, s.size);
+    if (s.sparse()) HashValue(h, s.row_dim);  // dense tables' digests stay what they were
     HashValue(h, s.optimizer.kind.size());
     HashBytes(h, s.optimizer.kind.data(), s.optimizer.kind.size());
     // Every setting the servers act on, so a worker started with another config is refused.
@@ -129,6 +140,24 @@ std::vector<uint64_t> TableLayout::BytesPerServer() const {
   std::vector<uint64_t> b(num_servers_, 0);
   for (const auto& cs : chunks_) for (const ChunkInfo& c : cs) b[c.server] += c.size() * sizeof(float);
   return b;
+}
+
+int SparseServerOf(uint64_t key, int num_servers) {
+  return static_cast<int>((static_cast<unsigned __int128>(SplitMix64(key)) * static_cast<uint64_t>(num_servers)) >> 64);
+}
+
+uint64_t SparseKeySignature(std::span<const uint64_t> keys) {
+  // A sum of independent terms (no dependency from one key to the next), so it runs at memory
+  // speed; each term mixes the key with its position.
+  uint64_t h = Mix(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) h += Mix(keys[i] ^ (i * 0x9E3779B97F4A7C15ull));
+  return h;
+}
+
+void InitializeRow(const TableInit& init, uint32_t table_id, uint64_t key, std::span<float> out) {
+  // The row's counters: a random 64-bit start per key (SplitMix64 is a bijection, so two keys
+  // never share a start), element i at start + i.
+  InitializeWeights(init, table_id, Mix(key ^ 0x5DEECE66Dull), out);
 }
 
 void InitializeWeights(const TableInit& init, uint32_t table_id, uint64_t begin, std::span<float> out) {

@@ -171,6 +171,9 @@ void Endpoint::Dispatch(IncomingFrame in) {
     case wire::SHUTDOWN:
     case wire::HEARTBEAT:
     case wire::CHECKPOINT:
+    case wire::SPARSE_PUSH:
+    case wire::SPARSE_PULL:
+    case wire::SPARSE_PUSH_PULL:
       h = server_;
       break;
     case wire::RESPONSE:

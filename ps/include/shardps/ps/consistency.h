@@ -107,6 +107,15 @@ class PolicyHost {
   virtual int WorkerRank(int worker) const = 0;
 };
 
+// What a sparse table (ps/src/sparse_table.h) asks of the server beyond PolicyHost.
+// Communication thread only.
+class SparseHost {
+ public:
+  virtual ~SparseHost() = default;
+  // Replies to `request` with `rows` (its keys' rows, in its key order) at `version`.
+  virtual void SendRows(const HeldRequest& request, uint64_t version, std::shared_ptr<std::vector<float>> rows) = 0;
+};
+
 // The policy's decisions for one chunk. Made by ConsistencyPolicy::ForChunk; called by the server
 // on the communication thread.
 class ChunkSync {

@@ -50,9 +50,14 @@ struct ServerStats {
   uint64_t pulls = 0;
   uint64_t steps_applied = 0;  // chunk updates
   uint64_t errors_sent = 0;
+  uint64_t sparse_rows = 0;    // rows of sparse tables held
+  uint64_t sparse_bytes = 0;   // memory they take (rows, their keys and optimizer state, the index)
 };
 
-class Server final : public FrameHandler, private PolicyHost {
+class SparseTable;  // sparse_table.h
+struct SparseRequest;
+
+class Server final : public FrameHandler, private PolicyHost, private SparseHost {
  public:
   // `options` should have passed ValidateServerOptions (Node::Start checks): a server built with
   // an unknown consistency policy refuses every request with that error.
@@ -104,6 +109,10 @@ class Server final : public FrameHandler, private PolicyHost {
   void HandleBarrier(IncomingFrame& in, const wire::Header& h);
   void HandleShutdown(IncomingFrame& in, const wire::Header& h);
   void HandleCheckpoint(IncomingFrame& in, const wire::Header& h);
+  void HandleSparse(IncomingFrame& in, Frame& f);                      // server_sparse.cc
+  void ProcessSparse(int worker);  // the worker's sparse requests whose payload is in, in arrival order
+  void SendRows(const HeldRequest& request, uint64_t version, std::shared_ptr<std::vector<float>> rows) override;
+  void UpdateSparseStats() SHARDPS_EXCLUDES(mu_);
   Result<Served*> ValidateKeys(const wire::Header& h, bool allow_empty);
   HeldPtr Hold(IncomingFrame& in, Frame& f);
   void Reject(IncomingFrame& in, const wire::Header& h, const Status& s) SHARDPS_EXCLUDES(mu_);
@@ -149,6 +158,10 @@ class Server final : public FrameHandler, private PolicyHost {
   // Communication thread only.
   std::vector<std::unique_ptr<Served>> chunks_;
   std::unordered_map<uint64_t, Served*> by_key_;  // (table << 32 | chunk index)
+  std::vector<std::unique_ptr<SparseTable>> sparse_;  // by table id; null for dense tables
+  // By worker index: its sparse requests in arrival order, processed in that order (a request may
+  // refer to the key list of the one before: key caching) as their payloads complete.
+  std::vector<std::deque<std::shared_ptr<SparseRequest>>> sparse_queue_;
   BufferPool accum_pool_;
   BufferPool scratch_pool_;
   std::unique_ptr<BarrierState> barrier_;

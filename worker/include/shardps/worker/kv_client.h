@@ -13,6 +13,16 @@
 // Synchronous semantics: in each step every worker pushes every key of a table exactly once (in
 // one push or several disjoint key ranges); the servers sum the pushes of step t in worker-rank
 // order and apply the optimizer once; Pull(version = t + 1) returns the weights after that.
+//
+// Sparse tables (TableSpec::row_dim = d > 0) are addressed by key lists instead of ranges:
+//   std::vector<uint64_t> ids = {3, 17, 1'000'000'007};          // sorted, no repeats
+//   std::vector<float> g(ids.size() * d), rows(ids.size() * d);  // one row of d floats per key
+//   SHARDPS_RETURN_IF_ERROR(client.SparsePull(table, ids, rows, /*version=*/step).wait(timeout));
+//   ... gradient rows for the same ids into g ...
+//   SHARDPS_RETURN_IF_ERROR(client.SparsePush(table, ids, g, step).wait(timeout));
+// Rows are created on first touch with the table's initialiser. Each worker sends one sparse push
+// per step and table (an empty key list is a valid push: the step still counts it); the servers
+// sum the step's rows key by key in worker-rank order and update each touched row once.
 // Buffers passed in must stay valid and unchanged until the handle completes or is cancelled:
 // payloads are sent from and received into them directly.
 // Thread safety: all methods may be called concurrently from any threads.
@@ -100,6 +110,15 @@ class KVClient {
   // Push for `step`, then receive the weights after that step's update, in one round trip.
   Handle PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step,
                   KeyRange range = {});
+  // Sparse tables: `keys` sorted ascending without repeats (else INVALID_ARGUMENT naming the
+  // first bad position); `grads` and `rows` hold keys.size() rows of the table's row_dim floats,
+  // in key order. A push goes to every server (those holding none of the keys get an empty list).
+  Handle SparsePush(uint32_t table, std::span<const uint64_t> keys, std::span<const float> grads, uint64_t step);
+  // The rows of `keys` once the servers have applied `version` steps (less the staleness under "ssp").
+  Handle SparsePull(uint32_t table, std::span<const uint64_t> keys, std::span<float> rows, uint64_t version);
+  // SparsePush for `step`, then the rows after that step's update, in one round trip.
+  Handle SparsePushPull(uint32_t table, std::span<const uint64_t> keys, std::span<const float> grads,
+                        std::span<float> rows, uint64_t step);
   // Completes when every worker has entered the same (n-th) barrier.
   Handle Barrier();
   // Checks with every server that both sides use the same table layout.

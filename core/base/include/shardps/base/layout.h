@@ -7,8 +7,10 @@
 // A dense table of n floats is cut into chunks of at most `chunk_floats` elements. Chunks of all
 // tables, in declaration order, go one by one to the server that holds the fewest bytes so far
 // (lowest index on a tie): bytes are balanced to within one chunk, a tiny table lives on one
-// server and a big one spreads over all. Every rank computes the same layout from the same specs;
-// workers prove it to servers with digest().
+// server and a big one spreads over all. A sparse table (row_dim > 0) has no chunks: its rows,
+// addressed by any uint64 key, are created on first touch by the server SparseServerOf(key)
+// names. Every rank computes the same layout from the same specs; workers prove it to servers with
+// digest().
 // Thread safety: immutable after construction.
 #pragma once
 
@@ -36,7 +38,10 @@ struct TableInit {
 
 struct TableSpec {
   std::string name;
-  uint64_t size = 0;  // floats
+  uint64_t size = 0;  // floats (dense tables; 0 for a sparse one)
+  // A sparse table: rows of row_dim floats addressed by uint64 keys (feature ids), created on
+  // first touch with InitializeRow's values. 0: a dense table of `size` floats.
+  uint32_t row_dim = 0;
   // The tensor's dimensions, row-major, for what reads the weights as tensors (model files,
   // `shardps ckpt export`): their product is `size`. Empty means one dimension of `size`.
   std::vector<uint64_t> shape;
@@ -45,7 +50,19 @@ struct TableSpec {
   // Saved in checkpoints and exported. False for tables that only carry a run's bookkeeping
   // (reductions of metrics or sample counts), which a resumed run starts afresh.
   bool checkpointed = true;
+
+  bool sparse() const { return row_dim > 0; }
 };
+
+// The server index, in [0, num_servers), that holds key `key` of every sparse table: the high 64
+// bits of SplitMix64(key) * num_servers (SplitMix64: shardps/base/random.h). A fixed function of
+// the key and the server count, the same on every run and machine; balanced for any key set,
+// sequential ids included.
+int SparseServerOf(uint64_t key, int num_servers);
+
+// A 64-bit signature of a key list (its length, and each key at its position), by which a worker
+// and a server agree on a cached key list (the wire protocol's key caching).
+uint64_t SparseKeySignature(std::span<const uint64_t> keys);
 
 // The number of elements a tensor of `shape` holds (1 for no dimensions); 0 if a dimension is 0
 // or the product overflows. ShapeText: "784 x 128".
@@ -98,5 +115,8 @@ class TableLayout {
 
 // Writes the initial values of elements [begin, begin + out.size()) of table `table_id`.
 void InitializeWeights(const TableInit& init, uint32_t table_id, uint64_t begin, std::span<float> out);
+// Writes the initial values of row `key` (out.size() = row_dim) of sparse table `table_id`: a pure
+// function of (init, table id, key), whichever server creates the row and whenever.
+void InitializeRow(const TableInit& init, uint32_t table_id, uint64_t key, std::span<float> out);
 
 }  // namespace shardps

@@ -1,0 +1,49 @@
+// shardps bench's flags and per-round times, shared by its dense (bench.cc) and sparse
+// (bench_sparse.cc) rounds.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "shardps/base/status.h"
+#include "shardps/net/transport.h"
+
+namespace shardps::tools {
+
+struct BenchFlags {
+  uint64_t floats = 1'000'000;
+  int servers = 1;
+  bool colocated = false;
+  int rounds = 100;
+  int warmup = 5;
+  uint64_t chunk_floats = 256 * 1024;
+  int64_t timeout_ms = 60000;
+  bool allreduce = true;
+  std::string json_out;
+  // --sparse K: a sparse table instead, each round a push and a pull of K keys of sparse_dim floats.
+  uint64_t sparse_keys = 0;
+  uint32_t sparse_dim = 1;
+
+  // The flags every process of a TCP job must share, as the configuration text of the job
+  // agreement (json_out is each process's own; allreduce plays no part over TCP). A flag added
+  // above that the processes must agree on is added here too.
+  std::string Describe() const {
+    return "floats " + std::to_string(floats) + " servers " + std::to_string(servers) + " colocated " +
+           std::to_string(colocated) + " rounds " + std::to_string(rounds) + " warmup " + std::to_string(warmup) +
+           " chunk_floats " + std::to_string(chunk_floats) + " timeout_ms " + std::to_string(timeout_ms) +
+           " sparse_keys " + std::to_string(sparse_keys) + " sparse_dim " + std::to_string(sparse_dim);
+  }
+};
+
+struct Rounds {
+  std::vector<double> round, push, pull;
+};
+
+// The rounds of a sparse table (--sparse): every worker pushes a gradient of ones for the same
+// f.sparse_keys keys (spread over the uint64 range, as ps-lite's benchmark spreads them), waits,
+// then pulls their rows after that step; the rows are checked at the end.
+Status RunSparsePs(const BenchFlags& f, Result<std::unique_ptr<Transport>> transport, int rank, int size, Rounds* out);
+
+}  // namespace shardps::tools

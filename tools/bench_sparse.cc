@@ -1,0 +1,67 @@
+// shardps bench --sparse: push+pull rounds of a sparse table, the counterpart of ps-lite's
+// benchmark with many keys of one float each.
+#include <chrono>
+#include <limits>
+
+#include "bench.h"
+#include "shardps/node.h"
+
+namespace shardps::tools {
+
+Status RunSparsePs(const BenchFlags& f, Result<std::unique_ptr<Transport>> transport, int rank, int size, Rounds* out) {
+  using Ms = std::chrono::duration<double, std::milli>;
+  ClusterOptions co;
+  co.num_servers = f.servers;
+  SHARDPS_ASSIGN_OR_RETURN(Cluster cluster, Cluster::Create(size, rank, co));
+  TableSpec spec{.name = "bench", .row_dim = f.sparse_dim};
+  spec.optimizer.kind = OptimizerKind::kSgd;
+  spec.optimizer.learning_rate = 1e-6f;
+  SHARDPS_ASSIGN_OR_RETURN(TableLayout layout, TableLayout::Create({spec}, cluster.num_servers()));
+  SHARDPS_RETURN_IF_ERROR(transport.status());
+  NodeOptions no;
+  no.client.request_timeout = std::chrono::milliseconds(f.timeout_ms);
+  no.startup_timeout = std::chrono::milliseconds(f.timeout_ms);
+  // Declared before the node, so they outlive it (see RunPs).
+  std::vector<uint64_t> keys;
+  std::vector<float> grad, rows;
+  SHARDPS_ASSIGN_OR_RETURN(auto node, Node::Start(std::move(*transport), cluster, layout, no));
+  const auto timeout = std::chrono::milliseconds(f.timeout_ms);
+  out->round.assign(f.rounds, 0.0);
+  out->push.assign(f.rounds, 0.0);
+  out->pull.assign(f.rounds, 0.0);
+  if (auto* client = node->client()) {
+    const uint64_t n = f.sparse_keys, d = f.sparse_dim;
+    keys.resize(n);
+    const uint64_t spread = std::numeric_limits<uint64_t>::max() / n;
+    for (uint64_t i = 0; i < n; ++i) keys[i] = spread * i;
+    grad.assign(n * d, 1.0f);
+    rows.assign(n * d, 0.0f);
+    SHARDPS_RETURN_IF_ERROR(client->Barrier().wait(timeout));
+    for (int r = 0; r < f.warmup + f.rounds; ++r) {
+      const uint64_t step = static_cast<uint64_t>(r);
+      auto t0 = std::chrono::steady_clock::now();
+      SHARDPS_RETURN_IF_ERROR(client->SparsePush(0, keys, grad, step).wait(timeout));
+      auto t1 = std::chrono::steady_clock::now();
+      SHARDPS_RETURN_IF_ERROR(client->SparsePull(0, keys, rows, step + 1).wait(timeout));
+      auto t2 = std::chrono::steady_clock::now();
+      if (r >= f.warmup) {
+        out->push[r - f.warmup] = Ms(t1 - t0).count();
+        out->pull[r - f.warmup] = Ms(t2 - t1).count();
+        out->round[r - f.warmup] = Ms(t2 - t0).count();
+      }
+    }
+    // As in RunPs: SGD (lr 1e-6) on the sum of every worker's ones, every round, recomputed here.
+    float expect = 0.0f;
+    const float sum = static_cast<float>(cluster.num_workers());
+    for (int r = 0; r < f.warmup + f.rounds; ++r) expect -= spec.optimizer.learning_rate * sum;
+    for (uint64_t i = 0; i < rows.size(); ++i) {
+      if (rows[i] != expect) {
+        return DataLoss("bench --sparse: row element " + std::to_string(i) + " is " + std::to_string(rows[i]) +
+                        ", expected " + std::to_string(expect));
+      }
+    }
+  }
+  return node->Finish();
+}
+
+}  // namespace shardps::tools

@@ -19,6 +19,7 @@
 // The file is written to FILE.tmp and renamed over FILE.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
@@ -177,7 +178,7 @@ std::vector<std::vector<uint64_t>> LegacyShapesFromNames(const ckpt::Manifest& m
 // recorded.
 std::vector<std::vector<uint64_t>> Shapes(const ckpt::Manifest& m, const std::string& vpath) {
   bool all_recorded = true;
-  for (const auto& t : m.tables()) all_recorded &= !t.shape().empty();
+  for (const auto& t : m.tables()) all_recorded &= !t.shape().empty() || t.row_dim() > 0;  // sparse: ids + values
   std::vector<std::vector<uint64_t>> shapes(static_cast<size_t>(m.tables_size()));
   if (!all_recorded) {
     std::cerr << "shardps ckpt export: note: checkpoint " << vpath
@@ -233,6 +234,32 @@ Result<ExportFlags> ParseFlags(int argc, char** argv) {
   }
   if (f.out.empty()) return InvalidArgument("--out FILE.safetensors is required");
   return f;
+}
+
+// A sparse table's saved rows: their weights, ordered by key, into `w` (row after row); returns the
+// keys as the I64 tensor "<name>.ids" (each uint64 key's bits as a two's-complement int64).
+Result<Tensor> ReadSparse(CheckpointReader& reader, uint32_t table, std::vector<float>* w) {
+  const auto& ti = reader.manifest().tables(static_cast<int>(table));
+  const uint32_t d = ti.row_dim(), floats = d * (1 + ti.slots());
+  std::vector<std::pair<uint64_t, std::vector<float>>> rows;
+  Status s = reader.ReadSparseRows(table, [&](std::span<const uint64_t> keys, std::span<const float> data) {
+    for (size_t i = 0; i < keys.size(); ++i) rows.emplace_back(keys[i], std::vector<float>(data.begin() + i * floats, data.begin() + i * floats + d));
+    return Status::Ok();
+  });
+  if (!s.ok()) return s.WithContext("reading sparse table '" + ti.name() + "'");
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  Tensor ids;
+  ids.name = ti.name() + ".ids";
+  ids.dtype = "I64";
+  ids.shape = {rows.size()};
+  ids.elements = rows.size();
+  w->clear();
+  w->reserve(rows.size() * d);
+  for (const auto& [key, row] : rows) {
+    Append(&ids.bytes, key);
+    w->insert(w->end(), row.begin(), row.end());
+  }
+  return ids;
 }
 
 // Converts one table's weights (pruned already) into `t`.
@@ -296,18 +323,26 @@ Status Export(FileSystem& fs, const ExportFlags& f) {
   std::vector<Tensor> weights(static_cast<size_t>(m.tables_size()));
   std::vector<Tensor> scales;
   uint64_t pruned = 0;
+  std::vector<Tensor> ids;  // sparse tables' ids, I64: first in the data (8-byte aligned)
   for (int t = 0; t < m.tables_size(); ++t) {
     const auto& ti = m.tables(t);
     std::vector<float> w, scratch;
-    try {
+    std::vector<uint64_t> shape = shapes[static_cast<size_t>(t)];
+    if (ti.row_dim() > 0) {
+      SHARDPS_ASSIGN_OR_RETURN(Tensor id_tensor, ReadSparse(reader, static_cast<uint32_t>(t), &w));
+      shape = {id_tensor.elements, ti.row_dim()};
+      ids.push_back(std::move(id_tensor));
+    } else try {
       w.resize(ti.size());
       scratch.resize(ti.size() * ti.slots());
     } catch (const std::exception&) {
       return ResourceExhausted("table '" + ti.name() + "' (" + std::to_string(ti.size()) + " elements) does not fit in memory");
     }
-    Status s = reader.Read(static_cast<uint32_t>(t), 0, ti.size(), w, scratch);
-    if (!s.ok()) return s.WithContext("reading table '" + ti.name() + "'");
-    scratch = {};
+    if (ti.row_dim() == 0) {
+      Status s = reader.Read(static_cast<uint32_t>(t), 0, ti.size(), w, scratch);
+      if (!s.ok()) return s.WithContext("reading table '" + ti.name() + "'");
+      scratch = {};
+    }
     if (f.prune_below) {
       for (float& x : w) {
         if (std::fabs(static_cast<double>(x)) < *f.prune_below) {
@@ -318,7 +353,7 @@ Status Export(FileSystem& fs, const ExportFlags& f) {
     }
     Tensor& out = weights[static_cast<size_t>(t)];
     out.name = ti.name();
-    out.shape = shapes[static_cast<size_t>(t)];
+    out.shape = shape;
     float scale = 1.0f;
     SHARDPS_RETURN_IF_ERROR(Convert(w, f.dtype, &out, &scale));
     if (f.dtype == Dtype::kI8) {
@@ -331,14 +366,21 @@ Status Export(FileSystem& fs, const ExportFlags& f) {
       scales.push_back(std::move(st));
     }
   }
+  for (const Tensor& s : ids) {
+    for (const Tensor& w : weights) {
+      if (w.name == s.name) return InvalidArgument("table '" + w.name + "' clashes with the ids of a sparse table");
+    }
+  }
   for (const Tensor& s : scales) {
     for (const Tensor& w : weights) {
       if (w.name == s.name) return InvalidArgument("table '" + w.name + "' clashes with the int8 scale tensor of the same name");
     }
   }
 
-  // Data order: F32 scales first (4-byte aligned), then the weights in manifest order.
+  // Data order: I64 ids first (8-byte aligned), F32 scales (4-byte aligned), then the weights in
+  // manifest order.
   std::vector<const Tensor*> order;
+  for (const Tensor& s : ids) order.push_back(&s);
   for (const Tensor& s : scales) order.push_back(&s);
   for (const Tensor& w : weights) order.push_back(&w);
 

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "server_internal.h"
+#include "sparse_table.h"
 #include "shardps/base/optimizer.h"
 
 namespace shardps::ps {
@@ -15,12 +16,6 @@ void Server::HandleCheckpoint(IncomingFrame& in, const wire::Header& h) {
     return Reject(in, h, FailedPrecondition("server rank " + std::to_string(cluster_.rank()) + " has no checkpoint directory"));
   }
   if (writer_busy_) return Reject(in, h, ResourceExhausted("a checkpoint write is already in flight on this server"));
-  for (const TableSpec& t : layout_.tables()) {
-    if (t.sparse() && t.checkpointed) {
-      return Reject(in, h, FailedPrecondition("sparse table '" + t.name + "' cannot be saved in a checkpoint yet; declare it "
-                                         "with checkpointed = false to checkpoint the dense tables alone"));
-    }
-  }
   if (cluster_.WorkerIndexOf(in.source) != 0) {
     return Reject(in, h, FailedPrecondition("checkpoints are requested by the lead worker (rank " +
                                             std::to_string(cluster_.worker_rank(0)) + ")"));
@@ -55,6 +50,26 @@ void Server::HandleCheckpoint(IncomingFrame& in, const wire::Header& h) {
     c.data.reserve(cs.weights.size() + cs.slots.size());
     c.data.insert(c.data.end(), cs.weights.begin(), cs.weights.end());
     c.data.insert(c.data.end(), cs.slots.begin(), cs.slots.end());
+    chunks.push_back(std::move(c));
+  }
+  // Sparse tables: every row this server holds, with its optimizer state.
+  for (uint32_t t = 0; t < layout_.num_tables(); ++t) {
+    const SparseTable* st = sparse_[t].get();
+    if (!st || !layout_.table(t).checkpointed) continue;
+    if (st->version() != h.step()) {
+      return Reject(in, h, FailedPrecondition("checkpoint at step " + std::to_string(h.step()) + " requested, but " +
+                                              st->Describe()));
+    }
+    ChunkToSave c;
+    c.table = ckpt_table[t];
+    c.sparse = true;
+    const SparseRows& rows = st->rows();
+    c.keys.reserve(rows.size());
+    c.data.reserve(rows.size() * rows.row_floats());
+    rows.ForEach([&](uint64_t key, const float* row) {
+      c.keys.push_back(key);
+      c.data.insert(c.data.end(), row, row + rows.row_floats());
+    });
     chunks.push_back(std::move(c));
   }
   if (writer_.joinable()) writer_.join();
@@ -98,6 +113,31 @@ Status Server::InitFrom(const SafetensorsFile& file) {
 
 Status Server::Restore(CheckpointReader& reader) {
   const uint64_t step = reader.manifest().step();
+  // Sparse tables: of every saved row, those this server holds now (SparseServerOf with today's
+  // server count), whatever server wrote them.
+  for (uint32_t t = 0; t < layout_.num_tables(); ++t) {
+    SparseTable* st = sparse_[t].get();
+    const TableSpec& spec = layout_.table(t);
+    if (!st || !spec.checkpointed) continue;
+    SparseRows& rows = st->mutable_rows();
+    SHARDPS_ASSIGN_OR_RETURN(uint32_t saved, reader.FindSparseTable(spec.name, spec.row_dim,
+                                                                    static_cast<uint32_t>(OptimizerSlots(spec.optimizer.kind))));
+    if (const std::string& opt = reader.manifest().tables(static_cast<int>(saved)).optimizer(); opt != spec.optimizer.kind) {
+      return InvalidArgument("checkpoint table '" + spec.name + "' was saved with optimizer '" + opt + "', this run has '" +
+                             spec.optimizer.kind + "': its optimizer state would not mean the same");
+    }
+    const int me = cluster_.server_index();
+    const uint32_t floats = rows.row_floats();
+    SHARDPS_RETURN_IF_ERROR(reader.ReadSparseRows(saved, [&](std::span<const uint64_t> keys, std::span<const float> data) {
+      for (size_t i = 0; i < keys.size(); ++i) {
+        if (SparseServerOf(keys[i], layout_.num_servers()) != me) continue;
+        std::copy_n(data.data() + i * floats, floats, rows.FindOrCreate(keys[i]));
+      }
+      return Status::Ok();
+    }));
+    st->set_version(step);
+  }
+  UpdateSparseStats();
   for (auto& csp : chunks_) {
     Served& cs = *csp;
     if (!cs.spec->checkpointed) continue;

@@ -70,6 +70,9 @@ class SparseTable {
 
   const SparseRows& rows() const { return rows_; }
   uint64_t version() const { return version_; }
+  // Restoring a checkpoint, before serving: rows are set and the version moved to the step.
+  SparseRows& mutable_rows() { return rows_; }
+  void set_version(uint64_t v) { version_ = v; }
   std::string Describe() const;
 
  private:

@@ -14,7 +14,10 @@
 #include <set>
 #include <string>
 
+#include "common/scratch_dir.h"
 #include "common/threads_cluster.h"
+#include "shardps/storage/checkpoint_registry.h"
+#include "shardps/worker/checkpoint_driver.h"
 #include "shardps/base/random.h"
 
 namespace shardps {
@@ -180,6 +183,89 @@ TEST(SparseTable, RowsAreBitIdenticalOnAnyNumberOfServersAndUnderSspZero) {
   size_t moved = 0;
   for (float v : one) moved += v != 0.0f;
   EXPECT_GT(moved, one.size() / 2);
+}
+
+// Steps [first, last) of the RoughGrad job on `servers` servers; with `ckdir`, worker 0 writes a
+// checkpoint at step `save_at` (CheckpointDriver); with `restore`, the servers start from it.
+// Returns the rows of every key touched in [0, last), pulled at the end.
+std::vector<float> TrainRange(int servers, int workers, const TableSpec& t, uint64_t first, uint64_t last,
+                              const std::string& ckdir, uint64_t save_at, CheckpointReader* restore) {
+  JobConfig c = Config(servers, workers, t);
+  c.node.server.checkpoint_dir = ckdir;
+  c.node.restore_from = restore;
+  const std::vector<uint64_t> all = AllKeys(workers, last);
+  std::vector<float> final_rows(all.size() * kDim);
+  PosixFileSystem fs;
+  ThreadsJob job(c);
+  auto st = job.Run([&](int rank, Node& node) -> Status {
+    worker::KVClient* cl = node.client();
+    if (!cl) return Status::Ok();
+    const int w = rank - servers;
+    std::unique_ptr<worker::CheckpointDriver> ckpts;
+    if (w == 0 && !ckdir.empty() && !restore) {
+      ckpts = std::make_unique<worker::CheckpointDriver>(
+          fs, *cl, worker::CheckpointRun{.seed = 1, .num_servers = uint32_t(servers), .num_workers = uint32_t(workers), .tables = {t}},
+          worker::CheckpointOptions{.dir = ckdir, .timeout = kWait});
+    }
+    for (uint64_t step = first; step < last; ++step) {
+      const auto keys = KeysOf(w, step);
+      const auto grads = Grads(keys, w, step, RoughGrad);
+      std::vector<float> rows(keys.size() * kDim);
+      SHARDPS_RETURN_IF_ERROR(cl->SparsePushPull(0, keys, grads, rows, step).wait(kWait));
+      if (ckpts && step + 1 == save_at) SHARDPS_RETURN_IF_ERROR(ckpts->OnStep({.step = save_at}, /*final=*/true));
+    }
+    SHARDPS_RETURN_IF_ERROR(cl->Barrier().wait(kWait));
+    if (w == 0) SHARDPS_RETURN_IF_ERROR(cl->SparsePull(0, all, final_rows, last).wait(kWait));
+    return Status::Ok();
+  });
+  for (const Status& s : st) EXPECT_TRUE(s.ok()) << JoinStatuses(st);
+  return final_rows;
+}
+
+// A run checkpointed at step 3 and resumed from there onto another number of servers ends with the
+// rows (weights and AdaGrad state alike, since the rows after resuming depend on both) of the run
+// that never stopped, bit for bit.
+TEST(SparseTable, ACheckpointResumesOntoAnyNumberOfServersBitIdentically) {
+  constexpr int kWorkers = 2;
+  TableSpec t = Sparse("adagrad", 0.1f);
+  t.init = {.kind = InitKind::kUniform, .low = -0.1f, .high = 0.1f, .seed = 3};
+  testing::ScratchDir scratch("shardps_sparse_ckpt");
+  const std::string ckdir = scratch.string() + "/ck";
+  PosixFileSystem fs;
+  ASSERT_TRUE(EnsureWritableDirectory(fs, ckdir, "checkpoint directory").ok());
+  const auto straight = TrainRange(2, kWorkers, t, 0, 6, ckdir, 3, nullptr);
+  auto v = ResolveCheckpoint(ckdir, nullptr);
+  ASSERT_TRUE(v.ok()) << v.status().ToString();
+  ASSERT_EQ(v->manifest.step(), 3u);
+  ASSERT_EQ(v->manifest.tables().at(0).row_dim, kDim);
+  for (int servers : {1, 3}) {
+    CheckpointReader reader(*v);
+    const auto resumed = TrainRange(servers, kWorkers, t, 3, 6, "", 0, &reader);
+    ASSERT_EQ(straight.size(), resumed.size());
+    EXPECT_EQ(0, std::memcmp(straight.data(), resumed.data(), straight.size() * sizeof(float))) << servers << " servers";
+  }
+  // The checkpoint holds every row updated in steps 0-2, each once over both shards; any other
+  // row it holds (created by a request of step 3 that arrived first) has its initial values.
+  CheckpointReader reader(*v);
+  std::set<uint64_t> saved;
+  size_t rows = 0;
+  const auto touched = AllKeys(kWorkers, 3);
+  ASSERT_TRUE(reader.ReadSparseRows(0, [&](std::span<const uint64_t> keys, std::span<const float> data) {
+    EXPECT_EQ(data.size(), keys.size() * kDim * 2);  // weights and AdaGrad's accumulators
+    for (size_t i = 0; i < keys.size(); ++i) {
+      if (std::binary_search(touched.begin(), touched.end(), keys[i])) continue;
+      std::vector<float> init(kDim);
+      InitializeRow(t.init, 0, keys[i], init);
+      EXPECT_EQ(std::vector<float>(data.begin() + i * 2 * kDim, data.begin() + i * 2 * kDim + kDim), init);
+      EXPECT_EQ(std::vector<float>(data.begin() + i * 2 * kDim + kDim, data.begin() + (i + 1) * 2 * kDim),
+                std::vector<float>(kDim, 0.0f));
+    }
+    rows += keys.size();
+    saved.insert(keys.begin(), keys.end());
+    return Status::Ok();
+  }).ok());
+  EXPECT_EQ(rows, saved.size());
+  for (uint64_t k : touched) EXPECT_TRUE(saved.count(k)) << "key " << k << " was not saved";
 }
 
 TEST(SparseTable, InitialRowsDependOnTheKeyAloneAndAreCreatedByAPull) {

@@ -159,8 +159,17 @@ Result<ckpt::ShardInfo> WriteShard(FileSystem& fsys, const std::string& version_
     e->set_begin(c.begin);
     e->set_end(c.end);
     e->set_offset(offset);
-    e->set_bytes(bytes.size());
-    e->set_crc32c(Crc32c(bytes.data(), bytes.size()));
+    uint32_t crc = 0;
+    if (c.sparse) {  // the keys first, then the rows
+      auto keys = std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(c.keys.data()), c.keys.size() * sizeof(uint64_t));
+      e->set_rows(c.keys.size());
+      crc = Crc32cExtend(crc, keys.data(), keys.size());
+      file_crc = Crc32cExtend(file_crc, keys.data(), keys.size());
+      parts.push_back(keys);
+      offset += keys.size();
+    }
+    e->set_bytes(offset - e->offset() + bytes.size());
+    e->set_crc32c(Crc32cExtend(crc, bytes.data(), bytes.size()));
     file_crc = Crc32cExtend(file_crc, bytes.data(), bytes.size());
     parts.push_back(bytes);
     offset += bytes.size();
@@ -199,7 +208,10 @@ ckpt::TableInfo CheckpointTableInfo(const TableSpec& table) {
   ckpt::TableInfo ti;
   ti.set_name(table.name);
   ti.set_size(table.size);
-  if (table.shape.empty()) {
+  ti.set_row_dim(table.row_dim);
+  if (table.sparse()) {
+    // no shape: the rows a sparse table holds vary; the export gives ids and values
+  } else if (table.shape.empty()) {
     ti.add_shape(table.size);
   } else {
     for (uint64_t d : table.shape) ti.add_shape(d);
@@ -243,7 +255,7 @@ std::vector<CheckpointManifest::Table> CheckpointManifest::tables() const {
   std::vector<Table> out;
   for (const auto& t : m_->tables()) {
     out.push_back({.name = t.name(), .size = t.size(), .shape = {t.shape().begin(), t.shape().end()},
-                   .optimizer = t.optimizer(), .slots = t.slots()});
+                   .optimizer = t.optimizer(), .slots = t.slots(), .row_dim = t.row_dim()});
   }
   return out;
 }
@@ -325,6 +337,7 @@ Result<uint32_t> CheckpointReader::FindTable(const std::string& name, uint64_t s
   for (int t = 0; t < manifest().tables_size(); ++t) {
     const auto& ti = manifest().tables(t);
     if (ti.name() != name) continue;
+    if (ti.row_dim() != 0) return InvalidArgument("checkpoint table '" + name + "' is sparse, the model's is dense");
     if (ti.size() != size) {
       return InvalidArgument("checkpoint table '" + name + "' has " + std::to_string(ti.size()) + " elements, the model " +
                              std::to_string(size));
@@ -368,6 +381,55 @@ Status CheckpointReader::Read(uint32_t table, uint64_t begin, uint64_t end, std:
   if (covered != n) {
     return DataLoss("checkpoint " + v_.path + " covers " + std::to_string(covered) + " of elements [" + std::to_string(begin) +
                     "," + std::to_string(end) + ") of table " + std::to_string(table));
+  }
+  return Status::Ok();
+}
+
+Result<uint32_t> CheckpointReader::FindSparseTable(const std::string& name, uint32_t row_dim, uint32_t slots) const {
+  for (int t = 0; t < manifest().tables_size(); ++t) {
+    const auto& ti = manifest().tables(t);
+    if (ti.name() != name) continue;
+    if (ti.row_dim() != row_dim) {
+      return InvalidArgument("checkpoint table '" + name + "' has rows of " + std::to_string(ti.row_dim()) +
+                             " floats (0: a dense table), the model's " + std::to_string(row_dim));
+    }
+    if (ti.slots() != slots) {
+      return InvalidArgument("checkpoint table '" + name + "' was saved with " + std::to_string(ti.slots()) +
+                             " optimizer slots per weight (" + ti.optimizer() + "), this run has " + std::to_string(slots));
+    }
+    return static_cast<uint32_t>(t);
+  }
+  return NotFound("checkpoint " + v_.path + " has no table '" + name + "'");
+}
+
+Status CheckpointReader::ReadSparseRows(uint32_t table, const RowBlock& each) {
+  const auto& ti = manifest().tables(table);
+  const uint64_t row_bytes = uint64_t{ti.row_dim()} * 4 * (1 + ti.slots());
+  for (const auto& shard : manifest().shards()) {
+    const std::string path = (fs::path(v_.path) / shard.file()).string();
+    for (const auto& c : shard.chunks()) {
+      if (c.table() != table) continue;
+      const uint64_t n = c.rows();
+      if (row_bytes == 0 || n > c.bytes() / (8 + row_bytes) || c.bytes() != n * (8 + row_bytes)) {
+        return DataLoss("'" + path + "': the entry at byte offset " + std::to_string(c.offset()) + " has " +
+                        std::to_string(c.bytes()) + " bytes for " + std::to_string(n) + " rows of " +
+                        std::to_string(row_bytes) + " bytes and their keys");
+      }
+      std::vector<uint64_t> keys(n);
+      std::vector<float> rows(n * (row_bytes / 4));
+      int fd = ::open(path.c_str(), O_RDONLY);
+      if (fd < 0) return IoError(Errno("open '" + path + "'"));
+      const ssize_t got_keys = ::pread(fd, keys.data(), n * 8, static_cast<off_t>(c.offset()));
+      const ssize_t got_rows = ::pread(fd, rows.data(), n * row_bytes, static_cast<off_t>(c.offset() + n * 8));
+      ::close(fd);
+      if (got_keys != static_cast<ssize_t>(n * 8) || got_rows != static_cast<ssize_t>(n * row_bytes)) {
+        return DataLoss("'" + path + "': short read at byte offset " + std::to_string(c.offset()));
+      }
+      if (Crc32cExtend(Crc32c(keys.data(), n * 8), rows.data(), n * row_bytes) != c.crc32c()) {
+        return DataLoss("'" + path + "': the rows at byte offset " + std::to_string(c.offset()) + " fail their CRC32C");
+      }
+      SHARDPS_RETURN_IF_ERROR(each(keys, rows));
+    }
   }
   return Status::Ok();
 }

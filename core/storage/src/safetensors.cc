@@ -118,7 +118,8 @@ class Json {
   size_t i_ = 0;
 };
 
-size_t DtypeBytes(const std::string& d) { return d == "F32" ? 4 : d == "F16" ? 2 : d == "I8" ? 1 : 0; }
+// I64: a sparse table's ids in an export; read as part of a file, not as weights.
+size_t DtypeBytes(const std::string& d) { return d == "F32" ? 4 : d == "F16" ? 2 : d == "I8" ? 1 : d == "I64" ? 8 : 0; }
 
 }  // namespace
 
@@ -243,6 +244,7 @@ Result<std::vector<float>> SafetensorsFile::ReadFloats(const std::string& name) 
   auto it = tensors_.find(name);
   if (it == tensors_.end()) return NotFound("'" + path_ + "' has no tensor '" + name + "'");
   const Tensor& t = it->second;
+  if (t.dtype == "I64") return InvalidArgument("'" + path_ + "': tensor '" + name + "' holds ids (I64), not weights");
   const uint64_t n = t.elements();
   std::vector<float> out(n);
   const char* p = data_.data() + t.begin;

@@ -34,6 +34,10 @@ struct ChunkToSave {
   uint64_t begin = 0;
   uint64_t end = 0;
   std::vector<float> data;  // weights, then slots: (end - begin) * (1 + slots) floats
+  // A sparse table's rows instead (begin = end = 0): their keys, and in `data` each row's
+  // row_dim weights then its slots arrays of row_dim, row after row.
+  bool sparse = false;
+  std::vector<uint64_t> keys;
 };
 
 // The next version number in `dir` (1 + the largest present, valid or not); creates `dir`.

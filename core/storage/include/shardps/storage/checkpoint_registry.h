@@ -70,6 +70,7 @@ class CheckpointManifest {
     std::vector<uint64_t> shape;  // empty in manifests written before shapes were recorded
     std::string optimizer;
     uint32_t slots = 0;           // optimizer state floats per weight
+    uint32_t row_dim = 0;         // a sparse table's floats per row (its size is 0); 0: dense
   };
   std::vector<Table> tables() const;
 
@@ -182,6 +183,14 @@ class CheckpointReader {
   Result<uint32_t> FindTable(const std::string& name, uint64_t size, uint32_t slots) const;
   // weights.size() == end - begin; slots.size() == (end - begin) * table slots.
   Status Read(uint32_t table, uint64_t begin, uint64_t end, std::span<float> weights, std::span<float> slots);
+
+  // Sparse tables. Index of the saved sparse table `name`, checking its row_dim and slots.
+  Result<uint32_t> FindSparseTable(const std::string& name, uint32_t row_dim, uint32_t slots) const;
+  // Calls `each` with every block of saved rows of sparse table `table` (one per shard, each
+  // checked against its CRC32C): the keys and, row after row, row_dim weights then the slots
+  // arrays of row_dim. An error from `each` stops the reading and is returned.
+  using RowBlock = std::function<Status(std::span<const uint64_t> keys, std::span<const float> rows)>;
+  Status ReadSparseRows(uint32_t table, const RowBlock& each);
 
  private:
   CheckpointVersion v_;

@@ -218,7 +218,17 @@ Result<OptimizerConfig> ToOptimizerConfig(const config::OptimizerConfig& c) {
 
 Status ValidateTrainConfig(const config::TrainConfig& c) {
   auto bad = [](const std::string& key, const std::string& why) { return InvalidArgument("config " + key + ": " + why); };
-  if (c.model() != "softmax" && c.model() != "mlp") return bad("model", "'" + c.model() + "' is not softmax or mlp");
+  if (c.model() != "softmax" && c.model() != "mlp" && c.model() != "sparse_lr") {
+    return bad("model", "'" + c.model() + "' is not softmax, mlp or sparse_lr");
+  }
+  if (c.model() == "sparse_lr") {
+    // Logistic regression over a sparse table of feature ids (tools/train_sparse.cc).
+    if (c.hidden_size() > 0) return bad("hidden", "sparse_lr has no hidden layers");
+    if (c.data().format() != "libsvm") return bad("data.format", "sparse_lr reads libsvm files, not " + c.data().format());
+    if (c.mode() != "sync") return bad("mode", "sparse_lr trains in sync mode (with consistency bsp, ssp or asp)");
+    if (c.servers() < 1 && !c.colocated()) return bad("servers", "sparse_lr needs parameter servers (servers >= 1 or colocated)");
+    if (c.optimizer().kind() == "sum") return bad("optimizer.kind", "'sum' is for reduction tables");
+  }
   if (c.model() == "mlp" && c.hidden_size() == 0) return bad("hidden", "an mlp needs at least one hidden layer");
   if (c.model() == "softmax" && c.hidden_size() > 0) return bad("hidden", "softmax regression has no hidden layers");
   for (int64_t h : c.hidden()) if (h < 1) return bad("hidden", "layer width " + std::to_string(h) + " is not positive");

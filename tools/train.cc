@@ -30,6 +30,7 @@
 #include "shardps/worker/trainer.h"
 #include "train_checks.h"
 #include "train_outputs.h"
+#include "train_sparse.h"
 
 namespace shardps::tools {
 namespace {
@@ -592,6 +593,13 @@ int TrainMain(int argc, char** argv) {
   if (plan->tcp && config->colocated()) {
     std::cerr << "shardps train: --colocated runs under mpirun; with --transport tcp start servers and workers as separate processes\n";
     return 2;
+  }
+  if (config->model() == "sparse_lr") {
+    if (!f.init_from.empty() || !f.slow_worker.empty() || !f.crash_at.empty()) {
+      std::cerr << "shardps train: --init-from, --test-slow-worker and --test-crash-at do not apply to model sparse_lr\n";
+      return 2;
+    }
+    return RunSparseLr(fs, *config, f, f.resume, *plan, argc, argv);
   }
   if (!plan->tcp && config->servers() == 0 && !config->colocated()) {
     if (!f.resume.empty() || !f.init_from.empty()) {

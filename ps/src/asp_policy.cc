@@ -30,30 +30,21 @@ namespace shardps::ps {
 
 namespace {
 
-int64_t Ms(Clock::duration d) { return std::chrono::duration_cast<std::chrono::milliseconds>(d).count(); }
-
-std::string Range(const wire::Header& h) {
-  return "[" + std::to_string(h.key_begin()) + "," + std::to_string(h.key_end()) + ")";
-}
-
 class AspChunk final : public ChunkSync {
  public:
   AspChunk(Chunk& chunk, PolicyHost& host, const SyncLimits& limits)
-      : c_(chunk), host_(host), limits_(limits), open_(limits.num_workers), applied_(limits.num_workers) {}
+      : c_(chunk),
+        host_(host),
+        limits_(limits),
+        open_(limits.num_workers),
+        applied_(limits.num_workers),
+        pulls_(chunk, host, limits, /*lag=*/0),
+        buffers_(static_cast<size_t>(limits.num_workers)) {}
 
   void OnPush(HeldPtr held) override;
 
-  void OnPull(HeldPtr held) override {
-    if (held->h().step() <= c_.version) {
-      host_.SendWeights(c_, *held);
-      return;
-    }
-    if (pulls_.size() >= limits_.max_waiting_pulls_per_chunk) {
-      return host_.Refuse(*held, ResourceExhausted("too many pulls waiting on " + host_.Describe(c_)));
-    }
-    host_.WakeAt(held->deadline);
-    pulls_.push_back(std::move(held));
-  }
+  // A pull for version v is answered once the chunk has applied v updates.
+  void OnPull(HeldPtr held) override { pulls_.OnPull(std::move(held)); }
 
   void OnWeightsFree() override { Drain(); }
   void OnBufferFree() override {}  // this policy keeps its own buffers
@@ -65,7 +56,7 @@ class AspChunk final : public ChunkSync {
   // One worker's values for one step, until they cover the chunk.
   struct Contribution {
     std::vector<float> values;
-    std::vector<std::pair<uint64_t, uint64_t>> ranges;
+    KeyRanges ranges;
     uint64_t covered = 0;
     int receiving = 0;
     std::vector<HeldPtr> replies;  // PUSH_PULL pieces, answered after the update
@@ -86,8 +77,8 @@ class AspChunk final : public ChunkSync {
   std::vector<std::map<uint64_t, Contribution>> open_;  // by worker, by step
   std::vector<std::optional<uint64_t>> applied_;  // by worker: the highest step applied
   std::deque<Key> complete_;                    // waiting for the weights to be free
-  std::vector<HeldPtr> pulls_;
-  std::vector<std::vector<float>> free_;
+  HeldPulls pulls_;                             // waiting for version >= step
+  SpareBuffers buffers_;
 };
 
 void AspChunk::OnPush(HeldPtr held) {
@@ -107,27 +98,9 @@ void AspChunk::OnPush(HeldPtr held) {
                                                  ": too many partial pushes are already held"));
   }
   Contribution& k = open == open_[w].end() ? open_[w][t] : open->second;
-  for (const auto& [b, e] : k.ranges) {
-    if (h.key_begin() < e && b < h.key_end()) {
-      return host_.Refuse(*held, FailedPrecondition("push for step " + std::to_string(t) + " to " + host_.Describe(c_) +
-                                                    " from worker rank " + std::to_string(held->in.source) + " overlaps keys [" +
-                                                    std::to_string(b) + "," + std::to_string(e) +
-                                                    ") it already pushed for this step (duplicate push)"));
-    }
-  }
-  k.ranges.emplace_back(h.key_begin(), h.key_end());
-  if (k.values.empty()) {
-    if (free_.empty()) {
-      k.values.resize(c_.info.size());
-    } else {
-      k.values = std::move(free_.back());
-      free_.pop_back();
-    }
-  }
-  const uint64_t off = h.key_begin() - c_.info.begin;
+  if (!ClaimKeys(*held, k.ranges, c_, host_)) return;
   ++k.receiving;
-  Status s = host_.ReceivePayload(held, std::span<float>(k.values.data() + off, held->keys()),
-                                  [this, held](Status st) { OnPayload(held, std::move(st)); });
+  Status s = ReceivePiece(held, k.values, buffers_, c_, host_, [this, held](Status st) { OnPayload(held, std::move(st)); });
   if (!s.ok()) {
     --k.receiving;
     k.ranges.pop_back();
@@ -141,8 +114,7 @@ void AspChunk::OnPayload(const HeldPtr& held, Status st) {
   Contribution& k = open_[key.first].at(key.second);  // kept while a payload is being received
   --k.receiving;
   if (!st.ok()) {
-    auto r = std::find(k.ranges.begin(), k.ranges.end(), std::make_pair(h.key_begin(), h.key_end()));
-    if (r != k.ranges.end()) k.ranges.erase(r);
+    UnclaimKeys(*held, k.ranges);
     host_.Refuse(*held, st.WithContext("push to " + host_.Describe(c_)));
     return;
   }
@@ -173,37 +145,18 @@ void AspChunk::Drain() {
     open_[w].erase(it);
     host_.ApplyUpdate(c_, k.values);
     applied_[w] = std::max(applied_[w].value_or(0), t);
-    if (free_.size() < static_cast<size_t>(limits_.num_workers)) free_.push_back(std::move(k.values));
+    buffers_.Give(std::move(k.values));
     for (HeldPtr& r : k.replies) replies.push_back(std::move(r));
   }
   for (const HeldPtr& r : replies) host_.SendWeights(c_, *r);
-  std::vector<HeldPtr> still;
-  for (auto& p : pulls_) {
-    if (p->h().step() <= c_.version) {
-      host_.SendWeights(c_, *p);
-    } else {
-      still.push_back(std::move(p));
-    }
-  }
-  pulls_ = std::move(still);
+  pulls_.AnswerReady();
 }
 
 Clock::time_point AspChunk::Expire(Clock::time_point now) {
-  Clock::time_point next = Clock::time_point::max();
   const std::string me = host_.Self();
-  std::vector<HeldPtr> keep;
-  for (auto& p : pulls_) {
-    if (p->deadline > now) {
-      next = std::min(next, p->deadline);
-      keep.push_back(std::move(p));
-      continue;
-    }
-    host_.Refuse(*p, DeadlineExceeded(OpName(p->h().op()) + " of table '" + c_.spec->name + "' " + Range(p->h()) +
-                                      " for version " + std::to_string(p->h().step()) + " held " +
-                                      std::to_string(Ms(now - p->arrived)) + " ms on " + me + ": " + host_.Describe(c_) +
-                                      " has applied " + std::to_string(c_.version) + " updates"));
-  }
-  pulls_ = std::move(keep);
+  Clock::time_point next = pulls_.Expire(now, Clock::time_point::max(), "version", me, [&](const HeldRequest&) {
+    return host_.Describe(c_) + " has applied " + std::to_string(c_.version) + " updates";
+  });
   // A worker's step that never covers the chunk: its push-pulls are refused at their deadline
   // and the partial contribution is dropped.
   for (int w = 0; w < limits_.num_workers; ++w) {
@@ -220,8 +173,7 @@ Clock::time_point AspChunk::Expire(Clock::time_point now) {
         continue;
       }
       for (const HeldPtr& r : k.replies) {
-        host_.Refuse(*r, DeadlineExceeded("push-pull for step " + std::to_string(it->first) + " held " +
-                                          std::to_string(Ms(now - r->arrived)) + " ms on " + me + ": worker rank " +
+        host_.Refuse(*r, DeadlineExceeded(HeldText("push-pull", "step", *r, now, me) + "worker rank " +
                                           std::to_string(host_.WorkerRank(w)) + " pushed only " + std::to_string(k.covered) +
                                           " of the " + std::to_string(c_.info.size()) + " keys of " + host_.Describe(c_) +
                                           " for that step (asp applies a worker's values once they cover the chunk)"));
@@ -232,19 +184,10 @@ Clock::time_point AspChunk::Expire(Clock::time_point now) {
   return next;
 }
 
-class Asp final : public ConsistencyPolicy {
- public:
-  std::string_view name() const override { return kAspConsistency; }
-  std::unique_ptr<ChunkSync> ForChunk(Chunk& chunk, PolicyHost& host, const SyncLimits& limits) const override {
-    if (chunk.spec->optimizer.kind == OptimizerKind::kSum) return BspPolicy().ForChunk(chunk, host, limits);
-    return std::make_unique<AspChunk>(chunk, host, limits);
-  }
-};
-
 }  // namespace
 
 const ConsistencyPolicy& AspPolicy() {
-  static const Asp asp;
+  static const PolicyOf<AspChunk, /*kSumsStayBsp=*/true> asp(kAspConsistency);
   return asp;
 }
 

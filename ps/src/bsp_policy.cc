@@ -21,18 +21,13 @@ namespace shardps::ps {
 
 namespace {
 
-int64_t Ms(Clock::duration d) { return std::chrono::duration_cast<std::chrono::milliseconds>(d).count(); }
-
-std::string Range(const wire::Header& h) {
-  return "[" + std::to_string(h.key_begin()) + "," + std::to_string(h.key_end()) + ")";
-}
-
 class BspChunk final : public ChunkSync {
  public:
   BspChunk(Chunk& chunk, PolicyHost& host, const SyncLimits& limits)
       : c_(chunk),
         host_(host),
         limits_(limits),
+        pulls_(chunk, host, limits, /*lag=*/0),
         parked_(limits.num_workers),
         ranges_(limits.num_workers),
         covered_(limits.num_workers, 0),
@@ -40,10 +35,7 @@ class BspChunk final : public ChunkSync {
 
   void OnPush(HeldPtr held) override {
     const wire::Header& h = held->h();
-    if (h.step() < c_.version) {
-      return host_.Refuse(*held, FailedPrecondition("push for step " + std::to_string(h.step()) + " to " + host_.Describe(c_) +
-                                                    ", which has already applied that step (stale push)"));
-    }
+    if (h.step() < c_.version) return host_.Refuse(*held, StalePush(*held, c_, host_));
     if (h.step() > c_.version) {
       if (future_.size() >= limits_.max_future_pushes_per_chunk) {
         return host_.Refuse(*held, ResourceExhausted("push for step " + std::to_string(h.step()) + " to " + host_.Describe(c_) +
@@ -59,17 +51,8 @@ class BspChunk final : public ChunkSync {
     Advance();
   }
 
-  void OnPull(HeldPtr held) override {
-    if (Ready(held->h().step())) {
-      host_.SendWeights(c_, *held);
-      return;
-    }
-    if (pulls_.size() >= limits_.max_waiting_pulls_per_chunk) {
-      return host_.Refuse(*held, ResourceExhausted("too many pulls waiting on " + host_.Describe(c_)));
-    }
-    host_.WakeAt(held->deadline);
-    pulls_.push_back(std::move(held));
-  }
+  // A pull for version v is answered when the chunk's version reaches v.
+  void OnPull(HeldPtr held) override { pulls_.OnPull(std::move(held)); }
 
   void OnWeightsFree() override {
     if (apply_pending_) Advance();
@@ -92,24 +75,22 @@ class BspChunk final : public ChunkSync {
   }
 
  private:
-  // The pull rule: the weights after `wanted` updates exist.
-  bool Ready(uint64_t wanted) const { return wanted <= c_.version; }
   bool Claim(HeldRequest& held);  // false (and refused) if it overlaps this step's keys
   void Unclaim(const HeldRequest& held);
   void Advance();
   void OnPayload(const HeldPtr& held, float* dest, bool scratch, Status st);
   void FinishContribution(HeldRequest& held);
   void ApplyStep();
-  void AnswerPulls();
 
   Chunk& c_;
   PolicyHost& host_;
   const SyncLimits limits_;
+  HeldPulls pulls_;  // waiting for version >= step
 
   float* accum_ = nullptr;  // from the accumulator pool, held from worker 0's first piece to the update
   // Gathering the current step (== version), in worker-rank order.
   std::vector<std::vector<HeldPtr>> parked_;                      // by worker index: pieces waiting their turn
-  std::vector<std::vector<std::pair<uint64_t, uint64_t>>> ranges_;  // by worker: pieces accepted this step
+  std::vector<KeyRanges> ranges_;  // by worker: pieces accepted this step
   std::vector<uint64_t> covered_;  // by worker index: elements summed this step
   std::vector<uint64_t> arrived_;  // by worker index: elements pushed this step, even if later refused
                                    // or expired (so errors name the worker that never sent, not
@@ -121,31 +102,15 @@ class BspChunk final : public ChunkSync {
   bool apply_pending_ = false;     // complete, waiting for pull replies to leave the weights
 
   std::vector<HeldPtr> future_;  // pushes for later steps
-  std::vector<HeldPtr> pulls_;   // waiting for version >= step
 };
 
 bool BspChunk::Claim(HeldRequest& held) {
-  const wire::Header& h = held.h();
-  auto& rs = ranges_[held.worker];
-  for (const auto& [b, e] : rs) {
-    if (h.key_begin() < e && b < h.key_end()) {
-      host_.Refuse(held, FailedPrecondition("push for step " + std::to_string(h.step()) + " to " + host_.Describe(c_) +
-                                            " from worker rank " + std::to_string(held.in.source) + " overlaps keys [" +
-                                            std::to_string(b) + "," + std::to_string(e) +
-                                            ") it already pushed for this step (duplicate push)"));
-      return false;
-    }
-  }
-  rs.emplace_back(h.key_begin(), h.key_end());
+  if (!ClaimKeys(held, ranges_[held.worker], c_, host_)) return false;
   arrived_[held.worker] += held.keys();
   return true;
 }
 
-void BspChunk::Unclaim(const HeldRequest& held) {
-  auto& rs = ranges_[held.worker];
-  auto it = std::find(rs.begin(), rs.end(), std::make_pair(held.h().key_begin(), held.h().key_end()));
-  if (it != rs.end()) rs.erase(it);
-}
+void BspChunk::Unclaim(const HeldRequest& held) { UnclaimKeys(held, ranges_[held.worker]); }
 
 // Sums parked pushes in worker-rank order, applies the step when complete, and repeats while
 // parked pushes for the next step are already there.
@@ -234,15 +199,8 @@ void BspChunk::FinishContribution(HeldRequest& held) {
   covered_[held.worker] += held.keys();
   if (h.op() == wire::PUSH) {
     host_.Acknowledge(held);
-  } else {  // PUSH_PULL: answer with the weights after this step
-    auto pull = std::make_shared<HeldRequest>();
-    pull->in.source = held.in.source;
-    pull->frame.header = h;
-    pull->frame.header.set_step(h.step() + 1);
-    pull->arrived = held.arrived;
-    pull->deadline = held.deadline;
-    pull->worker = held.worker;
-    pulls_.push_back(std::move(pull));
+  } else {  // PUSH_PULL: answer with the weights after this step (its deadline's wake-up is asked)
+    pulls_.Hold(PullPartOf(held));
   }
 }
 
@@ -253,7 +211,7 @@ void BspChunk::ApplyStep() {
   std::fill(covered_.begin(), covered_.end(), 0);
   std::fill(arrived_.begin(), arrived_.end(), 0);
   for (auto& r : ranges_) r.clear();
-  AnswerPulls();
+  pulls_.AnswerReady();
   // Pushes that arrived early for this step join it now.
   std::vector<HeldPtr> later;
   std::vector<HeldPtr> now;
@@ -267,72 +225,32 @@ void BspChunk::ApplyStep() {
   host_.ReleaseAccumulator(accum);  // may Advance() a chunk waiting for an accumulator
 }
 
-void BspChunk::AnswerPulls() {
-  AnswerReadyPulls(pulls_, [this](uint64_t wanted) { return Ready(wanted); }, c_, host_);
-}
-
 Clock::time_point BspChunk::Expire(Clock::time_point now) {
-  Clock::time_point next = Clock::time_point::max();
   const std::string me = host_.Self();
   const std::string missing = FormatRanks(MissingWorkers());
   // Pulls waiting for a step that is not complete.
-  std::vector<HeldPtr> keep;
-  for (auto& p : pulls_) {
-    if (p->deadline > now) {
-      next = std::min(next, p->deadline);
-      keep.push_back(std::move(p));
-      continue;
-    }
-    host_.Refuse(*p, DeadlineExceeded(OpName(p->h().op()) + " of table '" + c_.spec->name + "' " + Range(p->h()) +
-                                      " for step " + std::to_string(p->h().step()) + " held " +
-                                      std::to_string(Ms(now - p->arrived)) + " ms on " + me + ": step " +
-                                      std::to_string(c_.version) + " is missing pushes from worker ranks " + missing));
-  }
-  pulls_ = std::move(keep);
+  Clock::time_point next = pulls_.Expire(now, Clock::time_point::max(), "step", me, [&](const HeldRequest&) {
+    return "step " + std::to_string(c_.version) + " is missing pushes from worker ranks " + missing;
+  });
   // Pushes parked behind lower-ranked workers.
   for (int w = 0; w < limits_.num_workers; ++w) {
-    std::vector<HeldPtr> still;
-    for (auto& p : parked_[w]) {
-      if (p->deadline > now) {
-        next = std::min(next, p->deadline);
-        still.push_back(std::move(p));
-        continue;
-      }
-      Unclaim(*p);
-      host_.Refuse(*p, DeadlineExceeded("push for step " + std::to_string(p->h().step()) + " held " +
-                                        std::to_string(Ms(now - p->arrived)) + " ms on " + me + ": " + host_.Describe(c_) +
-                                        " is missing pushes from worker ranks " + missing + " (summed in worker-rank order)"));
-    }
-    parked_[w] = std::move(still);
+    next = ExpireHeld(parked_[w], now, next, [&](HeldRequest& p) {
+      Unclaim(p);
+      host_.Refuse(p, DeadlineExceeded(HeldText("push", "step", p, now, me) + host_.Describe(c_) +
+                                       " is missing pushes from worker ranks " + missing + " (summed in worker-rank order)"));
+    });
   }
   // Pushes for future steps.
-  keep.clear();
-  for (auto& p : future_) {
-    if (p->deadline > now) {
-      next = std::min(next, p->deadline);
-      keep.push_back(std::move(p));
-      continue;
-    }
-    host_.Refuse(*p, DeadlineExceeded("push for step " + std::to_string(p->h().step()) + " held " +
-                                      std::to_string(Ms(now - p->arrived)) + " ms on " + me + ": " + host_.Describe(c_) +
-                                      " is missing pushes from worker ranks " + missing));
-  }
-  future_ = std::move(keep);
-  return next;
+  return ExpireHeld(future_, now, next, [&](HeldRequest& p) {
+    host_.Refuse(p, DeadlineExceeded(HeldText("push", "step", p, now, me) + host_.Describe(c_) +
+                                     " is missing pushes from worker ranks " + missing));
+  });
 }
-
-class Bsp final : public ConsistencyPolicy {
- public:
-  std::string_view name() const override { return kBspConsistency; }
-  std::unique_ptr<ChunkSync> ForChunk(Chunk& chunk, PolicyHost& host, const SyncLimits& limits) const override {
-    return std::make_unique<BspChunk>(chunk, host, limits);
-  }
-};
 
 }  // namespace
 
 const ConsistencyPolicy& BspPolicy() {
-  static const Bsp bsp;
+  static const PolicyOf<BspChunk, /*kSumsStayBsp=*/false> bsp(kBspConsistency);
   return bsp;
 }
 

@@ -19,7 +19,6 @@
 // buffers per chunk while steps are in flight.
 // Tables whose optimizer is "sum" are reductions (the trainer's metrics and sample counts), which
 // every reader needs complete: they stay bulk synchronous under this policy.
-#include <algorithm>
 #include <map>
 
 #include "shardps/base/cluster.h"
@@ -31,24 +30,20 @@ namespace shardps::ps {
 
 namespace {
 
-int64_t Ms(Clock::duration d) { return std::chrono::duration_cast<std::chrono::milliseconds>(d).count(); }
-
-std::string Range(const wire::Header& h) {
-  return "[" + std::to_string(h.key_begin()) + "," + std::to_string(h.key_end()) + ")";
-}
-
 class SspChunk final : public ChunkSync {
  public:
   SspChunk(Chunk& chunk, PolicyHost& host, const SyncLimits& limits)
-      : c_(chunk), host_(host), limits_(limits), s_(limits.staleness) {}
+      : c_(chunk),
+        host_(host),
+        limits_(limits),
+        s_(limits.staleness),
+        pulls_(chunk, host, limits, /*lag=*/s_),
+        buffers_(static_cast<size_t>(limits.num_workers) * 2) {}  // reused up to twice the workers
 
   void OnPush(HeldPtr held) override {
     const wire::Header& h = held->h();
     const uint64_t t = h.step();
-    if (t < c_.version) {
-      return host_.Refuse(*held, FailedPrecondition("push for step " + std::to_string(t) + " to " + host_.Describe(c_) +
-                                                    ", which has already applied that step (stale push)"));
-    }
+    if (t < c_.version) return host_.Refuse(*held, StalePush(*held, c_, host_));
     if (t > c_.version && Ahead() >= limits_.max_future_pushes_per_chunk) {
       return host_.Refuse(*held, ResourceExhausted("push for step " + std::to_string(t) + " to " + host_.Describe(c_) +
                                                    ": too many pushes for future steps are already held (staleness " +
@@ -62,17 +57,8 @@ class SspChunk final : public ChunkSync {
     Accept(std::move(held));
   }
 
-  void OnPull(HeldPtr held) override {
-    if (Ready(held->h().step())) {
-      host_.SendWeights(c_, *held);
-      return;
-    }
-    if (pulls_.size() >= limits_.max_waiting_pulls_per_chunk) {
-      return host_.Refuse(*held, ResourceExhausted("too many pulls waiting on " + host_.Describe(c_)));
-    }
-    host_.WakeAt(held->deadline);
-    pulls_.push_back(std::move(held));
-  }
+  // The pull rule: version >= wanted - s.
+  void OnPull(HeldPtr held) override { pulls_.OnPull(std::move(held)); }
 
   void OnWeightsFree() override {
     if (apply_pending_) Advance();
@@ -95,7 +81,7 @@ class SspChunk final : public ChunkSync {
   // One worker's values for one step.
   struct Contribution {
     std::vector<float> values;  // chunk-sized once its first piece is accepted
-    std::vector<std::pair<uint64_t, uint64_t>> ranges;  // pieces accepted
+    KeyRanges ranges;  // pieces accepted
     uint64_t covered = 0;  // elements received
     uint64_t arrived = 0;  // elements pushed, even if later refused (errors name who never sent)
   };
@@ -106,8 +92,6 @@ class SspChunk final : public ChunkSync {
     size_t pieces = 0;  // pieces accepted
   };
 
-  // The pull rule: version >= wanted - s.
-  bool Ready(uint64_t wanted) const { return wanted <= c_.version + s_; }
   // Pushes held for steps above the version.
   size_t Ahead() const {
     size_t n = future_.size();
@@ -119,26 +103,16 @@ class SspChunk final : public ChunkSync {
   void Unclaim(const HeldRequest& held);
   void OnPayload(const HeldPtr& held, Status st);
   void Advance();
-  void AnswerPulls();
-  std::vector<float> Buffer() {
-    if (free_.empty()) return std::vector<float>(c_.info.size());
-    std::vector<float> b = std::move(free_.back());
-    free_.pop_back();
-    return b;
-  }
-  void Recycle(std::vector<float> b) {
-    if (free_.size() < static_cast<size_t>(limits_.num_workers) * 2) free_.push_back(std::move(b));
-  }
 
   Chunk& c_;
   PolicyHost& host_;
   const SyncLimits limits_;
   const uint64_t s_;
+  HeldPulls pulls_;  // waiting for version >= step - s
 
   std::map<uint64_t, Step> steps_;  // steps in [version, version + s] with pushes accepted
   std::vector<HeldPtr> future_;     // pushes beyond the window, unreceived
-  std::vector<HeldPtr> pulls_;      // waiting for version >= step - s
-  std::vector<std::vector<float>> free_;
+  SpareBuffers buffers_;
   bool apply_pending_ = false;      // complete, waiting for pull replies to leave the weights
 };
 
@@ -146,22 +120,11 @@ void SspChunk::Accept(HeldPtr held) {
   const wire::Header& h = held->h();
   Step& step = StepOf(h.step());
   Contribution& mine = step.by_worker[held->worker];
-  for (const auto& [b, e] : mine.ranges) {
-    if (h.key_begin() < e && b < h.key_end()) {
-      return host_.Refuse(*held, FailedPrecondition("push for step " + std::to_string(h.step()) + " to " + host_.Describe(c_) +
-                                                    " from worker rank " + std::to_string(held->in.source) + " overlaps keys [" +
-                                                    std::to_string(b) + "," + std::to_string(e) +
-                                                    ") it already pushed for this step (duplicate push)"));
-    }
-  }
-  mine.ranges.emplace_back(h.key_begin(), h.key_end());
+  if (!ClaimKeys(*held, mine.ranges, c_, host_)) return;
   mine.arrived += held->keys();
   ++step.pieces;
-  if (mine.values.empty()) mine.values = Buffer();
-  const uint64_t off = h.key_begin() - c_.info.begin;
   ++step.receiving;
-  Status s = host_.ReceivePayload(held, std::span<float>(mine.values.data() + off, held->keys()),
-                                  [this, held](Status st) { OnPayload(held, std::move(st)); });
+  Status s = ReceivePiece(held, mine.values, buffers_, c_, host_, [this, held](Status st) { OnPayload(held, std::move(st)); });
   if (!s.ok()) {
     --step.receiving;
     Unclaim(*held);
@@ -172,12 +135,7 @@ void SspChunk::Accept(HeldPtr held) {
 void SspChunk::Unclaim(const HeldRequest& held) {
   auto it = steps_.find(held.h().step());
   if (it == steps_.end()) return;
-  auto& rs = it->second.by_worker[held.worker].ranges;
-  auto r = std::find(rs.begin(), rs.end(), std::make_pair(held.h().key_begin(), held.h().key_end()));
-  if (r != rs.end()) {
-    rs.erase(r);
-    --it->second.pieces;
-  }
+  if (UnclaimKeys(held, it->second.by_worker[held.worker].ranges)) --it->second.pieces;
 }
 
 void SspChunk::OnPayload(const HeldPtr& held, Status st) {
@@ -197,18 +155,12 @@ void SspChunk::OnPayload(const HeldPtr& held, Status st) {
     return;
   }
   // PUSH_PULL: answered with the weights after its step, within the staleness.
-  auto pull = std::make_shared<HeldRequest>();
-  pull->in.source = held->in.source;
-  pull->frame.header = h;
-  pull->frame.header.set_step(h.step() + 1);
-  pull->arrived = held->arrived;
-  pull->deadline = held->deadline;
-  pull->worker = held->worker;
-  if (Ready(h.step() + 1)) {
+  HeldPtr pull = PullPartOf(*held);
+  if (pulls_.Ready(h.step() + 1)) {
     host_.SendWeights(c_, *pull);
   } else {
     host_.WakeAt(pull->deadline);
-    pulls_.push_back(std::move(pull));
+    pulls_.Hold(std::move(pull));
   }
 }
 
@@ -232,9 +184,9 @@ void SspChunk::Advance() {
     std::vector<float>& sum = step.by_worker[0].values;
     for (int w = 1; w < limits_.num_workers; ++w) AddInto(sum, step.by_worker[w].values);
     host_.ApplyUpdate(c_, sum);
-    for (Contribution& k : step.by_worker) Recycle(std::move(k.values));
+    for (Contribution& k : step.by_worker) buffers_.Give(std::move(k.values));
     steps_.erase(it);
-    AnswerPulls();
+    pulls_.AnswerReady();
     std::vector<HeldPtr> later;
     std::vector<HeldPtr> now;
     for (auto& f : future_) (f->h().step() <= c_.version + s_ ? now : later).push_back(std::move(f));
@@ -243,58 +195,25 @@ void SspChunk::Advance() {
   }
 }
 
-void SspChunk::AnswerPulls() {
-  AnswerReadyPulls(pulls_, [this](uint64_t wanted) { return Ready(wanted); }, c_, host_);
-}
-
 Clock::time_point SspChunk::Expire(Clock::time_point now) {
-  Clock::time_point next = Clock::time_point::max();
   const std::string me = host_.Self();
   const std::string missing = FormatRanks(MissingWorkers());
-  std::vector<HeldPtr> keep;
-  for (auto& p : pulls_) {
-    if (p->deadline > now) {
-      next = std::min(next, p->deadline);
-      keep.push_back(std::move(p));
-      continue;
-    }
-    const uint64_t v = p->h().step();
-    host_.Refuse(*p, DeadlineExceeded(OpName(p->h().op()) + " of table '" + c_.spec->name + "' " + Range(p->h()) +
-                                      " for step " + std::to_string(v) + " held " + std::to_string(Ms(now - p->arrived)) +
-                                      " ms on " + me + ": it needs version " + std::to_string(v > s_ ? v - s_ : 0) +
-                                      " (staleness " + std::to_string(s_) + "), but step " + std::to_string(c_.version) +
-                                      " is missing pushes from worker ranks " + missing));
-  }
-  pulls_ = std::move(keep);
-  keep.clear();
-  for (auto& p : future_) {
-    if (p->deadline > now) {
-      next = std::min(next, p->deadline);
-      keep.push_back(std::move(p));
-      continue;
-    }
-    host_.Refuse(*p, DeadlineExceeded("push for step " + std::to_string(p->h().step()) + " held " +
-                                      std::to_string(Ms(now - p->arrived)) + " ms on " + me + ": it is more than " +
-                                      std::to_string(s_) + " steps ahead of " + host_.Describe(c_) +
-                                      ", which is missing pushes from worker ranks " + missing));
-  }
-  future_ = std::move(keep);
-  return next;
+  const Clock::time_point next = pulls_.Expire(now, Clock::time_point::max(), "step", me, [&](const HeldRequest& p) {
+    const uint64_t v = p.h().step();
+    return "it needs version " + std::to_string(v > s_ ? v - s_ : 0) + " (staleness " + std::to_string(s_) + "), but step " +
+           std::to_string(c_.version) + " is missing pushes from worker ranks " + missing;
+  });
+  return ExpireHeld(future_, now, next, [&](HeldRequest& p) {
+    host_.Refuse(p, DeadlineExceeded(HeldText("push", "step", p, now, me) + "it is more than " + std::to_string(s_) +
+                                     " steps ahead of " + host_.Describe(c_) + ", which is missing pushes from worker ranks " +
+                                     missing));
+  });
 }
-
-class Ssp final : public ConsistencyPolicy {
- public:
-  std::string_view name() const override { return kSspConsistency; }
-  std::unique_ptr<ChunkSync> ForChunk(Chunk& chunk, PolicyHost& host, const SyncLimits& limits) const override {
-    if (chunk.spec->optimizer.kind == OptimizerKind::kSum) return BspPolicy().ForChunk(chunk, host, limits);
-    return std::make_unique<SspChunk>(chunk, host, limits);
-  }
-};
 
 }  // namespace
 
 const ConsistencyPolicy& SspPolicy() {
-  static const Ssp ssp;
+  static const PolicyOf<SspChunk, /*kSumsStayBsp=*/true> ssp(kSspConsistency);
   return ssp;
 }
 

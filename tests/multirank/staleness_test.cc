@@ -8,7 +8,9 @@
 #include <gtest/gtest.h>
 
 #include <condition_variable>
+#include <functional>
 #include <mutex>
+#include <string>
 
 #include "common/threads_cluster.h"
 
@@ -22,15 +24,6 @@ using std::chrono::milliseconds;
 
 constexpr auto kWait = milliseconds(30000);
 constexpr uint64_t kSize = 256;  // 4 chunks of 64
-
-std::vector<TableSpec> OneTable() {
-  TableSpec t{.name = "w", .size = kSize};
-  t.optimizer.kind = OptimizerKind::kSgd;
-  t.optimizer.learning_rate = 1.0f;
-  t.init.kind = InitKind::kConstant;
-  t.init.value = 0.0f;
-  return {t};
-}
 
 // Counts how many workers reached a clock; waits bounded by a deadline.
 class Clocks {
@@ -53,26 +46,59 @@ class Clocks {
   int n_ = 0;
 };
 
-class Staleness : public ::testing::TestWithParam<int> {};
+// The job every test here runs: one server (rank 0) and `workers` workers, one table "w" of kSize
+// weights in chunks of 64, SGD at learning rate 1 from zero, under the consistency policy
+// `consistency`.
+class OneServerJob : public ::testing::Test {
+ protected:
+  static constexpr int kServers = 1;
+
+  static JobConfig Config(int workers, const std::string& consistency) {
+    TableSpec t{.name = "w", .size = kSize};
+    t.optimizer.kind = OptimizerKind::kSgd;
+    t.optimizer.learning_rate = 1.0f;
+    t.init.kind = InitKind::kConstant;
+    t.init.value = 0.0f;
+    JobConfig cfg;
+    cfg.world = kServers + workers;
+    cfg.servers = kServers;
+    cfg.tables = {t};
+    cfg.chunk_floats = 64;
+    cfg.node.server.consistency = consistency;
+    return cfg;
+  }
+
+  // Runs the job, `worker` on each worker rank with its client (the server only serves); success
+  // when every rank ended OK, else every rank's status.
+  static ::testing::AssertionResult RunWorkers(const JobConfig& cfg,
+                                               const std::function<Status(int rank, worker::KVClient& c)>& worker) {
+    ThreadsJob job(cfg);
+    auto st = job.Run([&](int rank, Node& node) -> Status {
+      auto* c = node.client();
+      if (!c) return Status::Ok();
+      return worker(rank, *c);
+    });
+    for (const Status& x : st) {
+      if (!x.ok()) return ::testing::AssertionFailure() << JoinStatuses(st);
+    }
+    return ::testing::AssertionSuccess();
+  }
+};
+
+class Staleness : public OneServerJob, public ::testing::WithParamInterface<int> {};
+class StalenessDeadline : public OneServerJob {};
+class Asynchronous : public OneServerJob {};
 
 TEST_P(Staleness, NoReplyIsOlderThanTheReadersClockMinusS) {
   const int s = GetParam();
-  constexpr int kServers = 1, kWorkers = 3, kSteps = 12;
-  JobConfig cfg;
-  cfg.world = kServers + kWorkers;
-  cfg.servers = kServers;
-  cfg.tables = OneTable();
-  cfg.chunk_floats = 64;
-  cfg.node.server.consistency = "ssp";
+  constexpr int kWorkers = 3, kSteps = 12;
+  JobConfig cfg = Config(kWorkers, "ssp");
   cfg.node.server.staleness = s;
-  ThreadsJob job(cfg);
   Clocks ahead;  // fast workers that have completed s steps
   std::mutex mu;
   std::vector<std::string> violations;
   std::vector<uint64_t> lag_seen(cfg.world, 0);
-  auto st = job.Run([&](int rank, Node& node) -> Status {
-    auto* c = node.client();
-    if (!c) return Status::Ok();
+  ASSERT_TRUE(RunWorkers(cfg, [&](int rank, worker::KVClient& c) -> Status {
     const int w = rank - kServers;
     const bool straggler = w == kWorkers - 1;
     // The straggler starts only once the others have run s steps ahead of it.
@@ -81,7 +107,7 @@ TEST_P(Staleness, NoReplyIsOlderThanTheReadersClockMinusS) {
     }
     std::vector<float> g(kSize, -1.0f), out(kSize);
     for (uint64_t step = 0; step < kSteps; ++step) {
-      SHARDPS_RETURN_IF_ERROR(c->PushPull(0, g, out, step).wait(kWait).WithContext("step " + std::to_string(step)));
+      SHARDPS_RETURN_IF_ERROR(c.PushPull(0, g, out, step).wait(kWait).WithContext("step " + std::to_string(step)));
       const uint64_t clock = step + 1;  // the reader's clock after this round trip
       for (uint64_t i = 0; i < kSize; i += 64) {
         const uint64_t version = static_cast<uint64_t>(out[i]) / kWorkers;
@@ -104,15 +130,14 @@ TEST_P(Staleness, NoReplyIsOlderThanTheReadersClockMinusS) {
       if (!straggler && clock == static_cast<uint64_t>(s)) ahead.Reached();
     }
     // Every step applied: the final weights are the same for every worker.
-    SHARDPS_RETURN_IF_ERROR(c->Pull(0, out, kSteps + s).wait(kWait));
+    SHARDPS_RETURN_IF_ERROR(c.Pull(0, out, kSteps + s).wait(kWait));
     for (uint64_t i = 0; i < kSize; ++i) {
       if (out[i] != static_cast<float>(kSteps * kWorkers)) {
         return Internal("rank " + std::to_string(rank) + " final w[" + std::to_string(i) + "] = " + std::to_string(out[i]));
       }
     }
     return Status::Ok();
-  });
-  for (const Status& x : st) ASSERT_TRUE(x.ok()) << JoinStatuses(st);
+  }));
   for (const std::string& v : violations) ADD_FAILURE() << v;
   for (int r = kServers; r < kServers + kWorkers - 1; ++r) {
     EXPECT_EQ(lag_seen[r], static_cast<uint64_t>(s)) << "fast rank " << r << " never read s steps behind";
@@ -121,53 +146,35 @@ TEST_P(Staleness, NoReplyIsOlderThanTheReadersClockMinusS) {
 
 INSTANTIATE_TEST_SUITE_P(Ssp, Staleness, ::testing::Values(1, 2, 4));
 
-TEST(StalenessDeadline, AReadPastTheBoundWaitsUntilItsDeadlineAndNamesTheStraggler) {
-  constexpr int kServers = 1, kWorkers = 2;
-  JobConfig cfg;
-  cfg.world = kServers + kWorkers;
-  cfg.servers = kServers;
-  cfg.tables = OneTable();
-  cfg.chunk_floats = 64;
-  cfg.node.server.consistency = "ssp";
+TEST_F(StalenessDeadline, AReadPastTheBoundWaitsUntilItsDeadlineAndNamesTheStraggler) {
+  constexpr int kWorkers = 2;
+  JobConfig cfg = Config(kWorkers, "ssp");
   cfg.node.server.staleness = 1;
   cfg.node.server.max_hold = milliseconds(300);
-  ThreadsJob job(cfg);
   Clocks refused;
   Status seen = Status::Ok();
-  auto st = job.Run([&](int rank, Node& node) -> Status {
-    auto* c = node.client();
-    if (!c) return Status::Ok();
+  ASSERT_TRUE(RunWorkers(cfg, [&](int rank, worker::KVClient& c) -> Status {
     std::vector<float> g(kSize, -1.0f), out(kSize);
     if (rank == kServers + 1) {  // the straggler: pushes nothing until the other worker was refused
       if (!refused.WaitFor(1, kWait)) return DeadlineExceeded("the fast worker was never refused");
       return Status::Ok();
     }
-    SHARDPS_RETURN_IF_ERROR(c->PushPull(0, g, out, 0).wait(kWait));  // within s = 1: answered
-    seen = c->PushPull(0, g, out, 1).wait(kWait);  // needs step 0 of the straggler
+    SHARDPS_RETURN_IF_ERROR(c.PushPull(0, g, out, 0).wait(kWait));  // within s = 1: answered
+    seen = c.PushPull(0, g, out, 1).wait(kWait);  // needs step 0 of the straggler
     refused.Reached();
     return Status::Ok();
-  });
-  for (const Status& x : st) ASSERT_TRUE(x.ok()) << JoinStatuses(st);
+  }));
   EXPECT_EQ(seen.code(), StatusCode::kDeadlineExceeded) << seen.ToString();
   EXPECT_NE(seen.message().find("worker ranks [2]"), std::string::npos) << seen.ToString();
   EXPECT_NE(seen.message().find("staleness 1"), std::string::npos) << seen.ToString();
 }
 
-TEST(Asynchronous, EveryPushIsOneUpdateAndTheFinalPullSeesThemAll) {
-  constexpr int kServers = 1, kWorkers = 3, kSteps = 10;
-  JobConfig cfg;
-  cfg.world = kServers + kWorkers;
-  cfg.servers = kServers;
-  cfg.tables = OneTable();
-  cfg.chunk_floats = 64;
-  cfg.node.server.consistency = "asp";
-  ThreadsJob job(cfg);
-  auto st = job.Run([&](int rank, Node& node) -> Status {
-    auto* c = node.client();
-    if (!c) return Status::Ok();
+TEST_F(Asynchronous, EveryPushIsOneUpdateAndTheFinalPullSeesThemAll) {
+  constexpr int kWorkers = 3, kSteps = 10;
+  ASSERT_TRUE(RunWorkers(Config(kWorkers, "asp"), [&](int rank, worker::KVClient& c) -> Status {
     std::vector<float> g(kSize, -1.0f), out(kSize);
     for (uint64_t step = 0; step < kSteps; ++step) {
-      SHARDPS_RETURN_IF_ERROR(c->PushPull(0, g, out, step).wait(kWait));
+      SHARDPS_RETURN_IF_ERROR(c.PushPull(0, g, out, step).wait(kWait));
       // At least this worker's own step + 1 updates, at most every worker's.
       for (uint64_t i = 0; i < kSize; ++i) {
         if (out[i] < static_cast<float>(step + 1) || out[i] > static_cast<float>(kWorkers * (step + 1) + kWorkers * kSteps)) {
@@ -176,15 +183,14 @@ TEST(Asynchronous, EveryPushIsOneUpdateAndTheFinalPullSeesThemAll) {
         }
       }
     }
-    SHARDPS_RETURN_IF_ERROR(c->Pull(0, out, kSteps * kWorkers).wait(kWait));
+    SHARDPS_RETURN_IF_ERROR(c.Pull(0, out, kSteps * kWorkers).wait(kWait));
     for (uint64_t i = 0; i < kSize; ++i) {
       if (out[i] != static_cast<float>(kSteps * kWorkers)) {
         return Internal("rank " + std::to_string(rank) + " final w[" + std::to_string(i) + "] = " + std::to_string(out[i]));
       }
     }
     return Status::Ok();
-  });
-  for (const Status& x : st) ASSERT_TRUE(x.ok()) << JoinStatuses(st);
+  }));
 }
 
 }  // namespace

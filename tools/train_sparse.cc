@@ -95,10 +95,16 @@ Status TrainWorker(const config::TrainConfig& c, worker::KVClient& client, const
     SHARDPS_RETURN_IF_ERROR(client.SparsePull(0, batch.keys, w, step).wait(timeout));
     SHARDPS_ASSIGN_OR_RETURN(worker::SparseLrLoss loss,
                              worker::SparseLrLossAndGradient(batch, w, g, {.normalizer = static_cast<double>(global)}));
-    SHARDPS_RETURN_IF_ERROR(client.SparsePush(0, batch.keys, g, step).wait(timeout));
+    const bool last = step + 1 == total;
+    if (checkpoints && (last || (c.checkpoint_every() > 0 && (step + 1) % static_cast<uint64_t>(c.checkpoint_every()) == 0))) {
+      // A checkpoint follows this step: the push waits until every server applied the step (the
+      // reply's rows are not needed), so the servers are at step + 1 when the checkpoint is asked.
+      SHARDPS_RETURN_IF_ERROR(client.SparsePushPull(0, batch.keys, g, w, step).wait(timeout));
+    } else {
+      SHARDPS_RETURN_IF_ERROR(client.SparsePush(0, batch.keys, g, step).wait(timeout));
+    }
     logged += loss.loss_sum;
     logged_rows += loss.rows;
-    const bool last = step + 1 == total;
     if (csv && ((step + 1) % static_cast<uint64_t>(c.log_every_steps()) == 0 || last)) {
       const double secs = Seconds(std::chrono::steady_clock::now() - t0).count();
       worker::MetricsRow r;

@@ -349,6 +349,8 @@ int BenchMain(int argc, char** argv) {
       ("sizes", po::value<std::string>()->default_value("1000,1000000,10000000,40000000"), "--suite: table sizes in floats")
       ("sparse", po::value(&f.sparse_keys), "rounds of a sparse table instead: push and pull this many keys")
       ("sparse-dim", po::value(&f.sparse_dim)->default_value(f.sparse_dim), "--sparse: floats per row")
+      ("sparse-fill", po::value(&f.sparse_fill), "--sparse: push new keys, --sparse at a time, until the servers hold this many rows; report their memory")
+      ("sparse-optimizer", po::value(&f.sparse_optimizer)->default_value(f.sparse_optimizer), "--sparse: the table's optimizer")
       ("json-out", po::value(&f.json_out), "also write the JSON object to this file");
   LaunchFlags launch;
   po::options_description launch_desc("how the processes of the job find each other");
@@ -376,6 +378,11 @@ int BenchMain(int argc, char** argv) {
   else if (vm.count("sparse") && (f.sparse_keys < 1 || f.sparse_keys > 100'000'000)) bad = "--sparse must be in [1, 100000000] keys";
   else if (f.sparse_dim < 1 || f.sparse_dim > 4096) bad = "--sparse-dim must be in [1, 4096]";
   else if (f.sparse_keys > 0 && (vm.count("suite") || f.colocated)) bad = "--sparse runs alone, without --suite or --colocated";
+  else if (f.sparse_fill > 0 && f.sparse_keys == 0) bad = "--sparse-fill needs --sparse (keys a round)";
+  else if (f.sparse_fill > 1'000'000'000) bad = "--sparse-fill must be at most 1000000000 rows";
+  else if (!FindOptimizer(f.sparse_optimizer) || f.sparse_optimizer == "sum") {
+    bad = "--sparse-optimizer: '" + f.sparse_optimizer + "' is not one of " + RegisteredOptimizerNames() + " (but sum)";
+  }
   if (f.sparse_keys > 0) {
     f.floats = f.sparse_keys * f.sparse_dim;  // what the round moves each way, for the GB/s figure
     f.allreduce = false;
@@ -451,7 +458,14 @@ int BenchMain(int argc, char** argv) {
   if (rank == 0) {
     std::string extra;
     if (f.allreduce) extra = ",\"allreduce_ms\":" + Json(allreduce) + ",\"allreduce_ranks\":" + std::to_string(size);
-    if (f.sparse_keys > 0) extra += ",\"sparse_keys\":" + std::to_string(f.sparse_keys) + ",\"row_dim\":" + std::to_string(f.sparse_dim);
+    if (f.sparse_keys > 0) {
+      char rss[64];
+      std::snprintf(rss, sizeof(rss), "%.1f", rounds.server_rss_mib);
+      extra += ",\"sparse_keys\":" + std::to_string(f.sparse_keys) + ",\"row_dim\":" + std::to_string(f.sparse_dim) +
+               ",\"optimizer\":\"" + f.sparse_optimizer + "\",\"sparse_fill\":" + std::to_string(f.sparse_fill) +
+               ",\"server0_rows\":" + std::to_string(rounds.sparse_rows) + ",\"server0_sparse_bytes\":" +
+               std::to_string(rounds.sparse_bytes) + ",\"server0_rss_mib\":" + rss;
+    }
     PrintResult(f, servers, workers, round, push, pull, extra + ",\"transport\":\"mpi\"");
   }
   MPI_Finalize();

@@ -25,6 +25,10 @@ struct BenchFlags {
   // --sparse K: a sparse table instead, each round a push and a pull of K keys of sparse_dim floats.
   uint64_t sparse_keys = 0;
   uint32_t sparse_dim = 1;
+  // --sparse-fill R: instead of timing repeated rounds, push rounds of sparse_keys new keys until
+  // the servers hold R rows, with sparse_optimizer, and report the servers' memory.
+  uint64_t sparse_fill = 0;
+  std::string sparse_optimizer = "sgd";
 
   // The flags every process of a TCP job must share, as the configuration text of the job
   // agreement (json_out is each process's own; allreduce plays no part over TCP). A flag added
@@ -38,6 +42,10 @@ struct BenchFlags {
 };
 
 struct Rounds {
+  // --sparse on the first server: its resident memory (VmRSS) at the end, the rows it holds and
+  // the bytes it counts for them (-1 / 0 elsewhere).
+  double server_rss_mib = -1;
+  uint64_t sparse_rows = 0, sparse_bytes = 0;
   std::vector<double> round, push, pull;
 };
 

@@ -3,8 +3,12 @@
 #include <chrono>
 #include <limits>
 
+#include <fstream>
+#include <string>
+
 #include "bench.h"
 #include "shardps/node.h"
+#include "shardps/ps/server.h"
 
 namespace shardps::tools {
 
@@ -14,7 +18,7 @@ Status RunSparsePs(const BenchFlags& f, Result<std::unique_ptr<Transport>> trans
   co.num_servers = f.servers;
   SHARDPS_ASSIGN_OR_RETURN(Cluster cluster, Cluster::Create(size, rank, co));
   TableSpec spec{.name = "bench", .row_dim = f.sparse_dim};
-  spec.optimizer.kind = OptimizerKind::kSgd;
+  spec.optimizer.kind = f.sparse_optimizer;
   spec.optimizer.learning_rate = 1e-6f;
   SHARDPS_ASSIGN_OR_RETURN(TableLayout layout, TableLayout::Create({spec}, cluster.num_servers()));
   SHARDPS_RETURN_IF_ERROR(transport.status());
@@ -37,7 +41,20 @@ Status RunSparsePs(const BenchFlags& f, Result<std::unique_ptr<Transport>> trans
     grad.assign(n * d, 1.0f);
     rows.assign(n * d, 0.0f);
     SHARDPS_RETURN_IF_ERROR(client->Barrier().wait(timeout));
-    for (int r = 0; r < f.warmup + f.rounds; ++r) {
+    if (f.sparse_fill > 0) {
+      // New keys every round (key i of round r: spread * i + r), until the servers hold
+      // sparse_fill rows; every worker pushes the same keys, so rows = rounds * n.
+      const uint64_t rounds = (f.sparse_fill + n - 1) / n;
+      for (uint64_t r = 0; r < rounds; ++r) {
+        const uint64_t count = std::min(n, f.sparse_fill - r * n);
+        std::vector<uint64_t> ks(count);
+        for (uint64_t i = 0; i < count; ++i) ks[i] = spread * i + r;
+        SHARDPS_RETURN_IF_ERROR(client->SparsePush(0, ks, std::span<const float>(grad).first(count * d), r).wait(timeout));
+      }
+      SHARDPS_RETURN_IF_ERROR(client->Barrier().wait(timeout));
+      keys.clear();
+    }
+    for (int r = 0; f.sparse_fill == 0 && r < f.warmup + f.rounds; ++r) {
       const uint64_t step = static_cast<uint64_t>(r);
       auto t0 = std::chrono::steady_clock::now();
       SHARDPS_RETURN_IF_ERROR(client->SparsePush(0, keys, grad, step).wait(timeout));
@@ -54,14 +71,24 @@ Status RunSparsePs(const BenchFlags& f, Result<std::unique_ptr<Transport>> trans
     float expect = 0.0f;
     const float sum = static_cast<float>(cluster.num_workers());
     for (int r = 0; r < f.warmup + f.rounds; ++r) expect -= spec.optimizer.learning_rate * sum;
-    for (uint64_t i = 0; i < rows.size(); ++i) {
+    for (uint64_t i = 0; f.sparse_fill == 0 && f.sparse_optimizer == "sgd" && i < rows.size(); ++i) {
       if (rows[i] != expect) {
         return DataLoss("bench --sparse: row element " + std::to_string(i) + " is " + std::to_string(rows[i]) +
                         ", expected " + std::to_string(expect));
       }
     }
   }
-  return node->Finish();
+  Status finished = node->Finish();
+  if (ps::Server* server = node->server(); server && cluster.server_index() == 0) {
+    const ps::ServerStats st = server->stats();
+    out->sparse_rows = st.sparse_rows;
+    out->sparse_bytes = st.sparse_bytes;
+    std::ifstream status("/proc/self/status");
+    for (std::string line; std::getline(status, line);) {
+      if (line.rfind("VmRSS:", 0) == 0) out->server_rss_mib = std::stod(line.substr(6)) / 1024.0;  // kB
+    }
+  }
+  return finished;
 }
 
 }  // namespace shardps::tools

@@ -125,25 +125,10 @@ Status RunPs(const BenchFlags& f, Result<std::unique_ptr<Transport>> transport, 
     grad.assign(f.floats, 1.0f);
     weights.assign(f.floats, 0.0f);
     SHARDPS_RETURN_IF_ERROR(client->Barrier().wait(timeout));
-    for (int r = 0; r < f.warmup + f.rounds; ++r) {
-      const uint64_t step = static_cast<uint64_t>(r);
-      auto t0 = std::chrono::steady_clock::now();
-      SHARDPS_RETURN_IF_ERROR(client->Push(0, grad, step).wait(timeout));
-      auto t1 = std::chrono::steady_clock::now();
-      SHARDPS_RETURN_IF_ERROR(client->Pull(0, weights, step + 1).wait(timeout));
-      auto t2 = std::chrono::steady_clock::now();
-      if (r >= f.warmup) {
-        out->push[r - f.warmup] = Ms(t1 - t0).count();
-        out->pull[r - f.warmup] = Ms(t2 - t1).count();
-        out->round[r - f.warmup] = Ms(t2 - t0).count();
-      }
-    }
-    // The servers applied SGD (lr 1e-6) to the sum of every worker's gradient of ones each round:
-    // recompute that in the same float arithmetic and check every weight, so a fast but wrong
-    // data path cannot pass as a benchmark result.
-    float expect = 0.0f;
-    const float sum = static_cast<float>(cluster.num_workers());
-    for (int r = 0; r < f.warmup + f.rounds; ++r) expect -= spec.optimizer.learning_rate * (sum + 0.0f * expect);
+    SHARDPS_RETURN_IF_ERROR(TimeRounds(
+        f, out, [&](uint64_t step) { return client->Push(0, grad, step).wait(timeout); },
+        [&](uint64_t version) { return client->Pull(0, weights, version).wait(timeout); }));
+    const float expect = ExpectedBenchWeight(f, spec.optimizer.learning_rate, cluster.num_workers());
     for (uint64_t i = 0; i < f.floats; ++i) {
       if (weights[i] != expect) {
         return DataLoss("bench: weight " + std::to_string(i) + " is " + std::to_string(weights[i]) + ", expected " +
@@ -153,6 +138,36 @@ Status RunPs(const BenchFlags& f, Result<std::unique_ptr<Transport>> transport, 
   }
   return node->Finish();
 }
+
+}  // namespace
+
+Status TimeRounds(const BenchFlags& f, Rounds* out, const std::function<Status(uint64_t step)>& push,
+                  const std::function<Status(uint64_t version)>& pull) {
+  for (int r = 0; r < f.warmup + f.rounds; ++r) {
+    const uint64_t step = static_cast<uint64_t>(r);
+    auto t0 = std::chrono::steady_clock::now();
+    SHARDPS_RETURN_IF_ERROR(push(step));
+    auto t1 = std::chrono::steady_clock::now();
+    SHARDPS_RETURN_IF_ERROR(pull(step + 1));
+    auto t2 = std::chrono::steady_clock::now();
+    if (r >= f.warmup) {
+      out->push[r - f.warmup] = Ms(t1 - t0).count();
+      out->pull[r - f.warmup] = Ms(t2 - t1).count();
+      out->round[r - f.warmup] = Ms(t2 - t0).count();
+    }
+  }
+  return Status::Ok();
+}
+
+float ExpectedBenchWeight(const BenchFlags& f, float lr, int workers) {
+  // w -= lr * (g + wd * w) with wd = 0, g = the workers' sum: the Sgd optimizer's arithmetic.
+  float expect = 0.0f;
+  const float sum = static_cast<float>(workers);
+  for (int r = 0; r < f.warmup + f.rounds; ++r) expect -= lr * (sum + 0.0f * expect);
+  return expect;
+}
+
+namespace {
 
 // ---- shardps bench --suite -------------------------------------------------------------------
 

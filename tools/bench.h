@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -48,6 +49,16 @@ struct Rounds {
   uint64_t sparse_rows = 0, sparse_bytes = 0;
   std::vector<double> round, push, pull;
 };
+
+// Runs f.warmup + f.rounds rounds, each `push(step)` then `pull(step + 1)`, each waited for, and
+// records the times of the last f.rounds in `out` (whose vectors hold f.rounds entries).
+Status TimeRounds(const BenchFlags& f, Rounds* out, const std::function<Status(uint64_t step)>& push,
+                  const std::function<Status(uint64_t version)>& pull);
+
+// What every weight holds after f.warmup + f.rounds rounds of SGD at rate `lr` on the sum of
+// `workers` gradients of ones, in the servers' float arithmetic: the bench checks every weight
+// against it, so a fast but wrong data path cannot pass as a benchmark result.
+float ExpectedBenchWeight(const BenchFlags& f, float lr, int workers);
 
 // The rounds of a sparse table (--sparse): every worker pushes a gradient of ones for the same
 // f.sparse_keys keys (spread over the uint64 range, as ps-lite's benchmark spreads them), waits,

@@ -54,23 +54,12 @@ Status RunSparsePs(const BenchFlags& f, Result<std::unique_ptr<Transport>> trans
       SHARDPS_RETURN_IF_ERROR(client->Barrier().wait(timeout));
       keys.clear();
     }
-    for (int r = 0; f.sparse_fill == 0 && r < f.warmup + f.rounds; ++r) {
-      const uint64_t step = static_cast<uint64_t>(r);
-      auto t0 = std::chrono::steady_clock::now();
-      SHARDPS_RETURN_IF_ERROR(client->SparsePush(0, keys, grad, step).wait(timeout));
-      auto t1 = std::chrono::steady_clock::now();
-      SHARDPS_RETURN_IF_ERROR(client->SparsePull(0, keys, rows, step + 1).wait(timeout));
-      auto t2 = std::chrono::steady_clock::now();
-      if (r >= f.warmup) {
-        out->push[r - f.warmup] = Ms(t1 - t0).count();
-        out->pull[r - f.warmup] = Ms(t2 - t1).count();
-        out->round[r - f.warmup] = Ms(t2 - t0).count();
-      }
+    if (f.sparse_fill == 0) {
+      SHARDPS_RETURN_IF_ERROR(TimeRounds(
+          f, out, [&](uint64_t step) { return client->SparsePush(0, keys, grad, step).wait(timeout); },
+          [&](uint64_t version) { return client->SparsePull(0, keys, rows, version).wait(timeout); }));
     }
-    // As in RunPs: SGD (lr 1e-6) on the sum of every worker's ones, every round, recomputed here.
-    float expect = 0.0f;
-    const float sum = static_cast<float>(cluster.num_workers());
-    for (int r = 0; r < f.warmup + f.rounds; ++r) expect -= spec.optimizer.learning_rate * sum;
+    const float expect = ExpectedBenchWeight(f, spec.optimizer.learning_rate, cluster.num_workers());
     for (uint64_t i = 0; f.sparse_fill == 0 && f.sparse_optimizer == "sgd" && i < rows.size(); ++i) {
       if (rows[i] != expect) {
         return DataLoss("bench --sparse: row element " + std::to_string(i) + " is " + std::to_string(rows[i]) +

@@ -29,6 +29,7 @@
 #include "shardps/worker/checkpoint_driver.h"
 #include "shardps/worker/trainer.h"
 #include "train_checks.h"
+#include "train_job.h"
 #include "train_outputs.h"
 #include "train_sparse.h"
 
@@ -233,27 +234,18 @@ int RunSingleProcess(FileSystem& fs, const config::TrainConfig& c, const TrainFl
 }
 
 int RunDistributed(FileSystem& fs, const config::TrainConfig& c, const TrainFlags& f, const LaunchPlan& plan, int argc, char** argv) {
-  config::TrainConfig shared = c;
-  shared.clear_metrics_csv();  // as in the job agreement: each process may write its metrics elsewhere
-  auto started = StartJob(plan, &argc, &argv, "shardps train", ConfigToText(shared));
-  if (!started.ok()) {
-    std::cerr << "shardps train: " << started.status().ToString() << std::endl;
+  auto joined = JoinTrainJob(plan, &argc, &argv, c);
+  if (!joined.ok()) {
+    std::cerr << "shardps train: " << joined.status().ToString() << std::endl;
     return 1;
   }
-  Job& job = **started;
-  const int rank = job.rank(), size = job.size();
-  Result<Cluster> cluster = Cluster::Create(size, rank, ClusterOptions{.num_servers = c.servers(), .colocated = c.colocated()});
-  const std::string me = cluster.ok() ? cluster->Describe(rank) : "rank " + std::to_string(rank);
-  auto report = [&](const Status& s) {
-    if (!s.ok()) std::cerr << "shardps train: " << me << ": " << s.ToString() << std::endl;
-  };
+  TrainProcess& process = *joined;
+  Job& job = *process.job;
+  const int rank = job.rank();
+  const Result<Cluster>& cluster = process.cluster;
+  auto report = [&](const Status& s) { process.Report(s); };
   // Reached by every process with its own outcome; a process that was fine says why it stops.
-  auto agree = [&](const Status& s) {
-    report(s);
-    if (job.Agree(s.ok())) return true;
-    if (s.ok()) std::cerr << "shardps train: " << me << ": stopping: another process failed to start (its message says why)" << std::endl;
-    return false;
-  };
+  auto agree = [&](const Status& s) { return process.Agree(s); };
   // Every process reaches each agreement below, whatever failed, so none is left waiting.
   Status s;
   if (!cluster.ok()) s = cluster.status();

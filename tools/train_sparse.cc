@@ -14,6 +14,7 @@
 #include "shardps/worker/checkpoint_driver.h"
 #include "shardps/worker/data.h"
 #include "shardps/worker/sparse_lr.h"
+#include "train_job.h"
 
 namespace shardps::tools {
 namespace {
@@ -141,26 +142,16 @@ std::string Num(double v) {
 int RunSparseLr(FileSystem& fs, const config::TrainConfig& c, const OutputFlags& outputs, const std::string& resume,
                 const LaunchPlan& plan, int argc, char** argv) {
   const auto t0 = std::chrono::steady_clock::now();
-  config::TrainConfig shared = c;
-  shared.clear_metrics_csv();
-  auto started = StartJob(plan, &argc, &argv, "shardps train", ConfigToText(shared));
-  if (!started.ok()) {
-    std::cerr << "shardps train: " << started.status().ToString() << std::endl;
+  auto joined = JoinTrainJob(plan, &argc, &argv, c);
+  if (!joined.ok()) {
+    std::cerr << "shardps train: " << joined.status().ToString() << std::endl;
     return 1;
   }
-  Job& job = **started;
-  const int rank = job.rank(), size = job.size();
-  Result<Cluster> cluster = Cluster::Create(size, rank, ClusterOptions{.num_servers = c.servers(), .colocated = c.colocated()});
-  const std::string me = cluster.ok() ? cluster->Describe(rank) : "rank " + std::to_string(rank);
-  auto report = [&](const Status& s) {
-    if (!s.ok()) std::cerr << "shardps train: " << me << ": " << s.ToString() << std::endl;
-  };
-  auto agree = [&](const Status& s) {
-    report(s);
-    if (job.Agree(s.ok())) return true;
-    if (s.ok()) std::cerr << "shardps train: " << me << ": stopping: another process failed to start (its message says why)" << std::endl;
-    return false;
-  };
+  TrainProcess& process = *joined;
+  Job& job = *process.job;
+  const Result<Cluster>& cluster = process.cluster;
+  auto report = [&](const Status& s) { process.Report(s); };
+  auto agree = [&](const Status& s) { return process.Agree(s); };
   // Checked before anything trains, on every process: the data (workers), the batch split, the
   // checkpoint to resume from, the optimizer.
   Status s = cluster.status();

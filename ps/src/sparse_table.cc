@@ -11,7 +11,6 @@ namespace shardps::ps {
 SparseTable::SparseTable(const TableSpec& spec, uint32_t table_id, PolicyHost& host, SparseHost& rows_host,
                          const SyncLimits& limits, std::string_view policy)
     : spec_(spec),
-      table_id_(table_id),
       host_(host),
       rows_host_(rows_host),
       limits_(limits),

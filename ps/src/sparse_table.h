@@ -83,7 +83,6 @@ class SparseTable {
   void Hold(SparsePtr pull);
 
   const TableSpec spec_;
-  const uint32_t table_id_;
   PolicyHost& host_;
   SparseHost& rows_host_;
   const SyncLimits limits_;

@@ -105,7 +105,7 @@ class ClientCore final : public FrameHandler {
                            const float* grad, float* out) const;
   void ReceiveRows(IncomingFrame in, Frame frame, Pending p);  // a sparse reply's payload (sparse_client.cc)
   Handle StartSparse(wire::Op op, uint32_t table, std::span<const uint64_t> keys, std::span<const float> grads,
-                     std::span<float> rows, uint64_t step);  // sparse_client.cc
+                     std::span<float> rows, uint64_t step) SHARDPS_EXCLUDES(sparse_mu_);  // sparse_client.cc
 
   // Constant after construction.
   Endpoint& endpoint_;

@@ -96,7 +96,8 @@ void Server::ProcessSparse(int worker) {
   UpdateSparseStats();
 }
 
-void Server::SendRows(const HeldRequest& request, uint64_t version, std::shared_ptr<std::vector<float>> rows) {
+void Server::SendRows(const HeldRequest& request, uint64_t version, std::shared_ptr<std::vector<float>> rows,
+                      bool elided) {
   UpdateSparseStats();  // the rows this reply may have created, counted before the worker hears of them
   const wire::Header& req = request.h();
   wire::Header r;
@@ -105,7 +106,9 @@ void Server::SendRows(const HeldRequest& request, uint64_t version, std::shared_
   r.set_request_id(req.request_id());
   r.set_table(req.table());
   r.set_step(version);
-  r.set_element_count(rows->size());
+  r.set_zero_rows_elided(elided);
+  const uint64_t n = request.h().element_count();
+  r.set_element_count(elided ? rows->size() - (n + 31) / 32 : rows->size());  // the bitmap is whole floats
   const std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(rows->data()), rows->size() * sizeof(float));
   endpoint_.Send(request.in.source, std::move(r), bytes, [this, rows](Status s) {
     if (!s.ok()) endpoint_.Warn("sending sparse rows: " + s.ToString());
@@ -113,15 +116,17 @@ void Server::SendRows(const HeldRequest& request, uint64_t version, std::shared_
 }
 
 void Server::UpdateSparseStats() {
-  uint64_t rows = 0, bytes = 0;
+  uint64_t rows = 0, bytes = 0, elided = 0;
   for (const auto& t : sparse_) {
     if (!t) continue;
     rows += t->rows().size();
     bytes += t->rows().bytes();
+    elided += t->zero_rows_elided();
   }
   MutexLock lock(mu_);
   stats_.sparse_rows = rows;
   stats_.sparse_bytes = bytes;
+  stats_.sparse_zero_rows_elided = elided;
 }
 
 }  // namespace shardps::ps

@@ -19,7 +19,8 @@ SparseTable::SparseTable(const TableSpec& spec, uint32_t table_id, PolicyHost& h
       optimizer_(FindOptimizer(spec.optimizer.kind)),
       rows_(spec, table_id),
       sum_(spec.row_dim),
-      cached_(limits.num_workers) {
+      cached_(limits.num_workers),
+      elide_zero_rows_(spec.optimizer.kind == "ftrl" && spec.optimizer.l1 > 0) {
   assert(optimizer_ != nullptr);
 }
 
@@ -213,6 +214,24 @@ void SparseTable::Apply(std::span<const SparsePtr> by_worker) {
 void SparseTable::Answer(const SparseRequest& r) {
   const uint32_t d = rows_.dim();
   const auto& rows = r.list->rows;
+  if (elide_zero_rows_) {
+    // The bitmap (in whole floats: ceil(n / 32) of them), then the rows that are not all zero.
+    const size_t words = (rows.size() + 31) / 32;
+    auto out = std::make_shared<std::vector<float>>(words);
+    auto* bits = reinterpret_cast<uint8_t*>(out->data());
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const float* row = rows[i];
+      if (std::all_of(row, row + d, [](float v) { return v == 0.0f; })) {
+        ++zero_rows_elided_;
+        continue;
+      }
+      bits[i / 8] |= static_cast<uint8_t>(1u << (i % 8));
+      out->insert(out->end(), row, row + d);
+      bits = reinterpret_cast<uint8_t*>(out->data());  // the insert may have moved the buffer
+    }
+    rows_host_.SendRows(*r.held, version_, std::move(out), /*elided=*/true);
+    return;
+  }
   auto out = std::make_shared<std::vector<float>>(rows.size() * d);
   float* o = out->data();
   for (const float* row : rows) {

@@ -68,6 +68,7 @@ class SparseTable {
   // keys_cached the worker's remembered list. An error names what is wrong.
   Status ResolveKeys(SparseRequest& r, int server, int servers);
 
+  uint64_t zero_rows_elided() const { return zero_rows_elided_; }
   const SparseRows& rows() const { return rows_; }
   uint64_t version() const { return version_; }
   // Restoring a checkpoint, before serving: rows are set and the version moved to the step.
@@ -96,6 +97,8 @@ class SparseTable {
   std::vector<std::pair<uint64_t, SparsePtr>> pulls_;  // (version wanted, request), arrival order
   std::vector<float> sum_;                             // one row's summed gradient
   std::vector<std::shared_ptr<const KeyList>> cached_;  // by worker index: the last list it sent
+  const bool elide_zero_rows_;  // FTRL with L1: rows of exact zeros are not sent (wire.proto)
+  uint64_t zero_rows_elided_ = 0;
 };
 
 }  // namespace shardps::ps

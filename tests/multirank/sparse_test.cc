@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstring>
 #include <map>
@@ -387,6 +388,43 @@ TEST(SparseTable, AHeldPullIsRefusedAtItsDeadlineNamingTheMissingWorker) {
   for (const Status& s : st) EXPECT_TRUE(s.ok()) << JoinStatuses(st);
   EXPECT_EQ(seen.code(), StatusCode::kDeadlineExceeded) << seen.ToString();
   EXPECT_NE(seen.message().find("is missing pushes from worker ranks [2]"), std::string::npos) << seen.ToString();
+}
+
+// FTRL with L1 keeps rows at exactly zero; a pull reply leaves them out (a bitmap says which rows
+// it carries) and the client puts zeros in their place: the rows pulled are the optimizer's,
+// applied here to the same gradients, and the server counts the rows it left out.
+TEST(SparseTable, FtrlZeroRowsAreLeftOutOfRepliesAndReadAsZeros) {
+  TableSpec t = Sparse("ftrl", 0.5f);
+  t.optimizer.l1 = 1.0f;
+  std::vector<uint64_t> keys;
+  std::vector<float> g;
+  for (uint64_t k = 0; k < 200; ++k) {
+    keys.push_back(k * 7919);
+    for (uint32_t j = 0; j < kDim; ++j) g.push_back(k % 3 == 0 ? 4.0f + static_cast<float>(j) : 0.25f);  // |z| > l1 or not
+  }
+  std::vector<float> want(keys.size() * kDim, 0.0f), slots(keys.size() * kDim * 2, 0.0f);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    std::vector<float> s(2 * kDim, 0.0f);
+    ApplyOptimizer(t.optimizer, 1, std::span<float>(&want[i * kDim], kDim), s, std::span<const float>(&g[i * kDim], kDim));
+  }
+  size_t zero_rows = 0;
+  for (size_t i = 0; i < keys.size(); ++i) zero_rows += want[i * kDim] == 0.0f && want[i * kDim + 1] == 0.0f && want[i * kDim + 2] == 0.0f;
+  ASSERT_GT(zero_rows, keys.size() / 2);
+  ASSERT_LT(zero_rows, keys.size());
+  for (int servers : {1, 2}) {
+    std::vector<float> got(keys.size() * kDim, -1.0f);
+    std::atomic<uint64_t> elided{0};
+    ThreadsJob job(Config(servers, 1, t));
+    auto st = job.Run([&](int rank, Node& node) -> Status {
+      if (worker::KVClient* c = node.client()) return c->SparsePushPull(0, keys, g, got, 0).wait(kWait);
+      SHARDPS_RETURN_IF_ERROR(node.server()->WaitForWorkers(kWait));
+      elided += node.server()->stats().sparse_zero_rows_elided;
+      return Status::Ok();
+    });
+    for (const Status& s : st) ASSERT_TRUE(s.ok()) << JoinStatuses(st);
+    EXPECT_EQ(got, want) << servers << " servers";
+    EXPECT_EQ(elided.load(), zero_rows) << servers << " servers";
+  }
 }
 
 TEST(SparseTable, AspAppliesEveryPushOnce) {

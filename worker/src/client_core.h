@@ -104,6 +104,7 @@ class ClientCore final : public FrameHandler {
   std::vector<Piece> Split(wire::Op op, uint32_t table, uint64_t begin, uint64_t end, uint64_t step,
                            const float* grad, float* out) const;
   void ReceiveRows(IncomingFrame in, Frame frame, Pending p);  // a sparse reply's payload (sparse_client.cc)
+  void ReceiveElidedRows(IncomingFrame in, Frame frame, Pending p);
   Handle StartSparse(wire::Op op, uint32_t table, std::span<const uint64_t> keys, std::span<const float> grads,
                      std::span<float> rows, uint64_t step) SHARDPS_EXCLUDES(sparse_mu_);  // sparse_client.cc
 

@@ -173,6 +173,7 @@ void ClientCore::ForgetSparseKeys(uint32_t table, int server) {
 
 void ClientCore::ReceiveRows(IncomingFrame in, Frame frame, Pending p) {
   const wire::Header& h = frame.header;
+  if (h.zero_rows_elided()) return ReceiveElidedRows(std::move(in), std::move(frame), std::move(p));
   if (h.codec() != 0 || in.payload_bytes != p.out.size()) {
     if (in.payload_bytes > 0) (void)endpoint_.transport().DiscardPayload(in);
     p.op->Part(p.piece, DataLoss(p.op->what + ": reply from rank " + std::to_string(in.source) + " carries " +
@@ -195,6 +196,53 @@ void ClientCore::ReceiveRows(IncomingFrame in, Frame frame, Pending p) {
     if (st.ok() && after) after();
     op->Part(piece, st.ok() ? st : st.WithContext(op->what));
   });
+  if (!s.ok()) p.op->Part(p.piece, s.WithContext(p.op->what));
+}
+
+// Rows of exact zeros left out (wire.proto, zero_rows_elided): a bitmap of the rows sent, then
+// those rows; received into a buffer of their own and spread into `p.out`, zeros elsewhere.
+void ClientCore::ReceiveElidedRows(IncomingFrame in, Frame frame, Pending p) {
+  const uint64_t row_bytes = uint64_t{layout_.table(p.table).row_dim} * sizeof(float);
+  const uint64_t n = p.out.size() / row_bytes;
+  const uint64_t bitmap = (n + 31) / 32 * 4;
+  const uint64_t got = in.payload_bytes;
+  if (n == 0 && got == 0) {
+    p.op->Part(p.piece, Status::Ok());
+    return;
+  }
+  if (frame.header.codec() != 0 || got < bitmap || (got - bitmap) % row_bytes != 0 || got - bitmap > p.out.size()) {
+    if (got > 0) (void)endpoint_.transport().DiscardPayload(in);
+    p.op->Part(p.piece, DataLoss(p.op->what + ": reply from rank " + std::to_string(in.source) + " carries " +
+                                     std::to_string(got) + " bytes, not a bitmap of " + std::to_string(bitmap) +
+                                     " bytes and up to " + std::to_string(n) + " rows of " + std::to_string(row_bytes)));
+    return;
+  }
+  auto op = p.op;
+  const size_t piece = p.piece;
+  auto out = p.out;
+  auto buf = std::make_shared<std::vector<uint8_t>>(got);
+  auto fr = std::make_shared<Frame>(std::move(frame));
+  Status s = endpoint_.transport().ReceivePayload(
+      in, *buf, [op, piece, out, fr, buf, n, bitmap, row_bytes, after = std::move(p.after_receive)](Status st) {
+        if (op->cancelled) return;  // the buffers may be gone: do not touch them
+        if (st.ok()) st = VerifyPayload(*fr, *buf);
+        uint64_t sent = 0;
+        for (uint64_t i = 0; st.ok() && i < n; ++i) {
+          uint8_t* row = out.data() + i * row_bytes;
+          if (((*buf)[i / 8] >> (i % 8)) & 1u) {
+            if (bitmap + (sent + 1) * row_bytes > buf->size()) {
+              st = DataLoss(op->what + ": the bitmap names more rows than the reply carries");
+              break;
+            }
+            std::memcpy(row, buf->data() + bitmap + sent++ * row_bytes, row_bytes);
+          } else {
+            std::memset(row, 0, row_bytes);
+          }
+        }
+        if (st.ok() && bitmap + sent * row_bytes != buf->size()) st = DataLoss(op->what + ": the reply carries rows its bitmap does not name");
+        if (st.ok() && after) after();
+        op->Part(piece, st.ok() ? st : st.WithContext(op->what));
+      });
   if (!s.ok()) p.op->Part(p.piece, s.WithContext(p.op->what));
 }
 

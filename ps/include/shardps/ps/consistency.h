@@ -112,8 +112,10 @@ class PolicyHost {
 class SparseHost {
  public:
   virtual ~SparseHost() = default;
-  // Replies to `request` with `rows` (its keys' rows, in its key order) at `version`.
-  virtual void SendRows(const HeldRequest& request, uint64_t version, std::shared_ptr<std::vector<float>> rows) = 0;
+  // Replies to `request` with `rows` (its keys' rows, in its key order) at `version`. With
+  // `elided`, `rows` is a bitmap of the sent rows then those rows (wire.proto, zero_rows_elided).
+  virtual void SendRows(const HeldRequest& request, uint64_t version, std::shared_ptr<std::vector<float>> rows,
+                        bool elided = false) = 0;
 };
 
 // The policy's decisions for one chunk. Made by ConsistencyPolicy::ForChunk; called by the server

@@ -52,6 +52,7 @@ struct ServerStats {
   uint64_t errors_sent = 0;
   uint64_t sparse_rows = 0;    // rows of sparse tables held
   uint64_t sparse_bytes = 0;   // memory they take (rows, their keys and optimizer state, the index)
+  uint64_t sparse_zero_rows_elided = 0;  // rows of exact zeros left out of pull replies (FTRL, L1)
 };
 
 class SparseTable;  // sparse_table.h
@@ -111,7 +112,8 @@ class Server final : public FrameHandler, private PolicyHost, private SparseHost
   void HandleCheckpoint(IncomingFrame& in, const wire::Header& h);
   void HandleSparse(IncomingFrame& in, Frame& f);                      // server_sparse.cc
   void ProcessSparse(int worker);  // the worker's sparse requests whose payload is in, in arrival order
-  void SendRows(const HeldRequest& request, uint64_t version, std::shared_ptr<std::vector<float>> rows) override;
+  void SendRows(const HeldRequest& request, uint64_t version, std::shared_ptr<std::vector<float>> rows,
+                bool elided) override;
   void UpdateSparseStats() SHARDPS_EXCLUDES(mu_);
   Result<Served*> ValidateKeys(const wire::Header& h, bool allow_empty);
   HeldPtr Hold(IncomingFrame& in, Frame& f);

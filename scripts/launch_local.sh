@@ -18,10 +18,10 @@
 # BIN is the shardps binary (e.g. build/bin/shardps). Each process runs
 #   BIN train ARGS... --transport tcp --coordinator 127.0.0.1:PORT --role server|worker --rank R
 #       --num-servers S --num-workers W --secret-file KEYFILE
-# so ARGS must not contain those flags. Worker 0 keeps ARGS' --out-dir (it alone writes the
-# summary, metrics and model) and prints to this terminal; worker k > 0 gets --out-dir
-# LOGDIR/worker-k instead, and its output and every server's go to LOGDIR/worker-k.log and
-# LOGDIR/server-i.log.
+# so ARGS must not contain those flags. With `train`, worker 0 keeps ARGS' --out-dir (it alone
+# writes the summary, metrics and model) and worker k > 0 gets --out-dir LOGDIR/worker-k instead
+# (other subcommands, e.g. `bench`, get none). Worker 0 prints to this terminal; the output of
+# worker k > 0 and of every server goes to LOGDIR/worker-k.log and LOGDIR/server-i.log.
 #
 # Exit status: 0 when every process succeeded. When one fails, the others get GRACE seconds to
 # print their own error (they notice a lost peer by themselves), then SIGTERM, then SIGKILL 5 s
@@ -182,9 +182,12 @@ flags=(--transport tcp --coordinator "127.0.0.1:$port" --num-servers "$servers" 
 for ((i = 0; i < servers; i++)); do
   start "server $i" "$logdir/server-$i.log" "$i" "$bin" "${cmd[@]}" "${flags[@]}" --role server --rank "$i"
 done
+# Only `train` writes outputs (--out-dir); `bench` and the other subcommands take no such flag.
+own_out=()
+[[ ${cmd[0]} != train ]] || own_out=(--out-dir)
 for ((k = 1; k < workers; k++)); do
-  start "worker $k" "$logdir/worker-$k.log" $((servers + k)) "$bin" "${others[@]}" --out-dir "$logdir/worker-$k" \
-    "${flags[@]}" --role worker --rank "$k"
+  start "worker $k" "$logdir/worker-$k.log" $((servers + k)) "$bin" "${others[@]}" \
+    ${own_out[@]+"${own_out[@]}" "$logdir/worker-$k"} "${flags[@]}" --role worker --rank "$k"
 done
 start "worker 0" '' "$servers" "$bin" "${cmd[@]}" "${flags[@]}" --role worker --rank 0
 

@@ -474,8 +474,8 @@ int BenchMain(int argc, char** argv) {
     std::string extra;
     if (f.allreduce) extra = ",\"allreduce_ms\":" + Json(allreduce) + ",\"allreduce_ranks\":" + std::to_string(size);
     if (f.sparse_keys > 0) {
-      char rss[64];
-      std::snprintf(rss, sizeof(rss), "%.1f", rounds.server_rss_mib);
+      char rss[96];
+      std::snprintf(rss, sizeof(rss), "%.1f,\"server0_peak_rss_mib\":%.1f", rounds.server_rss_mib, rounds.server_peak_rss_mib);
       extra += ",\"sparse_keys\":" + std::to_string(f.sparse_keys) + ",\"row_dim\":" + std::to_string(f.sparse_dim) +
                ",\"optimizer\":\"" + f.sparse_optimizer + "\",\"sparse_fill\":" + std::to_string(f.sparse_fill) +
                ",\"server0_rows\":" + std::to_string(rounds.sparse_rows) + ",\"server0_sparse_bytes\":" +

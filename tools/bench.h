@@ -45,7 +45,7 @@ struct BenchFlags {
 struct Rounds {
   // --sparse on the first server: its resident memory (VmRSS) at the end, the rows it holds and
   // the bytes it counts for them (-1 / 0 elsewhere).
-  double server_rss_mib = -1;
+  double server_rss_mib = -1, server_peak_rss_mib = -1;
   uint64_t sparse_rows = 0, sparse_bytes = 0;
   std::vector<double> round, push, pull;
 };

@@ -75,6 +75,7 @@ Status RunSparsePs(const BenchFlags& f, Result<std::unique_ptr<Transport>> trans
     std::ifstream status("/proc/self/status");
     for (std::string line; std::getline(status, line);) {
       if (line.rfind("VmRSS:", 0) == 0) out->server_rss_mib = std::stod(line.substr(6)) / 1024.0;  // kB
+      if (line.rfind("VmHWM:", 0) == 0) out->server_peak_rss_mib = std::stod(line.substr(6)) / 1024.0;
     }
   }
   return finished;

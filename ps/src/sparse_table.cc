@@ -74,10 +74,22 @@ Status SparseTable::ResolveKeys(SparseRequest& r, int server, int servers) {
     if (list->signature != h.key_signature()) {
       return DataLoss(what + ": the keys do not match the request's key signature");
     }
-    list->rows.resize(n);
-    for (uint64_t i = 0; i < n; ++i) list->rows[i] = rows_.FindOrCreate(keys[i]);
-    cached = list;
-    r.list = std::move(list);
+    // Another worker's remembered list may be this one (workers pulling the same ids): share it,
+    // so the step's sum sees one list (Apply) and its rows are resolved once.
+    std::shared_ptr<const KeyList> same;
+    for (const auto& other : cached_) {
+      if (other && other->signature == list->signature && other->keys == list->keys) {
+        same = other;
+        break;
+      }
+    }
+    if (!same) {
+      list->rows.resize(n);
+      for (uint64_t i = 0; i < n; ++i) list->rows[i] = rows_.FindOrCreate(keys[i]);
+      same = std::move(list);
+    }
+    cached = same;
+    r.list = std::move(same);
   }
   if (h.op() != wire::SPARSE_PULL) {
     r.grads = std::span<const float>(reinterpret_cast<const float*>(r.payload.data() + grads_at), n * spec_.row_dim);
@@ -172,10 +184,7 @@ void SparseTable::Apply(std::span<const SparsePtr> by_worker) {
   // Every worker pushed the same keys (a common case: the same batch ids, or a benchmark): the
   // rows summed in worker-rank order, all at once, then applied; the same sums as the merge below.
   const auto& first = *by_worker[0]->list;
-  const bool same = std::all_of(by_worker.begin() + 1, by_worker.end(), [&](const SparsePtr& r) {
-    const KeyList& l = *r->list;
-    return &l == &first || (l.signature == first.signature && l.keys == first.keys);
-  });
+  const bool same = std::all_of(by_worker.begin() + 1, by_worker.end(), [&](const SparsePtr& r) { return r->list.get() == &first; });
   if (same) {
     std::vector<float> sum(by_worker[0]->grads.begin(), by_worker[0]->grads.end());
     for (size_t w = 1; w < by_worker.size(); ++w) AddInto(sum, by_worker[w]->grads);
@@ -234,9 +243,13 @@ void SparseTable::Answer(const SparseRequest& r) {
   }
   auto out = std::make_shared<std::vector<float>>(rows.size() * d);
   float* o = out->data();
-  for (const float* row : rows) {
-    std::copy(row, row + d, o);
-    o += d;
+  if (d == 1) {  // one float a row (a plain loop: a copy call per row costs more than the copy)
+    for (size_t i = 0; i < rows.size(); ++i) o[i] = *rows[i];
+  } else {
+    for (const float* row : rows) {
+      std::copy(row, row + d, o);
+      o += d;
+    }
   }
   rows_host_.SendRows(*r.held, version_, std::move(out));
 }

@@ -39,6 +39,23 @@ Status CheckSparseKeys(std::span<const uint64_t> keys) {
   return Status::Ok();
 }
 
+// Rows of d floats between the caller's buffer (row pos[j]) and a server's packed buffer (row j).
+// One float a row is a plain loop (a copy call per row would cost more than the copy).
+void GatherRows(const float* from, const std::vector<uint32_t>& pos, uint64_t d, float* packed) {
+  if (d == 1) {
+    for (size_t j = 0; j < pos.size(); ++j) packed[j] = from[pos[j]];
+    return;
+  }
+  for (size_t j = 0; j < pos.size(); ++j) std::memcpy(packed + j * d, from + uint64_t{pos[j]} * d, d * sizeof(float));
+}
+void ScatterRows(const float* packed, const std::vector<uint32_t>& pos, uint64_t d, float* to) {
+  if (d == 1) {
+    for (size_t j = 0; j < pos.size(); ++j) to[pos[j]] = packed[j];
+    return;
+  }
+  for (size_t j = 0; j < pos.size(); ++j) std::memcpy(to + uint64_t{pos[j]} * d, packed + j * d, d * sizeof(float));
+}
+
 }  // namespace
 
 Handle ClientCore::SparsePush(uint32_t table, std::span<const uint64_t> keys, std::span<const float> grads, uint64_t step) {
@@ -120,10 +137,8 @@ Handle ClientCore::StartSparse(wire::Op op, uint32_t table, std::span<const uint
         if (push) std::memcpy(grads_at, grads.data(), n * row_bytes);
       } else {
         const auto& pos = plan->positions[s];
-        for (uint64_t j = 0; j < n; ++j) {
-          if (!cached) std::memcpy(keys_at + j * sizeof(uint64_t), &keys[pos[j]], sizeof(uint64_t));
-          if (push) std::memcpy(grads_at + j * row_bytes, grads.data() + uint64_t{pos[j]} * d, row_bytes);
-        }
+        for (uint64_t j = 0; !cached && j < n; ++j) std::memcpy(keys_at + j * sizeof(uint64_t), &keys[pos[j]], sizeof(uint64_t));
+        if (push) GatherRows(grads.data(), pos, d, reinterpret_cast<float*>(grads_at));
       }
       p.payload = *p.encoded;
     }
@@ -133,9 +148,8 @@ Handle ClientCore::StartSparse(wire::Op op, uint32_t table, std::span<const uint
       } else {  // into a buffer, then each row into its place
         p.inbox = std::make_shared<std::vector<uint8_t>>(n * row_bytes);
         p.out = *p.inbox;
-        p.after_receive = [inbox = p.inbox, plan, s, out, row_bytes] {
-          const auto& pos = plan->positions[s];
-          for (size_t j = 0; j < pos.size(); ++j) std::memcpy(out + pos[j] * row_bytes, inbox->data() + j * row_bytes, row_bytes);
+        p.after_receive = [inbox = p.inbox, plan, s, out, d] {
+          ScatterRows(reinterpret_cast<const float*>(inbox->data()), plan->positions[s], d, reinterpret_cast<float*>(out));
         };
       }
     }

@@ -84,11 +84,11 @@ def run_mpi(binary, mpirun, kind, floats, rounds):
     return last_json(p.stdout, " ".join(cmd))
 
 
-def run_tcp(binary, key, workers, floats, rounds, bind=True):
+def run_tcp(binary, key, workers, floats, rounds, bind=True, extra=()):
     port = free_port()
     common = [binary, "bench", "--transport", "tcp", "--coordinator", f"127.0.0.1:{port}", "--num-servers", "1",
               "--num-workers", str(workers), "--floats", str(floats), "--rounds", str(rounds), "--setup-timeout", "60",
-              "--secret-file", key]
+              "--secret-file", key] + list(extra)
     cpus = cpu_binding(1 + workers) if bind else None
     cpu = (lambda k: None) if cpus is None else (lambda k: cpus[k])
     procs = [subprocess.Popen(bound(common + ["--role", "server", "--rank", "0"], cpu(0)), stdout=subprocess.PIPE,

@@ -243,11 +243,13 @@ struct SuiteConfig {
   bool colocated;
 };
 
-int SuiteMain(const BenchFlags& base, std::vector<uint64_t> sizes, int rank, int size) {
+int SuiteMain(const BenchFlags& base, std::vector<uint64_t> sizes, const std::vector<uint64_t>& sparse_sizes, int rank,
+              int size) {
   const SuiteConfig configs[] = {{"1 server + 1 worker", 2, 1, false},
                                  {"2 ranks colocated", 2, 2, true},
                                  {"1 server + 2 workers", 3, 1, false}};
-  std::ostringstream rows;
+  std::ostringstream rows, sparse_rows;
+  bool sparse_first = true;
   std::ostringstream table;
   char line[512];
   std::snprintf(line, sizeof(line), "%-22s %10s %10s %10s %10s %12s %8s %10s %10s %10s\n", "configuration", "floats",
@@ -311,6 +313,43 @@ int SuiteMain(const BenchFlags& base, std::vector<uint64_t> sizes, int rank, int
       }
       SleepyBarrier(MPI_COMM_WORLD);
     }
+    // Sparse rounds next to the dense ones: keys of one float, the same keys every round.
+    for (uint64_t keys : sparse_sizes) {
+      BenchFlags f = base;
+      f.sparse_keys = keys;
+      f.sparse_dim = 1;
+      f.floats = keys;
+      f.servers = c.servers;
+      f.colocated = c.colocated;
+      if (base.rounds <= 0) f.rounds = 20;
+      MPI_Comm comm;
+      MPI_Comm_split(MPI_COMM_WORLD, rank < c.ranks ? 0 : MPI_UNDEFINED, rank, &comm);
+      if (comm != MPI_COMM_NULL) {
+        Rounds rounds;
+        Status s = RunPs(f, CreateMpiTransport(comm), rank, c.ranks, &rounds);
+        int ok = s.ok() ? 1 : 0, all_ok = 0;
+        MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, comm);
+        if (!s.ok()) std::cerr << "shardps bench --suite: rank " << rank << ": " << s.ToString() << "\n";
+        if (!all_ok) {
+          MPI_Comm_free(&comm);
+          MPI_Abort(MPI_COMM_WORLD, 1);
+        }
+        const Summary round = Summarize(MaxOverRanks(rounds.round, comm));
+        const Summary push = Summarize(MaxOverRanks(rounds.push, comm));
+        const Summary pull = Summarize(MaxOverRanks(rounds.pull, comm));
+        if (rank == 0) {
+          std::snprintf(line, sizeof(line), "%-22s %10llu %10.4f %10.4f %10.4f   (sparse: keys of one float)\n", c.name,
+                        static_cast<unsigned long long>(keys), round.median, push.median, pull.median);
+          table << line;
+          sparse_rows << (sparse_first ? "" : ",") << "{\"config\":\"" << c.name << "\",\"keys\":" << keys
+                      << ",\"row_dim\":1,\"rounds\":" << f.rounds << ",\"round_ms\":" << Json(round)
+                      << ",\"push_ms\":" << Json(push) << ",\"pull_ms\":" << Json(pull) << "}";
+          sparse_first = false;
+        }
+        MPI_Comm_free(&comm);
+      }
+      SleepyBarrier(MPI_COMM_WORLD);
+    }
   }
   // Reference bandwidths: MPI point-to-point streaming (ranks 0 -> 1) and single-thread memcpy.
   std::ostringstream p2p;
@@ -334,7 +373,8 @@ int SuiteMain(const BenchFlags& base, std::vector<uint64_t> sizes, int rank, int
     std::cout << table.str() << std::flush;
     const std::string path = base.json_out.empty() ? "bench_suite.json" : base.json_out;
     std::ofstream o(path);
-    o << "{\"results\":[" << rows.str() << "],\"p2p\":[" << p2p.str() << "],\"memcpy_gbps\":" << memcpy_gbps
+    o << "{\"results\":[" << rows.str() << "],\"sparse\":[" << sparse_rows.str() << "],\"p2p\":[" << p2p.str()
+      << "],\"memcpy_gbps\":" << memcpy_gbps
       << ",\"chunk_floats\":" << base.chunk_floats << ",\"ranks\":" << size << "}\n";
     if (!o) std::cerr << "shardps bench --suite: could not write " << path << "\n";
     else std::cout << "wrote " << path << "\n";
@@ -362,6 +402,7 @@ int BenchMain(int argc, char** argv) {
       ("no-allreduce", "skip the MPI_Allreduce reference")
       ("suite", "run the benchmark suite (needs 3 ranks): sizes x {1 server + 1 worker, 2 colocated, 1 server + 2 workers}")
       ("sizes", po::value<std::string>()->default_value("1000,1000000,10000000,40000000"), "--suite: table sizes in floats")
+      ("sparse-sizes", po::value<std::string>()->default_value("1000000"), "--suite: sparse rounds of this many keys of one float (0: none)")
       ("sparse", po::value(&f.sparse_keys), "rounds of a sparse table instead: push and pull this many keys")
       ("sparse-dim", po::value(&f.sparse_dim)->default_value(f.sparse_dim), "--sparse: floats per row")
       ("sparse-fill", po::value(&f.sparse_fill), "--sparse: push new keys, --sparse at a time, until the servers hold this many rows; report their memory")
@@ -402,19 +443,24 @@ int BenchMain(int argc, char** argv) {
     f.floats = f.sparse_keys * f.sparse_dim;  // what the round moves each way, for the GB/s figure
     f.allreduce = false;
   }
-  std::vector<uint64_t> sizes;
-  {
-    std::stringstream ss(vm["sizes"].as<std::string>());
+  // A list of sizes, each in [1, 2^31 - 1]; "0" alone is an empty list where `zero_empty`.
+  auto parse_sizes = [&bad](const std::string& flag, const std::string& text, bool zero_empty) {
+    std::vector<uint64_t> out;
+    if (zero_empty && text == "0") return out;
+    std::stringstream ss(text);
     for (std::string item; std::getline(ss, item, ',');) {
       uint64_t v = 0;
       auto [p, ec] = std::from_chars(item.data(), item.data() + item.size(), v);
       if (ec != std::errc() || p != item.data() + item.size() || v < 1 || v > 0x7FFFFFFF) {
-        bad = "--sizes: '" + item + "' is not a size in [1, 2147483647] floats";
+        if (bad.empty()) bad = flag + ": '" + item + "' is not a size in [1, 2147483647]";
         break;
       }
-      sizes.push_back(v);
+      out.push_back(v);
     }
-  }
+    return out;
+  };
+  const std::vector<uint64_t> sizes = parse_sizes("--sizes", vm["sizes"].as<std::string>(), false);
+  const std::vector<uint64_t> sparse_sizes = parse_sizes("--sparse-sizes", vm["sparse-sizes"].as<std::string>(), true);
   if (!bad.empty()) {
     std::cerr << "shardps bench: " << bad << "\n";
     return 2;
@@ -447,7 +493,7 @@ int BenchMain(int argc, char** argv) {
       return 2;
     }
     if (vm["rounds"].defaulted()) f.rounds = 0;  // chosen per size
-    int rc = SuiteMain(f, sizes, rank, size);
+    int rc = SuiteMain(f, sizes, sparse_sizes, rank, size);
     MPI_Finalize();
     return rc;
   }

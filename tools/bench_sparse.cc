@@ -16,6 +16,7 @@ Status RunSparsePs(const BenchFlags& f, Result<std::unique_ptr<Transport>> trans
   using Ms = std::chrono::duration<double, std::milli>;
   ClusterOptions co;
   co.num_servers = f.servers;
+  co.colocated = f.colocated;
   SHARDPS_ASSIGN_OR_RETURN(Cluster cluster, Cluster::Create(size, rank, co));
   TableSpec spec{.name = "bench", .row_dim = f.sparse_dim};
   spec.optimizer.kind = f.sparse_optimizer;

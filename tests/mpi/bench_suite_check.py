@@ -15,8 +15,8 @@ def bench_suite(shardps, mpirun, source, work):
     for f in (js, png):
         if os.path.exists(f):
             os.remove(f)
-    p = sc.run(sc.mpirun_cmd(mpirun, 3, [shardps, "bench", "--suite", "--sizes", "1000,20000", "--rounds", "3",
-                                         "--json-out", js]), timeout=280)
+    p = sc.run(sc.mpirun_cmd(mpirun, 3, [shardps, "bench", "--suite", "--sizes", "1000,20000", "--sparse-sizes", "5000",
+                                         "--rounds", "3", "--json-out", js]), timeout=280)
     print(p.stdout, p.stderr)
     data = sc.read_json(js, "the suite's JSON")
     configs = {(r["config"], r["floats"]) for r in data["results"]}
@@ -26,6 +26,10 @@ def bench_suite(shardps, mpirun, source, work):
         for key in ("round_ms", "push_ms", "pull_ms", "allreduce_ms"):
             check(r[key]["median"] > 0, f"{r['config']} {r['floats']}: {key} {r[key]}")
         check(r["server_peak_rss_mib"] > 0 and r["worker_peak_rss_mib"] > 0, f"no peak RSS in {r}")
+    sparse = {(r["config"], r["keys"]) for r in data["sparse"]}
+    check(sparse == {(c, 5000) for c, _ in want}, f"sparse rounds {sorted(sparse)}")
+    for r in data["sparse"]:
+        check(r["round_ms"]["median"] > 0, f"sparse {r['config']}: round_ms {r['round_ms']}")
     check(data["memcpy_gbps"] > 0 and len(data["p2p"]) == 4, "bandwidth references missing")
     p = sc.run(["/usr/bin/python3", os.path.join(source, "scripts", "plot_bench.py"), js, "-o", png], timeout=120)
     check(os.path.getsize(png) > 1000, f"plot_bench.py drew only {os.path.getsize(png)} bytes: {p.stderr}")

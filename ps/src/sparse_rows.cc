@@ -48,7 +48,7 @@ float* SparseRows::FindOrCreate(uint64_t key) {
     if (KeyAt(r - 1) == key) return RowAt(r - 1);
   }
   // A new row: at the end of the last block (a new block when it is full).
-  assert(rows_ < UINT32_MAX);
+  assert(rows_ < kMaxRows);  // SparseTable::ResolveKeys refuses lists that could pass it
   if (rows_ == blocks_.size() * uint64_t{kBlockRows}) {
     blocks_.push_back(std::make_unique<float[]>(uint64_t{kBlockRows} * stride_));
   }

@@ -26,6 +26,8 @@ namespace shardps::ps {
 class SparseRows {
  public:
   static constexpr uint32_t kBlockRows = 1u << 14;
+  // Rows are numbered in 32 bits (the index holds row + 1).
+  static constexpr uint64_t kMaxRows = UINT32_MAX - 1;
 
   SparseRows(const TableSpec& spec, uint32_t table_id);
 

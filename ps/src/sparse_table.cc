@@ -52,6 +52,10 @@ Status SparseTable::ResolveKeys(SparseRequest& r, int server, int servers) {
     }
     r.list = cached;
   } else {
+    if (n >= SparseRows::kMaxRows - rows_.size()) {  // rows are numbered in 32 bits
+      return ResourceExhausted(what + ": " + std::to_string(n) + " keys could create more rows than the " +
+                               std::to_string(SparseRows::kMaxRows) + " one server can hold of a table");
+    }
     auto list = std::make_shared<KeyList>();
     list->keys.resize(n);
     std::memcpy(list->keys.data(), r.payload.data(), n * sizeof(uint64_t));

@@ -182,7 +182,7 @@ void SparseTable::Apply(std::span<const SparsePtr> by_worker) {
   if (by_worker.size() == 1) {  // one list: its rows as they are
     const SparseRequest& r = *by_worker[0];
     const auto& rows = r.list->rows;
-    for (size_t i = 0; i < rows.size(); ++i) optimizer_->Apply(cfg, step, rows[i], rows[i] + d, d, r.grads.data() + i * d, d);
+    ApplyRows(rows, r.grads.data(), step);
     return;
   }
   // Every worker pushed the same keys (a common case: the same batch ids, or a benchmark): the
@@ -193,7 +193,7 @@ void SparseTable::Apply(std::span<const SparsePtr> by_worker) {
     std::vector<float> sum(by_worker[0]->grads.begin(), by_worker[0]->grads.end());
     for (size_t w = 1; w < by_worker.size(); ++w) AddInto(sum, by_worker[w]->grads);
     const auto& rows = first.rows;
-    for (size_t i = 0; i < rows.size(); ++i) optimizer_->Apply(cfg, step, rows[i], rows[i] + d, d, sum.data() + i * d, d);
+    ApplyRows(rows, sum.data(), step);
     return;
   }
   // A k-way merge of the sorted lists: each key once, in ascending order, its gradient summed over
@@ -224,6 +224,11 @@ void SparseTable::Apply(std::span<const SparsePtr> by_worker) {
   }
 }
 
+void SparseTable::ApplyRows(const std::vector<float*>& rows, const float* grads, uint64_t step) {
+  const uint32_t d = rows_.dim();
+  for (size_t i = 0; i < rows.size(); ++i) optimizer_->Apply(spec_.optimizer, step, rows[i], rows[i] + d, d, grads + i * d, d);
+}
+
 void SparseTable::Answer(const SparseRequest& r) {
   const uint32_t d = rows_.dim();
   const auto& rows = r.list->rows;
@@ -245,7 +250,13 @@ void SparseTable::Answer(const SparseRequest& r) {
     rows_host_.SendRows(*r.held, version_, std::move(out), /*elided=*/true);
     return;
   }
+  // Workers pulling the same list at the same version (the same batch ids) share one reply.
+  if (last_reply_.list == r.list && last_reply_.version == version_ && last_reply_.rows) {
+    rows_host_.SendRows(*r.held, version_, last_reply_.rows);
+    return;
+  }
   auto out = std::make_shared<std::vector<float>>(rows.size() * d);
+  last_reply_ = {r.list, version_, out};
   float* o = out->data();
   if (d == 1) {  // one float a row (a plain loop: a copy call per row costs more than the copy)
     for (size_t i = 0; i < rows.size(); ++i) o[i] = *rows[i];

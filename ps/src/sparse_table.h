@@ -81,6 +81,8 @@ class SparseTable {
   void Advance();
   void Apply(std::span<const SparsePtr> by_worker);
   void Answer(const SparseRequest& r);
+  // Runs the optimizer on `rows` with their gradient rows `grads` (row i at grads + i * dim).
+  void ApplyRows(const std::vector<float*>& rows, const float* grads, uint64_t step);
   void Hold(SparsePtr pull);
 
   const TableSpec spec_;
@@ -98,6 +100,12 @@ class SparseTable {
   std::vector<float> sum_;                             // one row's summed gradient
   std::vector<std::shared_ptr<const KeyList>> cached_;  // by worker index: the last list it sent
   const bool elide_zero_rows_;  // FTRL with L1: rows of exact zeros are not sent (wire.proto)
+  // The last reply made and its list (held, so no other list can take its address).
+  struct LastReply {
+    std::shared_ptr<const KeyList> list;
+    uint64_t version = 0;
+    std::shared_ptr<std::vector<float>> rows;
+  } last_reply_;
   uint64_t zero_rows_elided_ = 0;
 };
 

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "shardps/base/codec.h"
 #include "shardps/ps/consistency.h"
 #include "shardps/ps/server_options.h"
 
@@ -262,6 +263,7 @@ Status ValidateTrainConfig(const config::TrainConfig& c) {
     return bad("checkpoint_dir", "checkpoints are written by parameter servers; --servers 0 has none");
   }
   if (auto p = ps::LookupConsistencyPolicy(c.consistency()); !p.ok()) return bad("consistency", p.status().message());
+  if (auto k = LookupCodec(c.codec()); !k.ok()) return bad("codec", k.status().message());
   if (c.staleness() < 0 || c.staleness() > ps::kMaxStaleness) {
     return bad("staleness", std::to_string(c.staleness()) + " is outside 0.." + std::to_string(ps::kMaxStaleness));
   }

@@ -377,6 +377,7 @@ int RunDistributed(FileSystem& fs, const config::TrainConfig& c, const TrainFlag
   no.server.max_hold = std::chrono::milliseconds(c.timeout_ms());
   no.server.consistency = c.consistency();
   no.server.staleness = c.staleness();
+  no.client.codec = c.codec();
   no.server.checkpoint_dir = c.checkpoint_dir();
   no.server.file_system = &fs;
   no.server.checkpoint_fault = CrashHook(f.crash_at, c.checkpoint_dir());
@@ -457,7 +458,7 @@ int TrainMain(int argc, char** argv) {
   std::string optimizer, mode, hidden, checkpoint_dir;
   int64_t checkpoint_every = 0, keep_last = 0, max_bytes = 0;
   bool colocated = false;
-  std::string consistency;
+  std::string consistency, codec;
   int staleness = -1;
   LaunchFlags launch;
   desc.add_options()("help,h", "print this help")
@@ -474,6 +475,7 @@ int TrainMain(int argc, char** argv) {
       ("servers", po::value(&servers), "ranks 0..S-1 serve, the rest train; 0 = one process, no servers")
       ("colocated", po::bool_switch(&colocated), "every rank serves a shard and trains")
       ("consistency", po::value(&consistency), "config consistency: bsp (default), ssp (bounded staleness) or asp (asynchronous)")
+      ("codec", po::value(&codec), "config codec: how pushes and pull replies travel: identity (default) or fp16")
       ("staleness", po::value(&staleness), "config staleness: ssp's bound, 0..1000")
       ("train-limit", po::value(&train_limit), "use only the first N training samples")
       ("test-limit", po::value(&test_limit), "use only the first N test samples")
@@ -536,6 +538,7 @@ int TrainMain(int argc, char** argv) {
   }
   if (colocated) f.overrides.push_back("colocated=true");
   if (vm.count("consistency")) f.overrides.push_back("consistency=" + consistency);
+  if (vm.count("codec")) f.overrides.push_back("codec=" + codec);
   if (vm.count("staleness")) f.overrides.push_back("staleness=" + std::to_string(staleness));
   if (vm.count("checkpoint-dir")) f.overrides.push_back("checkpoint_dir=" + checkpoint_dir);
   if (vm.count("checkpoint-every")) f.overrides.push_back("checkpoint_every=" + std::to_string(checkpoint_every));

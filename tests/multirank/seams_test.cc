@@ -5,6 +5,7 @@
 
 #include "common/threads_cluster.h"
 #include "shardps/base/codec.h"
+#include "shardps/base/half.h"
 
 namespace shardps {
 namespace {
@@ -102,6 +103,44 @@ TEST(SeamDefaults, TheDefaultNamesSelectBspAndTheIdentityCodec) {
     SHARDPS_RETURN_IF_ERROR(node.client()->PushPull(0, grad, w, 0).wait(kWait));
     for (float v : w) {
       if (v != -0.5f) return Internal("weight " + std::to_string(v) + ", expected -0.5");
+    }
+    return Status::Ok();
+  });
+  for (int r = 0; r < 4; ++r) EXPECT_TRUE(statuses[r].ok()) << "rank " << r << ": " << statuses[r].ToString();
+}
+
+// The fp16 codec end to end: pushes are decoded by the server and pull replies encoded there (the
+// copy paths of a non-raw codec); values a half holds exactly go through unchanged, others are
+// rounded to the nearest half on the wire while the server's arithmetic stays float32; a "sum"
+// table (a reduction) travels as float32 whatever the client's codec.
+TEST(Fp16Codec, PushesAndRepliesAreHalvesAndSumTablesStayExact) {
+  testing::JobConfig c{.world = 4, .servers = 2};
+  TableSpec w{.name = "w", .size = 300};
+  w.optimizer.learning_rate = 0.5f;
+  TableSpec sum{.name = "n", .size = 70};
+  sum.optimizer.kind = OptimizerKind::kSum;
+  c.tables = {w, sum};
+  c.node.client.codec = "fp16";
+  testing::ThreadsJob job(c);
+  auto statuses = job.Run([&](int rank, Node& node) -> Status {
+    if (!node.client()) return Status::Ok();
+    // Worker 0 pushes 1, worker 1 pushes 0.1 (not a half: 0.0999755859375 on the wire). The server
+    // sums in float32: 1 + 0.0999755859375 = 1.0999755859375f; SGD at 0.5 from 0 gives -0.54998779...
+    // in float32, which the reply rounds to the nearest half.
+    const float g = rank == 2 ? 1.0f : 0.1f;
+    std::vector<float> grad(300, g), got(300);
+    SHARDPS_RETURN_IF_ERROR(node.client()->PushPull(0, grad, got, 0).wait(kWait));
+    const float on_server = -0.5f * (1.0f + HalfToFloat(FloatToHalf(0.1f)));
+    const float want = HalfToFloat(FloatToHalf(on_server));
+    EXPECT_NE(want, on_server);  // the reply really is rounded
+    for (float v : got) {
+      if (v != want) return Internal("weight " + std::to_string(v) + ", expected " + std::to_string(want));
+    }
+    // 70000 is beyond the largest half: a reduction in fp16 would be infinity.
+    std::vector<float> count(70, 70000.0f), total(70);
+    SHARDPS_RETURN_IF_ERROR(node.client()->PushPull(1, count, total, 0).wait(kWait));
+    for (float v : total) {
+      if (v != 140000.0f) return Internal("sum " + std::to_string(v) + ", expected 140000");
     }
     return Status::Ok();
   });

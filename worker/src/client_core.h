@@ -114,6 +114,9 @@ class ClientCore final : public FrameHandler {
   const TableLayout layout_;
   const ClientOptions options_;
   const Codec* const codec_;   // null when options_.codec is not registered
+  // The codec of a table's pushes and replies: options_.codec, but the identity codec for tables
+  // whose optimizer is "sum" (reductions of counts and metrics, which a lossy codec would change).
+  const Codec* CodecFor(uint32_t table) const;
   const Status codec_error_;  // then: why; every operation fails with it
 
   Mutex mu_;

@@ -23,6 +23,13 @@ using internal::OpState;
 
 Handle internal::CompletedHandle(Status s) { return Handle(std::make_shared<OpState>(std::move(s))); }
 
+const Codec* ClientCore::CodecFor(uint32_t table) const {
+  if (table < layout_.num_tables() && layout_.table(table).optimizer.kind == OptimizerKind::kSum) {
+    return FindCodec(kIdentityCodec);
+  }
+  return codec_;
+}
+
 Status Handle::wait(std::chrono::milliseconds timeout) const {
   if (!state_) return Status::Ok();
   MutexLock lock(state_->mu);
@@ -173,6 +180,7 @@ Result<std::pair<uint64_t, uint64_t>> ClientCore::Resolve(uint32_t table, KeyRan
 std::vector<ClientCore::Piece> ClientCore::Split(wire::Op op, uint32_t table, uint64_t begin, uint64_t end, uint64_t step,
                                              const float* grad, float* out) const {
   std::vector<Piece> pieces;
+  const Codec* codec = CodecFor(table);
   for (const ChunkInfo& c : layout_.ChunksIn(table, begin, end)) {
     const uint64_t b = std::max(begin, c.begin);
     const uint64_t e = std::min(end, c.end);
@@ -184,15 +192,15 @@ std::vector<ClientCore::Piece> ClientCore::Split(wire::Op op, uint32_t table, ui
     p.header.set_key_begin(b);
     p.header.set_key_end(e);
     p.header.set_step(step);
-    p.header.set_codec(codec_->id());
+    p.header.set_codec(codec->id());
     if (grad) {
       p.header.set_element_count(e - b);
-      if (codec_->raw()) {
+      if (codec->raw()) {
         p.payload = Bytes(grad + (b - begin), e - b);  // sent from the caller's buffer
       } else {
         const CodecContext ctx{.table = table, .chunk = c.index, .step = step, .rank = cluster_.rank()};
         p.encoded = std::make_shared<std::vector<uint8_t>>(
-            codec_->Encode(std::span<const float>(grad + (b - begin), e - b), ctx));
+            codec->Encode(std::span<const float>(grad + (b - begin), e - b), ctx));
         p.payload = *p.encoded;
       }
     }
@@ -390,20 +398,21 @@ void ClientCore::OnFrame(IncomingFrame in, Frame frame) {
     return;
   }
   if (p.sparse) return ReceiveRows(std::move(in), std::move(frame), std::move(p));
-  if (h.codec() != codec_->id()) {
+  const Codec* codec = CodecFor(p.table);  // the request's table's
+  if (h.codec() != codec->id()) {
     if (in.payload_bytes > 0) (void)endpoint_.transport().DiscardPayload(in);
     p.op->Part(p.piece, DataLoss(p.op->what + ": reply from rank " + std::to_string(in.source) + " is coded with codec id " +
-                                     std::to_string(h.codec()) + ", the request asked for " + std::string(codec_->name()) +
-                                     " (id " + std::to_string(codec_->id()) + ")"));
+                                     std::to_string(h.codec()) + ", the request asked for " + std::string(codec->name()) +
+                                     " (id " + std::to_string(codec->id()) + ")"));
     return;
   }
   const uint64_t floats = p.out.size() / sizeof(float);
-  if (codec_->raw() ? in.payload_bytes != p.out.size() : !codec_->CheckEncodedSize(floats, in.payload_bytes).ok()) {
+  if (codec->raw() ? in.payload_bytes != p.out.size() : !codec->CheckEncodedSize(floats, in.payload_bytes).ok()) {
     if (in.payload_bytes > 0) (void)endpoint_.transport().DiscardPayload(in);
     p.op->Part(p.piece, DataLoss(p.op->what + ": reply from rank " + std::to_string(in.source) + " carries " +
                                      std::to_string(in.payload_bytes) + " bytes, expected " +
-                                     (codec_->raw() ? std::to_string(p.out.size())
-                                                    : codec_->CheckEncodedSize(floats, in.payload_bytes).message())));
+                                     (codec->raw() ? std::to_string(p.out.size())
+                                                    : codec->CheckEncodedSize(floats, in.payload_bytes).message())));
     return;
   }
   auto op = p.op;
@@ -411,7 +420,7 @@ void ClientCore::OnFrame(IncomingFrame in, Frame frame) {
   auto out = p.out;
   auto fr = std::make_shared<Frame>(std::move(frame));
   Status s;
-  if (codec_->raw()) {  // straight into the caller's buffer
+  if (codec->raw()) {  // straight into the caller's buffer
     s = endpoint_.transport().ReceivePayload(in, out, [op, piece, out, fr](Status st) {
       if (op->cancelled) return;  // the buffer may be gone: do not read it
       if (st.ok()) st = VerifyPayload(*fr, out);
@@ -420,7 +429,6 @@ void ClientCore::OnFrame(IncomingFrame in, Frame frame) {
   } else {  // into a copy, decoded into the caller's buffer once complete
     auto encoded = std::make_shared<std::vector<uint8_t>>(in.payload_bytes);
     const CodecContext ctx{.table = h.table(), .chunk = h.chunk(), .step = h.step(), .rank = in.source};
-    const Codec* codec = codec_;
     s = endpoint_.transport().ReceivePayload(in, *encoded, [op, piece, out, fr, encoded, ctx, codec](Status st) {
       if (op->cancelled) return;  // the buffer may be gone: do not write it
       if (st.ok()) st = VerifyPayload(*fr, *encoded);

@@ -1,5 +1,7 @@
 #include "shardps/storage/safetensors.h"
 
+#include "shardps/base/half.h"
+
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -157,14 +159,6 @@ Status WriteSafetensors(FileSystem& fs, const std::string& path, const std::vect
   return WriteFileAtomically(fs, path, parts);
 }
 
-float HalfToFloat(uint16_t h) {
-  const uint32_t sign = (h >> 15) & 1, exp = (h >> 10) & 0x1F, mant = h & 0x3FF;
-  float v;
-  if (exp == 0) v = std::ldexp(static_cast<float>(mant), -24);
-  else if (exp == 31) v = mant ? std::nanf("") : INFINITY;
-  else v = std::ldexp(static_cast<float>(mant | 0x400), static_cast<int>(exp) - 25);
-  return sign ? -v : v;
-}
 
 uint64_t SafetensorsFile::Tensor::elements() const {
   uint64_t n = 1;

@@ -56,7 +56,7 @@ struct SafetensorsTensor {
 Status WriteSafetensors(FileSystem& fs, const std::string& path, const std::vector<SafetensorsTensor>& tensors,
                         const std::vector<std::pair<std::string, std::string>>& metadata = {});
 
-// IEEE half to float (exact).
+// IEEE half to float (exact); defined with FloatToHalf in the base library (core/base half.cc).
 float HalfToFloat(uint16_t h);
 
 }  // namespace shardps

@@ -91,6 +91,23 @@ def check_servers(r, args):
         fail("1 server, 2 servers and 2 colocated ranks gave different weights")
 
 
+def check_codec(r, args):
+    """--codec fp16: the same weights on 1 and 2 servers and on every run (the codec is a pure
+    function of the values), and other weights than float32 (the codec is really applied)."""
+    cfg = r.config("fashion_mlp.prototxt")
+    a, _, _ = r.train(3, ["--config", cfg, "--servers", "1", "--codec", "fp16"] + SMALL)
+    b, _, _ = r.train(4, ["--config", cfg, "--servers", "2", "--codec", "fp16"] + SMALL)
+    c, _, _ = r.train(3, ["--config", cfg, "--servers", "1", "--codec", "fp16"] + SMALL)
+    f32, _, _ = r.train(3, ["--config", cfg, "--servers", "1"] + SMALL)
+    print(f"fp16 {a['weights_sha256']} / {b['weights_sha256']} / {c['weights_sha256']}, float32 {f32['weights_sha256']}")
+    if not (a["weights_sha256"] == b["weights_sha256"] == c["weights_sha256"]):
+        fail("fp16 runs on 1 and 2 servers, or two runs, gave different weights")
+    if a["weights_sha256"] == f32["weights_sha256"]:
+        fail("fp16 gave the weights of float32: the codec was not applied")
+    if a["test_accuracy"] < f32["test_accuracy"] - 0.02:
+        fail(f"fp16 accuracy {a['test_accuracy']} far below float32's {f32['test_accuracy']}")
+
+
 def check_single_process(r, args):
     cfg = r.config("fashion_mlp.prototxt")
     a, _, _ = r.train(2, ["--config", cfg, "--servers", "1"] + SMALL)
@@ -539,7 +556,7 @@ def main():
     ap = sc.job_arguments()
     ap.add_argument("--config", default="fashion_softmax.prototxt")
     ap.add_argument("--min-accuracy", type=float, default=0.84)
-    ap.add_argument("check", choices=["convergence", "repeat", "servers", "single_process", "workers", "local_sgd",
+    ap.add_argument("check", choices=["convergence", "repeat", "servers", "codec", "single_process", "workers", "local_sgd",
                                       "bad_input", "resume", "corruption", "registry", "crash", "kill_loop", "init_from",
                                       "failure_ends_job"])
     run_checks(ap.parse_args(), globals(), without_data={"bad_input"})

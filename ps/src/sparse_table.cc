@@ -58,7 +58,7 @@ Status SparseTable::ResolveKeys(SparseRequest& r, int server, int servers) {
     }
     auto list = std::make_shared<KeyList>();
     list->keys.resize(n);
-    std::memcpy(list->keys.data(), r.payload.data(), n * sizeof(uint64_t));
+    if (n > 0) std::memcpy(list->keys.data(), r.payload.data(), n * sizeof(uint64_t));
     grads_at = n * sizeof(uint64_t);
     const auto& keys = list->keys;
     // Ascending without repeats, every one held by this server.

@@ -282,7 +282,7 @@ TEST_F(MalformedInput, BadSparseRequestsAreRefusedNamingWhatIsWrong) {
   };
   auto payload = [](std::vector<uint64_t> keys, size_t floats) {
     std::vector<uint8_t> p(keys.size() * 8 + floats * 4, 0);
-    std::memcpy(p.data(), keys.data(), keys.size() * 8);
+    if (!keys.empty()) std::memcpy(p.data(), keys.data(), keys.size() * 8);
     return p;
   };
   auto expect = [&](const wire::Header& h, const std::vector<uint8_t>& p, const std::string& text) {

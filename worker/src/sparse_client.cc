@@ -97,7 +97,7 @@ Handle ClientCore::StartSparse(wire::Op op, uint32_t table, std::span<const uint
   // The same list as last time (the usual case: a pull and then a push of the same batch, or a
   // benchmark's rounds): its split is known and the servers may hold their parts.
   if (!state.plan || state.plan->keys.size() != keys.size() ||
-      std::memcmp(state.plan->keys.data(), keys.data(), keys.size_bytes()) != 0) {
+      (!keys.empty() && std::memcmp(state.plan->keys.data(), keys.data(), keys.size_bytes()) != 0)) {
     if (Status s = CheckSparseKeys(keys); !s.ok()) return Failed(s.WithContext(what));
     state.plan = MakePlan(keys, servers);
     state.held.assign(servers, false);
@@ -133,8 +133,8 @@ Handle ClientCore::StartSparse(wire::Op op, uint32_t table, std::span<const uint
       uint8_t* keys_at = p.encoded->data();
       uint8_t* grads_at = keys_at + key_bytes;
       if (servers == 1) {
-        if (!cached) std::memcpy(keys_at, keys.data(), key_bytes);
-        if (push) std::memcpy(grads_at, grads.data(), n * row_bytes);
+        if (n > 0 && !cached) std::memcpy(keys_at, keys.data(), key_bytes);
+        if (n > 0 && push) std::memcpy(grads_at, grads.data(), n * row_bytes);
       } else {
         const auto& pos = plan->positions[s];
         for (uint64_t j = 0; !cached && j < n; ++j) std::memcpy(keys_at + j * sizeof(uint64_t), &keys[pos[j]], sizeof(uint64_t));

@@ -13,7 +13,6 @@
 namespace shardps::tools {
 
 Status RunSparsePs(const BenchFlags& f, Result<std::unique_ptr<Transport>> transport, int rank, int size, Rounds* out) {
-  using Ms = std::chrono::duration<double, std::milli>;
   ClusterOptions co;
   co.num_servers = f.servers;
   co.colocated = f.colocated;

@@ -118,9 +118,7 @@ Status RunPs(const BenchFlags& f, Result<std::unique_ptr<Transport>> transport, 
   std::vector<float> grad, weights;
   SHARDPS_ASSIGN_OR_RETURN(auto node, Node::Start(std::move(*transport), cluster, layout, no));
   const auto timeout = std::chrono::milliseconds(f.timeout_ms);
-  out->round.assign(f.rounds, 0.0);
-  out->push.assign(f.rounds, 0.0);
-  out->pull.assign(f.rounds, 0.0);
+  out->Reset(f.rounds);
   if (auto* client = node->client()) {
     grad.assign(f.floats, 1.0f);
     weights.assign(f.floats, 0.0f);

@@ -48,6 +48,12 @@ struct Rounds {
   double server_rss_mib = -1, server_peak_rss_mib = -1;
   uint64_t sparse_rows = 0, sparse_bytes = 0;
   std::vector<double> round, push, pull;
+  // Every rank holds `rounds` entries of each (zeros where it times nothing: the max over ranks).
+  void Reset(int rounds) {
+    round.assign(rounds, 0.0);
+    push.assign(rounds, 0.0);
+    pull.assign(rounds, 0.0);
+  }
 };
 
 // Runs f.warmup + f.rounds rounds, each `push(step)` then `pull(step + 1)`, each waited for, and

@@ -30,9 +30,7 @@ Status RunSparsePs(const BenchFlags& f, Result<std::unique_ptr<Transport>> trans
   std::vector<float> grad, rows;
   SHARDPS_ASSIGN_OR_RETURN(auto node, Node::Start(std::move(*transport), cluster, layout, no));
   const auto timeout = std::chrono::milliseconds(f.timeout_ms);
-  out->round.assign(f.rounds, 0.0);
-  out->push.assign(f.rounds, 0.0);
-  out->pull.assign(f.rounds, 0.0);
+  out->Reset(f.rounds);
   if (auto* client = node->client()) {
     const uint64_t n = f.sparse_keys, d = f.sparse_dim;
     keys.resize(n);

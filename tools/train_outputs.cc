@@ -8,16 +8,30 @@
 #include "shardps/storage/safetensors.h"
 
 namespace shardps::tools {
+namespace {
+
+// ,"distillation":{"teacher":PATH,"temperature":T,"alpha":A} when the run distilled, else nothing.
+std::string DistillationJson(const config::TrainConfig& c) {
+  if (!c.has_teacher()) return "";
+  char buf[96];
+  std::snprintf(buf, sizeof(buf), ",\"temperature\":%.7g,\"alpha\":%.7g}", c.distill_temperature(), c.distill_alpha());
+  return ",\"distillation\":{\"teacher\":" + JsonQuote(c.teacher()) + buf;
+}
+
+}  // namespace
 
 Status WriteSummary(FileSystem& fs, const std::string& path, const config::TrainConfig& c, int servers, int workers,
                     const worker::TrainResult& r) {
   std::ostringstream js;
-  js << "{\"model\":" << JsonQuote(c.model()) << ",\"mode\":" << JsonQuote(c.mode()) << ",\"servers\":" << servers
+  js << "{\"model\":" << JsonQuote(c.model()) << ",\"mode\":" << JsonQuote(c.mode()) << DistillationJson(c)
+     << ",\"servers\":" << servers
      << ",\"workers\":" << workers << ",\"epochs\":" << r.epochs << ",\"steps\":" << r.steps
      << ",\"test_accuracy\":" << r.test_accuracy << ",\"train_loss\":" << r.train_loss
      << ",\"wall_seconds\":" << r.wall_seconds << ",\"samples_per_second\":" << r.samples_per_second
      << ",\"compute_seconds\":" << r.compute_seconds << ",\"wait_seconds\":" << r.wait_seconds
-     << ",\"weights_sha256\":" << JsonQuote(r.weights_sha256) << "}";
+     << ",\"weights_sha256\":" << JsonQuote(r.weights_sha256) << ",\"codec\":" << JsonQuote(c.codec())
+     << ",\"push_bytes\":" << r.wire.push_bytes << ",\"pull_bytes\":" << r.wire.pull_bytes
+     << ",\"push_float32_bytes\":" << r.wire.push_floats * 4 << ",\"pull_float32_bytes\":" << r.wire.pull_floats * 4 << "}";
   std::cout << js.str() << std::endl;
   const std::string text = js.str() + "\n";
   return WriteFileAtomically(fs, path, {std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size())});

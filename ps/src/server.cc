@@ -1,6 +1,7 @@
 #include "shardps/ps/server.h"
 
 #include <algorithm>
+#include <cassert>
 #include <cstring>
 #include <limits>
 
@@ -26,8 +27,9 @@ std::string Range(const wire::Header& h) {
 
 int64_t Ms(Clock::duration d) { return std::chrono::duration_cast<std::chrono::milliseconds>(d).count(); }
 
+// `rank`: the encoding worker's index, or -1 for this server's replies (codec.h).
 CodecContext ContextOf(const wire::Header& h, int rank) {
-  return {.table = h.table(), .chunk = h.chunk(), .step = h.step(), .rank = rank};
+  return {.table = h.table(), .chunk = h.chunk(), .step = h.step(), .rank = rank, .density = h.codec_density()};
 }
 
 }  // namespace
@@ -265,6 +267,10 @@ void Server::HandlePush(IncomingFrame& in, Frame& f) {
                                          std::to_string(h.element_count()) + "); the range needs " +
                                          (codec->raw() ? std::to_string(n * sizeof(float)) : size.message())));
   }
+  {
+    MutexLock lock(mu_);
+    stats_.push_bytes_received += in.payload_bytes;
+  }
   cs.sync->OnPush(Hold(in, f));
 }
 
@@ -297,7 +303,7 @@ Status Server::ReceivePayload(const HeldPtr& push, std::span<float> dest, std::f
   }
   // Into a copy (its size checked against the codec in HandlePush), decoded into `dest`.
   auto encoded = std::make_shared<std::vector<uint8_t>>(push->in.payload_bytes);
-  const CodecContext ctx = ContextOf(push->h(), push->in.source);
+  const CodecContext ctx = ContextOf(push->h(), cluster_.WorkerIndexOf(push->in.source));
   return endpoint_.transport().ReceivePayload(
       push->in, *encoded, [push, encoded, dest, codec, ctx, done = std::move(done)](Status st) {
         push->in.payload_bytes = 0;  // consumed
@@ -312,6 +318,11 @@ void Server::SendWeights(Chunk& chunk, const HeldRequest& pull) {
   const uint64_t off = req.key_begin() - chunk.info.begin;
   const uint64_t n = req.key_end() - req.key_begin();
   const Codec* codec = FindCodecById(req.codec());  // known: ValidateKeys
+  if (!codec->raw()) return SendCompressed(static_cast<Served&>(chunk), pull, *codec);
+  {
+    MutexLock lock(mu_);
+    stats_.pull_bytes_sent += n * sizeof(float);
+  }
   wire::Header r;
   r.set_op(wire::RESPONSE);
   r.set_reply_to(req.op());
@@ -324,18 +335,85 @@ void Server::SendWeights(Chunk& chunk, const HeldRequest& pull) {
   r.set_element_count(n);
   r.set_codec(codec->id());
   const std::span<const float> weights(chunk.weights.data() + off, n);
-  if (!codec->raw()) {  // an encoded copy: the weights are free again at once
-    auto encoded = std::make_shared<std::vector<uint8_t>>(codec->Encode(weights, ContextOf(r, cluster_.rank())));
-    endpoint_.Send(pull.in.source, std::move(r), *encoded, [this, &chunk, encoded](Status s) {
-      if (!s.ok()) endpoint_.Warn("sending weights of " + Describe(chunk) + ": " + s.ToString());
-    });
-    return;
-  }
   Served& served = static_cast<Served&>(chunk);  // every Chunk a policy sees is one of chunks_
   ++chunk.inflight_sends;
   endpoint_.Send(pull.in.source, std::move(r), AsBytes(weights.data(), n), [this, &served](Status s) {
     if (!s.ok()) endpoint_.Warn("sending weights of " + Describe(served) + ": " + s.ToString());
     if (--served.inflight_sends == 0) served.sync->OnWeightsFree();
+  });
+}
+
+void Server::RefreshDownlink(Served& chunk, const Codec& codec, float density) {
+  if (!chunk.down) {
+    chunk.down = std::make_unique<Downlink>();
+    chunk.down->known = chunk.weights;
+    chunk.down->version = chunk.version;
+    return;
+  }
+  Downlink& d = *chunk.down;
+  if (d.version == chunk.version) return;
+  // The change the replica lacks, encoded; the replica moves by what the workers will decode,
+  // so weights - known is what compression has not sent yet (the residual).
+  std::vector<float> change(chunk.weights.size());
+  for (size_t i = 0; i < change.size(); ++i) change[i] = chunk.weights[i] - d.known[i];
+  const CodecContext ctx{.table = chunk.info.table, .chunk = chunk.info.index, .step = chunk.version, .rank = -1,
+                         .density = density};
+  auto encoded = std::make_shared<std::vector<uint8_t>>(codec.Encode(change, ctx));
+  const Status decoded = codec.Decode(*encoded, change, ctx);
+  assert(decoded.ok() && "a codec decodes its own encoding");
+  (void)decoded;
+  for (size_t i = 0; i < change.size(); ++i) d.known[i] += change[i];
+  d.from = d.version;
+  d.version = chunk.version;
+  d.delta = std::move(encoded);
+  d.codec = codec.id();
+  d.density = density;
+}
+
+void Server::SendCompressed(Served& chunk, const HeldRequest& pull, const Codec& codec) {
+  const wire::Header& req = pull.h();
+  RefreshDownlink(chunk, codec, req.codec_density());
+  const Downlink& d = *chunk.down;
+  const uint64_t off = req.key_begin() - chunk.info.begin;
+  const uint64_t n = req.key_end() - req.key_begin();
+  const bool whole = off == 0 && n == chunk.weights.size();
+  wire::Header r;
+  r.set_op(wire::RESPONSE);
+  r.set_reply_to(req.op());
+  r.set_request_id(req.request_id());
+  r.set_table(req.table());
+  r.set_chunk(req.chunk());
+  r.set_key_begin(req.key_begin());
+  r.set_key_end(req.key_end());
+  r.set_step(d.version);
+  r.set_codec_density(req.codec_density());
+  std::shared_ptr<const std::vector<uint8_t>> payload;
+  if (whole && req.base_version() == d.version + 1) {  // the worker holds this version: nothing to send
+    r.set_delta_base(d.version + 1);
+    r.set_codec(codec.id());
+    r.set_element_count(n);
+  } else if (whole && d.delta && req.base_version() == d.from + 1 && d.codec == codec.id() &&
+             d.density == req.codec_density()) {
+    r.set_delta_base(d.from + 1);
+    r.set_codec(codec.id());
+    r.set_element_count(n);
+    payload = d.delta;
+  } else {  // the replica itself, as float32 (a copy: the next change rewrites it)
+    r.set_delta_base(0);
+    r.set_codec(0);
+    r.set_element_count(n);
+    auto full = std::make_shared<std::vector<uint8_t>>(n * sizeof(float));
+    std::memcpy(full->data(), d.known.data() + off, n * sizeof(float));
+    payload = std::move(full);
+  }
+  {
+    MutexLock lock(mu_);
+    stats_.pull_bytes_sent += payload ? payload->size() : 0;
+    ++(r.delta_base() == 0 ? stats_.full_replies : stats_.delta_replies);
+  }
+  const std::span<const uint8_t> bytes = payload ? std::span<const uint8_t>(*payload) : std::span<const uint8_t>();
+  endpoint_.Send(pull.in.source, std::move(r), bytes, [this, &chunk, payload](Status s) {
+    if (!s.ok()) endpoint_.Warn("sending weights of " + Describe(chunk) + ": " + s.ToString());
   });
 }
 

@@ -11,8 +11,22 @@
 namespace shardps::ps {
 
 // A chunk this server holds and its policy's decisions about it.
+// Compressed pull replies of a chunk (docs/compression.md): the weights every worker that follows
+// the chunk holds (`known`, the replica), and the last change of it, encoded once and sent to
+// every worker that holds the version before it. What the replica lacks of the weights
+// (weights - known) is the server's error-feedback residual: the next change carries it.
+struct Server::Downlink {
+  std::vector<float> known;
+  uint64_t version = 0;  // the chunk version `known` was brought to
+  uint64_t from = 0;     // `delta` changes `known` from this version to `version`
+  std::shared_ptr<const std::vector<uint8_t>> delta;  // null: no change encoded yet
+  uint32_t codec = 0;
+  float density = 0;
+};
+
 struct Server::Served : Chunk {
   std::unique_ptr<ChunkSync> sync;
+  std::unique_ptr<Downlink> down;  // created by the first compressed pull
 };
 
 struct Server::BarrierState {

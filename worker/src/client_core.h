@@ -4,6 +4,7 @@
 // sparse tables.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <functional>
 #include <memory>
@@ -34,7 +35,7 @@ class ClientCore final : public FrameHandler {
         codec_error_(ValidateClientOptions(options_)) {}
 
   Handle Push(uint32_t table, std::span<const float> grad, uint64_t step, KeyRange range);
-  Handle Pull(uint32_t table, std::span<float> out, uint64_t version, KeyRange range);
+  Handle Pull(uint32_t table, std::span<float> out, uint64_t version, KeyRange range, bool exact = false);
   Handle PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step, KeyRange range);
   Handle Barrier() SHARDPS_EXCLUDES(mu_);
   Handle Hello();
@@ -42,6 +43,11 @@ class ClientCore final : public FrameHandler {
   void Retain(std::shared_ptr<void> keep) SHARDPS_EXCLUDES(mu_);
   Handle Checkpoint(uint64_t version, uint64_t step);
   const TableLayout& layout() const { return layout_; }
+  bool lossy() const { return codec_ != nullptr && !codec_->raw(); }
+  WireCounters wire() const {
+    return {.push_bytes = push_bytes_.load(), .pull_bytes = pull_bytes_.load(), .push_floats = push_floats_.load(),
+            .pull_floats = pull_floats_.load()};
+  }
 
   // Sparse tables (sparse_client.cc).
   Handle SparsePush(uint32_t table, std::span<const uint64_t> keys, std::span<const float> grads, uint64_t step);
@@ -71,6 +77,11 @@ class ClientCore final : public FrameHandler {
     std::shared_ptr<std::vector<uint8_t>> inbox;
     int server = 0;  // server index (sparse)
     std::function<void()> after_receive;
+    // Dense pulls with a lossy codec: the codec asked for, and whether the request covers its
+    // whole chunk (then the reply may be a change of this worker's replica of the chunk, and the
+    // request's base_version is set on the communication thread from that replica).
+    const Codec* codec = nullptr;
+    bool whole_chunk = false;
   };
   struct Pending {
     std::shared_ptr<OpState> op;
@@ -83,7 +94,18 @@ class ClientCore final : public FrameHandler {
     std::function<void()> after_receive;
     uint32_t table = 0;
     int server = 0;  // server index (sparse)
+    const Codec* codec = nullptr;  // dense: the codec the request asked for
+    bool whole_chunk = false;
   };
+  // A chunk's weights as this worker holds them from compressed pull replies (communication
+  // thread only): the server's replica at `version` (docs/compression.md).
+  struct Replica {
+    std::vector<float> values;
+    uint64_t version = 0;
+    bool valid = false;
+  };
+  // A compressed pull reply (communication thread).
+  void ReceiveCompressed(IncomingFrame in, Frame frame, Pending p);
   // Sparse tables (sparse_client.cc): how the caller's last key list of a table splits over the
   // servers, and which servers hold their part of it (key caching, wire.proto). A request is
   // built and posted under sparse_mu_, so the servers see the requests in the order their
@@ -102,7 +124,7 @@ class ClientCore final : public FrameHandler {
   Result<std::pair<uint64_t, uint64_t>> Resolve(uint32_t table, KeyRange range, size_t buffer_size,
                                                 const char* what) const;
   std::vector<Piece> Split(wire::Op op, uint32_t table, uint64_t begin, uint64_t end, uint64_t step,
-                           const float* grad, float* out) const;
+                           const float* grad, float* out, const Codec* codec) SHARDPS_EXCLUDES(ef_mu_);
   void ReceiveRows(IncomingFrame in, Frame frame, Pending p);  // a sparse reply's payload (sparse_client.cc)
   void ReceiveElidedRows(IncomingFrame in, Frame frame, Pending p);
   Handle StartSparse(wire::Op op, uint32_t table, std::span<const uint64_t> keys, std::span<const float> grads,
@@ -116,7 +138,8 @@ class ClientCore final : public FrameHandler {
   const Codec* const codec_;   // null when options_.codec is not registered
   // The codec of a table's pushes and replies: options_.codec, but the identity codec for tables
   // whose optimizer is "sum" (reductions of counts and metrics, which a lossy codec would change).
-  const Codec* CodecFor(uint32_t table) const;
+  // And identity for steps before options_.compress_after (the warm-up).
+  const Codec* CodecFor(uint32_t table, uint64_t step) const;
   const Status codec_error_;  // then: why; every operation fails with it
 
   Mutex mu_;
@@ -125,9 +148,16 @@ class ClientCore final : public FrameHandler {
   Mutex sparse_mu_;
   std::unordered_map<uint32_t, SparseTableState> sparse_ SHARDPS_GUARDED_BY(sparse_mu_);
 
+  // Error feedback (ClientOptions::error_feedback): by table, what compression dropped from this
+  // worker's pushes, table-sized. Written by the threads that push.
+  Mutex ef_mu_;
+  std::unordered_map<uint32_t, std::vector<float>> residual_ SHARDPS_GUARDED_BY(ef_mu_);
+  std::atomic<uint64_t> push_bytes_{0}, pull_bytes_{0}, push_floats_{0}, pull_floats_{0};
+
   // Communication thread only.
   uint64_t next_request_id_ = 1;
   std::unordered_map<uint64_t, Pending> pending_;
+  std::unordered_map<uint64_t, Replica> replicas_;  // by (table << 32 | chunk)
 
 };
 

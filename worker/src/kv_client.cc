@@ -23,8 +23,9 @@ using internal::OpState;
 
 Handle internal::CompletedHandle(Status s) { return Handle(std::make_shared<OpState>(std::move(s))); }
 
-const Codec* ClientCore::CodecFor(uint32_t table) const {
-  if (table < layout_.num_tables() && layout_.table(table).optimizer.kind == OptimizerKind::kSum) {
+const Codec* ClientCore::CodecFor(uint32_t table, uint64_t step) const {
+  if ((table < layout_.num_tables() && layout_.table(table).optimizer.kind == OptimizerKind::kSum) ||
+      step < options_.compress_after) {
     return FindCodec(kIdentityCodec);
   }
   return codec_;
@@ -71,7 +72,13 @@ std::span<uint8_t> Bytes(float* p, uint64_t n) { return {reinterpret_cast<uint8_
 
 }  // namespace
 
-Status ValidateClientOptions(const ClientOptions& options) { return LookupCodec(options.codec).status(); }
+Status ValidateClientOptions(const ClientOptions& options) {
+  SHARDPS_RETURN_IF_ERROR(LookupCodec(options.codec).status());
+  if (!(options.codec_density > 0.0f && options.codec_density <= 1.0f)) {
+    return InvalidArgument("codec density " + std::to_string(options.codec_density) + " is outside (0, 1]");
+  }
+  return Status::Ok();
+}
 
 KVClient::KVClient(Endpoint& endpoint, const Cluster& cluster, const TableLayout& layout, ClientOptions options)
     : core_(std::make_unique<ClientCore>(endpoint, cluster, layout, options)) {}
@@ -84,6 +91,11 @@ Handle KVClient::Push(uint32_t table, std::span<const float> grad, uint64_t step
 Handle KVClient::Pull(uint32_t table, std::span<float> out, uint64_t version, KeyRange range) {
   return core_->Pull(table, out, version, range);
 }
+Handle KVClient::PullExact(uint32_t table, std::span<float> out, uint64_t version, KeyRange range) {
+  return core_->Pull(table, out, version, range, /*exact=*/true);
+}
+bool KVClient::lossy() const { return core_->lossy(); }
+WireCounters KVClient::wire() const { return core_->wire(); }
 Handle KVClient::PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step,
                           KeyRange range) {
   return core_->PushPull(table, grad, out, step, range);
@@ -178,9 +190,8 @@ Result<std::pair<uint64_t, uint64_t>> ClientCore::Resolve(uint32_t table, KeyRan
 }
 
 std::vector<ClientCore::Piece> ClientCore::Split(wire::Op op, uint32_t table, uint64_t begin, uint64_t end, uint64_t step,
-                                             const float* grad, float* out) const {
+                                             const float* grad, float* out, const Codec* codec) {
   std::vector<Piece> pieces;
-  const Codec* codec = CodecFor(table);
   for (const ChunkInfo& c : layout_.ChunksIn(table, begin, end)) {
     const uint64_t b = std::max(begin, c.begin);
     const uint64_t e = std::min(end, c.end);
@@ -193,18 +204,34 @@ std::vector<ClientCore::Piece> ClientCore::Split(wire::Op op, uint32_t table, ui
     p.header.set_key_end(e);
     p.header.set_step(step);
     p.header.set_codec(codec->id());
+    p.codec = codec;
+    if (!codec->raw()) p.header.set_codec_density(options_.codec_density);
     if (grad) {
       p.header.set_element_count(e - b);
       if (codec->raw()) {
         p.payload = Bytes(grad + (b - begin), e - b);  // sent from the caller's buffer
       } else {
-        const CodecContext ctx{.table = table, .chunk = c.index, .step = step, .rank = cluster_.rank()};
-        p.encoded = std::make_shared<std::vector<uint8_t>>(
-            codec->Encode(std::span<const float>(grad + (b - begin), e - b), ctx));
+        const CodecContext ctx{.table = table, .chunk = c.index, .step = step, .rank = cluster_.worker_index(),
+                               .density = options_.codec_density};
+        const std::span<const float> g(grad + (b - begin), e - b);
+        if (options_.error_feedback) {
+          MutexLock lock(ef_mu_);
+          std::vector<float>& r = residual_[table];
+          if (r.empty()) r.assign(layout_.table(table).size, 0.0f);
+          p.encoded = std::make_shared<std::vector<uint8_t>>(
+              EncodeWithFeedback(*codec, g, std::span<float>(r).subspan(b, e - b), ctx));
+        } else {
+          p.encoded = std::make_shared<std::vector<uint8_t>>(codec->Encode(g, ctx));
+        }
         p.payload = *p.encoded;
       }
+      push_bytes_ += p.payload.size();
+      push_floats_ += e - b;
     }
-    if (out) p.out = Bytes(out + (b - begin), e - b);
+    if (out) {
+      p.out = Bytes(out + (b - begin), e - b);
+      p.whole_chunk = !codec->raw() && b == c.begin && e == c.end;
+    }
     pieces.push_back(std::move(p));
   }
   return pieces;
@@ -215,15 +242,16 @@ Handle ClientCore::Push(uint32_t table, std::span<const float> grad, uint64_t st
   auto r = Resolve(table, range, grad.size(), "push");
   if (!r.ok()) return Failed(r.status());
   return Start("push of table '" + layout_.table(table).name + "' step " + std::to_string(step),
-               Split(wire::PUSH, table, r->first, r->second, step, grad.data(), nullptr));
+               Split(wire::PUSH, table, r->first, r->second, step, grad.data(), nullptr, CodecFor(table, step)));
 }
 
-Handle ClientCore::Pull(uint32_t table, std::span<float> out, uint64_t version, KeyRange range) {
+Handle ClientCore::Pull(uint32_t table, std::span<float> out, uint64_t version, KeyRange range, bool exact) {
   if (!codec_error_.ok()) return Failed(codec_error_);
   auto r = Resolve(table, range, out.size(), "pull");
   if (!r.ok()) return Failed(r.status());
   return Start("pull of table '" + layout_.table(table).name + "' version " + std::to_string(version),
-               Split(wire::PULL, table, r->first, r->second, version, nullptr, out.data()));
+               Split(wire::PULL, table, r->first, r->second, version, nullptr, out.data(),
+                     exact ? FindCodec(kIdentityCodec) : CodecFor(table, version)));
 }
 
 Handle ClientCore::PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step,
@@ -236,7 +264,7 @@ Handle ClientCore::PushPull(uint32_t table, std::span<const float> grad, std::sp
                                   std::to_string(out.size())));
   }
   return Start("push-pull of table '" + layout_.table(table).name + "' step " + std::to_string(step),
-               Split(wire::PUSH_PULL, table, r->first, r->second, step, grad.data(), out.data()));
+               Split(wire::PUSH_PULL, table, r->first, r->second, step, grad.data(), out.data(), CodecFor(table, step)));
 }
 
 Handle ClientCore::Barrier() {
@@ -335,8 +363,12 @@ Handle ClientCore::Start(std::string what, std::vector<Piece> pieces) {
       const uint64_t id = next_request_id_++;
       p.header.set_request_id(id);
       p.header.set_timeout_ms(static_cast<uint64_t>(options_.request_timeout.count()));
+      if (p.whole_chunk) {  // which version of the chunk this worker holds, decided here, in order
+        auto rep = replicas_.find((uint64_t{p.header.table()} << 32) | p.header.chunk());
+        if (rep != replicas_.end() && rep->second.valid) p.header.set_base_version(rep->second.version + 1);
+      }
       pending_[id] = Pending{op,       i,       p.out, p.header.op(), p.server_rank, p.header.chunk(), p.sparse,
-                             std::move(p.after_receive), p.header.table(), p.server};
+                             std::move(p.after_receive), p.header.table(), p.server, p.codec, p.whole_chunk};
       endpoint_.Send(p.server_rank, p.header, p.payload, [this, op, i, id](Status s) {
         op->Part(i, s);
         if (!s.ok() && pending_.erase(id) > 0) op->Part(i, s);  // no reply will come
@@ -398,7 +430,10 @@ void ClientCore::OnFrame(IncomingFrame in, Frame frame) {
     return;
   }
   if (p.sparse) return ReceiveRows(std::move(in), std::move(frame), std::move(p));
-  const Codec* codec = CodecFor(p.table);  // the request's table's
+  const Codec* codec = p.codec;  // the request's
+  pull_floats_ += p.out.size() / sizeof(float);
+  pull_bytes_ += in.payload_bytes;
+  if (!codec->raw()) return ReceiveCompressed(std::move(in), std::move(frame), std::move(p));
   if (h.codec() != codec->id()) {
     if (in.payload_bytes > 0) (void)endpoint_.transport().DiscardPayload(in);
     p.op->Part(p.piece, DataLoss(p.op->what + ": reply from rank " + std::to_string(in.source) + " is coded with codec id " +
@@ -426,19 +461,85 @@ void ClientCore::OnFrame(IncomingFrame in, Frame frame) {
       if (st.ok()) st = VerifyPayload(*fr, out);
       op->Part(piece, st.ok() ? st : st.WithContext(op->what));
     });
-  } else {  // into a copy, decoded into the caller's buffer once complete
-    auto encoded = std::make_shared<std::vector<uint8_t>>(in.payload_bytes);
-    const CodecContext ctx{.table = h.table(), .chunk = h.chunk(), .step = h.step(), .rank = in.source};
-    s = endpoint_.transport().ReceivePayload(in, *encoded, [op, piece, out, fr, encoded, ctx, codec](Status st) {
-      if (op->cancelled) return;  // the buffer may be gone: do not write it
-      if (st.ok()) st = VerifyPayload(*fr, *encoded);
-      if (st.ok()) {
-        st = codec->Decode(*encoded, std::span<float>(reinterpret_cast<float*>(out.data()), out.size() / sizeof(float)), ctx);
+  }
+  if (!s.ok()) p.op->Part(p.piece, s.WithContext(p.op->what));
+}
+
+void ClientCore::ReceiveCompressed(IncomingFrame in, Frame frame, Pending p) {
+  auto fr = std::make_shared<Frame>(std::move(frame));
+  const wire::Header& h = fr->header;
+  const Codec* codec = p.codec;
+  const uint64_t floats = p.out.size() / sizeof(float);
+  const std::string from = "reply from rank " + std::to_string(in.source);
+  auto fail = [&](const std::string& why) {
+    if (in.payload_bytes > 0) (void)endpoint_.transport().DiscardPayload(in);
+    p.op->Part(p.piece, DataLoss(p.op->what + ": " + from + " " + why));
+  };
+  const uint64_t key = (uint64_t{p.table} << 32) | p.chunk;
+  auto op = p.op;
+  const size_t piece = p.piece;
+  const auto out = std::span<float>(reinterpret_cast<float*>(p.out.data()), floats);
+  Status s;
+  if (h.delta_base() == 0) {  // the server's replica of the range, as float32
+    if (h.codec() != 0 || in.payload_bytes != p.out.size()) {
+      return fail("holds the weights whole, but as codec id " + std::to_string(h.codec()) + " in " +
+                  std::to_string(in.payload_bytes) + " bytes (expected float32, " + std::to_string(p.out.size()) + ")");
+    }
+    const bool whole = p.whole_chunk;
+    s = endpoint_.transport().ReceivePayload(in, p.out, [this, op, piece, out, fr, key, whole](Status st) {
+      if (op->cancelled) return;  // the buffer may be gone: do not read it
+      if (st.ok()) st = VerifyPayload(*fr, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(out.data()), out.size_bytes()));
+      if (st.ok() && whole) {
+        Replica& rep = replicas_[key];
+        rep.values.assign(out.begin(), out.end());
+        rep.version = fr->header.step();
+        rep.valid = true;
       }
       op->Part(piece, st.ok() ? st : st.WithContext(op->what));
     });
+  } else {  // a change of this worker's replica of the chunk
+    Replica& rep = replicas_[key];
+    if (!p.whole_chunk || h.codec() != codec->id()) {
+      return fail("is a change coded with codec id " + std::to_string(h.codec()) + " for a request of " +
+                  (p.whole_chunk ? "codec " + std::string(codec->name()) : std::string("part of a chunk")));
+    }
+    if (!rep.valid || rep.values.size() != floats || rep.version + 1 != h.delta_base()) {
+      rep.valid = false;  // the next request asks for the replica whole
+      return fail("is a change from version " + std::to_string(h.delta_base() - 1) + " of chunk " +
+                  std::to_string(p.chunk) + ", this worker holds " +
+                  (rep.valid ? "version " + std::to_string(rep.version) : std::string("none")));
+    }
+    if (h.delta_base() == h.step() + 1) {  // unchanged
+      if (in.payload_bytes != 0) return fail("says nothing changed but carries " + std::to_string(in.payload_bytes) + " bytes");
+      std::copy(rep.values.begin(), rep.values.end(), out.begin());
+      op->Part(piece, Status::Ok());
+      return;
+    }
+    if (Status size = codec->CheckEncodedSize(floats, in.payload_bytes); !size.ok()) return fail(size.message());
+    auto encoded = std::make_shared<std::vector<uint8_t>>(in.payload_bytes);
+    const CodecContext ctx{.table = h.table(), .chunk = h.chunk(), .step = h.step(), .rank = -1, .density = h.codec_density()};
+    s = endpoint_.transport().ReceivePayload(in, *encoded, [this, op, piece, out, fr, encoded, ctx, codec, key](Status st) {
+      if (op->cancelled) return;  // the buffer may be gone: do not write it
+      if (st.ok()) st = VerifyPayload(*fr, *encoded);
+      Replica& rep = replicas_[key];
+      if (st.ok() && (!rep.valid || rep.version + 1 != fr->header.delta_base())) {
+        st = DataLoss("a change from version " + std::to_string(fr->header.delta_base() - 1) +
+                      " arrived after this worker's replica moved to " + std::to_string(rep.version));
+      }
+      if (st.ok()) {
+        std::vector<float> change(out.size());
+        st = codec->Decode(*encoded, change, ctx);
+        if (st.ok()) {
+          for (size_t i = 0; i < change.size(); ++i) rep.values[i] += change[i];
+          rep.version = fr->header.step();
+          std::copy(rep.values.begin(), rep.values.end(), out.begin());
+        }
+      }
+      if (!st.ok()) rep.valid = false;
+      op->Part(piece, st.ok() ? st : st.WithContext(op->what));
+    });
   }
-  if (!s.ok()) p.op->Part(p.piece, s.WithContext(p.op->what));
+  if (!s.ok()) op->Part(piece, s.WithContext(op->what));
 }
 
 }  // namespace shardps::worker

@@ -43,6 +43,10 @@
 #include "shardps/base/thread_annotations.h"
 #include "shardps/storage/safetensors.h"
 
+namespace shardps {
+class Codec;
+}
+
 namespace shardps::ps {
 
 struct ServerStats {
@@ -53,6 +57,12 @@ struct ServerStats {
   uint64_t sparse_rows = 0;    // rows of sparse tables held
   uint64_t sparse_bytes = 0;   // memory they take (rows, their keys and optimizer state, the index)
   uint64_t sparse_zero_rows_elided = 0;  // rows of exact zeros left out of pull replies (FTRL, L1)
+  // Dense tables' payload bytes on the wire (frame headers not counted).
+  uint64_t push_bytes_received = 0;
+  uint64_t pull_bytes_sent = 0;
+  // Compressed pull replies: with the change since the worker's version, or the replica whole.
+  uint64_t delta_replies = 0;
+  uint64_t full_replies = 0;
 };
 
 class SparseTable;  // sparse_table.h
@@ -101,7 +111,11 @@ class Server final : public FrameHandler, private PolicyHost, private SparseHost
   Status InitFrom(const SafetensorsFile& file);
 
  private:
-  struct Served;  // a Chunk and its policy's ChunkSync
+  struct Served;    // a Chunk and its policy's ChunkSync
+  struct Downlink;  // a chunk's compressed pull replies (server_internal.h)
+  // Brings the chunk's replica to the chunk's version (encoding the change) with `codec`.
+  void RefreshDownlink(Served& chunk, const Codec& codec, float density);
+  void SendCompressed(Served& chunk, const HeldRequest& pull, const Codec& codec);
   struct BarrierState;
 
   void HandleHello(IncomingFrame& in, const wire::Header& h);

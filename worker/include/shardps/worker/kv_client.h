@@ -61,6 +61,22 @@ struct ClientOptions {
   // The gradient codec of pushes and pull replies: a name from RegisteredCodecs()
   // (shardps/base/codec.h). "identity" sends the floats from and into the caller's buffers.
   std::string codec = "identity";
+  // With a lossy codec: keep what compression dropped from each push (the error-feedback
+  // residual, one per table on this worker) and add it to the next push of the same range.
+  bool error_feedback = true;
+  // Pushes and pull replies of steps < compress_after travel as float32 (a warm-up).
+  uint64_t compress_after = 0;
+  // top-k / random-k: the fraction of each chunk's values sent, in (0, 1].
+  float codec_density = 0.01f;
+};
+
+// Payload bytes of a client's dense-table requests and replies (frame headers not counted), and
+// the float32 values they carry (x 4: what the identity codec would have sent).
+struct WireCounters {
+  uint64_t push_bytes = 0;
+  uint64_t pull_bytes = 0;
+  uint64_t push_floats = 0;
+  uint64_t pull_floats = 0;
 };
 
 // Checks what can be checked before a client starts: an unknown codec is INVALID_ARGUMENT naming
@@ -107,6 +123,14 @@ class KVClient {
   Handle Push(uint32_t table, std::span<const float> grad, uint64_t step, KeyRange range = {});
   // Receives the weights of `range` once the servers have applied `version` steps.
   Handle Pull(uint32_t table, std::span<float> out, uint64_t version, KeyRange range = {});
+  // Pull, but the weights exactly as the servers hold them (float32), whatever the codec: with a
+  // lossy codec, Pull's replies are compressed changes and lag the servers' weights by the
+  // residual the servers keep (docs/compression.md).
+  Handle PullExact(uint32_t table, std::span<float> out, uint64_t version, KeyRange range = {});
+  // True when this client's codec is lossy (not identity).
+  bool lossy() const;
+  // Bytes sent and received so far (any thread).
+  WireCounters wire() const;
   // Push for `step`, then receive the weights after that step's update, in one round trip.
   Handle PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step,
                   KeyRange range = {});

@@ -260,7 +260,13 @@ void Server::HandlePush(IncomingFrame& in, Frame& f) {
   const uint64_t n = h.key_end() - h.key_begin();
   const Codec* codec = FindCodecById(h.codec());  // known: ValidateKeys
   // Checked before anything is received or allocated.
-  const Status size = codec->CheckEncodedSize(n, in.payload_bytes);
+  if (h.residual_floats() != 0 && (codec->raw() || h.residual_floats() != n || in.payload_bytes < n * sizeof(float))) {
+    return Reject(in, h, InvalidArgument("push to table '" + cs.spec->name + "' " + Range(h) + " declares " +
+                                         std::to_string(h.residual_floats()) + " residual floats in a payload of " +
+                                         std::to_string(in.payload_bytes) + " bytes (a residual is the range's " +
+                                         std::to_string(n) + " floats, after a lossy codec's bytes)"));
+  }
+  const Status size = codec->CheckEncodedSize(n, in.payload_bytes - h.residual_floats() * sizeof(float));
   if (h.element_count() != n || !size.ok()) {
     return Reject(in, h, InvalidArgument("push to table '" + cs.spec->name + "' " + Range(h) + " carries " +
                                          std::to_string(in.payload_bytes) + " bytes (element_count " +
@@ -305,10 +311,13 @@ Status Server::ReceivePayload(const HeldPtr& push, std::span<float> dest, std::f
   auto encoded = std::make_shared<std::vector<uint8_t>>(push->in.payload_bytes);
   const CodecContext ctx = ContextOf(push->h(), cluster_.WorkerIndexOf(push->in.source));
   return endpoint_.transport().ReceivePayload(
-      push->in, *encoded, [push, encoded, dest, codec, ctx, done = std::move(done)](Status st) {
+      push->in, *encoded, [this, push, encoded, dest, codec, ctx, done = std::move(done)](Status st) {
         push->in.payload_bytes = 0;  // consumed
         if (st.ok()) st = VerifyPayload(push->frame, *encoded);
-        if (st.ok()) st = codec->Decode(*encoded, dest, ctx);
+        const uint64_t residual = push->h().residual_floats();  // checked in HandlePush
+        const size_t coded = encoded->size() - residual * sizeof(float);
+        if (st.ok()) st = codec->Decode(std::span<const uint8_t>(*encoded).first(coded), dest, ctx);
+        if (st.ok() && residual > 0) KeepResidual(*push, std::span<const uint8_t>(*encoded).subspan(coded));
         done(std::move(st));
       });
 }
@@ -370,6 +379,17 @@ void Server::RefreshDownlink(Served& chunk, const Codec& codec, float density) {
   d.density = density;
 }
 
+void Server::KeepResidual(const HeldRequest& push, std::span<const uint8_t> bytes) {
+  const wire::Header& h = push.h();
+  Served& cs = *by_key_.at(Key(h.table(), h.chunk()));  // known: ValidateKeys
+  cs.SizeResiduals(static_cast<size_t>(num_workers_));
+  std::vector<float>& r = cs.residual[push.worker];
+  r.resize(cs.weights.size());
+  std::memcpy(r.data() + (h.key_begin() - cs.info.begin), bytes.data(), bytes.size());
+  cs.residual_at[push.worker] = h.step() + 1;
+  cs.restored[push.worker] = false;
+}
+
 void Server::SendCompressed(Served& chunk, const HeldRequest& pull, const Codec& codec) {
   const wire::Header& req = pull.h();
   RefreshDownlink(chunk, codec, req.codec_density());
@@ -402,8 +422,16 @@ void Server::SendCompressed(Served& chunk, const HeldRequest& pull, const Codec&
     r.set_delta_base(0);
     r.set_codec(0);
     r.set_element_count(n);
-    auto full = std::make_shared<std::vector<uint8_t>>(n * sizeof(float));
+    // A worker's first pull after a restore also gets its error-feedback residual back.
+    const int w = pull.worker;
+    const bool give_back = w >= 0 && static_cast<size_t>(w) < chunk.restored.size() && chunk.restored[w] &&
+                           chunk.residual_at[w] == chunk.version;
+    auto full = std::make_shared<std::vector<uint8_t>>(n * sizeof(float) * (give_back ? 2 : 1));
     std::memcpy(full->data(), d.known.data() + off, n * sizeof(float));
+    if (give_back) {
+      std::memcpy(full->data() + n * sizeof(float), chunk.residual[w].data() + off, n * sizeof(float));
+      r.set_residual_floats(n);
+    }
     payload = std::move(full);
   }
   {

@@ -47,9 +47,22 @@ void Server::HandleCheckpoint(IncomingFrame& in, const wire::Header& h) {
     c.table = ckpt_table[cs.info.table];
     c.begin = cs.info.begin;
     c.end = cs.info.end;
-    c.data.reserve(cs.weights.size() + cs.slots.size());
+    const uint32_t codec_arrays = CodecStateArrays(*cs.spec, options_.codec, static_cast<uint32_t>(num_workers_));
+    c.data.reserve(cs.weights.size() * (1 + codec_arrays) + cs.slots.size());
     c.data.insert(c.data.end(), cs.weights.begin(), cs.weights.end());
     c.data.insert(c.data.end(), cs.slots.begin(), cs.slots.end());
+    if (codec_arrays > 0) {
+      // The replica every worker holds at this step (the weights themselves before the first
+      // compressed pull), then each worker's residual after its push of the step before.
+      const bool replica = cs.down && cs.down->version == cs.version;
+      const std::vector<float>& known = replica ? cs.down->known : cs.weights;
+      c.data.insert(c.data.end(), known.begin(), known.end());
+      for (int w = 0; w < num_workers_; ++w) {
+        const bool has = static_cast<size_t>(w) < cs.residual.size() && cs.residual_at[w] == h.step();
+        if (has) c.data.insert(c.data.end(), cs.residual[w].begin(), cs.residual[w].end());
+        else c.data.insert(c.data.end(), cs.weights.size(), 0.0f);
+      }
+    }
     chunks.push_back(std::move(c));
   }
   // Sparse tables: every row this server holds, with its optimizer state.
@@ -152,6 +165,36 @@ Status Server::Restore(CheckpointReader& reader) {
     }
     SHARDPS_RETURN_IF_ERROR(reader.Read(t, cs.info.begin, cs.info.end, cs.weights, cs.slots));
     cs.version = step;
+    SHARDPS_RETURN_IF_ERROR(RestoreCodecState(reader, t, cs));
+  }
+  return Status::Ok();
+}
+
+Status Server::RestoreCodecState(CheckpointReader& reader, uint32_t t, Served& cs) {
+  const auto& ti = reader.manifest().tables(static_cast<int>(t));
+  const uint32_t saved = ti.codec_arrays();
+  const uint32_t mine = CodecStateArrays(*cs.spec, options_.codec, static_cast<uint32_t>(num_workers_));
+  if (saved == 0 || mine == 0) return Status::Ok();  // nothing saved, or this run sends float32
+  const uint64_t n = cs.weights.size();
+  std::vector<float> arrays(n * saved);
+  SHARDPS_RETURN_IF_ERROR(reader.ReadCodecState(t, cs.info.begin, cs.info.end, arrays));
+  cs.down = std::make_unique<Downlink>();
+  cs.down->known.assign(arrays.begin(), arrays.begin() + static_cast<int64_t>(n));
+  cs.down->version = cs.version;
+  if (saved != mine) {
+    if (cs.info.index == 0) {
+      endpoint_.Warn("checkpoint table '" + cs.spec->name + "' holds the error-feedback residuals of " +
+                     std::to_string(saved - 1) + " workers, this job has " + std::to_string(num_workers_) +
+                     ": the workers start with none");
+    }
+    return Status::Ok();
+  }
+  cs.SizeResiduals(static_cast<size_t>(num_workers_));
+  for (int w = 0; w < num_workers_; ++w) {
+    const auto from = arrays.begin() + static_cast<int64_t>(n * (1 + static_cast<uint64_t>(w)));
+    cs.residual[w].assign(from, from + static_cast<int64_t>(n));
+    cs.residual_at[w] = cs.version;
+    cs.restored[w] = true;
   }
   return Status::Ok();
 }

@@ -27,6 +27,18 @@ struct Server::Downlink {
 struct Server::Served : Chunk {
   std::unique_ptr<ChunkSync> sync;
   std::unique_ptr<Downlink> down;  // created by the first compressed pull
+  // By worker index: the error-feedback residual of this chunk a worker sent with a push (or a
+  // checkpoint restored), as it stood after `residual_at` steps (0: none); `restored`: from a
+  // checkpoint, to give back to the worker with its first pull reply at that step.
+  std::vector<std::vector<float>> residual;
+  std::vector<uint64_t> residual_at;
+  std::vector<bool> restored;
+  void SizeResiduals(size_t workers) {
+    if (residual.size() == workers) return;
+    residual.assign(workers, {});
+    residual_at.assign(workers, 0);
+    restored.assign(workers, false);
+  }
 };
 
 struct Server::BarrierState {

@@ -45,7 +45,7 @@ ckpt::Manifest BaseManifest(const CheckpointRun& run) {
   base.set_train_samples(run.train_samples);
   base.set_train_data_crc32c(run.train_data_crc32c);
   for (const TableSpec& t : run.tables) {
-    if (t.checkpointed) *base.add_tables() = CheckpointTableInfo(t);
+    if (t.checkpointed) *base.add_tables() = CheckpointTableInfo(t, run.codec, CodecStateArrays(t, run.codec, run.num_workers));
   }
   return base;
 }

@@ -3,6 +3,7 @@
 #include "client_core.h"
 
 #include <algorithm>
+#include <cstring>
 #include <condition_variable>
 #include <future>
 #include <mutex>
@@ -220,6 +221,12 @@ std::vector<ClientCore::Piece> ClientCore::Split(wire::Op op, uint32_t table, ui
           if (r.empty()) r.assign(layout_.table(table).size, 0.0f);
           p.encoded = std::make_shared<std::vector<uint8_t>>(
               EncodeWithFeedback(*codec, g, std::span<float>(r).subspan(b, e - b), ctx));
+          if (options_.checkpoint_at && options_.checkpoint_at(step + 1)) {  // the residual, for the checkpoint
+            const size_t at = p.encoded->size();
+            p.encoded->resize(at + (e - b) * sizeof(float));
+            std::memcpy(p.encoded->data() + at, r.data() + b, (e - b) * sizeof(float));
+            p.header.set_residual_floats(e - b);
+          }
         } else {
           p.encoded = std::make_shared<std::vector<uint8_t>>(codec->Encode(g, ctx));
         }
@@ -481,14 +488,30 @@ void ClientCore::ReceiveCompressed(IncomingFrame in, Frame frame, Pending p) {
   const auto out = std::span<float>(reinterpret_cast<float*>(p.out.data()), floats);
   Status s;
   if (h.delta_base() == 0) {  // the server's replica of the range, as float32
-    if (h.codec() != 0 || in.payload_bytes != p.out.size()) {
+    const bool residual = h.residual_floats() != 0;  // and this worker's restored residual after it
+    const uint64_t expect = p.out.size() * (residual ? 2 : 1);
+    if (h.codec() != 0 || in.payload_bytes != expect || (residual && h.residual_floats() != floats) ||
+        h.key_end() < h.key_begin() || h.key_end() - h.key_begin() != floats || h.key_end() > layout_.table(p.table).size) {
       return fail("holds the weights whole, but as codec id " + std::to_string(h.codec()) + " in " +
-                  std::to_string(in.payload_bytes) + " bytes (expected float32, " + std::to_string(p.out.size()) + ")");
+                  std::to_string(in.payload_bytes) + " bytes for keys [" + std::to_string(h.key_begin()) + "," +
+                  std::to_string(h.key_end()) + ") (expected float32, " + std::to_string(expect) + " bytes for " +
+                  std::to_string(floats) + " keys)");
     }
     const bool whole = p.whole_chunk;
-    s = endpoint_.transport().ReceivePayload(in, p.out, [this, op, piece, out, fr, key, whole](Status st) {
+    // With a residual, into a copy first (the caller's buffer has room for the weights only).
+    auto both = residual ? std::make_shared<std::vector<uint8_t>>(expect) : nullptr;
+    const std::span<uint8_t> into = both ? std::span<uint8_t>(*both) : p.out;
+    const uint32_t table = p.table;
+    s = endpoint_.transport().ReceivePayload(in, into, [this, op, piece, out, fr, key, whole, both, into, table](Status st) {
       if (op->cancelled) return;  // the buffer may be gone: do not read it
-      if (st.ok()) st = VerifyPayload(*fr, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(out.data()), out.size_bytes()));
+      if (st.ok()) st = VerifyPayload(*fr, into);
+      if (st.ok() && both) {
+        std::memcpy(out.data(), both->data(), out.size_bytes());
+        MutexLock lock(ef_mu_);
+        std::vector<float>& r = residual_[table];
+        if (r.empty()) r.assign(layout_.table(table).size, 0.0f);
+        std::memcpy(r.data() + fr->header.key_begin(), both->data() + out.size_bytes(), out.size_bytes());
+      }
       if (st.ok() && whole) {
         Replica& rep = replicas_[key];
         rep.values.assign(out.begin(), out.end());

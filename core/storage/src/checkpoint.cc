@@ -1,5 +1,7 @@
 #include "shardps/storage/checkpoint.h"
 
+#include "shardps/base/codec.h"
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
@@ -7,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cassert>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -221,6 +224,21 @@ ckpt::TableInfo CheckpointTableInfo(const TableSpec& table) {
   return ti;
 }
 
+ckpt::TableInfo CheckpointTableInfo(const TableSpec& table, const std::string& codec, uint32_t codec_arrays) {
+  ckpt::TableInfo ti = CheckpointTableInfo(table);
+  if (codec_arrays > 0) {
+    ti.set_codec_arrays(codec_arrays);
+    ti.set_codec(codec);
+  }
+  return ti;
+}
+
+uint32_t CodecStateArrays(const TableSpec& table, const std::string& codec, uint32_t workers) {
+  const Codec* c = FindCodec(codec);
+  if (c == nullptr || c->raw() || table.sparse() || table.optimizer.kind == OptimizerKind::kSum) return 0;
+  return 1 + workers;
+}
+
 CheckpointManifest::CheckpointManifest() : m_(std::make_unique<ckpt::Manifest>()) {}
 CheckpointManifest::CheckpointManifest(ckpt::Manifest m) : m_(std::make_unique<ckpt::Manifest>(std::move(m))) {}
 CheckpointManifest::CheckpointManifest(const CheckpointManifest& o) : m_(std::make_unique<ckpt::Manifest>(*o.m_)) {}
@@ -353,15 +371,31 @@ Result<uint32_t> CheckpointReader::FindTable(const std::string& name, uint64_t s
 
 Status CheckpointReader::Read(uint32_t table, uint64_t begin, uint64_t end, std::span<float> weights, std::span<float> slots) {
   const uint32_t nslots = manifest().tables(table).slots();
+  SHARDPS_RETURN_IF_ERROR(ReadArrays(table, begin, end, 0, 1, weights));
+  if (nslots == 0 || slots.empty()) return Status::Ok();
+  return ReadArrays(table, begin, end, 1, nslots, slots);
+}
+
+Status CheckpointReader::ReadCodecState(uint32_t table, uint64_t begin, uint64_t end, std::span<float> arrays) {
+  const auto& ti = manifest().tables(table);
+  if (ti.codec_arrays() == 0) return Status::Ok();
+  return ReadArrays(table, begin, end, 1 + ti.slots(), ti.codec_arrays(), arrays);
+}
+
+Status CheckpointReader::ReadArrays(uint32_t table, uint64_t begin, uint64_t end, uint32_t first, uint32_t count,
+                                    std::span<float> out) {
+  const auto& ti = manifest().tables(table);
+  const uint64_t arrays = 1 + uint64_t{ti.slots()} + ti.codec_arrays();
   const uint64_t n = end - begin;
+  assert(out.size() == n * count && first + count <= arrays);
   uint64_t covered = 0;
   for (const auto& shard : manifest().shards()) {
     const std::string path = (fs::path(v_.path) / shard.file()).string();
     for (const auto& c : shard.chunks()) {
       if (c.table() != table || c.end() <= begin || c.begin() >= end) continue;
       const uint64_t size = c.end() - c.begin();
-      if (c.bytes() != size * 4 * (1 + nslots)) return DataLoss("'" + path + "': chunk entry size mismatch");
-      std::vector<float> buf(size * (1 + nslots));
+      if (c.end() < c.begin() || c.bytes() != size * 4 * arrays) return DataLoss("'" + path + "': chunk entry size mismatch");
+      std::vector<float> buf(size * arrays);
       int fd = ::open(path.c_str(), O_RDONLY);
       if (fd < 0) return IoError(Errno("open '" + path + "'"));
       ssize_t got = ::pread(fd, buf.data(), c.bytes(), static_cast<off_t>(c.offset()));
@@ -371,9 +405,9 @@ Status CheckpointReader::Read(uint32_t table, uint64_t begin, uint64_t end, std:
         return DataLoss("'" + path + "': chunk at byte offset " + std::to_string(c.offset()) + " fails its CRC32C");
       }
       const uint64_t lo = std::max(begin, c.begin()), hi = std::min(end, c.end());
-      std::memcpy(weights.data() + (lo - begin), buf.data() + (lo - c.begin()), (hi - lo) * sizeof(float));
-      for (uint32_t k = 0; k < nslots; ++k) {
-        std::memcpy(slots.data() + k * n + (lo - begin), buf.data() + size * (1 + k) + (lo - c.begin()), (hi - lo) * sizeof(float));
+      for (uint32_t k = 0; k < count; ++k) {
+        std::memcpy(out.data() + k * n + (lo - begin), buf.data() + size * (first + k) + (lo - c.begin()),
+                    (hi - lo) * sizeof(float));
       }
       covered += hi - lo;
     }

@@ -116,6 +116,9 @@ class Server final : public FrameHandler, private PolicyHost, private SparseHost
   // Brings the chunk's replica to the chunk's version (encoding the change) with `codec`.
   void RefreshDownlink(Served& chunk, const Codec& codec, float density);
   void SendCompressed(Served& chunk, const HeldRequest& pull, const Codec& codec);
+  // Keeps the error-feedback residual a push carried (wire.proto residual_floats) for a checkpoint.
+  void KeepResidual(const HeldRequest& push, std::span<const uint8_t> bytes);
+  Status RestoreCodecState(CheckpointReader& reader, uint32_t table, Served& chunk);  // server_checkpoint.cc
   struct BarrierState;
 
   void HandleHello(IncomingFrame& in, const wire::Header& h);

@@ -49,6 +49,10 @@ struct ServerOptions {
   FileSystem* file_system = nullptr;
   // Crash tests only (shardps train --test-crash-at): called at each phase of a shard write.
   CheckpointFaultHook checkpoint_fault;
+  // The workers' codec (ClientOptions::codec). With a lossy one, checkpoints carry each chunk's
+  // replica and the workers' error-feedback residuals (CodecStateArrays), and a restore gives
+  // them back, so a resumed run goes on as the uninterrupted one would.
+  std::string codec = "identity";
 };
 
 // Checks what can be checked before a server starts: an unknown consistency policy is

@@ -62,6 +62,10 @@ struct CheckpointRun {
   uint32_t train_data_crc32c = 0;
   // The job's tables as the layout has them; those with `checkpointed` are saved.
   std::vector<TableSpec> tables;
+  // The codec of the workers' pushes and pulls (ClientOptions::codec): with a lossy one, the
+  // servers save their replicas and the workers' error-feedback residuals with the tables
+  // (ServerOptions::codec must name the same).
+  std::string codec = "identity";
 };
 
 struct CheckpointOptions {

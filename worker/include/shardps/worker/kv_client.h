@@ -29,6 +29,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <cstdint>
 #include <limits>
 #include <memory>
@@ -68,6 +69,11 @@ struct ClientOptions {
   uint64_t compress_after = 0;
   // top-k / random-k: the fraction of each chunk's values sent, in (0, 1].
   float codec_density = 0.01f;
+  // With a lossy codec and error feedback: true for the step counts (steps applied) at which a
+  // checkpoint will be taken. The push of step s carries this worker's residual of its range to
+  // the server when checkpoint_at(s + 1), so the checkpoint holds it; a job restored from that
+  // checkpoint gives it back with the first pull reply. Null: residuals are not saved.
+  std::function<bool(uint64_t steps)> checkpoint_at;
 };
 
 // Payload bytes of a client's dense-table requests and replies (frame headers not counted), and

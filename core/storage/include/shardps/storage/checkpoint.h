@@ -63,5 +63,12 @@ Status CommitManifest(FileSystem& fs, const std::string& version_dir, ckpt::Mani
 // What a manifest records of a checkpointed table: name, size, shape ([size] when the spec gives
 // none), optimizer and its slots per weight.
 ckpt::TableInfo CheckpointTableInfo(const TableSpec& table);
+// The same for a run with a lossy codec: `codec_arrays` (CodecStateArrays) more float arrays per
+// weight follow the optimizer slots of the tables that carry codec state.
+ckpt::TableInfo CheckpointTableInfo(const TableSpec& table, const std::string& codec, uint32_t codec_arrays);
+// How many codec-state arrays a table carries in a checkpoint of a run with `codec` and
+// `workers` workers: 1 + workers for dense tables whose updates travel compressed (not sparse,
+// not "sum" reductions) when the codec is lossy, else 0.
+uint32_t CodecStateArrays(const TableSpec& table, const std::string& codec, uint32_t workers);
 
 }  // namespace shardps

@@ -183,6 +183,9 @@ class CheckpointReader {
   Result<uint32_t> FindTable(const std::string& name, uint64_t size, uint32_t slots) const;
   // weights.size() == end - begin; slots.size() == (end - begin) * table slots.
   Status Read(uint32_t table, uint64_t begin, uint64_t end, std::span<float> weights, std::span<float> slots);
+  // A compressed run's state of dense table `table` (TableInfo::codec_arrays arrays after the
+  // slots): arrays.size() == (end - begin) * codec_arrays, array after array.
+  Status ReadCodecState(uint32_t table, uint64_t begin, uint64_t end, std::span<float> arrays);
 
   // Sparse tables. Index of the saved sparse table `name`, checking its row_dim and slots.
   Result<uint32_t> FindSparseTable(const std::string& name, uint32_t row_dim, uint32_t slots) const;
@@ -193,6 +196,9 @@ class CheckpointReader {
   Status ReadSparseRows(uint32_t table, const RowBlock& each);
 
  private:
+  // Arrays [first, first + count) of each saved weight of [begin, end) (array 0: the weights,
+  // then the slots, then the codec state) into out, array after array.
+  Status ReadArrays(uint32_t table, uint64_t begin, uint64_t end, uint32_t first, uint32_t count, std::span<float> out);
   CheckpointVersion v_;
 };
 

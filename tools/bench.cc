@@ -10,6 +10,7 @@
 #include <cstring>
 #include <boost/program_options.hpp>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -20,6 +21,8 @@
 #include <vector>
 
 #include "bench.h"
+
+#include "shardps/base/codec.h"
 #include "commands.h"
 #include "launch.h"
 #if SHARDPS_WITH_MPI
@@ -78,6 +81,16 @@ std::vector<double> TimeAllreduce(const BenchFlags& f, MPI_Comm comm) {
 
 #endif  // SHARDPS_WITH_MPI
 
+// ,"codec":...,"push_bytes":...: a worker's payload bytes each way over all its rounds, and the
+// ratio to float32 (`w`: push, pull, push float32, pull float32 bytes; the most of any worker).
+std::string WireJson(const BenchFlags& f, const std::vector<double>& w) {
+  char buf[256];
+  std::snprintf(buf, sizeof(buf),
+                ",\"codec\":\"%s\",\"push_bytes\":%.0f,\"pull_bytes\":%.0f,\"push_ratio\":%.3f,\"pull_ratio\":%.3f",
+                f.codec.c_str(), w[0], w[1], w[0] > 0 ? w[2] / w[0] : 0.0, w[1] > 0 ? w[3] / w[1] : 0.0);
+  return buf;
+}
+
 void PrintResult(const BenchFlags& f, int servers, int workers, const Summary& round, const Summary& push,
                  const Summary& pull, const std::string& extra) {
   const double bytes = 2.0 * static_cast<double>(f.floats) * sizeof(float);
@@ -112,6 +125,7 @@ Status RunPs(const BenchFlags& f, Result<std::unique_ptr<Transport>> transport, 
   SHARDPS_RETURN_IF_ERROR(transport.status());
   NodeOptions no;
   no.client.request_timeout = std::chrono::milliseconds(f.timeout_ms);
+  no.client.codec = f.codec;
   no.startup_timeout = std::chrono::milliseconds(f.timeout_ms);
   // Declared before the node, so they outlive it: a round that fails leaves its requests to the
   // transport, which lets go of these buffers only when the node stops.
@@ -126,9 +140,18 @@ Status RunPs(const BenchFlags& f, Result<std::unique_ptr<Transport>> transport, 
     SHARDPS_RETURN_IF_ERROR(TimeRounds(
         f, out, [&](uint64_t step) { return client->Push(0, grad, step).wait(timeout); },
         [&](uint64_t version) { return client->Pull(0, weights, version).wait(timeout); }));
+    const worker::WireCounters wire = client->wire();
+    out->push_bytes = static_cast<double>(wire.push_bytes);
+    out->pull_bytes = static_cast<double>(wire.pull_bytes);
+    out->push_float32_bytes = static_cast<double>(wire.push_floats) * 4;
+    out->pull_float32_bytes = static_cast<double>(wire.pull_floats) * 4;
     const float expect = ExpectedBenchWeight(f, spec.optimizer.learning_rate, cluster.num_workers());
+    // A lossy codec's weights are the float32 ones only within what it drops: the exact check
+    // is for float32 rounds; compressed ones check that the servers' weights stayed finite.
+    const bool lossy = client->lossy();
+    if (lossy) SHARDPS_RETURN_IF_ERROR(client->PullExact(0, weights, static_cast<uint64_t>(f.warmup + f.rounds)).wait(timeout));
     for (uint64_t i = 0; i < f.floats; ++i) {
-      if (weights[i] != expect) {
+      if (lossy ? !std::isfinite(weights[i]) : weights[i] != expect) {
         return DataLoss("bench: weight " + std::to_string(i) + " is " + std::to_string(weights[i]) + ", expected " +
                         std::to_string(expect));
       }
@@ -405,6 +428,7 @@ int BenchMain(int argc, char** argv) {
       ("sparse-dim", po::value(&f.sparse_dim)->default_value(f.sparse_dim), "--sparse: floats per row")
       ("sparse-fill", po::value(&f.sparse_fill), "--sparse: push new keys, --sparse at a time, until the servers hold this many rows; report their memory")
       ("sparse-optimizer", po::value(&f.sparse_optimizer)->default_value(f.sparse_optimizer), "--sparse: the table's optimizer")
+      ("codec", po::value(&f.codec)->default_value(f.codec), "how pushes and pull replies travel: identity, fp16, int8, sign, topk, randomk")
       ("json-out", po::value(&f.json_out), "also write the JSON object to this file");
   LaunchFlags launch;
   po::options_description launch_desc("how the processes of the job find each other");
@@ -434,6 +458,8 @@ int BenchMain(int argc, char** argv) {
   else if (f.sparse_keys > 0 && (vm.count("suite") || f.colocated)) bad = "--sparse runs alone, without --suite or --colocated";
   else if (f.sparse_fill > 0 && f.sparse_keys == 0) bad = "--sparse-fill needs --sparse (keys a round)";
   else if (f.sparse_fill > 1'000'000'000) bad = "--sparse-fill must be at most 1000000000 rows";
+  else if (auto c = LookupCodec(f.codec); !c.ok()) bad = "--codec: " + c.status().message();
+  else if (f.codec != kIdentityCodec && (f.sparse_keys > 0 || vm.count("suite"))) bad = "--codec applies to the dense rounds (not --sparse or --suite)";
   else if (!FindOptimizer(f.sparse_optimizer) || f.sparse_optimizer == "sum") {
     bad = "--sparse-optimizer: '" + f.sparse_optimizer + "' is not one of " + RegisteredOptimizerNames() + " (but sum)";
   }
@@ -509,6 +535,8 @@ int BenchMain(int argc, char** argv) {
     MPI_Finalize();
     return 1;
   }
+  const auto wire = MaxOverRanks({rounds.push_bytes, rounds.pull_bytes, rounds.push_float32_bytes, rounds.pull_float32_bytes},
+                                 MPI_COMM_WORLD);
   const auto round = Summarize(MaxOverRanks(rounds.round, MPI_COMM_WORLD));
   const auto push = Summarize(MaxOverRanks(rounds.push, MPI_COMM_WORLD));
   const auto pull = Summarize(MaxOverRanks(rounds.pull, MPI_COMM_WORLD));
@@ -525,7 +553,7 @@ int BenchMain(int argc, char** argv) {
                ",\"server0_rows\":" + std::to_string(rounds.sparse_rows) + ",\"server0_sparse_bytes\":" +
                std::to_string(rounds.sparse_bytes) + ",\"server0_rss_mib\":" + rss;
     }
-    PrintResult(f, servers, workers, round, push, pull, extra + ",\"transport\":\"mpi\"");
+    PrintResult(f, servers, workers, round, push, pull, extra + WireJson(f, wire) + ",\"transport\":\"mpi\"");
   }
   MPI_Finalize();
   return 0;
@@ -557,6 +585,7 @@ int RunTcp(const BenchFlags& f, const LaunchPlan& plan, int argc, char** argv) {
                     (f.sparse_keys > 0 ? ",\"sparse_keys\":" + std::to_string(f.sparse_keys) + ",\"row_dim\":" +
                                              std::to_string(f.sparse_dim)
                                        : std::string()) +
+                    WireJson(f, {rounds.push_bytes, rounds.pull_bytes, rounds.push_float32_bytes, rounds.pull_float32_bytes}) +
                     ",\"transport\":\"tcp\"");
   }
   return 0;

@@ -30,6 +30,8 @@ struct BenchFlags {
   // the servers hold R rows, with sparse_optimizer, and report the servers' memory.
   uint64_t sparse_fill = 0;
   std::string sparse_optimizer = "sgd";
+  // --codec: how the dense rounds' pushes and pull replies travel (a registered codec).
+  std::string codec = "identity";
 
   // The flags every process of a TCP job must share, as the configuration text of the job
   // agreement (json_out is each process's own; allreduce plays no part over TCP). A flag added
@@ -38,7 +40,7 @@ struct BenchFlags {
     return "floats " + std::to_string(floats) + " servers " + std::to_string(servers) + " colocated " +
            std::to_string(colocated) + " rounds " + std::to_string(rounds) + " warmup " + std::to_string(warmup) +
            " chunk_floats " + std::to_string(chunk_floats) + " timeout_ms " + std::to_string(timeout_ms) +
-           " sparse_keys " + std::to_string(sparse_keys) + " sparse_dim " + std::to_string(sparse_dim);
+           " sparse_keys " + std::to_string(sparse_keys) + " sparse_dim " + std::to_string(sparse_dim) + " codec " + codec;
   }
 };
 
@@ -48,6 +50,9 @@ struct Rounds {
   double server_rss_mib = -1, server_peak_rss_mib = -1;
   uint64_t sparse_rows = 0, sparse_bytes = 0;
   std::vector<double> round, push, pull;
+  // A worker's payload bytes each way over all its rounds (warm-up included), and the float32
+  // bytes they stand for (WireCounters).
+  double push_bytes = 0, pull_bytes = 0, push_float32_bytes = 0, pull_float32_bytes = 0;
   // Every rank holds `rounds` entries of each (zeros where it times nothing: the max over ranks).
   void Reset(int rounds) {
     round.assign(rounds, 0.0);

@@ -56,6 +56,7 @@ void Server::HandleCheckpoint(IncomingFrame& in, const wire::Header& h) {
       // compressed pull), then each worker's residual after its push of the step before.
       const bool replica = cs.down && cs.down->version == cs.version;
       const std::vector<float>& known = replica ? cs.down->known : cs.weights;
+      c.replica = replica;
       c.data.insert(c.data.end(), known.begin(), known.end());
       for (int w = 0; w < num_workers_; ++w) {
         const bool has = static_cast<size_t>(w) < cs.residual.size() && cs.residual_at[w] == h.step();
@@ -177,10 +178,13 @@ Status Server::RestoreCodecState(CheckpointReader& reader, uint32_t t, Served& c
   if (saved == 0 || mine == 0) return Status::Ok();  // nothing saved, or this run sends float32
   const uint64_t n = cs.weights.size();
   std::vector<float> arrays(n * saved);
-  SHARDPS_RETURN_IF_ERROR(reader.ReadCodecState(t, cs.info.begin, cs.info.end, arrays));
-  cs.down = std::make_unique<Downlink>();
-  cs.down->known.assign(arrays.begin(), arrays.begin() + static_cast<int64_t>(n));
-  cs.down->version = cs.version;
+  bool replica = false;
+  SHARDPS_RETURN_IF_ERROR(reader.ReadCodecState(t, cs.info.begin, cs.info.end, arrays, &replica));
+  if (replica) {  // else no compressed pull had been answered: the first one makes the replica
+    cs.down = std::make_unique<Downlink>();
+    cs.down->known.assign(arrays.begin(), arrays.begin() + static_cast<int64_t>(n));
+    cs.down->version = cs.version;
+  }
   if (saved != mine) {
     if (cs.info.index == 0) {
       endpoint_.Warn("checkpoint table '" + cs.spec->name + "' holds the error-feedback residuals of " +

@@ -189,10 +189,15 @@ KILL_MLP = ["--hidden", "128", "--epochs", "3", "--train-limit", "16384", "--tes
 
 
 def check_matches_mpi(r, args):
-    """Same config and seed: the same weights over TCP (launch_local.sh) as under mpirun."""
+    """Same config and seed: the same weights over TCP (launch_local.sh) as under mpirun, also with a
+    lossy codec."""
     for servers, workers, cfg, extra in ((1, 2, "fashion_softmax.prototxt", SMALL_SOFTMAX),
                                          (2, 1, "fashion_mlp.prototxt", SMALL_MLP),
-                                         (2, 2, "fashion_mlp.prototxt", SMALL_MOMENTUM)):
+                                         (2, 2, "fashion_mlp.prototxt", SMALL_MOMENTUM),
+                                         # a lossy codec: its random draws, the servers' replicas and
+                                         # the workers' residuals do not depend on the transport
+                                         (2, 2, "fashion_mlp.prototxt", SMALL_MOMENTUM + ["--codec", "randomk",
+                                                                                          "--codec-density", "0.1"])):
         a = ["--config", r.config(cfg)] + extra
         tcp, p, _ = r.launch_local(servers, workers, a)
         if p.returncode != 0:

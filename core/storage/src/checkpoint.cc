@@ -162,6 +162,7 @@ Result<ckpt::ShardInfo> WriteShard(FileSystem& fsys, const std::string& version_
     e->set_begin(c.begin);
     e->set_end(c.end);
     e->set_offset(offset);
+    if (c.replica) e->set_replica(true);
     uint32_t crc = 0;
     if (c.sparse) {  // the keys first, then the rows
       auto keys = std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(c.keys.data()), c.keys.size() * sizeof(uint64_t));
@@ -376,14 +377,16 @@ Status CheckpointReader::Read(uint32_t table, uint64_t begin, uint64_t end, std:
   return ReadArrays(table, begin, end, 1, nslots, slots);
 }
 
-Status CheckpointReader::ReadCodecState(uint32_t table, uint64_t begin, uint64_t end, std::span<float> arrays) {
+Status CheckpointReader::ReadCodecState(uint32_t table, uint64_t begin, uint64_t end, std::span<float> arrays,
+                                        bool* replica) {
   const auto& ti = manifest().tables(table);
+  *replica = false;
   if (ti.codec_arrays() == 0) return Status::Ok();
-  return ReadArrays(table, begin, end, 1 + ti.slots(), ti.codec_arrays(), arrays);
+  return ReadArrays(table, begin, end, 1 + ti.slots(), ti.codec_arrays(), arrays, replica);
 }
 
 Status CheckpointReader::ReadArrays(uint32_t table, uint64_t begin, uint64_t end, uint32_t first, uint32_t count,
-                                    std::span<float> out) {
+                                    std::span<float> out, bool* replica) {
   const auto& ti = manifest().tables(table);
   const uint64_t arrays = 1 + uint64_t{ti.slots()} + ti.codec_arrays();
   const uint64_t n = end - begin;
@@ -410,6 +413,7 @@ Status CheckpointReader::ReadArrays(uint32_t table, uint64_t begin, uint64_t end
                     (hi - lo) * sizeof(float));
       }
       covered += hi - lo;
+      if (replica && c.replica()) *replica = true;
     }
   }
   if (covered != n) {

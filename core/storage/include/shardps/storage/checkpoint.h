@@ -37,6 +37,9 @@ struct ChunkToSave {
   // A sparse table's rows instead (begin = end = 0): their keys, and in `data` each row's
   // row_dim weights then its slots arrays of row_dim, row after row.
   bool sparse = false;
+  // Dense chunks whose data carries codec state (CodecStateArrays): the first array is a replica
+  // the server made (ChunkEntry.replica), not a copy of the weights.
+  bool replica = false;
   std::vector<uint64_t> keys;
 };
 

@@ -185,7 +185,8 @@ class CheckpointReader {
   Status Read(uint32_t table, uint64_t begin, uint64_t end, std::span<float> weights, std::span<float> slots);
   // A compressed run's state of dense table `table` (TableInfo::codec_arrays arrays after the
   // slots): arrays.size() == (end - begin) * codec_arrays, array after array.
-  Status ReadCodecState(uint32_t table, uint64_t begin, uint64_t end, std::span<float> arrays);
+  // *replica: whether a saved chunk of the range held a replica (ChunkEntry.replica).
+  Status ReadCodecState(uint32_t table, uint64_t begin, uint64_t end, std::span<float> arrays, bool* replica);
 
   // Sparse tables. Index of the saved sparse table `name`, checking its row_dim and slots.
   Result<uint32_t> FindSparseTable(const std::string& name, uint32_t row_dim, uint32_t slots) const;
@@ -198,7 +199,8 @@ class CheckpointReader {
  private:
   // Arrays [first, first + count) of each saved weight of [begin, end) (array 0: the weights,
   // then the slots, then the codec state) into out, array after array.
-  Status ReadArrays(uint32_t table, uint64_t begin, uint64_t end, uint32_t first, uint32_t count, std::span<float> out);
+  Status ReadArrays(uint32_t table, uint64_t begin, uint64_t end, uint32_t first, uint32_t count, std::span<float> out,
+                    bool* replica = nullptr);
   CheckpointVersion v_;
 };
 

@@ -2,14 +2,66 @@
 
 #include "shardps/base/half.h"
 
+#include <algorithm>
 #include <bit>
+#include <cassert>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <limits>
+#include <numeric>
 
 namespace shardps {
 
 namespace {
 
 static_assert(std::endian::native == std::endian::little, "payloads are little-endian float32");
+
+// Bounds the value counts the size arithmetic below works with, so that no size overflows.
+constexpr uint64_t kMaxValues = uint64_t{1} << 60;
+
+void PutU32(uint8_t* p, uint32_t v) { std::memcpy(p, &v, 4); }
+void PutF32(uint8_t* p, float v) { std::memcpy(p, &v, 4); }
+uint32_t GetU32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+float GetF32(const uint8_t* p) {
+  float v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+uint64_t CeilDiv(uint64_t a, uint64_t b) { return a / b + (a % b != 0); }
+
+std::string FloatText(float f) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.9g", static_cast<double>(f));
+  return buf;
+}
+
+// DATA_LOSS naming the codec, the table and the chunk, then what is wrong.
+Status Corrupt(std::string_view codec, const CodecContext& ctx, const std::string& what) {
+  return DataLoss(std::string(codec) + " codec: table " + std::to_string(ctx.table) + " chunk " +
+                  std::to_string(ctx.chunk) + ": " + what);
+}
+
+Status WrongSize(std::string_view codec, uint64_t values, uint64_t bytes, const std::string& needs) {
+  return InvalidArgument(std::string(codec) + " codec: " + std::to_string(values) + " values take " + needs +
+                         ", the payload has " + std::to_string(bytes) + " bytes");
+}
+
+// x rounded to the nearest integer, ties to the even one, whatever the floating-point environment's
+// rounding mode. |x| <= 2^22, so x - floor(x) is exact.
+float RoundHalfEven(float x) {
+  const float f = std::floor(x);
+  const float d = x - f;
+  if (d > 0.5f) return f + 1.0f;
+  if (d < 0.5f) return f;
+  return std::fmod(f, 2.0f) == 0.0f ? f : f + 1.0f;
+}
 
 // The floats' own bytes. Callers take the raw() fast path and never call Encode/Decode; they are
 // here so the codec is complete on its own (and for code that wants a copy).
@@ -18,6 +70,7 @@ class Identity final : public Codec {
   std::string_view name() const override { return kIdentityCodec; }
   uint32_t id() const override { return 0; }
   bool raw() const override { return true; }
+  bool lossy() const override { return false; }
   Status CheckEncodedSize(uint64_t values, uint64_t bytes) const override {
     if (bytes == values * sizeof(float)) return Status::Ok();
     return InvalidArgument("identity codec: " + std::to_string(values) + " floats take " +
@@ -70,14 +123,320 @@ class Fp16 final : public Codec {
   }
 };
 
+// Blocks of 512 values: a float32 scale = max|v| / 127 (0 for an all-zero block), then an int8 a
+// value, round-to-nearest-even(v / scale) clamped to [-127, 127] (-128 is never sent). A block
+// holding a non-finite value is sent with a NaN scale (and zeros), which Decode refuses. Decoded:
+// q * scale, within scale / 2 of v when the scale is a normal float.
+class Int8 final : public Codec {
+ public:
+  static constexpr uint64_t kBlock = 512;
+  std::string_view name() const override { return "int8"; }
+  uint32_t id() const override { return 2; }
+  static uint64_t Size(uint64_t n) { return CeilDiv(n, kBlock) * 4 + n; }  // n <= kMaxValues
+  Status CheckEncodedSize(uint64_t values, uint64_t bytes) const override {
+    if (values > kMaxValues) return WrongSize(name(), values, bytes, "more than 2^60 bytes");
+    if (bytes == Size(values)) return Status::Ok();
+    return WrongSize(name(), values, bytes, std::to_string(Size(values)) + " bytes");
+  }
+  std::vector<uint8_t> Encode(std::span<const float> values, const CodecContext&) const override {
+    const uint64_t n = values.size();
+    std::vector<uint8_t> out(Size(n));
+    uint8_t* p = out.data();
+    for (uint64_t b = 0; b < n; b += kBlock) {
+      const uint64_t e = std::min(n, b + kBlock);
+      float max = 0.0f;
+      bool finite = true;
+      for (uint64_t i = b; i < e; ++i) {
+        const float a = std::fabs(values[i]);
+        if (!std::isfinite(a)) finite = false;
+        else if (a > max) max = a;
+      }
+      float scale = finite ? max / 127.0f : std::numeric_limits<float>::quiet_NaN();
+      // max|v| near FLT_MAX: when 127 * scale rounds to infinity, the next float down, so that
+      // every decoded value is finite.
+      if (finite && !std::isfinite(127.0f * scale)) scale = std::nextafter(scale, 0.0f);
+      PutF32(p, scale);
+      p += 4;
+      for (uint64_t i = b; i < e; ++i) {
+        int q = 0;
+        if (finite && scale > 0.0f) {
+          q = static_cast<int>(RoundHalfEven(std::clamp(values[i] / scale, -127.0f, 127.0f)));
+        }
+        *p++ = static_cast<uint8_t>(static_cast<int8_t>(q));
+      }
+    }
+    return out;
+  }
+  Status Decode(std::span<const uint8_t> bytes, std::span<float> out, const CodecContext& ctx) const override {
+    const uint64_t n = out.size();
+    if (bytes.size() != Size(n)) {
+      return Corrupt(name(), ctx, std::to_string(bytes.size()) + " bytes do not decode into " + std::to_string(n) +
+                                      " values (that takes " + std::to_string(Size(n)) + ")");
+    }
+    const uint8_t* p = bytes.data();
+    for (uint64_t b = 0; b < n; b += kBlock) {
+      const uint64_t e = std::min(n, b + kBlock);
+      const float scale = GetF32(p);
+      p += 4;
+      auto block = [&] {
+        return "block " + std::to_string(b / kBlock) + " (values " + std::to_string(b) + ".." +
+               std::to_string(e - 1) + ")";
+      };
+      if (!std::isfinite(scale)) {
+        return Corrupt(name(), ctx, block() + " has scale " + FloatText(scale) + ": a non-finite value was encoded");
+      }
+      if (std::signbit(scale)) return Corrupt(name(), ctx, block() + " has a negative scale " + FloatText(scale));
+      for (uint64_t i = b; i < e; ++i) {
+        const int8_t q = static_cast<int8_t>(*p++);
+        if (q == -128) {
+          return Corrupt(name(), ctx, "value " + std::to_string(i) + " is coded -128, outside [-127, 127]");
+        }
+        out[i] = static_cast<float>(q) * scale;
+      }
+    }
+    return Status::Ok();
+  }
+};
+
+// Scaled sign: a float32 scale = mean |v| (summed in double, in index order), then one bit a value,
+// LSB first: set when v >= 0 (decodes to +scale), clear otherwise (-scale). The last byte's unused
+// bits are zero. A non-finite value makes the scale non-finite, which Decode refuses.
+class Sign final : public Codec {
+ public:
+  std::string_view name() const override { return "sign"; }
+  uint32_t id() const override { return 3; }
+  static uint64_t Size(uint64_t n) { return 4 + CeilDiv(n, 8); }
+  Status CheckEncodedSize(uint64_t values, uint64_t bytes) const override {
+    if (bytes == Size(values)) return Status::Ok();
+    return WrongSize(name(), values, bytes, std::to_string(Size(values)) + " bytes");
+  }
+  std::vector<uint8_t> Encode(std::span<const float> values, const CodecContext&) const override {
+    const uint64_t n = values.size();
+    std::vector<uint8_t> out(Size(n), 0);
+    double sum = 0.0;
+    for (const float v : values) sum += std::fabs(static_cast<double>(v));
+    const float scale = n == 0 ? 0.0f : static_cast<float>(sum / static_cast<double>(n));
+    PutF32(out.data(), scale);
+    for (uint64_t i = 0; i < n; ++i) {
+      if (values[i] >= 0.0f) out[4 + i / 8] |= static_cast<uint8_t>(1u << (i % 8));
+    }
+    return out;
+  }
+  Status Decode(std::span<const uint8_t> bytes, std::span<float> out, const CodecContext& ctx) const override {
+    const uint64_t n = out.size();
+    if (bytes.size() != Size(n)) {
+      return Corrupt(name(), ctx, std::to_string(bytes.size()) + " bytes do not decode into " + std::to_string(n) +
+                                      " values (that takes " + std::to_string(Size(n)) + ")");
+    }
+    const float scale = GetF32(bytes.data());
+    if (!std::isfinite(scale)) {
+      return Corrupt(name(), ctx, "the scale is " + FloatText(scale) + ": a non-finite value was encoded");
+    }
+    if (std::signbit(scale)) return Corrupt(name(), ctx, "the scale " + FloatText(scale) + " is negative");
+    if (n % 8 != 0 && (bytes.back() >> (n % 8)) != 0) {
+      char last[8];
+      std::snprintf(last, sizeof last, "0x%02x", static_cast<unsigned>(bytes.back()));
+      return Corrupt(name(), ctx, std::string("padding bits are set in the last byte (") + last + ", which holds " +
+                                      std::to_string(n % 8) + " values)");
+    }
+    const uint8_t* bits = bytes.data() + 4;
+    for (uint64_t i = 0; i < n; ++i) out[i] = (bits[i / 8] >> (i % 8)) & 1 ? scale : -scale;
+    return Status::Ok();
+  }
+};
+
+// How many values top-k and random-k send out of n: ceil(density * n) in float32, at least 1 and
+// at most n (0 when n is 0). A NaN or non-positive density sends 1.
+uint64_t SentCount(uint64_t n, float density) {
+  if (n == 0) return 0;
+  const float p = std::ceil(density * static_cast<float>(n));
+  if (!(p >= 1.0f)) return 1;
+  if (p >= static_cast<float>(n)) return n;
+  return std::min<uint64_t>(n, static_cast<uint64_t>(p));
+}
+
+// Top-k and random-k send uint32 indices or counts: at most 2^32 - 1 values.
+constexpr uint64_t kMaxSparseValues = std::numeric_limits<uint32_t>::max();
+
+// A sparse payload: uint32 k, then k entries of `entry` bytes each.
+Status CheckSparseSize(std::string_view codec, uint64_t values, uint64_t bytes, uint64_t entry) {
+  if (values > kMaxSparseValues) return WrongSize(codec, values, bytes, "an index that does not fit 32 bits");
+  if (bytes >= 4 && (bytes - 4) % entry == 0 && (bytes - 4) / entry <= values) return Status::Ok();
+  return WrongSize(codec, values, bytes,
+                   "4 + " + std::to_string(entry) + "k bytes for a k <= " + std::to_string(values));
+}
+
+// Reads k from a sparse payload and checks it against the payload's size and the value count.
+Result<uint64_t> SparseCount(std::string_view codec, std::span<const uint8_t> bytes, uint64_t n, uint64_t entry,
+                             const CodecContext& ctx) {
+  if (bytes.size() < 4) {
+    return Corrupt(codec, ctx, std::to_string(bytes.size()) + " bytes: truncated before the 4-byte count");
+  }
+  const uint64_t k = GetU32(bytes.data());
+  if (bytes.size() - 4 != entry * k) {
+    return Corrupt(codec, ctx, "a count of " + std::to_string(k) + " needs " + std::to_string(4 + entry * k) +
+                                   " bytes, the payload has " + std::to_string(bytes.size()));
+  }
+  if (k > n) {
+    return Corrupt(codec, ctx, "a count of " + std::to_string(k) + " exceeds the " + std::to_string(n) + " values");
+  }
+  return k;
+}
+
+// The k values of largest magnitude, ordered by the bits of |v| (so a strict total order: NaNs
+// rank above infinities, +0 and -0 are equal) and among equal magnitudes by the lower index:
+// uint32 k, the k indices ascending, then their k float32 values in index order.
+class TopK final : public Codec {
+ public:
+  std::string_view name() const override { return "topk"; }
+  uint32_t id() const override { return 4; }
+  Status CheckEncodedSize(uint64_t values, uint64_t bytes) const override {
+    return CheckSparseSize(name(), values, bytes, 8);
+  }
+  std::vector<uint8_t> Encode(std::span<const float> values, const CodecContext& ctx) const override {
+    const uint64_t n = values.size();
+    assert(n <= kMaxSparseValues);
+    const uint64_t k = SentCount(n, ctx.density);
+    std::vector<uint32_t> idx(n);
+    std::iota(idx.begin(), idx.end(), 0u);
+    auto magnitude = [&](uint32_t i) { return std::bit_cast<uint32_t>(values[i]) & 0x7FFFFFFFu; };
+    auto before = [&](uint32_t a, uint32_t b) {
+      const uint32_t ma = magnitude(a), mb = magnitude(b);
+      return ma != mb ? ma > mb : a < b;
+    };
+    if (k < n) std::nth_element(idx.begin(), idx.begin() + k, idx.end(), before);
+    std::sort(idx.begin(), idx.begin() + k);
+    std::vector<uint8_t> out(4 + 8 * k);
+    PutU32(out.data(), static_cast<uint32_t>(k));
+    for (uint64_t j = 0; j < k; ++j) {
+      PutU32(out.data() + 4 + 4 * j, idx[j]);
+      PutF32(out.data() + 4 + 4 * k + 4 * j, values[idx[j]]);
+    }
+    return out;
+  }
+  Status Decode(std::span<const uint8_t> bytes, std::span<float> out, const CodecContext& ctx) const override {
+    const uint64_t n = out.size();
+    SHARDPS_ASSIGN_OR_RETURN(const uint64_t k, SparseCount(name(), bytes, n, 8, ctx));
+    const uint8_t* indices = bytes.data() + 4;
+    for (uint64_t j = 0; j < k; ++j) {
+      const uint32_t i = GetU32(indices + 4 * j);
+      if (i >= n) {
+        return Corrupt(name(), ctx, "index " + std::to_string(j) + " is " + std::to_string(i) + ", not below the " +
+                                        std::to_string(n) + " values");
+      }
+      if (j > 0 && i <= GetU32(indices + 4 * (j - 1))) {
+        return Corrupt(name(), ctx, "indices not strictly ascending: index " + std::to_string(j - 1) + " is " +
+                                        std::to_string(GetU32(indices + 4 * (j - 1))) + ", index " +
+                                        std::to_string(j) + " is " + std::to_string(i));
+      }
+    }
+    std::fill(out.begin(), out.end(), 0.0f);
+    const uint8_t* v = indices + 4 * k;
+    for (uint64_t j = 0; j < k; ++j) out[GetU32(indices + 4 * j)] = GetF32(v + 4 * j);
+    return Status::Ok();
+  }
+};
+
+// SplitMix64's output function.
+uint64_t Mix(uint64_t z) {
+  z += 0x9E3779B97F4A7C15u;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9u;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBu;
+  return z ^ (z >> 31);
+}
+
+// The k distinct indices in [0, n) random-k sends, ascending: Floyd's sampling driven by a
+// counter-based generator, draw c = Mix(key + c * 0x9E3779B97F4A7C15) with
+// key = Mix(Mix(Mix(Mix(Mix("randomk") ^ table) ^ chunk) ^ step) ^ uint32(rank)).
+// k <= n <= 2^32 - 1.
+std::vector<uint32_t> RandomIndices(uint64_t n, uint64_t k, const CodecContext& ctx) {
+  std::vector<uint32_t> idx;
+  idx.reserve(k);
+  if (k == n) {
+    idx.resize(n);
+    std::iota(idx.begin(), idx.end(), 0u);
+    return idx;
+  }
+  uint64_t key = Mix(0x6b6d6f646e6172u);  // "randomk"
+  key = Mix(key ^ ctx.table);
+  key = Mix(key ^ ctx.chunk);
+  key = Mix(key ^ ctx.step);
+  key = Mix(key ^ static_cast<uint32_t>(ctx.rank));
+  std::vector<bool> taken(n, false);
+  uint64_t counter = 0;
+  for (uint64_t j = n - k; j < n; ++j, ++counter) {
+    const uint64_t r = Mix(key + counter * 0x9E3779B97F4A7C15u);
+    const uint64_t t = ((r >> 32) * (j + 1)) >> 32;  // in [0, j]; j + 1 <= 2^32
+    const uint64_t pick = taken[t] ? j : t;
+    taken[pick] = true;
+    idx.push_back(static_cast<uint32_t>(pick));
+  }
+  std::sort(idx.begin(), idx.end());
+  return idx;
+}
+
+// k values at indices both ends draw from the context (RandomIndices): uint32 k, then the k
+// float32 values in index order, as they are (not scaled by n / k).
+class RandomK final : public Codec {
+ public:
+  std::string_view name() const override { return "randomk"; }
+  uint32_t id() const override { return 5; }
+  Status CheckEncodedSize(uint64_t values, uint64_t bytes) const override {
+    return CheckSparseSize(name(), values, bytes, 4);
+  }
+  std::vector<uint8_t> Encode(std::span<const float> values, const CodecContext& ctx) const override {
+    const uint64_t n = values.size();
+    assert(n <= kMaxSparseValues);
+    const uint64_t k = SentCount(n, ctx.density);
+    const std::vector<uint32_t> idx = RandomIndices(n, k, ctx);
+    std::vector<uint8_t> out(4 + 4 * k);
+    PutU32(out.data(), static_cast<uint32_t>(k));
+    for (uint64_t j = 0; j < k; ++j) PutF32(out.data() + 4 + 4 * j, values[idx[j]]);
+    return out;
+  }
+  Status Decode(std::span<const uint8_t> bytes, std::span<float> out, const CodecContext& ctx) const override {
+    const uint64_t n = out.size();
+    if (n > kMaxSparseValues) return Corrupt(name(), ctx, std::to_string(n) + " values: more than 2^32 - 1");
+    SHARDPS_ASSIGN_OR_RETURN(const uint64_t k, SparseCount(name(), bytes, n, 4, ctx));
+    const std::vector<uint32_t> idx = RandomIndices(n, k, ctx);
+    std::fill(out.begin(), out.end(), 0.0f);
+    for (uint64_t j = 0; j < k; ++j) out[idx[j]] = GetF32(bytes.data() + 4 + 4 * j);
+    return Status::Ok();
+  }
+};
+
 }  // namespace
+
+std::vector<uint8_t> EncodeWithFeedback(const Codec& codec, std::span<const float> values, std::span<float> residual,
+                                        const CodecContext& ctx) {
+  assert(residual.size() == values.size());
+  if (residual.size() != values.size()) std::abort();  // a caller's bug, also without assertions
+  if (!codec.lossy()) {
+    std::fill(residual.begin(), residual.end(), 0.0f);
+    return codec.Encode(values, ctx);
+  }
+  std::vector<float> v(values.size());
+  for (size_t i = 0; i < v.size(); ++i) v[i] = values[i] + residual[i];
+  std::vector<uint8_t> bytes = codec.Encode(v, ctx);
+  // The residual's memory is the scratch the encoding decodes into.
+  if (!codec.Decode(bytes, residual, ctx).ok()) {
+    std::fill(residual.begin(), residual.end(), 0.0f);
+    return bytes;
+  }
+  for (size_t i = 0; i < v.size(); ++i) residual[i] = v[i] - residual[i];
+  return bytes;
+}
 
 std::span<const Codec* const> RegisteredCodecs() {
   // The registry. To add a codec, list it here (ids are on the wire: never reuse or renumber one).
   // Built once, immutable after.
   static const Identity identity;
   static const Fp16 fp16;
-  static const Codec* const all[] = {&identity, &fp16};
+  static const Int8 int8;
+  static const Sign sign;
+  static const TopK topk;
+  static const RandomK randomk;
+  static const Codec* const all[] = {&identity, &fp16, &int8, &sign, &topk, &randomk};
   return all;
 }
 

@@ -105,7 +105,8 @@ std::pair<wire::Header, std::vector<uint8_t>> CodecRequest(const uint8_t* body, 
       values[i] = static_cast<float>(i) - 3.5f;
     }
   }
-  CodecContext ctx{.table = h.table(), .chunk = h.chunk(), .step = h.step(), .rank = 1};
+  // Encoded as worker index 0 (rank 1), as the server decodes it.
+  CodecContext ctx{.table = h.table(), .chunk = h.chunk(), .step = h.step(), .rank = 0};
   ctx.density = static_cast<float>(b[9] % 32 + 1) / 32.0f;
   h.set_codec_density(ctx.density);
   std::vector<uint8_t> payload = FindCodecById(h.codec())->Encode(values, ctx);

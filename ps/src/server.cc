@@ -363,7 +363,8 @@ void Server::RefreshDownlink(Served& chunk, const Codec& codec, float density) {
   if (d.version == chunk.version) return;
   // The change the replica lacks, encoded; the replica moves by what the workers will decode,
   // so weights - known is what compression has not sent yet (the residual).
-  std::vector<float> change(chunk.weights.size());
+  std::vector<float>& change = d.scratch;
+  change.resize(chunk.weights.size());
   for (size_t i = 0; i < change.size(); ++i) change[i] = chunk.weights[i] - d.known[i];
   const CodecContext ctx{.table = chunk.info.table, .chunk = chunk.info.index, .step = chunk.version, .rank = -1,
                          .density = density};

@@ -22,6 +22,7 @@ struct Server::Downlink {
   std::shared_ptr<const std::vector<uint8_t>> delta;  // null: no change encoded yet
   uint32_t codec = 0;
   float density = 0;
+  std::vector<float> scratch;  // the change being coded (kept: no allocation per step)
 };
 
 struct Server::Served : Chunk {

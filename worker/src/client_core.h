@@ -103,6 +103,7 @@ class ClientCore final : public FrameHandler {
     std::vector<float> values;
     uint64_t version = 0;
     bool valid = false;
+    std::vector<float> change;  // a decoded change (kept: no allocation per reply)
   };
   // A compressed pull reply (communication thread).
   void ReceiveCompressed(IncomingFrame in, Frame frame, Pending p);

@@ -550,7 +550,8 @@ void ClientCore::ReceiveCompressed(IncomingFrame in, Frame frame, Pending p) {
                       " arrived after this worker's replica moved to " + std::to_string(rep.version));
       }
       if (st.ok()) {
-        std::vector<float> change(out.size());
+        std::vector<float>& change = rep.change;
+        change.resize(out.size());
         st = codec->Decode(*encoded, change, ctx);
         if (st.ok()) {
           for (size_t i = 0; i < change.size(); ++i) rep.values[i] += change[i];

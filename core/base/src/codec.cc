@@ -3,12 +3,16 @@
 #include "shardps/base/half.h"
 
 #include <algorithm>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #include <bit>
 #include <cassert>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <numeric>
 
@@ -123,6 +127,93 @@ class Fp16 final : public Codec {
   }
 };
 
+// int8 block kernels: SSE2 (every x86-64 has it) with a scalar tail, and the scalar loops alone
+// elsewhere. Both compute the same values: max is exact in any order, and the rounding is the
+// same IEEE operations.
+struct BlockStats {
+  float max = 0.0f;
+  bool finite = true;
+};
+
+BlockStats MaxAbs(const float* __restrict v, uint64_t m) {
+  BlockStats st;
+  uint64_t i = 0;
+#if defined(__SSE2__)
+  const __m128 abs_mask = _mm_castsi128_ps(_mm_set1_epi32(0x7FFFFFFF));
+  const __m128 big = _mm_set1_ps(std::numeric_limits<float>::max());
+  __m128 mx = _mm_setzero_ps();
+  __m128 ok = _mm_castsi128_ps(_mm_set1_epi32(-1));
+  for (; i + 4 <= m; i += 4) {
+    const __m128 a = _mm_and_ps(_mm_loadu_ps(v + i), abs_mask);
+    ok = _mm_and_ps(ok, _mm_cmple_ps(a, big));  // false for NaN and infinities
+    mx = _mm_max_ps(mx, a);
+  }
+  alignas(16) float lanes[4];
+  _mm_store_ps(lanes, mx);
+  st.finite = _mm_movemask_ps(ok) == 0xF;
+  for (float l : lanes) st.max = l > st.max ? l : st.max;
+#endif
+  for (; i < m; ++i) {
+    const float a = std::fabs(v[i]);
+    st.finite &= a <= std::numeric_limits<float>::max();
+    st.max = a > st.max ? a : st.max;
+  }
+  return st;
+}
+
+// q = round-half-even(clamp(v / scale, -127, 127)), scale > 0 and every v finite.
+void Quantize(const float* __restrict v, uint64_t m, float scale, int8_t* __restrict q) {
+  uint64_t i = 0;
+#if defined(__SSE2__)
+  const __m128 s = _mm_set1_ps(scale), lo = _mm_set1_ps(-127.0f), hi = _mm_set1_ps(127.0f);
+  const __m128 magic = _mm_set1_ps(12582912.0f);
+  for (; i + 16 <= m; i += 16) {
+    __m128i w[4];
+    for (int k = 0; k < 4; ++k) {
+      __m128 x = _mm_div_ps(_mm_loadu_ps(v + i + 4 * k), s);
+      x = _mm_min_ps(_mm_max_ps(x, lo), hi);
+      x = _mm_sub_ps(_mm_add_ps(x, magic), magic);
+      w[k] = _mm_cvttps_epi32(x);
+    }
+    const __m128i h0 = _mm_packs_epi32(w[0], w[1]), h1 = _mm_packs_epi32(w[2], w[3]);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm_packs_epi16(h0, h1));
+  }
+#endif
+  for (; i < m; ++i) {
+    float x = v[i] / scale;
+    x = x < -127.0f ? -127.0f : x > 127.0f ? 127.0f : x;
+    x = (x + 12582912.0f) - 12582912.0f;  // ties to even: exact for |x| < 2^22
+    q[i] = static_cast<int8_t>(static_cast<int>(x));
+  }
+}
+
+// out = q * scale; returns whether some q is -128.
+bool Dequantize(const int8_t* __restrict q, uint64_t m, float scale, float* __restrict out) {
+  uint64_t i = 0;
+  bool bad = false;
+#if defined(__SSE2__)
+  const __m128 s = _mm_set1_ps(scale);
+  const __m128i minus128 = _mm_set1_epi8(-128);
+  int badmask = 0;
+  for (; i + 16 <= m; i += 16) {
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + i));
+    badmask |= _mm_movemask_epi8(_mm_cmpeq_epi8(b, minus128));
+    // Sign-extend 16 int8 to 4 x 4 int32: duplicate into the high byte, then shift right.
+    const __m128i lo16 = _mm_srai_epi16(_mm_unpacklo_epi8(b, b), 8);
+    const __m128i hi16 = _mm_srai_epi16(_mm_unpackhi_epi8(b, b), 8);
+    const __m128i w[4] = {_mm_srai_epi32(_mm_unpacklo_epi16(lo16, lo16), 16), _mm_srai_epi32(_mm_unpackhi_epi16(lo16, lo16), 16),
+                          _mm_srai_epi32(_mm_unpacklo_epi16(hi16, hi16), 16), _mm_srai_epi32(_mm_unpackhi_epi16(hi16, hi16), 16)};
+    for (int k = 0; k < 4; ++k) _mm_storeu_ps(out + i + 4 * k, _mm_mul_ps(_mm_cvtepi32_ps(w[k]), s));
+  }
+  bad = badmask != 0;
+#endif
+  for (; i < m; ++i) {
+    bad |= q[i] == -128;
+    out[i] = static_cast<float>(q[i]) * scale;
+  }
+  return bad;
+}
+
 // Blocks of 512 values: a float32 scale = max|v| / 127 (0 for an all-zero block), then an int8 a
 // value, round-to-nearest-even(v / scale) clamped to [-127, 127] (-128 is never sent). A block
 // holding a non-finite value is sent with a NaN scale (and zeros), which Decode refuses. Decoded:
@@ -144,26 +235,23 @@ class Int8 final : public Codec {
     uint8_t* p = out.data();
     for (uint64_t b = 0; b < n; b += kBlock) {
       const uint64_t e = std::min(n, b + kBlock);
-      float max = 0.0f;
-      bool finite = true;
-      for (uint64_t i = b; i < e; ++i) {
-        const float a = std::fabs(values[i]);
-        if (!std::isfinite(a)) finite = false;
-        else if (a > max) max = a;
-      }
+      const float* __restrict v = values.data() + b;
+      const uint64_t m = e - b;
+      const BlockStats st = MaxAbs(v, m);
+      const bool finite = st.finite;
+      const float max = st.max;
       float scale = finite ? max / 127.0f : std::numeric_limits<float>::quiet_NaN();
       // max|v| near FLT_MAX: when 127 * scale rounds to infinity, the next float down, so that
       // every decoded value is finite.
       if (finite && !std::isfinite(127.0f * scale)) scale = std::nextafter(scale, 0.0f);
       PutF32(p, scale);
       p += 4;
-      for (uint64_t i = b; i < e; ++i) {
-        int q = 0;
-        if (finite && scale > 0.0f) {
-          q = static_cast<int>(RoundHalfEven(std::clamp(values[i] / scale, -127.0f, 127.0f)));
-        }
-        *p++ = static_cast<uint8_t>(static_cast<int8_t>(q));
+      if (!(finite && scale > 0.0f)) {
+        std::memset(p, 0, m);
+      } else {
+        Quantize(v, m, scale, reinterpret_cast<int8_t*>(p));
       }
+      p += m;
     }
     return out;
   }
@@ -186,13 +274,16 @@ class Int8 final : public Codec {
         return Corrupt(name(), ctx, block() + " has scale " + FloatText(scale) + ": a non-finite value was encoded");
       }
       if (std::signbit(scale)) return Corrupt(name(), ctx, block() + " has a negative scale " + FloatText(scale));
-      for (uint64_t i = b; i < e; ++i) {
-        const int8_t q = static_cast<int8_t>(*p++);
-        if (q == -128) {
-          return Corrupt(name(), ctx, "value " + std::to_string(i) + " is coded -128, outside [-127, 127]");
+      // A -128 anywhere is looked for again only then.
+      const bool bad = Dequantize(reinterpret_cast<const int8_t*>(p), e - b, scale, out.data() + b);
+      if (bad) {
+        for (uint64_t i = b; i < e; ++i) {
+          if (static_cast<int8_t>(p[i - b]) == -128) {
+            return Corrupt(name(), ctx, "value " + std::to_string(i) + " is coded -128, outside [-127, 127]");
+          }
         }
-        out[i] = static_cast<float>(q) * scale;
       }
+      p += e - b;
     }
     return Status::Ok();
   }
@@ -217,8 +308,12 @@ class Sign final : public Codec {
     for (const float v : values) sum += std::fabs(static_cast<double>(v));
     const float scale = n == 0 ? 0.0f : static_cast<float>(sum / static_cast<double>(n));
     PutF32(out.data(), scale);
-    for (uint64_t i = 0; i < n; ++i) {
-      if (values[i] >= 0.0f) out[4 + i / 8] |= static_cast<uint8_t>(1u << (i % 8));
+    uint8_t* bits = out.data() + 4;
+    for (uint64_t i = 0; i < n; i += 8) {  // a byte at a time
+      const uint64_t m = std::min<uint64_t>(8, n - i);
+      unsigned byte = 0;
+      for (uint64_t j = 0; j < m; ++j) byte |= static_cast<unsigned>(values[i + j] >= 0.0f) << j;
+      bits[i / 8] = static_cast<uint8_t>(byte);
     }
     return out;
   }
@@ -240,7 +335,7 @@ class Sign final : public Codec {
                                       std::to_string(n % 8) + " values)");
     }
     const uint8_t* bits = bytes.data() + 4;
-    for (uint64_t i = 0; i < n; ++i) out[i] = (bits[i / 8] >> (i % 8)) & 1 ? scale : -scale;
+    for (uint64_t i = 0; i < n; ++i) out[i] = ((bits[i / 8] >> (i % 8)) & 1) != 0 ? scale : -scale;
     return Status::Ok();
   }
 };
@@ -297,15 +392,28 @@ class TopK final : public Codec {
     const uint64_t n = values.size();
     assert(n <= kMaxSparseValues);
     const uint64_t k = SentCount(n, ctx.density);
-    std::vector<uint32_t> idx(n);
-    std::iota(idx.begin(), idx.end(), 0u);
-    auto magnitude = [&](uint32_t i) { return std::bit_cast<uint32_t>(values[i]) & 0x7FFFFFFFu; };
-    auto before = [&](uint32_t a, uint32_t b) {
-      const uint32_t ma = magnitude(a), mb = magnitude(b);
-      return ma != mb ? ma > mb : a < b;
-    };
-    if (k < n) std::nth_element(idx.begin(), idx.begin() + k, idx.end(), before);
-    std::sort(idx.begin(), idx.begin() + k);
+    // The k-th largest magnitude T (magnitudes as the bits of |v|), then one scan in index order:
+    // every value above T, and values at T from the lowest index until k are taken. The same set
+    // as sorting by (magnitude descending, index ascending), without sorting the indices.
+    auto magnitude = [&](uint64_t i) { return std::bit_cast<uint32_t>(values[i]) & 0x7FFFFFFFu; };
+    std::vector<uint32_t> idx;
+    idx.reserve(k);
+    if (k > 0) {
+      std::vector<uint32_t> mags(n);
+      for (uint64_t i = 0; i < n; ++i) mags[i] = magnitude(i);
+      std::nth_element(mags.begin(), mags.begin() + static_cast<int64_t>(k - 1), mags.end(), std::greater<uint32_t>());
+      const uint32_t t = mags[k - 1];
+      uint64_t above = 0;
+      for (uint64_t i = 0; i < n; ++i) above += magnitude(i) > t;
+      uint64_t at_t = k - above;  // how many values equal to T are taken
+      for (uint64_t i = 0; i < n && idx.size() < k; ++i) {
+        const uint32_t m = magnitude(i);
+        if (m > t || (m == t && at_t > 0)) {
+          if (m == t) --at_t;
+          idx.push_back(static_cast<uint32_t>(i));
+        }
+      }
+    }
     std::vector<uint8_t> out(4 + 8 * k);
     PutU32(out.data(), static_cast<uint32_t>(k));
     for (uint64_t j = 0; j < k; ++j) {

@@ -268,6 +268,52 @@ TEST_F(MalformedInput, UnknownCodecIdIsRefusedWithAnErrorNamingIt) {
   nodes_[0]->endpoint().Stop();
 }
 
+// Lossy codecs: a push whose payload does not have its codec's size for the range, or that
+// declares a residual it cannot carry, is refused before anything is received (the payload is
+// discarded) and the table does not change; a pull naming a replica version the server never made
+// gets the replica whole (delta_base 0, float32), not a change.
+TEST_F(MalformedInput, CompressedFramesWithWrongSizesAreRefused) {
+  worker::KVClient& honest = *nodes_[1]->client();
+  struct Case {
+    uint32_t codec;
+    size_t bytes;
+    uint64_t residual;
+    const char* says;
+  };
+  // 64 values: int8 takes 4 + 64 bytes, sign 4 + 8, topk 4 + 8k, randomk 4 + 4k.
+  for (const Case& c : {Case{2, 67, 0, "68 bytes"}, Case{2, 68 + 10, 0, "68 bytes"}, Case{3, 13, 0, "12 bytes"},
+                        Case{4, 4 + 8 * 65, 0, "k <= 64"}, Case{4, 7, 0, "4 + 8k"}, Case{5, 4 + 4 * 65, 0, "k <= 64"},
+                        Case{2, 68, 64, "residual"}, Case{2, 68 + 256, 63, "residual"}, Case{0, 256 + 256, 64, "residual"}}) {
+    auto h = Push(0, 0, 0, 64, 0, 300 + c.codec * 1000 + c.bytes);
+    h.set_codec(c.codec);
+    h.set_residual_floats(c.residual);
+    std::vector<uint8_t> payload(c.bytes, 0);
+    raw_->Send(0, EncodeFrame(h, payload), payload);
+    auto reply = raw_->Next();
+    ASSERT_TRUE(reply.ok()) << reply.status().ToString();
+    EXPECT_EQ(reply->header.op(), wire::ERROR) << "codec " << c.codec << ", " << c.bytes << " bytes";
+    EXPECT_EQ(reply->header.error_code(), static_cast<int>(StatusCode::kInvalidArgument)) << reply->header.error();
+    EXPECT_NE(reply->header.error().find(c.says), std::string::npos) << reply->header.error();
+  }
+  auto pull = Push(0, 0, 0, 64, 0, 999);
+  pull.set_op(wire::PULL);
+  pull.set_element_count(0);
+  pull.set_codec(2);
+  pull.set_base_version(12345);
+  raw_->Send(0, EncodeFrame(pull, {}));
+  auto reply = raw_->Next();
+  ASSERT_TRUE(reply.ok()) << reply.status().ToString();
+  EXPECT_EQ(reply->header.op(), wire::RESPONSE) << reply->header.error();
+  EXPECT_EQ(reply->header.delta_base(), 0u);
+  EXPECT_EQ(reply->header.codec(), 0u);
+  EXPECT_EQ(reply->header.element_count(), 64u);
+  std::vector<float> w(100);
+  ASSERT_TRUE(honest.Pull(0, w, 0).wait(kWait).ok());
+  for (float v : w) ASSERT_EQ(v, 1.0f);
+  nodes_[1]->endpoint().Stop();
+  nodes_[0]->endpoint().Stop();
+}
+
 // Sparse requests whose keys or sizes are wrong, or that name the wrong kind of table: each gets
 // an ERROR naming what is wrong (the first bad key's position), before any row is created.
 TEST_F(MalformedInput, BadSparseRequestsAreRefusedNamingWhatIsWrong) {

@@ -230,6 +230,20 @@ Status ValidateTrainConfig(const config::TrainConfig& c) {
     if (c.servers() < 1 && !c.colocated()) return bad("servers", "sparse_lr needs parameter servers (servers >= 1 or colocated)");
     if (c.optimizer().kind() == "sum") return bad("optimizer.kind", "'sum' is for reduction tables");
   }
+  // Knowledge distillation: the keys name their flags too, which set them through overrides.
+  if (c.has_teacher() && c.teacher().empty()) return bad("teacher (--teacher)", "an empty path");
+  if (c.has_teacher() && c.model() == "sparse_lr") {
+    return bad("teacher (--teacher)", "knowledge distillation applies to the dense models (softmax, mlp), not sparse_lr");
+  }
+  const std::string needs_teacher = "distillation settings need a teacher model (config teacher, --teacher FILE)";
+  if (!c.has_teacher() && c.has_distill_temperature()) return bad("distill_temperature (--distill-temperature)", needs_teacher);
+  if (!c.has_teacher() && c.has_distill_alpha()) return bad("distill_alpha (--distill-alpha)", needs_teacher);
+  if (!(c.distill_temperature() > 0.0f)) {
+    return bad("distill_temperature (--distill-temperature)", FloatText(c.distill_temperature()) + " must be a positive temperature");
+  }
+  if (!(c.distill_alpha() >= 0.0f && c.distill_alpha() <= 1.0f)) {
+    return bad("distill_alpha (--distill-alpha)", FloatText(c.distill_alpha()) + " is outside [0, 1]");
+  }
   if (c.model() == "mlp" && c.hidden_size() == 0) return bad("hidden", "an mlp needs at least one hidden layer");
   if (c.model() == "softmax" && c.hidden_size() > 0) return bad("hidden", "softmax regression has no hidden layers");
   for (int64_t h : c.hidden()) if (h < 1) return bad("hidden", "layer width " + std::to_string(h) + " is not positive");

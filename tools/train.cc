@@ -27,6 +27,7 @@
 #include "shardps/ps/consistency.h"
 #include "shardps/ps/server.h"
 #include "shardps/worker/checkpoint_driver.h"
+#include "shardps/worker/teacher.h"
 #include "shardps/worker/trainer.h"
 #include "train_checks.h"
 #include "train_job.h"
@@ -109,6 +110,13 @@ worker::RunOptions ToRunOptions(const config::TrainConfig& c, int worker, int wo
   return r;
 }
 
+// Knowledge distillation: the config's teacher, read and checked against the data and the student
+// now, before any training (nullptr without one).
+Result<std::unique_ptr<worker::Teacher>> LoadTeacher(const config::TrainConfig& c, const worker::Dataset& train) {
+  if (c.teacher().empty()) return std::unique_ptr<worker::Teacher>();
+  return worker::Teacher::Load(c.teacher(), train.num_features, c.data().num_classes());
+}
+
 Result<std::unique_ptr<worker::Model>> MakeModel(const config::TrainConfig& c, const worker::Dataset& train) {
   worker::ModelSpec ms;
   ms.input_dim = train.num_features;
@@ -139,11 +147,21 @@ CheckpointFaultHook CrashHook(const std::string& spec, const std::string& dir) {
 // Trains as worker `worker` of `workers` and, on the lead worker, writes the outputs.
 Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const Outputs& out, const worker::Dataset& train,
                       const worker::Dataset& test, worker::ParamStore& params, int worker, int workers, int servers,
-                      uint64_t start_step = 0, worker::KVClient* client = nullptr, int64_t* steps_done = nullptr) {
+                      const worker::Teacher* teacher, uint64_t start_step = 0, worker::KVClient* client = nullptr,
+                      int64_t* steps_done = nullptr) {
   const bool lead = worker == 0;
   SHARDPS_ASSIGN_OR_RETURN(auto model, MakeModel(c, train));
   worker::RunOptions run = ToRunOptions(c, worker, workers);
   run.start_step = start_step;
+  if (teacher != nullptr) {
+    run.teacher = teacher;
+    run.distill_temperature = c.distill_temperature();
+    run.distill_alpha = c.distill_alpha();
+    if (lead) {
+      std::cerr << "shardps train: distilling from " << teacher->source() << " (" << teacher->Describe() << "), temperature "
+                << c.distill_temperature() << ", alpha " << c.distill_alpha() << std::endl;
+    }
+  }
   // --servers 0: one worker applying its own updates at once, which is what "ssp" and "asp" give
   // with one worker; the final pull is not needed.
   if (servers == 0) run.consistency = std::string(ps::kBspConsistency);
@@ -221,10 +239,12 @@ int RunSingleProcess(FileSystem& fs, const config::TrainConfig& c, const TrainFl
   auto model = MakeModel(c, *train);
   if (!model.ok()) return fail(model.status());
   Status fits = CheckModelFits((*model)->spec(), c, /*trains=*/true, /*holds_tables=*/true, 0, test->num_samples, MemoryLimitBytes());
+  auto teacher = LoadTeacher(c, *train);
+  if (!teacher.ok()) return fail(teacher.status());
   if (!fits.ok()) return fail(fits);
   try {
     worker::LocalParams params(worker::TrainingTables(**model, ToRunOptions(c, 0, 1)));
-    Status s = TrainAndReport(c, f, *out, *train, *test, params, 0, 1, 0);
+    Status s = TrainAndReport(c, f, *out, *train, *test, params, 0, 1, 0, teacher.value().get());
     return s.ok() ? 0 : fail(s);
   } catch (const std::bad_alloc&) {
     return fail(ResourceExhausted("out of memory while allocating the tables or buffers of a model of " +
@@ -256,6 +276,7 @@ int RunDistributed(FileSystem& fs, const config::TrainConfig& c, const TrainFlag
   Result<Outputs> out = Outputs{};
   worker::Dataset train, test;
   std::optional<CheckpointDirLock> writer_lock;  // the lead worker's, for the whole run
+  std::unique_ptr<worker::Teacher> teacher;
   // The lead worker, which creates and commits every version, checks (and creates) the checkpoint
   // location and holds the directory's writer lock for the whole run.
   const bool ckpt_writer = s.ok() && !c.checkpoint_dir().empty() && cluster->is_worker() && cluster->worker_index() == 0;
@@ -289,6 +310,10 @@ int RunDistributed(FileSystem& fs, const config::TrainConfig& c, const TrainFlag
       if (te.ok()) test = std::move(*te); else s = te.status();
     }
   }
+    if (s.ok()) {  // every worker reads the teacher (distillation) and checks it before any training
+      auto t = LoadTeacher(c, train);
+      if (t.ok()) teacher = std::move(*t); else s = t.status();
+    }
   // Servers need the model's table shapes; the lead worker knows the input width from its data.
   int64_t input_dim = s.ok() && cluster->is_worker() ? train.num_features : 0;
   if (!agree(s)) return 1;
@@ -419,7 +444,7 @@ int RunDistributed(FileSystem& fs, const config::TrainConfig& c, const TrainFlag
       try {
         worker::ClientParams params(*client);
         s = TrainAndReport(c, f, *out, train, test, params, worker_index, cluster->num_workers(), cluster->num_servers(),
-                           start_step, client, &steps_done);
+                           teacher.get(), start_step, client, &steps_done);
       } catch (const std::bad_alloc&) {
         s = out_of_memory("while training");
       }
@@ -475,6 +500,8 @@ int TrainMain(int argc, char** argv) {
       ("servers", po::value(&servers), "ranks 0..S-1 serve, the rest train; 0 = one process, no servers")
       ("colocated", po::bool_switch(&colocated), "every rank serves a shard and trains")
       ("consistency", po::value(&consistency), "config consistency: bsp (default), ssp (bounded staleness) or asp (asynchronous)")
+  std::string teacher;
+  double distill_temperature = 0, distill_alpha = 0;
       ("codec", po::value(&codec), "config codec: how pushes and pull replies travel: identity (default) or fp16")
       ("staleness", po::value(&staleness), "config staleness: ssp's bound, 0..1000")
       ("train-limit", po::value(&train_limit), "use only the first N training samples")
@@ -496,6 +523,10 @@ int TrainMain(int argc, char** argv) {
        "TESTS ONLY: SIGKILL this process at a checkpoint phase, PHASE@VERSION: shard-written (servers), "
        "before-rename:MANIFEST or before-dir-fsync:MANIFEST (lead worker)")
       ("test-slow-worker", po::value(&f.slow_worker),
+      ("teacher", po::value(&teacher),
+       "config teacher: distill from this trained softmax/mlp model (safetensors, e.g. a run's final_model.safetensors)")
+      ("distill-temperature", po::value(&distill_temperature), "config distill_temperature: temperature T > 0 of the soft targets (4)")
+      ("distill-alpha", po::value(&distill_alpha), "config distill_alpha: weight in [0, 1] of the soft loss (0.9)")
        "TESTS AND BENCHMARKS ONLY: W:F makes worker W (0-based) take F times its compute time per step "
        "(it sleeps F-1 times the previous step's compute), F in [1, 100]; any:F slows one worker per step, "
        "picked by a hash of the step");
@@ -566,6 +597,14 @@ int TrainMain(int argc, char** argv) {
     }
   }
   if (f.progress != "auto" && f.progress != "always" && f.progress != "plain" && f.progress != "never") {
+  if (vm.count("teacher")) f.overrides.push_back("teacher=" + teacher);
+  auto float_override = [&](const char* key, double value) {
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), "%.9g", value);
+    f.overrides.push_back(std::string(key) + "=" + buf);
+  };
+  if (vm.count("distill-temperature")) float_override("distill_temperature", distill_temperature);
+  if (vm.count("distill-alpha")) float_override("distill_alpha", distill_alpha);
     std::cerr << "shardps train: --progress must be auto, always, plain or never, got '" << f.progress << "'\n";
     return 2;
   }

@@ -1,5 +1,6 @@
 // Tests of worker::Model: table declarations, spec validation, gradients against a double-precision
-// finite-difference reference, the on_ready protocol, Evaluate, linearity and determinism.
+// finite-difference reference, the on_ready protocol, Evaluate, linearity and determinism; the
+// distillation loss (its gradient against finite differences, alpha = 0 bit for bit) and Logits.
 #include "shardps/worker/model.h"
 
 #include <gtest/gtest.h>
@@ -9,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <ostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -565,6 +567,240 @@ TEST(ModelEvaluate, ManyRowsMatchReference) {
   // Gradient's loss agrees.
   Buffers g = ZeroBuffers(*model);
   EXPECT_NEAR(model->Gradient(params.cview(), x.data(), y.data(), rows, 1.0f, g.view()), e.loss_sum, 1e-5 * e.loss_sum);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Distillation (knowledge distillation, Hinton et al. 2015): the loss, its gradient, alpha = 0.
+
+// Double-precision logits of every row, and (optional) the signs of the hidden pre-activations.
+std::vector<std::vector<double>> ReferenceLogits(const ModelSpec& spec, const std::vector<std::vector<double>>& p,
+                                                 const std::vector<float>& x, int64_t rows,
+                                                 std::vector<bool>* relu_signs = nullptr) {
+  std::vector<int64_t> d{spec.input_dim};
+  d.insert(d.end(), spec.hidden.begin(), spec.hidden.end());
+  d.push_back(spec.num_classes);
+  const size_t L = d.size() - 1;
+  if (relu_signs) relu_signs->clear();
+  std::vector<std::vector<double>> out;
+  for (int64_t r = 0; r < rows; ++r) {
+    std::vector<double> a(x.begin() + r * d[0], x.begin() + (r + 1) * d[0]);
+    for (size_t l = 0; l < L; ++l) {
+      std::vector<double> z(static_cast<size_t>(d[l + 1]));
+      for (int64_t o = 0; o < d[l + 1]; ++o) {
+        double s = p[2 * l + 1][o];
+        for (int64_t i = 0; i < d[l]; ++i) s += a[i] * p[2 * l][i * d[l + 1] + o];
+        z[o] = s;
+      }
+      if (l + 1 < L) {
+        for (double& v : z) {
+          if (relu_signs) relu_signs->push_back(v > 0);
+          v = std::max(v, 0.0);
+        }
+      }
+      a = std::move(z);
+    }
+    out.push_back(std::move(a));
+  }
+  return out;
+}
+
+// log softmax(v / T), in double.
+std::vector<double> LogSoftmax(const std::vector<double>& v, double T) {
+  double m = -std::numeric_limits<double>::infinity();
+  for (double e : v) m = std::max(m, e / T);
+  double s = 0;
+  for (double e : v) s += std::exp(e / T - m);
+  std::vector<double> out;
+  for (double e : v) out.push_back(e / T - m - std::log(s));
+  return out;
+}
+
+// The distillation loss written straight from its definition: per row
+//   alpha * T^2 * (-sum_c softmax(t/T)_c log softmax(z/T)_c) + (1 - alpha) * (-log softmax(z)_y).
+double ReferenceDistillLoss(const ModelSpec& spec, const std::vector<std::vector<double>>& p, const std::vector<float>& x,
+                            const std::vector<int32_t>& y, const std::vector<float>& teacher, int64_t rows, double T,
+                            double alpha, std::vector<bool>* relu_signs = nullptr) {
+  const auto z = ReferenceLogits(spec, p, x, rows, relu_signs);
+  const int C = spec.num_classes;
+  double loss = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const std::vector<double> t(teacher.begin() + r * C, teacher.begin() + (r + 1) * C);
+    const auto log_u = LogSoftmax(t, T);
+    const auto log_q = LogSoftmax(z[r], T);
+    double soft = 0;
+    for (int c = 0; c < C; ++c) soft -= std::exp(log_u[c]) * log_q[c];
+    const double hard = -LogSoftmax(z[r], 1.0)[y[r]];
+    loss += alpha * T * T * soft + (1 - alpha) * hard;
+  }
+  return loss;
+}
+
+std::vector<float> RandomTeacherLogits(int64_t rows, int classes, std::mt19937& rng) {
+  std::uniform_real_distribution<float> u(-3.0f, 3.0f);
+  std::vector<float> t(static_cast<size_t>(rows * classes));
+  for (float& v : t) v = u(rng);
+  return t;
+}
+
+struct DistillCase {
+  std::vector<int64_t> hidden;
+  float temperature;
+  float alpha;
+};
+
+void PrintTo(const DistillCase& c, std::ostream* os) {
+  *os << "hidden " << c.hidden.size() << " layers, T " << c.temperature << ", alpha " << c.alpha;
+}
+
+class DistillationGradientCheck : public ::testing::TestWithParam<DistillCase> {};
+
+TEST_P(DistillationGradientCheck, MatchesCentralDifferencesOfTheDistillationLoss) {
+  const DistillCase& dc = GetParam();
+  const ModelSpec spec{.input_dim = 7, .num_classes = 4, .hidden = dc.hidden};
+  auto model = MakeModel(spec);
+  std::mt19937 rng(4321);
+  const int64_t rows = 6;
+  Buffers params = RandomParams(*model, rng);
+  const std::vector<float> x = RandomInputs(rows, spec.input_dim, rng);
+  const std::vector<int32_t> y = RandomLabels(rows, spec.num_classes, rng);
+  const std::vector<float> teacher = RandomTeacherLogits(rows, spec.num_classes, rng);
+  const Distillation distill{.teacher_logits = teacher.data(), .temperature = dc.temperature, .alpha = dc.alpha};
+
+  Buffers grads = ZeroBuffers(*model);
+  for (auto& g : grads.tables) std::fill(g.begin(), g.end(), std::nanf(""));  // every element is written
+  const double loss = model->Gradient(params.cview(), x.data(), y.data(), rows, 1.0f, grads.view(), nullptr, 0, &distill);
+
+  std::vector<std::vector<double>> p;
+  for (const auto& t : params.tables) p.emplace_back(t.begin(), t.end());
+  std::vector<bool> base_signs;
+  const double T = dc.temperature, A = dc.alpha;
+  const double ref = ReferenceDistillLoss(spec, p, x, y, teacher, rows, T, A, &base_signs);
+  EXPECT_NEAR(loss, ref, 1e-5 * std::abs(ref) + 1e-5) << "Gradient returns the distillation loss";
+
+  const double eps = 1e-5;
+  int checked = 0, skipped = 0, significant = 0;
+  for (size_t t = 0; t < p.size(); ++t) {
+    for (size_t i = 0; i < p[t].size(); ++i) {
+      const double saved = p[t][i];
+      std::vector<bool> sp, sm;
+      p[t][i] = saved + eps;
+      const double lp = ReferenceDistillLoss(spec, p, x, y, teacher, rows, T, A, &sp);
+      p[t][i] = saved - eps;
+      const double lm = ReferenceDistillLoss(spec, p, x, y, teacher, rows, T, A, &sm);
+      p[t][i] = saved;
+      if (sp != base_signs || sm != base_signs) {  // crossed a ReLU kink
+        ++skipped;
+        continue;
+      }
+      const double fd = (lp - lm) / (2 * eps);
+      const double g = grads.tables[t][i];
+      ASSERT_TRUE(std::isfinite(g)) << "table " << t << " element " << i;
+      EXPECT_NEAR(g, fd, 1e-5 + 1e-4 * std::abs(fd)) << "table " << t << " element " << i;
+      ++checked;
+      if (std::abs(fd) > 1e-2) ++significant;
+    }
+  }
+  EXPECT_LE(skipped, checked / 20);
+  EXPECT_GE(significant, checked / 3) << "checked " << checked;
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, DistillationGradientCheck,
+                         ::testing::Values(DistillCase{{}, 4.0f, 0.9f}, DistillCase{{5}, 4.0f, 0.9f},
+                                           DistillCase{{5, 4}, 2.0f, 0.5f}, DistillCase{{5}, 8.0f, 1.0f},
+                                           DistillCase{{5}, 1.0f, 0.3f}, DistillCase{{}, 0.5f, 0.7f}),
+                         [](const auto& info) {
+                           const DistillCase& c = info.param;
+                           std::string n = c.hidden.empty() ? "softmax" : "h";
+                           for (int64_t h : c.hidden) n += "_" + std::to_string(h);
+                           n += "_T" + std::to_string(static_cast<int>(c.temperature * 10));
+                           n += "_A" + std::to_string(static_cast<int>(c.alpha * 10));
+                           return n;
+                         });
+
+// The distillation loss's gradient is not the plain one: the soft term is really added (a model
+// whose gradient check ignored `distill` would pass the check above only by accident).
+TEST(ModelDistillation, SoftTermChangesTheGradient) {
+  auto model = MakeModel({.input_dim = 7, .num_classes = 4, .hidden = {5}});
+  std::mt19937 rng(77);
+  const int64_t rows = 6;
+  Buffers params = RandomParams(*model, rng);
+  const auto x = RandomInputs(rows, 7, rng);
+  const auto y = RandomLabels(rows, 4, rng);
+  const auto teacher = RandomTeacherLogits(rows, 4, rng);
+  const Distillation distill{.teacher_logits = teacher.data(), .temperature = 4.0f, .alpha = 0.9f};
+  Buffers plain = ZeroBuffers(*model), soft = ZeroBuffers(*model);
+  model->Gradient(params.cview(), x.data(), y.data(), rows, 1.0f, plain.view());
+  model->Gradient(params.cview(), x.data(), y.data(), rows, 1.0f, soft.view(), nullptr, 0, &distill);
+  EXPECT_NE(plain.tables, soft.tables);
+}
+
+// alpha = 0: the loss and every gradient bit are the plain cross-entropy's, whatever the teacher
+// and the temperature, also through on_ready in row blocks (the training path).
+TEST(ModelDistillation, AlphaZeroIsThePlainGradientBitForBit) {
+  auto model = MakeModel({.input_dim = 784, .num_classes = 10, .hidden = {256}});
+  std::mt19937 rng(19);
+  const int64_t rows = 64;
+  Buffers params = RandomParams(*model, rng, 0.05f);
+  const auto x = RandomInputs(rows, 784, rng);
+  const auto y = RandomLabels(rows, 10, rng);
+  const auto teacher = RandomTeacherLogits(rows, 10, rng);
+  for (const float T : {1.0f, 4.0f, 7.5f}) {
+    for (const uint64_t block : {uint64_t{0}, uint64_t{32768}}) {
+      const Distillation distill{.teacher_logits = teacher.data(), .temperature = T, .alpha = 0.0f};
+      Buffers g1 = ZeroBuffers(*model), g2 = ZeroBuffers(*model);
+      const double l1 = model->Gradient(params.cview(), x.data(), y.data(), rows, 1.0f / 64, g1.view(), nullptr, block);
+      const double l2 =
+          model->Gradient(params.cview(), x.data(), y.data(), rows, 1.0f / 64, g2.view(), nullptr, block, &distill);
+      EXPECT_EQ(std::memcmp(&l1, &l2, sizeof l1), 0) << "T " << T << " block " << block << ": " << l1 << " vs " << l2;
+      for (size_t t = 0; t < g1.tables.size(); ++t) {
+        ASSERT_EQ(std::memcmp(g1.tables[t].data(), g2.tables[t].data(), g1.tables[t].size() * sizeof(float)), 0)
+            << "T " << T << " block " << block << " table " << t;
+      }
+    }
+  }
+}
+
+// alpha = 1 ignores the labels; a teacher whose logits equal the student's (T = 1) leaves nothing
+// to learn: the gradient is exactly zero.
+TEST(ModelDistillation, AlphaOneIgnoresLabelsAndAgreeingTeacherGivesZero) {
+  auto model = MakeModel({.input_dim = 5, .num_classes = 3});
+  std::mt19937 rng(23);
+  const int64_t rows = 8;
+  Buffers params = RandomParams(*model, rng);
+  const auto x = RandomInputs(rows, 5, rng);
+  const auto y1 = RandomLabels(rows, 3, rng);
+  std::vector<int32_t> y2(y1);
+  for (int32_t& v : y2) v = (v + 1) % 3;
+  const auto teacher = RandomTeacherLogits(rows, 3, rng);
+  const Distillation soft_only{.teacher_logits = teacher.data(), .temperature = 3.0f, .alpha = 1.0f};
+  Buffers g1 = ZeroBuffers(*model), g2 = ZeroBuffers(*model);
+  model->Gradient(params.cview(), x.data(), y1.data(), rows, 1.0f, g1.view(), nullptr, 0, &soft_only);
+  model->Gradient(params.cview(), x.data(), y2.data(), rows, 1.0f, g2.view(), nullptr, 0, &soft_only);
+  EXPECT_EQ(g1.tables, g2.tables);
+
+  std::vector<float> own(static_cast<size_t>(rows * 3));
+  model->Logits(params.cview(), x.data(), rows, own.data());
+  const Distillation self{.teacher_logits = own.data(), .temperature = 1.0f, .alpha = 1.0f};
+  Buffers g = ZeroBuffers(*model);
+  model->Gradient(params.cview(), x.data(), y1.data(), rows, 1.0f, g.view(), nullptr, 0, &self);
+  for (const auto& t : g.tables)
+    for (float v : t) EXPECT_EQ(v, 0.0f);
+}
+
+TEST(ModelLogits, MatchReferenceAcrossBlocks) {
+  auto model = MakeModel({.input_dim = 6, .num_classes = 4, .hidden = {8}});
+  std::mt19937 rng(29);
+  const int64_t rows = 2100;  // more than one internal block of 1024 rows
+  Buffers params = RandomParams(*model, rng);
+  const auto x = RandomInputs(rows, 6, rng);
+  std::vector<float> out(static_cast<size_t>(rows * 4), std::nanf(""));
+  model->Logits(params.cview(), x.data(), rows, out.data());
+  std::vector<std::vector<double>> p;
+  for (const auto& t : params.tables) p.emplace_back(t.begin(), t.end());
+  const auto ref = ReferenceLogits(model->spec(), p, x, rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int c = 0; c < 4; ++c) ASSERT_NEAR(out[r * 4 + c], ref[r][c], 1e-5 * (1 + std::abs(ref[r][c]))) << r << " " << c;
+  }
 }
 
 }  // namespace

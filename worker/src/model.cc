@@ -78,6 +78,52 @@ inline RowLse LogSumExp(const float* z, Eigen::Index n) {
   return {m, std::log(s)};
 }
 
+// The distillation loss of every row of the logits `dz` (see model.h), which it replaces by
+// dLoss/dZ * scale. Per row, with p = softmax(z), q = softmax(z / T), u = softmax(t / T):
+//   loss = (1 - A) * (lse(z) - z[y]) - A * T^2 * sum_c u_c log q_c
+//   dZ   = ((1 - A) * (p - onehot(y)) + A * T * (q - u)) * scale
+// The hard term is written as the plain path writes it, times (1 - A) * scale; with A = 0 the
+// soft term adds exact zeros, so the gradient is the plain one bit for bit.
+double DistillationLoss(const Distillation& d, int64_t rows, float scale, const int32_t* y, RowMatrix& dz) {
+  const Eigen::Index C = dz.cols();
+  const float T = d.temperature, A = d.alpha;
+  assert(d.teacher_logits != nullptr && T > 0.0f && A >= 0.0f && A <= 1.0f);
+  const float hard_scale = (1.0f - A) * scale;
+  const float soft_scale = A * T * scale;
+  const double hard_weight = 1.0 - static_cast<double>(A);
+  const double soft_weight = static_cast<double>(A) * static_cast<double>(T) * static_cast<double>(T);
+  std::vector<float> zs(static_cast<size_t>(C)), ts(static_cast<size_t>(C));
+  double loss = 0.0;
+  for (int64_t r = 0; r < rows; ++r) {
+    float* zr = dz.data() + r * C;
+    const float* tr = d.teacher_logits + r * C;
+    const int32_t label = y[r];
+    assert(label >= 0 && label < static_cast<int32_t>(C));
+    const RowLse s = LogSumExp(zr, C);
+    const double hard = static_cast<double>(s.lse - (zr[label] - s.max));
+    for (Eigen::Index c = 0; c < C; ++c) {
+      zs[c] = zr[c] / T;
+      ts[c] = tr[c] / T;
+    }
+    const RowLse sq = LogSumExp(zs.data(), C);  // student at temperature T
+    const RowLse st = LogSumExp(ts.data(), C);  // teacher at temperature T
+    const float shift = s.max + s.lse;
+    const float shift_q = sq.max + sq.lse;
+    const float shift_u = st.max + st.lse;
+    double soft = 0.0;  // -sum_c u_c log q_c
+    for (Eigen::Index c = 0; c < C; ++c) {
+      const float u = std::exp(ts[c] - shift_u);
+      const float log_q = (zs[c] - sq.max) - sq.lse;
+      soft -= static_cast<double>(u) * static_cast<double>(log_q);
+      const float q = std::exp(zs[c] - shift_q);
+      zr[c] = std::exp(zr[c] - shift) * hard_scale + soft_scale * (q - u);
+    }
+    zr[label] -= hard_scale;
+    loss += hard_weight * hard + soft_weight * soft;
+  }
+  return loss;
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Model>> Model::Create(const ModelSpec& spec) {
@@ -142,7 +188,7 @@ std::vector<TableSpec> Model::Tables(uint64_t seed) const {
 // gradients are never touched again after their on_ready.
 double Model::Gradient(std::span<const std::span<const float>> params, const float* x, const int32_t* y, int64_t rows,
                        float scale, std::span<const std::span<float>> grads, const ReadyFn& on_ready,
-                       uint64_t block_floats) const {
+                       uint64_t block_floats, const Distillation* distill) const {
   const auto d = Dims(spec_);
   const size_t L = d.size() - 1;
   assert(SizesMatch(d, num_tables(), params) && SizesMatch(d, num_tables(), grads));
@@ -156,15 +202,19 @@ double Model::Gradient(std::span<const std::span<const float>> params, const flo
   // Softmax cross-entropy: loss = lse + max - z[y]; dZ = (softmax - onehot(y)) * scale.
   const Eigen::Index C = dz.cols();
   double loss = 0.0;
-  for (int64_t r = 0; r < rows; ++r) {
-    float* zr = dz.data() + r * C;  // row-major: row r is contiguous
-    const int32_t label = y[r];
-    assert(label >= 0 && label < spec_.num_classes);
-    const RowLse s = LogSumExp(zr, C);
-    loss += static_cast<double>(s.lse - (zr[label] - s.max));
-    const float shift = s.max + s.lse;
-    for (Eigen::Index c = 0; c < C; ++c) zr[c] = std::exp(zr[c] - shift) * scale;
-    zr[label] -= scale;
+  if (distill == nullptr) {
+    for (int64_t r = 0; r < rows; ++r) {
+      float* zr = dz.data() + r * C;  // row-major: row r is contiguous
+      const int32_t label = y[r];
+      assert(label >= 0 && label < spec_.num_classes);
+      const RowLse s = LogSumExp(zr, C);
+      loss += static_cast<double>(s.lse - (zr[label] - s.max));
+      const float shift = s.max + s.lse;
+      for (Eigen::Index c = 0; c < C; ++c) zr[c] = std::exp(zr[c] - shift) * scale;
+      zr[label] -= scale;
+    }
+  } else {
+    loss = DistillationLoss(*distill, rows, scale, y, dz);
   }
 
   // Backward, last layer first.
@@ -194,6 +244,20 @@ double Model::Gradient(std::span<const std::span<const float>> params, const flo
     }
   }
   return loss;
+}
+
+void Model::Logits(std::span<const std::span<const float>> params, const float* x, int64_t rows, float* out) const {
+  const auto d = Dims(spec_);
+  assert(SizesMatch(d, num_tables(), params));
+  assert(rows >= 0);
+  constexpr int64_t kBlock = 1024;  // as Evaluate
+  RowMatrix a, z;
+  for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
+    const int64_t n = std::min(kBlock, rows - r0);
+    const ConstMap input(x + r0 * d[0], n, d[0]);
+    Forward(d, params, input, nullptr, &a, &z);
+    std::copy(z.data(), z.data() + n * z.cols(), out + r0 * z.cols());
+  }
 }
 
 EvalResult Model::Evaluate(std::span<const std::span<const float>> params, const float* x, const int32_t* y,

@@ -164,6 +164,33 @@ std::string DivergedHint(const RunOptions& run) {
          ", learning rate " + lr + "): lower optimizer.learning_rate or resume from an earlier checkpoint";
 }
 
+// Distillation: the teacher's logits of every training sample (num_samples x classes), computed
+// once, after checking that the teacher and the options fit the model.
+Result<std::vector<float>> TeacherLogits(const Model& model, const Dataset& train, const RunOptions& run) {
+  const Teacher& teacher = *run.teacher;
+  const ModelSpec& ms = model.spec();
+  if (teacher.spec().input_dim != ms.input_dim || teacher.spec().num_classes != ms.num_classes) {
+    return InvalidArgument("teacher model '" + teacher.source() + "' (" + teacher.Describe() + ") does not fit the student (" +
+                           std::to_string(ms.input_dim) + " inputs, " + std::to_string(ms.num_classes) + " classes)");
+  }
+  if (!(run.distill_temperature > 0.0f) || !std::isfinite(run.distill_temperature)) {
+    return InvalidArgument("distillation temperature " + std::to_string(run.distill_temperature) + " is not a positive number");
+  }
+  if (!(run.distill_alpha >= 0.0f && run.distill_alpha <= 1.0f)) {
+    return InvalidArgument("distillation alpha " + std::to_string(run.distill_alpha) + " is outside [0, 1]");
+  }
+  const size_t C = static_cast<size_t>(ms.num_classes);
+  std::vector<float> logits(static_cast<size_t>(train.num_samples) * C);
+  teacher.Logits(train.features.data(), train.num_samples, logits.data());
+  for (size_t i = 0; i < logits.size(); ++i) {
+    if (!std::isfinite(logits[i])) {
+      return FailedPrecondition("teacher model '" + teacher.source() + "' gives a non-finite logit (" + std::to_string(logits[i]) +
+                                ") for training sample " + std::to_string(i / C) + " of " + train.source);
+    }
+  }
+  return logits;
+}
+
 }  // namespace
 
 std::vector<TableSpec> TrainingTables(const Model& model, const RunOptions& run) {
@@ -230,6 +257,10 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
                            std::to_string(train.num_samples) + " training samples");
   }
   SHARDPS_ASSIGN_OR_RETURN(BatchSlice slice, SliceOfBatch(run.batch_size, run.workers, run.worker));
+  std::vector<float> teacher_logits;  // distillation: the teacher's, num_samples x classes
+  if (run.teacher != nullptr) {
+    SHARDPS_ASSIGN_OR_RETURN(teacher_logits, TeacherLogits(model, train, run));
+  }
   SHARDPS_RETURN_IF_ERROR(LookupOptimizer(run.optimizer.kind).status().WithContext("training options"));
   const bool local_sgd = run.mode == "local_sgd";
   const size_t M = model.num_tables();
@@ -278,6 +309,8 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
   TrainResult result;
   std::vector<float> xb;
   std::vector<int32_t> yb;
+  std::vector<float> tb;  // distillation: the teacher's logits of the batch rows
+  Distillation batch_distillation{.teacher_logits = nullptr, .temperature = run.distill_temperature, .alpha = run.distill_alpha};
   std::vector<std::span<const float>> wspans(M);
   std::vector<std::span<float>> gspans(M);
   std::vector<Handle> hs;  // sync: the step's push-pulls
@@ -345,6 +378,17 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
       GatherRows(train, std::span<const int64_t>(perm).subspan(s * B + slice.begin, rows), &xb, &yb);
       for (size_t t = 0; t < M; ++t) {
         wspans[t] = w[t];
+      const Distillation* distill = nullptr;
+      if (run.teacher != nullptr) {
+        const size_t C = static_cast<size_t>(ms.num_classes);
+        tb.resize(static_cast<size_t>(rows) * C);
+        for (int64_t r = 0; r < rows; ++r) {
+          const float* src = teacher_logits.data() + static_cast<size_t>(perm[s * B + slice.begin + r]) * C;
+          std::copy(src, src + C, tb.data() + static_cast<size_t>(r) * C);
+        }
+        batch_distillation.teacher_logits = tb.data();
+        distill = &batch_distillation;
+      }
         gspans[t] = g[t];
       }
       double loss;
@@ -358,7 +402,7 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
                                              std::span<float>(next[t]).subspan(b, e - b), static_cast<uint64_t>(step),
                                              KeyRange{b, e}));
               },
-              run.push_block_floats);
+              run.push_block_floats, distill);
         } catch (...) {
           // An allocation failing mid-backward unwinds past `g` and `next`, which tables already
           // pushed still point into: let go of them first (or keep them alive) as on a failed wait.
@@ -372,7 +416,7 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
         wait_seconds += Seconds(std::chrono::steady_clock::now() - tg).count();
         std::swap(w, next);
       } else {
-        loss = model.Gradient(wspans, xb.data(), yb.data(), rows, scale, gspans);
+        loss = model.Gradient(wspans, xb.data(), yb.data(), rows, scale, gspans, nullptr, 0, distill);
         for (size_t t = 0; t < M; ++t) ApplyOptimizer(run.optimizer, static_cast<uint64_t>(step) + 1, w[t], slots[t], g[t]);
         samples_since_average += rows;
         if (run.local_steps > 0 && (step + 1) % run.local_steps == 0) {

@@ -13,7 +13,11 @@
 // floats. Weights start uniform in +-sqrt(6 / (in + out)) from a counter-based generator seeded
 // by (seed, table), biases at zero; softmax regression (no hidden layer) starts at zero.
 // Loss: mean softmax cross-entropy over the samples (Gradient returns the sum over its rows; the
-// gradients are d(sum of losses)/d(parameter) * scale).
+// gradients are d(sum of losses)/d(parameter) * scale). With a Distillation (knowledge
+// distillation, Hinton et al. 2015) a sample's loss is
+//   alpha * T^2 * H(softmax(t / T), softmax(z / T)) + (1 - alpha) * H(onehot(y), softmax(z))
+// (H(p, q) = -sum_c p_c log q_c, z the model's logits, t the teacher's), so dLoss/dz =
+//   (1 - alpha) * (softmax(z) - onehot(y)) + alpha * T * (softmax(z / T) - softmax(t / T)).
 // Thread safety: a Model is immutable; Gradient/Evaluate may run concurrently on different
 // buffers (each call uses its own scratch).
 #pragma once
@@ -34,6 +38,14 @@ struct ModelSpec {
   int64_t input_dim = 0;
   int num_classes = 0;
   std::vector<int64_t> hidden;  // empty: softmax regression
+};
+
+// Soft targets for Gradient: the teacher's logits of the same rows (rows x num_classes,
+// row-major), the temperature T > 0 and the weight alpha in [0, 1] of the soft term.
+struct Distillation {
+  const float* teacher_logits = nullptr;
+  float temperature = 4.0f;
+  float alpha = 0.9f;
 };
 
 struct EvalResult {
@@ -64,10 +76,16 @@ class Model {
   // backpropagation produces, then travels while the rest of it is computed. The same
   // `block_floats` always gives the same blocks and bits; another may round differently (a small
   // block can take another Eigen kernel), so training takes it from the job's configuration.
-  // Returns the sum of the samples' losses.
+  // Returns the sum of the samples' losses. `distill` (optional) adds the teacher's soft targets
+  // (see the top of this file); without it the loss is the plain cross-entropy, computed exactly
+  // as before distillation existed, and with alpha = 0 the gradients are bit-identical to it.
   double Gradient(std::span<const std::span<const float>> params, const float* x, const int32_t* y, int64_t rows,
                   float scale, std::span<const std::span<float>> grads, const ReadyFn& on_ready = nullptr,
-                  uint64_t block_floats = 0) const;
+                  uint64_t block_floats = 0, const Distillation* distill = nullptr) const;
+
+  // The logits of `rows` samples into out (rows x num_classes, row-major), computed in blocks of
+  // 1024 rows like Evaluate: the same rows give the same bits whatever the caller does around it.
+  void Logits(std::span<const std::span<const float>> params, const float* x, int64_t rows, float* out) const;
 
   EvalResult Evaluate(std::span<const std::span<const float>> params, const float* x, const int32_t* y,
                       int64_t rows) const;

@@ -31,6 +31,7 @@
 #include "shardps/worker/data.h"
 #include "shardps/worker/kv_client.h"
 #include "shardps/worker/model.h"
+#include "shardps/worker/teacher.h"
 
 namespace shardps::worker {
 
@@ -122,6 +123,16 @@ struct Progress {
   int64_t step = 0;           // global steps done
   int64_t total_steps = 0;
   double loss = 0;            // mean training loss of this worker's recent steps
+  // Knowledge distillation (docs/distillation.md): with a teacher (not owned; immutable, it must
+  // outlive Train), every step's gradient is that of the distillation loss of Model::Gradient
+  // with the teacher's logits of the batch rows, temperature distill_temperature (> 0) and weight
+  // distill_alpha (in [0, 1]) of the soft term. The teacher's logits of the whole training set
+  // are computed once, before the first step (the same bits whatever the workers and batches).
+  // The training loss reported is then the distillation loss; test loss and accuracy are the
+  // plain ones.
+  const Teacher* teacher = nullptr;
+  float distill_temperature = 4.0f;
+  float distill_alpha = 0.9f;
   double test_accuracy = -1;  // last evaluation, -1 before the first
   double samples_per_second = 0;  // all workers together
   double eta_seconds = 0;

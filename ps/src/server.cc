@@ -27,6 +27,19 @@ std::string Range(const wire::Header& h) {
 
 int64_t Ms(Clock::duration d) { return std::chrono::duration_cast<std::chrono::milliseconds>(d).count(); }
 
+// The RESPONSE to a pull carrying weights of the request's range (step, codec and count to set).
+wire::Header WeightsReply(const wire::Header& req) {
+  wire::Header r;
+  r.set_op(wire::RESPONSE);
+  r.set_reply_to(req.op());
+  r.set_request_id(req.request_id());
+  r.set_table(req.table());
+  r.set_chunk(req.chunk());
+  r.set_key_begin(req.key_begin());
+  r.set_key_end(req.key_end());
+  return r;
+}
+
 // `rank`: the encoding worker's index, or -1 for this server's replies (codec.h).
 CodecContext ContextOf(const wire::Header& h, int rank) {
   return {.table = h.table(), .chunk = h.chunk(), .step = h.step(), .rank = rank, .density = h.codec_density()};
@@ -332,14 +345,7 @@ void Server::SendWeights(Chunk& chunk, const HeldRequest& pull) {
     MutexLock lock(mu_);
     stats_.pull_bytes_sent += n * sizeof(float);
   }
-  wire::Header r;
-  r.set_op(wire::RESPONSE);
-  r.set_reply_to(req.op());
-  r.set_request_id(req.request_id());
-  r.set_table(req.table());
-  r.set_chunk(req.chunk());
-  r.set_key_begin(req.key_begin());
-  r.set_key_end(req.key_end());
+  wire::Header r = WeightsReply(req);
   r.set_step(chunk.version);
   r.set_element_count(n);
   r.set_codec(codec->id());
@@ -398,14 +404,7 @@ void Server::SendCompressed(Served& chunk, const HeldRequest& pull, const Codec&
   const uint64_t off = req.key_begin() - chunk.info.begin;
   const uint64_t n = req.key_end() - req.key_begin();
   const bool whole = off == 0 && n == chunk.weights.size();
-  wire::Header r;
-  r.set_op(wire::RESPONSE);
-  r.set_reply_to(req.op());
-  r.set_request_id(req.request_id());
-  r.set_table(req.table());
-  r.set_chunk(req.chunk());
-  r.set_key_begin(req.key_begin());
-  r.set_key_end(req.key_end());
+  wire::Header r = WeightsReply(req);
   r.set_step(d.version);
   r.set_codec_density(req.codec_density());
   std::shared_ptr<const std::vector<uint8_t>> payload;

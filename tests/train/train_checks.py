@@ -458,6 +458,75 @@ def check_init_from(r, args):
         fail("a missing --init-from file was not reported")
 
 
+def write_safetensors_f32(path, tensors):
+    """A float32 safetensors file of {name: numpy array} (the layout shardps writes)."""
+    header, blobs, off = {}, [], 0
+    for name, a in tensors.items():
+        b = np.ascontiguousarray(a, dtype="<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+DISTILL_DATA = ["--train-limit", "8192", "--test-limit", "2000"]
+DISTILL_FLOOR = 0.70  # a model that learned nothing gets 0.10 on the ten balanced classes
+
+
+def check_distill(r, args):
+    """Knowledge distillation end to end: a short teacher run, then the shipped student config
+    distilled from its final model. The student learns (accuracy above a floor), two identical runs
+    give the same weights, the teacher really changes them (and alpha 0 gives the plain student's
+    bits), a 1 server + 1 worker job gives the single process's weights, the summary records the
+    settings, and bad flags or a teacher that does not fit are refused by name before training."""
+    _, dt, _ = r.train(0, ["--config", r.config("fashion_mlp.prototxt"), "--servers", "0", "--epochs", "2"] + DISTILL_DATA)
+    teacher = os.path.join(dt, "final_model.safetensors")
+    student = ["--config", r.config("fashion_mlp_student.prototxt"), "--epochs", "2"] + DISTILL_DATA
+    kd = ["--teacher", teacher, "--distill-temperature", "4", "--distill-alpha", "0.9"]
+    a, _, p = r.train(0, student + ["--servers", "0"] + kd)
+    print(f"  distilled student: test accuracy {a['test_accuracy']:.4f} (floor {DISTILL_FLOOR}); {p.stderr.splitlines()[0]}")
+    check(a["test_accuracy"] >= DISTILL_FLOOR, f"distilled student accuracy {a['test_accuracy']} below {DISTILL_FLOOR}")
+    check(a.get("distillation") == {"teacher": teacher, "temperature": 4, "alpha": 0.9},
+          f"summary does not record the distillation settings: {a.get('distillation')}")
+    b, _, _ = r.train(0, student + ["--servers", "0"] + kd)
+    check(a["weights_sha256"] == b["weights_sha256"], "two identical distilled runs gave different weights")
+    plain, _, _ = r.train(0, student + ["--servers", "0"])
+    check("distillation" not in plain, "a run without --teacher records distillation in its summary")
+    check(plain["weights_sha256"] != a["weights_sha256"], "the teacher did not change the student's weights")
+    zero, _, _ = r.train(0, student + ["--servers", "0", "--teacher", teacher, "--distill-alpha", "0"])
+    check(zero["weights_sha256"] == plain["weights_sha256"], "alpha 0 did not give the plain student's weights")
+    t8, _, _ = r.train(0, student + ["--servers", "0", "--teacher", teacher, "--distill-temperature", "8"])
+    check(t8["weights_sha256"] != a["weights_sha256"], "the temperature did not change the student's weights")
+    d, _, _ = r.train(2, student + ["--servers", "1"] + kd)
+    check(d["weights_sha256"] == a["weights_sha256"], "1 server + 1 worker distilled other weights than one process")
+    print(f"  identical runs, 1 server + 1 worker: {a['weights_sha256'][:16]}; alone {plain['weights_sha256'][:16]} "
+          f"(accuracy {plain['test_accuracy']:.4f}); alpha 0 gives alone's weights")
+
+    bad = os.path.join(r.work, "wrong_shape.safetensors")
+    write_safetensors_f32(bad, {"l0.w": np.zeros((784, 32)), "l0.b": np.zeros(32), "l1.w": np.zeros((16, 10)),
+                                "l1.b": np.zeros(10)})
+    refused = [("T = 0", kd[:2] + ["--distill-temperature", "0"], ["--distill-temperature"]),
+               ("alpha 1.5", kd[:2] + ["--distill-alpha", "1.5"], ["--distill-alpha", "1.5"]),
+               ("alpha without a teacher", ["--distill-alpha", "0.5"], ["--distill-alpha", "--teacher"]),
+               ("a missing teacher", ["--teacher", os.path.join(r.work, "absent.safetensors")], ["absent.safetensors"]),
+               ("a teacher of the wrong shape", ["--teacher", bad], ["wrong_shape.safetensors", "'l1.w'", "[16, 10]"])]
+    for name, extra, needles in refused:
+        for np_, servers in ((0, "0"), (2, "1")):
+            _, _, p = r.train(np_, student + ["--servers", servers] + extra, expect_ok=False, timeout=120)
+            check(p.returncode != 0, f"{name}: exit 0")
+            for n in needles:
+                check(n in p.stderr, lambda: f"{name}: the error does not name {n!r}:\n{p.stderr}")
+            check(not os.path.exists(os.path.join(r.work, f"run{r.count}", "metrics.csv")),
+                  f"{name}: the job started training before refusing")
+        print(f"  {name}: refused: {[l for l in p.stderr.splitlines() if needles[0] in l][0][:170]}")
+    _, _, p = r.train(0, ["--config", r.config("sparse_lr.prototxt"), "--teacher", teacher], expect_ok=False)
+    check(p.returncode != 0 and "sparse_lr" in p.stderr and "--teacher" in p.stderr,
+          f"sparse_lr with --teacher was not refused by name:\n{p.stderr}")
+
+
 def write_idx(path, dims, data, magic_type=0x08, gz=True):
     raw = bytes([0, 0, magic_type, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims) + bytes(data)
     with (gzip.open(path, "wb") if gz else open(path, "wb")) as f:
@@ -558,7 +627,7 @@ def main():
     ap.add_argument("--min-accuracy", type=float, default=0.84)
     ap.add_argument("check", choices=["convergence", "repeat", "servers", "codec", "single_process", "workers", "local_sgd",
                                       "bad_input", "resume", "corruption", "registry", "crash", "kill_loop", "init_from",
-                                      "failure_ends_job"])
+                                      "failure_ends_job", "distill"])
     run_checks(ap.parse_args(), globals(), without_data={"bad_input"})
 
 

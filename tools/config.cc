@@ -278,6 +278,10 @@ Status ValidateTrainConfig(const config::TrainConfig& c) {
   }
   if (auto p = ps::LookupConsistencyPolicy(c.consistency()); !p.ok()) return bad("consistency", p.status().message());
   if (auto k = LookupCodec(c.codec()); !k.ok()) return bad("codec", k.status().message());
+  if (c.compress_after() < 0) return bad("compress_after", "must not be negative");
+  if (!(c.codec_density() > 0.0f && c.codec_density() <= 1.0f)) {
+    return bad("codec_density", std::to_string(c.codec_density()) + " is outside (0, 1]");
+  }
   if (c.staleness() < 0 || c.staleness() > ps::kMaxStaleness) {
     return bad("staleness", std::to_string(c.staleness()) + " is outside 0.." + std::to_string(ps::kMaxStaleness));
   }

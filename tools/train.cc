@@ -182,7 +182,8 @@ Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const O
                                 .chunk_floats = c.chunk_floats(),
                                 .train_samples = static_cast<uint64_t>(train.num_samples),
                                 .train_data_crc32c = TrainDataCrc(train),
-                                .tables = worker::TrainingTables(*model, run)};
+                                .tables = worker::TrainingTables(*model, run),
+                                .codec = c.codec()};
     worker::CheckpointOptions co;
     co.dir = c.checkpoint_dir();
     co.every = static_cast<uint64_t>(c.checkpoint_every());
@@ -238,9 +239,9 @@ int RunSingleProcess(FileSystem& fs, const config::TrainConfig& c, const TrainFl
   if (!test.ok()) return fail(test.status());
   auto model = MakeModel(c, *train);
   if (!model.ok()) return fail(model.status());
-  Status fits = CheckModelFits((*model)->spec(), c, /*trains=*/true, /*holds_tables=*/true, 0, test->num_samples, MemoryLimitBytes());
   auto teacher = LoadTeacher(c, *train);
   if (!teacher.ok()) return fail(teacher.status());
+  Status fits = CheckModelFits((*model)->spec(), c, /*trains=*/true, /*holds_tables=*/true, 0, test->num_samples, MemoryLimitBytes());
   if (!fits.ok()) return fail(fits);
   try {
     worker::LocalParams params(worker::TrainingTables(**model, ToRunOptions(c, 0, 1)));
@@ -275,8 +276,8 @@ int RunDistributed(FileSystem& fs, const config::TrainConfig& c, const TrainFlag
   }
   Result<Outputs> out = Outputs{};
   worker::Dataset train, test;
-  std::optional<CheckpointDirLock> writer_lock;  // the lead worker's, for the whole run
   std::unique_ptr<worker::Teacher> teacher;
+  std::optional<CheckpointDirLock> writer_lock;  // the lead worker's, for the whole run
   // The lead worker, which creates and commits every version, checks (and creates) the checkpoint
   // location and holds the directory's writer lock for the whole run.
   const bool ckpt_writer = s.ok() && !c.checkpoint_dir().empty() && cluster->is_worker() && cluster->worker_index() == 0;
@@ -309,11 +310,11 @@ int RunDistributed(FileSystem& fs, const config::TrainConfig& c, const TrainFlag
       auto te = LoadSplit(c.data(), false);
       if (te.ok()) test = std::move(*te); else s = te.status();
     }
-  }
     if (s.ok()) {  // every worker reads the teacher (distillation) and checks it before any training
       auto t = LoadTeacher(c, train);
       if (t.ok()) teacher = std::move(*t); else s = t.status();
     }
+  }
   // Servers need the model's table shapes; the lead worker knows the input width from its data.
   int64_t input_dim = s.ok() && cluster->is_worker() ? train.num_features : 0;
   if (!agree(s)) return 1;
@@ -403,6 +404,17 @@ int RunDistributed(FileSystem& fs, const config::TrainConfig& c, const TrainFlag
   no.server.consistency = c.consistency();
   no.server.staleness = c.staleness();
   no.client.codec = c.codec();
+  no.client.error_feedback = c.error_feedback();
+  no.client.compress_after = static_cast<uint64_t>(c.compress_after());
+  no.client.codec_density = c.codec_density();
+  no.server.codec = c.codec();
+  if (!c.checkpoint_dir().empty() && cluster->is_worker() && c.batch_size() > 0) {
+    // The steps checkpoints are taken at (CheckpointDriver: every checkpoint_every, and the last):
+    // pushes before them carry the workers' error-feedback residuals.
+    const uint64_t every = static_cast<uint64_t>(c.checkpoint_every());
+    const uint64_t last = static_cast<uint64_t>(train.num_samples / c.batch_size()) * static_cast<uint64_t>(c.epochs());
+    no.client.checkpoint_at = [every, last](uint64_t steps) { return steps == last || (every > 0 && steps % every == 0); };
+  }
   no.server.checkpoint_dir = c.checkpoint_dir();
   no.server.file_system = &fs;
   no.server.checkpoint_fault = CrashHook(f.crash_at, c.checkpoint_dir());
@@ -484,7 +496,12 @@ int TrainMain(int argc, char** argv) {
   int64_t checkpoint_every = 0, keep_last = 0, max_bytes = 0;
   bool colocated = false;
   std::string consistency, codec;
+  int64_t compress_after = -1;
+  double codec_density = 0;
+  bool no_error_feedback = false;
   int staleness = -1;
+  std::string teacher;
+  double distill_temperature = 0, distill_alpha = 0;
   LaunchFlags launch;
   desc.add_options()("help,h", "print this help")
       ("config", po::value(&f.config_path)->required(), "training config, protobuf text format (.prototxt)")
@@ -500,10 +517,16 @@ int TrainMain(int argc, char** argv) {
       ("servers", po::value(&servers), "ranks 0..S-1 serve, the rest train; 0 = one process, no servers")
       ("colocated", po::bool_switch(&colocated), "every rank serves a shard and trains")
       ("consistency", po::value(&consistency), "config consistency: bsp (default), ssp (bounded staleness) or asp (asynchronous)")
-  std::string teacher;
-  double distill_temperature = 0, distill_alpha = 0;
-      ("codec", po::value(&codec), "config codec: how pushes and pull replies travel: identity (default) or fp16")
+      ("codec", po::value(&codec),
+       "config codec: how pushes and pull replies travel: identity (default), fp16, int8, sign, topk or randomk")
+      ("codec-density", po::value(&codec_density), "config codec_density: topk/randomk fraction of values sent (0.01)")
+      ("compress-after", po::value(&compress_after), "config compress_after: steps that travel as float32 first")
+      ("no-error-feedback", po::bool_switch(&no_error_feedback), "config error_feedback=false: drop what compression loses")
       ("staleness", po::value(&staleness), "config staleness: ssp's bound, 0..1000")
+      ("teacher", po::value(&teacher),
+       "config teacher: distill from this trained softmax/mlp model (safetensors, e.g. a run's final_model.safetensors)")
+      ("distill-temperature", po::value(&distill_temperature), "config distill_temperature: temperature T > 0 of the soft targets (4)")
+      ("distill-alpha", po::value(&distill_alpha), "config distill_alpha: weight in [0, 1] of the soft loss (0.9)")
       ("train-limit", po::value(&train_limit), "use only the first N training samples")
       ("test-limit", po::value(&test_limit), "use only the first N test samples")
       ("out-dir", po::value(&f.out_dir)->default_value(f.out_dir), "directory for the outputs below")
@@ -523,10 +546,6 @@ int TrainMain(int argc, char** argv) {
        "TESTS ONLY: SIGKILL this process at a checkpoint phase, PHASE@VERSION: shard-written (servers), "
        "before-rename:MANIFEST or before-dir-fsync:MANIFEST (lead worker)")
       ("test-slow-worker", po::value(&f.slow_worker),
-      ("teacher", po::value(&teacher),
-       "config teacher: distill from this trained softmax/mlp model (safetensors, e.g. a run's final_model.safetensors)")
-      ("distill-temperature", po::value(&distill_temperature), "config distill_temperature: temperature T > 0 of the soft targets (4)")
-      ("distill-alpha", po::value(&distill_alpha), "config distill_alpha: weight in [0, 1] of the soft loss (0.9)")
        "TESTS AND BENCHMARKS ONLY: W:F makes worker W (0-based) take F times its compute time per step "
        "(it sleeps F-1 times the previous step's compute), F in [1, 100]; any:F slows one worker per step, "
        "picked by a hash of the step");
@@ -570,7 +589,22 @@ int TrainMain(int argc, char** argv) {
   if (colocated) f.overrides.push_back("colocated=true");
   if (vm.count("consistency")) f.overrides.push_back("consistency=" + consistency);
   if (vm.count("codec")) f.overrides.push_back("codec=" + codec);
+  if (vm.count("compress-after")) f.overrides.push_back("compress_after=" + std::to_string(compress_after));
+  if (vm.count("codec-density")) {
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), "%.9g", codec_density);
+    f.overrides.push_back(std::string("codec_density=") + buf);
+  }
+  if (no_error_feedback) f.overrides.push_back("error_feedback=false");
   if (vm.count("staleness")) f.overrides.push_back("staleness=" + std::to_string(staleness));
+  if (vm.count("teacher")) f.overrides.push_back("teacher=" + teacher);
+  auto float_override = [&](const char* key, double value) {
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), "%.9g", value);
+    f.overrides.push_back(std::string(key) + "=" + buf);
+  };
+  if (vm.count("distill-temperature")) float_override("distill_temperature", distill_temperature);
+  if (vm.count("distill-alpha")) float_override("distill_alpha", distill_alpha);
   if (vm.count("checkpoint-dir")) f.overrides.push_back("checkpoint_dir=" + checkpoint_dir);
   if (vm.count("checkpoint-every")) f.overrides.push_back("checkpoint_every=" + std::to_string(checkpoint_every));
   if (vm.count("keep-last")) f.overrides.push_back("keep_last=" + std::to_string(keep_last));
@@ -597,14 +631,6 @@ int TrainMain(int argc, char** argv) {
     }
   }
   if (f.progress != "auto" && f.progress != "always" && f.progress != "plain" && f.progress != "never") {
-  if (vm.count("teacher")) f.overrides.push_back("teacher=" + teacher);
-  auto float_override = [&](const char* key, double value) {
-    char buf[32];
-    std::snprintf(buf, sizeof(buf), "%.9g", value);
-    f.overrides.push_back(std::string(key) + "=" + buf);
-  };
-  if (vm.count("distill-temperature")) float_override("distill_temperature", distill_temperature);
-  if (vm.count("distill-alpha")) float_override("distill_alpha", distill_alpha);
     std::cerr << "shardps train: --progress must be auto, always, plain or never, got '" << f.progress << "'\n";
     return 2;
   }

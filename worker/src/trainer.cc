@@ -358,6 +358,8 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
       row.test_accuracy = result.test_accuracy;
       row.samples_per_second = train_seconds > 0 ? static_cast<double>((step - static_cast<int64_t>(run.start_step)) * B) / train_seconds : 0;
       row.wall_seconds = Seconds(std::chrono::steady_clock::now() - start).count();
+      row.push_bytes = params.wire().push_bytes;
+      row.pull_bytes = params.wire().pull_bytes;
       hooks.on_metrics(row);
     }
     return Status::Ok();
@@ -376,8 +378,6 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
       }
       const auto tc = std::chrono::steady_clock::now();
       GatherRows(train, std::span<const int64_t>(perm).subspan(s * B + slice.begin, rows), &xb, &yb);
-      for (size_t t = 0; t < M; ++t) {
-        wspans[t] = w[t];
       const Distillation* distill = nullptr;
       if (run.teacher != nullptr) {
         const size_t C = static_cast<size_t>(ms.num_classes);
@@ -389,6 +389,8 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
         batch_distillation.teacher_logits = tb.data();
         distill = &batch_distillation;
       }
+      for (size_t t = 0; t < M; ++t) {
+        wspans[t] = w[t];
         gspans[t] = g[t];
       }
       double loss;
@@ -470,6 +472,8 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
         row.train_loss = interval_loss / static_cast<double>(interval_rows);
         row.samples_per_second = static_cast<double>((step - static_cast<int64_t>(run.start_step)) * B) / train_seconds;
         row.wall_seconds = Seconds(std::chrono::steady_clock::now() - start).count();
+        row.push_bytes = params.wire().push_bytes;
+        row.pull_bytes = params.wire().pull_bytes;
         hooks.on_metrics(row);
         interval_loss = 0;
         interval_rows = 0;
@@ -479,13 +483,16 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
     if (local_sgd && last && samples_since_average > 0) {
       SHARDPS_RETURN_IF_ERROR(average().WithContext("final model average"));
     }
-    if (!local_sgd && last && run.consistency != "bsp" && static_cast<uint64_t>(step) > run.start_step) {
+    if (!local_sgd && last && (run.consistency != "bsp" || params.lossy_pulls()) &&
+        static_cast<uint64_t>(step) > run.start_step) {
       // The replies of the last steps may lag the other workers: pull the weights every worker's
-      // last step went into.
-      const uint64_t all = run.consistency == "asp" ? static_cast<uint64_t>(step) * static_cast<uint64_t>(run.workers)
-                                                    : static_cast<uint64_t>(step) + static_cast<uint64_t>(run.staleness);
+      // last step went into. Compressed replies lag the servers' weights by the residual the
+      // servers keep: the final model is the servers' own (what the checkpoint holds).
+      const uint64_t all = run.consistency == "asp"   ? static_cast<uint64_t>(step) * static_cast<uint64_t>(run.workers)
+                           : run.consistency == "ssp" ? static_cast<uint64_t>(step) + static_cast<uint64_t>(run.staleness)
+                                                      : static_cast<uint64_t>(step);
       std::vector<Handle> fin;
-      for (size_t t = 0; t < M; ++t) fin.push_back(params.Pull(static_cast<uint32_t>(t), w[t], all));
+      for (size_t t = 0; t < M; ++t) fin.push_back(params.PullExact(static_cast<uint32_t>(t), w[t], all));
       SHARDPS_RETURN_IF_ERROR(WaitAll(params, fin, timeout, w).WithContext("pulling the final model (" + run.consistency + ")"));
     }
     if (auto bad = FirstNonFinite(w)) {
@@ -514,6 +521,7 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
   result.samples_per_second = train_seconds > 0 ? static_cast<double>((step - static_cast<int64_t>(run.start_step)) * B) / train_seconds : 0;
   result.weights = std::move(w);
   result.weights_sha256 = WeightsSha256(result.weights);
+  result.wire = params.wire();
   return result;
 }
 

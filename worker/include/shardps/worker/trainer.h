@@ -40,6 +40,13 @@ class ParamStore {
  public:
   virtual ~ParamStore() = default;
   virtual Handle Pull(uint32_t table, std::span<float> out, uint64_t version) = 0;
+  // The same, but the weights exactly as the servers hold them even when pull replies are
+  // compressed (KVClient::PullExact). The final pull of a compressed run.
+  virtual Handle PullExact(uint32_t table, std::span<float> out, uint64_t version) { return Pull(table, out, version); }
+  // True when pull replies are compressed (lossy): the weights a worker holds lag the servers'.
+  virtual bool lossy_pulls() const { return false; }
+  // Payload bytes this store's requests and replies took so far (none for in-process stores).
+  virtual WireCounters wire() const { return {}; }
   // Pushes the gradient of `range` of the table (grad.size() == its length; KeyRange{} is the whole
   // table) and receives the weights of that range after the step's update.
   virtual Handle PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step,
@@ -54,6 +61,11 @@ class ClientParams final : public ParamStore {
  public:
   explicit ClientParams(KVClient& client) : client_(client) {}
   Handle Pull(uint32_t table, std::span<float> out, uint64_t version) override { return client_.Pull(table, out, version); }
+  Handle PullExact(uint32_t table, std::span<float> out, uint64_t version) override {
+    return client_.PullExact(table, out, version);
+  }
+  bool lossy_pulls() const override { return client_.lossy(); }
+  WireCounters wire() const override { return client_.wire(); }
   Handle PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step,
                   KeyRange range) override {
     return client_.PushPull(table, grad, out, step, range);
@@ -111,6 +123,16 @@ struct RunOptions {
   // With slow_factor: the slowed worker changes from step to step (a hash of the step picks one
   // of the workers, the same on every worker), a straggler that moves.
   bool slow_rotates = false;
+  // Knowledge distillation (docs/distillation.md): with a teacher (not owned; immutable, it must
+  // outlive Train), every step's gradient is that of the distillation loss of Model::Gradient
+  // with the teacher's logits of the batch rows, temperature distill_temperature (> 0) and weight
+  // distill_alpha (in [0, 1]) of the soft term. The teacher's logits of the whole training set
+  // are computed once, before the first step (the same bits whatever the workers and batches).
+  // The training loss reported is then the distillation loss; test loss and accuracy are the
+  // plain ones.
+  const Teacher* teacher = nullptr;
+  float distill_temperature = 4.0f;
+  float distill_alpha = 0.9f;
 };
 
 // Every table of a run in declaration order: the model's, then a reduction table for metrics
@@ -123,16 +145,6 @@ struct Progress {
   int64_t step = 0;           // global steps done
   int64_t total_steps = 0;
   double loss = 0;            // mean training loss of this worker's recent steps
-  // Knowledge distillation (docs/distillation.md): with a teacher (not owned; immutable, it must
-  // outlive Train), every step's gradient is that of the distillation loss of Model::Gradient
-  // with the teacher's logits of the batch rows, temperature distill_temperature (> 0) and weight
-  // distill_alpha (in [0, 1]) of the soft term. The teacher's logits of the whole training set
-  // are computed once, before the first step (the same bits whatever the workers and batches).
-  // The training loss reported is then the distillation loss; test loss and accuracy are the
-  // plain ones.
-  const Teacher* teacher = nullptr;
-  float distill_temperature = 4.0f;
-  float distill_alpha = 0.9f;
   double test_accuracy = -1;  // last evaluation, -1 before the first
   double samples_per_second = 0;  // all workers together
   double eta_seconds = 0;
@@ -147,6 +159,9 @@ struct MetricsRow {
   double test_accuracy = -1;
   double samples_per_second = 0;
   double wall_seconds = 0;
+  // This worker's dense-table payload bytes so far, each way (WireCounters).
+  uint64_t push_bytes = 0;
+  uint64_t pull_bytes = 0;
 };
 
 struct TrainHooks {
@@ -172,6 +187,7 @@ struct TrainResult {
   double wait_seconds = 0;
   std::vector<std::vector<float>> weights;  // final model tables, in declaration order
   std::string weights_sha256;
+  WireCounters wire;  // this worker's payload bytes each way (ParamStore::wire)
 };
 
 Result<TrainResult> Train(const Model& model, const Dataset& train, const Dataset& test, ParamStore& params,

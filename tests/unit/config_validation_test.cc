@@ -3,13 +3,17 @@
 // momentum outside [0, 1), a negative weight decay, AdaGrad's and FTRL's out-of-range values, an
 // optimizer name that is not registered (the error lists the registered ones), an unknown
 // consistency policy, a staleness out of range or without ssp, ssp/asp with local_sgd or
-// checkpoints. Reached from a config file's text and from overrides (what `shardps train --lr inf`
-// and `--set` turn into).
+// checkpoints, a gradient codec that is not registered (the error lists the registered ones), a
+// negative compress_after, a codec_density outside (0, 1], and knowledge distillation's keys (a
+// temperature <= 0, an alpha outside [0, 1], distillation keys without a teacher, an empty teacher
+// path, a teacher for sparse_lr). Reached from a config file's text and from overrides (what
+// `shardps train --lr inf` and `--set` turn into).
 #include <gtest/gtest.h>
 
 #include <string>
 
 #include "config.h"
+#include "shardps/base/codec.h"
 #include "shardps/base/optimizer.h"
 
 namespace shardps {
@@ -183,6 +187,103 @@ TEST(ConfigValidation, ConsistencyAndStalenessAreChecked) {
   ExpectRefused({"consistency=asp", "staleness=2"}, "staleness", "'asp'");
   ExpectRefused({"consistency=asp", "mode=local_sgd"}, "consistency", "local_sgd");
   ExpectRefused({"consistency=ssp", "checkpoint_dir=/tmp/x"}, "consistency", "checkpoint");
+}
+
+TEST(ConfigValidation, UnknownCodecIsRefusedListingTheRegisteredOnes) {
+  for (const std::string name : {"gzip", "FP16", "top_k", ""}) {
+    Status s = WithOverrides({"codec=" + name});
+    ASSERT_FALSE(s.ok()) << "codec '" << name << "' accepted";
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.ToString();
+    EXPECT_NE(s.message().find("codec"), std::string::npos) << s.ToString();
+    EXPECT_NE(s.message().find("'" + name + "'"), std::string::npos) << s.ToString();
+    // The codecs this build ships, and whatever else is registered, are all listed.
+    for (const std::string registered : {"identity", "fp16", "int8", "sign", "topk", "randomk"}) {
+      EXPECT_NE(s.message().find(registered), std::string::npos) << registered << ": " << s.ToString();
+    }
+    for (const Codec* c : RegisteredCodecs()) {
+      EXPECT_NE(s.message().find(std::string(c->name())), std::string::npos) << c->name() << ": " << s.ToString();
+    }
+  }
+}
+
+TEST(ConfigValidation, EveryRegisteredCodecIsAccepted) {
+  EXPECT_TRUE(WithOverrides({"codec=identity"}).ok());  // the default, set explicitly
+  for (const Codec* c : RegisteredCodecs()) {
+    const std::string name(c->name());
+    Status s = WithOverrides({"codec=" + name});
+    EXPECT_TRUE(s.ok()) << name << ": " << s.ToString();
+    s = WithOverrides({"codec=" + name, "error_feedback=false", "compress_after=100", "codec_density=0.5"});
+    EXPECT_TRUE(s.ok()) << name << ": " << s.ToString();
+  }
+  // The registry holds at least the codecs the docs and config.proto promise.
+  for (const std::string name : {"identity", "fp16", "int8", "sign", "topk", "randomk"}) {
+    EXPECT_NE(FindCodec(name), nullptr) << name;
+    Status s = WithOverrides({"codec=" + name});
+    EXPECT_TRUE(s.ok()) << name << ": " << s.ToString();
+  }
+}
+
+TEST(ConfigValidation, CompressAfterMustNotBeNegative) {
+  EXPECT_TRUE(WithOverrides({"compress_after=0"}).ok());
+  EXPECT_TRUE(WithOverrides({"codec=int8", "compress_after=1000"}).ok());
+  ExpectRefused({"compress_after=-1"}, "compress_after", "negative");
+  ExpectRefused({"codec=topk", "compress_after=-1"}, "compress_after", "negative");
+}
+
+TEST(ConfigValidation, CodecDensityMustBeInHalfOpenUnitInterval) {
+  EXPECT_TRUE(WithOverrides({"codec=topk", "codec_density=1"}).ok());
+  EXPECT_TRUE(WithOverrides({"codec=randomk", "codec_density=0.01"}).ok());
+  EXPECT_TRUE(WithOverrides({"codec_density=1"}).ok());
+  ExpectRefused({"codec=topk", "codec_density=0"}, "codec_density", "0");
+  ExpectRefused({"codec=topk", "codec_density=-0.5"}, "codec_density", "-0.5");
+  ExpectRefused({"codec=randomk", "codec_density=1.5"}, "codec_density", "1.5");
+  ExpectRefused({"codec=topk", "codec_density=nan"}, "codec_density", "nan");
+  // Checked whatever the codec (a config that sets it means it).
+  ExpectRefused({"codec_density=0"}, "codec_density", "0");
+  ExpectRefused({"codec_density=1.5"}, "codec_density", "1.5");
+}
+
+TEST(ConfigValidation, DistillationWithATeacherIsAccepted) {
+  EXPECT_TRUE(WithOverrides({"teacher=/tmp/teacher.safetensors"}).ok());
+  EXPECT_TRUE(WithOverrides({"model=mlp", "hidden=32", "teacher=/tmp/teacher.safetensors", "distill_temperature=2",
+                             "distill_alpha=0.5"})
+                  .ok());
+  // The bounds: any positive temperature, alpha 0 (labels only) and 1 (soft targets only).
+  EXPECT_TRUE(WithOverrides({"teacher=t.safetensors", "distill_temperature=0.01"}).ok());
+  EXPECT_TRUE(WithOverrides({"teacher=t.safetensors", "distill_alpha=0"}).ok());
+  EXPECT_TRUE(WithOverrides({"teacher=t.safetensors", "distill_alpha=1"}).ok());
+}
+
+TEST(ConfigValidation, DistillTemperatureMustBePositive) {
+  ExpectRefused({"teacher=t.safetensors", "distill_temperature=0"}, "distill_temperature", "0");
+  ExpectRefused({"teacher=t.safetensors", "distill_temperature=-1"}, "distill_temperature", "-1");
+  ExpectRefused({"teacher=t.safetensors", "distill_temperature=nan"}, "distill_temperature", "nan");
+  // The key names its flag, which sets it through an override.
+  ExpectRefused({"teacher=t.safetensors", "distill_temperature=-1"}, "distill_temperature", "--distill-temperature");
+}
+
+TEST(ConfigValidation, DistillAlphaMustBeInUnitInterval) {
+  ExpectRefused({"teacher=t.safetensors", "distill_alpha=-0.1"}, "distill_alpha", "-0.1");
+  ExpectRefused({"teacher=t.safetensors", "distill_alpha=1.5"}, "distill_alpha", "1.5");
+  ExpectRefused({"teacher=t.safetensors", "distill_alpha=nan"}, "distill_alpha", "nan");
+  ExpectRefused({"teacher=t.safetensors", "distill_alpha=1.5"}, "distill_alpha", "--distill-alpha");
+}
+
+TEST(ConfigValidation, DistillationKeysNeedATeacher) {
+  // Valid values, but nothing to distill from: refused rather than silently ignored.
+  ExpectRefused({"distill_temperature=2"}, "distill_temperature", "teacher");
+  ExpectRefused({"distill_alpha=0.5"}, "distill_alpha", "teacher");
+  // Set to their defaults still counts as set.
+  ExpectRefused({"distill_temperature=4"}, "distill_temperature", "teacher");
+  ExpectRefused({"distill_alpha=0.9"}, "distill_alpha", "teacher");
+}
+
+TEST(ConfigValidation, TeacherMustBeAPathForADenseModel) {
+  ExpectRefused({"teacher="}, "teacher", "empty path");
+  // sparse_lr is accepted as such, and refused only with a teacher.
+  const std::initializer_list<std::string> sparse = {"model=sparse_lr", "data.format=libsvm"};
+  ASSERT_TRUE(WithOverrides(sparse).ok()) << WithOverrides(sparse).ToString();
+  ExpectRefused({"model=sparse_lr", "data.format=libsvm", "teacher=t.safetensors"}, "teacher", "sparse_lr");
 }
 
 }  // namespace

@@ -126,6 +126,7 @@ Status RunPs(const BenchFlags& f, Result<std::unique_ptr<Transport>> transport, 
   NodeOptions no;
   no.client.request_timeout = std::chrono::milliseconds(f.timeout_ms);
   no.client.codec = f.codec;
+  no.server.codec = f.codec;
   no.startup_timeout = std::chrono::milliseconds(f.timeout_ms);
   // Declared before the node, so they outlive it: a round that fails leaves its requests to the
   // transport, which lets go of these buffers only when the node stops.

@@ -358,15 +358,15 @@ void Server::SendWeights(Chunk& chunk, const HeldRequest& pull) {
   });
 }
 
-void Server::RefreshDownlink(Served& chunk, const Codec& codec, float density) {
+Status Server::RefreshDownlink(Served& chunk, const Codec& codec, float density) {
   if (!chunk.down) {
     chunk.down = std::make_unique<Downlink>();
     chunk.down->known = chunk.weights;
     chunk.down->version = chunk.version;
-    return;
+    return Status::Ok();
   }
   Downlink& d = *chunk.down;
-  if (d.version == chunk.version) return;
+  if (d.version == chunk.version) return Status::Ok();
   // The change the replica lacks, encoded; the replica moves by what the workers will decode,
   // so weights - known is what compression has not sent yet (the residual).
   std::vector<float>& change = d.scratch;
@@ -375,15 +375,19 @@ void Server::RefreshDownlink(Served& chunk, const Codec& codec, float density) {
   const CodecContext ctx{.table = chunk.info.table, .chunk = chunk.info.index, .step = chunk.version, .rank = -1,
                          .density = density};
   auto encoded = std::make_shared<std::vector<uint8_t>>(codec.Encode(change, ctx));
-  const Status decoded = codec.Decode(*encoded, change, ctx);
-  assert(decoded.ok() && "a codec decodes its own encoding");
-  (void)decoded;
+  // A codec decodes its own encoding unless a value was not finite (int8 and sign then code a NaN
+  // scale): the weights have diverged. The replica stays as it was.
+  if (Status decoded = codec.Decode(*encoded, change, ctx); !decoded.ok()) {
+    return FailedPrecondition(Describe(chunk) + " cannot be sent as a " + std::string(codec.name()) +
+                              " change: its weights are not all finite (" + decoded.message() + ")");
+  }
   for (size_t i = 0; i < change.size(); ++i) d.known[i] += change[i];
   d.from = d.version;
   d.version = chunk.version;
   d.delta = std::move(encoded);
   d.codec = codec.id();
   d.density = density;
+  return Status::Ok();
 }
 
 void Server::KeepResidual(const HeldRequest& push, std::span<const uint8_t> bytes) {
@@ -399,7 +403,12 @@ void Server::KeepResidual(const HeldRequest& push, std::span<const uint8_t> byte
 
 void Server::SendCompressed(Served& chunk, const HeldRequest& pull, const Codec& codec) {
   const wire::Header& req = pull.h();
-  RefreshDownlink(chunk, codec, req.codec_density());
+  if (Status s = RefreshDownlink(chunk, codec, req.codec_density()); !s.ok()) {
+    endpoint_.SendError(pull.in.source, req, s);
+    MutexLock lock(mu_);
+    ++stats_.errors_sent;
+    return;
+  }
   const Downlink& d = *chunk.down;
   const uint64_t off = req.key_begin() - chunk.info.begin;
   const uint64_t n = req.key_end() - req.key_begin();
@@ -431,6 +440,7 @@ void Server::SendCompressed(Served& chunk, const HeldRequest& pull, const Codec&
     if (give_back) {
       std::memcpy(full->data() + n * sizeof(float), chunk.residual[w].data() + off, n * sizeof(float));
       r.set_residual_floats(n);
+      if (whole) chunk.restored[w] = false;  // given back once
     }
     payload = std::move(full);
   }

@@ -40,6 +40,14 @@ void Server::HandleCheckpoint(IncomingFrame& in, const wire::Header& h) {
   for (const auto& csp : chunks_) {
     const Served& cs = *csp;
     if (!cs.spec->checkpointed) continue;
+    if (cs.down && CodecStateArrays(*cs.spec, options_.codec, static_cast<uint32_t>(num_workers_)) == 0) {
+      // The workers' codec is lossy but this server was not told (ServerOptions::codec): the
+      // manifest would declare codec state this shard lacks.
+      return Reject(in, h, FailedPrecondition("server rank " + std::to_string(cluster_.rank()) +
+                                              " answered compressed pulls of table '" + cs.spec->name +
+                                              "' but its ServerOptions::codec is '" + options_.codec +
+                                              "': set it to the workers' codec to checkpoint a compressed run"));
+    }
     if (cs.version != h.step()) {
       return Reject(in, h, FailedPrecondition("checkpoint at step " + std::to_string(h.step()) + " requested, but " + Describe(cs)));
     }
@@ -176,6 +184,11 @@ Status Server::RestoreCodecState(CheckpointReader& reader, uint32_t t, Served& c
   const uint32_t saved = ti.codec_arrays();
   const uint32_t mine = CodecStateArrays(*cs.spec, options_.codec, static_cast<uint32_t>(num_workers_));
   if (saved == 0 || mine == 0) return Status::Ok();  // nothing saved, or this run sends float32
+  if (saved != 1 + reader.manifest().num_workers()) {  // checked before anything is allocated
+    return DataLoss("checkpoint table '" + cs.spec->name + "' declares " + std::to_string(saved) +
+                    " codec arrays; a job of " + std::to_string(reader.manifest().num_workers()) + " workers saves " +
+                    std::to_string(1 + reader.manifest().num_workers()));
+  }
   const uint64_t n = cs.weights.size();
   std::vector<float> arrays(n * saved);
   bool replica = false;

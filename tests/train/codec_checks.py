@@ -11,7 +11,8 @@ determinism: every lossy codec (fp16, int8, sign, topk, randomk) gives the same 
 resume:      an int8 run with Adam checkpointed every 24 steps, resumed from a mid-run version onto
              another server count, ends with the weights of the run that never stopped (the
              checkpoint carries the servers' replicas and the workers' error-feedback residuals);
-             the same with a warm-up (compress_after) that ends after the resumed version.
+             the same with a warm-up (compress_after) that ends after the resumed version, and
+             one that ends at it.
 convergence: int8 and scaled sign with error feedback train the Fashion-MNIST MLP on a subset to
              an accuracy a model that does not learn cannot reach, int8 within 1 point of float32.
 No check asserts a time.
@@ -54,7 +55,9 @@ def check_determinism(r, args):
 def check_resume(r, args):
     cfg = r.config("fashion_mlp.prototxt")
     for name, extra, version in (("int8", ["--codec", "int8"], "2"),
-                                 ("int8 with compress_after 30", ["--codec", "int8", "--compress-after", "30"], "1")):
+                                 ("int8 with compress_after 30", ["--codec", "int8", "--compress-after", "30"], "1"),
+                                 # the resumed version's step is the first compressed one
+                                 ("int8 with compress_after 24", ["--codec", "int8", "--compress-after", "24"], "1")):
         base = ["--config", cfg] + CKPT + extra
         full, _, _ = r.train(3, base + ["--servers", "1"])
         ck = os.path.join(r.work, "ck-" + name.replace(" ", "_"))

@@ -96,6 +96,7 @@ class ClientCore final : public FrameHandler {
     int server = 0;  // server index (sparse)
     const Codec* codec = nullptr;  // dense: the codec the request asked for
     bool whole_chunk = false;
+    uint64_t key_begin = 0;  // dense: the request's range starts here
   };
   // A chunk's weights as this worker holds them from compressed pull replies (communication
   // thread only): the server's replica at `version` (docs/compression.md).

@@ -258,7 +258,8 @@ Handle ClientCore::Pull(uint32_t table, std::span<float> out, uint64_t version, 
   if (!r.ok()) return Failed(r.status());
   return Start("pull of table '" + layout_.table(table).name + "' version " + std::to_string(version),
                Split(wire::PULL, table, r->first, r->second, version, nullptr, out.data(),
-                     exact ? FindCodec(kIdentityCodec) : CodecFor(table, version)));
+                     // the codec of the step whose reply this version is (step version - 1)
+                     exact ? FindCodec(kIdentityCodec) : CodecFor(table, version == 0 ? 0 : version - 1)));
 }
 
 Handle ClientCore::PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step,
@@ -375,7 +376,8 @@ Handle ClientCore::Start(std::string what, std::vector<Piece> pieces) {
         if (rep != replicas_.end() && rep->second.valid) p.header.set_base_version(rep->second.version + 1);
       }
       pending_[id] = Pending{op,       i,       p.out, p.header.op(), p.server_rank, p.header.chunk(), p.sparse,
-                             std::move(p.after_receive), p.header.table(), p.server, p.codec, p.whole_chunk};
+                             std::move(p.after_receive), p.header.table(), p.server, p.codec, p.whole_chunk,
+                             p.header.key_begin()};
       endpoint_.Send(p.server_rank, p.header, p.payload, [this, op, i, id](Status s) {
         op->Part(i, s);
         if (!s.ok() && pending_.erase(id) > 0) op->Part(i, s);  // no reply will come
@@ -491,7 +493,7 @@ void ClientCore::ReceiveCompressed(IncomingFrame in, Frame frame, Pending p) {
     const bool residual = h.residual_floats() != 0;  // and this worker's restored residual after it
     const uint64_t expect = p.out.size() * (residual ? 2 : 1);
     if (h.codec() != 0 || in.payload_bytes != expect || (residual && h.residual_floats() != floats) ||
-        h.key_end() < h.key_begin() || h.key_end() - h.key_begin() != floats || h.key_end() > layout_.table(p.table).size) {
+        h.key_begin() != p.key_begin || h.key_end() < h.key_begin() || h.key_end() - h.key_begin() != floats) {
       return fail("holds the weights whole, but as codec id " + std::to_string(h.codec()) + " in " +
                   std::to_string(in.payload_bytes) + " bytes for keys [" + std::to_string(h.key_begin()) + "," +
                   std::to_string(h.key_end()) + ") (expected float32, " + std::to_string(expect) + " bytes for " +
@@ -526,11 +528,18 @@ void ClientCore::ReceiveCompressed(IncomingFrame in, Frame frame, Pending p) {
       return fail("is a change coded with codec id " + std::to_string(h.codec()) + " for a request of " +
                   (p.whole_chunk ? "codec " + std::string(codec->name()) : std::string("part of a chunk")));
     }
+    if (rep.valid && rep.values.size() == floats && rep.version == h.step()) {
+      // Already applied (another pull of this chunk in flight got the same change): as it is.
+      if (in.payload_bytes > 0) (void)endpoint_.transport().DiscardPayload(in);
+      std::copy(rep.values.begin(), rep.values.end(), out.begin());
+      op->Part(piece, Status::Ok());
+      return;
+    }
     if (!rep.valid || rep.values.size() != floats || rep.version + 1 != h.delta_base()) {
+      const std::string holds = rep.valid ? "version " + std::to_string(rep.version) : std::string("none");
       rep.valid = false;  // the next request asks for the replica whole
-      return fail("is a change from version " + std::to_string(h.delta_base() - 1) + " of chunk " +
-                  std::to_string(p.chunk) + ", this worker holds " +
-                  (rep.valid ? "version " + std::to_string(rep.version) : std::string("none")));
+      return fail("is a change from version " + std::to_string(h.delta_base() - 1) + " to " + std::to_string(h.step()) +
+                  " of chunk " + std::to_string(p.chunk) + ", this worker holds " + holds);
     }
     if (h.delta_base() == h.step() + 1) {  // unchanged
       if (in.payload_bytes != 0) return fail("says nothing changed but carries " + std::to_string(in.payload_bytes) + " bytes");
@@ -545,9 +554,14 @@ void ClientCore::ReceiveCompressed(IncomingFrame in, Frame frame, Pending p) {
       if (op->cancelled) return;  // the buffer may be gone: do not write it
       if (st.ok()) st = VerifyPayload(*fr, *encoded);
       Replica& rep = replicas_[key];
+      if (st.ok() && rep.valid && rep.version == fr->header.step()) {  // applied meanwhile (see above)
+        std::copy(rep.values.begin(), rep.values.end(), out.begin());
+        op->Part(piece, st);
+        return;
+      }
       if (st.ok() && (!rep.valid || rep.version + 1 != fr->header.delta_base())) {
-        st = DataLoss("a change from version " + std::to_string(fr->header.delta_base() - 1) +
-                      " arrived after this worker's replica moved to " + std::to_string(rep.version));
+        st = DataLoss("a change from version " + std::to_string(fr->header.delta_base() - 1) + " arrived when this worker's " +
+                      (rep.valid ? "replica was at version " + std::to_string(rep.version) : std::string("replica was gone")));
       }
       if (st.ok()) {
         std::vector<float>& change = rep.change;

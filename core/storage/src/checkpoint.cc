@@ -397,7 +397,13 @@ Status CheckpointReader::ReadArrays(uint32_t table, uint64_t begin, uint64_t end
     for (const auto& c : shard.chunks()) {
       if (c.table() != table || c.end() <= begin || c.begin() >= end) continue;
       const uint64_t size = c.end() - c.begin();
-      if (c.end() < c.begin() || c.bytes() != size * 4 * arrays) return DataLoss("'" + path + "': chunk entry size mismatch");
+      // Sizes from the manifest: checked without overflow before anything is allocated.
+      if (c.end() < c.begin() || size > (uint64_t{1} << 40) / arrays || c.bytes() != size * 4 * arrays) {
+        return DataLoss("'" + path + "': the chunk entry of table " + std::to_string(table) + " [" +
+                        std::to_string(c.begin()) + "," + std::to_string(c.end()) + ") declares " +
+                        std::to_string(c.bytes()) + " bytes; " + std::to_string(arrays) +
+                        " float arrays of that range take " + std::to_string(size * 4 * arrays));
+      }
       std::vector<float> buf(size * arrays);
       int fd = ::open(path.c_str(), O_RDONLY);
       if (fd < 0) return IoError(Errno("open '" + path + "'"));

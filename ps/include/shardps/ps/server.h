@@ -114,7 +114,7 @@ class Server final : public FrameHandler, private PolicyHost, private SparseHost
   struct Served;    // a Chunk and its policy's ChunkSync
   struct Downlink;  // a chunk's compressed pull replies (server_internal.h)
   // Brings the chunk's replica to the chunk's version (encoding the change) with `codec`.
-  void RefreshDownlink(Served& chunk, const Codec& codec, float density);
+  Status RefreshDownlink(Served& chunk, const Codec& codec, float density);
   void SendCompressed(Served& chunk, const HeldRequest& pull, const Codec& codec);
   // Keeps the error-feedback residual a push carried (wire.proto residual_floats) for a checkpoint.
   void KeepResidual(const HeldRequest& push, std::span<const uint8_t> bytes);

@@ -57,16 +57,6 @@ Status WrongSize(std::string_view codec, uint64_t values, uint64_t bytes, const 
                          ", the payload has " + std::to_string(bytes) + " bytes");
 }
 
-// x rounded to the nearest integer, ties to the even one, whatever the floating-point environment's
-// rounding mode. |x| <= 2^22, so x - floor(x) is exact.
-float RoundHalfEven(float x) {
-  const float f = std::floor(x);
-  const float d = x - f;
-  if (d > 0.5f) return f + 1.0f;
-  if (d < 0.5f) return f;
-  return std::fmod(f, 2.0f) == 0.0f ? f : f + 1.0f;
-}
-
 // The floats' own bytes. Callers take the raw() fast path and never call Encode/Decode; they are
 // here so the codec is complete on its own (and for code that wants a copy).
 class Identity final : public Codec {

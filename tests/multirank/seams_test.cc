@@ -113,7 +113,7 @@ TEST(SeamDefaults, TheDefaultNamesSelectBspAndTheIdentityCodec) {
 // copy paths of a non-raw codec); values a half holds exactly go through unchanged, others are
 // rounded to the nearest half on the wire while the server's arithmetic stays float32; a "sum"
 // table (a reduction) travels as float32 whatever the client's codec.
-TEST(Fp16Codec, PushesAndRepliesAreHalvesAndSumTablesStayExact) {
+TEST(Fp16Codec, PushesAreHalvesRepliesAreHalfChangesAndSumTablesStayExact) {
   testing::JobConfig c{.world = 4, .servers = 2};
   TableSpec w{.name = "w", .size = 300};
   w.optimizer.learning_rate = 0.5f;
@@ -126,13 +126,20 @@ TEST(Fp16Codec, PushesAndRepliesAreHalvesAndSumTablesStayExact) {
     if (!node.client()) return Status::Ok();
     // Worker 0 pushes 1, worker 1 pushes 0.1 (not a half: 0.0999755859375 on the wire). The server
     // sums in float32: 1 + 0.0999755859375 = 1.0999755859375f; SGD at 0.5 from 0 gives -0.54998779...
-    // in float32, which the reply rounds to the nearest half.
     const float g = rank == 2 ? 1.0f : 0.1f;
     std::vector<float> grad(300, g), got(300);
+    const float step = 0.5f * (1.0f + HalfToFloat(FloatToHalf(0.1f)));
+    // The first compressed reply of a chunk is the servers' replica whole, as float32: exact.
     SHARDPS_RETURN_IF_ERROR(node.client()->PushPull(0, grad, got, 0).wait(kWait));
-    const float on_server = -0.5f * (1.0f + HalfToFloat(FloatToHalf(0.1f)));
-    const float want = HalfToFloat(FloatToHalf(on_server));
-    EXPECT_NE(want, on_server);  // the reply really is rounded
+    const float w1 = 0.0f - step;
+    for (float v : got) {
+      if (v != w1) return Internal("weight " + std::to_string(v) + ", expected " + std::to_string(w1));
+    }
+    // The next is the change of the replica, in halves: the worker holds w1 + half(w2 - w1).
+    SHARDPS_RETURN_IF_ERROR(node.client()->PushPull(0, grad, got, 1).wait(kWait));
+    const float w2 = w1 - step;
+    const float want = w1 + HalfToFloat(FloatToHalf(w2 - w1));
+    EXPECT_NE(want, w2);  // the change really is rounded
     for (float v : got) {
       if (v != want) return Internal("weight " + std::to_string(v) + ", expected " + std::to_string(want));
     }

@@ -92,7 +92,8 @@ double DistillationLoss(const Distillation& d, int64_t rows, float scale, const 
   const float soft_scale = A * T * scale;
   const double hard_weight = 1.0 - static_cast<double>(A);
   const double soft_weight = static_cast<double>(A) * static_cast<double>(T) * static_cast<double>(T);
-  std::vector<float> zs(static_cast<size_t>(C)), ts(static_cast<size_t>(C));
+  std::vector<float> zs(static_cast<size_t>(C)), ts(static_cast<size_t>(C)), us(static_cast<size_t>(C)),
+      qs(static_cast<size_t>(C));
   double loss = 0.0;
   for (int64_t r = 0; r < rows; ++r) {
     float* zr = dz.data() + r * C;
@@ -110,14 +111,17 @@ double DistillationLoss(const Distillation& d, int64_t rows, float scale, const 
     const float shift = s.max + s.lse;
     const float shift_q = sq.max + sq.lse;
     const float shift_u = st.max + st.lse;
+    // Two loops, not one: GCC 12 at -O3 vectorised the single loop (exp, a double sum and the
+    // stores into zr) into wrong gradients (model_test's finite differences caught it; -O2 and
+    // -fno-tree-vectorize were right). Same arithmetic, same order.
     double soft = 0.0;  // -sum_c u_c log q_c
     for (Eigen::Index c = 0; c < C; ++c) {
-      const float u = std::exp(ts[c] - shift_u);
+      us[c] = std::exp(ts[c] - shift_u);
+      qs[c] = std::exp(zs[c] - shift_q);
       const float log_q = (zs[c] - sq.max) - sq.lse;
-      soft -= static_cast<double>(u) * static_cast<double>(log_q);
-      const float q = std::exp(zs[c] - shift_q);
-      zr[c] = std::exp(zr[c] - shift) * hard_scale + soft_scale * (q - u);
+      soft -= static_cast<double>(us[c]) * static_cast<double>(log_q);
     }
+    for (Eigen::Index c = 0; c < C; ++c) zr[c] = std::exp(zr[c] - shift) * hard_scale + soft_scale * (qs[c] - us[c]);
     zr[label] -= hard_scale;
     loss += hard_weight * hard + soft_weight * soft;
   }

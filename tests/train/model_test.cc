@@ -63,17 +63,16 @@ std::vector<int32_t> RandomLabels(int64_t rows, int classes, std::mt19937& rng) 
   return y;
 }
 
-// Straightforward double-precision forward pass: the sum of the samples' cross-entropy losses.
-// `relu_signs` (optional) records whether each hidden pre-activation was positive, so the finite
-// difference can tell when a perturbation crossed a ReLU kink.
-double ReferenceLoss(const ModelSpec& spec, const std::vector<std::vector<double>>& p, const std::vector<float>& x,
-                     const std::vector<int32_t>& y, int64_t rows, std::vector<bool>* relu_signs = nullptr) {
+// Double-precision logits of every row, and (optional) the signs of the hidden pre-activations.
+std::vector<std::vector<double>> ReferenceLogits(const ModelSpec& spec, const std::vector<std::vector<double>>& p,
+                                                 const std::vector<float>& x, int64_t rows,
+                                                 std::vector<bool>* relu_signs = nullptr) {
   std::vector<int64_t> d{spec.input_dim};
   d.insert(d.end(), spec.hidden.begin(), spec.hidden.end());
   d.push_back(spec.num_classes);
   const size_t L = d.size() - 1;
   if (relu_signs) relu_signs->clear();
-  double loss = 0;
+  std::vector<std::vector<double>> out;
   for (int64_t r = 0; r < rows; ++r) {
     std::vector<double> a(x.begin() + r * d[0], x.begin() + (r + 1) * d[0]);
     for (size_t l = 0; l < L; ++l) {
@@ -91,6 +90,20 @@ double ReferenceLoss(const ModelSpec& spec, const std::vector<std::vector<double
       }
       a = std::move(z);
     }
+    out.push_back(std::move(a));
+  }
+  return out;
+}
+
+// Straightforward double-precision forward pass: the sum of the samples' cross-entropy losses.
+// `relu_signs` (optional) records whether each hidden pre-activation was positive, so the finite
+// difference can tell when a perturbation crossed a ReLU kink.
+double ReferenceLoss(const ModelSpec& spec, const std::vector<std::vector<double>>& p, const std::vector<float>& x,
+                     const std::vector<int32_t>& y, int64_t rows, std::vector<bool>* relu_signs = nullptr) {
+  const auto z = ReferenceLogits(spec, p, x, rows, relu_signs);
+  double loss = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const std::vector<double>& a = z[r];
     double m = *std::max_element(a.begin(), a.end());
     double s = 0;
     for (double v : a) s += std::exp(v - m);
@@ -571,38 +584,6 @@ TEST(ModelEvaluate, ManyRowsMatchReference) {
 
 // ---------------------------------------------------------------------------------------------
 // Distillation (knowledge distillation, Hinton et al. 2015): the loss, its gradient, alpha = 0.
-
-// Double-precision logits of every row, and (optional) the signs of the hidden pre-activations.
-std::vector<std::vector<double>> ReferenceLogits(const ModelSpec& spec, const std::vector<std::vector<double>>& p,
-                                                 const std::vector<float>& x, int64_t rows,
-                                                 std::vector<bool>* relu_signs = nullptr) {
-  std::vector<int64_t> d{spec.input_dim};
-  d.insert(d.end(), spec.hidden.begin(), spec.hidden.end());
-  d.push_back(spec.num_classes);
-  const size_t L = d.size() - 1;
-  if (relu_signs) relu_signs->clear();
-  std::vector<std::vector<double>> out;
-  for (int64_t r = 0; r < rows; ++r) {
-    std::vector<double> a(x.begin() + r * d[0], x.begin() + (r + 1) * d[0]);
-    for (size_t l = 0; l < L; ++l) {
-      std::vector<double> z(static_cast<size_t>(d[l + 1]));
-      for (int64_t o = 0; o < d[l + 1]; ++o) {
-        double s = p[2 * l + 1][o];
-        for (int64_t i = 0; i < d[l]; ++i) s += a[i] * p[2 * l][i * d[l + 1] + o];
-        z[o] = s;
-      }
-      if (l + 1 < L) {
-        for (double& v : z) {
-          if (relu_signs) relu_signs->push_back(v > 0);
-          v = std::max(v, 0.0);
-        }
-      }
-      a = std::move(z);
-    }
-    out.push_back(std::move(a));
-  }
-  return out;
-}
 
 // log softmax(v / T), in double.
 std::vector<double> LogSoftmax(const std::vector<double>& v, double T) {

@@ -276,6 +276,13 @@ Status ValidateTrainConfig(const config::TrainConfig& c) {
   if (!c.checkpoint_dir().empty() && c.servers() == 0 && !c.colocated()) {
     return bad("checkpoint_dir", "checkpoints are written by parameter servers; --servers 0 has none");
   }
+  if (c.optimizer_on() != "servers" && c.optimizer_on() != "workers") {
+    return bad("optimizer_on (--optimizer-on)", "'" + c.optimizer_on() + "' is not servers or workers");
+  }
+  if (c.optimizer_on() == "workers" && (c.mode() != "sync" || c.model() == "sparse_lr")) {
+    return bad("optimizer_on (--optimizer-on)", "'workers' applies to the dense models (softmax, mlp) in mode sync (local_sgd "
+                                                "always runs the optimizer on the workers)");
+  }
   if (auto p = ps::LookupConsistencyPolicy(c.consistency()); !p.ok()) return bad("consistency", p.status().message());
   if (auto k = LookupCodec(c.codec()); !k.ok()) return bad("codec", k.status().message());
   if (c.compress_after() < 0) return bad("compress_after", "must not be negative");

@@ -88,6 +88,11 @@ Result<worker::Dataset> LoadSplit(const config::DataConfig& d, bool train) {
   }
 }
 
+// The optimizer whose state the workers keep (optimizer_on "workers"), or "".
+std::string WorkerOptimizer(const config::TrainConfig& c) {
+  return c.optimizer_on() == "workers" && c.mode() == "sync" ? c.optimizer().kind() : std::string();
+}
+
 worker::RunOptions ToRunOptions(const config::TrainConfig& c, int worker, int workers) {
   worker::RunOptions r;
   r.mode = c.mode();
@@ -96,6 +101,7 @@ worker::RunOptions ToRunOptions(const config::TrainConfig& c, int worker, int wo
   r.batch_size = c.batch_size();
   r.seed = c.seed();
   r.optimizer = *ToOptimizerConfig(c.optimizer());  // validated
+  r.optimizer_on = c.optimizer_on();
   r.log_every_steps = c.log_every_steps();
   r.eval_every_epochs = c.eval_every_epochs();
   r.worker = worker;
@@ -183,7 +189,8 @@ Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const O
                                 .train_samples = static_cast<uint64_t>(train.num_samples),
                                 .train_data_crc32c = TrainDataCrc(train),
                                 .tables = worker::TrainingTables(*model, run),
-                                .codec = c.codec()};
+                                .codec = c.codec(),
+                                .worker_optimizer = WorkerOptimizer(c)};
     worker::CheckpointOptions co;
     co.dir = c.checkpoint_dir();
     co.every = static_cast<uint64_t>(c.checkpoint_every());
@@ -408,9 +415,11 @@ int RunDistributed(FileSystem& fs, const config::TrainConfig& c, const TrainFlag
   no.client.compress_after = static_cast<uint64_t>(c.compress_after());
   no.client.codec_density = c.codec_density();
   no.server.codec = c.codec();
+  no.client.worker_optimizer = WorkerOptimizer(c);
+  no.server.worker_optimizer = WorkerOptimizer(c);
   if (!c.checkpoint_dir().empty() && cluster->is_worker() && c.batch_size() > 0) {
     // The steps checkpoints are taken at (CheckpointDriver: every checkpoint_every, and the last):
-    // pushes before them carry the workers' error-feedback residuals.
+    // pushes before them carry the workers' error-feedback residuals and optimizer slots.
     const uint64_t every = static_cast<uint64_t>(c.checkpoint_every());
     const uint64_t last = static_cast<uint64_t>(train.num_samples / c.batch_size()) * static_cast<uint64_t>(c.epochs());
     no.client.checkpoint_at = [every, last](uint64_t steps) { return steps == last || (every > 0 && steps % every == 0); };
@@ -495,7 +504,7 @@ int TrainMain(int argc, char** argv) {
   std::string optimizer, mode, hidden, checkpoint_dir;
   int64_t checkpoint_every = 0, keep_last = 0, max_bytes = 0;
   bool colocated = false;
-  std::string consistency, codec;
+  std::string consistency, codec, optimizer_on;
   int64_t compress_after = -1;
   double codec_density = 0;
   bool no_error_feedback = false;
@@ -522,6 +531,8 @@ int TrainMain(int argc, char** argv) {
       ("codec-density", po::value(&codec_density), "config codec_density: topk/randomk fraction of values sent (0.01)")
       ("compress-after", po::value(&compress_after), "config compress_after: steps that travel as float32 first")
       ("no-error-feedback", po::bool_switch(&no_error_feedback), "config error_feedback=false: drop what compression loses")
+      ("optimizer-on", po::value(&optimizer_on),
+       "config optimizer_on: servers (default: on the sum of the gradients) or workers (each worker's own state; pushes its change)")
       ("staleness", po::value(&staleness), "config staleness: ssp's bound, 0..1000")
       ("teacher", po::value(&teacher),
        "config teacher: distill from this trained softmax/mlp model (safetensors, e.g. a run's final_model.safetensors)")
@@ -596,6 +607,7 @@ int TrainMain(int argc, char** argv) {
     f.overrides.push_back(std::string("codec_density=") + buf);
   }
   if (no_error_feedback) f.overrides.push_back("error_feedback=false");
+  if (vm.count("optimizer-on")) f.overrides.push_back("optimizer_on=" + optimizer_on);
   if (vm.count("staleness")) f.overrides.push_back("staleness=" + std::to_string(staleness));
   if (vm.count("teacher")) f.overrides.push_back("teacher=" + teacher);
   auto float_override = [&](const char* key, double value) {

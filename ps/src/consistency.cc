@@ -1,6 +1,7 @@
 #include "shardps/ps/consistency.h"
 
 #include "policies.h"
+#include "shardps/base/optimizer.h"
 #include "shardps/ps/server_options.h"
 
 namespace shardps::ps {
@@ -25,6 +26,9 @@ Status ValidateServerOptions(const ServerOptions& options) {
   if (options.staleness < 0 || options.staleness > kMaxStaleness) {
     return InvalidArgument("ServerOptions::staleness " + std::to_string(options.staleness) + " is outside 0.." +
                            std::to_string(kMaxStaleness));
+  }
+  if (!options.worker_optimizer.empty()) {
+    SHARDPS_RETURN_IF_ERROR(LookupOptimizer(options.worker_optimizer).status().WithContext("ServerOptions::worker_optimizer"));
   }
   return Status::Ok();
 }

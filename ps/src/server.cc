@@ -273,11 +273,14 @@ void Server::HandlePush(IncomingFrame& in, Frame& f) {
   const uint64_t n = h.key_end() - h.key_begin();
   const Codec* codec = FindCodecById(h.codec());  // known: ValidateKeys
   // Checked before anything is received or allocated.
-  if (h.residual_floats() != 0 && (codec->raw() || h.residual_floats() != n || in.payload_bytes < n * sizeof(float))) {
+  const uint64_t state_floats = uint64_t{WorkerArrays(cs)} * n;
+  if (h.residual_floats() != 0 && (h.residual_floats() != state_floats || in.payload_bytes < state_floats * sizeof(float))) {
     return Reject(in, h, InvalidArgument("push to table '" + cs.spec->name + "' " + Range(h) + " declares " +
-                                         std::to_string(h.residual_floats()) + " residual floats in a payload of " +
-                                         std::to_string(in.payload_bytes) + " bytes (a residual is the range's " +
-                                         std::to_string(n) + " floats, after a lossy codec's bytes)"));
+                                         std::to_string(h.residual_floats()) +
+                                         " floats of worker state (error-feedback residual, optimizer slots) in a payload of " +
+                                         std::to_string(in.payload_bytes) + " bytes (this job's workers keep " +
+                                         std::to_string(WorkerArrays(cs)) + " arrays of the range's " + std::to_string(n) +
+                                         " floats, sent after the values)"));
   }
   const Status size = codec->CheckEncodedSize(n, in.payload_bytes - h.residual_floats() * sizeof(float));
   if (h.element_count() != n || !size.ok()) {
@@ -312,7 +315,7 @@ void Server::Acknowledge(const HeldRequest& push) { SendOk(push.in.source, push.
 
 Status Server::ReceivePayload(const HeldPtr& push, std::span<float> dest, std::function<void(Status)> done) {
   const Codec* codec = FindCodecById(push->h().codec());  // known: ValidateKeys
-  if (codec->raw()) {  // straight into `dest`
+  if (codec->raw() && push->h().residual_floats() == 0) {  // straight into `dest`
     const std::span<uint8_t> bytes = AsBytes(dest.data(), dest.size());
     return endpoint_.transport().ReceivePayload(push->in, bytes, [push, bytes, done = std::move(done)](Status st) {
       push->in.payload_bytes = 0;  // consumed
@@ -320,7 +323,8 @@ Status Server::ReceivePayload(const HeldPtr& push, std::span<float> dest, std::f
       done(std::move(st));
     });
   }
-  // Into a copy (its size checked against the codec in HandlePush), decoded into `dest`.
+  // Into a copy (its size checked against the codec in HandlePush), decoded into `dest`; the
+  // worker's state after the values, if any, is kept for the checkpoint.
   auto encoded = std::make_shared<std::vector<uint8_t>>(push->in.payload_bytes);
   const CodecContext ctx = ContextOf(push->h(), cluster_.WorkerIndexOf(push->in.source));
   return endpoint_.transport().ReceivePayload(
@@ -330,7 +334,7 @@ Status Server::ReceivePayload(const HeldPtr& push, std::span<float> dest, std::f
         const uint64_t residual = push->h().residual_floats();  // checked in HandlePush
         const size_t coded = encoded->size() - residual * sizeof(float);
         if (st.ok()) st = codec->Decode(std::span<const uint8_t>(*encoded).first(coded), dest, ctx);
-        if (st.ok() && residual > 0) KeepResidual(*push, std::span<const uint8_t>(*encoded).subspan(coded));
+        if (st.ok() && residual > 0) KeepWorkerState(*push, std::span<const uint8_t>(*encoded).subspan(coded));
         done(std::move(st));
       });
 }
@@ -341,14 +345,30 @@ void Server::SendWeights(Chunk& chunk, const HeldRequest& pull) {
   const uint64_t n = req.key_end() - req.key_begin();
   const Codec* codec = FindCodecById(req.codec());  // known: ValidateKeys
   if (!codec->raw()) return SendCompressed(static_cast<Served&>(chunk), pull, *codec);
-  {
-    MutexLock lock(mu_);
-    stats_.pull_bytes_sent += n * sizeof(float);
-  }
   wire::Header r = WeightsReply(req);
   r.set_step(chunk.version);
   r.set_element_count(n);
   r.set_codec(codec->id());
+  Served& restored = static_cast<Served&>(chunk);
+  const int w = pull.worker;
+  if (w >= 0 && static_cast<size_t>(w) < restored.restored.size() && restored.restored[w]) {
+    // The first reply to a worker after a restore (optimizer on the workers, float32 replies):
+    // a copy, with the worker's saved state after the weights.
+    auto payload = FullPayload(restored, chunk.weights.data(), off, n, w, off == 0 && n == chunk.weights.size(), &r);
+    {
+      MutexLock lock(mu_);
+      stats_.pull_bytes_sent += payload->size();
+    }
+    const std::span<const uint8_t> bytes(*payload);
+    endpoint_.Send(pull.in.source, std::move(r), bytes, [this, &restored, payload](Status s) {
+      if (!s.ok()) endpoint_.Warn("sending weights of " + Describe(restored) + ": " + s.ToString());
+    });
+    return;
+  }
+  {
+    MutexLock lock(mu_);
+    stats_.pull_bytes_sent += n * sizeof(float);
+  }
   const std::span<const float> weights(chunk.weights.data() + off, n);
   Served& served = static_cast<Served&>(chunk);  // every Chunk a policy sees is one of chunks_
   ++chunk.inflight_sends;
@@ -390,15 +410,45 @@ Status Server::RefreshDownlink(Served& chunk, const Codec& codec, float density)
   return Status::Ok();
 }
 
-void Server::KeepResidual(const HeldRequest& push, std::span<const uint8_t> bytes) {
+uint32_t Server::WorkerArrays(const Served& chunk) const {
+  return WorkerStateArrays(*chunk.spec, WorkerState{.codec = options_.codec, .optimizer = options_.worker_optimizer,
+                                                    .workers = static_cast<uint32_t>(num_workers_)});
+}
+
+void Server::KeepWorkerState(const HeldRequest& push, std::span<const uint8_t> bytes) {
   const wire::Header& h = push.h();
   Served& cs = *by_key_.at(Key(h.table(), h.chunk()));  // known: ValidateKeys
-  cs.SizeResiduals(static_cast<size_t>(num_workers_));
-  std::vector<float>& r = cs.residual[push.worker];
-  r.resize(cs.weights.size());
-  std::memcpy(r.data() + (h.key_begin() - cs.info.begin), bytes.data(), bytes.size());
-  cs.residual_at[push.worker] = h.step() + 1;
+  cs.SizeWorkerState(static_cast<size_t>(num_workers_));
+  const uint64_t chunk_n = cs.weights.size();
+  const uint64_t n = h.key_end() - h.key_begin();
+  const uint64_t arrays = h.residual_floats() / n;  // checked in HandlePush: WorkerArrays(cs)
+  std::vector<float>& r = cs.worker_state[push.worker];
+  r.resize(chunk_n * arrays);
+  for (uint64_t j = 0; j < arrays; ++j) {
+    std::memcpy(r.data() + j * chunk_n + (h.key_begin() - cs.info.begin), bytes.data() + j * n * sizeof(float), n * sizeof(float));
+  }
+  cs.state_at[push.worker] = h.step() + 1;
   cs.restored[push.worker] = false;
+}
+
+std::shared_ptr<std::vector<uint8_t>> Server::FullPayload(Served& chunk, const float* values, uint64_t off, uint64_t n,
+                                                          int worker, bool whole, wire::Header* reply) {
+  // A worker's first full reply after a restore also gives it back its saved state of the range.
+  const bool give_back = worker >= 0 && static_cast<size_t>(worker) < chunk.restored.size() && chunk.restored[worker] &&
+                         chunk.state_at[worker] == chunk.version;
+  const uint64_t chunk_n = chunk.weights.size();
+  const uint64_t arrays = give_back ? chunk.worker_state[worker].size() / chunk_n : 0;
+  auto full = std::make_shared<std::vector<uint8_t>>(n * sizeof(float) * (1 + arrays));
+  std::memcpy(full->data(), values + off, n * sizeof(float));
+  for (uint64_t j = 0; j < arrays; ++j) {
+    std::memcpy(full->data() + (1 + j) * n * sizeof(float), chunk.worker_state[worker].data() + j * chunk_n + off,
+                n * sizeof(float));
+  }
+  if (arrays > 0) {
+    reply->set_residual_floats(arrays * n);
+    if (whole) chunk.restored[worker] = false;  // given back once
+  }
+  return full;
 }
 
 void Server::SendCompressed(Served& chunk, const HeldRequest& pull, const Codec& codec) {
@@ -431,18 +481,7 @@ void Server::SendCompressed(Served& chunk, const HeldRequest& pull, const Codec&
     r.set_delta_base(0);
     r.set_codec(0);
     r.set_element_count(n);
-    // A worker's first pull after a restore also gets its error-feedback residual back.
-    const int w = pull.worker;
-    const bool give_back = w >= 0 && static_cast<size_t>(w) < chunk.restored.size() && chunk.restored[w] &&
-                           chunk.residual_at[w] == chunk.version;
-    auto full = std::make_shared<std::vector<uint8_t>>(n * sizeof(float) * (give_back ? 2 : 1));
-    std::memcpy(full->data(), d.known.data() + off, n * sizeof(float));
-    if (give_back) {
-      std::memcpy(full->data() + n * sizeof(float), chunk.residual[w].data() + off, n * sizeof(float));
-      r.set_residual_floats(n);
-      if (whole) chunk.restored[w] = false;  // given back once
-    }
-    payload = std::move(full);
+    payload = FullPayload(chunk, d.known.data(), off, n, pull.worker, whole, &r);
   }
   {
     MutexLock lock(mu_);

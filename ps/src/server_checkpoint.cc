@@ -40,6 +40,8 @@ void Server::HandleCheckpoint(IncomingFrame& in, const wire::Header& h) {
   for (const auto& csp : chunks_) {
     const Served& cs = *csp;
     if (!cs.spec->checkpointed) continue;
+    const WorkerState state{.codec = options_.codec, .optimizer = options_.worker_optimizer,
+                            .workers = static_cast<uint32_t>(num_workers_)};
     if (cs.down && CodecStateArrays(*cs.spec, options_.codec, static_cast<uint32_t>(num_workers_)) == 0) {
       // The workers' codec is lossy but this server was not told (ServerOptions::codec): the
       // manifest would declare codec state this shard lacks.
@@ -55,21 +57,27 @@ void Server::HandleCheckpoint(IncomingFrame& in, const wire::Header& h) {
     c.table = ckpt_table[cs.info.table];
     c.begin = cs.info.begin;
     c.end = cs.info.end;
-    const uint32_t codec_arrays = CodecStateArrays(*cs.spec, options_.codec, static_cast<uint32_t>(num_workers_));
+    const uint32_t codec_arrays = CodecStateArrays(*cs.spec, state);
+    const uint32_t worker_arrays = WorkerArrays(cs);
+    const uint64_t per_worker = uint64_t{worker_arrays} * cs.weights.size();
     c.data.reserve(cs.weights.size() * (1 + codec_arrays) + cs.slots.size());
     c.data.insert(c.data.end(), cs.weights.begin(), cs.weights.end());
     c.data.insert(c.data.end(), cs.slots.begin(), cs.slots.end());
     if (codec_arrays > 0) {
-      // The replica every worker holds at this step (the weights themselves before the first
-      // compressed pull), then each worker's residual after its push of the step before.
-      const bool replica = cs.down && cs.down->version == cs.version;
-      const std::vector<float>& known = replica ? cs.down->known : cs.weights;
-      c.replica = replica;
-      c.data.insert(c.data.end(), known.begin(), known.end());
+      if (codec_arrays > uint64_t{worker_arrays} * static_cast<uint64_t>(num_workers_)) {
+        // With a lossy codec: the replica every worker holds at this step (the weights
+        // themselves before the first compressed pull).
+        const bool replica = cs.down && cs.down->version == cs.version;
+        const std::vector<float>& known = replica ? cs.down->known : cs.weights;
+        c.replica = replica;
+        c.data.insert(c.data.end(), known.begin(), known.end());
+      }
+      // Then each worker's state (residual, optimizer slots) after its push of the step before.
       for (int w = 0; w < num_workers_; ++w) {
-        const bool has = static_cast<size_t>(w) < cs.residual.size() && cs.residual_at[w] == h.step();
-        if (has) c.data.insert(c.data.end(), cs.residual[w].begin(), cs.residual[w].end());
-        else c.data.insert(c.data.end(), cs.weights.size(), 0.0f);
+        const bool has = static_cast<size_t>(w) < cs.worker_state.size() && cs.state_at[w] == h.step() &&
+                         cs.worker_state[w].size() == per_worker;
+        if (has) c.data.insert(c.data.end(), cs.worker_state[w].begin(), cs.worker_state[w].end());
+        else c.data.insert(c.data.end(), per_worker, 0.0f);
       }
     }
     chunks.push_back(std::move(c));
@@ -182,35 +190,50 @@ Status Server::Restore(CheckpointReader& reader) {
 Status Server::RestoreCodecState(CheckpointReader& reader, uint32_t t, Served& cs) {
   const auto& ti = reader.manifest().tables(static_cast<int>(t));
   const uint32_t saved = ti.codec_arrays();
-  const uint32_t mine = CodecStateArrays(*cs.spec, options_.codec, static_cast<uint32_t>(num_workers_));
-  if (saved == 0 || mine == 0) return Status::Ok();  // nothing saved, or this run sends float32
-  if (saved != 1 + reader.manifest().num_workers()) {  // checked before anything is allocated
-    return DataLoss("checkpoint table '" + cs.spec->name + "' declares " + std::to_string(saved) +
-                    " codec arrays; a job of " + std::to_string(reader.manifest().num_workers()) + " workers saves " +
-                    std::to_string(1 + reader.manifest().num_workers()));
+  const WorkerState state{.codec = options_.codec, .optimizer = options_.worker_optimizer,
+                          .workers = static_cast<uint32_t>(num_workers_)};
+  const uint32_t mine = CodecStateArrays(*cs.spec, state);
+  if (saved == 0 || mine == 0) return Status::Ok();  // nothing saved, or this run keeps no such state
+  const uint32_t saved_replica = SavedReplica(ti) ? 1 : 0;
+  const uint32_t saved_workers = reader.manifest().num_workers();
+  const uint64_t saved_per_worker = SavedWorkerArrays(ti);
+  if (saved != saved_replica + uint64_t{saved_workers} * saved_per_worker) {  // checked before anything is allocated
+    return DataLoss("checkpoint table '" + cs.spec->name + "' declares " + std::to_string(saved) + " codec arrays; " +
+                    (saved_replica ? "a replica and " : "") + std::to_string(saved_workers) + " workers of " +
+                    std::to_string(saved_per_worker) + " arrays each make " +
+                    std::to_string(saved_replica + uint64_t{saved_workers} * saved_per_worker));
   }
   const uint64_t n = cs.weights.size();
   std::vector<float> arrays(n * saved);
   bool replica = false;
   SHARDPS_RETURN_IF_ERROR(reader.ReadCodecState(t, cs.info.begin, cs.info.end, arrays, &replica));
-  if (replica) {  // else no compressed pull had been answered: the first one makes the replica
+  const bool lossy = mine > uint64_t{WorkerArrays(cs)} * static_cast<uint64_t>(num_workers_);  // this run keeps a replica
+  if (replica && saved_replica && lossy) {  // else no compressed pull had been answered: the first one makes the replica
     cs.down = std::make_unique<Downlink>();
     cs.down->known.assign(arrays.begin(), arrays.begin() + static_cast<int64_t>(n));
     cs.down->version = cs.version;
   }
-  if (saved != mine) {
+  // The workers' state goes back only to workers that keep the same: as many, with the same
+  // codec kind and optimizer.
+  const bool same = saved_workers == static_cast<uint32_t>(num_workers_) && saved_per_worker == WorkerArrays(cs) &&
+                    saved_replica == (lossy ? 1u : 0u) && ti.worker_optimizer() == options_.worker_optimizer;
+  if (!same) {
     if (cs.info.index == 0) {
-      endpoint_.Warn("checkpoint table '" + cs.spec->name + "' holds the error-feedback residuals of " +
-                     std::to_string(saved - 1) + " workers, this job has " + std::to_string(num_workers_) +
+      endpoint_.Warn("checkpoint table '" + cs.spec->name + "' holds the state of " + std::to_string(saved_workers) +
+                     " workers (" + std::to_string(saved_per_worker) + " arrays each: " +
+                     (saved_replica ? "an error-feedback residual" : "no residual") +
+                     (ti.worker_optimizer().empty() ? "" : ", optimizer '" + ti.worker_optimizer() + "' slots") + "); this job has " +
+                     std::to_string(num_workers_) + " workers keeping " + std::to_string(WorkerArrays(cs)) +
                      ": the workers start with none");
     }
     return Status::Ok();
   }
-  cs.SizeResiduals(static_cast<size_t>(num_workers_));
+  const uint64_t per_worker = saved_per_worker * n;
+  cs.SizeWorkerState(static_cast<size_t>(num_workers_));
   for (int w = 0; w < num_workers_; ++w) {
-    const auto from = arrays.begin() + static_cast<int64_t>(n * (1 + static_cast<uint64_t>(w)));
-    cs.residual[w].assign(from, from + static_cast<int64_t>(n));
-    cs.residual_at[w] = cs.version;
+    const auto from = arrays.begin() + static_cast<int64_t>(saved_replica * n + per_worker * static_cast<uint64_t>(w));
+    cs.worker_state[w].assign(from, from + static_cast<int64_t>(per_worker));
+    cs.state_at[w] = cs.version;
     cs.restored[w] = true;
   }
   return Status::Ok();

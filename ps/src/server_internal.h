@@ -28,16 +28,17 @@ struct Server::Downlink {
 struct Server::Served : Chunk {
   std::unique_ptr<ChunkSync> sync;
   std::unique_ptr<Downlink> down;  // created by the first compressed pull
-  // By worker index: the error-feedback residual of this chunk a worker sent with a push (or a
-  // checkpoint restored), as it stood after `residual_at` steps (0: none); `restored`: from a
+  // By worker index: the state of this chunk a worker sent with a push (or a checkpoint restored):
+  // Server::WorkerArrays arrays of the chunk's size (its error-feedback residual, then its
+  // optimizer slots), as they stood after `state_at` steps (0: none); `restored`: from a
   // checkpoint, to give back to the worker with its first pull reply at that step.
-  std::vector<std::vector<float>> residual;
-  std::vector<uint64_t> residual_at;
+  std::vector<std::vector<float>> worker_state;
+  std::vector<uint64_t> state_at;
   std::vector<bool> restored;
-  void SizeResiduals(size_t workers) {
-    if (residual.size() == workers) return;
-    residual.assign(workers, {});
-    residual_at.assign(workers, 0);
+  void SizeWorkerState(size_t workers) {
+    if (worker_state.size() == workers) return;
+    worker_state.assign(workers, {});
+    state_at.assign(workers, 0);
     restored.assign(workers, false);
   }
 };

@@ -7,12 +7,14 @@
 determinism: every lossy codec (fp16, int8, sign, topk, randomk) gives the same weights on 1 and
              on 2 servers (the codecs, their random draws and the servers' replicas are functions
              of table, chunk, step and worker index only), other weights than float32 (the codec
-             is really applied), and counts fewer bytes each way than float32 in the summary.
+             is really applied), and counts fewer bytes each way than float32 in the summary; sign
+             and topk with the optimizer on the workers give the same weights on 1 and 2 servers.
 resume:      an int8 run with Adam checkpointed every 24 steps, resumed from a mid-run version onto
              another server count, ends with the weights of the run that never stopped (the
              checkpoint carries the servers' replicas and the workers' error-feedback residuals);
              the same with a warm-up (compress_after) that ends after the resumed version, and
-             one that ends at it.
+             one that ends at it; Adam on the workers (their slots are checkpointed), with float32
+             and with scaled sign.
 convergence: int8 and scaled sign with error feedback train the Fashion-MNIST MLP on a subset to
              an accuracy a model that does not learn cannot reach, int8 within 1 point of float32.
 No check asserts a time.
@@ -48,8 +50,18 @@ def check_determinism(r, args):
             fail(f"{codec} gave the weights of float32: the codec was not applied")
         if not (a["push_bytes"] < a["push_float32_bytes"] and a["pull_bytes"] < a["pull_float32_bytes"]):
             fail(f"{codec}: no fewer bytes than float32 each way: {a}")
-        if f32["push_bytes"] != f32["push_float32_bytes"]:
-            fail(f"float32 run counts {f32['push_bytes']} bytes pushed for {f32['push_float32_bytes']} of floats")
+    # The optimizer on the workers (each worker's own Adam state, its compressed changes pushed):
+    # as deterministic, on any server count.
+    for codec in ("sign", "topk"):
+        extra = ["--codec", codec, "--optimizer-on", "workers"] + (["--codec-density", "0.1"] if codec == "topk" else [])
+        a, _, _ = r.train(3, ["--config", cfg, "--servers", "1"] + SMALL + extra)
+        b, _, _ = r.train(4, ["--config", cfg, "--servers", "2"] + SMALL + extra)
+        print(f"  {codec}, Adam on the workers: {a['weights_sha256'][:16]} / {b['weights_sha256'][:16]}, "
+              f"accuracy {a['test_accuracy']}")
+        if a["weights_sha256"] != b["weights_sha256"]:
+            fail(f"{codec} with the optimizer on the workers: 1 and 2 servers gave different weights")
+    if f32["push_bytes"] != f32["push_float32_bytes"]:
+        fail(f"float32 run counts {f32['push_bytes']} bytes pushed for {f32['push_float32_bytes']} of floats")
 
 
 def check_resume(r, args):
@@ -57,7 +69,10 @@ def check_resume(r, args):
     for name, extra, version in (("int8", ["--codec", "int8"], "2"),
                                  ("int8 with compress_after 30", ["--codec", "int8", "--compress-after", "30"], "1"),
                                  # the resumed version's step is the first compressed one
-                                 ("int8 with compress_after 24", ["--codec", "int8", "--compress-after", "24"], "1")):
+                                 ("int8 with compress_after 24", ["--codec", "int8", "--compress-after", "24"], "1"),
+                                 # the optimizer on the workers: their Adam slots are checkpointed
+                                 ("Adam on the workers", ["--optimizer-on", "workers"], "2"),
+                                 ("sign with Adam on the workers", ["--codec", "sign", "--optimizer-on", "workers"], "1")):
         base = ["--config", cfg] + CKPT + extra
         full, _, _ = r.train(3, base + ["--servers", "1"])
         ck = os.path.join(r.work, "ck-" + name.replace(" ", "_"))

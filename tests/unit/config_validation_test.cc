@@ -278,6 +278,16 @@ TEST(ConfigValidation, DistillationKeysNeedATeacher) {
   ExpectRefused({"distill_alpha=0.9"}, "distill_alpha", "teacher");
 }
 
+TEST(ConfigValidation, OptimizerOnIsServersOrWorkersOfADenseSyncModel) {
+  EXPECT_TRUE(WithOverrides({"optimizer_on=servers"}).ok());
+  EXPECT_TRUE(WithOverrides({"optimizer_on=workers"}).ok());
+  EXPECT_TRUE(WithOverrides({"optimizer_on=workers", "codec=sign", "optimizer.kind=adam"}).ok());
+  ExpectRefused({"optimizer_on=worker"}, "optimizer_on", "'worker' is not servers or workers");
+  ExpectRefused({"optimizer_on="}, "optimizer_on", "not servers or workers");
+  ExpectRefused({"optimizer_on=workers", "mode=local_sgd"}, "optimizer_on", "mode sync");
+  ExpectRefused({"optimizer_on=workers", "model=sparse_lr", "data.format=libsvm"}, "optimizer_on", "dense models");
+}
+
 TEST(ConfigValidation, TeacherMustBeAPathForADenseModel) {
   ExpectRefused({"teacher="}, "teacher", "empty path");
   // sparse_lr is accepted as such, and refused only with a teacher.

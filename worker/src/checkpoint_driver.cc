@@ -45,7 +45,8 @@ ckpt::Manifest BaseManifest(const CheckpointRun& run) {
   base.set_train_samples(run.train_samples);
   base.set_train_data_crc32c(run.train_data_crc32c);
   for (const TableSpec& t : run.tables) {
-    if (t.checkpointed) *base.add_tables() = CheckpointTableInfo(t, run.codec, CodecStateArrays(t, run.codec, run.num_workers));
+    const WorkerState state{.codec = run.codec, .optimizer = run.worker_optimizer, .workers = run.num_workers};
+    if (t.checkpointed) *base.add_tables() = CheckpointTableInfo(t, state);
   }
   return base;
 }

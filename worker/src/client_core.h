@@ -41,6 +41,7 @@ class ClientCore final : public FrameHandler {
   Handle Hello();
   Handle Shutdown();
   void Retain(std::shared_ptr<void> keep) SHARDPS_EXCLUDES(mu_);
+  void ShareOptimizerSlots(uint32_t table, std::span<float> slots) SHARDPS_EXCLUDES(ef_mu_);
   Handle Checkpoint(uint64_t version, uint64_t step);
   const TableLayout& layout() const { return layout_; }
   bool lossy() const { return codec_ != nullptr && !codec_->raw(); }
@@ -108,6 +109,8 @@ class ClientCore final : public FrameHandler {
   };
   // A compressed pull reply (communication thread).
   void ReceiveCompressed(IncomingFrame in, Frame frame, Pending p);
+  // A float32 reply carrying this worker's restored state after the weights (communication thread).
+  void ReceiveWithState(IncomingFrame in, Frame frame, Pending p);
   // Sparse tables (sparse_client.cc): how the caller's last key list of a table splits over the
   // servers, and which servers hold their part of it (key caching, wire.proto). A request is
   // built and posted under sparse_mu_, so the servers see the requests in the order their
@@ -154,6 +157,14 @@ class ClientCore final : public FrameHandler {
   // worker's pushes, table-sized. Written by the threads that push.
   Mutex ef_mu_;
   std::unordered_map<uint32_t, std::vector<float>> residual_ SHARDPS_GUARDED_BY(ef_mu_);
+  // ClientOptions::worker_optimizer: by table, the optimizer slots the worker shared (not owned).
+  std::unordered_map<uint32_t, std::span<float>> worker_slots_ SHARDPS_GUARDED_BY(ef_mu_);
+  // Arrays per weight of this worker's state a checkpoint of `table` carries (WorkerStateArrays).
+  uint32_t StateArrays(uint32_t table) const;
+  // Appends this worker's state of [b, e) of the table (residual, then optimizer slots) to `out`.
+  void AppendState(uint32_t table, uint64_t b, uint64_t e, std::vector<uint8_t>& out) SHARDPS_EXCLUDES(ef_mu_);
+  // Writes back the state a reply after a restore carried (`arrays` arrays of [b, e)).
+  void RestoreState(uint32_t table, uint64_t b, uint64_t e, const uint8_t* bytes, uint64_t arrays) SHARDPS_EXCLUDES(ef_mu_);
   std::atomic<uint64_t> push_bytes_{0}, pull_bytes_{0}, push_floats_{0}, pull_floats_{0};
 
   // Communication thread only.

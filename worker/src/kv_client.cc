@@ -15,6 +15,8 @@
 #include "shardps/base/codec.h"
 #include "shardps/base/thread_annotations.h"
 #include "shardps/net/endpoint.h"
+#include "shardps/base/optimizer.h"
+#include "shardps/storage/checkpoint.h"
 
 namespace shardps::worker {
 
@@ -78,6 +80,9 @@ Status ValidateClientOptions(const ClientOptions& options) {
   if (!(options.codec_density > 0.0f && options.codec_density <= 1.0f)) {
     return InvalidArgument("codec density " + std::to_string(options.codec_density) + " is outside (0, 1]");
   }
+  if (!options.worker_optimizer.empty()) {
+    SHARDPS_RETURN_IF_ERROR(LookupOptimizer(options.worker_optimizer).status().WithContext("ClientOptions::worker_optimizer"));
+  }
   return Status::Ok();
 }
 
@@ -96,6 +101,7 @@ Handle KVClient::PullExact(uint32_t table, std::span<float> out, uint64_t versio
   return core_->Pull(table, out, version, range, /*exact=*/true);
 }
 bool KVClient::lossy() const { return core_->lossy(); }
+void KVClient::ShareOptimizerSlots(uint32_t table, std::span<float> slots) { core_->ShareOptimizerSlots(table, slots); }
 WireCounters KVClient::wire() const { return core_->wire(); }
 Handle KVClient::PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step,
                           KeyRange range) {
@@ -190,6 +196,55 @@ Result<std::pair<uint64_t, uint64_t>> ClientCore::Resolve(uint32_t table, KeyRan
   return std::make_pair(range.begin, end);
 }
 
+void ClientCore::ShareOptimizerSlots(uint32_t table, std::span<float> slots) {
+  MutexLock lock(ef_mu_);
+  worker_slots_[table] = slots;
+}
+
+uint32_t ClientCore::StateArrays(uint32_t table) const {
+  if (table >= layout_.num_tables()) return 0;
+  return WorkerStateArrays(layout_.table(table), WorkerState{.codec = options_.codec, .optimizer = options_.worker_optimizer});
+}
+
+void ClientCore::AppendState(uint32_t table, uint64_t b, uint64_t e, std::vector<uint8_t>& out) {
+  const uint64_t n = e - b;
+  const uint64_t size = layout_.table(table).size;
+  auto append = [&](const float* from) {  // null: zeros
+    const size_t at = out.size();
+    out.resize(at + n * sizeof(float), 0);
+    if (from) std::memcpy(out.data() + at, from + b, n * sizeof(float));
+  };
+  MutexLock lock(ef_mu_);
+  if (lossy()) {  // the residual (zeros when there is none: no error feedback, or not yet compressed)
+    auto r = residual_.find(table);
+    append(r != residual_.end() && r->second.size() == size ? r->second.data() : nullptr);
+  }
+  if (!options_.worker_optimizer.empty()) {
+    const uint64_t slots = static_cast<uint64_t>(OptimizerSlots(options_.worker_optimizer));
+    auto it = worker_slots_.find(table);
+    const bool shared = it != worker_slots_.end() && it->second.size() == slots * size;
+    for (uint64_t j = 0; j < slots; ++j) append(shared ? it->second.data() + j * size : nullptr);
+  }
+}
+
+void ClientCore::RestoreState(uint32_t table, uint64_t b, uint64_t e, const uint8_t* bytes, uint64_t arrays) {
+  const uint64_t n = e - b;
+  const uint64_t size = layout_.table(table).size;
+  MutexLock lock(ef_mu_);
+  uint64_t j = 0;
+  if (lossy() && j < arrays) {
+    std::vector<float>& r = residual_[table];
+    if (r.empty()) r.assign(size, 0.0f);
+    std::memcpy(r.data() + b, bytes, n * sizeof(float));
+    ++j;
+  }
+  auto it = worker_slots_.find(table);
+  if (options_.worker_optimizer.empty() || it == worker_slots_.end()) return;
+  for (uint64_t k = 0; j < arrays && (k + 1) * size <= it->second.size(); ++j, ++k) {
+    std::memcpy(it->second.data() + k * size + b, bytes + j * n * sizeof(float), n * sizeof(float));
+  }
+}
+
 std::vector<ClientCore::Piece> ClientCore::Split(wire::Op op, uint32_t table, uint64_t begin, uint64_t end, uint64_t step,
                                              const float* grad, float* out, const Codec* codec) {
   std::vector<Piece> pieces;
@@ -209,8 +264,14 @@ std::vector<ClientCore::Piece> ClientCore::Split(wire::Op op, uint32_t table, ui
     if (!codec->raw()) p.header.set_codec_density(options_.codec_density);
     if (grad) {
       p.header.set_element_count(e - b);
-      if (codec->raw()) {
+      // Before a checkpoint step: this worker's state of the range (its error-feedback residual,
+      // its optimizer slots) follows the values, for the checkpoint.
+      const bool save = options_.checkpoint_at && StateArrays(table) > 0 && options_.checkpoint_at(step + 1);
+      if (codec->raw() && !save) {
         p.payload = Bytes(grad + (b - begin), e - b);  // sent from the caller's buffer
+      } else if (codec->raw()) {
+        const std::span<const uint8_t> values = Bytes(grad + (b - begin), e - b);
+        p.encoded = std::make_shared<std::vector<uint8_t>>(values.begin(), values.end());
       } else {
         const CodecContext ctx{.table = table, .chunk = c.index, .step = step, .rank = cluster_.worker_index(),
                                .density = options_.codec_density};
@@ -221,17 +282,15 @@ std::vector<ClientCore::Piece> ClientCore::Split(wire::Op op, uint32_t table, ui
           if (r.empty()) r.assign(layout_.table(table).size, 0.0f);
           p.encoded = std::make_shared<std::vector<uint8_t>>(
               EncodeWithFeedback(*codec, g, std::span<float>(r).subspan(b, e - b), ctx));
-          if (options_.checkpoint_at && options_.checkpoint_at(step + 1)) {  // the residual, for the checkpoint
-            const size_t at = p.encoded->size();
-            p.encoded->resize(at + (e - b) * sizeof(float));
-            std::memcpy(p.encoded->data() + at, r.data() + b, (e - b) * sizeof(float));
-            p.header.set_residual_floats(e - b);
-          }
         } else {
           p.encoded = std::make_shared<std::vector<uint8_t>>(codec->Encode(g, ctx));
         }
-        p.payload = *p.encoded;
       }
+      if (save) {
+        AppendState(table, b, e, *p.encoded);
+        p.header.set_residual_floats(uint64_t{StateArrays(table)} * (e - b));
+      }
+      if (p.encoded) p.payload = *p.encoded;
       push_bytes_ += p.payload.size();
       push_floats_ += e - b;
     }
@@ -451,6 +510,7 @@ void ClientCore::OnFrame(IncomingFrame in, Frame frame) {
     return;
   }
   const uint64_t floats = p.out.size() / sizeof(float);
+  if (h.residual_floats() != 0) return ReceiveWithState(std::move(in), std::move(frame), std::move(p));
   if (codec->raw() ? in.payload_bytes != p.out.size() : !codec->CheckEncodedSize(floats, in.payload_bytes).ok()) {
     if (in.payload_bytes > 0) (void)endpoint_.transport().DiscardPayload(in);
     p.op->Part(p.piece, DataLoss(p.op->what + ": reply from rank " + std::to_string(in.source) + " carries " +
@@ -474,6 +534,40 @@ void ClientCore::OnFrame(IncomingFrame in, Frame frame) {
   if (!s.ok()) p.op->Part(p.piece, s.WithContext(p.op->what));
 }
 
+void ClientCore::ReceiveWithState(IncomingFrame in, Frame frame, Pending p) {
+  // The first float32 reply after a restore (the optimizer on the workers): the weights, then
+  // this worker's saved state of the range.
+  const wire::Header& h = frame.header;
+  const uint64_t floats = p.out.size() / sizeof(float);
+  const uint64_t arrays = StateArrays(p.table);
+  if (arrays == 0 || h.residual_floats() != arrays * floats || in.payload_bytes != p.out.size() * (1 + arrays) ||
+      h.key_begin() != p.key_begin || h.key_end() < h.key_begin() || h.key_end() - h.key_begin() != floats) {
+    if (in.payload_bytes > 0) (void)endpoint_.transport().DiscardPayload(in);
+    p.op->Part(p.piece, DataLoss(p.op->what + ": reply from rank " + std::to_string(in.source) + " for keys [" +
+                                     std::to_string(h.key_begin()) + "," + std::to_string(h.key_end()) + ") carries " +
+                                     std::to_string(h.residual_floats()) + " worker-state floats in " +
+                                     std::to_string(in.payload_bytes) + " bytes; this worker keeps " +
+                                     std::to_string(arrays) + " arrays of the " + std::to_string(floats) + " keys"));
+    return;
+  }
+  auto op = p.op;
+  const size_t piece = p.piece;
+  const auto out = p.out;
+  const uint32_t table = p.table;
+  auto fr = std::make_shared<Frame>(std::move(frame));
+  auto both = std::make_shared<std::vector<uint8_t>>(in.payload_bytes);
+  Status s = endpoint_.transport().ReceivePayload(in, *both, [this, op, piece, out, fr, both, table, arrays](Status st) {
+    if (op->cancelled) return;  // the buffer may be gone: do not read it
+    if (st.ok()) st = VerifyPayload(*fr, *both);
+    if (st.ok()) {
+      std::memcpy(out.data(), both->data(), out.size());
+      RestoreState(table, fr->header.key_begin(), fr->header.key_end(), both->data() + out.size(), arrays);
+    }
+    op->Part(piece, st.ok() ? st : st.WithContext(op->what));
+  });
+  if (!s.ok()) p.op->Part(p.piece, s.WithContext(p.op->what));
+}
+
 void ClientCore::ReceiveCompressed(IncomingFrame in, Frame frame, Pending p) {
   auto fr = std::make_shared<Frame>(std::move(frame));
   const wire::Header& h = fr->header;
@@ -490,29 +584,28 @@ void ClientCore::ReceiveCompressed(IncomingFrame in, Frame frame, Pending p) {
   const auto out = std::span<float>(reinterpret_cast<float*>(p.out.data()), floats);
   Status s;
   if (h.delta_base() == 0) {  // the server's replica of the range, as float32
-    const bool residual = h.residual_floats() != 0;  // and this worker's restored residual after it
-    const uint64_t expect = p.out.size() * (residual ? 2 : 1);
-    if (h.codec() != 0 || in.payload_bytes != expect || (residual && h.residual_floats() != floats) ||
+    // After a restore: this worker's state of the range (StateArrays arrays) after the weights.
+    const uint64_t arrays = h.residual_floats() != 0 ? StateArrays(p.table) : 0;
+    const uint64_t expect = p.out.size() * (1 + arrays);
+    if (h.codec() != 0 || in.payload_bytes != expect || h.residual_floats() != arrays * floats ||
         h.key_begin() != p.key_begin || h.key_end() < h.key_begin() || h.key_end() - h.key_begin() != floats) {
       return fail("holds the weights whole, but as codec id " + std::to_string(h.codec()) + " in " +
                   std::to_string(in.payload_bytes) + " bytes for keys [" + std::to_string(h.key_begin()) + "," +
-                  std::to_string(h.key_end()) + ") (expected float32, " + std::to_string(expect) + " bytes for " +
+                  std::to_string(h.key_end()) + ") with " + std::to_string(h.residual_floats()) +
+                  " worker-state floats (expected float32, " + std::to_string(expect) + " bytes for " +
                   std::to_string(floats) + " keys)");
     }
     const bool whole = p.whole_chunk;
-    // With a residual, into a copy first (the caller's buffer has room for the weights only).
-    auto both = residual ? std::make_shared<std::vector<uint8_t>>(expect) : nullptr;
+    // With worker state, into a copy first (the caller's buffer has room for the weights only).
+    auto both = arrays > 0 ? std::make_shared<std::vector<uint8_t>>(expect) : nullptr;
     const std::span<uint8_t> into = both ? std::span<uint8_t>(*both) : p.out;
     const uint32_t table = p.table;
-    s = endpoint_.transport().ReceivePayload(in, into, [this, op, piece, out, fr, key, whole, both, into, table](Status st) {
+    s = endpoint_.transport().ReceivePayload(in, into, [this, op, piece, out, fr, key, whole, both, into, table, arrays](Status st) {
       if (op->cancelled) return;  // the buffer may be gone: do not read it
       if (st.ok()) st = VerifyPayload(*fr, into);
       if (st.ok() && both) {
         std::memcpy(out.data(), both->data(), out.size_bytes());
-        MutexLock lock(ef_mu_);
-        std::vector<float>& r = residual_[table];
-        if (r.empty()) r.assign(layout_.table(table).size, 0.0f);
-        std::memcpy(r.data() + fr->header.key_begin(), both->data() + out.size_bytes(), out.size_bytes());
+        RestoreState(table, fr->header.key_begin(), fr->header.key_end(), both->data() + out.size_bytes(), arrays);
       }
       if (st.ok() && whole) {
         Replica& rep = replicas_[key];

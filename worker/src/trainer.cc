@@ -198,6 +198,10 @@ std::vector<TableSpec> TrainingTables(const Model& model, const RunOptions& run)
   for (TableSpec& t : tables) {
     if (run.mode == "local_sgd") {
       t.optimizer.kind = OptimizerKind::kSum;  // the servers hold the sample-weighted sum of replicas
+    } else if (run.optimizer_on == "workers") {
+      t.optimizer = OptimizerConfig{};  // the servers add the workers' changes: w -= 1 * sum
+      t.optimizer.kind = OptimizerKind::kSgd;
+      t.optimizer.learning_rate = 1.0f;
     } else {
       t.optimizer = run.optimizer;
     }
@@ -263,6 +267,10 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
   }
   SHARDPS_RETURN_IF_ERROR(LookupOptimizer(run.optimizer.kind).status().WithContext("training options"));
   const bool local_sgd = run.mode == "local_sgd";
+  const bool worker_optimizer = !local_sgd && run.optimizer_on == "workers";
+  if (!local_sgd && run.optimizer_on != "servers" && run.optimizer_on != "workers") {
+    return InvalidArgument("optimizer_on is '" + run.optimizer_on + "': 'servers' or 'workers'");
+  }
   const size_t M = model.num_tables();
   const uint32_t metrics_table = static_cast<uint32_t>(M);
   const uint32_t samples_table = static_cast<uint32_t>(M + 1);
@@ -270,11 +278,16 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
   const auto timeout = run.timeout;
 
   std::vector<std::vector<float>> w(M), next(M), g(M), slots(M);
+  std::vector<std::vector<float>> after(M);  // optimizer on the workers: the weights after this worker's update
   for (size_t t = 0; t < M; ++t) {
     w[t].resize(tables[t].size);
     next[t].resize(tables[t].size);
     g[t].resize(tables[t].size);
-    if (local_sgd) slots[t].assign(tables[t].size * OptimizerSlots(run.optimizer.kind), 0.0f);
+    if (local_sgd || worker_optimizer) slots[t].assign(tables[t].size * OptimizerSlots(run.optimizer.kind), 0.0f);
+    if (worker_optimizer) {
+      after[t].resize(tables[t].size);
+      params.ShareOptimizerSlots(static_cast<uint32_t>(t), slots[t]);  // checkpointed with the tables
+    }
   }
   {
     std::vector<Handle> hs;
@@ -286,7 +299,17 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
   const int64_t steps_per_epoch = train.num_samples / B;
   const int64_t total_steps = steps_per_epoch * run.epochs;
   const int64_t rows = slice.end - slice.begin;
-  const float scale = local_sgd ? 1.0f / static_cast<float>(rows) : 1.0f / static_cast<float>(B);
+  const float scale = local_sgd || worker_optimizer ? 1.0f / static_cast<float>(rows) : 1.0f / static_cast<float>(B);
+  const float share = static_cast<float>(rows) / static_cast<float>(B);  // of the batch: weights this worker's change
+  const Optimizer* const optimizer = FindOptimizer(run.optimizer.kind);  // looked up above
+  // Optimizer on the workers: g[t][b, e) (this worker's mean gradient) becomes the change its
+  // optimizer makes to the weights, times its share of the batch: what it pushes.
+  auto local_update = [&](size_t t, uint64_t b, uint64_t e, uint64_t at_step) {
+    std::copy(w[t].begin() + static_cast<int64_t>(b), w[t].begin() + static_cast<int64_t>(e), after[t].begin() + static_cast<int64_t>(b));
+    ApplyOptimizerToRange(*optimizer, run.optimizer, at_step, after[t], slots[t], b,
+                          std::span<const float>(g[t]).subspan(b, e - b));
+    for (uint64_t i = b; i < e; ++i) g[t][i] = (w[t][i] - after[t][i]) * share;
+  };
   const BatchSlice test_shard = ShardOfRows(test.num_samples, run.workers, run.worker);
   EpochOrder order(train.num_samples, run.seed);
 
@@ -400,6 +423,7 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
           loss = model.Gradient(
               wspans, xb.data(), yb.data(), rows, scale, gspans,
               [&](size_t t, uint64_t b, uint64_t e) {
+                if (worker_optimizer) local_update(t, b, e, static_cast<uint64_t>(step) + 1);
                 hs.push_back(params.PushPull(static_cast<uint32_t>(t), std::span<const float>(g[t]).subspan(b, e - b),
                                              std::span<float>(next[t]).subspan(b, e - b), static_cast<uint64_t>(step),
                                              KeyRange{b, e}));

@@ -225,20 +225,47 @@ ckpt::TableInfo CheckpointTableInfo(const TableSpec& table) {
   return ti;
 }
 
-ckpt::TableInfo CheckpointTableInfo(const TableSpec& table, const std::string& codec, uint32_t codec_arrays) {
+namespace {
+bool LossyCodec(const std::string& codec) {
+  const Codec* c = FindCodec(codec);
+  return c != nullptr && !c->raw();
+}
+}  // namespace
+
+uint32_t WorkerStateArrays(const TableSpec& table, const WorkerState& state) {
+  if (table.sparse() || table.optimizer.kind == OptimizerKind::kSum) return 0;
+  const Optimizer* optimizer = state.optimizer.empty() ? nullptr : FindOptimizer(state.optimizer);  // validated by the options
+  const uint32_t slots = optimizer ? static_cast<uint32_t>(optimizer->slots()) : 0;
+  return (LossyCodec(state.codec) ? 1 : 0) + slots;
+}
+
+uint32_t CodecStateArrays(const TableSpec& table, const WorkerState& state) {
+  const uint32_t per_worker = WorkerStateArrays(table, state);
+  if (per_worker == 0) return 0;
+  return (LossyCodec(state.codec) ? 1 : 0) + state.workers * per_worker;
+}
+
+uint32_t CodecStateArrays(const TableSpec& table, const std::string& codec, uint32_t workers) {
+  return LossyCodec(codec) ? CodecStateArrays(table, WorkerState{.codec = codec, .optimizer = "", .workers = workers}) : 0;
+}
+
+ckpt::TableInfo CheckpointTableInfo(const TableSpec& table, const WorkerState& state) {
   ckpt::TableInfo ti = CheckpointTableInfo(table);
-  if (codec_arrays > 0) {
-    ti.set_codec_arrays(codec_arrays);
-    ti.set_codec(codec);
+  if (const uint32_t arrays = CodecStateArrays(table, state); arrays > 0) {
+    ti.set_codec_arrays(arrays);
+    ti.set_codec(state.codec);
+    ti.set_worker_arrays(WorkerStateArrays(table, state));
+    ti.set_worker_optimizer(state.optimizer);
   }
   return ti;
 }
 
-uint32_t CodecStateArrays(const TableSpec& table, const std::string& codec, uint32_t workers) {
-  const Codec* c = FindCodec(codec);
-  if (c == nullptr || c->raw() || table.sparse() || table.optimizer.kind == OptimizerKind::kSum) return 0;
-  return 1 + workers;
+uint32_t SavedWorkerArrays(const ckpt::TableInfo& table) {
+  if (table.codec_arrays() == 0) return 0;
+  return table.worker_arrays() > 0 ? table.worker_arrays() : 1;
 }
+
+bool SavedReplica(const ckpt::TableInfo& table) { return table.codec_arrays() > 0 && LossyCodec(table.codec()); }
 
 CheckpointManifest::CheckpointManifest() : m_(std::make_unique<ckpt::Manifest>()) {}
 CheckpointManifest::CheckpointManifest(ckpt::Manifest m) : m_(std::make_unique<ckpt::Manifest>(std::move(m))) {}

@@ -116,9 +116,15 @@ class Server final : public FrameHandler, private PolicyHost, private SparseHost
   // Brings the chunk's replica to the chunk's version (encoding the change) with `codec`.
   Status RefreshDownlink(Served& chunk, const Codec& codec, float density);
   void SendCompressed(Served& chunk, const HeldRequest& pull, const Codec& codec);
-  // Keeps the error-feedback residual a push carried (wire.proto residual_floats) for a checkpoint.
-  void KeepResidual(const HeldRequest& push, std::span<const uint8_t> bytes);
+  // Keeps the worker state a push carried (wire.proto residual_floats: the worker's error-feedback
+  // residual and its optimizer slots of the range, WorkerStateArrays arrays) for a checkpoint.
+  void KeepWorkerState(const HeldRequest& push, std::span<const uint8_t> bytes);
   Status RestoreCodecState(CheckpointReader& reader, uint32_t table, Served& chunk);  // server_checkpoint.cc
+  // Arrays per weight of the workers' state a checkpoint of this chunk's table carries.
+  uint32_t WorkerArrays(const Served& chunk) const;
+  // A full reply's payload: the range of `values`, then (give_back) the worker's saved state of it.
+  std::shared_ptr<std::vector<uint8_t>> FullPayload(Served& chunk, const float* values, uint64_t off, uint64_t n, int worker,
+                                                    bool whole, wire::Header* reply);
   struct BarrierState;
 
   void HandleHello(IncomingFrame& in, const wire::Header& h);

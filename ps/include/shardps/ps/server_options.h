@@ -53,6 +53,10 @@ struct ServerOptions {
   // replica and the workers' error-feedback residuals (CodecStateArrays), and a restore gives
   // them back, so a resumed run goes on as the uninterrupted one would.
   std::string codec = "identity";
+  // The workers' optimizer when it runs on the workers (RunOptions::optimizer_on "workers"): each
+  // worker's optimizer slots travel with its pushes before a checkpoint step, are saved with the
+  // tables and given back on restore, like the residuals. Empty: the optimizer runs here.
+  std::string worker_optimizer;
 };
 
 // Checks what can be checked before a server starts: an unknown consistency policy is

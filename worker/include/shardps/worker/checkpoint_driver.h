@@ -66,6 +66,9 @@ struct CheckpointRun {
   // servers save their replicas and the workers' error-feedback residuals with the tables
   // (ServerOptions::codec must name the same).
   std::string codec = "identity";
+  // optimizer_on workers (RunOptions::optimizer_on): the workers' optimizer, whose slots the
+  // servers save with the tables (ServerOptions::worker_optimizer must name the same); "" else.
+  std::string worker_optimizer;
 };
 
 struct CheckpointOptions {

@@ -74,6 +74,10 @@ struct ClientOptions {
   // the server when checkpoint_at(s + 1), so the checkpoint holds it; a job restored from that
   // checkpoint gives it back with the first pull reply. Null: residuals are not saved.
   std::function<bool(uint64_t steps)> checkpoint_at;
+  // The optimizer this worker applies itself (RunOptions::optimizer_on "workers"), whose slots
+  // (ShareOptimizerSlots) travel like the residual before a checkpoint step and come back on
+  // restore. Empty: the servers run the optimizer.
+  std::string worker_optimizer;
 };
 
 // Payload bytes of a client's dense-table requests and replies (frame headers not counted), and
@@ -135,6 +139,12 @@ class KVClient {
   Handle PullExact(uint32_t table, std::span<float> out, uint64_t version, KeyRange range = {});
   // True when this client's codec is lossy (not identity).
   bool lossy() const;
+  // The optimizer slots this worker keeps of a table (ClientOptions::worker_optimizer:
+  // OptimizerSlots arrays of the table's size, one after another). The pushes before a checkpoint
+  // step send their range of them; a reply after a restore writes them back. `slots` must stay
+  // valid while the client is used and be touched only by the thread that pushes, between the
+  // steps' waits.
+  void ShareOptimizerSlots(uint32_t table, std::span<float> slots);
   // Bytes sent and received so far (any thread).
   WireCounters wire() const;
   // Push for `step`, then receive the weights after that step's update, in one round trip.

@@ -54,6 +54,9 @@ class ParamStore {
   // Keeps buffers a cancelled request could not take back alive until the store's transport has
   // stopped (see Handle::Cancel). Stores whose requests complete at once keep nothing.
   virtual void Retain(std::shared_ptr<void> keep) { (void)keep; }
+  // The optimizer on the workers: this worker's optimizer slots of a table, which a store that
+  // checkpoints saves and restores (KVClient::ShareOptimizerSlots). In-process stores keep none.
+  virtual void ShareOptimizerSlots(uint32_t table, std::span<float> slots) { (void)table, (void)slots; }
 };
 
 // Through the parameter servers.
@@ -71,6 +74,7 @@ class ClientParams final : public ParamStore {
     return client_.PushPull(table, grad, out, step, range);
   }
   void Retain(std::shared_ptr<void> keep) override { client_.Retain(std::move(keep)); }
+  void ShareOptimizerSlots(uint32_t table, std::span<float> slots) override { client_.ShareOptimizerSlots(table, slots); }
 
  private:
   KVClient& client_;
@@ -133,6 +137,12 @@ struct RunOptions {
   const Teacher* teacher = nullptr;
   float distill_temperature = 4.0f;
   float distill_alpha = 0.9f;
+  // sync mode: "servers" (the tables' optimizer is `optimizer`, applied by the servers to the sum
+  // of the gradients) or "workers": each worker applies `optimizer` to its own mean gradient with
+  // its own state slots, and pushes the change it made times its share of the batch (rows / B);
+  // the tables then hold "sgd" with learning rate 1, so the servers add the changes. With a
+  // compressed push the change is what is coded (docs/compression.md).
+  std::string optimizer_on = "servers";
 };
 
 // Every table of a run in declaration order: the model's, then a reduction table for metrics

@@ -66,12 +66,27 @@ Status CommitManifest(FileSystem& fs, const std::string& version_dir, ckpt::Mani
 // What a manifest records of a checkpointed table: name, size, shape ([size] when the spec gives
 // none), optimizer and its slots per weight.
 ckpt::TableInfo CheckpointTableInfo(const TableSpec& table);
-// The same for a run with a lossy codec: `codec_arrays` (CodecStateArrays) more float arrays per
-// weight follow the optimizer slots of the tables that carry codec state.
-ckpt::TableInfo CheckpointTableInfo(const TableSpec& table, const std::string& codec, uint32_t codec_arrays);
-// How many codec-state arrays a table carries in a checkpoint of a run with `codec` and
-// `workers` workers: 1 + workers for dense tables whose updates travel compressed (not sparse,
-// not "sum" reductions) when the codec is lossy, else 0.
+// What a run keeps on its workers that a checkpoint of a dense table must carry (docs/compression.md):
+// with a lossy codec, the servers' replica and each worker's error-feedback residual; with the
+// optimizer on the workers, each worker's optimizer slots.
+struct WorkerState {
+  std::string codec = "identity";  // the run's codec (ClientOptions::codec)
+  std::string optimizer;           // optimizer_on workers: the workers' optimizer; "" when the servers run it
+  uint32_t workers = 1;
+};
+// Arrays per weight each worker keeps of `table`: its residual (lossy codec), then the slots of
+// its optimizer; 0 for sparse tables and "sum" reductions, whose pushes travel as float32.
+uint32_t WorkerStateArrays(const TableSpec& table, const WorkerState& state);
+// Every such array of the table in a checkpoint: the replica (lossy codec), then workers x
+// WorkerStateArrays, by worker index; 0 when the table carries none.
+uint32_t CodecStateArrays(const TableSpec& table, const WorkerState& state);
+// The same for a run with a lossy codec and the optimizer on the servers (1 + workers, or 0).
 uint32_t CodecStateArrays(const TableSpec& table, const std::string& codec, uint32_t workers);
+// CheckpointTableInfo plus what `state` adds (codec_arrays, codec, worker_arrays, worker_optimizer).
+ckpt::TableInfo CheckpointTableInfo(const TableSpec& table, const WorkerState& state);
+// Arrays per worker a saved table carries (worker_arrays, or 1 in a manifest from before it was
+// recorded whose codec_arrays > 0), and whether it holds a replica (its codec is lossy).
+uint32_t SavedWorkerArrays(const ckpt::TableInfo& table);
+bool SavedReplica(const ckpt::TableInfo& table);
 
 }  // namespace shardps

@@ -12,6 +12,7 @@
 #include "shardps/base/codec.h"
 #include "shardps/ps/consistency.h"
 #include "shardps/ps/server_options.h"
+#include "shardps/worker/federated.h"
 
 namespace shardps {
 namespace {
@@ -175,6 +176,33 @@ Status CheckFinite(const pb::Message& m, const std::string& prefix) {
   return Status::Ok();
 }
 
+// Mode fedavg and its `federated` settings (docs/federated.md).
+Status ValidateFederated(const config::TrainConfig& c) {
+  auto bad = [](const std::string& key, const std::string& why) { return InvalidArgument("config " + key + ": " + why); };
+  if (c.mode() != "fedavg") {
+    if (c.has_federated()) return bad("federated", "applies to mode fedavg (mode is '" + c.mode() + "')");
+    return Status::Ok();
+  }
+  const config::FederatedConfig& f = c.federated();
+  if (f.clients() < 1) return bad("federated.clients", std::to_string(f.clients()) + ": at least 1");
+  if (!(f.fraction() > 0 && f.fraction() <= 1)) return bad("federated.fraction", FloatText(f.fraction()) + " is outside (0, 1]");
+  if (f.local_epochs() < 1) return bad("federated.local_epochs", std::to_string(f.local_epochs()) + ": at least 1");
+  if (f.local_batch() < 0) return bad("federated.local_batch", std::to_string(f.local_batch()) + ": 0 (a client's whole partition) or more");
+  if (f.rounds() < 1) return bad("federated.rounds", std::to_string(f.rounds()) + ": at least 1");
+  if (f.eval_every_rounds() < 1) return bad("federated.eval_every_rounds", std::to_string(f.eval_every_rounds()) + ": at least 1");
+  if (!worker::IsPartitioner(f.partitioner())) {
+    return bad("federated.partitioner", "'" + f.partitioner() + "' is not one of " + worker::RegisteredPartitioners());
+  }
+  if (f.shards_per_client() < 1) return bad("federated.shards_per_client", std::to_string(f.shards_per_client()) + ": at least 1");
+  if (!(f.dirichlet_alpha() > 0)) return bad("federated.dirichlet_alpha", FloatText(f.dirichlet_alpha()) + " must be positive");
+  if (c.model() != "softmax" && c.model() != "mlp") return bad("mode", "fedavg trains the dense models (softmax, mlp)");
+  if (c.codec() != "identity") return bad("codec", "'" + c.codec() + "' applies to mode sync; fedavg sends float32 updates");
+  if (c.optimizer_on() != "servers") return bad("optimizer_on (--optimizer-on)", "fedavg's clients always run the optimizer");
+  if (c.has_teacher()) return bad("teacher (--teacher)", "knowledge distillation applies to mode sync");
+  if (c.consistency() != "bsp") return bad("consistency", "fedavg averages in rounds every worker completes (use bsp)");
+  return Status::Ok();
+}
+
 }  // namespace
 
 Result<OptimizerConfig> ToOptimizerConfig(const config::OptimizerConfig& c) {
@@ -247,7 +275,10 @@ Status ValidateTrainConfig(const config::TrainConfig& c) {
   if (c.model() == "mlp" && c.hidden_size() == 0) return bad("hidden", "an mlp needs at least one hidden layer");
   if (c.model() == "softmax" && c.hidden_size() > 0) return bad("hidden", "softmax regression has no hidden layers");
   for (int64_t h : c.hidden()) if (h < 1) return bad("hidden", "layer width " + std::to_string(h) + " is not positive");
-  if (c.mode() != "sync" && c.mode() != "local_sgd") return bad("mode", "'" + c.mode() + "' is not sync or local_sgd");
+  if (c.mode() != "sync" && c.mode() != "local_sgd" && c.mode() != "fedavg") {
+    return bad("mode", "'" + c.mode() + "' is not sync, local_sgd or fedavg");
+  }
+  SHARDPS_RETURN_IF_ERROR(ValidateFederated(c));
   if (c.local_steps() < 0) return bad("local_steps", "must not be negative");
   if (c.epochs() < 1) return bad("epochs", "must be at least 1, got " + std::to_string(c.epochs()));
   if (c.batch_size() < 1) return bad("batch_size", "must be at least 1, got " + std::to_string(c.batch_size()));

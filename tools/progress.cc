@@ -25,6 +25,12 @@ std::string ProgressDisplay::Line(const worker::Progress& p) {
   char acc[32] = "-";
   if (p.test_accuracy >= 0) std::snprintf(acc, sizeof(acc), "%.4f", p.test_accuracy);
   char buf[256];
+  if (p.clients >= 0) {  // fedavg: a round at a time
+    std::snprintf(buf, sizeof(buf), "round %lld/%lld  clients %d  loss %.4f  acc %s  %.0f samples/s  ETA %s",
+                  static_cast<long long>(p.step), static_cast<long long>(p.total_steps), p.clients, p.loss, acc,
+                  p.samples_per_second, FormatDuration(p.eta_seconds).c_str());
+    return buf;
+  }
   std::snprintf(buf, sizeof(buf), "epoch %d/%d  step %lld/%lld  loss %.4f  acc %s  %.0f samples/s  ETA %s", p.epoch + 1,
                 p.epochs, static_cast<long long>(p.step), static_cast<long long>(p.total_steps), p.loss, acc,
                 p.samples_per_second, FormatDuration(p.eta_seconds).c_str());

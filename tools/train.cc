@@ -27,6 +27,7 @@
 #include "shardps/ps/consistency.h"
 #include "shardps/ps/server.h"
 #include "shardps/worker/checkpoint_driver.h"
+#include "shardps/worker/federated.h"
 #include "shardps/worker/teacher.h"
 #include "shardps/worker/trainer.h"
 #include "train_checks.h"
@@ -114,6 +115,22 @@ worker::RunOptions ToRunOptions(const config::TrainConfig& c, int worker, int wo
   // missing, arrives before their own wait gives up and could only blame the server.
   r.timeout = std::chrono::milliseconds(c.timeout_ms() + std::max<int64_t>(2000, c.timeout_ms() / 4));
   return r;
+}
+
+worker::FederatedOptions ToFederatedOptions(const config::TrainConfig& c) {
+  const config::FederatedConfig& f = c.federated();
+  worker::FederatedOptions o;
+  o.partition.partitioner = f.partitioner();
+  o.partition.clients = f.clients();
+  o.partition.shards_per_client = f.shards_per_client();
+  o.partition.dirichlet_alpha = f.dirichlet_alpha();
+  o.partition.seed = c.seed();
+  o.fraction = f.fraction();
+  o.local_epochs = f.local_epochs();
+  o.local_batch = f.local_batch();
+  o.rounds = f.rounds();
+  o.eval_every_rounds = f.eval_every_rounds();
+  return o;
 }
 
 // Knowledge distillation: the config's teacher, read and checked against the data and the student
@@ -216,7 +233,23 @@ Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const O
     if (steps_done) *steps_done = p.step;
     if (progress) progress->Update(p);
   };
-  SHARDPS_ASSIGN_OR_RETURN(worker::TrainResult r, worker::Train(*model, train, test, params, run, hooks));
+  Result<worker::TrainResult> trained = Status::Ok();
+  if (c.mode() == "fedavg") {
+    const worker::FederatedOptions fed = ToFederatedOptions(c);
+    if (lead) {
+      worker::PartitionOptions po = fed.partition;
+      po.seed = c.seed();
+      SHARDPS_ASSIGN_OR_RETURN(const worker::Partition part, worker::MakePartition(train.labels, train.num_classes, po));
+      std::cerr << "shardps train: fedavg, " << po.clients << " clients (" << po.partitioner << " partition of "
+                << train.num_samples << " samples), fraction " << fed.fraction << ", " << fed.local_epochs
+                << " local epochs of batch " << fed.local_batch << ", " << fed.rounds << " rounds\n"
+                << worker::FormatLabelHistogram(part, train.labels, train.num_classes) << std::flush;
+    }
+    trained = worker::TrainFederated(*model, train, test, params, run, fed, hooks);
+  } else {
+    trained = worker::Train(*model, train, test, params, run, hooks);
+  }
+  SHARDPS_ASSIGN_OR_RETURN(worker::TrainResult r, std::move(trained));
   if (lead) {
     progress->Finish(r);
     const auto tables = worker::TrainingTables(*model, run);
@@ -511,6 +544,10 @@ int TrainMain(int argc, char** argv) {
   int staleness = -1;
   std::string teacher;
   double distill_temperature = 0, distill_alpha = 0;
+  int fed_clients = 0, fed_rounds = 0, fed_local_epochs = 0;
+  int64_t fed_local_batch = -1;
+  double fed_fraction = 0, dirichlet_alpha = 0;
+  std::string partitioner;
   LaunchFlags launch;
   desc.add_options()("help,h", "print this help")
       ("config", po::value(&f.config_path)->required(), "training config, protobuf text format (.prototxt)")
@@ -519,7 +556,7 @@ int TrainMain(int argc, char** argv) {
       ("batch-size", po::value(&batch), "config batch_size (global, split over the workers)")
       ("lr", po::value(&lr), "config optimizer.learning_rate")
       ("optimizer", po::value(&optimizer), "config optimizer.kind: a registered optimizer (sgd, momentum, adam, adagrad, ftrl)")
-      ("mode", po::value(&mode), "config mode: sync or local_sgd")
+      ("mode", po::value(&mode), "config mode: sync, local_sgd or fedavg (federated averaging)")
       ("local-steps", po::value(&local_steps), "config local_steps (local_sgd: K; 0 = one final average)")
       ("hidden", po::value(&hidden), "config hidden layer widths, e.g. 256,128")
       ("seed", po::value(&seed), "config seed")
@@ -538,6 +575,13 @@ int TrainMain(int argc, char** argv) {
        "config teacher: distill from this trained softmax/mlp model (safetensors, e.g. a run's final_model.safetensors)")
       ("distill-temperature", po::value(&distill_temperature), "config distill_temperature: temperature T > 0 of the soft targets (4)")
       ("distill-alpha", po::value(&distill_alpha), "config distill_alpha: weight in [0, 1] of the soft loss (0.9)")
+      ("clients", po::value(&fed_clients), "config federated.clients (fedavg: N)")
+      ("fraction", po::value(&fed_fraction), "config federated.fraction (fedavg: C, the share of clients in each round)")
+      ("local-epochs", po::value(&fed_local_epochs), "config federated.local_epochs (fedavg: E)")
+      ("local-batch", po::value(&fed_local_batch), "config federated.local_batch (fedavg: B; 0 = a client's whole partition)")
+      ("rounds", po::value(&fed_rounds), "config federated.rounds (fedavg)")
+      ("partitioner", po::value(&partitioner), "config federated.partitioner (fedavg): iid, shards or dirichlet")
+      ("dirichlet-alpha", po::value(&dirichlet_alpha), "config federated.dirichlet_alpha (fedavg, partitioner dirichlet)")
       ("train-limit", po::value(&train_limit), "use only the first N training samples")
       ("test-limit", po::value(&test_limit), "use only the first N test samples")
       ("out-dir", po::value(&f.out_dir)->default_value(f.out_dir), "directory for the outputs below")
@@ -588,6 +632,18 @@ int TrainMain(int argc, char** argv) {
   if (vm.count("optimizer")) f.overrides.push_back("optimizer.kind=" + optimizer);
   if (vm.count("mode")) f.overrides.push_back("mode=" + mode);
   if (vm.count("local-steps")) f.overrides.push_back("local_steps=" + std::to_string(local_steps));
+  auto real = [](double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), "%.17g", v);
+    return std::string(buf);
+  };
+  if (vm.count("clients")) f.overrides.push_back("federated.clients=" + std::to_string(fed_clients));
+  if (vm.count("fraction")) f.overrides.push_back("federated.fraction=" + real(fed_fraction));
+  if (vm.count("local-epochs")) f.overrides.push_back("federated.local_epochs=" + std::to_string(fed_local_epochs));
+  if (vm.count("local-batch")) f.overrides.push_back("federated.local_batch=" + std::to_string(fed_local_batch));
+  if (vm.count("rounds")) f.overrides.push_back("federated.rounds=" + std::to_string(fed_rounds));
+  if (vm.count("partitioner")) f.overrides.push_back("federated.partitioner=" + partitioner);
+  if (vm.count("dirichlet-alpha")) f.overrides.push_back("federated.dirichlet_alpha=" + real(dirichlet_alpha));
   if (vm.count("hidden")) f.overrides.push_back("hidden=" + hidden);
   if (vm.count("seed")) f.overrides.push_back("seed=" + std::to_string(seed));
   if (vm.count("servers")) f.overrides.push_back("servers=" + std::to_string(servers));

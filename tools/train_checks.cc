@@ -56,7 +56,8 @@ Status CheckModelFits(const worker::ModelSpec& ms, const config::TrainConfig& c,
     // Weights, next weights and gradients (local_sgd: its optimizer's slots too), evaluation in
     // blocks of up to 1024 rows (activation and pre-activation of the widest layer), and a batch's
     // activations and their gradients.
-    const double copies = 3 + (c.mode() == "local_sgd" ? slots : 0);
+    // fedavg: also a client's model, the round's update and the client's optimizer slots.
+    const double copies = 3 + (c.mode() == "local_sgd" ? slots : c.mode() == "fedavg" ? 2 + slots : 0);
     const double eval_rows = static_cast<double>(std::min<int64_t>(1024, std::max<int64_t>(1, test_rows)));
     need += copies * copy + 2 * eval_rows * widest * sizeof(float) + 2 * static_cast<double>(c.batch_size()) * widths * sizeof(float);
     what = std::to_string(static_cast<int>(copies)) + " copies of the model to train";

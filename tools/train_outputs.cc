@@ -18,12 +18,22 @@ std::string DistillationJson(const config::TrainConfig& c) {
   return ",\"distillation\":{\"teacher\":" + JsonQuote(c.teacher()) + buf;
 }
 
+// ,"federated":{...} for mode fedavg, else nothing.
+std::string FederatedJson(const config::TrainConfig& c) {
+  if (c.mode() != "fedavg") return "";
+  const config::FederatedConfig& f = c.federated();
+  char buf[256];
+  std::snprintf(buf, sizeof(buf), ",\"federated\":{\"clients\":%d,\"fraction\":%.7g,\"local_epochs\":%d,\"local_batch\":%lld,\"rounds\":%d,",
+                f.clients(), f.fraction(), f.local_epochs(), static_cast<long long>(f.local_batch()), f.rounds());
+  return buf + std::string("\"partitioner\":") + JsonQuote(f.partitioner()) + "}";
+}
+
 }  // namespace
 
 Status WriteSummary(FileSystem& fs, const std::string& path, const config::TrainConfig& c, int servers, int workers,
                     const worker::TrainResult& r) {
   std::ostringstream js;
-  js << "{\"model\":" << JsonQuote(c.model()) << ",\"mode\":" << JsonQuote(c.mode()) << DistillationJson(c)
+  js << "{\"model\":" << JsonQuote(c.model()) << ",\"mode\":" << JsonQuote(c.mode()) << DistillationJson(c) << FederatedJson(c)
      << ",\"servers\":" << servers
      << ",\"workers\":" << workers << ",\"epochs\":" << r.epochs << ",\"steps\":" << r.steps
      << ",\"test_accuracy\":" << r.test_accuracy << ",\"train_loss\":" << r.train_loss

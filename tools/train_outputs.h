@@ -47,7 +47,7 @@ class MetricsCsv {
     SHARDPS_RETURN_IF_ERROR(CheckRegularOrAbsent(path, "metrics CSV"));
     out_.open(path, std::ios::trunc);
     if (!out_) return IoError("cannot create metrics CSV '" + path + "'");
-    out_ << "epoch,step,samples,train_loss,test_loss,test_accuracy,samples_per_second,wall_seconds,push_bytes,pull_bytes\n";
+    out_ << "epoch,step,samples,train_loss,test_loss,test_accuracy,samples_per_second,wall_seconds,push_bytes,pull_bytes,clients\n";
     out_.flush();
     return Status::Ok();
   }
@@ -57,7 +57,8 @@ class MetricsCsv {
     std::snprintf(buf, sizeof(buf), "%d,%lld,%lld,%.6f,", r.epoch, static_cast<long long>(r.step),
                   static_cast<long long>(r.samples), r.train_loss);
     out_ << buf << opt(r.test_loss) << "," << opt(r.test_accuracy) << "," << r.samples_per_second << "," << r.wall_seconds
-         << "," << r.push_bytes << "," << r.pull_bytes << "\n";
+         << "," << r.push_bytes << "," << r.pull_bytes << ","
+         << (r.clients < 0 ? std::string() : std::to_string(r.clients)) << "\n";
     out_.flush();
   }
 

@@ -296,5 +296,26 @@ TEST(ConfigValidation, TeacherMustBeAPathForADenseModel) {
   ExpectRefused({"model=sparse_lr", "data.format=libsvm", "teacher=t.safetensors"}, "teacher", "sparse_lr");
 }
 
+TEST(ConfigValidation, FederatedSettingsBelongToFedavgAndAreInRange) {
+  EXPECT_TRUE(WithOverrides({"mode=fedavg"}).ok()) << WithOverrides({"mode=fedavg"}).ToString();
+  EXPECT_TRUE(WithOverrides({"mode=fedavg", "federated.partitioner=dirichlet", "federated.dirichlet_alpha=0.1"}).ok());
+  EXPECT_TRUE(WithOverrides({"mode=fedavg", "federated.local_batch=0", "federated.local_epochs=1"}).ok());  // FedSGD
+  ExpectRefused({"mode=fedsgd"}, "mode", "'fedsgd' is not sync, local_sgd or fedavg");
+  ExpectRefused({"federated.clients=10"}, "federated", "mode fedavg");
+  ExpectRefused({"mode=fedavg", "federated.clients=0"}, "federated.clients", "0");
+  ExpectRefused({"mode=fedavg", "federated.fraction=0"}, "federated.fraction", "outside (0, 1]");
+  ExpectRefused({"mode=fedavg", "federated.fraction=1.5"}, "federated.fraction", "1.5");
+  ExpectRefused({"mode=fedavg", "federated.local_epochs=0"}, "federated.local_epochs", "0");
+  ExpectRefused({"mode=fedavg", "federated.local_batch=-1"}, "federated.local_batch", "-1");
+  ExpectRefused({"mode=fedavg", "federated.rounds=0"}, "federated.rounds", "0");
+  ExpectRefused({"mode=fedavg", "federated.partitioner=pathological"}, "federated.partitioner", "'pathological'");
+  ExpectRefused({"mode=fedavg", "federated.dirichlet_alpha=0"}, "federated.dirichlet_alpha", "positive");
+  ExpectRefused({"mode=fedavg", "federated.shards_per_client=0"}, "federated.shards_per_client", "0");
+  ExpectRefused({"mode=fedavg", "codec=int8"}, "codec", "fedavg");
+  ExpectRefused({"mode=fedavg", "consistency=asp"}, "consistency", "bsp");
+  ExpectRefused({"mode=fedavg", "optimizer_on=workers"}, "optimizer_on", "fedavg");
+  ExpectRefused({"mode=fedavg", "model=sparse_lr", "data.format=libsvm"}, "mode", "sparse_lr");
+}
+
 }  // namespace
 }  // namespace shardps

@@ -97,7 +97,7 @@ class LocalParams final : public ParamStore {
 };
 
 struct RunOptions {
-  std::string mode = "sync";   // sync | local_sgd
+  std::string mode = "sync";   // sync | local_sgd | fedavg (TrainFederated, federated.h)
   int local_steps = 0;         // local_sgd: K
   int epochs = 1;
   int64_t batch_size = 64;     // global
@@ -158,6 +158,7 @@ struct Progress {
   double test_accuracy = -1;  // last evaluation, -1 before the first
   double samples_per_second = 0;  // all workers together
   double eta_seconds = 0;
+  int clients = -1;           // fedavg: the round's participants (epoch and step count rounds); -1 otherwise
 };
 
 struct MetricsRow {
@@ -172,6 +173,7 @@ struct MetricsRow {
   // This worker's dense-table payload bytes so far, each way (WireCounters).
   uint64_t push_bytes = 0;
   uint64_t pull_bytes = 0;
+  int clients = -1;           // fedavg: the round's participating clients; -1 otherwise
 };
 
 struct TrainHooks {

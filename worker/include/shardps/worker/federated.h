@@ -1,0 +1,88 @@
+// Federated averaging (McMahan et al. 2017, "Communication-Efficient Learning of Deep Networks
+// from Decentralized Data"): the training data is split into N clients' partitions that never
+// mix; every round a seeded sample of max(1, round(C x N)) clients trains E local epochs with
+// batch B from the current global model, and the global model moves by the average of their
+// changes weighted by their sample counts. FedSGD is E = 1 with B = 0 (each client's whole
+// partition as one batch): one gradient step of the sampled clients' union per round.
+//
+//   SHARDPS_ASSIGN_OR_RETURN(Partition p, MakePartition(train.labels, train.num_classes, opts));
+//   std::cerr << FormatLabelHistogram(p, train.labels, train.num_classes);
+//   SHARDPS_ASSIGN_OR_RETURN(TrainResult r, TrainFederated(model, train, test, params, run, fed, hooks));
+//
+// Simulated clients: client k is hosted by worker process k mod W, which trains its sampled
+// clients one after another in increasing k. Every worker computes the whole partition and the
+// whole sample (pure functions of the seed), so each knows n_S, the samples of the round's
+// clients, and pushes sum over its clients k of (n_k / n_S) x (w - w_k); the tables hold "sgd"
+// with learning rate 1, so the servers' bulk-synchronous sum moves the model by the weighted
+// average. A round is one version of the tables: checkpoints are taken between rounds and a
+// resumed run is bit-identical (nothing but the global model carries over from a round).
+//
+// Partitioners (the registry in federated.cc; docs/federated.md):
+//   iid        a seeded permutation cut into N parts whose sizes differ by at most one;
+//   shards     sort by label (stable), cut into N x k shards of floor(n / (N x k)) samples
+//              (the rest, fewer than N x k samples, is left out), a seeded shuffle of the shards,
+//              k consecutive ones per client (with k = 2, most clients see two labels);
+//   dirichlet  per label, proportions over the N clients drawn from Dirichlet(alpha), the
+//              label's samples (shuffled) cut at the cumulative proportions; redrawn (up to 100
+//              times, keyed by the attempt) until every client has at least one sample.
+// Every random draw is counter-based, keyed by (seed, purpose, ...): no state, no std::
+// distribution, the same bits on every platform.
+// Thread safety: pure functions; TrainFederated runs on the calling thread.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "shardps/base/status.h"
+#include "shardps/worker/trainer.h"
+
+namespace shardps::worker {
+
+struct PartitionOptions {
+  std::string partitioner = "iid";  // iid | shards | dirichlet
+  int clients = 100;
+  int shards_per_client = 2;        // shards
+  double dirichlet_alpha = 0.5;     // dirichlet: > 0 (smaller: more skewed)
+  uint64_t seed = 1;
+};
+
+// Client k's training samples (indices into the dataset), in increasing order.
+struct Partition {
+  std::vector<std::vector<int64_t>> clients;
+  int64_t samples() const;
+};
+
+Result<Partition> MakePartition(const std::vector<int32_t>& labels, int num_classes, const PartitionOptions& options);
+// "iid, shards, dirichlet".
+std::string RegisteredPartitioners();
+bool IsPartitioner(const std::string& name);
+
+// counts[k][c]: client k's samples of label c.
+std::vector<std::vector<int64_t>> LabelHistogram(const Partition& p, const std::vector<int32_t>& labels, int num_classes);
+// One line per client: "client  samples  label0 label1 ...", and a last line with the smallest,
+// median and largest partition and how many labels a client sees (median).
+std::string FormatLabelHistogram(const Partition& p, const std::vector<int32_t>& labels, int num_classes);
+
+// The clients of round `round`: max(1, round(fraction x clients)) distinct ones, increasing; a
+// pure function of (seed, round).
+std::vector<int> SampleClients(int clients, double fraction, uint64_t seed, uint64_t round);
+
+struct FederatedOptions {
+  PartitionOptions partition;
+  double fraction = 0.1;      // C
+  int local_epochs = 5;       // E
+  int64_t local_batch = 10;   // B; 0: a client's whole partition (FedSGD with E = 1)
+  int rounds = 50;
+  int eval_every_rounds = 1;
+};
+
+// Federated averaging over the servers (see above). `run` gives the seed, the client optimizer
+// (run.optimizer, fresh state every round: "sgd" is McMahan's), worker/workers, the timeout and
+// start_step (resume: rounds already applied); run.mode must be "fedavg". The tables must be
+// TrainingTables(model, run). MetricsRow::step is the round, `clients` its participants;
+// TrainResult::steps counts rounds.
+Result<TrainResult> TrainFederated(const Model& model, const Dataset& train, const Dataset& test, ParamStore& params,
+                                   const RunOptions& run, const FederatedOptions& fed, const TrainHooks& hooks);
+
+}  // namespace shardps::worker

@@ -53,9 +53,15 @@ void ProgressDisplay::Update(const worker::Progress& p) {
   std::fflush(stdout);
 }
 
-void ProgressDisplay::Finish(const worker::TrainResult& r) {
+void ProgressDisplay::Finish(const worker::TrainResult& r, bool rounds) {
   if (!enabled_) return;
   if (redraw_) std::printf("\n");
+  if (rounds) {
+    std::printf("done: %lld rounds, test accuracy %.4f, train loss %.4f, %.0f samples/s, %s\n", static_cast<long long>(r.steps),
+                r.test_accuracy, r.train_loss, r.samples_per_second, FormatDuration(r.wall_seconds).c_str());
+    std::fflush(stdout);
+    return;
+  }
   std::printf("done: %d epochs, %lld steps, test accuracy %.4f, train loss %.4f, %.0f samples/s, %s\n", r.epochs,
               static_cast<long long>(r.steps), r.test_accuracy, r.train_loss, r.samples_per_second,
               FormatDuration(r.wall_seconds).c_str());

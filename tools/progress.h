@@ -14,7 +14,8 @@ class ProgressDisplay {
   // mode: "auto" (redraw if stdout is a terminal), "always" (redraw), "plain" or "never".
   explicit ProgressDisplay(const std::string& mode);
   void Update(const worker::Progress& p);
-  void Finish(const worker::TrainResult& r);
+  // `rounds`: fedavg, whose TrainResult counts rounds.
+  void Finish(const worker::TrainResult& r, bool rounds = false);
 
   // "1h02m", "3m05s", "12s".
   static std::string FormatDuration(double seconds);

@@ -251,7 +251,7 @@ Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const O
   }
   SHARDPS_ASSIGN_OR_RETURN(worker::TrainResult r, std::move(trained));
   if (lead) {
-    progress->Finish(r);
+    progress->Finish(r, c.mode() == "fedavg");
     const auto tables = worker::TrainingTables(*model, run);
     SHARDPS_RETURN_IF_ERROR(WriteFinalModel(*out.fs, out.model_out, tables, r.weights));
     SHARDPS_RETURN_IF_ERROR(WriteSummary(*out.fs, out.summary_json, c, servers, workers, r));

@@ -195,6 +195,12 @@ Status ValidateFederated(const config::TrainConfig& c) {
   }
   if (f.shards_per_client() < 1) return bad("federated.shards_per_client", std::to_string(f.shards_per_client()) + ": at least 1");
   if (!(f.dirichlet_alpha() > 0)) return bad("federated.dirichlet_alpha", FloatText(f.dirichlet_alpha()) + " must be positive");
+  if (!(f.clip_norm() >= 0)) return bad("federated.clip_norm", FloatText(f.clip_norm()) + ": 0 (no clipping) or a positive L2 norm");
+  if (!(f.noise_multiplier() >= 0)) return bad("federated.noise_multiplier", FloatText(f.noise_multiplier()) + " is negative");
+  if (f.noise_multiplier() > 0 && f.clip_norm() == 0) {
+    return bad("federated.noise_multiplier", FloatText(f.noise_multiplier()) + " needs federated.clip_norm > 0 (the noise is scaled by it)");
+  }
+  if (!(f.dp_delta() > 0 && f.dp_delta() < 1)) return bad("federated.dp_delta", FloatText(f.dp_delta()) + " is outside (0, 1)");
   if (c.model() != "softmax" && c.model() != "mlp") return bad("mode", "fedavg trains the dense models (softmax, mlp)");
   if (c.codec() != "identity") return bad("codec", "'" + c.codec() + "' applies to mode sync; fedavg sends float32 updates");
   if (c.optimizer_on() != "servers") return bad("optimizer_on (--optimizer-on)", "fedavg's clients always run the optimizer");

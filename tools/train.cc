@@ -130,6 +130,9 @@ worker::FederatedOptions ToFederatedOptions(const config::TrainConfig& c) {
   o.local_batch = f.local_batch();
   o.rounds = f.rounds();
   o.eval_every_rounds = f.eval_every_rounds();
+  o.clip_norm = f.clip_norm();
+  o.noise_multiplier = f.noise_multiplier();
+  o.dp_delta = f.dp_delta();
   return o;
 }
 
@@ -546,7 +549,7 @@ int TrainMain(int argc, char** argv) {
   double distill_temperature = 0, distill_alpha = 0;
   int fed_clients = 0, fed_rounds = 0, fed_local_epochs = 0;
   int64_t fed_local_batch = -1;
-  double fed_fraction = 0, dirichlet_alpha = 0;
+  double fed_fraction = 0, dirichlet_alpha = 0, clip_norm = -1, noise_multiplier = -1, dp_delta = 0;
   std::string partitioner;
   LaunchFlags launch;
   desc.add_options()("help,h", "print this help")
@@ -582,6 +585,9 @@ int TrainMain(int argc, char** argv) {
       ("rounds", po::value(&fed_rounds), "config federated.rounds (fedavg)")
       ("partitioner", po::value(&partitioner), "config federated.partitioner (fedavg): iid, shards or dirichlet")
       ("dirichlet-alpha", po::value(&dirichlet_alpha), "config federated.dirichlet_alpha (fedavg, partitioner dirichlet)")
+      ("clip-norm", po::value(&clip_norm), "config federated.clip_norm (fedavg: DP clipping of each client's update; 0 = none)")
+      ("noise-multiplier", po::value(&noise_multiplier), "config federated.noise_multiplier (fedavg: z; noise z x S / m on the average)")
+      ("dp-delta", po::value(&dp_delta), "config federated.dp_delta (fedavg: the delta epsilon is reported at, 1e-5)")
       ("train-limit", po::value(&train_limit), "use only the first N training samples")
       ("test-limit", po::value(&test_limit), "use only the first N test samples")
       ("out-dir", po::value(&f.out_dir)->default_value(f.out_dir), "directory for the outputs below")
@@ -644,6 +650,9 @@ int TrainMain(int argc, char** argv) {
   if (vm.count("rounds")) f.overrides.push_back("federated.rounds=" + std::to_string(fed_rounds));
   if (vm.count("partitioner")) f.overrides.push_back("federated.partitioner=" + partitioner);
   if (vm.count("dirichlet-alpha")) f.overrides.push_back("federated.dirichlet_alpha=" + real(dirichlet_alpha));
+  if (vm.count("clip-norm")) f.overrides.push_back("federated.clip_norm=" + real(clip_norm));
+  if (vm.count("noise-multiplier")) f.overrides.push_back("federated.noise_multiplier=" + real(noise_multiplier));
+  if (vm.count("dp-delta")) f.overrides.push_back("federated.dp_delta=" + real(dp_delta));
   if (vm.count("hidden")) f.overrides.push_back("hidden=" + hidden);
   if (vm.count("seed")) f.overrides.push_back("seed=" + std::to_string(seed));
   if (vm.count("servers")) f.overrides.push_back("servers=" + std::to_string(servers));

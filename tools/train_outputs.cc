@@ -1,5 +1,6 @@
 #include "train_outputs.h"
 
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 #include <sstream>
@@ -28,12 +29,28 @@ std::string FederatedJson(const config::TrainConfig& c) {
   return buf + std::string("\"partitioner\":") + JsonQuote(f.partitioner()) + "}";
 }
 
+// ,"dp":{...} for fedavg with clipping: the settings, epsilon (null when infinite: no noise) at
+// delta, the RDP order that gave it, and the client updates clipped of all.
+std::string DpJson(const config::TrainConfig& c, const worker::TrainResult& r) {
+  if (c.mode() != "fedavg" || c.federated().clip_norm() <= 0) return "";
+  const config::FederatedConfig& f = c.federated();
+  char buf[320];
+  char eps[32] = "null";
+  if (std::isfinite(r.epsilon)) std::snprintf(eps, sizeof(eps), "%.6g", r.epsilon);
+  std::snprintf(buf, sizeof(buf),
+                ",\"dp\":{\"clip_norm\":%.7g,\"noise_multiplier\":%.7g,\"delta\":%.7g,\"epsilon\":%s,\"order\":%.7g,"
+                "\"clipped\":%lld,\"client_updates\":%lld}",
+                f.clip_norm(), f.noise_multiplier(), f.dp_delta(), eps, r.epsilon_order, static_cast<long long>(r.clipped),
+                static_cast<long long>(r.client_updates));
+  return buf;
+}
+
 }  // namespace
 
 Status WriteSummary(FileSystem& fs, const std::string& path, const config::TrainConfig& c, int servers, int workers,
                     const worker::TrainResult& r) {
   std::ostringstream js;
-  js << "{\"model\":" << JsonQuote(c.model()) << ",\"mode\":" << JsonQuote(c.mode()) << DistillationJson(c) << FederatedJson(c)
+  js << "{\"model\":" << JsonQuote(c.model()) << ",\"mode\":" << JsonQuote(c.mode()) << DistillationJson(c) << FederatedJson(c) << DpJson(c, r)
      << ",\"servers\":" << servers
      << ",\"workers\":" << workers << ",\"epochs\":" << r.epochs << ",\"steps\":" << r.steps
      << ",\"test_accuracy\":" << r.test_accuracy << ",\"train_loss\":" << r.train_loss

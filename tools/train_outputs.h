@@ -47,9 +47,15 @@ class MetricsCsv {
     SHARDPS_RETURN_IF_ERROR(CheckRegularOrAbsent(path, "metrics CSV"));
     out_.open(path, std::ios::trunc);
     if (!out_) return IoError("cannot create metrics CSV '" + path + "'");
-    out_ << "epoch,step,samples,train_loss,test_loss,test_accuracy,samples_per_second,wall_seconds,push_bytes,pull_bytes,clients\n";
+    out_ << "epoch,step,samples,train_loss,test_loss,test_accuracy,samples_per_second,wall_seconds,push_bytes,pull_bytes,clients,epsilon,clipped,update_norm\n";
     out_.flush();
     return Status::Ok();
+  }
+  // %.6g, "inf" for an infinite epsilon.
+  static std::string Real(double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), "%.6g", v);
+    return buf;
   }
   void Write(const worker::MetricsRow& r) {
     char buf[256];
@@ -58,7 +64,9 @@ class MetricsCsv {
                   static_cast<long long>(r.samples), r.train_loss);
     out_ << buf << opt(r.test_loss) << "," << opt(r.test_accuracy) << "," << r.samples_per_second << "," << r.wall_seconds
          << "," << r.push_bytes << "," << r.pull_bytes << ","
-         << (r.clients < 0 ? std::string() : std::to_string(r.clients)) << "\n";
+         << (r.clients < 0 ? std::string() : std::to_string(r.clients)) << "," << (r.epsilon < 0 ? std::string() : Real(r.epsilon))
+         << "," << (r.clipped < 0 ? std::string() : std::to_string(r.clipped)) << ","
+         << (r.update_norm < 0 ? std::string() : Real(r.update_norm)) << "\n";
     out_.flush();
   }
 

@@ -8,7 +8,8 @@ determinism: a small federated job gives the same weights on 1 and 2 servers and
              launch; a label-shard partition gives other weights than IID (the partitioner is
              applied); the lead worker prints the per-client label histogram.
 resume:      a job checkpointed every round, resumed from round 1 onto 2 servers, ends with the
-             weights of the job that never stopped.
+             weights of the job that never stopped; also with clipping and noise (differential
+             privacy), whose epsilon counts the rounds before the resume.
 convergence: IID FedAvg of the MLP on a Fashion-MNIST subset reaches an accuracy a model that does
              not learn cannot reach; the metrics CSV has a row per round with its participants.
 refused:     bad federated settings end the job before training, naming the setting.
@@ -52,16 +53,19 @@ def check_determinism(r, args):
 
 def check_resume(r, args):
     cfg = r.config("fashion_fedavg.prototxt")
-    base = ["--config", cfg] + SMALL
-    full, _, _ = r.train(3, base + ["--servers", "1"])
-    ck = os.path.join(r.work, "ck")
-    shutil.rmtree(ck, ignore_errors=True)
-    r.train(3, base + ["--servers", "1", "--checkpoint-dir", ck, "--checkpoint-every", "1"])
-    resumed, _, _ = r.train(4, base + ["--servers", "2", "--resume", f"{ck}@1"])
-    print(f"  uninterrupted {full['weights_sha256'][:16]}, resumed from round 1 onto 2 servers "
-          f"{resumed['weights_sha256'][:16]}")
-    if resumed["weights_sha256"] != full["weights_sha256"]:
-        fail("fedavg: the resumed run's weights differ from the uninterrupted run's")
+    for name, extra in (("plain", []), ("with clipping and noise", ["--clip-norm", "1", "--noise-multiplier", "0.5"])):
+        base = ["--config", cfg] + SMALL + extra
+        full, _, _ = r.train(3, base + ["--servers", "1"])
+        ck = os.path.join(r.work, "ck-" + name.split()[0])
+        shutil.rmtree(ck, ignore_errors=True)
+        r.train(3, base + ["--servers", "1", "--checkpoint-dir", ck, "--checkpoint-every", "1"])
+        resumed, _, _ = r.train(4, base + ["--servers", "2", "--resume", f"{ck}@1"])
+        print(f"  {name}: uninterrupted {full['weights_sha256'][:16]}, resumed from round 1 onto 2 servers "
+              f"{resumed['weights_sha256'][:16]}; dp {full.get('dp')} / {resumed.get('dp')}")
+        if resumed["weights_sha256"] != full["weights_sha256"]:
+            fail(f"fedavg {name}: the resumed run's weights differ from the uninterrupted run's")
+        if extra and (full["dp"]["epsilon"] is None or full["dp"]["epsilon"] != resumed["dp"]["epsilon"]):
+            fail(f"fedavg {name}: epsilon {full['dp']} uninterrupted, {resumed['dp']} resumed (the rounds before count)")
 
 
 def check_convergence(r, args):

@@ -11,6 +11,7 @@
 #include <set>
 
 #include "shardps/base/optimizer.h"
+#include "shardps/privacy/rdp_accountant.h"
 #include "shardps/worker/federated.h"
 
 namespace shardps::worker {
@@ -197,6 +198,17 @@ Job MakeJob() {
   return j;
 }
 
+// A job changed by `change` is refused before training, with `needle` in the message.
+void ExpectRefused(void (*change)(Job&), const std::string& needle) {
+  const Dataset train = Synthetic(60, 1), test = Synthetic(30, 2);
+  Job j = MakeJob();
+  change(j);
+  LocalParams params(TrainingTables(*j.model, j.run));
+  auto r = TrainFederated(*j.model, train, test, params, j.run, j.fed, {});
+  ASSERT_FALSE(r.ok()) << needle;
+  EXPECT_NE(r.status().message().find(needle), std::string::npos) << r.status().message();
+}
+
 TEST(TrainFederated, OneFedSgdRoundIsOneGradientStepOnTheSampledClientsData) {
   const Dataset train = Synthetic(600, 1), test = Synthetic(90, 2);
   Job j = MakeJob();
@@ -273,21 +285,119 @@ TEST(TrainFederated, DeterministicLearnsAndReportsRounds) {
 }
 
 TEST(TrainFederated, BadSettingsAreRefusedBeforeTraining) {
-  const Dataset train = Synthetic(60, 1), test = Synthetic(30, 2);
-  auto expect = [&](auto change, const std::string& needle) {
-    Job j = MakeJob();
-    change(j);
-    LocalParams params(TrainingTables(*j.model, j.run));
-    auto r = TrainFederated(*j.model, train, test, params, j.run, j.fed, {});
-    ASSERT_FALSE(r.ok()) << needle;
-    EXPECT_NE(r.status().message().find(needle), std::string::npos) << r.status().message();
-  };
+  auto expect = [](void (*change)(Job&), const std::string& needle) { ExpectRefused(change, needle); };
   expect([](Job& j) { j.fed.fraction = 0; }, "fed_fraction");
   expect([](Job& j) { j.fed.rounds = 0; }, "fed_rounds");
   expect([](Job& j) { j.fed.local_epochs = 0; }, "fed_local_epochs");
   expect([](Job& j) { j.fed.local_batch = -1; }, "fed_local_batch");
   expect([](Job& j) { j.fed.partition.clients = 100; }, "100 clients need at least");  // dirichlet/iid on 60 samples
   expect([](Job& j) { j.run.start_step = 9; j.fed.rounds = 3; }, "round 9");
+}
+
+// A dataset of `features` features and `classes` labels, values from a fixed formula.
+Dataset Wide(int n, int features, int classes) {
+  Dataset d;
+  d.source = "wide";
+  d.num_samples = n;
+  d.num_features = features;
+  d.num_classes = classes;
+  for (int i = 0; i < n; ++i) {
+    d.labels.push_back(i % classes);
+    for (int f = 0; f < features; ++f) d.features.push_back(static_cast<float>(std::sin(i * 0.37 + f * 1.3)));
+  }
+  return d;
+}
+
+// The initial weights of a job's tables.
+std::vector<std::vector<float>> InitialWeights(const Job& j) {
+  LocalParams fresh(TrainingTables(*j.model, j.run));
+  const auto tables = j.model->Tables(j.run.seed);
+  std::vector<std::vector<float>> w(tables.size());
+  for (size_t t = 0; t < tables.size(); ++t) {
+    w[t].resize(tables[t].size);
+    EXPECT_TRUE(fresh.Pull(static_cast<uint32_t>(t), w[t], 0).wait(std::chrono::milliseconds(0)).ok());
+  }
+  return w;
+}
+
+TEST(TrainFederatedDp, NoiseOnTheAverageHasStandardDeviationZTimesSOverM) {
+  // Learning rate 0: every client's change is zero, so the round moves the model by the noise alone.
+  const Dataset train = Wide(60, 200, 500), test = Wide(10, 200, 500);
+  Job j = MakeJob();
+  auto m = Model::Create(ModelSpec{.input_dim = 200, .num_classes = 500});  // 100,500 weights
+  ASSERT_TRUE(m.ok());
+  j.model = std::move(*m);
+  j.run.optimizer.learning_rate = 0.0f;
+  j.fed.fraction = 0.5;  // m = 3 of 6 clients
+  j.fed.local_epochs = 1;
+  j.fed.rounds = 1;
+  j.fed.clip_norm = 2.0;
+  j.fed.noise_multiplier = 1.0;
+  const auto before = InitialWeights(j);
+  LocalParams params(TrainingTables(*j.model, j.run));
+  auto r = TrainFederated(*j.model, train, test, params, j.run, j.fed, {});
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  double sum = 0, sq = 0;
+  size_t n = 0;
+  for (size_t t = 0; t < before.size(); ++t) {
+    for (size_t i = 0; i < before[t].size(); ++i) {
+      const double d = static_cast<double>(r->weights[t][i]) - before[t][i];
+      sum += d;
+      sq += d * d;
+      ++n;
+    }
+  }
+  const double mean = sum / n, sd = std::sqrt(sq / n - mean * mean), want = 1.0 * 2.0 / 3;
+  EXPECT_NEAR(sd, want, 0.02 * want) << "measured " << sd;
+  EXPECT_NEAR(mean, 0.0, 5 * want / std::sqrt(static_cast<double>(n)));
+  EXPECT_EQ(r->clipped, 0);  // zero changes are never clipped
+  EXPECT_EQ(r->client_updates, 3);
+  // One round of the sampled Gaussian mechanism, q = 3 / 6, z = 1: what the accountant says.
+  auto acc = privacy::RdpAccountant::Create(0.5, 1.0);
+  ASSERT_TRUE(acc.ok());
+  acc->Step(1);
+  auto spent = acc->Epsilon(1e-5);
+  ASSERT_TRUE(spent.ok());
+  EXPECT_EQ(r->epsilon, spent->epsilon);
+  EXPECT_GT(r->epsilon, 0);
+}
+
+TEST(TrainFederatedDp, ClippedUpdatesBoundTheRoundsChange) {
+  const Dataset train = Synthetic(600, 1), test = Synthetic(90, 2);
+  Job j = MakeJob();
+  j.fed.fraction = 0.5;
+  j.fed.local_epochs = 2;
+  j.fed.local_batch = 10;
+  j.fed.rounds = 1;
+  j.fed.clip_norm = 0.05;  // far below the clients' changes at learning rate 0.5
+  const auto before = InitialWeights(j);
+  std::vector<MetricsRow> rows;
+  TrainHooks hooks;
+  hooks.on_metrics = [&](const MetricsRow& row) { rows.push_back(row); };
+  LocalParams params(TrainingTables(*j.model, j.run));
+  auto r = TrainFederated(*j.model, train, test, params, j.run, j.fed, hooks);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  double sq = 0;
+  for (size_t t = 0; t < before.size(); ++t) {
+    for (size_t i = 0; i < before[t].size(); ++i) sq += std::pow(static_cast<double>(r->weights[t][i]) - before[t][i], 2);
+  }
+  // The average of three changes of norm <= S has norm <= S; each was clipped (its norm was
+  // larger), and they point in similar directions, so the average is not far below S either.
+  EXPECT_LE(std::sqrt(sq), 0.05 * (1 + 1e-5));
+  EXPECT_GT(std::sqrt(sq), 0.01);
+  EXPECT_EQ(r->clipped, 3);
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0].clipped, 3);
+  EXPECT_GT(rows[0].update_norm, 0.05);
+  EXPECT_TRUE(std::isinf(r->epsilon));  // clipping without noise: no privacy
+}
+
+TEST(TrainFederatedDp, BadSettingsAreRefused) {
+  auto expect = [](void (*change)(Job&), const std::string& needle) { ExpectRefused(change, needle); };
+  expect([](Job& j) { j.fed.clip_norm = -1; }, "clip_norm");
+  expect([](Job& j) { j.fed.noise_multiplier = 1; }, "needs clip_norm");
+  expect([](Job& j) { j.fed.clip_norm = 1; j.fed.noise_multiplier = -1; }, "noise_multiplier");
+  expect([](Job& j) { j.fed.clip_norm = 1; j.fed.dp_delta = 1; }, "dp_delta");
 }
 
 }  // namespace

@@ -4,19 +4,26 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <limits>
+#include <optional>
 #include <numeric>
 #include <span>
 #include <sstream>
 
 #include "shardps/base/optimizer.h"
 #include "shardps/base/random.h"
+#include "shardps/privacy/clip.h"
+#include "shardps/privacy/gaussian.h"
+#include "shardps/privacy/rdp_accountant.h"
 #include "train_internal.h"
 
 namespace shardps::worker {
 
 using internal::DivergedHint;
 using internal::FirstNonFinite;
+using internal::kClipped;
 using internal::kCorrect;
+using internal::kNormSum;
 using internal::kMetricsFloats;
 using internal::kTested;
 using internal::kTestLoss;
@@ -271,11 +278,36 @@ Result<TrainResult> TrainFederated(const Model& model, const Dataset& train, con
     return InvalidArgument("the checkpoint is at round " + std::to_string(run.start_step) + "; this run has only " +
                            std::to_string(fed.rounds) + " rounds");
   }
+  const bool dp = fed.clip_norm > 0;
+  if (!(fed.clip_norm >= 0) || !std::isfinite(fed.clip_norm)) {
+    return InvalidArgument("clip_norm is " + std::to_string(fed.clip_norm) + ": 0 (no clipping) or a positive L2 norm");
+  }
+  if (!(fed.noise_multiplier >= 0) || !std::isfinite(fed.noise_multiplier)) {
+    return InvalidArgument("noise_multiplier is " + std::to_string(fed.noise_multiplier) + ": 0 or more");
+  }
+  if (fed.noise_multiplier > 0 && !dp) {
+    return InvalidArgument("noise_multiplier " + std::to_string(fed.noise_multiplier) + " needs clip_norm > 0 (the noise is scaled by it)");
+  }
+  if (dp && !(fed.dp_delta > 0 && fed.dp_delta < 1)) return InvalidArgument("dp_delta is " + std::to_string(fed.dp_delta) + ": in (0, 1)");
   SHARDPS_ASSIGN_OR_RETURN(const Optimizer* optimizer, LookupOptimizer(run.optimizer.kind));
   (void)optimizer;
   PartitionOptions po = fed.partition;
   po.seed = run.seed;
   SHARDPS_ASSIGN_OR_RETURN(const Partition part, MakePartition(train.labels, train.num_classes, po));
+
+  // Differential privacy: the round's clients m is fixed by N and C, so the sampling rate is m / N.
+  const int m = static_cast<int>(SampleClients(po.clients, fed.fraction, run.seed, 0).size());
+  std::optional<privacy::RdpAccountant> accountant;
+  if (dp && fed.noise_multiplier > 0) {
+    SHARDPS_ASSIGN_OR_RETURN(privacy::RdpAccountant a,
+                             privacy::RdpAccountant::Create(static_cast<double>(m) / po.clients, fed.noise_multiplier));
+    a.Step(run.start_step);  // the rounds before a resume spent privacy too
+    accountant = std::move(a);
+  }
+  auto epsilon = [&]() -> Result<privacy::PrivacySpent> {
+    if (!accountant) return privacy::PrivacySpent{.epsilon = std::numeric_limits<double>::infinity(), .order = 0};
+    return accountant->Epsilon(fed.dp_delta);
+  };
 
   const size_t M = model.num_tables();
   const uint32_t metrics_table = static_cast<uint32_t>(M);
@@ -331,6 +363,8 @@ Result<TrainResult> TrainFederated(const Model& model, const Dataset& train, con
     for (auto& p : push) std::fill(p.begin(), p.end(), 0.0f);
     double loss_sum = 0;
     int64_t loss_rows = 0;
+    int clipped = 0;
+    double norm_sum = 0;
     for (int k : sampled) {
       if (k % run.workers != run.worker) continue;  // hosted by another worker
       const std::vector<int64_t>& mine = part.clients[k];
@@ -364,10 +398,35 @@ Result<TrainResult> TrainFederated(const Model& model, const Dataset& train, con
           }
         }
       }
-      // What the servers add: this client's change, weighted by its share of the round's samples.
-      const float weight = static_cast<float>(static_cast<double>(nk) / static_cast<double>(n_round));
+      // What the servers add: this client's change, weighted by its share of the round's samples;
+      // with differential privacy, clipped to clip_norm and weighted 1 / m.
+      float weight = static_cast<float>(static_cast<double>(nk) / static_cast<double>(n_round));
+      if (dp) {
+        double sq = 0;
+        for (size_t t = 0; t < M; ++t) {
+          for (size_t i = 0; i < w[t].size(); ++i) local[t][i] = w[t][i] - local[t][i];  // the change, in place
+          const double n = privacy::L2Norm(local[t]);
+          sq += n * n;
+        }
+        const double norm = std::sqrt(sq);
+        norm_sum += norm;
+        const double factor = norm > fed.clip_norm ? fed.clip_norm / norm : 1.0;
+        clipped += norm > fed.clip_norm;
+        weight = static_cast<float>(factor / m);
+        for (size_t t = 0; t < M; ++t) {
+          for (size_t i = 0; i < w[t].size(); ++i) push[t][i] += local[t][i] * weight;
+        }
+      } else {
+        for (size_t t = 0; t < M; ++t) {
+          for (size_t i = 0; i < w[t].size(); ++i) push[t][i] += (w[t][i] - local[t][i]) * weight;
+        }
+      }
+    }
+    if (dp && fed.noise_multiplier > 0 && run.worker == 0) {
+      // The noise of the average, once (the lead worker's push), keyed by (seed, round, table).
       for (size_t t = 0; t < M; ++t) {
-        for (size_t i = 0; i < w[t].size(); ++i) push[t][i] += (w[t][i] - local[t][i]) * weight;
+        SHARDPS_RETURN_IF_ERROR(privacy::AddGaussianNoise(push[t], fed.noise_multiplier * fed.clip_norm / m,
+                                                          {.seed = run.seed, .round = static_cast<uint64_t>(round), .stream = t}));
       }
     }
     {
@@ -390,11 +449,22 @@ Result<TrainResult> TrainFederated(const Model& model, const Dataset& train, con
     if (eval) test_counts(mine);
     mine[kTrainLoss] = static_cast<float>(loss_sum);
     mine[kTrained] = static_cast<float>(loss_rows);
+    mine[kClipped] = static_cast<float>(clipped);
+    mine[kNormSum] = static_cast<float>(norm_sum);
     {
       std::vector<Handle> hs{params.PushPull(metrics_table, mine, total, reduce_round++, {})};
       SHARDPS_RETURN_IF_ERROR(WaitAll(params, hs, timeout, mine, total).WithContext("metrics of round " + std::to_string(round)));
     }
     if (total[kTrained] > 0) result.train_loss = total[kTrainLoss] / total[kTrained];
+    if (accountant) accountant->Step();
+    privacy::PrivacySpent spent;
+    if (dp) {
+      SHARDPS_ASSIGN_OR_RETURN(spent, epsilon());
+      result.clipped += static_cast<int64_t>(total[kClipped]);
+      result.client_updates += static_cast<int64_t>(sampled.size());
+      result.epsilon = spent.epsilon;
+      result.epsilon_order = spent.order;
+    }
     if (eval) {
       result.test_accuracy = total[kTested] > 0 ? total[kCorrect] / total[kTested] : 0.0;
       result.test_loss = total[kTested] > 0 ? total[kTestLoss] / total[kTested] : 0.0;
@@ -414,6 +484,11 @@ Result<TrainResult> TrainFederated(const Model& model, const Dataset& train, con
       row.push_bytes = params.wire().push_bytes;
       row.pull_bytes = params.wire().pull_bytes;
       row.clients = static_cast<int>(sampled.size());
+      if (dp) {
+        row.epsilon = spent.epsilon;
+        row.clipped = static_cast<int>(total[kClipped]);
+        row.update_norm = total[kNormSum] / static_cast<double>(sampled.size());
+      }
       hooks.on_metrics(row);
     }
     if (hooks.on_progress) {
@@ -434,6 +509,11 @@ Result<TrainResult> TrainFederated(const Model& model, const Dataset& train, con
       const Cursor c{static_cast<uint64_t>(round + 1), static_cast<uint64_t>(round + 1), 0};
       SHARDPS_RETURN_IF_ERROR(hooks.on_step_end(c, false));
     }
+  }
+  if (dp && result.epsilon < 0) {  // resumed from the end: what the rounds before spent
+    SHARDPS_ASSIGN_OR_RETURN(const privacy::PrivacySpent spent, epsilon());
+    result.epsilon = spent.epsilon;
+    result.epsilon_order = spent.order;
   }
   if (static_cast<int64_t>(run.start_step) == fed.rounds) {
     // Resumed from the end: evaluate the model as it is.

@@ -18,7 +18,8 @@
 namespace shardps::worker::internal {
 
 constexpr int kMetricsFloats = 8;
-enum MetricSlot { kCorrect = 0, kTested, kTestLoss, kTrainLoss, kTrained };
+// fedavg also uses kClipped (clients whose update was clipped) and kNormSum (their pre-clip norms).
+enum MetricSlot { kCorrect = 0, kTested, kTestLoss, kTrainLoss, kTrained, kClipped, kNormSum };
 
 using Seconds = std::chrono::duration<double>;
 

@@ -75,13 +75,23 @@ struct FederatedOptions {
   int64_t local_batch = 10;   // B; 0: a client's whole partition (FedSGD with E = 1)
   int rounds = 50;
   int eval_every_rounds = 1;
+  // Differential privacy (DP-FedAvg, McMahan et al. 2018; docs/federated.md#differential-privacy):
+  // with clip_norm S > 0 each client's change w - w_k is clipped to L2 norm S (over all tables),
+  // the clients are averaged with equal weights 1/m (m: the round's clients, fixed by N and C), and
+  // the lead worker adds Gaussian noise of standard deviation z x S / m (noise_multiplier z) to
+  // every coordinate of the average. An RDP accountant (sampling rate q = m / N) gives epsilon at
+  // dp_delta after every round. S = 0: no clipping, no noise, sample-weighted averaging.
+  double clip_norm = 0;
+  double noise_multiplier = 0;
+  double dp_delta = 1e-5;
 };
 
 // Federated averaging over the servers (see above). `run` gives the seed, the client optimizer
 // (run.optimizer, fresh state every round: "sgd" is McMahan's), worker/workers, the timeout and
 // start_step (resume: rounds already applied); run.mode must be "fedavg". The tables must be
 // TrainingTables(model, run). MetricsRow::step is the round, `clients` its participants;
-// TrainResult::steps counts rounds.
+// TrainResult::steps counts rounds. With clip_norm > 0, MetricsRow::epsilon and clipped and
+// TrainResult::epsilon report the privacy spent and the clients clipped.
 Result<TrainResult> TrainFederated(const Model& model, const Dataset& train, const Dataset& test, ParamStore& params,
                                    const RunOptions& run, const FederatedOptions& fed, const TrainHooks& hooks);
 

@@ -174,6 +174,9 @@ struct MetricsRow {
   uint64_t push_bytes = 0;
   uint64_t pull_bytes = 0;
   int clients = -1;           // fedavg: the round's participating clients; -1 otherwise
+  double epsilon = -1;        // fedavg with clip_norm: epsilon spent so far (may be +inf); -1 otherwise
+  int clipped = -1;           // fedavg with clip_norm: the round's clients whose update was clipped
+  double update_norm = -1;    // fedavg with clip_norm: the mean L2 norm of the round's updates before clipping
 };
 
 struct TrainHooks {
@@ -200,6 +203,12 @@ struct TrainResult {
   std::vector<std::vector<float>> weights;  // final model tables, in declaration order
   std::string weights_sha256;
   WireCounters wire;  // this worker's payload bytes each way (ParamStore::wire)
+  // fedavg with clip_norm > 0: (epsilon, delta)-DP spent by the whole run (+inf without noise),
+  // the RDP order that gave it, and the clients clipped over all rounds / all client updates.
+  double epsilon = -1;
+  double epsilon_order = 0;
+  int64_t clipped = 0;
+  int64_t client_updates = 0;
 };
 
 Result<TrainResult> Train(const Model& model, const Dataset& train, const Dataset& test, ParamStore& params,

@@ -108,18 +108,19 @@ void Server::OnPeerLost(const Status& why) {
 Status Server::WaitForWorkers(std::chrono::milliseconds timeout) {
   MutexLock lock(mu_);
   // The condition is tested here, in the locked scope, where the analysis sees the lock; once more
-  // after the deadline, as wait_for with a predicate does.
-  const auto until = std::chrono::steady_clock::now() + timeout;
+  // after the deadline, as wait_for with a predicate does. The deadline moves with every request
+  // (last_request_): a job may train for days, but not go silent for `timeout`.
+  auto deadline = [&] { return Clock::time_point(Clock::duration(last_request_.load(std::memory_order_relaxed))) + timeout; };
   for (bool timed_out = false;;) {
     if (std::all_of(worker_done_.begin(), worker_done_.end(), [](bool b) { return b; })) return Status::Ok();
     if (!lost_.ok()) return lost_;
-    if (timed_out) break;
-    timed_out = cv_.wait_until(lock.native(), until) == std::cv_status::timeout;
+    if (timed_out && Clock::now() >= deadline()) break;
+    timed_out = cv_.wait_until(lock.native(), deadline()) == std::cv_status::timeout;
   }
   std::vector<int> missing;
   for (int w = 0; w < num_workers_; ++w) if (!worker_done_[w]) missing.push_back(cluster_.worker_rank(w));
   return DeadlineExceeded("server rank " + std::to_string(cluster_.rank()) + ": worker ranks " + FormatRanks(missing) +
-                          " did not finish within " + std::to_string(timeout.count()) + " ms");
+                          " did not finish, and no worker has sent a request for " + std::to_string(timeout.count()) + " ms");
 }
 
 Clock::time_point Server::DeadlineFor(const wire::Header& h, Clock::time_point now) const {
@@ -153,6 +154,7 @@ void Server::SendOk(int dest, const wire::Header& request) {
 
 void Server::OnFrame(IncomingFrame in, Frame frame) {
   const wire::Header& h = frame.header;
+  last_request_.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
   if (!policy_error_.ok()) {
     Reject(in, h, policy_error_.WithContext("server rank " + std::to_string(cluster_.rank())));
     return;

@@ -21,6 +21,7 @@
 // Snapshot and stats() may be called from any thread.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -85,8 +86,10 @@ class Server final : public FrameHandler, private PolicyHost, private SparseHost
   // chunk version); nullopt when it holds none. Call when the communication thread has stopped.
   std::optional<uint64_t> CompletedSteps(uint32_t tables) const;
 
-  // Blocks until every worker has sent SHUTDOWN; on timeout names the workers that have not. A
-  // lost peer ends the wait at once with its error.
+  // Blocks until every worker has sent SHUTDOWN. `timeout` bounds the silence, not the job: the
+  // wait fails (naming the workers that have not finished) once no request from any worker has
+  // arrived for `timeout`, however long training has run. A lost peer ends the wait at once with
+  // its error.
   Status WaitForWorkers(std::chrono::milliseconds timeout) SHARDPS_EXCLUDES(mu_);
 
   struct ChunkCopy {
@@ -197,6 +200,9 @@ class Server final : public FrameHandler, private PolicyHost, private SparseHost
   mutable Mutex mu_;
   std::condition_variable cv_;
   std::vector<bool> worker_done_ SHARDPS_GUARDED_BY(mu_);
+  // When the last request from a worker arrived (steady clock ticks); written by the communication
+  // thread, read by WaitForWorkers.
+  std::atomic<Clock::rep> last_request_{Clock::now().time_since_epoch().count()};
   Status lost_ SHARDPS_GUARDED_BY(mu_);
   ServerStats stats_ SHARDPS_GUARDED_BY(mu_);
 };

@@ -15,6 +15,8 @@ Runs (NAME: flags):
   dirichlet       Dirichlet(0.5) over labels, E 5, B 10           (rounds to 0.80)
   shards-fedsgd   the same clients, FedSGD: E 1, B 0 (whole partition), its own learning rate
   dirichlet-fedsgd
+  dp-clip, dp-z0.5, dp-z1.0   DP-FedAvg, IID, 50 rounds: clipping to 1.0 alone, then noise
+                  multiplier 0.5 and 1.0 (not in the default --runs)
 FedAvg should reach 0.80 in >= 5x fewer rounds than FedSGD.
 """
 import argparse
@@ -30,11 +32,15 @@ ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIR
 FEDSGD = ["--local-epochs", "1", "--local-batch", "0", "--lr", "0.2", "--set", "federated.eval_every_rounds=10"]
 RUNS = {
     "iid": ["--rounds", "50"],
-    "shards": ["--partitioner", "shards", "--rounds", "300", "--set", "federated.eval_every_rounds=5"],
-    "dirichlet": ["--partitioner", "dirichlet", "--dirichlet-alpha", "0.5", "--rounds", "300",
+    "shards": ["--partitioner", "shards", "--rounds", "200", "--set", "federated.eval_every_rounds=5"],
+    "dirichlet": ["--partitioner", "dirichlet", "--dirichlet-alpha", "0.5", "--rounds", "200",
                   "--set", "federated.eval_every_rounds=5"],
-    "shards-fedsgd": ["--partitioner", "shards", "--rounds", "2000"] + FEDSGD,
-    "dirichlet-fedsgd": ["--partitioner", "dirichlet", "--dirichlet-alpha", "0.5", "--rounds", "2000"] + FEDSGD,
+    "shards-fedsgd": ["--partitioner", "shards", "--rounds", "1500"] + FEDSGD,
+    "dirichlet-fedsgd": ["--partitioner", "dirichlet", "--dirichlet-alpha", "0.5", "--rounds", "1500"] + FEDSGD,
+    # DP-FedAvg (IID, 50 rounds): clipping alone, then noise multipliers 0.5 and 1.0.
+    "dp-clip": ["--rounds", "50", "--clip-norm", "1"],
+    "dp-z0.5": ["--rounds", "50", "--clip-norm", "1", "--noise-multiplier", "0.5"],
+    "dp-z1.0": ["--rounds", "50", "--clip-norm", "1", "--noise-multiplier", "1.0"],
 }
 
 
@@ -48,12 +54,12 @@ def first_round(rows, threshold):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shardps", default=os.path.join(ROOT, "build", "bin", "shardps"))
-    ap.add_argument("--runs", default=",".join(RUNS))
+    ap.add_argument("--runs", default=",".join(r for r in RUNS if not r.startswith("dp-")))
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out")
     a = ap.parse_args()
-    print("| run | rounds | final accuracy | first round >= 0.80 | first round >= 0.87 | best accuracy | s/round |")
-    print("|---|---|---|---|---|---|---|")
+    print("| run | rounds | final accuracy | first round >= 0.80 | first round >= 0.87 | best accuracy | s/round | epsilon (delta 1e-5) | clipped |")
+    print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name in a.runs.split(","):
             out = os.path.join(tmp, name)
@@ -70,8 +76,11 @@ def main():
             accs = [float(r["test_accuracy"]) for r in rows if r["test_accuracy"]]
             per_round = s["wall_seconds"] / max(1, s["steps"])
             r80, r87 = first_round(rows, 0.80), first_round(rows, 0.87)
+            dp = s.get("dp", {})
+            eps = "-" if not dp else ("inf" if dp["epsilon"] is None else f"{dp['epsilon']:.3g}")
+            clipped = f"{dp['clipped']}/{dp['client_updates']}" if dp else "-"
             print(f"| {name} | {s['steps']} | {s['test_accuracy']:.4f} | {r80 or '-'} | {r87 or '-'} | {max(accs):.4f} | "
-                  f"{per_round:.2f} |", flush=True)
+                  f"{per_round:.2f} | {eps} | {clipped} |", flush=True)
             if a.out:
                 with open(a.out, "a") as f:
                     f.write(json.dumps({"run": name, "seed": a.seed, "rounds_to_0.80": r80, "rounds_to_0.87": r87,

@@ -7,5 +7,6 @@ int BenchMain(int argc, char** argv);
 int TrainMain(int argc, char** argv);
 int CkptMain(int argc, char** argv);
 int DatagenMain(int argc, char** argv);  // datagen.cc
+int SecAggBenchMain(int argc, char** argv);  // bench_secagg.cc
 
 }  // namespace shardps::tools

@@ -18,6 +18,7 @@ void Usage(std::FILE* out) {
                "  keygen    --out FILE: write a fresh shared secret for authenticated transports\n"
                "  bench     time synchronous push/pull rounds against MPI_Allreduce (run under mpirun)\n"
                "  datagen   --out DIR: synthetic click-style libsvm data with a known true model\n"
+               "  secagg-bench  time and count the bytes of one secure-aggregation round (core/secagg)\n"
                "  version   print the version\n"
                "\n"
                "`shardps <command> --help` lists a command's flags.\n");
@@ -35,6 +36,7 @@ int main(int argc, char** argv) {
   if (cmd == "train") return shardps::tools::TrainMain(argc - 1, argv + 1);
   if (cmd == "ckpt") return shardps::tools::CkptMain(argc - 1, argv + 1);
   if (cmd == "datagen") return shardps::tools::DatagenMain(argc - 1, argv + 1);
+  if (cmd == "secagg-bench") return shardps::tools::SecAggBenchMain(argc - 1, argv + 1);
   if (cmd == "keygen") {
     // shardps keygen --out FILE: 32 random bytes, mode 0600, never overwriting.
     if (argc != 4 || std::strcmp(argv[2], "--out") != 0) {

@@ -315,6 +315,12 @@ TEST(ConfigValidation, FederatedSettingsBelongToFedavgAndAreInRange) {
   ExpectRefused({"mode=fedavg", "consistency=asp"}, "consistency", "bsp");
   ExpectRefused({"mode=fedavg", "optimizer_on=workers"}, "optimizer_on", "fedavg");
   ExpectRefused({"mode=fedavg", "model=sparse_lr", "data.format=libsvm"}, "mode", "sparse_lr");
+  // Differential privacy.
+  EXPECT_TRUE(WithOverrides({"mode=fedavg", "federated.clip_norm=1", "federated.noise_multiplier=0.5"}).ok());
+  ExpectRefused({"mode=fedavg", "federated.clip_norm=-1"}, "federated.clip_norm", "-1");
+  ExpectRefused({"mode=fedavg", "federated.noise_multiplier=1"}, "federated.noise_multiplier", "needs federated.clip_norm");
+  ExpectRefused({"mode=fedavg", "federated.clip_norm=1", "federated.noise_multiplier=-0.5"}, "federated.noise_multiplier", "-0.5");
+  ExpectRefused({"mode=fedavg", "federated.clip_norm=1", "federated.dp_delta=0"}, "federated.dp_delta", "outside (0, 1)");
 }
 
 }  // namespace

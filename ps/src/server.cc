@@ -396,10 +396,10 @@ Status Server::RefreshDownlink(Served& chunk, const Codec& codec, float density)
   for (size_t i = 0; i < change.size(); ++i) change[i] = chunk.weights[i] - d.known[i];
   const CodecContext ctx{.table = chunk.info.table, .chunk = chunk.info.index, .step = chunk.version, .rank = -1,
                          .density = density};
-  auto encoded = std::make_shared<std::vector<uint8_t>>(codec.Encode(change, ctx));
+  auto encoded = std::make_shared<std::vector<uint8_t>>();
   // A codec decodes its own encoding unless a value was not finite (int8 and sign then code a NaN
   // scale): the weights have diverged. The replica stays as it was.
-  if (Status decoded = codec.Decode(*encoded, change, ctx); !decoded.ok()) {
+  if (Status decoded = codec.EncodeDecoded(change, ctx, encoded.get(), change); !decoded.ok()) {
     return FailedPrecondition(Describe(chunk) + " cannot be sent as a " + std::string(codec.name()) +
                               " change: its weights are not all finite (" + decoded.message() + ")");
   }

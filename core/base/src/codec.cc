@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <functional>
 #include <limits>
 #include <numeric>
@@ -277,6 +278,39 @@ class Int8 final : public Codec {
     }
     return Status::Ok();
   }
+  // One pass per block: the codes as Encode writes them, then their values from the codes just
+  // written, in cache (`decoded` may alias `values`: a block is read before it is written). A
+  // block holding a non-finite value is coded as Encode codes it (NaN scale), and the status is
+  // then Decode's of the whole encoding, which names the block.
+  Status EncodeDecoded(std::span<const float> values, const CodecContext& ctx, std::vector<uint8_t>* bytes,
+                       std::span<float> decoded) const override {
+    const uint64_t n = values.size();
+    assert(decoded.size() == n);
+    bytes->resize(Size(n));
+    uint8_t* p = bytes->data();
+    bool non_finite = false;
+    for (uint64_t b = 0; b < n; b += kBlock) {
+      const uint64_t m = std::min(n, b + kBlock) - b;
+      const BlockStats st = MaxAbs(values.data() + b, m);
+      float scale = st.finite ? st.max / 127.0f : std::numeric_limits<float>::quiet_NaN();
+      if (st.finite && !std::isfinite(127.0f * scale)) scale = std::nextafter(scale, 0.0f);  // as Encode
+      PutF32(p, scale);
+      p += 4;
+      int8_t* q = reinterpret_cast<int8_t*>(p);
+      if (!(st.finite && scale > 0.0f)) {
+        std::memset(q, 0, m);
+      } else {
+        Quantize(values.data() + b, m, scale, q);
+      }
+      if (st.finite) {
+        Dequantize(q, m, scale, decoded.data() + b);  // codes in [-127, 127]: never "bad"
+      } else {
+        non_finite = true;
+      }
+      p += m;
+    }
+    return non_finite ? Decode(*bytes, decoded, ctx) : Status::Ok();
+  }
 };
 
 // Scaled sign: a float32 scale = mean |v| (summed in double, in index order), then one bit a value,
@@ -505,6 +539,12 @@ class RandomK final : public Codec {
 
 }  // namespace
 
+Status Codec::EncodeDecoded(std::span<const float> values, const CodecContext& ctx, std::vector<uint8_t>* bytes,
+                            std::span<float> decoded) const {
+  *bytes = Encode(values, ctx);
+  return Decode(*bytes, decoded, ctx);
+}
+
 std::vector<uint8_t> EncodeWithFeedback(const Codec& codec, std::span<const float> values, std::span<float> residual,
                                         const CodecContext& ctx) {
   assert(residual.size() == values.size());
@@ -513,15 +553,16 @@ std::vector<uint8_t> EncodeWithFeedback(const Codec& codec, std::span<const floa
     std::fill(residual.begin(), residual.end(), 0.0f);
     return codec.Encode(values, ctx);
   }
-  std::vector<float> v(values.size());
-  for (size_t i = 0; i < v.size(); ++i) v[i] = values[i] + residual[i];
-  std::vector<uint8_t> bytes = codec.Encode(v, ctx);
-  // The residual's memory is the scratch the encoding decodes into.
-  if (!codec.Decode(bytes, residual, ctx).ok()) {
+  const size_t n = values.size();
+  std::unique_ptr<float[]> v(new float[n]);  // every element written below: no zeroing pass
+  for (size_t i = 0; i < n; ++i) v[i] = values[i] + residual[i];
+  std::vector<uint8_t> bytes;
+  // The residual's memory is what the encoding decodes into.
+  if (!codec.EncodeDecoded(std::span<const float>(v.get(), n), ctx, &bytes, residual).ok()) {
     std::fill(residual.begin(), residual.end(), 0.0f);
     return bytes;
   }
-  for (size_t i = 0; i < v.size(); ++i) residual[i] = v[i] - residual[i];
+  for (size_t i = 0; i < n; ++i) residual[i] = v[i] - residual[i];
   return bytes;
 }
 

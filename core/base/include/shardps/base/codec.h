@@ -80,6 +80,12 @@ class Codec {
   // Fills `out` (as many floats as were encoded) from `bytes`; DATA_LOSS when they do not decode
   // (then `out` holds unspecified values).
   virtual Status Decode(std::span<const uint8_t> bytes, std::span<float> out, const CodecContext& ctx) const = 0;
+  // Encode and Decode of those bytes in one call: *bytes = Encode(values), `decoded` (as many
+  // floats, may alias `values`) = what they decode to, bit for bit what Decode gives, and Decode's
+  // status. Error feedback and the servers' replicas need both; a codec may produce them in one
+  // pass (int8 does, block by block in cache). The default calls Encode then Decode.
+  virtual Status EncodeDecoded(std::span<const float> values, const CodecContext& ctx, std::vector<uint8_t>* bytes,
+                               std::span<float> decoded) const;
 };
 
 // Error feedback around any codec: encodes v = values + residual (float32, element by element),

@@ -3,13 +3,13 @@
 # LeakSanitizer) and runs it for a bounded time. Exits non-zero on any crash, leak or report.
 # The build also runs clang's thread-safety analysis as an error (SHARDPS_THREAD_SAFETY=ON) over
 # every library layer the fuzzers link, so a broken locking contract fails here (and in test.sh).
-#   scripts/fuzz.sh frame_fuzzer|server_fuzzer|codec_fuzzer SECONDS
+#   scripts/fuzz.sh frame_fuzzer|server_fuzzer|codec_fuzzer|secagg_fuzzer SECONDS
 # SHARDPS_FUZZ_BUILD_DIR (default build-fuzz) is the build directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TARGET="${1:?usage: scripts/fuzz.sh frame_fuzzer|server_fuzzer|codec_fuzzer SECONDS}"
+TARGET="${1:?usage: scripts/fuzz.sh frame_fuzzer|server_fuzzer|codec_fuzzer|secagg_fuzzer SECONDS}"
 SECONDS_TO_RUN="${2:?usage: scripts/fuzz.sh TARGET SECONDS}"
-case "$TARGET" in frame_fuzzer|server_fuzzer|codec_fuzzer) ;; *) echo "fuzz.sh: unknown target '$TARGET'" >&2; exit 2;; esac
+case "$TARGET" in frame_fuzzer|server_fuzzer|codec_fuzzer|secagg_fuzzer) ;; *) echo "fuzz.sh: unknown target '$TARGET'" >&2; exit 2;; esac
 bash scripts/setup.sh
 BUILD="${SHARDPS_FUZZ_BUILD_DIR:-build-fuzz}"
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"

@@ -22,7 +22,7 @@ bash scripts/setup.sh
 bash scripts/build.sh -DSHARDPS_BUILD_TESTS=ON
 FUZZ_SECONDS="${SHARDPS_FUZZ_SECONDS:-20}"
 if [ "$FUZZ_SECONDS" -gt 0 ]; then
-  for target in frame_fuzzer server_fuzzer codec_fuzzer; do
+  for target in frame_fuzzer server_fuzzer codec_fuzzer secagg_fuzzer; do
     echo "== fuzzing $target for $FUZZ_SECONDS s =="
     bash scripts/fuzz.sh "$target" "$FUZZ_SECONDS"
   done

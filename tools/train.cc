@@ -236,8 +236,8 @@ Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const O
     if (steps_done) *steps_done = p.step;
     if (progress) progress->Update(p);
   };
-  Result<worker::TrainResult> trained = Status::Ok();
-  if (c.mode() == "fedavg") {
+  auto train_now = [&]() -> Result<worker::TrainResult> {
+    if (c.mode() != "fedavg") return worker::Train(*model, train, test, params, run, hooks);
     const worker::FederatedOptions fed = ToFederatedOptions(c);
     if (lead) {
       worker::PartitionOptions po = fed.partition;
@@ -248,11 +248,9 @@ Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const O
                 << " local epochs of batch " << fed.local_batch << ", " << fed.rounds << " rounds\n"
                 << worker::FormatLabelHistogram(part, train.labels, train.num_classes) << std::flush;
     }
-    trained = worker::TrainFederated(*model, train, test, params, run, fed, hooks);
-  } else {
-    trained = worker::Train(*model, train, test, params, run, hooks);
-  }
-  SHARDPS_ASSIGN_OR_RETURN(worker::TrainResult r, std::move(trained));
+    return worker::TrainFederated(*model, train, test, params, run, fed, hooks);
+  };
+  SHARDPS_ASSIGN_OR_RETURN(worker::TrainResult r, train_now());
   if (lead) {
     progress->Finish(r, c.mode() == "fedavg");
     const auto tables = worker::TrainingTables(*model, run);

@@ -782,11 +782,11 @@ TEST(CompressingCodecs, EncodeDecodedIsEncodeThenDecodeBitForBit) {
       std::vector<uint8_t> bytes;
       ASSERT_TRUE(c->EncodeDecoded(x, ctx, &bytes, got).ok()) << c->name() << " n " << n;
       EXPECT_EQ(bytes, want_bytes) << c->name() << " n " << n;
-      EXPECT_EQ(0, std::memcmp(got.data(), want.data(), n * sizeof(float))) << c->name() << " n " << n;
+      EXPECT_TRUE(n == 0 || std::memcmp(got.data(), want.data(), n * sizeof(float)) == 0) << c->name() << " n " << n;
       std::vector<float> alias = x;  // decoded into the input's own memory
       ASSERT_TRUE(c->EncodeDecoded(alias, ctx, &bytes, alias).ok()) << c->name() << " n " << n;
       EXPECT_EQ(bytes, want_bytes) << c->name() << " n " << n;
-      EXPECT_EQ(0, std::memcmp(alias.data(), want.data(), n * sizeof(float))) << c->name() << " n " << n;
+      EXPECT_TRUE(n == 0 || std::memcmp(alias.data(), want.data(), n * sizeof(float)) == 0) << c->name() << " n " << n;
     }
     std::vector<float> bad(1537, 0.5f);
     bad[1100] = std::numeric_limits<float>::infinity();

@@ -359,10 +359,14 @@ def check_launch_local(r, args):
                "--out-dir", os.path.join(d, "out"), "--progress", "never", "--epochs", "200"] + softmax
         p = sc.popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 60
-        while len(procs_with(d)) < 4 and time.time() < deadline and p.poll() is None:  # the script + 3
+        # One reading per test: a process list read twice can differ (a process caught between
+        # fork and exec does not show its command line yet).
+        started = procs_with(d)
+        while len(started) < 4 and time.time() < deadline and p.poll() is None:  # the script + 3
             time.sleep(0.1)
-        if len(procs_with(d)) < 4:
-            fail(f"{sig.name}: the job did not start: {procs_with(d)}")
+            started = procs_with(d)
+        if len(started) < 4:
+            fail(f"{sig.name}: the job did not start: {started}")
         time.sleep(2)  # training, past the setup
         if p.poll() is not None:
             fail(f"{sig.name}: launch_local.sh ended ({p.returncode}) before the signal:\n{p.communicate()[1]}")

@@ -33,7 +33,9 @@ int64_t ExpectDisjoint(const Partition& p, int64_t n) {
     for (int64_t i : c) {
       EXPECT_GE(i, 0);
       EXPECT_LT(i, n);
-      if (i >= 0 && i < n) EXPECT_EQ(seen[i]++, 0) << "sample " << i << " given twice";
+      if (i >= 0 && i < n) {
+        EXPECT_EQ(seen[i]++, 0) << "sample " << i << " given twice";
+      }
       ++total;
     }
   }
@@ -198,6 +200,18 @@ Job MakeJob() {
   return j;
 }
 
+// The initial weights of a job's tables.
+std::vector<std::vector<float>> InitialWeights(const Job& j) {
+  LocalParams fresh(TrainingTables(*j.model, j.run));
+  const auto tables = j.model->Tables(j.run.seed);
+  std::vector<std::vector<float>> w(tables.size());
+  for (size_t t = 0; t < tables.size(); ++t) {
+    w[t].resize(tables[t].size);
+    EXPECT_TRUE(fresh.Pull(static_cast<uint32_t>(t), w[t], 0).wait(std::chrono::milliseconds(0)).ok());
+  }
+  return w;
+}
+
 // A job changed by `change` is refused before training, with `needle` in the message.
 void ExpectRefused(void (*change)(Job&), const std::string& needle) {
   const Dataset train = Synthetic(60, 1), test = Synthetic(30, 2);
@@ -223,13 +237,8 @@ TEST(TrainFederated, OneFedSgdRoundIsOneGradientStepOnTheSampledClientsData) {
   // The same step by hand: the initial weights, the gradient of the mean loss over the union of
   // the sampled clients' samples, w - lr x g.
   const auto tables = j.model->Tables(j.run.seed);
-  LocalParams fresh(TrainingTables(*j.model, j.run));
-  std::vector<std::vector<float>> w(tables.size()), g(tables.size());
-  for (size_t t = 0; t < tables.size(); ++t) {
-    w[t].resize(tables[t].size);
-    g[t].resize(tables[t].size);
-    ASSERT_TRUE(fresh.Pull(static_cast<uint32_t>(t), w[t], 0).wait(std::chrono::milliseconds(0)).ok());
-  }
+  std::vector<std::vector<float>> w = InitialWeights(j), g(tables.size());
+  for (size_t t = 0; t < tables.size(); ++t) g[t].resize(tables[t].size);
   auto part = MakePartition(train.labels, train.num_classes, {.partitioner = "iid", .clients = 6, .seed = j.run.seed});
   ASSERT_TRUE(part.ok());
   std::vector<int64_t> rows;
@@ -306,18 +315,6 @@ Dataset Wide(int n, int features, int classes) {
     for (int f = 0; f < features; ++f) d.features.push_back(static_cast<float>(std::sin(i * 0.37 + f * 1.3)));
   }
   return d;
-}
-
-// The initial weights of a job's tables.
-std::vector<std::vector<float>> InitialWeights(const Job& j) {
-  LocalParams fresh(TrainingTables(*j.model, j.run));
-  const auto tables = j.model->Tables(j.run.seed);
-  std::vector<std::vector<float>> w(tables.size());
-  for (size_t t = 0; t < tables.size(); ++t) {
-    w[t].resize(tables[t].size);
-    EXPECT_TRUE(fresh.Pull(static_cast<uint32_t>(t), w[t], 0).wait(std::chrono::milliseconds(0)).ok());
-  }
-  return w;
 }
 
 TEST(TrainFederatedDp, NoiseOnTheAverageHasStandardDeviationZTimesSOverM) {

@@ -289,8 +289,7 @@ Result<TrainResult> TrainFederated(const Model& model, const Dataset& train, con
     return InvalidArgument("noise_multiplier " + std::to_string(fed.noise_multiplier) + " needs clip_norm > 0 (the noise is scaled by it)");
   }
   if (dp && !(fed.dp_delta > 0 && fed.dp_delta < 1)) return InvalidArgument("dp_delta is " + std::to_string(fed.dp_delta) + ": in (0, 1)");
-  SHARDPS_ASSIGN_OR_RETURN(const Optimizer* optimizer, LookupOptimizer(run.optimizer.kind));
-  (void)optimizer;
+  SHARDPS_RETURN_IF_ERROR(LookupOptimizer(run.optimizer.kind).status());
   PartitionOptions po = fed.partition;
   po.seed = run.seed;
   SHARDPS_ASSIGN_OR_RETURN(const Partition part, MakePartition(train.labels, train.num_classes, po));
@@ -335,16 +334,6 @@ Result<TrainResult> TrainFederated(const Model& model, const Dataset& train, con
   std::vector<int64_t> rows_of_batch;
   std::vector<std::span<const float>> wspans(M);
   std::vector<std::span<float>> gspans(M);
-  // This worker's share of the test set, evaluated into the reduction's slots.
-  auto test_counts = [&](std::vector<float>& mine) {
-    for (size_t t = 0; t < M; ++t) wspans[t] = w[t];
-    const int64_t n = test_shard.end - test_shard.begin;
-    if (n <= 0) return;
-    const EvalResult e = model.Evaluate(wspans, test.row(test_shard.begin), test.labels.data() + test_shard.begin, n);
-    mine[kCorrect] = static_cast<float>(e.correct);
-    mine[kTested] = static_cast<float>(e.samples);
-    mine[kTestLoss] = static_cast<float>(e.loss_sum);
-  };
   double train_seconds = 0;
   int64_t samples = 0;  // local samples processed by every client of every round so far
   double last_accuracy = -1;
@@ -400,26 +389,23 @@ Result<TrainResult> TrainFederated(const Model& model, const Dataset& train, con
       }
       // What the servers add: this client's change, weighted by its share of the round's samples;
       // with differential privacy, clipped to clip_norm and weighted 1 / m.
+      for (size_t t = 0; t < M; ++t) {
+        for (size_t i = 0; i < w[t].size(); ++i) local[t][i] = w[t][i] - local[t][i];  // the change, in place
+      }
       float weight = static_cast<float>(static_cast<double>(nk) / static_cast<double>(n_round));
       if (dp) {
         double sq = 0;
         for (size_t t = 0; t < M; ++t) {
-          for (size_t i = 0; i < w[t].size(); ++i) local[t][i] = w[t][i] - local[t][i];  // the change, in place
           const double n = privacy::L2Norm(local[t]);
           sq += n * n;
         }
         const double norm = std::sqrt(sq);
         norm_sum += norm;
-        const double factor = norm > fed.clip_norm ? fed.clip_norm / norm : 1.0;
         clipped += norm > fed.clip_norm;
-        weight = static_cast<float>(factor / m);
-        for (size_t t = 0; t < M; ++t) {
-          for (size_t i = 0; i < w[t].size(); ++i) push[t][i] += local[t][i] * weight;
-        }
-      } else {
-        for (size_t t = 0; t < M; ++t) {
-          for (size_t i = 0; i < w[t].size(); ++i) push[t][i] += (w[t][i] - local[t][i]) * weight;
-        }
+        weight = static_cast<float>((norm > fed.clip_norm ? fed.clip_norm / norm : 1.0) / m);
+      }
+      for (size_t t = 0; t < M; ++t) {
+        for (size_t i = 0; i < w[t].size(); ++i) push[t][i] += local[t][i] * weight;
       }
     }
     if (dp && fed.noise_multiplier > 0 && run.worker == 0) {
@@ -446,7 +432,7 @@ Result<TrainResult> TrainFederated(const Model& model, const Dataset& train, con
     // Every round: the clients' training loss summed over the workers; on evaluation rounds the
     // test set too, split over the workers.
     std::vector<float> mine(kMetricsFloats, 0.0f), total(kMetricsFloats);
-    if (eval) test_counts(mine);
+    if (eval) internal::AddTestCounts(model, w, test, test_shard, mine);
     mine[kTrainLoss] = static_cast<float>(loss_sum);
     mine[kTrained] = static_cast<float>(loss_rows);
     mine[kClipped] = static_cast<float>(clipped);
@@ -518,7 +504,7 @@ Result<TrainResult> TrainFederated(const Model& model, const Dataset& train, con
   if (static_cast<int64_t>(run.start_step) == fed.rounds) {
     // Resumed from the end: evaluate the model as it is.
     std::vector<float> mine(kMetricsFloats, 0.0f), total(kMetricsFloats);
-    test_counts(mine);
+    internal::AddTestCounts(model, w, test, test_shard, mine);
     std::vector<Handle> hs{params.PushPull(metrics_table, mine, total, reduce_round++, {})};
     SHARDPS_RETURN_IF_ERROR(WaitAll(params, hs, timeout, mine, total).WithContext("evaluating the resumed model"));
     result.test_accuracy = total[kTested] > 0 ? total[kCorrect] / total[kTested] : 0.0;

@@ -85,4 +85,17 @@ inline std::string DivergedHint(const RunOptions& run) {
          ", learning rate " + lr + "): lower optimizer.learning_rate or resume from an earlier checkpoint";
 }
 
+// Evaluates this worker's rows [shard.begin, shard.end) of the test set with the weights `w` into
+// the reduction's kCorrect, kTested and kTestLoss slots (left as they are when the shard is empty).
+inline void AddTestCounts(const Model& model, const std::vector<std::vector<float>>& w, const Dataset& test,
+                          BatchSlice shard, std::vector<float>& slots) {
+  const int64_t n = shard.end - shard.begin;
+  if (n <= 0) return;
+  const std::vector<std::span<const float>> spans(w.begin(), w.end());
+  const EvalResult e = model.Evaluate(spans, test.row(shard.begin), test.labels.data() + shard.begin, n);
+  slots[kCorrect] = static_cast<float>(e.correct);
+  slots[kTested] = static_cast<float>(e.samples);
+  slots[kTestLoss] = static_cast<float>(e.loss_sum);
+}
+
 }  // namespace shardps::worker::internal

@@ -304,14 +304,7 @@ Result<TrainResult> Train(const Model& model, const Dataset& train, const Datase
 
   auto evaluate = [&](int epoch, double epoch_loss, int64_t epoch_rows) -> Status {
     std::vector<float> local(kMetricsFloats, 0.0f);
-    for (size_t t = 0; t < M; ++t) wspans[t] = w[t];
-    const int64_t n = test_shard.end - test_shard.begin;
-    if (n > 0) {
-      EvalResult e = model.Evaluate(wspans, test.row(test_shard.begin), test.labels.data() + test_shard.begin, n);
-      local[kCorrect] = static_cast<float>(e.correct);
-      local[kTested] = static_cast<float>(e.samples);
-      local[kTestLoss] = static_cast<float>(e.loss_sum);
-    }
+    internal::AddTestCounts(model, w, test, test_shard, local);
     local[kTrainLoss] = static_cast<float>(epoch_loss);
     local[kTrained] = static_cast<float>(epoch_rows);
     SHARDPS_ASSIGN_OR_RETURN(std::vector<float> total, reduce(local));

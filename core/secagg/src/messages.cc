@@ -206,6 +206,8 @@ std::string_view MessageTypeName(MessageType type) {
     case MessageType::kMaskedInput: return "MaskedInput";
     case MessageType::kUnmaskRequest: return "UnmaskRequest";
     case MessageType::kUnmaskResponse: return "UnmaskResponse";
+    case MessageType::kRoundConfig: return "RoundConfig";
+    case MessageType::kOutcome: return "Outcome";
   }
   return "unknown";
 }
@@ -279,7 +281,7 @@ Result<MessageType> PeekMessageType(std::span<const uint8_t> bytes) {
   if (std::memcmp(bytes.data(), kMagic, 4) != 0) return DataLoss("secagg message: bad magic (not a secagg message)");
   const uint8_t type = bytes[4];
   if (type < static_cast<uint8_t>(MessageType::kAdvertiseKeys) ||
-      type > static_cast<uint8_t>(MessageType::kUnmaskResponse)) {
+      type > static_cast<uint8_t>(MessageType::kOutcome)) {
     return DataLoss("secagg message: unknown type " + std::to_string(type));
   }
   return static_cast<MessageType>(type);
@@ -363,6 +365,155 @@ Result<UnmaskResponseMessage> ParseUnmaskResponse(std::span<const uint8_t> bytes
   }
   SHARDPS_RETURN_IF_ERROR(r.Finish());
   return m;
+}
+
+std::vector<uint8_t> Serialize(const RoundConfigMessage& m) {
+  const RoundConfig& c = m.config;
+  assert(c.ring_bits >= 1 && c.ring_bits <= 64);
+  Writer w(MessageType::kRoundConfig, c.round_id, kHeaderBytes + 4 + 1 + 8 + 4 + 4 * c.participants.size());
+  w.U32(c.threshold);
+  w.U8(static_cast<uint8_t>(c.ring_bits));
+  w.U64(c.vector_length);
+  w.Count(c.participants.size());
+  for (ClientId id : c.participants) w.Id(id);
+  return w.Take();
+}
+
+Result<RoundConfigMessage> ParseRoundConfig(std::span<const uint8_t> bytes) {
+  RoundConfigMessage m;
+  RoundConfig& c = m.config;
+  Reader r(bytes, MessageType::kRoundConfig);
+  uint8_t ring_bits = 0;
+  if (r.Header(&c.round_id) && r.U32(&c.threshold) && r.U8(&ring_bits) && r.U64(&c.vector_length)) {
+    c.ring_bits = ring_bits;
+    ReadIds(r, &c.participants, "participants");
+  }
+  SHARDPS_RETURN_IF_ERROR(r.Finish());
+  SHARDPS_RETURN_IF_ERROR(ValidateRoundConfig(c));
+  return m;
+}
+
+std::vector<uint8_t> Serialize(const OutcomeMessage& m) {
+  if (m.aborted) {
+    const std::string reason = m.reason.substr(0, kMaxOutcomeReason);
+    Writer w(MessageType::kOutcome, m.round, kHeaderBytes + 1 + 4 + reason.size());
+    w.U8(1);
+    w.U32(static_cast<uint32_t>(reason.size()));
+    w.Bytes(reinterpret_cast<const uint8_t*>(reason.data()), reason.size());
+    return w.Take();
+  }
+  assert(m.ring_bits >= 1 && m.ring_bits <= 64 && m.sum.size() <= kMaxVectorLength);
+  std::vector<uint8_t> packed = PackRing(m.sum, m.ring_bits);
+  Writer w(MessageType::kOutcome, m.round, kHeaderBytes + 1 + 4 + 4 * m.survivors.size() + 9 + packed.size());
+  w.U8(0);
+  w.Count(m.survivors.size());
+  for (ClientId id : m.survivors) w.Id(id);
+  w.U8(static_cast<uint8_t>(m.ring_bits));
+  w.U64(m.sum.size());
+  w.Bytes(packed.data(), packed.size());
+  return w.Take();
+}
+
+Result<OutcomeMessage> ParseOutcome(std::span<const uint8_t> bytes) {
+  OutcomeMessage m;
+  Reader r(bytes, MessageType::kOutcome);
+  uint8_t aborted = 0;
+  if (r.Header(&m.round) && r.U8(&aborted)) {
+    if (aborted > 1) {
+      r.Fail("the aborted flag is " + std::to_string(aborted) + ", not 0 or 1");
+    } else if (aborted == 1) {
+      m.aborted = true;
+      uint32_t n = 0;
+      if (r.U32(&n)) {
+        if (n > kMaxOutcomeReason) {
+          r.Fail("a reason of " + std::to_string(n) + " bytes exceeds " + std::to_string(kMaxOutcomeReason));
+        } else {
+          std::span<const uint8_t> rest = r.Rest();
+          if (rest.size() != n) {
+            r.Fail("the reason says " + std::to_string(n) + " bytes, " + std::to_string(rest.size()) + " follow");
+          } else {
+            m.reason.assign(rest.begin(), rest.end());
+          }
+        }
+      }
+    } else {
+      uint8_t ring_bits = 0;
+      uint64_t length = 0;
+      if (ReadIds(r, &m.survivors, "survivors") && r.U8(&ring_bits) && r.U64(&length)) {
+        if (ring_bits < 1 || ring_bits > 64) {
+          r.Fail("ring width m = " + std::to_string(ring_bits) + " is outside [1, 64]");
+        } else if (length < 1 || length > kMaxVectorLength) {
+          r.Fail("vector length " + std::to_string(length) + " is outside [1, " + std::to_string(kMaxVectorLength) + "]");
+        } else {
+          auto sum = UnpackRing(r.Rest(), length, ring_bits);
+          if (!sum.ok()) {
+            r.Fail(sum.status().message());
+          } else {
+            m.ring_bits = ring_bits;
+            m.sum = std::move(sum).value();
+          }
+        }
+      }
+    }
+  }
+  SHARDPS_RETURN_IF_ERROR(r.Finish());
+  return m;
+}
+
+namespace {
+constexpr uint8_t kBundleMagic[4] = {'S', 'P', 'S', 'B'};
+}  // namespace
+
+std::vector<uint8_t> SerializeBundle(const std::vector<std::vector<uint8_t>>& messages) {
+  assert(messages.size() <= kMaxBundleMessages);
+  size_t total = 8;
+  for (const auto& m : messages) total += 4 + m.size();
+  std::vector<uint8_t> out(total);
+  size_t pos = 0;
+  auto u32 = [&](uint32_t v) {
+    for (int i = 0; i < 4; ++i) out[pos++] = static_cast<uint8_t>(v >> (8 * i));
+  };
+  std::memcpy(out.data(), kBundleMagic, 4);
+  pos = 4;
+  u32(static_cast<uint32_t>(messages.size()));
+  for (const auto& m : messages) {
+    assert(m.size() <= UINT32_MAX);
+    u32(static_cast<uint32_t>(m.size()));
+    if (!m.empty()) std::memcpy(out.data() + pos, m.data(), m.size());
+    pos += m.size();
+  }
+  return out;
+}
+
+Result<std::vector<std::span<const uint8_t>>> ParseBundle(std::span<const uint8_t> bytes) {
+  auto fail = [](const std::string& what) { return DataLoss("secagg bundle: " + what); };
+  auto u32 = [&](size_t at) {
+    uint32_t v = 0;
+    for (int i = 0; i < 4; ++i) v |= static_cast<uint32_t>(bytes[at + i]) << (8 * i);
+    return v;
+  };
+  if (bytes.size() < 8) return fail(std::to_string(bytes.size()) + " bytes, fewer than its 8-byte header");
+  if (std::memcmp(bytes.data(), kBundleMagic, 4) != 0) return fail("bad magic (not a bundle)");
+  const uint32_t n = u32(4);
+  if (n > kMaxBundleMessages) {
+    return fail(std::to_string(n) + " messages exceed the limit of " + std::to_string(kMaxBundleMessages));
+  }
+  std::vector<std::span<const uint8_t>> out;
+  out.reserve(n);
+  size_t pos = 8;
+  for (uint32_t i = 0; i < n; ++i) {
+    if (bytes.size() - pos < 4) return fail("truncated before the length of message " + std::to_string(i));
+    const uint32_t len = u32(pos);
+    pos += 4;
+    if (bytes.size() - pos < len) {
+      return fail("message " + std::to_string(i) + " says " + std::to_string(len) + " bytes, " +
+                  std::to_string(bytes.size() - pos) + " are left");
+    }
+    out.push_back(bytes.subspan(pos, len));
+    pos += len;
+  }
+  if (pos != bytes.size()) return fail(std::to_string(bytes.size() - pos) + " trailing bytes after " + std::to_string(n) + " messages");
+  return out;
 }
 
 }  // namespace shardps::secagg

@@ -21,6 +21,12 @@
 //   6 UnmaskRequest  s->c  header | count u32 | count x survivor id u32 | count u32 | count x dropped id u32
 //   7 UnmaskResponse c->s  header | from u32 | count u32 | count x (owner u32 | b share [32])
 //                                 | count u32 | count x (owner u32 | s_sk share [32])
+// Two more carry a round between a host of clients and an aggregator (aggregator.h):
+//   8 RoundConfig    h->a  header (round = round_id) | t u32 | m u8 | length u64 | count u32 | count x id u32
+//   9 Outcome        a->h  header | 0 u8 | count u32 | count x survivor id u32 | m u8 | length u64 | PackRing(sum, m)
+//                          header | 1 u8 | length u32 (<= 4096) | the reason the round aborted (text)
+// and a bundle holds the messages one host sends or receives in one phase:
+//   bundle                 "SPSB" | count u32 (<= kMaxBundleMessages) | count x (length u32 | message)
 // A ciphertext is ChaCha20-Poly1305 of (share of s_sk_from [32] | share of b_from [32]) followed by
 // its 16-byte tag; the share's x-coordinate is the recipient's id, so it is not sent. The key is
 // AgreeKey(c_sk_from, c_pk_to, round, from, to, kShareEncryption) (masks.h), the nonce
@@ -38,6 +44,7 @@
 #include <array>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -55,6 +62,8 @@ enum class MessageType : uint8_t {
   kMaskedInput = 5,
   kUnmaskRequest = 6,
   kUnmaskResponse = 7,
+  kRoundConfig = 8,
+  kOutcome = 9,
 };
 std::string_view MessageTypeName(MessageType type);
 
@@ -131,7 +140,30 @@ struct UnmaskResponseMessage {
   std::vector<RevealedShare> s_shares;  // one per dropped client
 };
 
+// (host -> aggregator, first in a host's bundle of phase 0) the round's configuration.
+struct RoundConfigMessage {
+  RoundConfig config;
+};
+
+// (aggregator -> every host, after phase 3 or an abort) the round's result.
+struct OutcomeMessage {
+  uint64_t round = 0;
+  bool aborted = false;
+  std::string reason;                // aborted: why (the server's status message)
+  std::vector<ClientId> survivors;   // U3, ascending: whose inputs `sum` holds
+  int ring_bits = 0;
+  std::vector<uint64_t> sum;         // sum over U3 of x_u mod 2^m
+};
+inline constexpr size_t kMaxOutcomeReason = 4096;
+// A bundle: a host's messages of one phase (its clients' and, in phase 0, the RoundConfig first).
+inline constexpr size_t kMaxBundleMessages = 2 * kMaxClients + 2;
+
 std::vector<uint8_t> Serialize(const AdvertiseKeysMessage& m);
+std::vector<uint8_t> Serialize(const RoundConfigMessage& m);
+std::vector<uint8_t> Serialize(const OutcomeMessage& m);
+std::vector<uint8_t> SerializeBundle(const std::vector<std::vector<uint8_t>>& messages);
+// The messages of a bundle, as views into `bytes`; DATA_LOSS naming what is wrong.
+Result<std::vector<std::span<const uint8_t>>> ParseBundle(std::span<const uint8_t> bytes);
 std::vector<uint8_t> Serialize(const KeyListMessage& m);
 std::vector<uint8_t> Serialize(const ShareKeysMessage& m);
 std::vector<uint8_t> Serialize(const RoutedSharesMessage& m);
@@ -149,5 +181,8 @@ Result<RoutedSharesMessage> ParseRoutedShares(std::span<const uint8_t> bytes);
 Result<MaskedInputMessage> ParseMaskedInput(std::span<const uint8_t> bytes);
 Result<UnmaskRequestMessage> ParseUnmaskRequest(std::span<const uint8_t> bytes);
 Result<UnmaskResponseMessage> ParseUnmaskResponse(std::span<const uint8_t> bytes);
+// Also checks the config (ValidateRoundConfig; INVALID_ARGUMENT).
+Result<RoundConfigMessage> ParseRoundConfig(std::span<const uint8_t> bytes);
+Result<OutcomeMessage> ParseOutcome(std::span<const uint8_t> bytes);
 
 }  // namespace shardps::secagg

@@ -201,6 +201,29 @@ Status ValidateFederated(const config::TrainConfig& c) {
     return bad("federated.noise_multiplier", FloatText(f.noise_multiplier()) + " needs federated.clip_norm > 0 (the noise is scaled by it)");
   }
   if (!(f.dp_delta() > 0 && f.dp_delta() < 1)) return bad("federated.dp_delta", FloatText(f.dp_delta()) + " is outside (0, 1)");
+  if (f.secure_aggregation()) {
+    const int m = static_cast<int>(worker::SampleClients(f.clients(), f.fraction(), c.seed(), 0).size());
+    if (m < 2 || m > 255) {
+      return bad("federated.secure_aggregation", "needs 2 to 255 clients per round; fraction " + FloatText(f.fraction()) +
+                                                    " of " + std::to_string(f.clients()) + " clients gives " + std::to_string(m));
+    }
+    if (f.secagg_bits() < 2 || f.secagg_bits() > 32) return bad("federated.secagg_bits", std::to_string(f.secagg_bits()) + " is outside [2, 32]");
+    if (!(f.secagg_clip() > 0) || !std::isfinite(f.secagg_clip())) {
+      return bad("federated.secagg_clip", FloatText(f.secagg_clip()) + ": a positive bound on each update element");
+    }
+    if (f.secagg_threshold() != 0 && (f.secagg_threshold() < 2 || f.secagg_threshold() > m)) {
+      return bad("federated.secagg_threshold", std::to_string(f.secagg_threshold()) + ": 0 (floor(2m/3) + 1) or in [2, " +
+                                                   std::to_string(m) + "], the round's clients");
+    }
+    if (f.secagg_dropouts() < 0 || f.secagg_dropouts() > m) {
+      return bad("federated.secagg_dropouts", std::to_string(f.secagg_dropouts()) + " is outside [0, " + std::to_string(m) + "]");
+    }
+    if (f.secagg_drop_phase() < 0 || f.secagg_drop_phase() > 3) {
+      return bad("federated.secagg_drop_phase", std::to_string(f.secagg_drop_phase()) + " is outside [0, 3]");
+    }
+  } else if (f.secagg_dropouts() != 0) {
+    return bad("federated.secagg_dropouts", "simulates dropouts of secure aggregation; set federated.secure_aggregation");
+  }
   if (c.model() != "softmax" && c.model() != "mlp") return bad("mode", "fedavg trains the dense models (softmax, mlp)");
   if (c.codec() != "identity") return bad("codec", "'" + c.codec() + "' applies to mode sync; fedavg sends float32 updates");
   if (c.optimizer_on() != "servers") return bad("optimizer_on (--optimizer-on)", "fedavg's clients always run the optimizer");

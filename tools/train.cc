@@ -133,6 +133,12 @@ worker::FederatedOptions ToFederatedOptions(const config::TrainConfig& c) {
   o.clip_norm = f.clip_norm();
   o.noise_multiplier = f.noise_multiplier();
   o.dp_delta = f.dp_delta();
+  o.secure_aggregation = f.secure_aggregation();
+  o.secagg_bits = f.secagg_bits();
+  o.secagg_clip = f.secagg_clip();
+  o.secagg_threshold = f.secagg_threshold();
+  o.secagg_dropouts = f.secagg_dropouts();
+  o.secagg_drop_phase = f.secagg_drop_phase();
   return o;
 }
 
@@ -229,6 +235,7 @@ Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const O
   if (lead) {
     SHARDPS_RETURN_IF_ERROR(csv.Open(out.metrics_csv));
     hooks.on_metrics = [&](const worker::MetricsRow& r) { csv.Write(r); };
+    hooks.on_notice = [](const std::string& m) { std::cerr << "shardps train: " << m << std::endl; };
     // Under mpirun a rank's stdout is a pipe or pty owned by the launcher: never redraw there.
     progress = std::make_unique<ProgressDisplay>(f.progress == "auto" && f.under_mpirun ? "plain" : f.progress);
   }
@@ -548,6 +555,8 @@ int TrainMain(int argc, char** argv) {
   int fed_clients = 0, fed_rounds = 0, fed_local_epochs = 0;
   int64_t fed_local_batch = -1;
   double fed_fraction = 0, dirichlet_alpha = 0, clip_norm = -1, noise_multiplier = -1, dp_delta = 0;
+  double secagg_clip = 0;
+  int secagg_bits = 0, secagg_threshold = 0, secagg_dropouts = 0, secagg_drop_phase = 0;
   std::string partitioner;
   LaunchFlags launch;
   desc.add_options()("help,h", "print this help")
@@ -586,6 +595,12 @@ int TrainMain(int argc, char** argv) {
       ("clip-norm", po::value(&clip_norm), "config federated.clip_norm (fedavg: DP clipping of each client's update; 0 = none)")
       ("noise-multiplier", po::value(&noise_multiplier), "config federated.noise_multiplier (fedavg: z; noise z x S / m on the average)")
       ("dp-delta", po::value(&dp_delta), "config federated.dp_delta (fedavg: the delta epsilon is reported at, 1e-5)")
+      ("secure-aggregation", "config federated.secure_aggregation (fedavg: the servers learn only the sum of the round's updates)")
+      ("secagg-bits", po::value(&secagg_bits), "config federated.secagg_bits (secure aggregation: quantization bits, 16)")
+      ("secagg-clip", po::value(&secagg_clip), "config federated.secagg_clip (secure aggregation: per-element clip of the updates, 1)")
+      ("secagg-threshold", po::value(&secagg_threshold), "config federated.secagg_threshold (secure aggregation: t; 0 = floor(2m/3)+1)")
+      ("secagg-dropouts", po::value(&secagg_dropouts), "config federated.secagg_dropouts (simulated: clients per round that drop)")
+      ("secagg-drop-phase", po::value(&secagg_drop_phase), "config federated.secagg_drop_phase (simulated: the phase 0-3 they drop before)")
       ("train-limit", po::value(&train_limit), "use only the first N training samples")
       ("test-limit", po::value(&test_limit), "use only the first N test samples")
       ("out-dir", po::value(&f.out_dir)->default_value(f.out_dir), "directory for the outputs below")
@@ -651,6 +666,12 @@ int TrainMain(int argc, char** argv) {
   if (vm.count("clip-norm")) f.overrides.push_back("federated.clip_norm=" + real(clip_norm));
   if (vm.count("noise-multiplier")) f.overrides.push_back("federated.noise_multiplier=" + real(noise_multiplier));
   if (vm.count("dp-delta")) f.overrides.push_back("federated.dp_delta=" + real(dp_delta));
+  if (vm.count("secure-aggregation")) f.overrides.push_back("federated.secure_aggregation=true");
+  if (vm.count("secagg-bits")) f.overrides.push_back("federated.secagg_bits=" + std::to_string(secagg_bits));
+  if (vm.count("secagg-clip")) f.overrides.push_back("federated.secagg_clip=" + real(secagg_clip));
+  if (vm.count("secagg-threshold")) f.overrides.push_back("federated.secagg_threshold=" + std::to_string(secagg_threshold));
+  if (vm.count("secagg-dropouts")) f.overrides.push_back("federated.secagg_dropouts=" + std::to_string(secagg_dropouts));
+  if (vm.count("secagg-drop-phase")) f.overrides.push_back("federated.secagg_drop_phase=" + std::to_string(secagg_drop_phase));
   if (vm.count("hidden")) f.overrides.push_back("hidden=" + hidden);
   if (vm.count("seed")) f.overrides.push_back("seed=" + std::to_string(seed));
   if (vm.count("servers")) f.overrides.push_back("servers=" + std::to_string(servers));

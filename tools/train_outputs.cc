@@ -45,12 +45,26 @@ std::string DpJson(const config::TrainConfig& c, const worker::TrainResult& r) {
   return buf;
 }
 
+// ,"secagg":{...} for fedavg with secure aggregation: the settings and what the rounds did.
+std::string SecAggJson(const config::TrainConfig& c, const worker::TrainResult& r) {
+  if (c.mode() != "fedavg" || !c.federated().secure_aggregation()) return "";
+  const config::FederatedConfig& f = c.federated();
+  char buf[320];
+  std::snprintf(buf, sizeof(buf),
+                ",\"secagg\":{\"bits\":%d,\"clip\":%.7g,\"threshold\":%d,\"dropouts\":%d,\"drop_phase\":%d,"
+                "\"aborted_rounds\":%lld,\"client_updates\":%lld,\"clipped_values\":%lld}",
+                f.secagg_bits(), f.secagg_clip(), f.secagg_threshold(), f.secagg_dropouts(), f.secagg_drop_phase(),
+                static_cast<long long>(r.secagg_aborted), static_cast<long long>(r.secagg_survivors),
+                static_cast<long long>(r.secagg_clipped));
+  return buf;
+}
+
 }  // namespace
 
 Status WriteSummary(FileSystem& fs, const std::string& path, const config::TrainConfig& c, int servers, int workers,
                     const worker::TrainResult& r) {
   std::ostringstream js;
-  js << "{\"model\":" << JsonQuote(c.model()) << ",\"mode\":" << JsonQuote(c.mode()) << DistillationJson(c) << FederatedJson(c) << DpJson(c, r)
+  js << "{\"model\":" << JsonQuote(c.model()) << ",\"mode\":" << JsonQuote(c.mode()) << DistillationJson(c) << FederatedJson(c) << DpJson(c, r) << SecAggJson(c, r)
      << ",\"servers\":" << servers
      << ",\"workers\":" << workers << ",\"epochs\":" << r.epochs << ",\"steps\":" << r.steps
      << ",\"test_accuracy\":" << r.test_accuracy << ",\"train_loss\":" << r.train_loss

@@ -47,7 +47,7 @@ class MetricsCsv {
     SHARDPS_RETURN_IF_ERROR(CheckRegularOrAbsent(path, "metrics CSV"));
     out_.open(path, std::ios::trunc);
     if (!out_) return IoError("cannot create metrics CSV '" + path + "'");
-    out_ << "epoch,step,samples,train_loss,test_loss,test_accuracy,samples_per_second,wall_seconds,push_bytes,pull_bytes,clients,epsilon,clipped,update_norm\n";
+    out_ << "epoch,step,samples,train_loss,test_loss,test_accuracy,samples_per_second,wall_seconds,push_bytes,pull_bytes,clients,epsilon,clipped,update_norm,survivors,secagg_clipped\n";
     out_.flush();
     return Status::Ok();
   }
@@ -66,7 +66,9 @@ class MetricsCsv {
          << "," << r.push_bytes << "," << r.pull_bytes << ","
          << (r.clients < 0 ? std::string() : std::to_string(r.clients)) << "," << (r.epsilon < 0 ? std::string() : Real(r.epsilon))
          << "," << (r.clipped < 0 ? std::string() : std::to_string(r.clipped)) << ","
-         << (r.update_norm < 0 ? std::string() : Real(r.update_norm)) << "\n";
+         << (r.update_norm < 0 ? std::string() : Real(r.update_norm)) << ","
+         << (r.survivors < 0 ? std::string() : std::to_string(r.survivors)) << ","
+         << (r.secagg_clipped < 0 ? std::string() : std::to_string(r.secagg_clipped)) << "\n";
     out_.flush();
   }
 

@@ -57,6 +57,7 @@ Server::Server(Endpoint& endpoint, const Cluster& cluster, const TableLayout& la
       accum_pool_(layout.chunk_floats(), std::max<size_t>(1, options.accumulators)),
       scratch_pool_(layout.chunk_floats(), std::max<size_t>(1, options.scratch_buffers)),
       barrier_(std::make_unique<BarrierState>()),
+      secagg_(cluster.server_index() == 0 ? std::make_unique<SecAggState>(cluster.num_workers()) : nullptr),
       worker_done_(cluster.num_workers(), false) {
   const ConsistencyPolicy* policy = nullptr;
   if (auto p = LookupConsistencyPolicy(options_.consistency); p.ok()) policy = *p;
@@ -160,7 +161,7 @@ void Server::OnFrame(IncomingFrame in, Frame frame) {
     return;
   }
   const bool sparse_op = h.op() == wire::SPARSE_PUSH || h.op() == wire::SPARSE_PULL || h.op() == wire::SPARSE_PUSH_PULL;
-  if (h.op() != wire::PUSH && h.op() != wire::PUSH_PULL && !sparse_op && in.payload_bytes > 0) {
+  if (h.op() != wire::PUSH && h.op() != wire::PUSH_PULL && h.op() != wire::SECAGG && !sparse_op && in.payload_bytes > 0) {
     Reject(in, h, InvalidArgument(OpName(h.op()) + " carries no payload, got " + std::to_string(in.payload_bytes) + " bytes"));
     return;
   }
@@ -180,6 +181,7 @@ void Server::OnFrame(IncomingFrame in, Frame frame) {
     case wire::SPARSE_PUSH:
     case wire::SPARSE_PULL:
     case wire::SPARSE_PUSH_PULL: HandleSparse(in, frame); return;
+    case wire::SECAGG: HandleSecAgg(in, frame); return;
     default:
       Reject(in, h, InvalidArgument(OpName(h.op()) + " is not a request"));
   }
@@ -606,6 +608,7 @@ void Server::ExpireHeld(Clock::time_point now) {
     }
     it = barrier_->waiting.erase(it);
   }
+  next = std::min(next, ExpireSecAgg(now));
   next_expiry_ = next;
 }
 

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "shardps/ps/server.h"
+#include "shardps/secagg/aggregator.h"
 
 namespace shardps::ps {
 
@@ -46,6 +47,14 @@ struct Server::Served : Chunk {
 struct Server::BarrierState {
   // barrier id -> requests, by worker index
   std::map<uint64_t, std::vector<HeldPtr>> waiting;
+};
+
+// Server index 0: the secure-aggregation rounds of the job (server_secagg.cc). The workers are
+// the aggregator's hosts; a phase closes once every worker's SECAGG request of it has arrived.
+struct Server::SecAggState {
+  explicit SecAggState(int workers) : aggregator(workers), held(static_cast<size_t>(workers)) {}
+  secagg::Aggregator aggregator;
+  std::vector<HeldPtr> held;  // by worker index: its request of the open phase, once accepted
 };
 
 }  // namespace shardps::ps

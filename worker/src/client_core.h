@@ -38,6 +38,7 @@ class ClientCore final : public FrameHandler {
   Handle Pull(uint32_t table, std::span<float> out, uint64_t version, KeyRange range, bool exact = false);
   Handle PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step, KeyRange range);
   Handle Barrier() SHARDPS_EXCLUDES(mu_);
+  Handle SecAgg(uint64_t round, uint32_t phase, std::span<const uint8_t> bundle, std::vector<uint8_t>* reply);
   Handle Hello();
   Handle Shutdown();
   void Retain(std::shared_ptr<void> keep) SHARDPS_EXCLUDES(mu_);
@@ -83,6 +84,7 @@ class ClientCore final : public FrameHandler {
     // request's base_version is set on the communication thread from that replica).
     const Codec* codec = nullptr;
     bool whole_chunk = false;
+    std::vector<uint8_t>* bytes_out = nullptr;  // SECAGG: where the reply's bundle goes
   };
   struct Pending {
     std::shared_ptr<OpState> op;
@@ -98,6 +100,8 @@ class ClientCore final : public FrameHandler {
     const Codec* codec = nullptr;  // dense: the codec the request asked for
     bool whole_chunk = false;
     uint64_t key_begin = 0;  // dense: the request's range starts here
+    std::vector<uint8_t>* bytes_out = nullptr;  // SECAGG
+    uint32_t secagg_phase = 0;                   // SECAGG: the phase asked about
   };
   // A chunk's weights as this worker holds them from compressed pull replies (communication
   // thread only): the server's replica at `version` (docs/compression.md).
@@ -111,6 +115,8 @@ class ClientCore final : public FrameHandler {
   void ReceiveCompressed(IncomingFrame in, Frame frame, Pending p);
   // A float32 reply carrying this worker's restored state after the weights (communication thread).
   void ReceiveWithState(IncomingFrame in, Frame frame, Pending p);
+  // A SECAGG reply's bundle (communication thread).
+  void ReceiveBundle(IncomingFrame in, Frame frame, Pending p);
   // Sparse tables (sparse_client.cc): how the caller's last key list of a table splits over the
   // servers, and which servers hold their part of it (key caching, wire.proto). A request is
   // built and posted under sparse_mu_, so the servers see the requests in the order their

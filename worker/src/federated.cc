@@ -1,6 +1,7 @@
 #include "shardps/worker/federated.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdio>
 #include <functional>
@@ -15,6 +16,9 @@
 #include "shardps/privacy/clip.h"
 #include "shardps/privacy/gaussian.h"
 #include "shardps/privacy/rdp_accountant.h"
+#include "shardps/secagg/fixed_point.h"
+#include "shardps/secagg/host.h"
+#include "shardps/secagg/random_source.h"
 #include "train_internal.h"
 
 namespace shardps::worker {
@@ -24,6 +28,7 @@ using internal::FirstNonFinite;
 using internal::kClipped;
 using internal::kCorrect;
 using internal::kNormSum;
+using internal::kSecAggClipped;
 using internal::kMetricsFloats;
 using internal::kTested;
 using internal::kTestLoss;
@@ -35,7 +40,7 @@ using internal::WaitAll;
 namespace {
 
 // What a random draw is for: part of every key, so that two purposes never share a stream.
-enum Purpose : uint64_t { kIidOrder = 1, kShardOrder, kLabelOrder, kDirichlet, kSample, kLocalOrder };
+enum Purpose : uint64_t { kIidOrder = 1, kShardOrder, kLabelOrder, kDirichlet, kSample, kLocalOrder, kDropout };
 
 uint64_t Key(uint64_t seed, uint64_t purpose, uint64_t a = 0, uint64_t b = 0) {
   return SplitMix64(SplitMix64(SplitMix64(SplitMix64(seed) ^ purpose) ^ a) ^ b);
@@ -258,6 +263,80 @@ std::vector<int> SampleClients(int clients, double fraction, uint64_t seed, uint
   return all;
 }
 
+namespace {
+
+Status CheckSecureAggregation(const FederatedOptions& fed) {
+  if (!fed.secure_aggregation) return Status::Ok();
+  if (fed.secagg_bits < secagg::kMinQuantizationBits || fed.secagg_bits > secagg::kMaxQuantizationBits) {
+    return InvalidArgument("secagg_bits is " + std::to_string(fed.secagg_bits) + ": in [" +
+                           std::to_string(secagg::kMinQuantizationBits) + ", " + std::to_string(secagg::kMaxQuantizationBits) + "]");
+  }
+  if (!(fed.secagg_clip > 0) || !std::isfinite(fed.secagg_clip)) {
+    return InvalidArgument("secagg_clip is " + std::to_string(fed.secagg_clip) + ": a positive bound on each update element");
+  }
+  if (fed.secagg_threshold < 0) return InvalidArgument("secagg_threshold is " + std::to_string(fed.secagg_threshold) + ": 0 (automatic) or at least 2");
+  if (fed.secagg_dropouts < 0) return InvalidArgument("secagg_dropouts is " + std::to_string(fed.secagg_dropouts) + ": 0 or more");
+  if (fed.secagg_drop_phase < 0 || fed.secagg_drop_phase > 3) {
+    return InvalidArgument("secagg_drop_phase is " + std::to_string(fed.secagg_drop_phase) + ": 0 to 3");
+  }
+  return Status::Ok();
+}
+
+// One round's secure aggregation for this worker's clients (`hosted`, ids 1..m by position in
+// the sample), through the store's aggregator. Sets `push`: on the lead worker the average of the
+// survivors' updates (their sum over their samples; with clip_norm, over m_dp), zeros elsewhere
+// and when the round aborts. Returns the survivors (0: aborted).
+Result<int> SecureSum(ParamStore& params, const RunOptions& run, const FederatedOptions& fed, const secagg::FixedPoint& fp,
+                      uint32_t threshold, uint64_t round, int m, const std::vector<secagg::HostedClient>& hosted,
+                      double n_bar, int m_dp, std::vector<std::vector<float>>& push, const TrainHooks& hooks) {
+  uint64_t floats = 0;
+  for (const auto& p : push) floats += p.size();
+  secagg::RoundConfig config{.round_id = round, .threshold = threshold, .participants = {}, .vector_length = floats + 1,
+                             .ring_bits = fp.ring_bits};
+  for (int i = 1; i <= m; ++i) config.participants.push_back(static_cast<secagg::ClientId>(i));
+  secagg::SystemRandomSource rng;
+  const std::string where = "secure aggregation of round " + std::to_string(round);
+  auto exchange = [&](secagg::Phase phase, std::vector<uint8_t> bundle) -> Result<std::vector<uint8_t>> {
+    auto out = std::make_shared<std::vector<uint8_t>>(std::move(bundle));
+    auto reply = std::make_shared<std::vector<uint8_t>>();
+    Handle h = params.SecAgg(round, static_cast<uint32_t>(phase), *out, reply.get());
+    Status s = h.wait(run.timeout);
+    if (!s.ok()) {
+      if (!h.Cancel().ok()) {  // a transport still holds the buffers: keep them until it stops
+        params.Retain(out);
+        params.Retain(reply);
+      }
+      return s.WithContext(where);
+    }
+    return std::move(*reply);
+  };
+  SHARDPS_ASSIGN_OR_RETURN(const secagg::OutcomeMessage o, secagg::RunHostedRound(config, hosted, rng, exchange));
+  for (auto& p : push) std::fill(p.begin(), p.end(), 0.0f);
+  if (o.aborted) {
+    if (run.worker == 0 && hooks.on_notice) hooks.on_notice(where + " aborted, the model is left as it was: " + o.reason);
+    return 0;
+  }
+  if (o.sum.size() != floats + 1 || o.survivors.empty()) {
+    return DataLoss(where + ": the aggregator's sum has " + std::to_string(o.sum.size()) + " elements for " +
+                    std::to_string(o.survivors.size()) + " survivors; expected " + std::to_string(floats + 1));
+  }
+  if (run.worker != 0) return static_cast<int>(o.survivors.size());
+  SHARDPS_ASSIGN_OR_RETURN(const std::vector<float> sum,
+                           secagg::Dequantize(std::span<const uint64_t>(o.sum).first(floats), o.survivors.size(), fp));
+  const uint64_t count = o.sum[floats];
+  if (count == 0 || count >= (uint64_t{1} << (fp.ring_bits - 1))) {
+    return DataLoss(where + ": the survivors' sample count in the sum is " + std::to_string(count));
+  }
+  const double scale = fed.clip_norm > 0 ? 1.0 / m_dp : n_bar / static_cast<double>(count);
+  size_t at = 0;
+  for (auto& p : push) {
+    for (float& v : p) v = static_cast<float>(static_cast<double>(sum[at++]) * scale);
+  }
+  return static_cast<int>(o.survivors.size());
+}
+
+}  // namespace
+
 Result<TrainResult> TrainFederated(const Model& model, const Dataset& train, const Dataset& test, ParamStore& params,
                                    const RunOptions& run, const FederatedOptions& fed, const TrainHooks& hooks) {
   const auto start = std::chrono::steady_clock::now();
@@ -290,6 +369,7 @@ Result<TrainResult> TrainFederated(const Model& model, const Dataset& train, con
   }
   if (dp && !(fed.dp_delta > 0 && fed.dp_delta < 1)) return InvalidArgument("dp_delta is " + std::to_string(fed.dp_delta) + ": in (0, 1)");
   SHARDPS_RETURN_IF_ERROR(LookupOptimizer(run.optimizer.kind).status());
+  SHARDPS_RETURN_IF_ERROR(CheckSecureAggregation(fed));
   PartitionOptions po = fed.partition;
   po.seed = run.seed;
   SHARDPS_ASSIGN_OR_RETURN(const Partition part, MakePartition(train.labels, train.num_classes, po));
@@ -303,6 +383,33 @@ Result<TrainResult> TrainFederated(const Model& model, const Dataset& train, con
     a.Step(run.start_step);  // the rounds before a resume spent privacy too
     accountant = std::move(a);
   }
+  // Secure aggregation: the ring holds the sum of m updates of secagg_bits and the sum of the
+  // counts (at most every training sample).
+  const bool secure = fed.secure_aggregation;
+  secagg::FixedPoint fp;
+  uint32_t threshold = 0;
+  if (secure) {
+    if (m < 2 || m > static_cast<int>(secagg::kMaxClients)) {
+      return InvalidArgument("secure aggregation needs 2 to " + std::to_string(secagg::kMaxClients) +
+                             " clients per round; fraction " + std::to_string(fed.fraction) + " of " +
+                             std::to_string(po.clients) + " clients gives " + std::to_string(m));
+    }
+    threshold = fed.secagg_threshold > 0 ? static_cast<uint32_t>(fed.secagg_threshold) : static_cast<uint32_t>(2 * m / 3 + 1);
+    if (threshold < 2 || threshold > static_cast<uint32_t>(m)) {
+      return InvalidArgument("secagg_threshold " + std::to_string(threshold) + " must be in [2, " + std::to_string(m) +
+                             "] (the round's clients)");
+    }
+    if (fed.secagg_dropouts > m) {
+      return InvalidArgument("secagg_dropouts " + std::to_string(fed.secagg_dropouts) + " exceeds the round's " +
+                             std::to_string(m) + " clients");
+    }
+    const int count_bits = std::bit_width(static_cast<uint64_t>(part.samples())) + 1;  // + sign
+    fp = {.clip = static_cast<float>(fed.secagg_clip), .bits = fed.secagg_bits,
+          .ring_bits = std::max(secagg::RingBits(static_cast<uint64_t>(m), fed.secagg_bits), count_bits)};
+    SHARDPS_RETURN_IF_ERROR(secagg::CheckRing(static_cast<uint64_t>(m), fp.bits, fp.ring_bits));
+  }
+  // n-bar: the updates are weighted n_k / n-bar, near 1, so that one clip fits every client.
+  const double n_bar = static_cast<double>(part.samples()) / po.clients;
   auto epsilon = [&]() -> Result<privacy::PrivacySpent> {
     if (!accountant) return privacy::PrivacySpent{.epsilon = std::numeric_limits<double>::infinity(), .order = 0};
     return accountant->Epsilon(fed.dp_delta);
@@ -311,6 +418,8 @@ Result<TrainResult> TrainFederated(const Model& model, const Dataset& train, con
   const size_t M = model.num_tables();
   const uint32_t metrics_table = static_cast<uint32_t>(M);
   const std::vector<TableSpec> tables = TrainingTables(model, run);
+  uint64_t vector_floats = 0;  // every model table's weights, one after another
+  for (size_t t = 0; t < M; ++t) vector_floats += tables[t].size;
   const auto timeout = run.timeout;
   std::vector<std::vector<float>> w(M), next(M), local(M), g(M), slots(M), push(M);
   for (size_t t = 0; t < M; ++t) {
@@ -354,7 +463,20 @@ Result<TrainResult> TrainFederated(const Model& model, const Dataset& train, con
     int64_t loss_rows = 0;
     int clipped = 0;
     double norm_sum = 0;
-    for (int k : sampled) {
+    int64_t sa_clipped = 0;
+    std::vector<secagg::HostedClient> hosted;  // secure aggregation: this worker's clients
+    std::vector<secagg::Phase> drop_before(sampled.size(), secagg::Phase::kDone);
+    if (secure && fed.secagg_dropouts > 0) {
+      std::vector<size_t> pos(sampled.size());
+      std::iota(pos.begin(), pos.end(), size_t{0});
+      Stream ds(Key(run.seed, kDropout, static_cast<uint64_t>(round)));
+      for (int i = 0; i < fed.secagg_dropouts; ++i) {
+        std::swap(pos[static_cast<size_t>(i)], pos[static_cast<size_t>(i) + ds.Below(pos.size() - static_cast<size_t>(i))]);
+        drop_before[pos[static_cast<size_t>(i)]] = static_cast<secagg::Phase>(fed.secagg_drop_phase);
+      }
+    }
+    for (size_t position = 0; position < sampled.size(); ++position) {
+      const int k = sampled[position];
       if (k % run.workers != run.worker) continue;  // hosted by another worker
       const std::vector<int64_t>& mine = part.clients[k];
       const int64_t nk = static_cast<int64_t>(mine.size());
@@ -392,7 +514,7 @@ Result<TrainResult> TrainFederated(const Model& model, const Dataset& train, con
       for (size_t t = 0; t < M; ++t) {
         for (size_t i = 0; i < w[t].size(); ++i) local[t][i] = w[t][i] - local[t][i];  // the change, in place
       }
-      float weight = static_cast<float>(static_cast<double>(nk) / static_cast<double>(n_round));
+      float weight = static_cast<float>(static_cast<double>(nk) / (secure ? n_bar : static_cast<double>(n_round)));
       if (dp) {
         double sq = 0;
         for (size_t t = 0; t < M; ++t) {
@@ -402,13 +524,36 @@ Result<TrainResult> TrainFederated(const Model& model, const Dataset& train, con
         const double norm = std::sqrt(sq);
         norm_sum += norm;
         clipped += norm > fed.clip_norm;
-        weight = static_cast<float>((norm > fed.clip_norm ? fed.clip_norm / norm : 1.0) / m);
+        weight = static_cast<float>((norm > fed.clip_norm ? fed.clip_norm / norm : 1.0) / (secure ? 1 : m));
+      }
+      if (secure) {
+        // The client's vector: its weighted change, quantized into the ring, then its count.
+        std::vector<float> flat;
+        flat.reserve(static_cast<size_t>(vector_floats));
+        for (size_t t = 0; t < M; ++t) {
+          for (float d : local[t]) {
+            const float x = d * weight;
+            sa_clipped += std::fabs(x) > fp.clip;
+            flat.push_back(x);
+          }
+        }
+        const auto id = static_cast<secagg::ClientId>(position + 1);
+        SHARDPS_ASSIGN_OR_RETURN(std::vector<uint64_t> q,
+                                 secagg::Quantize(flat, fp, {.seed = run.seed, .round = static_cast<uint64_t>(round), .client = id}));
+        q.push_back(static_cast<uint64_t>(dp ? 1 : nk));
+        hosted.push_back({.id = id, .input = std::move(q), .drop_before = drop_before[position]});
+        continue;
       }
       for (size_t t = 0; t < M; ++t) {
         for (size_t i = 0; i < w[t].size(); ++i) push[t][i] += local[t][i] * weight;
       }
     }
-    if (dp && fed.noise_multiplier > 0 && run.worker == 0) {
+    int survivors = -1;
+    if (secure) {
+      SHARDPS_ASSIGN_OR_RETURN(survivors, SecureSum(params, run, fed, fp, threshold, static_cast<uint64_t>(round),
+                                                    static_cast<int>(sampled.size()), hosted, n_bar, m, push, hooks));
+    }
+    if (dp && fed.noise_multiplier > 0 && run.worker == 0 && survivors != 0) {
       // The noise of the average, once (the lead worker's push), keyed by (seed, round, table).
       for (size_t t = 0; t < M; ++t) {
         SHARDPS_RETURN_IF_ERROR(privacy::AddGaussianNoise(push[t], fed.noise_multiplier * fed.clip_norm / m,
@@ -437,6 +582,7 @@ Result<TrainResult> TrainFederated(const Model& model, const Dataset& train, con
     mine[kTrained] = static_cast<float>(loss_rows);
     mine[kClipped] = static_cast<float>(clipped);
     mine[kNormSum] = static_cast<float>(norm_sum);
+    mine[kSecAggClipped] = static_cast<float>(sa_clipped);
     {
       std::vector<Handle> hs{params.PushPull(metrics_table, mine, total, reduce_round++, {})};
       SHARDPS_RETURN_IF_ERROR(WaitAll(params, hs, timeout, mine, total).WithContext("metrics of round " + std::to_string(round)));
@@ -450,6 +596,11 @@ Result<TrainResult> TrainFederated(const Model& model, const Dataset& train, con
       result.client_updates += static_cast<int64_t>(sampled.size());
       result.epsilon = spent.epsilon;
       result.epsilon_order = spent.order;
+    }
+    if (secure) {
+      result.secagg_aborted += survivors == 0;
+      result.secagg_survivors += survivors;
+      result.secagg_clipped += static_cast<int64_t>(total[kSecAggClipped]);
     }
     if (eval) {
       result.test_accuracy = total[kTested] > 0 ? total[kCorrect] / total[kTested] : 0.0;
@@ -474,6 +625,10 @@ Result<TrainResult> TrainFederated(const Model& model, const Dataset& train, con
         row.epsilon = spent.epsilon;
         row.clipped = static_cast<int>(total[kClipped]);
         row.update_norm = total[kNormSum] / static_cast<double>(sampled.size());
+      }
+      if (secure) {
+        row.survivors = survivors;
+        row.secagg_clipped = static_cast<int64_t>(total[kSecAggClipped]);
       }
       hooks.on_metrics(row);
     }

@@ -118,6 +118,9 @@ Handle KVClient::SparsePushPull(uint32_t table, std::span<const uint64_t> keys, 
   return core_->SparsePushPull(table, keys, grads, rows, step);
 }
 Handle KVClient::Barrier() { return core_->Barrier(); }
+Handle KVClient::SecAgg(uint64_t round, uint32_t phase, std::span<const uint8_t> bundle, std::vector<uint8_t>* reply) {
+  return core_->SecAgg(round, phase, bundle, reply);
+}
 Handle KVClient::Hello() { return core_->Hello(); }
 Handle KVClient::Shutdown() { return core_->Shutdown(); }
 void KVClient::Retain(std::shared_ptr<void> keep) { core_->Retain(std::move(keep)); }
@@ -349,6 +352,21 @@ Handle ClientCore::Barrier() {
   return Start("barrier " + std::to_string(id), std::move(pieces));
 }
 
+Handle ClientCore::SecAgg(uint64_t round, uint32_t phase, std::span<const uint8_t> bundle, std::vector<uint8_t>* reply) {
+  if (bundle.empty() || reply == nullptr) return Failed(InvalidArgument("secure aggregation: an empty bundle or no reply buffer"));
+  Piece p;
+  p.server_rank = cluster_.server_rank(0);
+  p.header.set_op(wire::SECAGG);
+  p.header.set_step(round);
+  p.header.set_secagg_phase(phase);
+  p.payload = bundle;
+  p.bytes_out = reply;
+  push_bytes_ += bundle.size();
+  std::vector<Piece> pieces;
+  pieces.push_back(std::move(p));
+  return Start("secure aggregation round " + std::to_string(round) + " phase " + std::to_string(phase), std::move(pieces));
+}
+
 Handle ClientCore::Hello() {
   std::vector<Piece> pieces;
   for (int s : cluster_.server_ranks()) {
@@ -436,7 +454,7 @@ Handle ClientCore::Start(std::string what, std::vector<Piece> pieces) {
       }
       pending_[id] = Pending{op,       i,       p.out, p.header.op(), p.server_rank, p.header.chunk(), p.sparse,
                              std::move(p.after_receive), p.header.table(), p.server, p.codec, p.whole_chunk,
-                             p.header.key_begin()};
+                             p.header.key_begin(), p.bytes_out, p.header.secagg_phase()};
       endpoint_.Send(p.server_rank, p.header, p.payload, [this, op, i, id](Status s) {
         op->Part(i, s);
         if (!s.ok() && pending_.erase(id) > 0) op->Part(i, s);  // no reply will come
@@ -486,6 +504,7 @@ void ClientCore::OnFrame(IncomingFrame in, Frame frame) {
     p.op->Part(p.piece, Status(static_cast<StatusCode>(code), p.op->what + ": " + h.error()));
     return;
   }
+  if (p.op_code == wire::SECAGG) return ReceiveBundle(std::move(in), std::move(frame), std::move(p));
   const bool wants_payload = p.op_code == wire::PULL || p.op_code == wire::PUSH_PULL || p.op_code == wire::SPARSE_PULL ||
                              p.op_code == wire::SPARSE_PUSH_PULL;
   if (!wants_payload) {
@@ -531,6 +550,29 @@ void ClientCore::OnFrame(IncomingFrame in, Frame frame) {
       op->Part(piece, st.ok() ? st : st.WithContext(op->what));
     });
   }
+  if (!s.ok()) p.op->Part(p.piece, s.WithContext(p.op->what));
+}
+
+void ClientCore::ReceiveBundle(IncomingFrame in, Frame frame, Pending p) {
+  const wire::Header& h = frame.header;
+  if (in.payload_bytes == 0 || h.secagg_phase() != p.secagg_phase) {
+    if (in.payload_bytes > 0) (void)endpoint_.transport().DiscardPayload(in);
+    p.op->Part(p.piece, DataLoss(p.op->what + ": the reply from rank " + std::to_string(in.source) + " carries " +
+                                     std::to_string(in.payload_bytes) + " bytes for phase " + std::to_string(h.secagg_phase())));
+    return;
+  }
+  auto op = p.op;
+  const size_t piece = p.piece;
+  std::vector<uint8_t>* out = p.bytes_out;
+  auto fr = std::make_shared<Frame>(std::move(frame));
+  auto bytes = std::make_shared<std::vector<uint8_t>>(in.payload_bytes);
+  pull_bytes_ += in.payload_bytes;
+  Status s = endpoint_.transport().ReceivePayload(in, *bytes, [op, piece, out, fr, bytes](Status st) {
+    if (op->cancelled) return;  // the caller's vector may be gone: do not write it
+    if (st.ok()) st = VerifyPayload(*fr, *bytes);
+    if (st.ok()) *out = std::move(*bytes);
+    op->Part(piece, st.ok() ? st : st.WithContext(op->what));
+  });
   if (!s.ok()) p.op->Part(p.piece, s.WithContext(p.op->what));
 }
 

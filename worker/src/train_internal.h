@@ -19,7 +19,7 @@ namespace shardps::worker::internal {
 
 constexpr int kMetricsFloats = 8;
 // fedavg also uses kClipped (clients whose update was clipped) and kNormSum (their pre-clip norms).
-enum MetricSlot { kCorrect = 0, kTested, kTestLoss, kTrainLoss, kTrained, kClipped, kNormSum };
+enum MetricSlot { kCorrect = 0, kTested, kTestLoss, kTrainLoss, kTrained, kClipped, kNormSum, kSecAggClipped };
 
 using Seconds = std::chrono::duration<double>;
 

@@ -11,6 +11,7 @@
 
 #include "shardps/base/digest.h"
 #include "shardps/base/optimizer.h"
+#include "shardps/secagg/aggregator.h"
 #include "train_internal.h"
 
 namespace shardps::worker {
@@ -39,6 +40,21 @@ LocalParams::LocalParams(const std::vector<TableSpec>& tables) {
     tab->slots.assign(tables[t].size * static_cast<size_t>(tab->optimizer.ok() ? (*tab->optimizer)->slots() : 0), 0.0f);
     tables_.push_back(std::move(tab));
   }
+}
+
+Handle ParamStore::SecAgg(uint64_t round, uint32_t phase, std::span<const uint8_t> bundle, std::vector<uint8_t>* reply) {
+  (void)round, (void)phase, (void)bundle, (void)reply;
+  return internal::CompletedHandle(FailedPrecondition("secure aggregation needs an aggregator; this parameter store has none"));
+}
+
+Handle LocalParams::SecAgg(uint64_t round, uint32_t phase, std::span<const uint8_t> bundle, std::vector<uint8_t>* reply) {
+  if (!aggregator_) aggregator_ = std::make_shared<secagg::Aggregator>(1);
+  Status s = aggregator_->Submit(0, round, static_cast<secagg::Phase>(phase), bundle);
+  if (aggregator_->Ready()) {
+    std::vector<std::vector<uint8_t>> replies = aggregator_->Finish();
+    if (s.ok()) *reply = std::move(replies[0]);
+  }
+  return internal::CompletedHandle(s);
 }
 
 Handle LocalParams::Pull(uint32_t table, std::span<float> out, uint64_t version) {

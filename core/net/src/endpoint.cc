@@ -174,6 +174,7 @@ void Endpoint::Dispatch(IncomingFrame in) {
     case wire::SPARSE_PUSH:
     case wire::SPARSE_PULL:
     case wire::SPARSE_PUSH_PULL:
+    case wire::SECAGG:
       h = server_;
       break;
     case wire::RESPONSE:

@@ -129,6 +129,7 @@ class Server final : public FrameHandler, private PolicyHost, private SparseHost
   std::shared_ptr<std::vector<uint8_t>> FullPayload(Served& chunk, const float* values, uint64_t off, uint64_t n, int worker,
                                                     bool whole, wire::Header* reply);
   struct BarrierState;
+  struct SecAggState;  // server_secagg.cc
 
   void HandleHello(IncomingFrame& in, const wire::Header& h);
   void HandlePush(IncomingFrame& in, Frame& f);
@@ -137,6 +138,11 @@ class Server final : public FrameHandler, private PolicyHost, private SparseHost
   void HandleShutdown(IncomingFrame& in, const wire::Header& h);
   void HandleCheckpoint(IncomingFrame& in, const wire::Header& h);
   void HandleSparse(IncomingFrame& in, Frame& f);                      // server_sparse.cc
+  void HandleSecAgg(IncomingFrame& in, Frame& f);                      // server_secagg.cc
+  void SubmitSecAgg(const HeldPtr& request, std::span<const uint8_t> bundle);
+  // The held SECAGG requests past their deadline fail, naming the workers that never sent the
+  // phase, and the round is abandoned; returns the next deadline.
+  Clock::time_point ExpireSecAgg(Clock::time_point now);
   void ProcessSparse(int worker);  // the worker's sparse requests whose payload is in, in arrival order
   void SendRows(const HeldRequest& request, uint64_t version, std::shared_ptr<std::vector<float>> rows,
                 bool elided) override;
@@ -193,6 +199,7 @@ class Server final : public FrameHandler, private PolicyHost, private SparseHost
   BufferPool accum_pool_;
   BufferPool scratch_pool_;
   std::unique_ptr<BarrierState> barrier_;
+  std::unique_ptr<SecAggState> secagg_;  // server index 0: the secure-aggregation rounds
   std::thread writer_;          // the shard write in flight (at most one)
   bool writer_busy_ = false;
   Clock::time_point next_expiry_ = Clock::time_point::max();

@@ -84,6 +84,26 @@ struct FederatedOptions {
   double clip_norm = 0;
   double noise_multiplier = 0;
   double dp_delta = 1e-5;
+  // Secure aggregation (Bonawitz et al. 2017; docs/federated.md#secure-aggregation): the round's
+  // sum of client updates goes through the aggregator on server rank 0 (ParamStore::SecAgg),
+  // which learns only the sum. Each client's update (its change weighted n_k / n-bar, n-bar = the
+  // partition's mean size; with clip_norm: clipped, weight 1) is clipped per element to
+  // [-secagg_clip, secagg_clip], rounded stochastically to secagg_bits bits, and followed by its
+  // sample count n_k (1 with clip_norm) as one more ring element, so the sum carries the
+  // survivors' samples and the average is over the clients whose updates the sum holds. The ring
+  // is wide enough that neither the sum of m updates nor of the counts can wrap. Client ids in a
+  // round are 1..m by position in the sample (m <= 255); threshold t (0: floor(2m / 3) + 1).
+  // The lead worker pushes the average, the others zeros. A round that aborts (fewer than t
+  // clients left) leaves the model as it was.
+  bool secure_aggregation = false;
+  int secagg_bits = 16;
+  double secagg_clip = 1.0;
+  int secagg_threshold = 0;
+  // Simulated dropouts (tests, benchmarks): every round this many of the sampled clients (a seeded
+  // choice) fall silent before phase secagg_drop_phase (0: they never advertise keys, 1: after
+  // advertising, 2: after sharing their keys, 3: after sending their masked input).
+  int secagg_dropouts = 0;
+  int secagg_drop_phase = 2;
 };
 
 // Federated averaging over the servers (see above). `run` gives the seed, the client optimizer
@@ -91,7 +111,8 @@ struct FederatedOptions {
 // start_step (resume: rounds already applied); run.mode must be "fedavg". The tables must be
 // TrainingTables(model, run). MetricsRow::step is the round, `clients` its participants;
 // TrainResult::steps counts rounds. With clip_norm > 0, MetricsRow::epsilon and clipped and
-// TrainResult::epsilon report the privacy spent and the clients clipped.
+// TrainResult::epsilon report the privacy spent and the clients clipped. With secure_aggregation,
+// MetricsRow::survivors and secagg_clipped, and TrainResult::secagg_* report each round.
 Result<TrainResult> TrainFederated(const Model& model, const Dataset& train, const Dataset& test, ParamStore& params,
                                    const RunOptions& run, const FederatedOptions& fed, const TrainHooks& hooks);
 

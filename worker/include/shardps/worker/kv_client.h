@@ -161,6 +161,11 @@ class KVClient {
                         std::span<float> rows, uint64_t step);
   // Completes when every worker has entered the same (n-th) barrier.
   Handle Barrier();
+  // Secure aggregation (docs/federated.md): sends this worker's bundle of `phase` (0..3) of round
+  // `round` (core/secagg messages.h) to server rank 0, whose aggregator answers once every worker
+  // has sent that phase; the answer's bundle is moved into *reply. `bundle` and `reply` must stay
+  // valid until the handle completes.
+  Handle SecAgg(uint64_t round, uint32_t phase, std::span<const uint8_t> bundle, std::vector<uint8_t>* reply);
   // Checks with every server that both sides use the same table layout.
   Handle Hello();
   // Tells every server this worker is done; call after all other handles completed.

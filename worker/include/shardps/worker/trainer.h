@@ -33,6 +33,10 @@
 #include "shardps/worker/model.h"
 #include "shardps/worker/teacher.h"
 
+namespace shardps::secagg {
+class Aggregator;
+}
+
 namespace shardps::worker {
 
 // How a worker reaches the parameters.
@@ -57,6 +61,9 @@ class ParamStore {
   // The optimizer on the workers: this worker's optimizer slots of a table, which a store that
   // checkpoints saves and restores (KVClient::ShareOptimizerSlots). In-process stores keep none.
   virtual void ShareOptimizerSlots(uint32_t table, std::span<float> slots) { (void)table, (void)slots; }
+  // Secure aggregation (KVClient::SecAgg): this worker's bundle of `phase` of round `round`; the
+  // aggregator's answer is moved into *reply. Stores without an aggregator fail it.
+  virtual Handle SecAgg(uint64_t round, uint32_t phase, std::span<const uint8_t> bundle, std::vector<uint8_t>* reply);
 };
 
 // Through the parameter servers.
@@ -75,6 +82,9 @@ class ClientParams final : public ParamStore {
   }
   void Retain(std::shared_ptr<void> keep) override { client_.Retain(std::move(keep)); }
   void ShareOptimizerSlots(uint32_t table, std::span<float> slots) override { client_.ShareOptimizerSlots(table, slots); }
+  Handle SecAgg(uint64_t round, uint32_t phase, std::span<const uint8_t> bundle, std::vector<uint8_t>* reply) override {
+    return client_.SecAgg(round, phase, bundle, reply);
+  }
 
  private:
   KVClient& client_;
@@ -90,10 +100,13 @@ class LocalParams final : public ParamStore {
   Handle Pull(uint32_t table, std::span<float> out, uint64_t version) override;
   Handle PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step,
                   KeyRange range) override;
+  // An aggregator in this process, with this worker as its only host.
+  Handle SecAgg(uint64_t round, uint32_t phase, std::span<const uint8_t> bundle, std::vector<uint8_t>* reply) override;
 
  private:
   struct Table;
   std::vector<std::shared_ptr<Table>> tables_;
+  std::shared_ptr<secagg::Aggregator> aggregator_;
 };
 
 struct RunOptions {
@@ -177,6 +190,8 @@ struct MetricsRow {
   double epsilon = -1;        // fedavg with clip_norm: epsilon spent so far (may be +inf); -1 otherwise
   int clipped = -1;           // fedavg with clip_norm: the round's clients whose update was clipped
   double update_norm = -1;    // fedavg with clip_norm: the mean L2 norm of the round's updates before clipping
+  int survivors = -1;         // fedavg with secure aggregation: the clients whose updates the sum holds (0: aborted)
+  int64_t secagg_clipped = -1;  // fedavg with secure aggregation: update elements clipped to secagg_clip this round
 };
 
 struct TrainHooks {
@@ -185,6 +200,9 @@ struct TrainHooks {
   // After every step (with the cursor after it) and once at the end (`final`); an error stops
   // training. Checkpoints hang here.
   std::function<Status(const Cursor&, bool final)> on_step_end;
+  // Something the operator should know that does not stop training (e.g. a federated round whose
+  // secure aggregation aborted); lead worker only.
+  std::function<void(const std::string&)> on_notice;
 };
 
 struct TrainResult {
@@ -209,6 +227,10 @@ struct TrainResult {
   double epsilon_order = 0;
   int64_t clipped = 0;
   int64_t client_updates = 0;
+  // fedavg with secure aggregation: rounds aborted, client updates in the sums, elements clipped.
+  int64_t secagg_aborted = 0;
+  int64_t secagg_survivors = 0;
+  int64_t secagg_clipped = 0;
 };
 
 Result<TrainResult> Train(const Model& model, const Dataset& train, const Dataset& test, ParamStore& params,

@@ -12,6 +12,11 @@ resume:      a job checkpointed every round, resumed from round 1 onto 2 servers
              privacy), whose epsilon counts the rounds before the resume.
 convergence: IID FedAvg of the MLP on a Fashion-MNIST subset reaches an accuracy a model that does
              not learn cannot reach; the metrics CSV has a row per round with its participants.
+secure:      secure aggregation (the servers' aggregator learns only the sum): the same weights on
+             1 and 2 servers; clients dropping before each phase (0-2) leave the weights of the
+             round without them, before phase 3 (masked input sent) the weights with them; an
+             accuracy near plain FedAvg's (16-bit quantization); a threshold the survivors miss
+             aborts every round, is reported, and leaves the model untrained.
 refused:     bad federated settings end the job before training, naming the setting.
 No check asserts a time.
 """
@@ -85,11 +90,65 @@ def check_convergence(r, args):
         fail(f"accuracy did not rise over the rounds: {accs}")
 
 
+def rows_of(out):
+    with open(os.path.join(out, "metrics.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def check_secure(r, args):
+    cfg = r.config("fashion_fedavg.prototxt")
+    base = ["--config", cfg] + SMALL
+    sa = base + ["--secure-aggregation"]
+    plain, _, _ = r.train(3, base + ["--servers", "1"])
+    one, out1, _ = r.train(3, sa + ["--servers", "1"])
+    two, _, _ = r.train(4, sa + ["--servers", "2"])
+    print(f"  plain {plain['weights_sha256'][:16]} accuracy {plain['test_accuracy']}; secure "
+          f"{one['weights_sha256'][:16]} (1 server) / {two['weights_sha256'][:16]} (2 servers) accuracy "
+          f"{one['test_accuracy']}; {one.get('secagg')}")
+    if one["weights_sha256"] != two["weights_sha256"]:
+        fail("secure fedavg: 1 and 2 servers gave different weights")
+    if one["weights_sha256"] == plain["weights_sha256"]:
+        fail("secure fedavg gave plain fedavg's weights (no quantization: was the aggregator used?)")
+    if abs(one["test_accuracy"] - plain["test_accuracy"]) > 0.02:
+        fail(f"secure fedavg accuracy {one['test_accuracy']} is far from plain fedavg's {plain['test_accuracy']}")
+    sa_sum = one.get("secagg") or {}
+    if sa_sum.get("client_updates") != 15 or sa_sum.get("aborted_rounds") != 0:
+        fail(f"the summary does not report 3 rounds of 5 clients summed: {sa_sum}")
+    if any(x["survivors"] != "5" for x in rows_of(out1)):
+        fail(f"the metrics CSV does not report 5 survivors a round: {rows_of(out1)}")
+    # One of the round's 5 clients drops before each phase.
+    by_phase = {}
+    for phase in range(4):
+        s, out, _ = r.train(3, sa + ["--servers", "1", "--secagg-dropouts", "1", "--secagg-drop-phase", str(phase)])
+        by_phase[phase] = s["weights_sha256"]
+        survivors = {x["survivors"] for x in rows_of(out)}
+        print(f"  a dropout before phase {phase}: {s['weights_sha256'][:16]}, survivors {survivors}")
+        if survivors != ({"4"} if phase < 3 else {"5"}):
+            fail(f"dropout before phase {phase}: survivors per round {survivors}")
+    if not (by_phase[0] == by_phase[1] == by_phase[2]):
+        fail(f"a client dropping before phase 0, 1 or 2 leaves the same survivors, but the weights differ: {by_phase}")
+    if by_phase[0] == one["weights_sha256"]:
+        fail("a dropout changed nothing: the dropped client's update is still in the sum")
+    if by_phase[3] != one["weights_sha256"]:
+        fail("a client dropping after it sent its masked input is in the sum; the weights should be those without dropouts")
+    # t = 5 of 5 with one dropout: every round aborts; the model stays untrained.
+    s, out, p = r.train(3, sa + ["--servers", "1", "--secagg-dropouts", "1", "--secagg-threshold", "5"])
+    rows = rows_of(out)
+    print(f"  t = 5 with a dropout: {s.get('secagg')}, accuracy {[x['test_accuracy'] for x in rows]}")
+    if (s.get("secagg") or {}).get("aborted_rounds") != 3 or any(x["survivors"] != "0" for x in rows):
+        fail(f"t = 5 with a dropout did not abort every round: {s.get('secagg')} {rows}")
+    if len({x["test_accuracy"] for x in rows}) != 1:
+        fail(f"aborted rounds changed the model: {[x['test_accuracy'] for x in rows]}")
+    if "aborted" not in p.stderr or "the threshold needs 5" not in p.stderr:
+        fail("the aborted rounds were not reported:\n" + p.stderr[-2000:])
+
+
 def check_refused(r, args):
     cfg = r.config("fashion_fedavg.prototxt")
     for extra, needle in ((["--partitioner", "pathological"], "federated.partitioner"),
                           (["--fraction", "0"], "federated.fraction"),
-                          (["--clients", "7000"], "7000 clients need at least as many samples, there are 6000")):
+                          (["--clients", "7000"], "7000 clients need at least as many samples, there are 6000"),
+                          (["--fraction", "0.05", "--secure-aggregation"], "gives 1")):
         small = [a for i, a in enumerate(SMALL) if extra[0] not in SMALL[i - 1:i + 1]]  # without the flag being tested
         _, _, p = r.train(3, ["--config", cfg, "--servers", "1"] + small + extra, expect_ok=False)
         print(f"  {' '.join(extra)}: exit {p.returncode}")
@@ -99,7 +158,7 @@ def check_refused(r, args):
 
 def main():
     ap = sc.job_arguments()
-    ap.add_argument("check", choices=["determinism", "resume", "convergence", "refused"])
+    ap.add_argument("check", choices=["determinism", "resume", "convergence", "secure", "refused"])
     run_checks(ap.parse_args(), globals())
 
 

@@ -321,6 +321,24 @@ TEST(ConfigValidation, FederatedSettingsBelongToFedavgAndAreInRange) {
   ExpectRefused({"mode=fedavg", "federated.noise_multiplier=1"}, "federated.noise_multiplier", "needs federated.clip_norm");
   ExpectRefused({"mode=fedavg", "federated.clip_norm=1", "federated.noise_multiplier=-0.5"}, "federated.noise_multiplier", "-0.5");
   ExpectRefused({"mode=fedavg", "federated.clip_norm=1", "federated.dp_delta=0"}, "federated.dp_delta", "outside (0, 1)");
+  // Secure aggregation (the default: 100 clients, fraction 0.1, so m = 10 per round).
+  EXPECT_TRUE(WithOverrides({"mode=fedavg", "federated.secure_aggregation=true", "federated.secagg_threshold=7",
+                             "federated.secagg_dropouts=3"}).ok());
+  EXPECT_TRUE(WithOverrides({"mode=fedavg", "federated.secure_aggregation=true", "federated.clip_norm=1"}).ok());
+  ExpectRefused({"mode=fedavg", "federated.secure_aggregation=true", "federated.fraction=0.01"}, "federated.secure_aggregation",
+                "gives 1");
+  ExpectRefused({"mode=fedavg", "federated.secure_aggregation=true", "federated.clients=1000", "federated.fraction=0.3"},
+                "federated.secure_aggregation", "gives 300");
+  ExpectRefused({"mode=fedavg", "federated.secure_aggregation=true", "federated.secagg_threshold=11"}, "federated.secagg_threshold",
+                "[2, 10]");
+  ExpectRefused({"mode=fedavg", "federated.secure_aggregation=true", "federated.secagg_threshold=1"}, "federated.secagg_threshold", "1");
+  ExpectRefused({"mode=fedavg", "federated.secure_aggregation=true", "federated.secagg_bits=40"}, "federated.secagg_bits", "[2, 32]");
+  ExpectRefused({"mode=fedavg", "federated.secure_aggregation=true", "federated.secagg_clip=0"}, "federated.secagg_clip", "positive");
+  ExpectRefused({"mode=fedavg", "federated.secure_aggregation=true", "federated.secagg_dropouts=11"}, "federated.secagg_dropouts",
+                "[0, 10]");
+  ExpectRefused({"mode=fedavg", "federated.secure_aggregation=true", "federated.secagg_drop_phase=4"}, "federated.secagg_drop_phase",
+                "[0, 3]");
+  ExpectRefused({"mode=fedavg", "federated.secagg_dropouts=2"}, "federated.secagg_dropouts", "federated.secure_aggregation");
 }
 
 }  // namespace

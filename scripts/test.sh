@@ -8,7 +8,7 @@
 # Non-zero exit if any stage fails; every stage runs even when an earlier one failed.
 #   scripts/test.sh                 # everything
 #   scripts/test.sh -L multirank    # extra args go to the normal suite's ctest (labels: unit, multirank, mpi, ...)
-# SHARDPS_FUZZ_SECONDS (default 20) bounds each fuzzer's run; 0 skips fuzzing.
+# SHARDPS_FUZZ_SECONDS (default 10) bounds each fuzzer's run; 0 skips fuzzing.
 # SHARDPS_SANITIZERS=0 skips the TCP-only build and the sanitizer stages, =1 runs them. Default: run
 # them under CI (CI=true) and when no ctest arguments are given; skip them when extra arguments
 # narrow the normal suite.
@@ -20,7 +20,7 @@ fi
 case "$SHARDPS_SANITIZERS" in 0|1) ;; *) echo "test.sh: SHARDPS_SANITIZERS must be 0 or 1, not '$SHARDPS_SANITIZERS'" >&2; exit 2;; esac
 bash scripts/setup.sh
 bash scripts/build.sh -DSHARDPS_BUILD_TESTS=ON
-FUZZ_SECONDS="${SHARDPS_FUZZ_SECONDS:-20}"
+FUZZ_SECONDS="${SHARDPS_FUZZ_SECONDS:-10}"
 if [ "$FUZZ_SECONDS" -gt 0 ]; then
   for target in frame_fuzzer server_fuzzer codec_fuzzer secagg_fuzzer; do
     echo "== fuzzing $target for $FUZZ_SECONDS s =="

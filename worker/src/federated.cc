@@ -19,6 +19,7 @@
 #include "shardps/secagg/fixed_point.h"
 #include "shardps/secagg/host.h"
 #include "shardps/secagg/random_source.h"
+#include "federated_internal.h"
 #include "train_internal.h"
 
 namespace shardps::worker {
@@ -263,6 +264,53 @@ std::vector<int> SampleClients(int clients, double fraction, uint64_t seed, uint
   return all;
 }
 
+
+namespace internal {
+
+Result<LocalResult> LocalUpdate(const Model& model, const Dataset& train, const std::vector<int64_t>& mine, const RunOptions& run,
+                                const FederatedOptions& fed, int round, int k, const std::vector<std::vector<float>>& w,
+                                LocalScratch& s) {
+  const size_t M = w.size();
+  s.Size(w, OptimizerSlots(run.optimizer.kind));
+  const int64_t nk = static_cast<int64_t>(mine.size());
+  const int64_t Bk = fed.local_batch == 0 ? nk : std::min(fed.local_batch, nk);
+  for (size_t t = 0; t < M; ++t) {
+    s.local[t] = w[t];
+    std::fill(s.slots[t].begin(), s.slots[t].end(), 0.0f);  // a client's optimizer starts fresh every round
+  }
+  LocalResult r;
+  uint64_t local_step = 0;
+  for (int e = 0; e < fed.local_epochs; ++e) {
+    std::vector<int64_t> order(mine);
+    Shuffle(order, Key(run.seed, kLocalOrder, static_cast<uint64_t>(round) << 32 | static_cast<uint64_t>(k), static_cast<uint64_t>(e)));
+    for (int64_t b = 0; b < nk; b += Bk) {
+      const int64_t rows = std::min(Bk, nk - b);
+      GatherRows(train, std::span<const int64_t>(order).subspan(static_cast<size_t>(b), static_cast<size_t>(rows)), &s.xb, &s.yb);
+      for (size_t t = 0; t < M; ++t) {
+        s.wspans[t] = s.local[t];
+        s.gspans[t] = s.g[t];
+      }
+      const double loss = model.Gradient(s.wspans, s.xb.data(), s.yb.data(), rows, 1.0f / static_cast<float>(rows), s.gspans, nullptr, 0, nullptr);
+      if (!std::isfinite(loss)) {
+        return FailedPrecondition("round " + std::to_string(round) + ": client " + std::to_string(k) + "'s loss is " +
+                                  std::to_string(loss) + " in local epoch " + std::to_string(e) + DivergedHint(run));
+      }
+      ++local_step;
+      for (size_t t = 0; t < M; ++t) ApplyOptimizer(run.optimizer, local_step, s.local[t], s.slots[t], s.g[t]);
+      if (e + 1 == fed.local_epochs) {
+        r.loss_sum += loss;
+        r.loss_rows += rows;
+      }
+    }
+  }
+  for (size_t t = 0; t < M; ++t) {
+    for (size_t i = 0; i < w[t].size(); ++i) s.local[t][i] = w[t][i] - s.local[t][i];  // the change, in place
+  }
+  return r;
+}
+
+}  // namespace internal
+
 namespace {
 
 Status CheckSecureAggregation(const FederatedOptions& fed) {
@@ -421,15 +469,13 @@ Result<TrainResult> TrainFederated(const Model& model, const Dataset& train, con
   uint64_t vector_floats = 0;  // every model table's weights, one after another
   for (size_t t = 0; t < M; ++t) vector_floats += tables[t].size;
   const auto timeout = run.timeout;
-  std::vector<std::vector<float>> w(M), next(M), local(M), g(M), slots(M), push(M);
+  std::vector<std::vector<float>> w(M), next(M), push(M);
   for (size_t t = 0; t < M; ++t) {
     w[t].resize(tables[t].size);
     next[t].resize(tables[t].size);
-    local[t].resize(tables[t].size);
-    g[t].resize(tables[t].size);
     push[t].resize(tables[t].size);
-    slots[t].resize(tables[t].size * OptimizerSlots(run.optimizer.kind));
   }
+  internal::LocalScratch scratch;
   {
     std::vector<Handle> hs;
     for (size_t t = 0; t < M; ++t) hs.push_back(params.Pull(static_cast<uint32_t>(t), w[t], run.start_step));
@@ -438,11 +484,6 @@ Result<TrainResult> TrainFederated(const Model& model, const Dataset& train, con
   const BatchSlice test_shard = ShardOfRows(test.num_samples, run.workers, run.worker);
   uint64_t reduce_round = 0;
   TrainResult result;
-  std::vector<float> xb;
-  std::vector<int32_t> yb;
-  std::vector<int64_t> rows_of_batch;
-  std::vector<std::span<const float>> wspans(M);
-  std::vector<std::span<float>> gspans(M);
   double train_seconds = 0;
   int64_t samples = 0;  // local samples processed by every client of every round so far
   double last_accuracy = -1;
@@ -480,40 +521,10 @@ Result<TrainResult> TrainFederated(const Model& model, const Dataset& train, con
       if (k % run.workers != run.worker) continue;  // hosted by another worker
       const std::vector<int64_t>& mine = part.clients[k];
       const int64_t nk = static_cast<int64_t>(mine.size());
-      const int64_t Bk = fed.local_batch == 0 ? nk : std::min(fed.local_batch, nk);
-      for (size_t t = 0; t < M; ++t) {
-        local[t] = w[t];
-        std::fill(slots[t].begin(), slots[t].end(), 0.0f);  // a client's optimizer starts fresh every round
-      }
-      uint64_t local_step = 0;
-      for (int e = 0; e < fed.local_epochs; ++e) {
-        std::vector<int64_t> order(mine);
-        Shuffle(order, Key(run.seed, kLocalOrder, static_cast<uint64_t>(round) << 32 | static_cast<uint64_t>(k), static_cast<uint64_t>(e)));
-        for (int64_t b = 0; b < nk; b += Bk) {
-          const int64_t rows = std::min(Bk, nk - b);
-          GatherRows(train, std::span<const int64_t>(order).subspan(static_cast<size_t>(b), static_cast<size_t>(rows)), &xb, &yb);
-          for (size_t t = 0; t < M; ++t) {
-            wspans[t] = local[t];
-            gspans[t] = g[t];
-          }
-          const double loss = model.Gradient(wspans, xb.data(), yb.data(), rows, 1.0f / static_cast<float>(rows), gspans, nullptr, 0, nullptr);
-          if (!std::isfinite(loss)) {
-            return FailedPrecondition("round " + std::to_string(round) + ": client " + std::to_string(k) + "'s loss is " +
-                                      std::to_string(loss) + " in local epoch " + std::to_string(e) + DivergedHint(run));
-          }
-          ++local_step;
-          for (size_t t = 0; t < M; ++t) ApplyOptimizer(run.optimizer, local_step, local[t], slots[t], g[t]);
-          if (e + 1 == fed.local_epochs) {
-            loss_sum += loss;
-            loss_rows += rows;
-          }
-        }
-      }
-      // What the servers add: this client's change, weighted by its share of the round's samples;
-      // with differential privacy, clipped to clip_norm and weighted 1 / m.
-      for (size_t t = 0; t < M; ++t) {
-        for (size_t i = 0; i < w[t].size(); ++i) local[t][i] = w[t][i] - local[t][i];  // the change, in place
-      }
+      SHARDPS_ASSIGN_OR_RETURN(const internal::LocalResult lr, internal::LocalUpdate(model, train, mine, run, fed, round, k, w, scratch));
+      loss_sum += lr.loss_sum;
+      loss_rows += lr.loss_rows;
+      auto& local = scratch.local;
       float weight = static_cast<float>(static_cast<double>(nk) / (secure ? n_bar : static_cast<double>(n_round)));
       if (dp) {
         double sq = 0;

@@ -8,5 +8,7 @@ int TrainMain(int argc, char** argv);
 int CkptMain(int argc, char** argv);
 int DatagenMain(int argc, char** argv);  // datagen.cc
 int SecAggBenchMain(int argc, char** argv);  // bench_secagg.cc
+int FedServeMain(int argc, char** argv);     // fed.cc
+int FedClientMain(int argc, char** argv);    // fed.cc
 
 }  // namespace shardps::tools

@@ -19,6 +19,8 @@ void Usage(std::FILE* out) {
                "  bench     time synchronous push/pull rounds against MPI_Allreduce (run under mpirun)\n"
                "  datagen   --out DIR: synthetic click-style libsvm data with a known true model\n"
                "  secagg-bench  time and count the bytes of one secure-aggregation round (core/secagg)\n"
+               "  fed-serve     coordinate federated averaging with real client processes over TCP\n"
+               "  fed-client    one federated client process (its own data partition)\n"
                "  version   print the version\n"
                "\n"
                "`shardps <command> --help` lists a command's flags.\n");
@@ -37,6 +39,8 @@ int main(int argc, char** argv) {
   if (cmd == "ckpt") return shardps::tools::CkptMain(argc - 1, argv + 1);
   if (cmd == "datagen") return shardps::tools::DatagenMain(argc - 1, argv + 1);
   if (cmd == "secagg-bench") return shardps::tools::SecAggBenchMain(argc - 1, argv + 1);
+  if (cmd == "fed-serve") return shardps::tools::FedServeMain(argc - 1, argv + 1);
+  if (cmd == "fed-client") return shardps::tools::FedClientMain(argc - 1, argv + 1);
   if (cmd == "keygen") {
     // shardps keygen --out FILE: 32 random bytes, mode 0600, never overwriting.
     if (argc != 4 || std::strcmp(argv[2], "--out") != 0) {

@@ -31,6 +31,7 @@
 #include "shardps/worker/teacher.h"
 #include "shardps/worker/trainer.h"
 #include "train_checks.h"
+#include "train_common.h"
 #include "train_job.h"
 #include "train_outputs.h"
 #include "train_sparse.h"
@@ -60,6 +61,9 @@ Result<config::TrainConfig> BuildConfig(const TrainFlags& f) {
   return c;
 }
 
+}  // namespace
+
+// train_common.h: what `shardps fed-serve` and `fed-client` (fed.cc) share with train.
 Result<worker::Dataset> LoadSplitUnguarded(const config::DataConfig& d, bool train) {
   const std::string& path = train ? d.train() : d.test();
   worker::Dataset ds;
@@ -156,6 +160,8 @@ Result<std::unique_ptr<worker::Model>> MakeModel(const config::TrainConfig& c, c
   for (int64_t h : c.hidden()) ms.hidden.push_back(h);
   return worker::Model::Create(ms);
 }
+
+namespace {
 
 // The crash-test hook of --test-crash-at PHASE@VERSION: kills this process (SIGKILL, no cleanup)
 // when a write of that version reaches that phase.

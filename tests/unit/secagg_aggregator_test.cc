@@ -290,6 +290,22 @@ TEST(SecAggAggregator, ResetAbandonsTheOpenRound) {
   EXPECT_EQ(agg.round(), 12u);
 }
 
+TEST(SecAggAggregator, ADroppedHostNoLongerHoldsUpAPhaseAndIsRefusedAfterwards) {
+  const RoundSetup s = MakeSetup(4, 2, 8, 13);
+  Aggregator agg(3);
+  agg.Drop(2);  // gone before the round opened (its connection closed)
+  ASSERT_TRUE(agg.Submit(0, 13, Phase::kAdvertiseKeys, Phase0Bundle(s.config, {1, 4}, 1)).ok());
+  EXPECT_FALSE(agg.Ready());
+  ASSERT_TRUE(agg.Submit(1, 13, Phase::kAdvertiseKeys, Phase0Bundle(s.config, {2}, 2)).ok());
+  EXPECT_TRUE(agg.Ready());
+  (void)agg.Finish();
+  EXPECT_EQ(agg.Missing(), (std::vector<int>{0, 1}));
+  agg.Drop(1);  // misses phase 1
+  EXPECT_EQ(agg.Missing(), std::vector<int>{0});
+  Status st = agg.Submit(2, 13, Phase::kShareKeys, SerializeBundle({}));
+  EXPECT_CONTAINS(st.message(), "dropped from this round");
+}
+
 TEST(SecAggMessages, RoundConfigOutcomeAndBundleRoundTripAndRefuseTruncation) {
   const RoundSetup s = MakeSetup(5, 3, 33, 21);
   const std::vector<uint8_t> cb = Serialize(RoundConfigMessage{s.config});

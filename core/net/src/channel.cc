@@ -76,6 +76,7 @@ void Channel::Close() {
 }
 
 Status Channel::WriteAll(std::span<const uint8_t> bytes, Clock::time_point deadline) {
+  if (fd_ < 0 || !closed_) return Unavailable("the channel is not connected");
   size_t done = 0;
   while (done < bytes.size()) {
     if (closed_->load()) return Unavailable("connection to " + peer_ + " is closed");
@@ -98,6 +99,7 @@ Status Channel::WriteAll(std::span<const uint8_t> bytes, Clock::time_point deadl
 }
 
 Status Channel::ReadAll(std::span<uint8_t> bytes, Clock::time_point deadline, const char* what) {
+  if (fd_ < 0 || !closed_) return Unavailable("the channel is not connected");
   size_t done = 0;
   while (done < bytes.size()) {
     if (closed_->load()) return Unavailable("connection to " + peer_ + " is closed");

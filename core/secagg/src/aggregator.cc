@@ -7,7 +7,10 @@
 namespace shardps::secagg {
 
 Aggregator::Aggregator(int hosts, ServerOptions options)
-    : hosts_(hosts), options_(options), submitted_(static_cast<size_t>(std::max(hosts, 0)), false) {
+    : hosts_(hosts),
+      options_(options),
+      submitted_(static_cast<size_t>(std::max(hosts, 0)), false),
+      gone_(static_cast<size_t>(std::max(hosts, 0)), false) {
   assert(hosts >= 1);
 }
 
@@ -19,13 +22,15 @@ Status Aggregator::Refuse(StatusCode code, int host, const std::string& what) co
 std::vector<int> Aggregator::Missing() const {
   std::vector<int> out;
   for (int h = 0; h < hosts_; ++h) {
-    if (!submitted_[static_cast<size_t>(h)]) out.push_back(h);
+    if (!submitted_[static_cast<size_t>(h)] && !gone_[static_cast<size_t>(h)]) out.push_back(h);
   }
   return out;
 }
 
-bool Aggregator::Ready() const {
-  return server_.has_value() && std::all_of(submitted_.begin(), submitted_.end(), [](bool b) { return b; });
+bool Aggregator::Ready() const { return server_.has_value() && Missing().empty(); }
+
+void Aggregator::Drop(int host) {
+  if (host >= 0 && host < hosts_) gone_[static_cast<size_t>(host)] = true;
 }
 
 void Aggregator::Reset() {
@@ -33,6 +38,7 @@ void Aggregator::Reset() {
   server_.reset();
   phase_ = Phase::kAdvertiseKeys;
   std::fill(submitted_.begin(), submitted_.end(), false);
+  std::fill(gone_.begin(), gone_.end(), false);
   host_of_.clear();
 }
 
@@ -71,6 +77,9 @@ Status Aggregator::Submit(int host, uint64_t round, Phase phase, std::span<const
     return Refuse(StatusCode::kFailedPrecondition, host,
                   "a bundle for round " + std::to_string(round) + ", phase " + std::string(PhaseName(phase)) +
                       " is out of step with the open round");
+  }
+  if (gone_[static_cast<size_t>(host)]) {
+    return Refuse(StatusCode::kFailedPrecondition, host, "the host was dropped from this round");
   }
   if (submitted_[static_cast<size_t>(host)]) {
     return Refuse(StatusCode::kFailedPrecondition, host, "a second bundle in one phase");

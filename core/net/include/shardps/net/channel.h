@@ -42,6 +42,7 @@ class Channel {
     std::vector<uint8_t> payload;
   };
 
+  Channel() = default;  // not connected: every call fails
   static Result<Channel> Connect(const std::string& host, uint16_t port, const Secret& secret, Clock::time_point deadline,
                                  uint32_t max_payload = kDefaultChannelMaxPayload);
   ~Channel();

@@ -60,6 +60,10 @@ class Aggregator {
   std::vector<std::vector<uint8_t>> Finish();
   // Abandons the open round (e.g. a host missed its deadline); the next phase-0 bundle opens a new one.
   void Reset();
+  // Host `host` is gone for the rest of the open round (its connection closed, or it missed a
+  // phase's deadline): its clients drop out, and phases close without its bundles. A bundle it
+  // sends later is refused. The next round counts it again.
+  void Drop(int host);
 
   bool open() const { return server_.has_value(); }
   uint64_t round() const { return round_; }
@@ -88,6 +92,7 @@ class Aggregator {
   uint64_t round_ = 0;
   Phase phase_ = Phase::kAdvertiseKeys;
   std::vector<bool> submitted_;            // by host, the open phase
+  std::vector<bool> gone_;                 // by host, the open round (Drop)
   std::map<ClientId, int> host_of_;        // phase 0: which host relays each client
   uint64_t completed_ = 0;
   uint64_t aborted_ = 0;

@@ -265,6 +265,7 @@ Result<TrainResult> ServeFederated(const Model& model, const Dataset& test, Para
         continue;
       }
       start_reader(p);
+      if (hooks.on_notice) hooks.on_notice("client " + std::to_string(p->client) + " joined from " + p->channel.peer());
     }
   };
   auto alive_count = [&] {

@@ -159,6 +159,17 @@ Result<Channel::Message> Channel::Receive(Clock::time_point deadline) {
 }
 
 Status Channel::Handshake(const Secret& secret, bool initiator, Clock::time_point deadline) {
+  Status s = RunHandshake(secret, initiator, deadline);
+  if (!s.ok()) {
+    Close();
+    // Not UNAVAILABLE: trying again with the same secret cannot help.
+    return FailedPrecondition("authenticating with " + peer_ + " failed (the shared-secret handshake; do both sides use the same "
+                              "secret file?): " + s.message());
+  }
+  return s;
+}
+
+Status Channel::RunHandshake(const Secret& secret, bool initiator, Clock::time_point deadline) {
   shardps::Handshake h(secret, initiator ? 1 : 0, initiator ? shardps::Handshake::kInitiator : shardps::Handshake::kAcceptor);
   if (initiator) SHARDPS_RETURN_IF_ERROR(WriteAll(h.Start(), deadline));
   while (!h.done()) {

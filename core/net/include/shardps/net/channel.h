@@ -62,6 +62,7 @@ class Channel {
   friend class Listener;
   Channel(int fd, std::string peer, uint32_t max_payload);
   Status Handshake(const Secret& secret, bool initiator, Clock::time_point deadline);
+  Status RunHandshake(const Secret& secret, bool initiator, Clock::time_point deadline);
   Status WriteAll(std::span<const uint8_t> bytes, Clock::time_point deadline);
   Status ReadAll(std::span<uint8_t> bytes, Clock::time_point deadline, const char* what);
 

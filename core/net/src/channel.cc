@@ -287,8 +287,9 @@ Result<Channel> Listener::Accept(const Secret& secret, Channel::Clock::time_poin
     if (fd >= 0) {
       SetNonBlocking(fd);
       Channel c(fd, Describe(a), max_payload);
-      // A stranger gets a few seconds to prove itself, never past the caller's deadline.
-      const auto hs_deadline = std::min(deadline, Channel::Clock::now() + std::chrono::seconds(5));
+      // The deadline bounds the wait for a connection; the handshake of one that came gets its own
+      // 10 s (a peer that never proves itself holds the acceptor no longer than that).
+      const auto hs_deadline = Channel::Clock::now() + std::chrono::seconds(10);
       SHARDPS_RETURN_IF_ERROR(c.Handshake(secret, /*initiator=*/false, hs_deadline));
       return c;
     }

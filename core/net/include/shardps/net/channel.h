@@ -82,8 +82,9 @@ class Listener {
   Listener(const Listener&) = delete;
   Listener& operator=(const Listener&) = delete;
 
-  // The next connection that completes the handshake by `deadline` (DEADLINE_EXCEEDED when none
-  // did). A connection that fails it is closed and reported as an error naming its address.
+  // The next connection, by `deadline` (DEADLINE_EXCEEDED when none came), once it completed the
+  // handshake (given 10 s of its own). A connection that fails it is closed and reported as an
+  // error naming its address.
   Result<Channel> Accept(const Secret& secret, Channel::Clock::time_point deadline,
                          uint32_t max_payload = kDefaultChannelMaxPayload);
   uint16_t port() const { return port_; }

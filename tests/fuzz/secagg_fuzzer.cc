@@ -5,6 +5,9 @@
 //   - An accepted client message goes to a server of a 3-client round in the phase that takes it
 //     (AdvertiseKeys, ShareKeys after every client advertised, ...): its handler must return a
 //     status, never crash. An accepted KeyList or RoutedShares goes to a client of that round.
+//   - RoundConfig, Outcome and bundles likewise (a RoundConfig may also be refused as
+//     INVALID_ARGUMENT by the config check); any bytes as a host's bundle of any phase go to an
+//     Aggregator, which must answer with a status.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -12,6 +15,7 @@
 #include <span>
 #include <vector>
 
+#include "shardps/secagg/aggregator.h"
 #include "shardps/secagg/client.h"
 #include "shardps/secagg/messages.h"
 #include "shardps/secagg/random_source.h"
@@ -69,7 +73,7 @@ Advertised AdvertiseAll() {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
   const std::span<const uint8_t> bytes(data + 1, size - 1);
-  switch (data[0] % 7) {
+  switch (data[0] % 10) {
     case 0: {
       auto m = ParseAdvertiseKeys(bytes);
       RoundTrip(m, bytes);
@@ -122,9 +126,43 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       RoundTrip(m, bytes);
       break;
     }
-    default: {
+    case 6: {
       auto m = ParseUnmaskResponse(bytes);
       RoundTrip(m, bytes);
+      break;
+    }
+    case 7: {
+      auto m = ParseRoundConfig(bytes);
+      if (!m.ok() && m.status().code() == StatusCode::kInvalidArgument) break;  // parsed, then refused by the config check
+      RoundTrip(m, bytes);
+      break;
+    }
+    case 8: {
+      auto m = ParseOutcome(bytes);
+      RoundTrip(m, bytes);
+      break;
+    }
+    default: {
+      auto parts = ParseBundle(bytes);
+      if (!parts.ok()) {
+        Check(parts.status().code() == StatusCode::kDataLoss);
+      } else {
+        std::vector<std::vector<uint8_t>> copies;
+        for (auto p : *parts) copies.emplace_back(p.begin(), p.end());
+        const std::vector<uint8_t> again = SerializeBundle(copies);
+        Check(again.size() == bytes.size() && std::equal(again.begin(), again.end(), bytes.begin()));
+      }
+      // Any bytes as host 0's bundle of phase 0 of a fresh aggregator, then of phase 1 after a
+      // valid opening by host 1.
+      Aggregator agg(2);
+      (void)agg.Submit(0, 7, Phase::kAdvertiseKeys, bytes);
+      Aggregator opened(2);
+      Check(opened.Submit(1, 7, Phase::kAdvertiseKeys, SerializeBundle({Serialize(RoundConfigMessage{Config()})})).ok());
+      (void)opened.Submit(0, 7, Phase::kAdvertiseKeys, bytes);
+      if (opened.Ready()) {
+        (void)opened.Finish();
+        (void)opened.Submit(0, 7, Phase::kShareKeys, bytes);
+      }
       break;
     }
   }

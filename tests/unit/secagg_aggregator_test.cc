@@ -306,6 +306,16 @@ TEST(SecAggAggregator, ADroppedHostNoLongerHoldsUpAPhaseAndIsRefusedAfterwards) 
   EXPECT_CONTAINS(st.message(), "dropped from this round");
 }
 
+TEST(SecAggAggregator, ARestrictedHostSpeaksOnlyForItsClients) {
+  const RoundSetup s = MakeSetup(4, 2, 8, 17);
+  Aggregator agg(2);
+  agg.RestrictHost(0, {1});
+  Status st = agg.Submit(0, 17, Phase::kAdvertiseKeys, Phase0Bundle(s.config, {2}, 1));
+  EXPECT_EQ(st.code(), StatusCode::kFailedPrecondition);
+  EXPECT_CONTAINS(st.message(), "may not speak for client 2");
+  ASSERT_TRUE(agg.Submit(1, 17, Phase::kAdvertiseKeys, Phase0Bundle(s.config, {2, 3}, 2)).ok());  // host 1 is not restricted
+}
+
 TEST(SecAggMessages, RoundConfigOutcomeAndBundleRoundTripAndRefuseTruncation) {
   const RoundSetup s = MakeSetup(5, 3, 33, 21);
   const std::vector<uint8_t> cb = Serialize(RoundConfigMessage{s.config});

@@ -1291,7 +1291,7 @@ TEST(SecAggMessages, HostileCountsLengthsAndIdsAreRefused) {
   std::vector<uint8_t> rb = Serialize(resp);
   Put32At(rb, rb.size() - 4, 2);
   EXPECT_CONTAINS(ParseUnmaskResponse(rb).status().message(), "s_sk shares need");
-  EXPECT_FALSE(PeekMessageType(std::vector<uint8_t>{'S', 'P', 'S', 'G', 9, 0, 0, 0, 0, 0, 0, 0, 0}).ok());
+  EXPECT_FALSE(PeekMessageType(std::vector<uint8_t>{'S', 'P', 'S', 'G', 10, 0, 0, 0, 0, 0, 0, 0, 0}).ok());
 }
 
 }  // namespace

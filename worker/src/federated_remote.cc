@@ -364,7 +364,10 @@ Result<TrainResult> ServeFederated(const Model& model, const Dataset& test, Para
     if (t > static_cast<uint32_t>(m)) abort_reason = "threshold " + std::to_string(t) + " exceeds the " + std::to_string(m) + " clients selected";
     secagg::Aggregator agg(m);
     std::map<Peer*, int> host_of;
-    for (int h = 0; h < m; ++h) host_of[chosen[static_cast<size_t>(h)]] = h;
+    for (int h = 0; h < m; ++h) {
+      host_of[chosen[static_cast<size_t>(h)]] = h;
+      agg.RestrictHost(h, {static_cast<secagg::ClientId>(h + 1)});  // a client process speaks only for itself
+    }
     auto drop = [&](Peer* p, const Status& why) {
       auto it = host_of.find(p);
       if (it != host_of.end()) agg.Drop(it->second);

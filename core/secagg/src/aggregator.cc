@@ -29,6 +29,8 @@ std::vector<int> Aggregator::Missing() const {
 
 bool Aggregator::Ready() const { return server_.has_value() && Missing().empty(); }
 
+void Aggregator::RestrictHost(int host, std::set<ClientId> clients) { allowed_[host] = std::move(clients); }
+
 void Aggregator::Drop(int host) {
   if (host >= 0 && host < hosts_) gone_[static_cast<size_t>(host)] = true;
 }
@@ -121,6 +123,9 @@ Status Aggregator::Accept(int host, std::span<const uint8_t> bytes) {
       SHARDPS_ASSIGN_OR_RETURN(const AdvertiseKeysMessage m, ParseAdvertiseKeys(bytes));
       if (host_of_.count(m.from)) {
         return Refuse(StatusCode::kFailedPrecondition, host, "client " + std::to_string(m.from) + " advertised keys twice");
+      }
+      if (auto a = allowed_.find(host); a != allowed_.end() && !a->second.count(m.from)) {
+        return Refuse(StatusCode::kFailedPrecondition, host, "this host may not speak for client " + std::to_string(m.from));
       }
       SHARDPS_RETURN_IF_ERROR(server_->OnAdvertiseKeys(m));
       host_of_[m.from] = host;

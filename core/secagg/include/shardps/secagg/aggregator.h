@@ -36,6 +36,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <span>
 #include <vector>
 
@@ -60,6 +61,9 @@ class Aggregator {
   std::vector<std::vector<uint8_t>> Finish();
   // Abandons the open round (e.g. a host missed its deadline); the next phase-0 bundle opens a new one.
   void Reset();
+  // Restricts host `host` to relaying these clients (e.g. a real client's process may speak only
+  // for itself): its AdvertiseKeys for any other id is refused. Unrestricted by default.
+  void RestrictHost(int host, std::set<ClientId> clients);
   // Host `host` is gone for the rest of the open round (its connection closed, or it missed a
   // phase's deadline): its clients drop out, and phases close without its bundles. A bundle it
   // sends later is refused. The next round counts it again.
@@ -94,6 +98,7 @@ class Aggregator {
   std::vector<bool> submitted_;            // by host, the open phase
   std::vector<bool> gone_;                 // by host, the open round (Drop)
   std::map<ClientId, int> host_of_;        // phase 0: which host relays each client
+  std::map<int, std::set<ClientId>> allowed_;  // RestrictHost
   uint64_t completed_ = 0;
   uint64_t aborted_ = 0;
 };

@@ -131,6 +131,16 @@ def check_secure(r, args):
         fail("a dropout changed nothing: the dropped client's update is still in the sum")
     if by_phase[3] != one["weights_sha256"]:
         fail("a client dropping after it sent its masked input is in the sum; the weights should be those without dropouts")
+    # With DP: clipped updates summed securely, the noise added to the unmasked average; epsilon
+    # as without secure aggregation.
+    sdp, _, _ = r.train(3, sa + ["--servers", "1", "--clip-norm", "1", "--noise-multiplier", "0.5"])
+    pdp, _, _ = r.train(3, base + ["--servers", "1", "--clip-norm", "1", "--noise-multiplier", "0.5"])
+    print(f"  with DP: secure epsilon {sdp['dp']['epsilon']} accuracy {sdp['test_accuracy']}; plain epsilon "
+          f"{pdp['dp']['epsilon']} accuracy {pdp['test_accuracy']}")
+    if sdp["dp"]["epsilon"] is None or sdp["dp"]["epsilon"] != pdp["dp"]["epsilon"]:
+        fail(f"secure DP-FedAvg reports epsilon {sdp['dp']['epsilon']}, plain {pdp['dp']['epsilon']}")
+    if abs(sdp["test_accuracy"] - pdp["test_accuracy"]) > 0.02:
+        fail(f"secure DP-FedAvg accuracy {sdp['test_accuracy']} is far from plain DP-FedAvg's {pdp['test_accuracy']}")
     # t = 5 of 5 with one dropout: every round aborts; the model stays untrained.
     s, out, p = r.train(3, sa + ["--servers", "1", "--secagg-dropouts", "1", "--secagg-threshold", "5"])
     rows = rows_of(out)

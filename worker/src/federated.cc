@@ -309,6 +309,38 @@ Result<LocalResult> LocalUpdate(const Model& model, const Dataset& train, const 
   return r;
 }
 
+Status SpreadSum(std::span<const uint64_t> sum, size_t survivors, const secagg::FixedPoint& fp,
+                 const std::function<double(uint64_t count)>& scale, std::vector<std::vector<float>>& push) {
+  uint64_t floats = 0;
+  for (const auto& p : push) floats += p.size();
+  if (sum.size() != floats + 1 || survivors == 0) {
+    return DataLoss("the aggregator's sum has " + std::to_string(sum.size()) + " elements for " + std::to_string(survivors) +
+                    " survivors; expected " + std::to_string(floats + 1));
+  }
+  SHARDPS_ASSIGN_OR_RETURN(const std::vector<float> values, secagg::Dequantize(sum.first(floats), survivors, fp));
+  const uint64_t count = sum[floats];
+  if (count == 0 || count >= (uint64_t{1} << (fp.ring_bits - 1))) {
+    return DataLoss("the survivors' count in the sum is " + std::to_string(count));
+  }
+  const double k = scale(count);
+  size_t at = 0;
+  for (auto& p : push) {
+    for (float& v : p) v = static_cast<float>(static_cast<double>(values[at++]) * k);
+  }
+  return Status::Ok();
+}
+
+Progress RoundProgress(int round, int rounds, double test_accuracy, int clients) {
+  Progress p;
+  p.epoch = round;
+  p.epochs = rounds;
+  p.step = round + 1;
+  p.total_steps = rounds;
+  p.test_accuracy = test_accuracy;
+  p.clients = clients;
+  return p;
+}
+
 }  // namespace internal
 
 namespace {
@@ -364,22 +396,12 @@ Result<int> SecureSum(ParamStore& params, const RunOptions& run, const Federated
     if (run.worker == 0 && hooks.on_notice) hooks.on_notice(where + " aborted, the model is left as it was: " + o.reason);
     return 0;
   }
-  if (o.sum.size() != floats + 1 || o.survivors.empty()) {
-    return DataLoss(where + ": the aggregator's sum has " + std::to_string(o.sum.size()) + " elements for " +
-                    std::to_string(o.survivors.size()) + " survivors; expected " + std::to_string(floats + 1));
-  }
   if (run.worker != 0) return static_cast<int>(o.survivors.size());
-  SHARDPS_ASSIGN_OR_RETURN(const std::vector<float> sum,
-                           secagg::Dequantize(std::span<const uint64_t>(o.sum).first(floats), o.survivors.size(), fp));
-  const uint64_t count = o.sum[floats];
-  if (count == 0 || count >= (uint64_t{1} << (fp.ring_bits - 1))) {
-    return DataLoss(where + ": the survivors' sample count in the sum is " + std::to_string(count));
-  }
-  const double scale = fed.clip_norm > 0 ? 1.0 / m_dp : n_bar / static_cast<double>(count);
-  size_t at = 0;
-  for (auto& p : push) {
-    for (float& v : p) v = static_cast<float>(static_cast<double>(sum[at++]) * scale);
-  }
+  const bool dp = fed.clip_norm > 0;
+  SHARDPS_RETURN_IF_ERROR(internal::SpreadSum(o.sum, o.survivors.size(), fp,
+                                              [&](uint64_t count) { return dp ? 1.0 / m_dp : n_bar / static_cast<double>(count); },
+                                              push)
+                              .WithContext(where));
   return static_cast<int>(o.survivors.size());
 }
 
@@ -644,17 +666,11 @@ Result<TrainResult> TrainFederated(const Model& model, const Dataset& train, con
       hooks.on_metrics(row);
     }
     if (hooks.on_progress) {
-      Progress p;
-      p.epoch = round;
-      p.epochs = fed.rounds;
-      p.step = round + 1;
-      p.total_steps = fed.rounds;
+      Progress p = internal::RoundProgress(round, fed.rounds, last_accuracy, static_cast<int>(sampled.size()));
       p.loss = result.train_loss;
-      p.test_accuracy = last_accuracy;
       p.samples_per_second = sps;
       const double per_round = train_seconds / static_cast<double>(round + 1 - static_cast<int>(run.start_step));
       p.eta_seconds = per_round * (fed.rounds - round - 1);
-      p.clients = static_cast<int>(sampled.size());
       hooks.on_progress(p);
     }
     if (hooks.on_step_end) {

@@ -6,6 +6,9 @@
 #include <span>
 #include <vector>
 
+#include <functional>
+
+#include "shardps/secagg/fixed_point.h"
 #include "shardps/worker/federated.h"
 
 namespace shardps::worker::internal {
@@ -43,5 +46,15 @@ struct LocalResult {
 Result<LocalResult> LocalUpdate(const Model& model, const Dataset& train, const std::vector<int64_t>& mine, const RunOptions& run,
                                 const FederatedOptions& fed, int round, int k, const std::vector<std::vector<float>>& w,
                                 LocalScratch& s);
+
+// A secure-aggregation round's ring sum of the survivors' vectors (each a weighted update of
+// `push`'s total size, then a count) made into the update: the dequantized sum times
+// scale(count), laid out over the tables of `push`. DATA_LOSS when the sum's shape or count is
+// impossible.
+Status SpreadSum(std::span<const uint64_t> sum, size_t survivors, const secagg::FixedPoint& fp,
+                 const std::function<double(uint64_t count)>& scale, std::vector<std::vector<float>>& push);
+
+// The progress line of federated round `round` (0-based).
+Progress RoundProgress(int round, int rounds, double test_accuracy, int clients);
 
 }  // namespace shardps::worker::internal

@@ -434,18 +434,11 @@ Result<TrainResult> ServeFederated(const Model& model, const Dataset& test, Para
     int survivors = 0;
     if (abort_reason.empty()) {
       if (o.on_sum) o.on_sum(round + 1, outcome->survivors, outcome->ring_bits, outcome->sum);
-      SHARDPS_ASSIGN_OR_RETURN(const std::vector<float> sum,
-                               secagg::Dequantize(std::span<const uint64_t>(outcome->sum).first(floats), outcome->survivors.size(), fp));
-      const uint64_t count = outcome->sum[floats];
-      if (count == 0 || count >= (uint64_t{1} << (fp.ring_bits - 1))) {
-        return DataLoss("round " + std::to_string(round + 1) + ": the survivors' sample count in the sum is " + std::to_string(count));
-      }
       // The survivors' updates were weighted n_k / n-bar: divide by their samples / n-bar.
-      const double scale = n_bar / static_cast<double>(count);
-      size_t at = 0;
-      for (auto& p : push) {
-        for (float& v : p) v = static_cast<float>(static_cast<double>(sum[at++]) * scale);
-      }
+      SHARDPS_RETURN_IF_ERROR(internal::SpreadSum(outcome->sum, outcome->survivors.size(), fp,
+                                                  [&](uint64_t count) { return n_bar / static_cast<double>(count); }, push)
+                                  .WithContext("round " + std::to_string(round + 1)));
+      const uint64_t count = outcome->sum[floats];
       survivors = static_cast<int>(outcome->survivors.size());
       samples += static_cast<int64_t>(count) * fed.local_epochs;
     } else {
@@ -478,16 +471,7 @@ Result<TrainResult> ServeFederated(const Model& model, const Dataset& test, Para
       row.secagg_clipped = 0;
       hooks.on_metrics(row);
     }
-    if (hooks.on_progress) {
-      Progress p;
-      p.epoch = round;
-      p.epochs = fed.rounds;
-      p.step = round + 1;
-      p.total_steps = fed.rounds;
-      p.test_accuracy = result.test_accuracy;
-      p.clients = m;
-      hooks.on_progress(p);
-    }
+    if (hooks.on_progress) hooks.on_progress(internal::RoundProgress(round, fed.rounds, result.test_accuracy, m));
   }
   shutdown("training is over");
   result.epochs = fed.rounds;

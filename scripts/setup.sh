@@ -18,6 +18,8 @@ PACKAGES=(
   clang-14 libclang-rt-14-dev
   slurm-wlm munge
   iproute2
+  prometheus
+  nlohmann-json3-dev
 )
 
 missing=()

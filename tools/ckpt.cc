@@ -2,13 +2,17 @@
 //   shardps ckpt list DIR [--json]
 //   shardps ckpt verify DIR [VERSION]
 //   shardps ckpt tag|untag|rollback|gc ...   (take DIR's registry lock; wait for a job's commit)
+//   shardps ckpt copy SRC[@VERSION|@TAG] DST [--all] [--with-tags] [--wait SECONDS]
+//       (verified, atomic copies of versions into another registry: backup, migration, restore)
 //   shardps ckpt export DIR[@VERSION|@TAG] --out FILE.safetensors ...   (ckpt_export.cc)
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "commands.h"
 #include "shardps/storage/checkpoint.h"
@@ -27,6 +31,10 @@ int Usage() {
                "       shardps ckpt gc DIR [--keep-last K] [--max-bytes B] [--wait SECONDS]\n"
                "  tag, untag, rollback and gc take DIR's registry lock, waiting up to --wait seconds (default 60)\n"
                "  for a running job to finish committing a checkpoint; they never stop the job.\n"
+               "       shardps ckpt copy SRC[@VERSION|@TAG] DST [--all] [--with-tags] [--wait SECONDS]\n"
+               "  copies the version SRC resolves to (--all: every valid version) into the registry DST, verified\n"
+               "  and atomically, under the same version number; --with-tags also sets SRC's tags of the copied\n"
+               "  versions in DST. Takes DST's writer and registry locks: DST must not be a running job's directory.\n"
                "       shardps ckpt export DIR[@VERSION|@TAG] --out FILE.safetensors [--dtype f32|f16|int8] [--prune-below X]\n";
   return 2;
 }
@@ -105,6 +113,114 @@ Result<CheckpointDirLock> LockRegistry(const char* cmd, const std::string& dir, 
                                     std::chrono::seconds(wait_seconds));
 }
 
+std::string VersionName(uint64_t v) { return "v" + std::to_string(v); }
+
+// shardps ckpt copy SRC[@VERSION|@TAG] DST [--all] [--with-tags] [--wait SECONDS]
+int Copy(int argc, char** argv) {
+  std::vector<std::string> pos;
+  bool all = false, with_tags = false;
+  uint64_t wait_seconds = 60;
+  for (int i = 2; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--all") all = true;
+    else if (a == "--with-tags") with_tags = true;
+    else if (a == "--wait" && i + 1 < argc && ParseU64(argv[i + 1], &wait_seconds)) ++i;
+    else if (!a.empty() && a[0] != '-') pos.push_back(a);
+    else return Usage();
+  }
+  if (pos.size() != 2) return Usage();
+  const std::string& src = pos[0];
+  const std::string& dst = pos[1];
+  const CheckpointSpec spec = ParseCheckpointSpec(src);
+  if (all && !spec.which.empty()) {
+    std::cerr << "shardps ckpt copy: --all copies every version of a directory; give SRC without @" << spec.which << "\n";
+    return 2;
+  }
+  auto warn = [](const std::string& w) { std::cerr << "shardps ckpt copy: warning: " << w << "\n"; };
+
+  // What to copy, every version verified (nothing is written before).
+  std::vector<CheckpointVersion> versions;
+  std::vector<std::string> skipped;
+  if (all) {
+    std::error_code ec;
+    if (!std::filesystem::is_directory(spec.dir, ec)) {
+      return Fail("copy", NotFound("checkpoint directory '" + spec.dir + "' does not exist"));
+    }
+    for (auto& v : ListCheckpoints(spec.dir, /*verify=*/true)) {
+      if (v.status.ok()) {
+        versions.push_back(std::move(v));
+      } else {
+        std::cerr << "shardps ckpt copy: skipping " << VersionName(v.version) << " (" << v.path << "): " << v.status.message() << "\n";
+        skipped.push_back(VersionName(v.version));
+      }
+    }
+    if (versions.empty() && skipped.empty()) {
+      return Fail("copy", NotFound("no checkpoint versions in '" + spec.dir + "'"));
+    }
+  } else {
+    auto v = ResolveCheckpoint(src, warn);
+    if (!v.ok()) return Fail("copy", v.status());
+    versions.push_back(std::move(*v));
+  }
+  CheckpointTags src_tags;
+  if (with_tags) {
+    auto t = ReadCheckpointTags(spec.dir);
+    if (!t.ok()) return Fail("copy", t.status());
+    src_tags = std::move(*t);
+  }
+
+  PosixFileSystem fs;
+  if (!versions.empty()) {
+    if (Status s = EnsureDirectory(fs, dst, "destination checkpoint directory"); !s.ok()) return Fail("copy", s);
+    // DST's writer lock first (as a job takes it): a job numbers its versions without the registry
+    // lock, so no job may write to DST while versions are copied into it. Then the registry lock.
+    auto writer = CheckpointDirLock::Acquire(dst, CheckpointDirLock::Kind::kWriter, "shardps ckpt copy",
+                                             std::chrono::seconds(wait_seconds));
+    if (!writer.ok()) {
+      return Fail("copy", writer.status().WithContext("cannot copy into '" + dst +
+                                                      "' while a job writes checkpoints there (it numbers versions as it goes)"));
+    }
+    auto registry = CheckpointDirLock::Acquire(dst, CheckpointDirLock::Kind::kRegistry, "shardps ckpt copy",
+                                               std::chrono::seconds(wait_seconds));
+    if (!registry.ok()) return Fail("copy", registry.status());
+    for (const auto* l : {&*writer, &*registry}) {
+      if (!l->taken_over_from().empty()) {
+        std::cerr << "shardps ckpt copy: took over a lock of " << dst << " left by " << l->taken_over_from()
+                  << " (that process is gone)\n";
+      }
+    }
+    std::vector<uint64_t> copied;
+    for (const auto& v : versions) {
+      auto r = CopyCheckpointVersion(fs, v, dst);
+      if (!r.ok()) return Fail("copy", r.status());
+      if (r->already_present) std::cout << VersionName(v.version) << " already present\n";
+      else std::cout << "copied " << VersionName(v.version) << " (" << r->bytes << " bytes)\n";
+      copied.push_back(v.version);
+    }
+    if (with_tags) {
+      auto before = ReadCheckpointTags(dst);
+      if (!before.ok()) return Fail("copy", before.status());
+      for (const auto& [tag, version] : src_tags) {
+        if (std::find(copied.begin(), copied.end(), version) == copied.end()) continue;
+        if (Status s = TagCheckpoint(fs, dst, version, tag); !s.ok()) return Fail("copy", s);
+        std::string moved;
+        for (const auto& [t, was] : *before) {
+          if (t == tag && was != version) moved = " (moved from " + VersionName(was) + ")";
+        }
+        std::cout << "tagged " << VersionName(version) << " '" << tag << "'" << moved << "\n";
+      }
+    }
+  }
+  if (!skipped.empty()) {
+    std::cerr << "shardps ckpt copy: skipped " << skipped.size() << " invalid version" << (skipped.size() == 1 ? "" : "s")
+              << " of '" << spec.dir << "':";
+    for (const auto& s : skipped) std::cerr << " " << s;
+    std::cerr << "\n";
+    return 1;
+  }
+  return 0;
+}
+
 }  // namespace
 
 int CkptExportMain(int argc, char** argv);  // ckpt_export.cc
@@ -120,6 +236,7 @@ int CkptMain(int argc, char** argv) {
     if (argc > 4) return Usage();
     return Verify(dir, argc == 4 ? argv[3] : "");
   }
+  if (cmd == "copy") return Copy(argc, argv);
   PosixFileSystem fs;
   // --wait SECONDS, accepted at the end of the registry commands.
   uint64_t wait_seconds = 60;

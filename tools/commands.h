@@ -10,5 +10,7 @@ int DatagenMain(int argc, char** argv);  // datagen.cc
 int SecAggBenchMain(int argc, char** argv);  // bench_secagg.cc
 int FedServeMain(int argc, char** argv);     // fed.cc
 int FedClientMain(int argc, char** argv);    // fed.cc
+int ServeMain(int argc, char** argv);        // serve.cc
+int PredictMain(int argc, char** argv);      // predict.cc
 
 }  // namespace shardps::tools

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "commands.h"
+#include "flags.h"
 #include "config.h"
 #include "progress.h"
 #include "shardps/net/auth.h"
@@ -73,23 +74,6 @@ Result<std::pair<std::string, uint16_t>> HostPort(const std::string& s, const ch
   return std::make_pair(s.substr(0, colon), static_cast<uint16_t>(port));
 }
 
-// Parses argv into `desc`; --help prints it. Returns -1 to go on, else the exit code.
-int Parse(int argc, char** argv, po::options_description& desc, const char* name) {
-  desc.add_options()("help", "show this help");
-  try {
-    po::variables_map vm;
-    po::store(po::parse_command_line(argc, argv, desc), vm);
-    if (vm.count("help")) {
-      std::cout << desc << std::endl;
-      return 0;
-    }
-    po::notify(vm);
-  } catch (const std::exception& e) {
-    std::cerr << "shardps " << name << ": " << e.what() << "\n" << desc << std::endl;
-    return 2;
-  }
-  return -1;
-}
 
 void WriteU64s(const std::string& path, const std::vector<uint64_t>& v) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
@@ -117,7 +101,7 @@ int FedServeMain(int argc, char** argv) {
       ("out-dir", po::value(&out_flags.out_dir)->default_value(out_flags.out_dir), "summary.json, metrics.csv, final_model.safetensors")
       ("progress", po::value(&progress)->default_value(progress), "always, plain or never")
       ("test-dump-sums", po::value(&dump_sums), "test only: write each round's ring sum (round_R.sum) and survivors here");
-  if (int rc = Parse(argc, argv, desc, "fed-serve"); rc >= 0) return rc;
+  if (int rc = ParseFlags(argc, argv, desc, "fed-serve"); rc >= 0) return rc;
   auto fail = [](const Status& s) {
     std::cerr << "shardps fed-serve: " << s.ToString() << std::endl;
     return 1;
@@ -195,7 +179,7 @@ int FedClientMain(int argc, char** argv) {
       ("test-exit-before-phase", po::value(&exit_phase), "test only: SIGKILL this process before sending its phase P (0-3) bundle")
       ("test-exit-round", po::value(&exit_round)->default_value(exit_round), "test only: ... in this round (1-based)")
       ("test-dump-inputs", po::value(&dump_inputs), "test only: write the ring vector this client masks, each round, here");
-  if (int rc = Parse(argc, argv, desc, "fed-client"); rc >= 0) return rc;
+  if (int rc = ParseFlags(argc, argv, desc, "fed-client"); rc >= 0) return rc;
   const std::string me = "shardps fed-client " + std::to_string(client);
   auto fail = [&](const Status& s) {
     std::cerr << me << ": " << s.ToString() << std::endl;

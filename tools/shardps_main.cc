@@ -21,6 +21,8 @@ void Usage(std::FILE* out) {
                "  secagg-bench  time and count the bytes of one secure-aggregation round (core/secagg)\n"
                "  fed-serve     coordinate federated averaging with real client processes over TCP\n"
                "  fed-client    one federated client process (its own data partition)\n"
+               "  serve     serve a registry version or tag over KServe v2 (HTTP), hot swaps, fallback, /metrics\n"
+               "  predict   batch inference of a checkpoint over a data file, to CSV (accuracy when labelled)\n"
                "  version   print the version\n"
                "\n"
                "`shardps <command> --help` lists a command's flags.\n");
@@ -41,6 +43,8 @@ int main(int argc, char** argv) {
   if (cmd == "secagg-bench") return shardps::tools::SecAggBenchMain(argc - 1, argv + 1);
   if (cmd == "fed-serve") return shardps::tools::FedServeMain(argc - 1, argv + 1);
   if (cmd == "fed-client") return shardps::tools::FedClientMain(argc - 1, argv + 1);
+  if (cmd == "serve") return shardps::tools::ServeMain(argc - 1, argv + 1);
+  if (cmd == "predict") return shardps::tools::PredictMain(argc - 1, argv + 1);
   if (cmd == "keygen") {
     // shardps keygen --out FILE: 32 random bytes, mode 0600, never overwriting.
     if (argc != 4 || std::strcmp(argv[2], "--out") != 0) {

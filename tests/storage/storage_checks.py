@@ -14,9 +14,16 @@
   device_outputs    --model-out, --summary-json, --metrics-csv and ckpt export --out naming /dev/null
                     or /dev/full are refused before training; the devices stay devices
   readonly_outputs  read-only or missing output and checkpoint locations are refused before training
+  ckpt_copy         `shardps ckpt copy SRC@TAG DST --with-tags` of a trained run's registry: byte-identical
+                    files, `ckpt verify DST` and the tag pass, a resume from the copy ends with the
+                    source's weights; again: "already present"; --all; a flipped byte in the source,
+                    another checkpoint under the same number and a job's lock on DST are refused (exit 1,
+                    naming the path), DST unchanged; usage errors exit 2
 
 The script's exit code decides (tests/pylib/shardps_check.py).
 """
+import fcntl
+import filecmp
 import os
 import signal
 import stat
@@ -265,12 +272,125 @@ def check_readonly_outputs(r, a):
             os.chmod(ro, 0o755)
 
 
+def tree(d):
+    """Every path under d with its size (files) or None (directories); {} when d does not exist."""
+    out = {}
+    for root, dirs, files in os.walk(d):
+        for n in dirs:
+            out[os.path.relpath(os.path.join(root, n), d)] = None
+        for n in files:
+            out[os.path.relpath(os.path.join(root, n), d)] = os.path.getsize(os.path.join(root, n))
+    return out
+
+
+def check_ckpt_copy(r, a):
+    sc.need_fashion()
+    shardps = r.shardps
+
+    def ckpt(*args, expect_ok=True):
+        return sc.run([shardps, "ckpt"] + [str(x) for x in args], timeout=300, expect_ok=expect_ok)
+
+    def refused(args, texts, code=1):
+        p = ckpt(*args, expect_ok=False)
+        check(p.returncode == code, f"ckpt {' '.join(map(str, args))}: exit {p.returncode}, expected {code}:\n{p.stdout}\n{p.stderr}")
+        for t in texts:
+            check(t in p.stderr, f"expected {t!r} in the error of ckpt {' '.join(map(str, args))}:\n{p.stderr}")
+        if code == 1:
+            check(p.stderr.startswith("shardps ckpt copy: "), f"the error does not start 'shardps ckpt copy: ':\n{p.stderr}")
+        print(f"   refused: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else '(usage)'}")
+        return p
+
+    # A trained run's registry: versions 1 (step 32) and 2 (the final one), version 1 tagged.
+    src = sc.fresh_dir(os.path.join(r.work, "src"))
+    r.train(["--epochs", "1", "--checkpoint-dir", src, "--checkpoint-every", "32"])
+    valid = [v["version"] for v in sc.ckpt_versions(shardps, src) if v["valid"]]
+    check(valid == [1, 2], f"the run left versions {valid}, expected [1, 2]")
+    ckpt("tag", src, 1, "best")
+
+    # Copy by tag into a registry that does not exist yet, with the tag.
+    dst = os.path.join(r.work, "backup", "dst")
+    p = ckpt("copy", src + "@best", dst, "--with-tags")
+    check("copied v1 (" in p.stdout and "tagged v1 'best'" in p.stdout, f"unexpected output:\n{p.stdout}")
+    v1s, v1d = os.path.join(src, "v00000001"), os.path.join(dst, "v00000001")
+    names = sorted(os.listdir(v1s))
+    check(sorted(os.listdir(v1d)) == names, f"{v1d} holds {sorted(os.listdir(v1d))}, the source {names}")
+    _, mismatch, errors = filecmp.cmpfiles(v1s, v1d, names, shallow=False)
+    check(not mismatch and not errors, f"copied files differ from the source: {mismatch} {errors}")
+    check(not [n for n in os.listdir(dst) if n.startswith(".copy-")], f"a staging directory was left: {os.listdir(dst)}")
+    p = ckpt("verify", dst)
+    check(f"{v1d}: OK" in p.stdout, f"ckpt verify {dst}:\n{p.stdout}")
+    ckpt("verify", dst, "best")
+    check([v["version"] for v in sc.ckpt_versions(shardps, dst)] == [1], f"{dst} holds other versions than v1")
+    # Restored: a resume from the copy ends with the weights of a resume from the source.
+    _, out_src = r.train(["--epochs", "2", "--resume", src + "@best"])
+    p, out_dst = r.train(["--epochs", "2", "--resume", dst + "@best"])
+    check("resuming from " + v1d in p.stderr, f"the resume did not use the copy:\n{p.stderr}")
+    check(sha(out_dst) == sha(out_src), "resuming from the copy gave other weights than from the source")
+
+    # Again: already present, nothing changes.
+    before = tree(dst)
+    p = ckpt("copy", src + "@best", dst, "--with-tags")
+    check("v1 already present" in p.stdout, f"a second copy did not say 'already present':\n{p.stdout}")
+    after = tree(dst)
+    check({k: v for k, v in after.items() if "LOCK" not in k} == {k: v for k, v in before.items() if "LOCK" not in k},
+          f"a second copy changed {dst}")
+
+    # --all: every valid version.
+    every = os.path.join(r.work, "every")
+    p = ckpt("copy", src, every, "--all", "--with-tags")
+    check("copied v1 (" in p.stdout and "copied v2 (" in p.stdout and "tagged v1 'best'" in p.stdout, f"--all:\n{p.stdout}")
+    ckpt("verify", every)
+
+    # Usage errors: exit 2.
+    refused(["copy", src + "@1", os.path.join(r.work, "u"), "--all"], [], code=2)
+    refused(["copy", src], [], code=2)
+    refused(["copy", src, os.path.join(r.work, "u"), "--bogus"], [], code=2)
+    check(not os.path.exists(os.path.join(r.work, "u")), "a usage error created the destination")
+
+    # A job's writer lock on the destination (held here as a job holds it): refused, not waited out.
+    locked = sc.fresh_dir(os.path.join(r.work, "locked"))
+    with open(os.path.join(locked, "LOCK"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.write("pid 4242 on host node3, since 2026-12-01 22:50:01 UTC (shardps train)\n")
+        f.flush()
+        refused(["copy", src + "@1", locked, "--wait", "0"], ["while a job writes checkpoints there", "pid 4242 on host node3"])
+    check(not [n for n in os.listdir(locked) if n.startswith("v")], f"a version was copied into a locked directory")
+
+    # Another checkpoint under the same number: refused naming both paths, nothing replaced.
+    other = os.path.join(r.work, "other")
+    ckpt("copy", src + "@2", other)
+    os.rename(os.path.join(other, "v00000002"), os.path.join(other, "v00000001"))
+    before = tree(other)
+    refused(["copy", src + "@1", other], [os.path.join(other, "v00000001"), v1s, "already exists"])
+    check(tree(other) == before, f"a refused copy changed {other}")
+
+    # A flipped byte in a source shard: refused naming the file; the destination untouched.
+    shard = os.path.join(src, "v00000002", "shard-00000.bin")
+    with open(shard, "r+b") as f:
+        f.seek(17)
+        b = f.read(1)
+        f.seek(17)
+        f.write(bytes([b[0] ^ 0x10]))
+    fresh = os.path.join(r.work, "fresh")
+    refused(["copy", src + "@2", fresh], [shard, "CRC32C"])
+    check(not os.path.exists(fresh), f"a refused copy created {fresh}")
+    before = tree(dst)
+    refused(["copy", src + "@2", dst], [shard, "CRC32C"])
+    check(tree(dst) == before, f"a refused copy changed {dst}")
+    # --all skips it (named), copies the rest, and exits 1.
+    partial = os.path.join(r.work, "partial")
+    p = refused(["copy", src, partial, "--all"], ["skipping v2", shard, "skipped 1 invalid version"])
+    check("copied v1 (" in p.stdout, f"--all did not copy the valid version:\n{p.stdout}")
+    check([v["version"] for v in sc.ckpt_versions(shardps, partial)] == [1], f"{partial} holds other versions than v1")
+
+
 CHECKS = {
     "resume_auto": check_resume_auto,
     "second_writer": check_second_writer,
     "gc_during_job": check_gc_during_job,
     "device_outputs": check_device_outputs,
     "readonly_outputs": check_readonly_outputs,
+    "ckpt_copy": check_ckpt_copy,
 }
 
 

@@ -172,6 +172,32 @@ struct GcReport {
 // version that is already gone when it is deleted is not an error.
 Result<GcReport> CollectCheckpointGarbage(FileSystem& fs, const std::string& dir, uint64_t keep_last, uint64_t max_bytes);
 
+// ---- Copying between registries (backup, migration, restore) ----
+struct CopyReport {
+  uint64_t version = 0;
+  uint64_t bytes = 0;            // bytes of the version's files: copied, or held by the present copy
+  bool already_present = false;  // the destination held this version already (the same MANIFEST)
+};
+// Copies one version into the registry `dst_dir` (created if missing) under the same version
+// number. The source is verified whole (VerifyCheckpoint) before anything is written: a damaged
+// source is refused naming the file, and the destination is left untouched. Every file of the
+// version (the shards the MANIFEST lists, their .info files, the MANIFEST) is read again, checked
+// against the CRC32Cs the MANIFEST and the .info headers record, written through `fs` into a
+// hidden staging directory of dst_dir (".copy-v00000007-<pid>"; no registry function takes it for
+// a version), fsynced, and the staged copy verified again; then it is renamed to v00000007 and
+// dst_dir fsynced. A crash or a failure at any point leaves either no such version in dst_dir or
+// the whole verified one; on a failure the staging directory is deleted, and one a killed copy
+// left is deleted by the next copy into dst_dir. If dst_dir already holds that version number:
+// the same MANIFEST bytes (and a valid version) is reported as already_present; anything else is
+// a FAILED_PRECONDITION naming both paths, and nothing is replaced. Tags and HEAD are not copied.
+// The caller holds dst_dir's kRegistry lock, and no job may be writing checkpoints to dst_dir (a
+// job numbers its versions without that lock): `shardps ckpt copy` holds dst_dir's kWriter lock
+// too. `fault` (crash tests) is called with the phases of each staged file's write
+// ("before-rename:<staged file>", ...), then "before-rename:<version dir>" and
+// "before-dir-fsync:<version dir>" around the commit.
+Result<CopyReport> CopyCheckpointVersion(FileSystem& fs, const CheckpointVersion& src, const std::string& dst_dir,
+                                         const CheckpointFaultHook& fault = nullptr);
+
 // Reads element ranges of saved tables, whatever chunking and server count wrote them.
 class CheckpointReader {
  public:

@@ -33,6 +33,7 @@
 #include "train_checks.h"
 #include "train_common.h"
 #include "train_job.h"
+#include "train_metrics.h"
 #include "train_outputs.h"
 #include "train_sparse.h"
 
@@ -52,6 +53,8 @@ struct TrainFlags : OutputFlags {
   double slow_factor = 1.0;
   std::string init_from;  // safetensors file to start from
   bool under_mpirun = false;  // stdout belongs to a launcher: no redrawing progress
+  int metrics_port = -1;      // --metrics-port: -1 none; rank r serves /metrics on port + r (0: any free port)
+  std::string metrics_address = "127.0.0.1";
 };
 
 Result<config::TrainConfig> BuildConfig(const TrainFlags& f) {
@@ -182,11 +185,24 @@ CheckpointFaultHook CrashHook(const std::string& spec, const std::string& dir) {
   };
 }
 
+// --metrics-port P: this process's /metrics on P + rank (any free port for P = 0), logged.
+Result<std::unique_ptr<TrainMetrics>> StartTrainMetrics(const TrainFlags& f, const std::string& role, int rank, int size) {
+  const int port = f.metrics_port == 0 ? 0 : f.metrics_port + rank;
+  if (port > 65535) {
+    return InvalidArgument("--metrics-port " + std::to_string(f.metrics_port) + ": rank " + std::to_string(rank) + " would listen on " +
+                           std::to_string(port) + ", beyond 65535");
+  }
+  SHARDPS_ASSIGN_OR_RETURN(auto m, TrainMetrics::Start(f.metrics_address, static_cast<uint16_t>(port), role, rank, size));
+  std::cerr << "shardps train: rank " << rank << " (" << role << "): metrics on http://" << f.metrics_address << ":" << m->port()
+            << "/metrics" << std::endl;
+  return m;
+}
+
 // Trains as worker `worker` of `workers` and, on the lead worker, writes the outputs.
 Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const Outputs& out, const worker::Dataset& train,
                       const worker::Dataset& test, worker::ParamStore& params, int worker, int workers, int servers,
                       const worker::Teacher* teacher, uint64_t start_step = 0, worker::KVClient* client = nullptr,
-                      int64_t* steps_done = nullptr) {
+                      int64_t* steps_done = nullptr, TrainMetrics* metrics = nullptr) {
   const bool lead = worker == 0;
   SHARDPS_ASSIGN_OR_RETURN(auto model, MakeModel(c, train));
   worker::RunOptions run = ToRunOptions(c, worker, workers);
@@ -234,20 +250,33 @@ Status TrainAndReport(const config::TrainConfig& c, const TrainFlags& f, const O
     checkpoints = std::make_unique<worker::CheckpointDriver>(*out.fs, *client, ckrun,
                                                              std::move(co));
     checkpoints->set_resumed_at(start_step);
-    hooks.on_step_end = [&](const worker::Cursor& cur, bool final) { return checkpoints->OnStep(cur, final); };
+    hooks.on_step_end = [&](const worker::Cursor& cur, bool final) {
+      const int before = checkpoints->written();
+      const auto t0 = std::chrono::steady_clock::now();
+      Status s = checkpoints->OnStep(cur, final);
+      if (metrics && checkpoints->written() > before) {
+        metrics->OnCheckpoint(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      }
+      return s;
+    };
   }
   MetricsCsv csv;
   std::unique_ptr<ProgressDisplay> progress;
   if (lead) {
     SHARDPS_RETURN_IF_ERROR(csv.Open(out.metrics_csv));
-    hooks.on_metrics = [&](const worker::MetricsRow& r) { csv.Write(r); };
+    hooks.on_metrics = [&](const worker::MetricsRow& r) {
+      csv.Write(r);
+      if (metrics) metrics->OnMetricsRow(r);
+    };
     hooks.on_notice = [](const std::string& m) { std::cerr << "shardps train: " << m << std::endl; };
     // Under mpirun a rank's stdout is a pipe or pty owned by the launcher: never redraw there.
     progress = std::make_unique<ProgressDisplay>(f.progress == "auto" && f.under_mpirun ? "plain" : f.progress);
   }
+  if (metrics && !lead) hooks.on_metrics = [&](const worker::MetricsRow& r) { metrics->OnMetricsRow(r); };
   hooks.on_progress = [&](const worker::Progress& p) {
     if (steps_done) *steps_done = p.step;
     if (progress) progress->Update(p);
+    if (metrics) metrics->OnProgress(p);
   };
   auto train_now = [&]() -> Result<worker::TrainResult> {
     if (c.mode() != "fedavg") return worker::Train(*model, train, test, params, run, hooks);
@@ -297,9 +326,16 @@ int RunSingleProcess(FileSystem& fs, const config::TrainConfig& c, const TrainFl
   if (!teacher.ok()) return fail(teacher.status());
   Status fits = CheckModelFits((*model)->spec(), c, /*trains=*/true, /*holds_tables=*/true, 0, test->num_samples, MemoryLimitBytes());
   if (!fits.ok()) return fail(fits);
+  std::unique_ptr<TrainMetrics> metrics;
+  if (f.metrics_port >= 0) {
+    auto m = StartTrainMetrics(f, "worker", 0, 1);
+    if (!m.ok()) return fail(m.status());
+    metrics = std::move(*m);
+  }
   try {
     worker::LocalParams params(worker::TrainingTables(**model, ToRunOptions(c, 0, 1)));
-    Status s = TrainAndReport(c, f, *out, *train, *test, params, 0, 1, 0, teacher.value().get());
+    Status s = TrainAndReport(c, f, *out, *train, *test, params, 0, 1, 0, teacher.value().get(), 0, nullptr, nullptr,
+                              metrics.get());
     return s.ok() ? 0 : fail(s);
   } catch (const std::bad_alloc&) {
     return fail(ResourceExhausted("out of memory while allocating the tables or buffers of a model of " +
@@ -327,6 +363,12 @@ int RunDistributed(FileSystem& fs, const config::TrainConfig& c, const TrainFlag
   if (s.ok() && f.slow_worker_index >= cluster->num_workers()) {
     s = InvalidArgument("--test-slow-worker " + f.slow_worker + ": this job has only " + std::to_string(cluster->num_workers()) +
                         " workers (0.." + std::to_string(cluster->num_workers() - 1) + ")");
+  }
+  // --metrics-port: every process serves its metrics from before loading data to its exit.
+  std::unique_ptr<TrainMetrics> metrics;
+  if (s.ok() && f.metrics_port >= 0) {
+    auto m = StartTrainMetrics(f, cluster->is_worker() ? "worker" : "server", rank, job.size());
+    if (m.ok()) metrics = std::move(*m); else s = m.status();
   }
   Result<Outputs> out = Outputs{};
   worker::Dataset train, test;
@@ -464,6 +506,9 @@ int RunDistributed(FileSystem& fs, const config::TrainConfig& c, const TrainFlag
   no.server.codec = c.codec();
   no.client.worker_optimizer = WorkerOptimizer(c);
   no.server.worker_optimizer = WorkerOptimizer(c);
+  if (metrics) {
+    no.client.on_op_done = [m = metrics.get()](const char* op, double seconds, bool ok) { m->OnOp(op, seconds, ok); };
+  }
   if (!c.checkpoint_dir().empty() && cluster->is_worker() && c.batch_size() > 0) {
     // The steps checkpoints are taken at (CheckpointDriver: every checkpoint_every, and the last):
     // pushes before them carry the workers' error-feedback residuals and optimizer slots.
@@ -508,11 +553,12 @@ int RunDistributed(FileSystem& fs, const config::TrainConfig& c, const TrainFlag
   if (!node.ok()) {
     s = node.status();
   } else {
+    if (metrics) metrics->SetEndpoint(&(*node)->endpoint());
     if (auto* client = (*node)->client()) {
       try {
         worker::ClientParams params(*client);
         s = TrainAndReport(c, f, *out, train, test, params, worker_index, cluster->num_workers(), cluster->num_servers(),
-                           teacher.get(), start_step, client, &steps_done);
+                           teacher.get(), start_step, client, &steps_done, metrics.get());
       } catch (const std::bad_alloc&) {
         s = out_of_memory("while training");
       }
@@ -528,6 +574,7 @@ int RunDistributed(FileSystem& fs, const config::TrainConfig& c, const TrainFlag
       steps_done = done ? static_cast<int64_t>(*done) : -1;
     }
   }
+  if (metrics) metrics->SetEndpoint(nullptr);  // the node goes below
   if (!s.ok()) {
     std::cerr << "shardps train: " << cluster->Describe(rank) << ": " << s.ToString() << WhereToResume(c, steps_done) << std::endl;
     node = Result<std::unique_ptr<Node>>(Cancelled("failed"));
@@ -614,6 +661,9 @@ int TrainMain(int argc, char** argv) {
       ("metrics-csv", po::value(&f.metrics_csv), "metrics CSV (default config metrics_csv or OUT_DIR/metrics.csv)")
       ("model-out", po::value(&f.model_out), "final model, safetensors (default OUT_DIR/final_model.safetensors)")
       ("progress", po::value(&f.progress)->default_value(f.progress), "auto (redraw on a terminal), always, plain or never")
+      ("metrics-port", po::value(&f.metrics_port),
+       "serve Prometheus metrics on http://ADDRESS:PORT+RANK/metrics from every process of the job (0: any free port, logged)")
+      ("metrics-address", po::value(&f.metrics_address)->default_value(f.metrics_address), "the address --metrics-port binds")
       ("checkpoint-dir", po::value(&checkpoint_dir), "config checkpoint_dir: write checkpoints (always a final one) there")
       ("checkpoint-every", po::value(&checkpoint_every), "config checkpoint_every: steps between checkpoints")
       ("resume", po::value(&f.resume),
@@ -731,6 +781,10 @@ int TrainMain(int argc, char** argv) {
       std::cerr << "shardps train: " << parsed.message() << "\n";
       return 2;
     }
+  }
+  if (vm.count("metrics-port") && (f.metrics_port < 0 || f.metrics_port > 65535)) {
+    std::cerr << "shardps train: --metrics-port must be in [0, 65535], got " << f.metrics_port << "\n";
+    return 2;
   }
   if (f.progress != "auto" && f.progress != "always" && f.progress != "plain" && f.progress != "never") {
     std::cerr << "shardps train: --progress must be auto, always, plain or never, got '" << f.progress << "'\n";

@@ -16,6 +16,10 @@ one CHECK per test:
              served registry (`shardps ckpt copy`), a corrupt version lands in between and a
              rollback ends it: no request fails, each client sees versions in order, the corrupt
              version is never served and is reported in /v2/health/ready and /metrics
+  prometheus a real Prometheus server (Debian's) with a generated config scrapes `shardps serve` and
+             the 3 processes of a training job run with --metrics-port; the series are read back
+             through its HTTP API (requests by code, the served version, every rank's role, push-pull
+             latency histograms, peers alive)
   fallback   the primary registry directory disappears: the fallback registry (a `ckpt copy
              --all` of it) serves, /v2/health/ready and /metrics say so; when it comes back the
              primary serves again; no request fails meanwhile
@@ -555,7 +559,125 @@ def check_fallback(a):
     srv.stop()
 
 
-CHECKS = {"endpoints": check_endpoints, "abuse": check_abuse, "hot_swap": check_hot_swap, "fallback": check_fallback}
+def free_ports(n):
+    """n consecutive free loopback ports (a training job's ranks listen on P + rank)."""
+    for _ in range(200):
+        base = sc.free_port()
+        if base + n > 65535:
+            continue
+        socks = []
+        try:
+            for i in range(n):
+                s = socket.socket()
+                s.bind(("127.0.0.1", base + i))
+                socks.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    fail(f"no {n} consecutive free ports")
+
+
+def prom_query(port, query):
+    """The result vector of an instant query through Prometheus' HTTP API."""
+    import urllib.parse
+    import urllib.request
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    with urllib.request.urlopen(url, timeout=10) as r:
+        doc = json.load(r)
+    check(doc.get("status") == "success", f"Prometheus query {query!r}: {doc}")
+    return doc["data"]["result"]
+
+
+def check_prometheus(a):
+    """A real Prometheus server scrapes a serving process and every process of a training job."""
+    import urllib.request
+    sc.need_fashion()
+    check(shutil.which("prometheus"), "prometheus not found; scripts/setup.sh installs it")
+    reg = os.path.join(a.work, "registry")
+    train(a, reg)
+    srv = Server(a, reg)
+    train_base = free_ports(3)
+    prom_port = sc.free_port()
+    cfg = os.path.join(a.work, "prometheus.yml")
+    with open(cfg, "w") as f:
+        f.write("global:\n  scrape_interval: 500ms\n  scrape_timeout: 500ms\nscrape_configs:\n"
+                f"  - job_name: serve\n    static_configs:\n      - targets: ['127.0.0.1:{srv.port}']\n"
+                "  - job_name: train\n    static_configs:\n      - targets: [" +
+                ", ".join(f"'127.0.0.1:{train_base + r}'" for r in range(3)) + "]\n")
+    r = sc.run(["promtool", "check", "config", cfg], timeout=60)
+    prom_log = open(os.path.join(a.work, "prometheus.log"), "w+")
+    prom = sc.popen(["prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={os.path.join(a.work, 'tsdb')}",
+                     f"--web.listen-address=127.0.0.1:{prom_port}"], stdout=prom_log, stderr=subprocess_stdout())
+
+    def prom_ready():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{prom_port}/-/ready", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return prom.poll() is not None
+    sc.wait_until(prom_ready, 60, "Prometheus to be ready")
+    check(prom.poll() is None, "prometheus exited")
+
+    # Some inference traffic, then the serving target as Prometheus sees it.
+    c = srv.conn()
+    body = infer_body(test_rows(2))
+    for _ in range(5):
+        check(request(c, "POST", "/v2/models/mlp/infer", body)[0] == 200, "infer")
+    request(c, "POST", "/v2/models/mlp/infer", "{bad")
+    c.close()
+    sc.wait_until(lambda: prom_query(prom_port, 'shardps_serve_requests_total{endpoint="infer",code="200"}'), 60,
+                  "Prometheus to scrape the serving process")
+    res = prom_query(prom_port, 'sum(shardps_serve_requests_total{endpoint="infer"}) by (code)')
+    by_code = {x["metric"]["code"]: float(x["value"][1]) for x in res}
+    sc.wait_until(lambda: {x["metric"]["code"]: float(x["value"][1]) for x in
+                           prom_query(prom_port, 'sum(shardps_serve_requests_total{endpoint="infer"}) by (code)')}
+                  == {"200": 5.0, "400": 1.0}, 30, "Prometheus to see 5 answered and 1 refused infer request")
+    lat = prom_query(prom_port, 'shardps_serve_request_duration_seconds_count{endpoint="infer"}')
+    check(lat and sum(float(x["value"][1]) for x in lat) == 6, f"the infer latency histogram through Prometheus: {lat}")
+    print(f"  Prometheus: serve infer requests by code {by_code}", flush=True)
+    v = prom_query(prom_port, 'shardps_serve_model_version{model="mlp"}')
+    check(v and v[0]["value"][1] == str(served_version(srv)), f"served version through Prometheus: {v}")
+
+    # A training job with --metrics-port: every rank scraped while it runs.
+    cfgf = os.path.join(a.source_dir, "examples", "configs", "fashion_mlp.prototxt")
+    job = sc.popen(sc.mpirun_cmd(a.mpirun, 3, [a.shardps, "train", "--config", cfgf, "--servers", "1", "--out-dir",
+                                               os.path.join(a.work, "metrics_job"), "--hidden", "32", "--train-limit", "4096",
+                                               "--epochs", "200", "--batch-size", "64", "--progress", "never",
+                                               "--metrics-port", str(train_base)]),
+                   stdout=subprocess_pipe(), stderr=subprocess_stdout(), text=True)
+    try:
+        sc.wait_until(lambda: len(prom_query(prom_port, 'max_over_time(up{job="train"}[1m]) == 1')) == 3 or job.poll() is not None, 120,
+                      "Prometheus to scrape the 3 training processes")
+        check(job.poll() is None, "the training job ended before Prometheus scraped it")
+        sc.wait_until(lambda: prom_query(prom_port, 'min(max_over_time(shardps_train_step[1m])) > 20') or job.poll() is not None, 120,
+                      "training steps through Prometheus")
+        roles = sorted((x["metric"]["role"], x["metric"]["rank"]) for x in prom_query(prom_port, "last_over_time(shardps_train_info[1m])"))
+        check(roles == [("server", "0"), ("worker", "1"), ("worker", "2")], f"shardps_train_info: {roles}")
+        ops = prom_query(prom_port, 'max_over_time(shardps_train_op_duration_seconds_count{op="push_pull"}[1m])')
+        check(len(ops) == 2 and all(float(x["value"][1]) > 0 for x in ops), f"push-pull latency histograms: {ops}")
+        peers = prom_query(prom_port, "last_over_time(shardps_train_peers_alive[1m])")
+        check(len(peers) == 3 and all(x["value"][1] == "2" for x in peers), f"peers alive: {peers}")
+        rate = prom_query(prom_port, "max(max_over_time(shardps_train_samples_per_second[1m]))")
+        print(f"  Prometheus: training ranks {roles}, push_pull counts {[x['value'][1] for x in ops]}, "
+              f"samples/s {rate[0]['value'][1] if rate else None}", flush=True)
+    finally:
+        sc.kill_group(job)
+        job.wait(30)
+    prom.send_signal(signal.SIGTERM)
+    prom.wait(30)
+    srv.stop()
+
+
+def subprocess_pipe():
+    import subprocess
+    return subprocess.PIPE
+
+
+CHECKS = {"endpoints": check_endpoints, "abuse": check_abuse, "hot_swap": check_hot_swap, "fallback": check_fallback,
+          "prometheus": check_prometheus}
 
 if __name__ == "__main__":
     ap = sc.job_arguments()

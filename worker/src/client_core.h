@@ -129,7 +129,9 @@ class ClientCore final : public FrameHandler {
   void ForgetSparseKeys(uint32_t table, int server) SHARDPS_EXCLUDES(sparse_mu_);
   static std::shared_ptr<const SparsePlan> MakePlan(std::span<const uint64_t> keys, int servers);
 
-  Handle Start(std::string what, std::vector<Piece> pieces);
+  // `kind` ("push", "pull", "push_pull"; null for control operations) is what
+  // ClientOptions::on_op_done is told.
+  Handle Start(std::string what, std::vector<Piece> pieces, const char* kind = nullptr);
   Status CancelOnCommThread(const std::shared_ptr<OpState>& op, Clock::time_point deadline);
   Handle Failed(Status s);
   Result<std::pair<uint64_t, uint64_t>> Resolve(uint32_t table, KeyRange range, size_t buffer_size,
@@ -184,6 +186,8 @@ class ClientCore final : public FrameHandler {
 // finishes when its send has completed and its reply has arrived (and, for pulls, its payload).
 struct OpState {
   std::string what;
+  // Called once, outside the lock, when the last piece completes (ClientOptions::on_op_done).
+  std::function<void(const Status&)> on_done;
   ClientCore* client = nullptr;                 // null for operations that never started
   std::vector<std::span<const uint8_t>> regions;  // the caller's buffers (payloads and outputs)
   std::vector<std::shared_ptr<std::vector<uint8_t>>> encoded;  // encoded payloads being sent (codecs that copy)
@@ -208,7 +212,16 @@ struct OpState {
       if (parts_left[piece] == 0) return;
       if (--parts_left[piece] == 0) all = --remaining == 0;
     }
-    if (all) cv.notify_all();
+    if (!all) return;
+    cv.notify_all();
+    if (on_done) {
+      Status first;
+      {
+        MutexLock lock(mu);
+        first = error;
+      }
+      on_done(first);
+    }
   }
 };
 

@@ -311,7 +311,7 @@ Handle ClientCore::Push(uint32_t table, std::span<const float> grad, uint64_t st
   auto r = Resolve(table, range, grad.size(), "push");
   if (!r.ok()) return Failed(r.status());
   return Start("push of table '" + layout_.table(table).name + "' step " + std::to_string(step),
-               Split(wire::PUSH, table, r->first, r->second, step, grad.data(), nullptr, CodecFor(table, step)));
+               Split(wire::PUSH, table, r->first, r->second, step, grad.data(), nullptr, CodecFor(table, step)), "push");
 }
 
 Handle ClientCore::Pull(uint32_t table, std::span<float> out, uint64_t version, KeyRange range, bool exact) {
@@ -321,7 +321,8 @@ Handle ClientCore::Pull(uint32_t table, std::span<float> out, uint64_t version, 
   return Start("pull of table '" + layout_.table(table).name + "' version " + std::to_string(version),
                Split(wire::PULL, table, r->first, r->second, version, nullptr, out.data(),
                      // the codec of the step whose reply this version is (step version - 1)
-                     exact ? FindCodec(kIdentityCodec) : CodecFor(table, version == 0 ? 0 : version - 1)));
+                     exact ? FindCodec(kIdentityCodec) : CodecFor(table, version == 0 ? 0 : version - 1)),
+               "pull");
 }
 
 Handle ClientCore::PushPull(uint32_t table, std::span<const float> grad, std::span<float> out, uint64_t step,
@@ -334,7 +335,8 @@ Handle ClientCore::PushPull(uint32_t table, std::span<const float> grad, std::sp
                                   std::to_string(out.size())));
   }
   return Start("push-pull of table '" + layout_.table(table).name + "' step " + std::to_string(step),
-               Split(wire::PUSH_PULL, table, r->first, r->second, step, grad.data(), out.data(), CodecFor(table, step)));
+               Split(wire::PUSH_PULL, table, r->first, r->second, step, grad.data(), out.data(), CodecFor(table, step)),
+               "push_pull");
 }
 
 Handle ClientCore::Barrier() {
@@ -403,9 +405,14 @@ Handle ClientCore::Checkpoint(uint64_t version, uint64_t step) {
   return Start("checkpoint version " + std::to_string(version) + " at step " + std::to_string(step), std::move(pieces));
 }
 
-Handle ClientCore::Start(std::string what, std::vector<Piece> pieces) {
+Handle ClientCore::Start(std::string what, std::vector<Piece> pieces, const char* kind) {
   auto op = std::make_shared<OpState>(std::move(what), pieces.size());  // each piece: sent + answered
   op->client = this;
+  if (kind != nullptr && options_.on_op_done) {
+    op->on_done = [observe = options_.on_op_done, kind, start = std::chrono::steady_clock::now()](const Status& s) {
+      observe(kind, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), s.ok());
+    };
+  }
   for (const Piece& p : pieces) op->server.push_back(p.server_rank);
   // The pieces are consecutive slices of one gradient and one output buffer: release each whole.
   // Encoded copies are the op's own buffers, one region each.

@@ -78,6 +78,11 @@ struct ClientOptions {
   // (ShareOptimizerSlots) travel like the residual before a checkpoint step and come back on
   // restore. Empty: the servers run the optimizer.
   std::string worker_optimizer;
+  // Observes every push, pull and push-pull when it completes (every piece answered, or the first
+  // failure): the operation ("push", "pull", "push_pull"), seconds from the call to completion,
+  // and whether it succeeded. Called on the communication thread: must be cheap and never block
+  // (the training program feeds its Prometheus histograms with it). Null: nothing is timed.
+  std::function<void(const char* op, double seconds, bool ok)> on_op_done;
 };
 
 // Payload bytes of a client's dense-table requests and replies (frame headers not counted), and

@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 
+#include <atomic>
 #include <boost/program_options.hpp>
 #include <cerrno>
 #include <chrono>
@@ -145,13 +146,15 @@ int ServeMain(int argc, char** argv) {
   serve::KServeOptions ko;
   ko.max_batch_rows = max_rows;
   std::unique_ptr<HttpServer> server;
+  std::atomic<HttpServer*> serving{nullptr};  // read by scrapes, which may start before `server` is set
   auto& refused = metrics.AddCounter("shardps_serve_http_refused_total",
                                      "Requests and connections refused before reaching a handler, by reason", {"reason"});
   HttpServerStats seen;
   std::mutex seen_mu;
   ko.before_scrape = [&] {
-    if (!server) return;
-    const HttpServerStats now = server->stats();
+    HttpServer* srv = serving.load();
+    if (srv == nullptr) return;
+    const HttpServerStats now = srv->stats();
     std::lock_guard<std::mutex> l(seen_mu);
     auto add = [&](const char* reason, uint64_t cur, uint64_t& last) {
       refused.With({reason}).Inc(static_cast<double>(cur - last));
@@ -168,6 +171,7 @@ int ServeMain(int argc, char** argv) {
   auto started = HttpServer::Start(http, [&](const HttpRequest& r) { return handler.Handle(r); });
   if (!started.ok()) return Fail(started.status());
   server = std::move(*started);
+  serving.store(server.get());
   (*store)->Start();
   log("listening on http://" + hp->first + ":" + std::to_string(server->port()) + " (model '" + model + "', version " + version +
       (http.bearer_token.empty() ? "" : ", bearer token required") + ")");

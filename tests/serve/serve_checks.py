@@ -654,6 +654,13 @@ def check_prometheus(a):
         check(job.poll() is None, "the training job ended before Prometheus scraped it")
         sc.wait_until(lambda: prom_query(prom_port, 'min(max_over_time(shardps_train_step[1m])) > 20') or job.poll() is not None, 120,
                       "training steps through Prometheus")
+        if job.poll() is None:  # each rank's own text passes promtool too
+            for r in range(3):
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{train_base + r}/metrics", timeout=10) as resp:
+                        promtool_check(resp.read().decode(), f"training rank {r}'s /metrics")
+                except OSError as e:
+                    check(job.poll() is not None, f"rank {r}'s /metrics while the job runs: {e}")
         roles = sorted((x["metric"]["role"], x["metric"]["rank"]) for x in prom_query(prom_port, "last_over_time(shardps_train_info[1m])"))
         check(roles == [("server", "0"), ("worker", "1"), ("worker", "2")], f"shardps_train_info: {roles}")
         ops = prom_query(prom_port, 'max_over_time(shardps_train_op_duration_seconds_count{op="push_pull"}[1m])')

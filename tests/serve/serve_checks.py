@@ -269,6 +269,17 @@ def check_endpoints(a):
     check(f"accuracy {acc:.4f}" in p.stdout, f"predict printed {p.stdout!r}; numpy's accuracy is {acc:.4f}")
     check(np.array_equal(got[:, 1], labels) and np.array_equal(got[:, 2], np.argmax(want, axis=1)), "predict's label columns")
     print(f"  predict: 10000 rows, max |CSV - numpy| = {err:.2e}, accuracy {acc:.4f}", flush=True)
+    # Features only (CSV, --no-labels): the same logits, no label column, no accuracy.
+    nolab = os.path.join(a.work, "rows.csv")
+    np.savetxt(nolab, imgs[:5], delimiter=",", fmt="%.9g")
+    out5 = os.path.join(a.work, "pred5.csv")
+    p = sc.run([a.shardps, "predict", "--model", f"{reg}@{last}", "--data", nolab, "--no-labels", "--out", out5])
+    check("accuracy" not in p.stdout and "5 rows" in p.stdout, f"predict --no-labels printed {p.stdout!r}")
+    with open(out5) as f:
+        header = f.readline().strip().split(",")
+    check(header[:3] == ["row", "predicted", "logit_0"], f"--no-labels CSV header {header}")
+    got5 = np.loadtxt(out5, delimiter=",", skiprows=1)
+    check(np.max(np.abs(got5[:, 2:] - want[:5])) <= TOL * max(1.0, float(np.max(np.abs(want[:5])))), "--no-labels logits")
     r = sc.run([a.shardps, "predict", "--model", f"{reg}@{last}", "--data", csv_path], expect_ok=False)
     check(r.returncode == 1 and "pred.csv" in r.stderr, f"predict on a file that is not data: {r.returncode} {r.stderr}")
 

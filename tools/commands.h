@@ -12,5 +12,6 @@ int FedServeMain(int argc, char** argv);     // fed.cc
 int FedClientMain(int argc, char** argv);    // fed.cc
 int ServeMain(int argc, char** argv);        // serve.cc
 int PredictMain(int argc, char** argv);      // predict.cc
+int ServeBenchMain(int argc, char** argv);  // bench_serve.cc
 
 }  // namespace shardps::tools

@@ -22,6 +22,7 @@ void Usage(std::FILE* out) {
                "  fed-serve     coordinate federated averaging with real client processes over TCP\n"
                "  fed-client    one federated client process (its own data partition)\n"
                "  serve     serve a registry version or tag over KServe v2 (HTTP), hot swaps, fallback, /metrics\n"
+               "  serve-bench  load a running `shardps serve` with infer requests: latency, throughput, versions seen\n"
                "  predict   batch inference of a checkpoint over a data file, to CSV (accuracy when labelled)\n"
                "  version   print the version\n"
                "\n"
@@ -45,6 +46,7 @@ int main(int argc, char** argv) {
   if (cmd == "fed-client") return shardps::tools::FedClientMain(argc - 1, argv + 1);
   if (cmd == "serve") return shardps::tools::ServeMain(argc - 1, argv + 1);
   if (cmd == "predict") return shardps::tools::PredictMain(argc - 1, argv + 1);
+  if (cmd == "serve-bench") return shardps::tools::ServeBenchMain(argc - 1, argv + 1);
   if (cmd == "keygen") {
     // shardps keygen --out FILE: 32 random bytes, mode 0600, never overwriting.
     if (argc != 4 || std::strcmp(argv[2], "--out") != 0) {

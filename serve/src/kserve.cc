@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <charconv>
 #include <chrono>
 #include <cmath>
@@ -98,10 +99,29 @@ HttpResponse KServeHandler::Handle(const HttpRequest& request) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const std::string& model = store_.options().model_name;
   const std::string code = std::to_string(r.status);
-  requests_.With({model, version, endpoint, code}).Inc();
+  // Update (under the family's lock): PruneVersions may drop series at the same time.
+  requests_.Update({model, version, endpoint, code}, [](metrics::Counter& c) { c.Inc(); });
   if (r.status >= 400) errors_.With({model, endpoint, code}).Inc();
-  if (endpoint != "metrics") latency_.With({model, version, endpoint}).Observe(seconds);
+  if (endpoint != "metrics") latency_.Update({model, version, endpoint}, [&](metrics::Histogram& h) { h.Observe(seconds); });
+  PruneVersions(version);
   return r;
+}
+
+void KServeHandler::PruneVersions(const std::string& version) {
+  if (version.empty()) return;
+  std::lock_guard<std::mutex> l(versions_mu_);
+  if (std::find(recent_versions_.begin(), recent_versions_.end(), version) != recent_versions_.end()) return;
+  recent_versions_.push_back(version);
+  if (recent_versions_.size() <= kKeptVersions) return;
+  recent_versions_.erase(recent_versions_.begin());
+  // Series of versions served before the last kKeptVersions go: a server that follows a registry
+  // for months does not grow /metrics with every version it ever served.
+  auto gone = [this](const std::string& v) {
+    return !v.empty() && std::find(recent_versions_.begin(), recent_versions_.end(), v) == recent_versions_.end();
+  };
+  requests_.RemoveWhere("version", gone);
+  latency_.RemoveWhere("version", gone);
+  rows_.RemoveWhere("version", gone);
 }
 
 HttpResponse KServeHandler::Route(const HttpRequest& request, std::string* endpoint, std::string* version) {
@@ -267,7 +287,7 @@ HttpResponse KServeHandler::Infer(const HttpRequest& request, const std::string&
   const int c = s->num_classes();
   std::vector<float> logits(static_cast<size_t>(rows) * c);
   s->Logits(x.data(), rows, logits.data());
-  rows_.With({name, *served}).Inc(static_cast<double>(rows));
+  rows_.Update({name, *served}, [rows](metrics::Counter& c) { c.Inc(static_cast<double>(rows)); });
 
   std::string body;
   body.reserve(64 + static_cast<size_t>(rows) * c * 14 * (want_logits + want_probs) + rows * 4);

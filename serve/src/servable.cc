@@ -1,5 +1,9 @@
 #include "shardps/serve/servable.h"
 
+#include <sys/mman.h>
+
+#include <cerrno>
+#include <cstring>
 #include <map>
 #include <new>
 
@@ -15,6 +19,35 @@ int LayerOf(const std::string& name, char kind) {
 }
 
 }  // namespace
+
+Result<MappedFloats> MappedFloats::Allocate(size_t n) {
+  MappedFloats m;
+  if (n == 0) return m;
+  void* p = ::mmap(nullptr, n * sizeof(float), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    return ResourceExhausted("cannot map " + std::to_string(n * sizeof(float)) + " bytes for weights: " + std::strerror(errno));
+  }
+  m.data_ = static_cast<float*>(p);
+  m.size_ = n;
+  return m;
+}
+
+MappedFloats& MappedFloats::operator=(MappedFloats&& o) noexcept {
+  if (this != &o) {
+    this->~MappedFloats();
+    data_ = o.data_;
+    size_ = o.size_;
+    o.data_ = nullptr;
+    o.size_ = 0;
+  }
+  return *this;
+}
+
+MappedFloats::~MappedFloats() {
+  if (data_ != nullptr) ::munmap(data_, size_ * sizeof(float));
+  data_ = nullptr;
+  size_ = 0;
+}
 
 Result<worker::ModelSpec> ModelSpecFromManifest(const CheckpointManifest& m, const std::string& where) {
   std::map<int, CheckpointManifest::Table> weights, biases;
@@ -88,8 +121,8 @@ Result<std::shared_ptr<const Servable>> LoadServable(CheckpointVersion v, const 
         if (mt.name == t.name) slots = mt.slots;
       }
       SHARDPS_ASSIGN_OR_RETURN(uint32_t index, reader.FindTable(t.name, t.size, slots));
-      std::vector<float> w(t.size);
-      SHARDPS_RETURN_IF_ERROR(reader.Read(index, 0, t.size, w, {}));
+      SHARDPS_ASSIGN_OR_RETURN(MappedFloats w, MappedFloats::Allocate(t.size));
+      SHARDPS_RETURN_IF_ERROR(reader.Read(index, 0, t.size, w.span(), {}));
       s->bytes += t.size * sizeof(float);
       s->params.push_back(std::move(w));
     }
@@ -97,7 +130,7 @@ Result<std::shared_ptr<const Servable>> LoadServable(CheckpointVersion v, const 
     return ResourceExhausted(where + ": out of memory loading the weights");
   }
   s->model = std::move(model);
-  for (const auto& p : s->params) s->views.emplace_back(p);
+  for (const auto& p : s->params) s->views.emplace_back(p.data(), p.size());
   return std::shared_ptr<const Servable>(std::move(s));
 }
 

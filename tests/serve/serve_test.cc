@@ -183,8 +183,8 @@ TEST(ModelStoreTest, FollowsTheRegistryAndKeepsHeldVersionsAlive) {
   EXPECT_EQ((*store)->Current()->version, 2u);
   // The request that holds version 1 still computes with version 1's weights.
   EXPECT_EQ(held->version, 1u);
-  EXPECT_FLOAT_EQ(held->params[0][0], 1.0f);
-  EXPECT_FLOAT_EQ((*store)->Current()->params[0][0], 2.0f);
+  EXPECT_FLOAT_EQ(held->params[0].data()[0], 1.0f);
+  EXPECT_FLOAT_EQ((*store)->Current()->params[0].data()[0], 2.0f);
   std::weak_ptr<const Servable> weak = held;
   held.reset();
   EXPECT_TRUE(weak.expired()) << "version 1 stays in memory after its last request";

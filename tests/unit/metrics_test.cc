@@ -242,4 +242,26 @@ TEST(MetricsDeathTest, NegativeCounterIncrement) {
 }
 
 }  // namespace
+
+TEST(MetricsTest, UpdateAndRemoveWhere) {
+  Registry r;
+  auto& c = r.AddCounter("req_total", "requests", {"model", "version"});
+  for (int v = 1; v <= 4; ++v) {
+    for (int k = 0; k < v; ++k) c.Update({"m", std::to_string(v)}, [](Counter& x) { x.Inc(); });
+  }
+  EXPECT_EQ(c.With({"m", "3"}).value(), 3.0);
+  c.RemoveWhere("version", [](const std::string& v) { return v == "1" || v == "2"; });
+  const std::string text = r.Render();
+  EXPECT_EQ(text.find("version=\"1\""), std::string::npos) << text;
+  EXPECT_EQ(text.find("version=\"2\""), std::string::npos) << text;
+  EXPECT_NE(text.find("req_total{model=\"m\",version=\"3\"} 3"), std::string::npos) << text;
+  EXPECT_NE(text.find("req_total{model=\"m\",version=\"4\"} 4"), std::string::npos) << text;
+  // Updates racing removals: no child is freed under an update.
+  std::thread remover([&] {
+    for (int i = 0; i < 2000; ++i) c.RemoveWhere("version", [](const std::string& v) { return v == "x"; });
+  });
+  for (int i = 0; i < 2000; ++i) c.Update({"m", "x"}, [](Counter& x) { x.Inc(); });
+  remover.join();
+}
+
 }  // namespace shardps::metrics

@@ -255,6 +255,11 @@ T& Family<T>::With(const std::vector<std::string>& label_values) {
          std::to_string(label_names_.size()) + " label names");
   }
   MutexLock lock(mu_);
+  return FindOrAdd(label_values);
+}
+
+template <typename T>
+T& Family<T>::FindOrAdd(const std::vector<std::string>& label_values) {
   auto it = children_.find(label_values);
   if (it == children_.end()) {
     std::unique_ptr<T> child;
@@ -266,6 +271,29 @@ T& Family<T>::With(const std::vector<std::string>& label_values) {
     it = children_.emplace(label_values, std::move(child)).first;
   }
   return *it->second;
+}
+
+template <typename T>
+void Family<T>::Update(const std::vector<std::string>& label_values, const std::function<void(T&)>& fn) {
+  if (label_values.size() != label_names_.size()) {
+    Fail("metric '" + name_ + "': Update() got " + std::to_string(label_values.size()) + " label values for " +
+         std::to_string(label_names_.size()) + " label names");
+  }
+  MutexLock lock(mu_);
+  fn(FindOrAdd(label_values));
+}
+
+template <typename T>
+void Family<T>::RemoveWhere(const std::string& label_name, const std::function<bool(const std::string&)>& drop) {
+  size_t index = label_names_.size();
+  for (size_t i = 0; i < label_names_.size(); ++i) {
+    if (label_names_[i] == label_name) index = i;
+  }
+  if (index == label_names_.size()) Fail("metric '" + name_ + "': RemoveWhere() names no label '" + label_name + "'");
+  MutexLock lock(mu_);
+  for (auto it = children_.begin(); it != children_.end();) {
+    it = drop(it->first[index]) ? children_.erase(it) : std::next(it);
+  }
 }
 
 template <typename T>

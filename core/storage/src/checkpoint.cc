@@ -306,6 +306,31 @@ std::vector<CheckpointManifest::Table> CheckpointManifest::tables() const {
   return out;
 }
 
+// Files are checked in blocks of this size, so verifying or reading a version never holds a whole
+// shard (weights and optimizer state) in memory: what a model server loading a version beside the
+// one it serves must not do.
+namespace {
+
+constexpr size_t kCrcBlockBytes = size_t{1} << 20;
+
+// The CRC32C of bytes [offset, offset + n) of `fd`, read in blocks; false on a short read.
+bool StreamCrc32c(int fd, uint64_t offset, uint64_t n, uint32_t* crc, std::vector<char>* block) {
+  block->resize(kCrcBlockBytes);
+  uint32_t c = 0;
+  while (n > 0) {
+    const size_t want = static_cast<size_t>(std::min<uint64_t>(n, kCrcBlockBytes));
+    const ssize_t got = ::pread(fd, block->data(), want, static_cast<off_t>(offset));
+    if (got != static_cast<ssize_t>(want)) return false;
+    c = Crc32cExtend(c, block->data(), want);
+    offset += want;
+    n -= want;
+  }
+  *crc = c;
+  return true;
+}
+
+}  // namespace
+
 Status VerifyCheckpoint(CheckpointVersion* v) {
   auto m = ReadMessage<ckpt::Manifest>((fs::path(v->path) / "MANIFEST").string());
   if (!m.ok()) return m.status().code() == StatusCode::kNotFound ? NotFound("no MANIFEST (incomplete checkpoint)") : m.status();
@@ -329,28 +354,41 @@ Status VerifyCheckpoint(CheckpointVersion* v) {
                       std::to_string(manifest.step()));
     }
     const std::string path = (fs::path(v->path) / shard.file()).string();
-    SHARDPS_ASSIGN_OR_RETURN(std::string data, ReadFile(path, uint64_t{1} << 40));
-    if (data.size() != shard.bytes()) {
-      return DataLoss("'" + path + "' has " + std::to_string(data.size()) + " bytes, the manifest says " +
-                      std::to_string(shard.bytes()));
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      return errno == ENOENT ? NotFound("'" + path + "': " + std::strerror(errno)) : IoError(Errno("open '" + path + "'"));
     }
-    if (Crc32c(data.data(), data.size()) != shard.crc32c()) {
+    struct FdCloser {
+      int fd;
+      ~FdCloser() { ::close(fd); }
+    } closer{fd};
+    struct stat st{};
+    if (::fstat(fd, &st) != 0) return IoError(Errno("stat '" + path + "'"));
+    const uint64_t size = static_cast<uint64_t>(st.st_size);
+    if (size != shard.bytes()) {
+      return DataLoss("'" + path + "' has " + std::to_string(size) + " bytes, the manifest says " + std::to_string(shard.bytes()));
+    }
+    for (const auto& c : shard.chunks()) {
+      if (c.offset() > size || c.bytes() > size - c.offset()) {
+        return DataLoss("'" + path + "': chunk [" + std::to_string(c.begin()) + "," + std::to_string(c.end()) + ") of table " +
+                        std::to_string(c.table()) + " at byte offset " + std::to_string(c.offset()) + " lies outside the file");
+      }
+    }
+    std::vector<char> block;
+    uint32_t crc = 0;
+    if (!StreamCrc32c(fd, 0, size, &crc, &block)) return DataLoss("'" + path + "': short read");
+    if (crc != shard.crc32c()) {
       // Name the chunk that is damaged when one is.
       for (const auto& c : shard.chunks()) {
-        if (c.offset() + c.bytes() > data.size() || Crc32c(data.data() + c.offset(), c.bytes()) != c.crc32c()) {
+        uint32_t chunk_crc = 0;
+        if (!StreamCrc32c(fd, c.offset(), c.bytes(), &chunk_crc, &block) || chunk_crc != c.crc32c()) {
           return DataLoss("'" + path + "': chunk [" + std::to_string(c.begin()) + "," + std::to_string(c.end()) + ") of table " +
                           std::to_string(c.table()) + " at byte offset " + std::to_string(c.offset()) + " fails its CRC32C");
         }
       }
       return DataLoss("'" + path + "' fails its CRC32C");
     }
-    for (const auto& c : shard.chunks()) {
-      if (c.offset() + c.bytes() > data.size()) {
-        return DataLoss("'" + path + "': chunk [" + std::to_string(c.begin()) + "," + std::to_string(c.end()) + ") of table " +
-                        std::to_string(c.table()) + " at byte offset " + std::to_string(c.offset()) + " lies outside the file");
-      }
-    }
-    v->bytes += data.size();
+    v->bytes += size;
   }
   return Status::Ok();
 }
@@ -431,19 +469,35 @@ Status CheckpointReader::ReadArrays(uint32_t table, uint64_t begin, uint64_t end
                         std::to_string(c.bytes()) + " bytes; " + std::to_string(arrays) +
                         " float arrays of that range take " + std::to_string(size * 4 * arrays));
       }
-      std::vector<float> buf(size * arrays);
-      int fd = ::open(path.c_str(), O_RDONLY);
-      if (fd < 0) return IoError(Errno("open '" + path + "'"));
-      ssize_t got = ::pread(fd, buf.data(), c.bytes(), static_cast<off_t>(c.offset()));
-      ::close(fd);
-      if (got != static_cast<ssize_t>(c.bytes())) return DataLoss("'" + path + "': short read at byte offset " + std::to_string(c.offset()));
-      if (Crc32c(buf.data(), c.bytes()) != c.crc32c()) {
-        return DataLoss("'" + path + "': chunk at byte offset " + std::to_string(c.offset()) + " fails its CRC32C");
-      }
+      // The chunk is read in blocks: each block goes through the CRC, and the parts of the
+      // requested arrays it holds are copied out; nothing the size of the chunk is allocated.
       const uint64_t lo = std::max(begin, c.begin()), hi = std::min(end, c.end());
-      for (uint32_t k = 0; k < count; ++k) {
-        std::memcpy(out.data() + k * n + (lo - begin), buf.data() + size * (first + k) + (lo - c.begin()),
-                    (hi - lo) * sizeof(float));
+      int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd < 0) return IoError(Errno("open '" + path + "'"));
+      std::vector<char> block(static_cast<size_t>(std::min<uint64_t>(c.bytes(), kCrcBlockBytes)));
+      uint32_t crc = 0;
+      bool short_read = false;
+      for (uint64_t pos = 0; pos < c.bytes();) {  // pos: byte offset within the chunk
+        const size_t want = static_cast<size_t>(std::min<uint64_t>(c.bytes() - pos, block.size()));
+        if (::pread(fd, block.data(), want, static_cast<off_t>(c.offset() + pos)) != static_cast<ssize_t>(want)) {
+          short_read = true;
+          break;
+        }
+        crc = Crc32cExtend(crc, block.data(), want);
+        // Array a's elements [lo, hi) are chunk bytes [(a * size + lo - c.begin()) * 4, ... + (hi - lo) * 4).
+        for (uint32_t k = 0; k < count; ++k) {
+          const uint64_t a0 = ((first + k) * size + (lo - c.begin())) * sizeof(float);
+          const uint64_t a1 = a0 + (hi - lo) * sizeof(float);
+          const uint64_t b0 = std::max(a0, pos), b1 = std::min(a1, pos + want);
+          if (b0 >= b1) continue;
+          std::memcpy(reinterpret_cast<char*>(out.data() + k * n + (lo - begin)) + (b0 - a0), block.data() + (b0 - pos), b1 - b0);
+        }
+        pos += want;
+      }
+      ::close(fd);
+      if (short_read) return DataLoss("'" + path + "': short read at byte offset " + std::to_string(c.offset()));
+      if (crc != c.crc32c()) {
+        return DataLoss("'" + path + "': chunk at byte offset " + std::to_string(c.offset()) + " fails its CRC32C");
       }
       covered += hi - lo;
       if (replica && c.replica()) *replica = true;

@@ -18,6 +18,8 @@
 // Errors: 400 (malformed JSON, wrong datatype/shape/width, non-finite value, too many rows), 404
 // (unknown model, path, or a version that is not the one served), 405 (method), 503 (nothing
 // loaded); the body is {"error": "..."}.
+// Metrics: requests, errors, latency histograms and rows by model and version; the series of a
+// version are dropped once 3 newer ones have been served, so /metrics stays bounded.
 // Thread safety: Handle() runs concurrently on the HTTP server's threads.
 #pragma once
 
@@ -25,6 +27,7 @@
 #include <functional>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "shardps/base/metrics.h"
 #include "shardps/net/http_server.h"
@@ -50,6 +53,9 @@ class KServeHandler {
   HttpResponse ModelMetadata(const Servable& s) const;
   HttpResponse Ready() const;
   HttpResponse Metrics();
+  // Drops the version-labelled series of versions older than the last kKeptVersions seen.
+  void PruneVersions(const std::string& version);
+  static constexpr size_t kKeptVersions = 3;
 
   ModelStore& store_;
   metrics::Registry& metrics_;
@@ -59,6 +65,8 @@ class KServeHandler {
   metrics::Family<metrics::Histogram>& latency_;
   metrics::Family<metrics::Counter>& rows_;
   metrics::Gauge& rss_;
+  std::mutex versions_mu_;
+  std::vector<std::string> recent_versions_;  // guarded by versions_mu_, oldest first
 };
 
 // Resident set size of this process in bytes (/proc/self/statm), 0 if unreadable.

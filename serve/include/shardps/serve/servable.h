@@ -27,6 +27,28 @@
 
 namespace shardps::serve {
 
+// A float array in its own anonymous mapping (mmap/munmap) rather than malloc's heap: when a
+// swapped-out version is freed its pages go back to the system at once, whatever the allocator's
+// thresholds (glibc raises its mmap threshold after freeing a large block, after which later
+// versions would land in the heap and stay in the process's memory when freed).
+class MappedFloats {
+ public:
+  static Result<MappedFloats> Allocate(size_t n);
+  MappedFloats() = default;
+  MappedFloats(MappedFloats&& o) noexcept : data_(o.data_), size_(o.size_) { o.data_ = nullptr, o.size_ = 0; }
+  MappedFloats& operator=(MappedFloats&& o) noexcept;
+  MappedFloats(const MappedFloats&) = delete;
+  MappedFloats& operator=(const MappedFloats&) = delete;
+  ~MappedFloats();
+  float* data() const { return data_; }
+  size_t size() const { return size_; }
+  std::span<float> span() const { return {data_, size_}; }
+
+ private:
+  float* data_ = nullptr;
+  size_t size_ = 0;
+};
+
 struct Servable {
   std::string registry;  // the checkpoint directory it was loaded from
   std::string source;    // "primary" or "fallback"
@@ -34,7 +56,7 @@ struct Servable {
   uint64_t step = 0;
   uint64_t bytes = 0;    // weights held in memory
   std::unique_ptr<worker::Model> model;
-  std::vector<std::vector<float>> params;       // one per table, in Model::Tables order
+  std::vector<MappedFloats> params;             // one per table, in Model::Tables order
   std::vector<std::span<const float>> views;    // spans over params
 
   int64_t input_dim() const { return model->spec().input_dim; }

@@ -30,6 +30,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -128,10 +129,17 @@ class Family : public detail::FamilyBase {
   // References to it dangle afterwards; a later With() makes a new child starting from zero.
   void Remove(const std::vector<std::string>& label_values) SHARDPS_EXCLUDES(mu_);
 
+  // Runs fn(child) with the family's lock held, so that a concurrent Remove/RemoveWhere cannot
+  // free the child meanwhile: for families whose children are removed while others update them.
+  void Update(const std::vector<std::string>& label_values, const std::function<void(T&)>& fn) SHARDPS_EXCLUDES(mu_);
+  // Drops every child whose value of label `label_name` (a name of this family) satisfies `drop`.
+  void RemoveWhere(const std::string& label_name, const std::function<bool(const std::string&)>& drop) SHARDPS_EXCLUDES(mu_);
+
   void RenderTo(std::string* out) const override SHARDPS_EXCLUDES(mu_);
 
  private:
   friend class Registry;
+  T& FindOrAdd(const std::vector<std::string>& label_values) SHARDPS_REQUIRES(mu_);
   Family(std::string name, std::string help, std::vector<std::string> label_names,
          std::vector<double> bucket_upper_bounds);
 

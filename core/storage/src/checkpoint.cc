@@ -306,12 +306,12 @@ std::vector<CheckpointManifest::Table> CheckpointManifest::tables() const {
   return out;
 }
 
-// Files are checked in blocks of this size, so verifying or reading a version never holds a whole
+// Files are checked in blocks of this size (256 KiB), so verifying or reading a version never holds a whole
 // shard (weights and optimizer state) in memory: what a model server loading a version beside the
 // one it serves must not do.
 namespace {
 
-constexpr size_t kCrcBlockBytes = size_t{1} << 20;
+constexpr size_t kCrcBlockBytes = size_t{256} << 10;
 
 // The CRC32C of bytes [offset, offset + n) of `fd`, read in blocks; false on a short read.
 bool StreamCrc32c(int fd, uint64_t offset, uint64_t n, uint32_t* crc, std::vector<char>* block) {

@@ -56,7 +56,9 @@ Result<worker::Dataset> ReadCsvFeatures(const std::string& path) {
       float v = 0;
       while (p < comma && *p == ' ') ++p;
       auto r = std::from_chars(p, comma, v);
-      if (r.ec != std::errc() || !std::isfinite(v)) {
+      const char* rest = r.ptr;
+      while (rest < comma && (*rest == ' ' || *rest == '\t')) ++rest;
+      if (r.ec != std::errc() || rest != comma || !std::isfinite(v)) {
         return InvalidArgument("'" + path + "' line " + std::to_string(lineno) + " column " + std::to_string(cols + 1) +
                                ": not a finite number");
       }

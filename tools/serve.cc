@@ -66,7 +66,7 @@ int ServeMain(int argc, char** argv) {
   std::string registry, fallback, model, version = "latest", listen = "127.0.0.1:8500", token_file, port_file;
   int threads = 2;
   int64_t max_body = 16 << 20, max_rows = 4096, poll_ms = 200, timeout_ms = 30000;
-  size_t max_connections = 512;
+  size_t max_connections = 64;
   double rate_limit = 0;
   po::options_description desc("shardps serve: serve a registry's model over KServe v2 (HTTP/1.1, JSON)");
   desc.add_options()
@@ -180,9 +180,17 @@ int ServeMain(int argc, char** argv) {
     {
       std::ofstream out(tmp, std::ios::trunc);
       out << server->port() << "\n";
-      if (!out) return Fail(IoError("cannot write the port file '" + tmp + "'"));
+      if (!out) {
+        server->Stop();  // before the handler and the store it uses go out of scope
+        (*store)->Stop();
+        return Fail(IoError("cannot write the port file '" + tmp + "'"));
+      }
     }
-    if (std::rename(tmp.c_str(), port_file.c_str()) != 0) return Fail(IoError("cannot rename '" + tmp + "' to '" + port_file + "'"));
+    if (std::rename(tmp.c_str(), port_file.c_str()) != 0) {
+      server->Stop();
+      (*store)->Stop();
+      return Fail(IoError("cannot rename '" + tmp + "' to '" + port_file + "'"));
+    }
   }
   int sig = 0;
   sigwait(&stop_signals, &sig);

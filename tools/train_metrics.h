@@ -7,7 +7,7 @@
 //   shardps_train_info{role,rank}                    1
 //   shardps_train_step, shardps_train_epoch           progress of this worker
 //   shardps_train_loss                                mean training loss of the recent steps
-//   shardps_train_test_accuracy                       last evaluation (lead worker; absent before)
+//   shardps_train_test_accuracy                       last evaluation (0 until the first one)
 //   shardps_train_samples_per_second                  all workers together
 //   shardps_train_samples_total                       global samples processed
 //   shardps_train_op_duration_seconds{op}             push / pull / push_pull latency histogram

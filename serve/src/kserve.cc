@@ -41,8 +41,10 @@ void AppendFloat(std::string* out, float v) {
   out->append(buf, r.ptr);
 }
 
-// Flattens `data` (numbers, or arrays of them nested to any depth) into `out`; false on anything else.
-bool Flatten(const json& data, std::vector<float>* out, size_t limit, std::string* why) {
+// Flattens `data` (numbers, or arrays of them nested at most `depth` deep: the tensor's rank)
+// into `out`; false on anything else. The depth bound also bounds the recursion, whatever the
+// request sends.
+bool Flatten(const json& data, std::vector<float>* out, size_t limit, int depth, std::string* why) {
   if (data.is_number()) {
     if (out->size() >= limit) {
       *why = "more values than the shape holds";
@@ -61,8 +63,12 @@ bool Flatten(const json& data, std::vector<float>* out, size_t limit, std::strin
     *why = "\"data\" must hold numbers (flat or nested arrays), found " + std::string(data.type_name());
     return false;
   }
+  if (depth == 0) {
+    *why = "arrays nested deeper than the shape's rank";
+    return false;
+  }
   for (const auto& e : data) {
-    if (!Flatten(e, out, limit, why)) return false;
+    if (!Flatten(e, out, limit, depth - 1, why)) return false;
   }
   return true;
 }
@@ -127,7 +133,7 @@ void KServeHandler::PruneVersions(const std::string& version) {
 HttpResponse KServeHandler::Route(const HttpRequest& request, std::string* endpoint, std::string* version) {
   const std::string path = request.target.substr(0, request.target.find('?'));
   const std::vector<std::string> seg = Segments(path);
-  const bool get = request.method == "GET" || request.method == "HEAD";
+  const bool get = request.method == "GET" || request.method == "HEAD";  // HEAD: the server sends no body
   auto method_not_allowed = [&](const char* allowed) {
     return HttpError(405, "method " + request.method + " not allowed on " + path + " (use " + allowed + ")");
   };
@@ -266,7 +272,7 @@ HttpResponse KServeHandler::Infer(const HttpRequest& request, const std::string&
   std::vector<float> x;
   x.reserve(n);
   std::string why;
-  if (!Flatten(*data, &x, n, &why)) return HttpError(400, "inputs[0].data: " + why);
+  if (!Flatten(*data, &x, n, static_cast<int>(dims.size()), &why)) return HttpError(400, "inputs[0].data: " + why);
   if (x.size() != n) {
     return HttpError(400, "inputs[0].data holds " + std::to_string(x.size()) + " values; shape [" + std::to_string(rows) + ", " +
                               std::to_string(width) + "] needs " + std::to_string(n));
@@ -287,6 +293,12 @@ HttpResponse KServeHandler::Infer(const HttpRequest& request, const std::string&
   const int c = s->num_classes();
   std::vector<float> logits(static_cast<size_t>(rows) * c);
   s->Logits(x.data(), rows, logits.data());
+  for (size_t k = 0; k < logits.size(); ++k) {
+    if (!std::isfinite(logits[k])) {
+      return HttpError(400, "row " + std::to_string(k / static_cast<size_t>(c)) +
+                                "'s logits are not finite float32 numbers (its input values are too large for the model)");
+    }
+  }
   rows_.Update({name, *served}, [rows](metrics::Counter& c) { c.Inc(static_cast<double>(rows)); });
 
   std::string body;

@@ -41,6 +41,9 @@ std::string Fingerprint(const std::string& dir) {
   return fp;
 }
 
+// VerifyCheckpoint's words for a version directory that has no MANIFEST.
+constexpr char kIncompleteVersion[] = "no MANIFEST (incomplete checkpoint)";
+
 std::string Parent(const std::string& version_path) {
   const size_t slash = version_path.find_last_of('/');
   return slash == std::string::npos ? "." : version_path.substr(0, slash);
@@ -154,6 +157,9 @@ void ModelStore::Swap(std::shared_ptr<const Servable> next) {
 bool ModelStore::TryServe(const std::string& registry, const std::string& source, std::string* why) {
   std::string skipped;
   auto v = ResolveCheckpoint(options_.selector.SpecIn(registry), [&](const std::string& w) {
+    // A version without its MANIFEST is one a job is writing right now (the MANIFEST is committed
+    // last): not committed yet, so not a problem to report.
+    if (w.find(kIncompleteVersion) != std::string::npos) return;
     skipped += (skipped.empty() ? "" : "; ") + w;
   });
   if (!v.ok()) {

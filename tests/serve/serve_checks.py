@@ -238,6 +238,17 @@ def check_endpoints(a):
     expect_error(c, "POST", "/v2/models/mlp/infer", 400, ["numbers"], bad)
     bad = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, WIDTH], "data": [1e39] * WIDTH}]}
     expect_error(c, "POST", "/v2/models/mlp/infer", 400, ["finite"], bad)
+    # Data nested far deeper than the shape (a stack-depth attack): refused, the server lives on.
+    deep = '{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 784], "data": ' + "[" * 100000 + "0" + "]" * 100000 + "}]}"
+    expect_error(c, "POST", "/v2/models/mlp/infer", 400, ["nested deeper"], deep)
+    # Finite inputs whose logits overflow float32: 400, never a non-JSON "inf".
+    bad = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, WIDTH], "data": [3e38] * WIDTH}]}
+    expect_error(c, "POST", "/v2/models/mlp/infer", 400, ["not finite"], bad)
+    # HEAD: the headers of a GET and no body, on a keep-alive connection that goes on working.
+    c.request("HEAD", "/v2/health/live")
+    r = c.getresponse()
+    check(r.status == 200 and r.read() == b"" and int(r.getheader("Content-Length")) > 0, "HEAD /v2/health/live")
+    check(request(c, "GET", "/v2/health/live")[0] == 200, "the connection after a HEAD")
     bad = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [5000, WIDTH], "data": []}]}
     expect_error(c, "POST", "/v2/models/mlp/infer", 400, ["5000 rows", "at most 4096"], bad)
     expect_error(c, "POST", "/v2/models/mlp/infer", 400, ["unknown output 'scores'"], infer_body(rows[:1], outputs=["scores"]))

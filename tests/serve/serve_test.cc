@@ -193,6 +193,14 @@ TEST(ModelStoreTest, FollowsTheRegistryAndKeepsHeldVersionsAlive) {
   (*store)->PollOnce();
   EXPECT_EQ((*store)->health().swaps, 2u);
 
+  // A version being written (its directory, no MANIFEST yet): not a problem, nothing changes.
+  PosixFileSystem posix0;
+  ASSERT_TRUE(CreateCheckpointVersionDir(posix0, CheckpointVersionDir(dir, 99)).ok());
+  (*store)->PollOnce();
+  EXPECT_EQ((*store)->Current()->version, 2u);
+  EXPECT_TRUE((*store)->health().problem.empty()) << (*store)->health().problem;
+  fs::remove_all(CheckpointVersionDir(dir, 99));
+
   // A committed but corrupt version 3: reported, version 2 keeps serving.
   const uint64_t v3 = WriteModelVersion(dir, 3.0f);
   FlipByte(CheckpointVersionDir(dir, v3) + "/shard-00000.bin", 4);

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -64,6 +65,7 @@ struct HttpServer::Impl {
 
   asio::io_context ioc;
   tcp::acceptor acceptor{asio::make_strand(ioc)};  // accepts and the close in Stop() run on its strand
+  asio::steady_timer accept_retry{acceptor.get_executor()};
   std::vector<std::thread> threads;
 
   explicit Impl(const HttpServerOptions& o) : options(o), bucket(o.rate_limit) {}
@@ -107,6 +109,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
  private:
   void Read() {
+    head_ = false;
     parser_.emplace();
     parser_->header_limit(static_cast<uint32_t>(std::min<size_t>(server_->options.max_header_bytes, UINT32_MAX)));
     parser_->body_limit(server_->options.max_body_bytes);
@@ -140,6 +143,7 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     const http::request<http::string_body>& req = parser_->get();
     const bool keep_alive = req.keep_alive();
+    head_ = req.method() == http::verb::head;
     if (!server_->Authorized(req)) {
       server_->unauthorized.fetch_add(1);
       HttpResponse r = HttpError(401, "missing or wrong bearer token (send \"Authorization: Bearer <token>\")");
@@ -174,6 +178,11 @@ class Session : public std::enable_shared_from_this<Session> {
     res_.keep_alive(keep_alive);
     res_.body() = r.body;
     res_.prepare_payload();
+    if (head_) {  // the headers a GET would get, Content-Length included, and no body
+      const auto length = res_.body().size();
+      res_.body().clear();
+      res_.content_length(length);
+    }
     stream_.expires_after(server_->options.request_timeout);
     http::async_write(stream_, res_, [self = shared_from_this(), keep_alive](beast::error_code ec, size_t) {
       if (ec) return;
@@ -193,6 +202,7 @@ class Session : public std::enable_shared_from_this<Session> {
   http::response<http::string_body> res_;
   HttpServer::Impl* server_;
   bool refuse_;
+  bool head_ = false;  // the request being answered is a HEAD
   std::string peer_;
 };
 
@@ -201,10 +211,17 @@ class Session : public std::enable_shared_from_this<Session> {
 void HttpServer::Impl::Accept() {
   acceptor.async_accept(asio::make_strand(ioc), [this](beast::error_code ec, tcp::socket socket) {
     if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
-    if (!ec) {
-      const bool refuse = connections.fetch_add(1) >= options.max_connections;
-      std::make_shared<Session>(std::move(socket), this, refuse)->Run();
+    if (ec) {
+      // Out of descriptors (EMFILE/ENFILE) or another transient failure: try again shortly
+      // rather than spinning on the error.
+      accept_retry.expires_after(std::chrono::milliseconds(50));
+      accept_retry.async_wait([this](beast::error_code wait_ec) {
+        if (!wait_ec && acceptor.is_open()) Accept();
+      });
+      return;
     }
+    const bool refuse = connections.fetch_add(1) >= options.max_connections;
+    std::make_shared<Session>(std::move(socket), this, refuse)->Run();
     Accept();
   });
 }
@@ -286,6 +303,7 @@ void HttpServer::Stop() {
     std::promise<void> closed;
     asio::post(impl_->acceptor.get_executor(), [this, &closed] {
       beast::error_code ec;
+      impl_->accept_retry.cancel();
       impl_->acceptor.close(ec);
       closed.set_value();
     });

@@ -19,7 +19,7 @@
 // reported (log, metrics, health) and the serving one stays.
 // Fallback: when the primary registry is unreadable (missing, not a directory) or its selected
 // version is invalid, the same selection is served from the fallback registry (if given), and
-// the primary is re-checked every poll until it can be served again.
+// the primary is resolved again when its fingerprint changes, and every 10 s while degraded.
 // Thread safety: Current() and health() from any thread; PollOnce() from one thread at a time
 // (the watcher's, or a test's while the watcher is not started).
 #pragma once

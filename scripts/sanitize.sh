@@ -7,13 +7,16 @@
 # select other build directories.
 #
 #   asan: the labels unit, multirank and tcp (without the convergence runs, which exercise no failure
-#         path and take minutes when instrumented), plus the train and mpi tests of failure paths:
+#         path and take minutes when instrumented, nor tcp_matches_mpi's comparisons of weights,
+#         whose paths tcp_launch_local and the kill checks run instrumented), plus the train and mpi tests of failure paths:
 #         crashes during checkpoint writes, a rank failing mid-job, bad input files, a silent worker.
 #   tsan: the labels unit and multirank (every rank a thread of one process: where races can live),
 #         built without MPI and without the shardps program, which those tests do not use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
+# shellcheck source=scripts/ctest_failures.sh
+source scripts/ctest_failures.sh
 STAGE="${1:?usage: scripts/sanitize.sh asan|tsan [ctest args]}"
 shift
 
@@ -35,7 +38,7 @@ case "$STAGE" in
     export ASAN_OPTIONS="$ASAN_COMMON:detect_leaks=1"
     export OMPI_MCA_mca_base_env_list="ASAN_OPTIONS=$ASAN_COMMON:detect_leaks=0"
     export UBSAN_OPTIONS="halt_on_error=1:exitcode=86:print_stacktrace=1"
-    RUN1=(-L '^(unit|multirank|tcp)$' -LE '^convergence$')
+    RUN1=(-L '^(unit|multirank|tcp)$' -LE '^(convergence|determinism)$')
     RUN2=(-R '^(train_(crash|failure_ends_job|bad_input)|mpi_(sync_2servers_2workers|silent_worker_is_named|bench_colocated))$')
     RUNS=(RUN1 RUN2)
     ;;
@@ -69,7 +72,7 @@ cd "$BUILD"
 for run in "${RUNS[@]}"; do
   declare -n sel="$run"
   touch .sanitize-stamp
-  if ! ctest --output-on-failure --no-tests=error --timeout 900 -j1 "${sel[@]}" "$@"; then
+  if ! ctest_run "$STAGE" . --output-on-failure --no-tests=error --timeout 900 -j1 "${sel[@]}" "$@"; then
     status=1
   fi
   # Every test's output (passing ones too) and the files the checks wrote their processes' output
@@ -79,6 +82,8 @@ for run in "${RUNS[@]}"; do
   if [ "${#reports[@]}" -gt 0 ]; then
     echo "== $STAGE: sanitizer reports in ${reports[*]}" >&2
     grep -EIh -B2 -A40 "$REPORT" "${reports[@]}" | head -n 300 >&2 || true
+    ctest_failures_note "$STAGE" "sanitizer reports in ${reports[*]}"
+    grep -EIh -A12 "$REPORT" "${reports[@]}" 2>/dev/null | head -n 40 | sed 's/^/   | /' >>"${SHARDPS_FAILURES:-/dev/null}" || true
     status=1
   fi
   unset -n sel

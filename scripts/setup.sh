@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PACKAGES=(
-  build-essential cmake pkg-config git
+  build-essential cmake pkg-config git ccache
   openmpi-bin libopenmpi-dev
   libeigen3-dev
   protobuf-compiler libprotobuf-dev

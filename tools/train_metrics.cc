@@ -1,24 +1,8 @@
 #include "train_metrics.h"
 
-#include <unistd.h>
-
-#include <cstdio>
-
 #include "shardps/net/endpoint.h"
 
 namespace shardps::tools {
-namespace {
-
-uint64_t ResidentBytes() {
-  FILE* f = std::fopen("/proc/self/statm", "r");
-  if (!f) return 0;
-  unsigned long size = 0, resident = 0;
-  const int n = std::fscanf(f, "%lu %lu", &size, &resident);
-  std::fclose(f);
-  return n == 2 ? resident * static_cast<uint64_t>(::sysconf(_SC_PAGESIZE)) : 0;
-}
-
-}  // namespace
 
 TrainMetrics::TrainMetrics(int job_size)
     : step_(registry_.AddGauge("shardps_train_step", "Global steps done (this worker's view)").With({})),
@@ -112,7 +96,7 @@ void TrainMetrics::SetEndpoint(const Endpoint* endpoint) {
 }
 
 void TrainMetrics::BeforeScrape() {
-  rss_.Set(static_cast<double>(ResidentBytes()));
+  rss_.Set(static_cast<double>(metrics::ResidentBytes()));
   std::lock_guard<std::mutex> l(mu_);
   if (endpoint_ != nullptr) alive_.Set(endpoint_->lost().ok() ? job_size_ - 1 : job_size_ - 2);
 }

@@ -1,6 +1,5 @@
 #include "shardps/serve/kserve.h"
 
-#include <unistd.h>
 
 #include <algorithm>
 #include <charconv>
@@ -74,15 +73,6 @@ bool Flatten(const json& data, std::vector<float>* out, size_t limit, int depth,
 }
 
 }  // namespace
-
-uint64_t ResidentBytes() {
-  FILE* f = std::fopen("/proc/self/statm", "r");
-  if (!f) return 0;
-  unsigned long size = 0, resident = 0;
-  const int n = std::fscanf(f, "%lu %lu", &size, &resident);
-  std::fclose(f);
-  return n == 2 ? resident * static_cast<uint64_t>(::sysconf(_SC_PAGESIZE)) : 0;
-}
 
 KServeHandler::KServeHandler(ModelStore& store, metrics::Registry& metrics, KServeOptions options)
     : store_(store),
@@ -219,7 +209,7 @@ HttpResponse KServeHandler::Ready() const {
 
 HttpResponse KServeHandler::Metrics() {
   if (options_.before_scrape) options_.before_scrape();
-  rss_.Set(static_cast<double>(ResidentBytes()));
+  rss_.Set(static_cast<double>(metrics::ResidentBytes()));
   return HttpResponse{200, metrics::kContentType, metrics_.Render()};
 }
 

@@ -69,7 +69,4 @@ class KServeHandler {
   std::vector<std::string> recent_versions_;  // guarded by versions_mu_, oldest first
 };
 
-// Resident set size of this process in bytes (/proc/self/statm), 0 if unreadable.
-uint64_t ResidentBytes();
-
 }  // namespace shardps::serve

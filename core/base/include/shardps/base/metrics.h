@@ -194,6 +194,10 @@ class Registry {
 // Default latency buckets in seconds: 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
 std::vector<double> LatencyBuckets();
 
+// Resident set size of this process in bytes (/proc/self/statm), 0 if unreadable: what the
+// process_resident_memory_bytes gauge of a serving or training process shows.
+uint64_t ResidentBytes();
+
 // The Content-Type of Render()'s text.
 inline constexpr const char* kContentType = "text/plain; version=0.0.4; charset=utf-8";
 

@@ -4,7 +4,6 @@
 //                 [--fallback-registry DIR2] [--token-file FILE] [limits]
 // Runs until SIGINT or SIGTERM, then stops accepting, finishes nothing new and exits 0.
 #include <signal.h>
-#include <sys/stat.h>
 
 #include <atomic>
 #include <boost/program_options.hpp>
@@ -20,6 +19,7 @@
 #include "commands.h"
 #include "flags.h"
 #include "shardps/base/metrics.h"
+#include "shardps/net/auth.h"
 #include "shardps/net/http_server.h"
 #include "shardps/serve/kserve.h"
 #include "shardps/serve/model_store.h"
@@ -41,12 +41,7 @@ std::string UtcNow() {
 // The bearer token: the file's text without trailing whitespace; like a job's secret file it
 // must not be readable by other users.
 Result<std::string> LoadToken(const std::string& path) {
-  struct stat st{};
-  if (::stat(path.c_str(), &st) != 0) return NotFound("token file '" + path + "': " + std::strerror(errno));
-  if (st.st_mode & (S_IRWXG | S_IRWXO)) return FailedPrecondition("token file '" + path + "' may be read by other users; chmod 600 it");
-  if (st.st_size > 4096) return InvalidArgument("token file '" + path + "' is larger than 4096 bytes");
-  std::ifstream in(path, std::ios::binary);
-  std::string t((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  SHARDPS_ASSIGN_OR_RETURN(std::string t, ReadPrivateFile(path, "token file"));
   while (!t.empty() && std::isspace(static_cast<unsigned char>(t.back()))) t.pop_back();
   if (t.size() < 16) return InvalidArgument("token file '" + path + "' holds fewer than 16 characters (write a long random token)");
   for (char c : t) {

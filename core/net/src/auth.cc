@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 
@@ -22,20 +23,29 @@ uint32_t Get32(const uint8_t* p) { return p[0] | (p[1] << 8) | (p[2] << 16) | (u
 
 }  // namespace
 
-Result<Secret> LoadSecret(const std::string& path) {
+Result<std::string> ReadPrivateFile(const std::string& path, std::string_view what, size_t max_bytes) {
+  const std::string name = std::string(what) + " '" + path + "'";
   struct stat st;
-  if (::stat(path.c_str(), &st) != 0) return NotFound("secret file '" + path + "': " + std::strerror(errno));
+  if (::stat(path.c_str(), &st) != 0) return NotFound(name + ": " + std::strerror(errno));
   if (st.st_mode & (S_IRWXG | S_IRWXO)) {
-    return FailedPrecondition("secret file '" + path + "' may be read by other users (mode " +
-                              std::to_string(st.st_mode & 0777) + " octal " + [&] {
-                                char b[8];
-                                std::snprintf(b, sizeof(b), "%o", st.st_mode & 0777);
-                                return std::string(b);
-                              }() + "); chmod 600 it");
+    char mode[8];
+    std::snprintf(mode, sizeof(mode), "%o", static_cast<unsigned>(st.st_mode & 0777));
+    return FailedPrecondition(name + " may be read by other users (mode " + mode + "); chmod 600 it");
   }
-  if (st.st_size > 4096) return InvalidArgument("secret file '" + path + "' is larger than 4096 bytes");
+  if (static_cast<uint64_t>(st.st_size) > max_bytes) {
+    return InvalidArgument(name + " is larger than " + std::to_string(max_bytes) + " bytes");
+  }
   std::ifstream in(path, std::ios::binary);
-  Secret s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (!in) return NotFound(name + ": cannot be opened for reading");
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) return IoError(name + ": read failed");
+  return bytes;
+}
+
+Result<Secret> LoadSecret(const std::string& path) {
+  SHARDPS_ASSIGN_OR_RETURN(std::string bytes, ReadPrivateFile(path, "secret file"));
+  Secret s(bytes.begin(), bytes.end());
+  OPENSSL_cleanse(bytes.data(), bytes.size());
   if (s.size() < kMinSecretBytes) {
     return InvalidArgument("secret file '" + path + "' holds " + std::to_string(s.size()) + " bytes; at least " +
                            std::to_string(kMinSecretBytes) + " random bytes are needed (shardps keygen writes one)");

@@ -26,6 +26,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "shardps/base/status.h"
@@ -38,6 +39,11 @@ inline constexpr size_t kMinSecretBytes = 32;
 
 // Reads a secret file (at least 32 bytes; refused if other users may read it).
 Result<Secret> LoadSecret(const std::string& path);
+// Reads a file holding a credential (`what` names it in errors: "secret file", "token file"):
+// NOT_FOUND if it cannot be opened, FAILED_PRECONDITION if group or others have any access (the
+// message says to chmod 600 it), INVALID_ARGUMENT if larger than `max_bytes`. Every error names
+// the path.
+Result<std::string> ReadPrivateFile(const std::string& path, std::string_view what, size_t max_bytes = 4096);
 // Writes 32 fresh random bytes (OpenSSL RAND_bytes) to `path`, mode 0600, atomically; refuses to
 // overwrite an existing file.
 Status WriteNewSecret(const std::string& path);

@@ -326,6 +326,9 @@ Status ValidateTrainConfig(const config::TrainConfig& c) {
     return bad("data.train_labels/test_labels", "idx data needs label files");
   }
   if (d.num_classes() < 2) return bad("data.num_classes", "must be at least 2");
+  if (d.csv_label_column() < 0) {
+    return bad("data.csv_label_column", std::to_string(d.csv_label_column()) + " must not be negative (training needs labels)");
+  }
   if (d.train_limit() < 0 || d.test_limit() < 0) return bad("data.train_limit/test_limit", "must not be negative");
   if (c.checkpoint_every() < 0) return bad("checkpoint_every", "must not be negative");
   if (c.keep_last() < 0 || c.max_bytes() < 0) return bad("keep_last/max_bytes", "must not be negative");

@@ -36,46 +36,6 @@ bool EndsWith(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-// CSV rows of features only (no label column), every value a finite number.
-Result<worker::Dataset> ReadCsvFeatures(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return NotFound("cannot open data file '" + path + "'");
-  worker::Dataset ds;
-  ds.source = path;
-  std::string line;
-  int64_t lineno = 0;
-  while (std::getline(in, line)) {
-    ++lineno;
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line.empty()) continue;
-    int64_t cols = 0;
-    const char* p = line.data();
-    const char* end = line.data() + line.size();
-    while (p <= end) {
-      const char* comma = std::find(p, end, ',');
-      float v = 0;
-      while (p < comma && *p == ' ') ++p;
-      auto r = std::from_chars(p, comma, v);
-      const char* rest = r.ptr;
-      while (rest < comma && (*rest == ' ' || *rest == '\t')) ++rest;
-      if (r.ec != std::errc() || rest != comma || !std::isfinite(v)) {
-        return InvalidArgument("'" + path + "' line " + std::to_string(lineno) + " column " + std::to_string(cols + 1) +
-                               ": not a finite number");
-      }
-      ds.features.push_back(v);
-      ++cols;
-      p = comma + 1;
-    }
-    if (ds.num_samples == 0) ds.num_features = cols;
-    if (cols != ds.num_features) {
-      return InvalidArgument("'" + path + "' line " + std::to_string(lineno) + " has " + std::to_string(cols) + " columns, line 1 has " +
-                             std::to_string(ds.num_features));
-    }
-    ++ds.num_samples;
-  }
-  return ds;
-}
-
 }  // namespace
 
 int PredictMain(int argc, char** argv) {
@@ -114,7 +74,7 @@ int PredictMain(int argc, char** argv) {
   Result<worker::Dataset> ds = InvalidArgument("no data");
   if (format == "idx") ds = worker::ReadIdx(data, labels, s.num_classes());
   else if (format == "libsvm") ds = worker::ReadLibsvm(data, s.input_dim(), s.num_classes());
-  else if (no_labels) ds = ReadCsvFeatures(data);
+  else if (no_labels) ds = worker::ReadCsv(data, s.num_classes(), /*has_header=*/false, worker::kNoLabelColumn);
   else ds = worker::ReadCsv(data, s.num_classes(), /*has_header=*/false);
   if (!ds.ok()) return Fail(ds.status());
   if (ds->num_features != s.input_dim()) {

@@ -546,6 +546,26 @@ TEST_F(DataTest, CsvLabelColumnAndNoHeader) {
   EXPECT_EQ(m->features, std::vector<float>({0.5f, 1, 1.5f, 0}));
 }
 
+TEST_F(DataTest, CsvWithoutALabelColumnIsFeaturesOnly) {
+  const std::string p = WriteText("nl.csv", "0.5,2,1\n1.5, 3 ,0\n\n");
+  auto r = ReadCsv(p, 10, /*has_header=*/false, kNoLabelColumn);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->num_samples, 2);
+  EXPECT_EQ(r->num_features, 3);
+  EXPECT_TRUE(r->labels.empty());
+  EXPECT_EQ(r->features, std::vector<float>({0.5f, 2, 1, 1.5f, 3, 0}));
+  const std::string one = WriteText("one.csv", "7\n8\n");  // a single feature column is data too
+  auto o = ReadCsv(one, 2, false, kNoLabelColumn);
+  ASSERT_TRUE(o.ok()) << o.status().ToString();
+  EXPECT_EQ(o->features, std::vector<float>({7, 8}));
+  const std::string junk = WriteText("junk.csv", "1,2\n3,4x\n");
+  auto j = ReadCsv(junk, 2, false, kNoLabelColumn);
+  ASSERT_FALSE(j.ok());
+  EXPECT_MSG_HAS(j.status(), junk + ":2: ");
+  EXPECT_MSG_HAS(j.status(), "'4x'");
+  EXPECT_FALSE(ReadCsv(p, 10, false, -2).ok());
+}
+
 TEST_F(DataTest, CsvBadRows) {
   struct Case {
     const char* name;
@@ -588,7 +608,7 @@ TEST_F(DataTest, CsvWholeFileErrors) {
   auto lc = ReadCsv(p, 2, false, 3);
   ASSERT_FALSE(lc.ok());
   EXPECT_MSG_HAS(lc.status(), p + ":1: label column 3");
-  EXPECT_FALSE(ReadCsv(p, 2, false, -1).ok());
+  EXPECT_FALSE(ReadCsv(p, 2, false, -2).ok());
   const std::string one = WriteText("one.csv", "0\n1\n");
   auto o = ReadCsv(one, 2, false);
   ASSERT_FALSE(o.ok());

@@ -58,6 +58,10 @@ TEST(ConfigValidation, BaseAndSensibleValuesAreAccepted) {
   EXPECT_TRUE(WithOverrides({"optimizer.learning_rate=1e30"}).ok());
 }
 
+TEST(ConfigValidation, NegativeCsvLabelColumnIsRefused) {
+  ExpectRefused({"data.csv_label_column=-1"}, "data.csv_label_column", "-1");
+}
+
 TEST(ConfigValidation, NonFiniteLearningRateIsRefused) {
   ExpectRefused({"optimizer.learning_rate=inf"}, "optimizer.learning_rate", "inf");
   ExpectRefused({"optimizer.learning_rate=-inf"}, "optimizer.learning_rate", "-inf");

@@ -296,7 +296,12 @@ Result<Dataset> ReadLibsvm(const std::string& path, int64_t num_features, int nu
 
 Result<Dataset> ReadCsv(const std::string& path, int num_classes, bool has_header, int label_column) {
   if (num_classes < 1) return InvalidArgument("num_classes must be at least 1, got " + std::to_string(num_classes));
-  if (label_column < 0) return InvalidArgument("csv label column must not be negative, got " + std::to_string(label_column));
+  if (label_column < kNoLabelColumn) {
+    return InvalidArgument("csv label column must be a column index, or kNoLabelColumn (-1) for none, got " +
+                           std::to_string(label_column));
+  }
+  const bool labelled = label_column != kNoLabelColumn;
+  int64_t rows = 0;
   SHARDPS_ASSIGN_OR_RETURN(std::string text, ReadText(path));
   Dataset d;
   d.source = path;
@@ -325,10 +330,10 @@ Result<Dataset> ReadCsv(const std::string& path, int num_classes, bool has_heade
         return InvalidArgument(At(path, line_no) + "label column " + std::to_string(label_column) + " but the row has only " +
                                std::to_string(n) + (n == 1 ? " column" : " columns"));
       }
-      if (n < 2) return InvalidArgument(At(path, line_no) + "a row needs a label and at least one feature, found 1 column");
+      if (labelled && n < 2) return InvalidArgument(At(path, line_no) + "a row needs a label and at least one feature, found 1 column");
       columns = n;
       first_row_line = line_no;
-      d.num_features = n - 1;
+      d.num_features = labelled ? n - 1 : n;
     } else if (n != columns) {
       return InvalidArgument(At(path, line_no) + std::to_string(n) + " columns, but the first row (line " +
                              std::to_string(first_row_line) + ") has " + std::to_string(columns));
@@ -347,11 +352,12 @@ Result<Dataset> ReadCsv(const std::string& path, int num_classes, bool has_heade
       }
       d.features.push_back(v);
     }
-    d.labels.push_back(label);
+    if (labelled) d.labels.push_back(label);
+    ++rows;
     return Status::Ok();
   });
   SHARDPS_RETURN_IF_ERROR(st);
-  d.num_samples = static_cast<int64_t>(d.labels.size());
+  d.num_samples = rows;
   if (d.num_samples == 0) return InvalidArgument(Quoted(path) + " holds no samples");
   return d;
 }

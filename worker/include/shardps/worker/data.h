@@ -43,7 +43,9 @@ Result<Dataset> ReadIdx(const std::string& images_path, const std::string& label
 Result<Dataset> ReadLibsvm(const std::string& path, int64_t num_features, int num_classes);
 
 // CSV: one sample per line, the label (integer in [0, num_classes)) in column `label_column`,
-// every other column a feature. `has_header` skips the first line.
+// every other column a feature. `has_header` skips the first line. label_column = kNoLabelColumn:
+// every column is a feature and `labels` stays empty (data to predict on).
+inline constexpr int kNoLabelColumn = -1;
 Result<Dataset> ReadCsv(const std::string& path, int num_classes, bool has_header, int label_column = 0);
 
 // ---------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@
 #include "progress.h"
 #include "shardps/net/auth.h"
 #include "shardps/net/channel.h"
+#include "shardps/net/http_server.h"
 #include "shardps/storage/file_system.h"
 #include "shardps/worker/federated_remote.h"
 #include "train_common.h"
@@ -61,19 +62,12 @@ Result<config::TrainConfig> Config(const Common& f) {
   return c;
 }
 
-// "HOST:PORT" (the last colon separates the port).
+// ParseHostPort with the flag named in its error.
 Result<std::pair<std::string, uint16_t>> HostPort(const std::string& s, const char* flag) {
-  const size_t colon = s.rfind(':');
-  if (colon == std::string::npos || colon == 0) return InvalidArgument(std::string(flag) + " '" + s + "' is not HOST:PORT");
-  char* end = nullptr;
-  errno = 0;
-  const unsigned long port = std::strtoul(s.c_str() + colon + 1, &end, 10);
-  if (errno != 0 || *end != '\0' || end == s.c_str() + colon + 1 || port > 65535) {
-    return InvalidArgument(std::string(flag) + " '" + s + "': the port must be a number in [0, 65535]");
-  }
-  return std::make_pair(s.substr(0, colon), static_cast<uint16_t>(port));
+  auto hp = ParseHostPort(s);
+  if (!hp.ok()) return InvalidArgument(std::string(flag) + ": " + hp.status().message());
+  return hp;
 }
-
 
 void WriteU64s(const std::string& path, const std::vector<uint64_t>& v) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);

@@ -1,0 +1,527 @@
+// shardps._core: the pybind11 extension behind the `shardps` Python package (python/shardps).
+// One job per process: init() (MPI_Init under mpirun, or the TCP settings), declare() the tables
+// (optimizer "sum", so a push_pull answers the sum of that step's pushes), start() the Node, then
+// push_pull (in place on a float32 C-contiguous numpy array), barrier and shutdown. The
+// environment is read by the Python side only (shardps/__init__.py); this file gets plain values.
+// Every blocking call runs without the GIL, in slices that check for signals (Ctrl-C).
+// Errors: shardps.Error (a RuntimeError) carrying the Status message and its code name;
+// shardps.TimeoutError (also a builtin TimeoutError) for DEADLINE_EXCEEDED.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#if SHARDPS_WITH_MPI
+#include <mpi.h>
+
+#include "mpi_env.h"
+#include "shardps/net/mpi_transport.h"
+#endif
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "shardps/base/cluster.h"
+#include "shardps/base/digest.h"
+#include "shardps/base/layout.h"
+#include "shardps/base/status.h"
+#include "shardps/net/auth.h"
+#include "shardps/net/tcp_transport.h"
+#include "shardps/node.h"
+
+namespace py = pybind11;
+using namespace std::chrono_literals;
+
+namespace shardps::python {
+namespace {
+
+using Ms = std::chrono::milliseconds;
+
+// A Status that is not OK, thrown to Python through the translator below.
+struct StatusError {
+  Status status;
+};
+[[noreturn]] void Raise(Status s) { throw StatusError{std::move(s)}; }
+void Check(Status s) {
+  if (!s.ok()) Raise(std::move(s));
+}
+
+PyObject* g_error = nullptr;    // shardps.Error
+PyObject* g_timeout = nullptr;  // shardps.TimeoutError
+
+struct Config {
+  std::string transport;  // "mpi" or "tcp"
+  int num_servers = 1;
+  // TCP: the global rank (servers 0..S-1, workers S..) and world size, the coordinator, the secret.
+  int rank = -1;
+  int size = -1;
+  std::string host;
+  int port = 0;
+  std::string listen = "127.0.0.1";
+  std::string secret_file;
+  bool insecure = false;
+  Ms peer_timeout{60000};
+  Ms setup_timeout{300000};
+  Ms timeout{60000};          // every wait's default deadline; also the servers' hold of a request
+  Ms finish_timeout{600000};  // Node::Finish: servers give up on workers silent for this long
+};
+
+enum class State { kNone, kInitialized, kStarting, kStarted, kServed, kShutdown, kFailed };
+
+struct TableState {
+  uint32_t id = 0;
+  std::vector<uint64_t> shape;
+  uint64_t next_step = 0;  // the step of this table's next push_pull
+};
+
+// The process's job. Touched with the GIL held, except inside the blocking calls, which first move
+// the state to one that refuses other calls (kStarting) or touch only the node.
+struct Runtime {
+  State state = State::kNone;
+  Config config;
+  std::optional<Cluster> cluster;
+  std::vector<TableSpec> specs;
+  std::map<std::string, TableState> tables;
+  std::unique_ptr<Node> node;
+  uint64_t generation = 0;  // bumped when the node goes away: handles of an older one are dead
+  bool mpi_initialized_here = false;
+};
+
+Runtime& R() {
+  static Runtime* r = new Runtime();  // never destroyed: the atexit shutdown stops the node
+  return *r;
+}
+
+std::string StateName(State s) {
+  switch (s) {
+    case State::kNone: return "not initialised (call shardps.init() first)";
+    case State::kInitialized: return "initialised, not started (call shardps.start())";
+    case State::kStarting: return "starting";
+    case State::kStarted: return "started";
+    case State::kServed: return "a server that has finished serving";
+    case State::kShutdown: return "shut down";
+    case State::kFailed: return "failed";
+  }
+  return "?";
+}
+
+Status NotIn(const std::string& what, State s) {
+  return FailedPrecondition(what + ": shardps is " + StateName(s));
+}
+
+// Waits for `h` up to `timeout`, without the GIL, in slices between which Python signal
+// handlers run (a KeyboardInterrupt leaves the operation pending). Returns the handle's status, or
+// DEADLINE_EXCEEDED naming `what` and the servers that did not answer.
+Status WaitFor(const worker::Handle& h, Ms timeout, const std::string& what) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    const auto left = std::chrono::duration_cast<Ms>(deadline - std::chrono::steady_clock::now());
+    const Ms slice = std::clamp(left, Ms(0), Ms(100));
+    Status s;
+    {
+      py::gil_scoped_release release;
+      s = h.wait(slice);
+    }
+    if (s.code() != StatusCode::kDeadlineExceeded || h.done()) return s;
+    if (std::chrono::steady_clock::now() >= deadline) {
+      return DeadlineExceeded(what + ": not complete within " + std::to_string(timeout.count()) + " ms (" + s.message() +
+                              ")");
+    }
+    if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+  }
+}
+
+Ms ToMs(double seconds, const char* what) {
+  if (!(seconds > 0) || seconds > 1e7) throw py::value_error(std::string(what) + " must be a positive number of seconds, got " + std::to_string(seconds));
+  return Ms(std::max<int64_t>(1, static_cast<int64_t>(seconds * 1000)));
+}
+
+Ms WaitTimeout(const std::optional<double>& timeout) {
+  return timeout ? ToMs(*timeout, "timeout") : R().config.timeout;
+}
+
+// ---- init, declare, start, shutdown ----
+
+std::pair<int, int> Init(const Config& c) {
+  Runtime& r = R();
+  if (r.state != State::kNone) Raise(FailedPrecondition("init: already called (shardps is " + StateName(r.state) + ")"));
+  if (c.num_servers < 1) throw py::value_error("init: servers must be at least 1, got " + std::to_string(c.num_servers));
+  int rank = c.rank, size = c.size;
+  if (c.transport == "mpi") {
+#if SHARDPS_WITH_MPI
+    int initialized = 0;
+    MPI_Initialized(&initialized);
+    int provided = 0;
+    if (!initialized) {
+      tools::ApplyMpiDefaults(tools::MpiWorkload::kTraining);
+      MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided);
+      r.mpi_initialized_here = true;
+    } else {
+      MPI_Query_thread(&provided);
+    }
+    if (provided < MPI_THREAD_SERIALIZED) {
+      Raise(Unavailable("init: the MPI library does not provide MPI_THREAD_SERIALIZED (it gives level " +
+                        std::to_string(provided) + ")"));
+    }
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+#else
+    Raise(FailedPrecondition("init: shardps was built without MPI (SHARDPS_WITH_MPI=OFF): use transport='tcp'"));
+#endif
+  } else if (c.transport == "tcp") {
+    if (c.size < 2 || c.rank < 0 || c.rank >= c.size) {
+      throw py::value_error("init: tcp needs 0 <= rank < size and size >= 2, got rank " + std::to_string(c.rank) +
+                            " of " + std::to_string(c.size));
+    }
+    if (c.port <= 0 || c.port > 65535) throw py::value_error("init: coordinator port " + std::to_string(c.port) + " outside 1..65535");
+    if (c.insecure == !c.secret_file.empty()) {
+      throw py::value_error(c.insecure ? "init: give secret_file or insecure=True, not both"
+                                       : "init: tcp needs secret_file (shardps keygen --out FILE writes one) or insecure=True");
+    }
+  } else {
+    throw py::value_error("init: transport must be 'mpi' or 'tcp', got '" + c.transport + "'");
+  }
+  Result<Cluster> cluster = Cluster::Create(size, rank, ClusterOptions{.num_servers = c.num_servers});
+  if (!cluster.ok()) Raise(cluster.status().WithContext("init: " + std::to_string(size) + " processes, " + std::to_string(c.num_servers) + " servers"));
+  r.config = c;
+  r.config.rank = rank;
+  r.config.size = size;
+  r.cluster = std::move(*cluster);
+  r.state = State::kInitialized;
+  return {rank, size};
+}
+
+void Declare(const std::string& name, const std::vector<int64_t>& shape) {
+  Runtime& r = R();
+  if (r.state != State::kInitialized) {
+    Raise(r.state == State::kNone ? NotIn("declare('" + name + "')", r.state)
+                                  : FailedPrecondition("declare('" + name + "'): tables are declared before start(); shardps is " +
+                                                       StateName(r.state)));
+  }
+  if (name.empty()) throw py::value_error("declare: the table name is empty");
+  if (r.tables.count(name)) throw py::value_error("declare('" + name + "'): a table of that name is already declared");
+  std::vector<uint64_t> dims;
+  for (int64_t d : shape) {
+    if (d <= 0) throw py::value_error("declare('" + name + "'): shape dimensions must be positive, got " + std::to_string(d));
+    dims.push_back(static_cast<uint64_t>(d));
+  }
+  const uint64_t n = ShapeElements(dims);
+  if (n == 0 || n > (uint64_t{1} << 40)) throw py::value_error("declare('" + name + "'): shape holds too many elements");
+  TableSpec spec;
+  spec.name = name;
+  spec.size = n;
+  spec.shape = dims;
+  spec.optimizer.kind = "sum";  // the table holds the sum of the last step's pushes
+  spec.checkpointed = false;
+  r.tables[name] = TableState{.id = static_cast<uint32_t>(r.specs.size()), .shape = dims};
+  r.specs.push_back(std::move(spec));
+}
+
+// The job tag of a TCP job (auth.h): what every process of the job shares.
+JobTag MakeTag(const Config& c) {
+  Sha256 h;
+  const std::string text = "shardps python job tag 1\n" + std::to_string(c.size) + "\n" + c.host + ":" +
+                           std::to_string(c.port) + "\n" + std::to_string(c.num_servers) + "\n";
+  h.Update(text.data(), text.size());
+  const std::string hex = h.HexDigest();
+  JobTag tag{};
+  for (size_t i = 0; i < tag.size(); ++i) tag[i] = static_cast<uint8_t>(std::stoul(hex.substr(2 * i, 2), nullptr, 16));
+  return tag;
+}
+
+Result<std::unique_ptr<Transport>> MakeTransport(const Config& c, const Cluster& cluster) {
+  if (c.transport == "mpi") {
+#if SHARDPS_WITH_MPI
+    return CreateMpiTransport(MPI_COMM_WORLD);
+#endif
+  }
+  TcpOptions o;
+  o.host = c.host;
+  o.port = static_cast<uint16_t>(c.port);
+  o.listen = c.listen;
+  o.rank = c.rank;
+  o.size = c.size;
+  o.insecure = c.insecure;
+  o.job_tag = MakeTag(c);
+  o.setup_timeout = c.setup_timeout;
+  o.peer_timeout = c.peer_timeout;
+  o.handshake_timeout = std::min(Ms(10000), c.peer_timeout);
+  const std::string me = cluster.Describe(c.rank);
+  o.on_warning = [me](const std::string& m) { std::cerr << "shardps: " << me << ": warning: " << m << std::endl; };
+  if (!c.insecure) {
+    SHARDPS_ASSIGN_OR_RETURN(o.secret, LoadSecret(c.secret_file));
+  }
+  return CreateTcpTransport(o);
+}
+
+// Starts the node. On a worker returns true at once; on a server serves until every worker has
+// finished (Node::Finish) and returns false.
+bool Start() {
+  Runtime& r = R();
+  if (r.state != State::kInitialized) Raise(NotIn("start", r.state));
+  Result<TableLayout> layout = TableLayout::Create(r.specs, r.cluster->num_servers());
+  if (!layout.ok()) Raise(layout.status().WithContext("start: the declared tables"));
+  NodeOptions options;
+  options.client.request_timeout = r.config.timeout;
+  options.startup_timeout = std::max(r.config.setup_timeout, r.config.timeout);
+  options.finish_timeout = r.config.finish_timeout;
+  r.state = State::kStarting;
+  Status s;
+  {
+    py::gil_scoped_release release;
+    Result<std::unique_ptr<Transport>> transport = MakeTransport(r.config, *r.cluster);
+    if (!transport.ok()) {
+      s = transport.status();
+    } else {
+      Result<std::unique_ptr<Node>> node = Node::Start(std::move(*transport), *r.cluster, *layout, options);
+      if (node.ok()) r.node = std::move(*node);
+      else s = node.status();
+    }
+  }
+  if (!s.ok()) {
+    r.state = State::kFailed;
+    Raise(s.WithContext("start: " + r.cluster->Describe(r.config.rank)));
+  }
+  r.state = State::kStarted;
+  if (r.node->client()) return true;
+  // A server only: serve until every worker said goodbye.
+  {
+    py::gil_scoped_release release;
+    s = r.node->Finish();
+  }
+  r.state = s.ok() ? State::kServed : State::kFailed;
+  Check(s.WithContext("serving: " + r.cluster->Describe(r.config.rank)));
+  return false;
+}
+
+// Workers say goodbye (Node::Finish), the node stops, MPI is finalised (if init() started it and
+// every step succeeded; after a failure mpirun is left to end the job). Idempotent.
+void Shutdown() {
+  Runtime& r = R();
+  if (r.state == State::kNone || r.state == State::kShutdown) return;
+  if (r.state == State::kStarting) Raise(NotIn("shutdown", r.state));
+  [[maybe_unused]] const bool failed_before = r.state == State::kFailed;
+  Status s;
+  if (r.node) {
+    const bool finish = r.state == State::kStarted;  // a worker (servers finished in start())
+    r.state = State::kStarting;                      // refuses other calls meanwhile
+    py::gil_scoped_release release;
+    if (finish) {
+      s = r.node->Finish();
+    }
+    r.node.reset();
+  }
+  ++r.generation;
+  r.state = State::kShutdown;
+#if SHARDPS_WITH_MPI
+  if (r.mpi_initialized_here && s.ok() && !failed_before) {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized) MPI_Finalize();
+  }
+#endif
+  Check(s.WithContext("shutdown: " + (r.cluster ? r.cluster->Describe(r.config.rank) : std::string("this process"))));
+}
+
+worker::KVClient& Client(const std::string& what) {
+  Runtime& r = R();
+  if (r.state != State::kStarted || !r.node) Raise(NotIn(what, r.state));
+  worker::KVClient* c = r.node->client();
+  if (!c) Raise(FailedPrecondition(what + ": " + r.cluster->Describe(r.config.rank) + " only serves; run it on the workers"));
+  return *c;
+}
+
+// ---- push_pull ----
+
+// One push_pull in flight: its handle and the array it reads and writes (kept alive until done).
+class PushPullHandle {
+ public:
+  PushPullHandle(worker::Handle h, py::array array, std::span<float> data, bool average, int workers, std::string what)
+      : handle_(std::move(h)), array_(std::move(array)), data_(data), average_(average), workers_(workers),
+        what_(std::move(what)), generation_(R().generation) {}
+
+  ~PushPullHandle() {
+    // Dropped while pending: take the buffer back from the transport before the array may go.
+    if (finished_ || generation_ != R().generation || !R().node || handle_.done()) return;
+    Status s;
+    {
+      py::gil_scoped_release release;
+      s = handle_.Cancel();
+    }
+    if (!s.ok()) {
+      std::cerr << "shardps: " << what_ << ": dropped while pending and not cancellable (" << s.ToString()
+                << "); its array is kept alive" << std::endl;
+      array_.release();  // a reference never given back: the transport may still use the buffer
+    }
+  }
+
+  bool done() const { return finished_ || handle_.done(); }
+
+  // Waits up to `timeout`; on success the array holds the sum (or mean) and is returned. A
+  // timeout leaves the operation pending (wait again, or drop the handle to cancel it).
+  py::array Wait(std::optional<double> timeout) {
+    if (!finished_) {
+      if (generation_ != R().generation || !R().node) {
+        Raise(FailedPrecondition(what_ + ": shardps was shut down before this push_pull was waited for"));
+      }
+      Status s = WaitFor(handle_, WaitTimeout(timeout), what_);
+      if (s.code() == StatusCode::kDeadlineExceeded && !handle_.done()) Raise(s);
+      finished_ = true;
+      result_ = s;
+      if (s.ok() && average_ && workers_ > 1) {
+        const float n = static_cast<float>(workers_);
+        py::gil_scoped_release release;
+        for (float& v : data_) v /= n;
+      }
+    }
+    Check(result_);
+    return array_;
+  }
+
+  const std::string& what() const { return what_; }
+
+ private:
+  worker::Handle handle_;
+  py::array array_;
+  std::span<float> data_;
+  bool average_;
+  int workers_;
+  std::string what_;
+  uint64_t generation_;
+  bool finished_ = false;
+  Status result_;
+};
+
+std::string DeclaredNames() {
+  std::string out;
+  for (const TableSpec& s : R().specs) out += (out.empty() ? "'" : ", '") + s.name + "'";
+  return out.empty() ? "none" : out;
+}
+
+std::string ShapeString(const std::vector<uint64_t>& shape) {
+  std::string s = "(";
+  for (size_t i = 0; i < shape.size(); ++i) s += std::to_string(shape[i]) + (shape.size() == 1 ? "," : i + 1 < shape.size() ? ", " : "");
+  return s + ")";
+}
+
+std::unique_ptr<PushPullHandle> PushPullAsync(py::object obj, const std::string& name, bool average) {
+  const std::string what = "push_pull('" + name + "')";
+  if (!py::isinstance<py::array>(obj)) {
+    throw py::type_error(what + ": expected a numpy.ndarray of float32, got " + std::string(py::str(obj.get_type().attr("__name__"))));
+  }
+  py::array arr = py::reinterpret_borrow<py::array>(obj);
+  if (!py::array_t<float>::check_(arr)) {
+    throw py::type_error(what + ": the array's dtype is " + std::string(py::str(arr.dtype())) +
+                         ", expected float32 (native byte order; no conversion is made)");
+  }
+  if (!(arr.flags() & py::array::c_style)) throw py::value_error(what + ": the array is not C-contiguous (use numpy.ascontiguousarray)");
+  if (!arr.writeable()) throw py::value_error(what + ": the array is read-only; the result is written into it");
+  worker::KVClient& client = Client(what);
+  Runtime& r = R();
+  auto it = r.tables.find(name);
+  if (it == r.tables.end()) throw py::value_error(what + ": no table of that name was declared (declared: " + DeclaredNames() + ")");
+  TableState& t = it->second;
+  std::vector<uint64_t> shape(arr.shape(), arr.shape() + arr.ndim());
+  if (shape != t.shape) {
+    throw py::value_error(what + ": the array's shape " + ShapeString(shape) + " differs from the declared " + ShapeString(t.shape));
+  }
+  const uint64_t step = t.next_step++;
+  std::span<float> data(static_cast<float*>(arr.mutable_data()), static_cast<size_t>(arr.size()));
+  // In place: the gradient is sent from `data` and the sum received into it. Each chunk's reply
+  // comes only after the server has received that chunk's push, so it never overwrites bytes
+  // still to be sent.
+  worker::Handle h = client.PushPull(t.id, data, data, step);
+  return std::make_unique<PushPullHandle>(std::move(h), std::move(arr), data, average, r.cluster->num_workers(),
+                                          what + " step " + std::to_string(step));
+}
+
+void Barrier(std::optional<double> timeout) {
+  worker::KVClient& client = Client("barrier");
+  worker::Handle h = client.Barrier();
+  Check(WaitFor(h, WaitTimeout(timeout), "barrier"));
+}
+
+int64_t NextStep(const std::string& name) {
+  auto it = R().tables.find(name);
+  if (it == R().tables.end()) throw py::value_error("no table '" + name + "' was declared (declared: " + DeclaredNames() + ")");
+  return static_cast<int64_t>(it->second.next_step);
+}
+
+const Cluster& Clus(const char* what) {
+  if (!R().cluster) Raise(NotIn(what, R().state));
+  return *R().cluster;
+}
+
+}  // namespace
+}  // namespace shardps::python
+
+PYBIND11_MODULE(_core, m) {
+  using namespace shardps;
+  using namespace shardps::python;
+  m.doc() = "shardps parameter-server bindings (use the shardps package, not this module)";
+
+  g_error = PyErr_NewException("shardps.Error", PyExc_RuntimeError, nullptr);
+  py::tuple bases = py::make_tuple(py::handle(g_error), py::handle(PyExc_TimeoutError));
+  g_timeout = PyErr_NewException("shardps.TimeoutError", bases.ptr(), nullptr);
+  m.attr("Error") = py::handle(g_error);
+  m.attr("TimeoutError") = py::handle(g_timeout);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const StatusError& e) {
+      PyObject* cls = e.status.code() == StatusCode::kDeadlineExceeded ? g_timeout : g_error;
+      py::object exc = py::reinterpret_steal<py::object>(PyObject_CallFunction(cls, "s", e.status.message().c_str()));
+      if (!exc) return;  // the call raised: that error stands
+      exc.attr("code") = py::str(std::string(StatusCodeName(e.status.code())));
+      PyErr_SetObject(cls, exc.ptr());
+    }
+  });
+
+  py::class_<Config>(m, "Config")
+      .def(py::init<>())
+      .def_readwrite("transport", &Config::transport)
+      .def_readwrite("num_servers", &Config::num_servers)
+      .def_readwrite("rank", &Config::rank)
+      .def_readwrite("size", &Config::size)
+      .def_readwrite("host", &Config::host)
+      .def_readwrite("port", &Config::port)
+      .def_readwrite("listen", &Config::listen)
+      .def_readwrite("secret_file", &Config::secret_file)
+      .def_readwrite("insecure", &Config::insecure)
+      .def_property("peer_timeout", [](const Config& c) { return c.peer_timeout.count() / 1000.0; }, [](Config& c, double s) { c.peer_timeout = ToMs(s, "peer_timeout"); })
+      .def_property("setup_timeout", [](const Config& c) { return c.setup_timeout.count() / 1000.0; }, [](Config& c, double s) { c.setup_timeout = ToMs(s, "setup_timeout"); })
+      .def_property("timeout", [](const Config& c) { return c.timeout.count() / 1000.0; }, [](Config& c, double s) { c.timeout = ToMs(s, "timeout_s"); })
+      .def_property("finish_timeout", [](const Config& c) { return c.finish_timeout.count() / 1000.0; }, [](Config& c, double s) { c.finish_timeout = ToMs(s, "finish_timeout_s"); });
+
+  py::class_<PushPullHandle>(m, "Handle")
+      .def("wait", &PushPullHandle::Wait, py::arg("timeout") = py::none(),
+           "Waits (without the GIL) up to `timeout` seconds (default: init's timeout_s); returns the array, "
+           "which now holds the sum (or mean). shardps.TimeoutError leaves the operation pending.")
+      .def("done", &PushPullHandle::done)
+      .def("__repr__", [](const PushPullHandle& h) { return "<shardps.Handle " + h.what() + ">"; });
+
+  m.def("init", &Init, py::arg("config"));
+  m.def("declare", &Declare, py::arg("name"), py::arg("shape"));
+  m.def("start", &Start);
+  m.def("shutdown", &Shutdown);
+  m.def("push_pull_async", &PushPullAsync, py::arg("array"), py::arg("name"), py::arg("average") = true);
+  m.def("barrier", &Barrier, py::arg("timeout") = py::none());
+  m.def("next_step", &NextStep, py::arg("name"));
+  m.def("initialized", [] { return R().state != State::kNone; });
+  m.def("started", [] { return R().state == State::kStarted || R().state == State::kServed; });
+  m.def("rank", [] { return Clus("rank").rank(); });
+  m.def("size", [] { return Clus("size").size(); });
+  m.def("num_workers", [] { return Clus("num_workers").num_workers(); });
+  m.def("num_servers", [] { return Clus("num_servers").num_servers(); });
+  m.def("worker_index", [] { return Clus("worker_index").worker_index(); });
+  m.def("is_server", [] { return Clus("is_server").is_server(); });
+  m.def("is_worker", [] { return Clus("is_worker").is_worker(); });
+  m.attr("with_mpi") = py::bool_(SHARDPS_WITH_MPI != 0);
+}

@@ -20,7 +20,7 @@ PACKAGES=(
   iproute2
   prometheus
   nlohmann-json3-dev
-  pybind11-dev python3-dev python3-pytest
+  pybind11-dev python3-dev python3-pytest python3-torch
 )
 
 missing=()

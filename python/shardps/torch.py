@@ -1,0 +1,382 @@
+"""shardps.torch: Horovod/BytePS-style PyTorch integration over the shardps parameter server.
+
+A training script differs from plain PyTorch by a few lines:
+
+    import shardps, shardps.torch as spt
+    shardps.init(servers=1)                      # under mpirun: ranks 0..servers-1 serve, the rest work
+    model = Net(); opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt = spt.DistributedOptimizer(opt, model.named_parameters())   # declares the tables "grad.<name>"
+    spt.broadcast_parameters(model.state_dict(), root_worker=0)    # declares "bcast.<name>", starts, broadcasts
+    spt.broadcast_optimizer_state(opt, root_worker=0)
+    for x, y in my_shard_of_the_data:
+        opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step()  # gradients averaged over the workers
+
+Tables can only be declared before the node starts, so the objects that need tables
+(DistributedOptimizer, broadcast_parameters) declare them when they are created, and the FIRST
+communication call (broadcast_parameters, broadcast_optimizer_state, push_pull, a gradient hook, or
+spt.start()) starts the node implicitly. SERVER RANKS run the script up to that first communication
+call, serve there until every worker has shut down, and then exit the process with status 0
+(sys.exit(0) after shardps.shutdown()): code after it runs on workers only. Create every
+DistributedOptimizer (and call broadcast_parameters) before the first communication call.
+
+Each worker pushes every gradient table once per optimizer step (tables whose hooks did not fire,
+e.g. unused parameters, are pushed as zeros by step()), so all workers must call step() the same
+number of times. Gradients are averaged over workers (summed over backward_passes_per_step passes
+locally, not divided by it, as Horovod). Only CPU float32 tensors are supported.
+
+Broadcasts are bit-exact: the root pushes its values and the other workers push -0.0 (x + -0.0 == x
+bit for bit, -0.0 included) to a "sum" table. Data that is not float32 tensor data (the optimizer's
+state_dict, non-float32 buffers, broadcasts after start) goes as bytes, 16 bits per float, through
+one stream table "bcast.__stream__".
+
+The torch version is checked against the one this package was built against (_build_info.py,
+written by CMake at configure time): a mismatch raises ImportError.
+"""
+import io
+import sys
+
+import numpy as np
+import torch
+
+import shardps
+from shardps import _core
+
+try:
+    from shardps._build_info import TORCH_VERSION as _BUILT_TORCH_VERSION
+except ImportError:  # a source tree not configured by CMake
+    _BUILT_TORCH_VERSION = None
+
+if _BUILT_TORCH_VERSION is None:
+    raise ImportError(f"shardps.torch: this shardps build found no importable torch at configure time "
+                      f"(running torch {torch.__version__}); reconfigure and rebuild shardps with torch installed")
+if _BUILT_TORCH_VERSION != torch.__version__:
+    raise ImportError(f"shardps.torch: shardps was built against torch {_BUILT_TORCH_VERSION}, but this process runs "
+                      f"torch {torch.__version__}; rebuild shardps (reconfigure with cmake) for this torch")
+
+__all__ = ["push_pull", "push_pull_async", "broadcast_parameters", "broadcast_optimizer_state",
+           "DistributedOptimizer", "start", "declare"]
+
+STREAM_TABLE = "bcast.__stream__"
+STREAM_FLOATS = 1 << 16  # 16 bits of payload each: 128 KiB per step
+_declared = {}  # name -> shape, the tables declared through this module
+
+
+# ---- start and declarations ----
+
+def start():
+    """Starts the node if it is not started yet. On a worker returns True. On a server rank, serves
+    until every worker has shut down, then shuts down and exits the process (sys.exit(0))."""
+    if not _core.started():
+        if not shardps.start():  # a server: served until every worker said goodbye
+            shardps.shutdown()
+            sys.exit(0)
+        return True
+    if not shardps.is_worker():
+        raise shardps.Error("shardps.torch: this rank is a server (it has served already): "
+                            "communication calls are for workers")
+    return True
+
+
+def declare(name, shape):
+    """Declares a float32 table (before the node starts), remembering it for shardps.torch."""
+    if _core.started():
+        raise shardps.Error(f"shardps.torch: cannot declare table {name!r}: the node has started (the first "
+                            f"communication call starts it); create DistributedOptimizer and call "
+                            f"broadcast_parameters before the first communication call")
+    if STREAM_TABLE not in _declared and name != STREAM_TABLE:
+        shardps.declare(STREAM_TABLE, (STREAM_FLOATS,))
+        _declared[STREAM_TABLE] = (STREAM_FLOATS,)
+    shardps.declare(name, tuple(shape))
+    _declared[name] = tuple(shape)
+
+
+def _ensure_stream_declared():
+    if STREAM_TABLE not in _declared and not _core.started():
+        shardps.declare(STREAM_TABLE, (STREAM_FLOATS,))
+        _declared[STREAM_TABLE] = (STREAM_FLOATS,)
+
+
+# ---- push_pull on tensors ----
+
+def _as_array(tensor, what):
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{what}: expected a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.device.type != "cpu":
+        raise TypeError(f"{what}: tensor is on {tensor.device}; only CPU tensors are supported (copy it with .cpu())")
+    if tensor.dtype != torch.float32:
+        raise TypeError(f"{what}: tensor dtype is {tensor.dtype}, expected torch.float32")
+    if tensor.layout != torch.strided:
+        raise TypeError(f"{what}: tensor layout is {tensor.layout}, expected torch.strided (dense)")
+    if not tensor.is_contiguous():
+        raise ValueError(f"{what}: tensor is not contiguous (call .contiguous() and push_pull that)")
+    return tensor.detach().numpy()  # shares the tensor's memory: the result lands in place
+
+
+def push_pull_async(tensor, name, average=True):
+    """Starts the push_pull of `tensor` (CPU float32 contiguous) as table `name`'s next step; the
+    handle's wait() writes the sum (mean when average) over workers into `tensor` in place."""
+    arr = _as_array(tensor, f"push_pull({name!r})")
+    start()
+    return shardps.push_pull_async(arr, name, average)
+
+
+def push_pull(tensor, name, average=True, timeout=None):
+    """push_pull_async(...).wait(timeout); returns `tensor`, which holds the result."""
+    push_pull_async(tensor, name, average).wait(timeout)
+    return tensor
+
+
+# ---- broadcasts ----
+
+def _check_root(root_worker):
+    n = shardps.num_workers()
+    if not isinstance(root_worker, int) or not 0 <= root_worker < n:
+        raise ValueError(f"root_worker must be a worker index in 0..{n - 1}, got {root_worker!r}")
+
+
+def _broadcast_bytes(data, root_worker):
+    """Root's bytes to every worker (the others pass None), through the stream table."""
+    is_root = shardps.worker_index() == root_worker
+    buf = np.zeros(STREAM_FLOATS, np.float32)
+    if is_root:
+        n = len(data)
+        buf[:4] = [(n >> (16 * i)) & 0xFFFF for i in range(4)]
+    shardps.push_pull(buf, STREAM_TABLE, average=False)
+    n = sum(int(buf[i]) << (16 * i) for i in range(4))
+    words = np.zeros((n + 1) // 2, np.float32)
+    if is_root:
+        padded = data + (b"\0" if n % 2 else b"")
+        words[:] = np.frombuffer(padded, "<u2").astype(np.float32)
+    for off in range(0, len(words), STREAM_FLOATS):
+        part = words[off:off + STREAM_FLOATS]
+        buf[:] = 0.0
+        buf[:len(part)] = part
+        shardps.push_pull(buf, STREAM_TABLE, average=False)
+        part[:] = buf[:len(part)]
+    return words.astype("<u2").tobytes()[:n]
+
+
+def _broadcast_object(obj, root_worker):
+    data = None
+    if shardps.worker_index() == root_worker:
+        f = io.BytesIO()
+        torch.save(obj, f)
+        data = f.getvalue()
+    return torch.load(io.BytesIO(_broadcast_bytes(data, root_worker)))
+
+
+def _items(params):
+    if isinstance(params, dict):
+        items = list(params.items())
+    else:
+        items = list(params)
+        if any(not (isinstance(i, tuple) and len(i) == 2) for i in items):
+            raise TypeError("broadcast_parameters: params must be a state_dict or a list of (name, tensor) pairs")
+    names = [n for n, _ in items]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"broadcast_parameters: duplicate names {dup}")
+    return items
+
+
+def _bcast_eligible(t):
+    return (isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dtype == torch.float32
+            and t.layout == torch.strided and t.numel() > 0)
+
+
+def broadcast_parameters(params, root_worker=0):
+    """Every worker ends with root's values (bit-exact) in `params`, a state_dict or a list of
+    (name, tensor) pairs such as model.named_parameters(), written in place. Before the node starts,
+    declares a table "bcast.<name>" per float32 tensor and starts the node (server ranks serve
+    there and exit); other entries (and everything after start without such tables) go as bytes."""
+    items = _items(params)
+    if not _core.started():
+        for name, t in items:
+            if _bcast_eligible(t) and "bcast." + name not in _declared:
+                declare("bcast." + name, tuple(t.shape))
+        _ensure_stream_declared()
+    start()
+    _check_root(root_worker)
+    is_root = shardps.worker_index() == root_worker
+    rest = []
+    handles = []
+    for name, t in items:
+        table = "bcast." + name
+        if _bcast_eligible(t) and _declared.get(table) == tuple(t.shape):
+            with torch.no_grad():
+                buf = t.detach().contiguous().clone() if is_root else torch.full(t.shape, -0.0)
+            handles.append((shardps.push_pull_async(buf.numpy(), table, average=False), buf, t))
+        elif isinstance(t, torch.Tensor):
+            rest.append((name, t))
+        else:
+            raise TypeError(f"broadcast_parameters: {name!r} is a {type(t).__name__}, not a tensor")
+    for h, buf, t in handles:
+        h.wait()
+        with torch.no_grad():
+            t.copy_(buf)
+    if rest:
+        values = _broadcast_object({n: t.detach() for n, t in rest} if is_root else None, root_worker)
+        for name, t in rest:
+            if name not in values or values[name].shape != t.shape or values[name].dtype != t.dtype:
+                raise ValueError(f"broadcast_parameters: {name!r} differs in shape or dtype from the root's")
+            with torch.no_grad():
+                t.copy_(values[name])
+
+
+def broadcast_optimizer_state(optimizer, root_worker=0):
+    """Every worker's optimizer gets root's state (tensors, step counts) and hyperparameters (lr,
+    momentum, ... of every param group), bit-exact, through optimizer.state_dict() and
+    load_state_dict(). The param groups must hold the same parameters in the same order everywhere."""
+    _ensure_stream_declared()
+    start()
+    _check_root(root_worker)
+    is_root = shardps.worker_index() == root_worker
+    state = _broadcast_object(optimizer.state_dict() if is_root else None, root_worker)
+    mine = [len(g["params"]) for g in optimizer.param_groups]
+    theirs = [len(g["params"]) for g in state["param_groups"]]
+    if mine != theirs:
+        raise ValueError(f"broadcast_optimizer_state: this worker's param groups hold {mine} parameters, "
+                         f"the root's {theirs}")
+    if not is_root:
+        optimizer.load_state_dict(state)
+
+
+# ---- DistributedOptimizer ----
+
+class _DistributedOptimizer(torch.optim.Optimizer):
+    def __init__(self, params, named_parameters, backward_passes_per_step=1):
+        super(self.__class__, self).__init__(params)
+        self._timeout = None
+        if named_parameters is not None:
+            named_parameters = list(named_parameters)
+        else:
+            named_parameters = [(f"param.{gi}.{pi}", p) for gi, g in enumerate(self.param_groups)
+                                for pi, p in enumerate(g["params"])]
+        if any(not (isinstance(i, tuple) and len(i) == 2) for i in named_parameters):
+            raise ValueError("DistributedOptimizer: named_parameters must be (name, parameter) pairs, "
+                             "e.g. model.named_parameters()")
+        names = [n for n, _ in named_parameters]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"DistributedOptimizer: named_parameters has duplicate names {dup}")
+        if not isinstance(backward_passes_per_step, int) or backward_passes_per_step < 1:
+            raise ValueError(f"DistributedOptimizer: backward_passes_per_step must be an int >= 1, "
+                             f"got {backward_passes_per_step!r}")
+        named_ids = {id(p) for _, p in named_parameters}
+        unnamed = [f"group {gi} param {pi} (shape {tuple(p.shape)})" for gi, g in enumerate(self.param_groups)
+                   for pi, p in enumerate(g["params"]) if id(p) not in named_ids]
+        if unnamed:
+            raise ValueError("DistributedOptimizer: named_parameters does not name every parameter of the "
+                             "optimizer; unnamed: " + ", ".join(unnamed))
+        in_groups = {id(p) for g in self.param_groups for p in g["params"]}
+        self._names = {}
+        for name, p in named_parameters:
+            if id(p) in in_groups and id(p) not in self._names:
+                self._names[id(p)] = name
+        self.backward_passes_per_step = backward_passes_per_step
+        self._params = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
+        for p in self._params:
+            _as_array(p, f"DistributedOptimizer: parameter {self._names[id(p)]!r}")
+        for p in self._params:
+            declare("grad." + self._names[id(p)], tuple(p.shape))
+        self._delay = {id(p): backward_passes_per_step for p in self._params}
+        self._handles = {}  # id(p) -> (handle or None, grad tensor)
+        self._synchronized = False
+        self._should_synchronize = True
+        self._grad_accs = []
+        self._register_hooks()
+
+    def _register_hooks(self):
+        for p in self._params:
+            p_tmp = p.expand_as(p)
+            grad_acc = p_tmp.grad_fn.next_functions[0][0]
+            grad_acc.register_hook(self._make_hook(p))
+            self._grad_accs.append(grad_acc)  # keep the accumulator (and its hook) alive
+
+    def _push_pull_grad_async(self, p):
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        grad = p.grad
+        arr = _as_array(grad, f"gradient of {self._names[id(p)]!r}")
+        start()
+        return shardps.push_pull_async(arr, "grad." + self._names[id(p)], True), grad
+
+    def _make_hook(self, p):
+        def hook(*ignore):
+            key = id(p)
+            if key in self._handles and self._handles[key][0] is not None:
+                if self._delay[key] <= 0:
+                    raise AssertionError(
+                        f"shardps DistributedOptimizer: the gradient of {self._names[key]!r} was computed more "
+                        f"than backward_passes_per_step={self.backward_passes_per_step} times before step(); "
+                        f"call step() (or synchronize()) after each {self.backward_passes_per_step} backward "
+                        f"pass(es), or raise backward_passes_per_step to accumulate more passes locally")
+            self._delay[key] -= 1
+            entry = (None, None)
+            if self._delay[key] == 0:
+                entry = self._push_pull_grad_async(p)
+            self._handles[key] = entry
+        return hook
+
+    def synchronize(self):
+        """Waits for every gradient push_pull of this step, first starting those whose hooks did not
+        fire (unused parameters: zeros) or fired fewer than backward_passes_per_step times."""
+        for p in self._params:
+            key = id(p)
+            if key not in self._handles or self._handles[key][0] is None:
+                self._handles[key] = self._push_pull_grad_async(p)
+        for p in self._params:
+            handle, grad = self._handles[id(p)]
+            handle.wait(self._timeout)
+            if p.grad is not grad:
+                raise AssertionError(f"shardps DistributedOptimizer: the gradient tensor of {self._names[id(p)]!r} "
+                                     f"was replaced while its push_pull was pending")
+            self._delay[id(p)] = self.backward_passes_per_step
+        self._handles.clear()
+        self._synchronized = True
+
+    def skip_synchronize(self):
+        """A context manager for step() after an explicit synchronize() (as Horovod's)."""
+        opt = self
+
+        class _Skip:
+            def __enter__(self_):
+                opt._should_synchronize = False
+
+            def __exit__(self_, *exc):
+                opt._should_synchronize = True
+        return _Skip()
+
+    def step(self, closure=None):
+        if self._should_synchronize:
+            self.synchronize()
+        self._synchronized = False
+        return super(self.__class__, self).step(closure)
+
+    def zero_grad(self, *args, **kwargs):
+        pending = sorted(self._names[k] for k, (h, _) in self._handles.items() if h is not None)
+        partial = sorted(self._names[k] for k, (h, _) in self._handles.items() if h is None)
+        if pending or partial:
+            what = []
+            if pending:
+                what.append(f"the push_pulls of the gradients of {pending} are pending")
+            if partial:
+                what.append(f"the gradients of {partial} have accumulated fewer than backward_passes_per_step="
+                            f"{self.backward_passes_per_step} passes")
+            raise AssertionError(
+                "shardps DistributedOptimizer: zero_grad() was called while " + " and ".join(what) +
+                " (after backward(), before step() or synchronize()); call step() first, or zero the gradients "
+                "before backward()")
+        return super(self.__class__, self).zero_grad(*args, **kwargs)
+
+
+def DistributedOptimizer(optimizer, named_parameters=None, backward_passes_per_step=1):
+    """Wraps a torch.optim optimizer: its gradients are averaged over the workers before each step.
+    Each parameter's gradient is pushed (table "grad.<name>", declared here: call this before the
+    first communication call) as soon as backward() has produced it, after
+    backward_passes_per_step passes have accumulated it locally; step() waits for all of them
+    (pushing zeros for parameters whose gradients were not computed), then runs the wrapped
+    optimizer's step. named_parameters (e.g. model.named_parameters()) must name every parameter of
+    the optimizer, each once; the names must be the same on every worker."""
+    cls = type(optimizer.__class__.__name__, (optimizer.__class__,), dict(_DistributedOptimizer.__dict__))
+    return cls(optimizer.param_groups, named_parameters, backward_passes_per_step)

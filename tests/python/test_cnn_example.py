@@ -1,0 +1,144 @@
+"""examples/python/train_cnn.py (CTest label `python`, registered when torch was found): the
+Fashion-MNIST CNN on a subset, distributed (1 server + 2 workers under mpirun, or over TCP)
+against one plain process (--single) on the same global batches, compared through the --out
+state_dicts; and its flag checks. ~25 s per test on an idle 2-core machine.
+
+Why two comparisons: rounding differences (the workers' two half-batch gradients averaged vs one
+backward pass over the global batch: float sums in another order, ~1e-8 after one step) are
+amplified by training (ReLU/max-pool switching, lr 0.05 with momentum): measured max abs weight
+differences 6e-7 after 4 steps, 1e-4 after 16, 3e-2 after 32. So
+  * over 4 steps, distributed vs plain --single: <= 1e-5 (a broken or unaveraged gradient moves
+    the weights by ~1e-3 or more in 4 steps);
+  * over a whole subset epoch (64 steps), distributed vs --single --grad-shards 2 (the same
+    process computing the mean of the two half-batch gradients, one after the other): the
+    same float operations (a + b is commutative, / 2 is exact), so equal up to 1e-6 (measured:
+    bit-identical, equal weights_sha256), and the test accuracy after that epoch is > 0.6
+    (measured 0.71; an untrained or broken model stays near 0.1-0.5).
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from test_jobs import PY, ROLES, _stop_processes, job_env, sc, secret, tcp_env  # noqa: E402,F401
+
+import shardps  # noqa: E402
+
+SCRIPT = os.path.join(HERE, "..", "..", "examples", "python", "train_cnn.py")
+SUBSET = ["--train-limit", "4096", "--test-limit", "1000", "--epochs", "1", "--lr", "0.05", "--momentum", "0.9",
+          "--batch-size", "64", "--seed", "1", "--log-every", "16"]  # pinned: the figures above were measured so
+RUN_TIMEOUT = 180  # seconds per run (each takes ~5-10 s on an idle 2-core machine)
+
+needs_mpi = pytest.mark.skipif(not shardps._core.with_mpi, reason="built without MPI (SHARDPS_WITH_MPI=OFF)")
+
+
+def final_json(stdout, what):
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
+    assert len(lines) == 1, f"{what}: expected one final JSON line, got {lines}\n{stdout}"
+    r = json.loads(lines[0])
+    assert set(r) == {"test_accuracy", "samples_per_second", "wall_seconds", "weights_sha256"}, r
+    return r
+
+
+def run(cmd, what, env=None):
+    t0 = time.time()
+    p = sc.popen(cmd, env=env or job_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    so, se = sc.communicate(p, RUN_TIMEOUT, what)
+    print(f"--- {what}: {time.time() - t0:.1f} s, exit {p.returncode}\n{so}", flush=True)
+    assert p.returncode == 0, f"{what} exited {p.returncode}\n--- stdout\n{so}\n--- stderr\n{se}"
+    return final_json(so, what)
+
+
+def run_single(out, *extra):
+    return run([PY, SCRIPT, "--single", *SUBSET, "--out", out, *extra], "single " + " ".join(extra))
+
+
+def run_mpi(out, *extra):
+    cmd = sc.mpirun_cmd("mpirun", 3, [PY, SCRIPT, "--servers", "1", *SUBSET, "--out", out, *extra])
+    return run(cmd, "mpirun " + " ".join(extra))
+
+
+def run_tcp(out, secret, *extra):
+    port = sc.free_port()
+    procs = {}
+    for role, rank in ROLES:
+        args = [PY, SCRIPT, *SUBSET, *extra] + (["--out", out] if (role, rank) == ("worker", 0) else [])
+        procs[f"{role} {rank}"] = sc.popen(args, env=tcp_env(port, secret, role, rank), stdout=subprocess.PIPE,
+                                           stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + RUN_TIMEOUT
+    outputs = {}
+    for name, p in procs.items():
+        so, se = sc.communicate(p, max(1, deadline - time.time()), name)
+        assert p.returncode == 0, f"{name} exited {p.returncode}\n--- stdout\n{so}\n--- stderr\n{se}"
+        outputs[name] = so
+    print(f"--- tcp worker 0:\n{outputs['worker 0']}")
+    assert outputs["server 0"] == "" and outputs["worker 1"] == "", "only worker 0 prints"
+    return final_json(outputs["worker 0"], "tcp worker 0")
+
+
+def max_diff(a, b):
+    sa, sb = torch.load(a), torch.load(b)
+    assert list(sa) == list(sb)
+    return max(float((sa[k] - sb[k]).abs().max()) for k in sa)
+
+
+@needs_mpi
+def test_cnn_mpi_matches_single(tmp_path):
+    d = str(tmp_path)
+    # A whole subset epoch (64 steps): equal to the same gradient arithmetic in one process.
+    mpi = run_mpi(f"{d}/mpi.pt")
+    shards = run_single(f"{d}/shards.pt", "--grad-shards", "2")
+    diff = max_diff(f"{d}/mpi.pt", f"{d}/shards.pt")
+    print(f"64 steps: max abs diff mpirun vs --single --grad-shards 2: {diff:.3g}; "
+          f"test accuracy {mpi['test_accuracy']} vs {shards['test_accuracy']}")
+    assert diff <= 1e-6, f"distributed weights differ from --single --grad-shards 2 by {diff}"
+    assert mpi["test_accuracy"] > 0.6, f"test accuracy {mpi['test_accuracy']} after the subset epoch"
+    assert abs(mpi["test_accuracy"] - shards["test_accuracy"]) <= 0.002
+    # 4 steps: equal to one plain process's backward pass on each global batch, within rounding.
+    mpi4 = run_mpi(f"{d}/mpi4.pt", "--max-steps", "4")
+    single4 = run_single(f"{d}/single4.pt", "--max-steps", "4")
+    diff4 = max_diff(f"{d}/mpi4.pt", f"{d}/single4.pt")
+    moved = max_diff(f"{d}/mpi4.pt", f"{d}/mpi.pt")
+    print(f"4 steps: max abs diff mpirun vs plain --single: {diff4:.3g} (vs the 64-step weights: {moved:.3g})")
+    assert diff4 <= 1e-5, f"distributed weights differ from one plain process by {diff4} after 4 steps"
+    assert moved > 1e-3  # the comparison is not between untrained weights
+    assert mpi4["weights_sha256"] != single4["weights_sha256"] or diff4 == 0
+
+
+def test_cnn_tcp_matches_single(tmp_path, secret):
+    """The same subset epoch over TCP (3 processes started on their own with the SHARDPS_*
+    variables, as the example's docstring shows) against --single --grad-shards 2."""
+    d = str(tmp_path)
+    tcp = run_tcp(f"{d}/tcp.pt", secret)
+    shards = run_single(f"{d}/shards.pt", "--grad-shards", "2")
+    diff = max_diff(f"{d}/tcp.pt", f"{d}/shards.pt")
+    print(f"64 steps over TCP: max abs diff vs --single --grad-shards 2: {diff:.3g}; "
+          f"test accuracy {tcp['test_accuracy']} vs {shards['test_accuracy']}")
+    assert diff <= 1e-6, f"distributed (TCP) weights differ from --single --grad-shards 2 by {diff}"
+    assert tcp["test_accuracy"] > 0.6, f"test accuracy {tcp['test_accuracy']} after the subset epoch"
+
+
+def test_cnn_bad_flags(tmp_path):
+    """Refused with a clear message before training (exit 2), on every rank."""
+    def refused(cmd, message, what):
+        p = sc.popen(cmd, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        so, se = sc.communicate(p, 120, what)
+        assert p.returncode != 0 and message in se, f"{what}: exit {p.returncode}\n{so}\n{se}"
+        assert "step " not in so, f"{what}: trained anyway\n{so}"
+
+    refused([PY, SCRIPT, "--single", "--data-dir", str(tmp_path / "nope")], "is not a directory", "missing data dir")
+    (tmp_path / "empty").mkdir()
+    refused([PY, SCRIPT, "--single", "--data-dir", str(tmp_path / "empty")],
+            "train-images-idx3-ubyte.gz not found", "empty data dir")
+    refused([PY, SCRIPT, "--single", "--batch-size", "0"], "--batch-size must be >= 1", "batch size 0")
+    refused([PY, SCRIPT, "--single", "--batch-size", "64", "--grad-shards", "3"], "not divisible by --grad-shards 3",
+            "grad shards")
+    if shardps._core.with_mpi:
+        refused(sc.mpirun_cmd("mpirun", 3, [PY, SCRIPT, "--servers", "1", "--batch-size", "63"]),
+                "--batch-size 63 is not divisible by the 2 workers", "odd batch under mpirun")

@@ -133,6 +133,10 @@ Result<std::vector<std::unique_ptr<tcp::socket>>> Rendezvous(asio::io_context& i
       if (socks[rank]) continue;  // the real process joined
       const auto since = first_registered ? std::max(refusal.at, *first_registered) : refusal.at;
       const auto grace = first_registered ? short_grace : long_grace;
+      // A grace period that would end at or after the setup timeout changes nothing: the
+      // deadline ends the rendezvous first. Without this, which of the two errors a late wakeup
+      // past both saw first depended on scheduling.
+      if (since + grace >= deadline) continue;
       if (now < since + grace) continue;
       return FailedPrecondition(
           "rank " + std::to_string(rank) + " did not join: a connection from " + refusal.from + " claiming rank " +

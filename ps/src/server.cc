@@ -499,7 +499,13 @@ void Server::SendCompressed(Served& chunk, const HeldRequest& pull, const Codec&
 }
 
 void Server::ApplyUpdate(Chunk& chunk, std::span<const float> gradient) {
-  ApplyOptimizer(chunk.spec->optimizer, chunk.version + 1, chunk.weights, chunk.slots, gradient);
+  if (chunk.spec->init.kind != InitKind::kFirstPush) {
+    ApplyOptimizer(chunk.spec->optimizer, chunk.version + 1, chunk.weights, chunk.slots, gradient);
+  } else if (chunk.version == 0) {  // step 0 is the initial weights (layout.h)
+    std::copy(gradient.begin(), gradient.end(), chunk.weights.begin());
+  } else {
+    ApplyOptimizer(chunk.spec->optimizer, chunk.version, chunk.weights, chunk.slots, gradient);
+  }
   ++chunk.version;
   MutexLock lock(mu_);
   ++stats_.steps_applied;

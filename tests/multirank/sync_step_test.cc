@@ -225,5 +225,66 @@ TEST(Determinism, SummationOrderMattersSoTheTestCanFail) {
   EXPECT_GT(differ, 10);
 }
 
+// InitKind::kFirstPush: step 0's pushes (worker 0's weights, zeros from the others) become the
+// weights, and from step 1 on the optimizer applies with its own step counting from 1: the
+// result equals Adam (and momentum) run locally from those weights on the summed gradients.
+TEST(FirstPush, StepZeroSetsTheWeightsAndTheOptimizerCountsFromStepOne) {
+  for (const char* kind : {"adam", "momentum"}) {
+    for (int servers : {1, 2}) {
+      JobConfig cfg;
+      cfg.world = servers + 2;
+      cfg.servers = servers;
+      TableSpec t{.name = "w", .size = 300};
+      t.optimizer.kind = kind;
+      t.optimizer.learning_rate = 0.01f;
+      t.init.kind = InitKind::kFirstPush;
+      cfg.tables = {t};
+      cfg.chunk_floats = 64;
+      auto initial = [](uint64_t i) { return 0.5f - static_cast<float>(i % 11) * 0.125f; };
+      constexpr uint64_t kSteps = 4;
+      ThreadsJob job(cfg);
+      std::mutex mu;
+      std::vector<std::vector<float>> after_init(cfg.world), finals(cfg.world);
+      auto st = job.Run([&](int rank, Node& node) -> Status {
+        auto* c = node.client();
+        if (!c) return Status::Ok();
+        const int w = rank - servers;
+        std::vector<float> push(300), got(300), first(300);
+        for (uint64_t i = 0; i < push.size(); ++i) push[i] = w == 0 ? initial(i) : 0.0f;
+        SHARDPS_RETURN_IF_ERROR(c->PushPull(0, push, first, 0).wait(kWait));
+        for (uint64_t step = 1; step <= kSteps; ++step) {
+          for (uint64_t i = 0; i < push.size(); ++i) push[i] = FixedGrad(w, i + step);
+          SHARDPS_RETURN_IF_ERROR(c->PushPull(0, push, got, step).wait(kWait));
+        }
+        std::lock_guard<std::mutex> lock(mu);
+        after_init[rank] = first;
+        finals[rank] = got;
+        return Status::Ok();
+      });
+      for (const Status& s : st) ASSERT_TRUE(s.ok()) << JoinStatuses(st);
+      std::vector<float> w(300), slots(300 * OptimizerSlots(kind)), g(300);
+      for (uint64_t i = 0; i < w.size(); ++i) w[i] = initial(i);
+      for (uint64_t step = 1; step <= kSteps; ++step) {
+        for (uint64_t i = 0; i < g.size(); ++i) g[i] = FixedGrad(0, i + step) + FixedGrad(1, i + step);
+        ApplyOptimizer(t.optimizer, step, w, slots, g);
+      }
+      for (int r = servers; r < cfg.world; ++r) {
+        for (uint64_t i = 0; i < 300; ++i) {
+          ASSERT_EQ(after_init[r][i], initial(i)) << kind << ", rank " << r << ", element " << i;
+          ASSERT_EQ(finals[r][i], w[i]) << kind << ", " << servers << " servers, rank " << r << ", element " << i;
+        }
+      }
+    }
+  }
+}
+
+TEST(FirstPush, SparseTablesRefuseIt) {
+  TableSpec t{.name = "emb", .row_dim = 8};
+  t.init.kind = InitKind::kFirstPush;
+  Result<TableLayout> l = TableLayout::Create({t}, 1);
+  ASSERT_FALSE(l.ok());
+  EXPECT_NE(l.status().message().find("first push"), std::string::npos) << l.status().ToString();
+}
+
 }  // namespace
 }  // namespace shardps

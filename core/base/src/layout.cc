@@ -57,6 +57,9 @@ Result<TableLayout> TableLayout::Create(std::vector<TableSpec> specs, int num_se
       if (s.optimizer.kind == OptimizerKind::kSum) {
         return InvalidArgument("table '" + s.name + "' is sparse: optimizer 'sum' is for dense reduction tables");
       }
+      if (s.init.kind == InitKind::kFirstPush) {
+        return InvalidArgument("table '" + s.name + "' is sparse: initial weights from the first push are for dense tables");
+      }
     } else if (s.size == 0) {
       return InvalidArgument("table '" + s.name + "' has size 0");
     }
@@ -163,6 +166,7 @@ void InitializeRow(const TableInit& init, uint32_t table_id, uint64_t key, std::
 void InitializeWeights(const TableInit& init, uint32_t table_id, uint64_t begin, std::span<float> out) {
   switch (init.kind) {
     case InitKind::kZeros:
+    case InitKind::kFirstPush:
       std::fill(out.begin(), out.end(), 0.0f);  // not memset: out may be empty with a null data()
       return;
     case InitKind::kConstant:

@@ -24,10 +24,16 @@
 
 namespace shardps {
 
-enum class InitKind { kZeros, kConstant, kUniform, kNormal };
+// kFirstPush: the weights are what the workers push at step 0 (their sum, as an optimizer "sum"
+// table would hold), not an update: a trainer whose model is built elsewhere (a PyTorch worker's
+// parameters) hands its initial weights to the servers by pushing them as step 0 from one worker
+// (the others push zeros), and every pull of version 1 returns them. The optimizer applies from
+// step 1 on and counts its steps from 1 there (Adam's bias correction sees 1, 2, ...). Zeros until
+// then; dense tables only.
+enum class InitKind { kZeros, kConstant, kUniform, kNormal, kFirstPush };
 
 // Initial weights, a pure function of (seed, table id, global index): the same on any number of
-// servers.
+// servers (kFirstPush: zeros until the first push replaces them).
 struct TableInit {
   InitKind kind = InitKind::kZeros;
   float value = 0.0f;                 // kConstant

@@ -8,9 +8,13 @@
     shardps.push_pull(arr, "grad.w", average=True)   # float32, C-contiguous; the result replaces arr in place
 
 Each push_pull of a table is that table's next step (tables step independently); every worker
-must push_pull the same tables the same number of times. Tables use the server optimizer "sum":
-the answer is the sum over workers of that step's arrays (divided by the worker count with
-average=True). The environment is read here only, in init().
+must push_pull the same tables the same number of times. By default a table's servers run the
+optimizer "sum": the answer is the sum over workers of that step's arrays (divided by the worker
+count with average=True). declare(..., optimizer="adam", lr=...) makes the servers hold the weights
+and run that optimizer: initialize() sets the weights from one worker's array, each push_pull then
+pushes a gradient and answers the new weights, and checkpoint() saves them (with the optimizer
+state) in a registry directory that start(resume=...) restarts from, on any number of servers.
+The environment is read here only, in init().
 """
 import atexit
 import os
@@ -21,7 +25,7 @@ from ._core import Error, TimeoutError  # noqa: A004  (shardps.TimeoutError is a
 
 __all__ = [
     "Error", "TimeoutError", "Handle", "init", "declare", "start", "shutdown", "push_pull", "push_pull_async",
-    "barrier", "rank", "size", "local_rank", "num_workers", "num_servers", "worker_index", "is_server", "is_worker",
+    "barrier", "initialize", "pull", "checkpoint", "load_checkpoint", "export_checkpoint", "resumed_step", "rank", "size", "local_rank", "num_workers", "num_servers", "worker_index", "is_server", "is_worker",
 ]
 
 Handle = _core.Handle
@@ -116,21 +120,52 @@ def init(servers=None, *, transport=None, role=None, rank=None, num_workers=None
     return result
 
 
-def declare(name, shape):
-    """Declares a float32 table `name` of `shape` (a tuple, or an int for one dimension); before start()."""
+_OPTIMIZER_FIELDS = ("lr", "momentum", "beta1", "beta2", "eps", "weight_decay", "initial_accumulator")
+
+
+def declare(name, shape, optimizer=None, **hyper):
+    """Declares a float32 table `name` of `shape` (a tuple, or an int for one dimension); before start().
+
+    optimizer=None (or "sum"): push_pull answers the sum (mean) of the workers' arrays.
+    optimizer="sgd" | "momentum" | "adam" | "adagrad" (any name the servers register; see
+    shardps.optimizers()): the servers hold the table's weights and apply that optimizer to the
+    sum of each step's pushes, with keywords lr, momentum, beta1, beta2, eps, weight_decay,
+    initial_accumulator (defaults 0.01, 0.9, 0.9, 0.999, 1e-8, 0, 0.1)."""
     if isinstance(shape, int):
         shape = (shape,)
     try:
         dims = [int(d) for d in shape]
     except TypeError:
         raise TypeError(f"declare({name!r}): shape must be a tuple of ints, got {shape!r}") from None
-    _core.declare(name, dims)
+    args = _core.OptimizerArgs()
+    if optimizer is not None:
+        args.kind = str(optimizer)
+    unknown = sorted(set(hyper) - set(_OPTIMIZER_FIELDS))
+    if unknown:
+        raise TypeError(f"declare({name!r}): unknown optimizer settings {unknown} (known: {list(_OPTIMIZER_FIELDS)})")
+    if hyper and args.kind == "sum":
+        raise ValueError(f"declare({name!r}): optimizer settings {sorted(hyper)} given without an optimizer")
+    for key, value in hyper.items():
+        setattr(args, key, float(value))
+    _core.declare(name, dims, args)
 
 
-def start():
+def optimizers():
+    """The names declare(optimizer=...) accepts."""
+    return [n.strip() for n in _core.optimizers().split(",")]
+
+
+def start(checkpoint_dir=None, resume=None, keep_last=0):
     """Starts this process's node. Workers: returns True. Servers: serve until every worker has
-    called shutdown(), then return False; the script should then exit."""
-    return _core.start()
+    called shutdown(), then return False; the script should then exit.
+
+    checkpoint_dir: where checkpoint() writes versions of the tables whose servers run an
+    optimizer (the same path on every process: one machine, or a shared file system); worker 0
+    holds the directory's writer lock for the run. keep_last: keep that many newest untagged
+    versions (0: all). resume: "auto" (checkpoint_dir's newest valid version, or a fresh start if
+    it has none), or "DIR", "DIR@VERSION", "DIR@TAG" (an error if there is none): the servers load
+    it, whatever server count wrote it, and those tables go on from its step (resumed_step())."""
+    return _core.start(checkpoint_dir or "", resume or "", int(keep_last))
 
 
 def push_pull_async(array, name, average=True):
@@ -143,6 +178,43 @@ def push_pull_async(array, name, average=True):
 def push_pull(array, name, average=True, timeout=None):
     """push_pull_async(...).wait(timeout): the sum (or mean) over workers, written into `array`."""
     return _core.push_pull_async(array, name, average).wait(timeout)
+
+
+def initialize(array, name, root=0, timeout=None):
+    """Sets the weights of table `name` (declared with an optimizer) from worker `root`'s `array`;
+    every worker's `array` then holds them (bit for bit). After a resume, or when already set,
+    the array receives the table's current weights instead. Every worker calls it."""
+    return _core.initialize_async(array, name, int(root)).wait(timeout)
+
+
+def pull(array, name, timeout=None):
+    """The current weights of table `name` (declared with an optimizer), written into `array`."""
+    return _core.pull_async(array, name).wait(timeout)
+
+
+def checkpoint(wait=False):
+    """Every worker calls it after the same step of every table declared with an optimizer:
+    worker 0 writes a version of start()'s checkpoint_dir at that step, in the background
+    (wait=True: until it is committed). A checkpoint still being written is committed first,
+    and the last one before shutdown()."""
+    _core.checkpoint(bool(wait))
+
+
+def resumed_step():
+    """The step the job resumed from (0: a fresh start)."""
+    return _core.resumed_step()
+
+
+def load_checkpoint(spec):
+    """The weights of a checkpoint version ("DIR", "DIR@VERSION" or "DIR@TAG"): a dict from table
+    name to a float32 array of its shape, plus "__step__". Needs no job."""
+    return _core.load_checkpoint(str(spec))
+
+
+def export_checkpoint(spec, path):
+    """Writes the weights of a checkpoint version to a safetensors file at `path` (atomically);
+    returns the version's directory. Needs no job."""
+    return _core.export_checkpoint(str(spec), str(path))
 
 
 def barrier(timeout=None):

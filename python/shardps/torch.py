@@ -59,25 +59,33 @@ __all__ = ["push_pull", "push_pull_async", "broadcast_parameters", "broadcast_op
 STREAM_TABLE = "bcast.__stream__"
 STREAM_FLOATS = 1 << 16  # 16 bits of payload each: 128 KiB per step
 _declared = {}  # name -> shape, the tables declared through this module
+_server_tables = {}  # name -> shape: tables whose servers run the optimizer (server mode)
 
 
 # ---- start and declarations ----
 
-def start():
+def start(checkpoint_dir=None, resume=None, keep_last=0):
     """Starts the node if it is not started yet. On a worker returns True. On a server rank, serves
-    until every worker has shut down, then shuts down and exits the process (sys.exit(0))."""
+    until every worker has shut down, then shuts down and exits the process (sys.exit(0)).
+    checkpoint_dir, resume, keep_last: as shardps.start() (checkpoints need
+    DistributedOptimizer(..., server_optimizer=True)); call this explicitly to give them, before
+    any other communication call (which would start the node without them)."""
     if not _core.started():
-        if not shardps.start():  # a server: served until every worker said goodbye
+        if not shardps.start(checkpoint_dir, resume, keep_last):  # a server: served until every worker said goodbye
             shardps.shutdown()
             sys.exit(0)
         return True
     if not shardps.is_worker():
         raise shardps.Error("shardps.torch: this rank is a server (it has served already): "
                             "communication calls are for workers")
+    if checkpoint_dir is not None or resume is not None:
+        raise shardps.Error("shardps.torch.start: the node has already started (a communication call started it) "
+                            "without checkpoint_dir/resume; call start(checkpoint_dir=..., resume=...) before "
+                            "broadcast_parameters and the first step")
     return True
 
 
-def declare(name, shape):
+def declare(name, shape, optimizer=None, **hyper):
     """Declares a float32 table (before the node starts), remembering it for shardps.torch."""
     if _core.started():
         raise shardps.Error(f"shardps.torch: cannot declare table {name!r}: the node has started (the first "
@@ -86,8 +94,10 @@ def declare(name, shape):
     if STREAM_TABLE not in _declared and name != STREAM_TABLE:
         shardps.declare(STREAM_TABLE, (STREAM_FLOATS,))
         _declared[STREAM_TABLE] = (STREAM_FLOATS,)
-    shardps.declare(name, tuple(shape))
+    shardps.declare(name, tuple(shape), optimizer, **hyper)
     _declared[name] = tuple(shape)
+    if optimizer is not None:
+        _server_tables[name] = tuple(shape)
 
 
 def _ensure_stream_declared():
@@ -192,7 +202,7 @@ def broadcast_parameters(params, root_worker=0):
     items = _items(params)
     if not _core.started():
         for name, t in items:
-            if _bcast_eligible(t) and "bcast." + name not in _declared:
+            if _bcast_eligible(t) and name not in _server_tables and "bcast." + name not in _declared:
                 declare("bcast." + name, tuple(t.shape))
         _ensure_stream_declared()
     start()
@@ -202,7 +212,13 @@ def broadcast_parameters(params, root_worker=0):
     handles = []
     for name, t in items:
         table = "bcast." + name
-        if _bcast_eligible(t) and _declared.get(table) == tuple(t.shape):
+        if _bcast_eligible(t) and _server_tables.get(name) == tuple(t.shape):
+            # Server mode: the parameter's own table; root's values become the servers' weights
+            # (or, resumed, the checkpoint's weights come back to every worker).
+            with torch.no_grad():
+                buf = t.detach().contiguous().clone()
+            handles.append((_core.initialize_async(buf.numpy(), name, root_worker), buf, t))
+        elif _bcast_eligible(t) and _declared.get(table) == tuple(t.shape):
             with torch.no_grad():
                 buf = t.detach().contiguous().clone() if is_root else torch.full(t.shape, -0.0)
             handles.append((shardps.push_pull_async(buf.numpy(), table, average=False), buf, t))
@@ -243,10 +259,39 @@ def broadcast_optimizer_state(optimizer, root_worker=0):
 
 # ---- DistributedOptimizer ----
 
+def _server_optimizer_of(optimizer_class, group, name):
+    """The servers' optimizer and settings equal to a torch optimizer's param group, or ValueError."""
+    base = [c for c in optimizer_class.__mro__ if c.__module__.startswith("torch.optim")]
+    kind = base[0].__name__ if base else optimizer_class.__name__
+    wd = float(group.get("weight_decay", 0.0))
+    if group.get("maximize", False):
+        raise ValueError(f"DistributedOptimizer(server_optimizer=True): {kind}(maximize=True) is not supported")
+    if kind == "SGD":
+        if group.get("nesterov", False) or group.get("dampening", 0.0) != 0.0:
+            raise ValueError("DistributedOptimizer(server_optimizer=True): SGD with nesterov or dampening is not supported "
+                             "by the servers' momentum (v = m*v + g; w -= lr*v)")
+        if group.get("momentum", 0.0) == 0.0:
+            return "sgd", dict(lr=group["lr"], weight_decay=wd)
+        return "momentum", dict(lr=group["lr"], momentum=group["momentum"], weight_decay=wd)
+    if kind == "Adam":
+        if group.get("amsgrad", False):
+            raise ValueError("DistributedOptimizer(server_optimizer=True): Adam(amsgrad=True) is not supported")
+        b1, b2 = group["betas"]
+        return "adam", dict(lr=group["lr"], beta1=b1, beta2=b2, eps=group["eps"], weight_decay=wd)
+    if kind == "Adagrad":
+        if group.get("lr_decay", 0.0) != 0.0:
+            raise ValueError("DistributedOptimizer(server_optimizer=True): Adagrad(lr_decay != 0) is not supported")
+        return "adagrad", dict(lr=group["lr"], eps=group["eps"], weight_decay=wd,
+                               initial_accumulator=group.get("initial_accumulator_value", 0.0))
+    raise ValueError(f"DistributedOptimizer(server_optimizer=True): the servers run SGD (with momentum), Adam and "
+                     f"Adagrad; {kind} (parameter {name!r}) has no server counterpart: use server_optimizer=False")
+
+
 class _DistributedOptimizer(torch.optim.Optimizer):
-    def __init__(self, params, named_parameters, backward_passes_per_step=1):
+    def __init__(self, params, named_parameters, backward_passes_per_step=1, server_optimizer=False):
         super(self.__class__, self).__init__(params)
         self._timeout = None
+        self._server = bool(server_optimizer)
         if named_parameters is not None:
             named_parameters = list(named_parameters)
         else:
@@ -277,8 +322,21 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         self._params = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
         for p in self._params:
             _as_array(p, f"DistributedOptimizer: parameter {self._names[id(p)]!r}")
-        for p in self._params:
-            declare("grad." + self._names[id(p)], tuple(p.shape))
+        self._declared_settings = {}
+        if self._server:
+            # One table per parameter, named as the parameter (so checkpoints and exports carry
+            # state_dict names), whose servers run the torch optimizer's counterpart.
+            for g in self.param_groups:
+                for p in g["params"]:
+                    if not p.requires_grad:
+                        continue
+                    kind, hyper = _server_optimizer_of(type(self).__mro__[1], g, self._names[id(p)])
+                    declare(self._names[id(p)], tuple(p.shape), kind, **hyper)
+                    self._declared_settings[id(p)] = (kind, hyper)
+            self._buffers = {id(p): np.zeros(tuple(p.shape), np.float32) for p in self._params}
+        else:
+            for p in self._params:
+                declare("grad." + self._names[id(p)], tuple(p.shape))
         self._delay = {id(p): backward_passes_per_step for p in self._params}
         self._handles = {}  # id(p) -> (handle or None, grad tensor)
         self._synchronized = False
@@ -299,6 +357,13 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         grad = p.grad
         arr = _as_array(grad, f"gradient of {self._names[id(p)]!r}")
         start()
+        if self._server:
+            name = self._names[id(p)]
+            if shardps.next_step(name) == 0:
+                return None, grad  # weights not set yet (no broadcast_parameters): step() sets them first
+            buf = self._buffers[id(p)]
+            np.copyto(buf, arr)  # the gradient goes out of, and the new weights come into, this buffer
+            return shardps.push_pull_async(buf, name, True), grad
         return shardps.push_pull_async(arr, "grad." + self._names[id(p)], True), grad
 
     def _make_hook(self, p):
@@ -321,6 +386,8 @@ class _DistributedOptimizer(torch.optim.Optimizer):
     def synchronize(self):
         """Waits for every gradient push_pull of this step, first starting those whose hooks did not
         fire (unused parameters: zeros) or fired fewer than backward_passes_per_step times."""
+        if self._server:
+            self._initialize_unset()
         for p in self._params:
             key = id(p)
             if key not in self._handles or self._handles[key][0] is None:
@@ -347,7 +414,44 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                 opt._should_synchronize = True
         return _Skip()
 
+    def _initialize_unset(self):
+        """Server mode: tables whose weights are not set (broadcast_parameters was not called) get
+        worker 0's parameters now; every worker's parameters become them."""
+        unset = [p for p in self._params if shardps.next_step(self._names[id(p)]) == 0]
+        handles = []
+        for p in unset:
+            buf = self._buffers[id(p)]
+            np.copyto(buf, p.detach().numpy())
+            handles.append((_core.initialize_async(buf, self._names[id(p)], 0), buf, p))
+        for h, buf, p in handles:
+            h.wait(self._timeout)
+            with torch.no_grad():
+                p.copy_(torch.from_numpy(buf))
+
+    def _check_settings(self):
+        for g in self.param_groups:
+            for p in g["params"]:
+                if id(p) not in self._declared_settings:
+                    continue
+                kind, hyper = _server_optimizer_of(type(self).__mro__[1], g, self._names[id(p)])
+                if (kind, hyper) != self._declared_settings[id(p)]:
+                    raise ValueError(
+                        f"DistributedOptimizer(server_optimizer=True): the settings of parameter "
+                        f"{self._names[id(p)]!r} changed to {kind} {hyper} after the servers were given "
+                        f"{self._declared_settings[id(p)]}; the servers keep the settings they were declared with "
+                        f"(a learning-rate schedule needs server_optimizer=False)")
+
     def step(self, closure=None):
+        if self._server:
+            loss = closure() if closure is not None else None
+            self._check_settings()
+            if self._should_synchronize:
+                self.synchronize()
+            self._synchronized = False
+            with torch.no_grad():  # the servers applied the optimizer: their weights are the parameters
+                for p in self._params:
+                    p.copy_(torch.from_numpy(self._buffers[id(p)]))
+            return loss
         if self._should_synchronize:
             self.synchronize()
         self._synchronized = False
@@ -370,13 +474,21 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         return super(self.__class__, self).zero_grad(*args, **kwargs)
 
 
-def DistributedOptimizer(optimizer, named_parameters=None, backward_passes_per_step=1):
+def DistributedOptimizer(optimizer, named_parameters=None, backward_passes_per_step=1, server_optimizer=False):
     """Wraps a torch.optim optimizer: its gradients are averaged over the workers before each step.
     Each parameter's gradient is pushed (table "grad.<name>", declared here: call this before the
     first communication call) as soon as backward() has produced it, after
     backward_passes_per_step passes have accumulated it locally; step() waits for all of them
     (pushing zeros for parameters whose gradients were not computed), then runs the wrapped
     optimizer's step. named_parameters (e.g. model.named_parameters()) must name every parameter of
-    the optimizer, each once; the names must be the same on every worker."""
+    the optimizer, each once; the names must be the same on every worker.
+
+    server_optimizer=True: the servers run the optimizer (torch.optim.SGD with or without
+    momentum, Adam, Adagrad, with each param group's settings at this call) and hold the weights
+    and the optimizer state; the workers push gradients and pull weights. The tables are named as
+    the parameters; broadcast_parameters(model.state_dict()) hands worker 0's parameters to the
+    servers (or, after a resume, the checkpoint's to every worker); step() copies the servers'
+    new weights into the parameters and leaves .grad as computed. shardps.checkpoint() after
+    step() saves them; spt.start(checkpoint_dir=..., resume=...) restarts from one."""
     cls = type(optimizer.__class__.__name__, (optimizer.__class__,), dict(_DistributedOptimizer.__dict__))
-    return cls(optimizer.param_groups, named_parameters, backward_passes_per_step)
+    return cls(optimizer.param_groups, named_parameters, backward_passes_per_step, server_optimizer)

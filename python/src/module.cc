@@ -35,6 +35,10 @@
 #include "shardps/net/auth.h"
 #include "shardps/net/tcp_transport.h"
 #include "shardps/node.h"
+#include "shardps/storage/checkpoint_registry.h"
+#include "shardps/storage/file_system.h"
+#include "shardps/storage/safetensors.h"
+#include "shardps/worker/checkpoint_driver.h"
 
 namespace py = pybind11;
 using namespace std::chrono_literals;
@@ -79,6 +83,21 @@ struct TableState {
   uint32_t id = 0;
   std::vector<uint64_t> shape;
   uint64_t next_step = 0;  // the step of this table's next push_pull
+  // A table whose servers run an optimizer: it holds weights, starts from the workers' step 0
+  // (initialize()) and is checkpointed. Otherwise optimizer "sum" (push_pull answers the sum).
+  bool server_optimizer = false;
+};
+
+// The arguments of declare(..., optimizer=...): OptimizerConfig's fields.
+struct OptimizerArgs {
+  std::string kind = "sum";
+  float lr = 0.01f;
+  float momentum = 0.9f;
+  float beta1 = 0.9f;
+  float beta2 = 0.999f;
+  float eps = 1e-8f;
+  float weight_decay = 0.0f;
+  float initial_accumulator = 0.1f;
 };
 
 // The process's job. Touched with the GIL held, except inside the blocking calls, which first move
@@ -90,6 +109,15 @@ struct Runtime {
   std::vector<TableSpec> specs;
   std::map<std::string, TableState> tables;
   std::unique_ptr<Node> node;
+  // Checkpoints (start(checkpoint_dir=...)): the lead worker's driver and the directory's writer
+  // lock, held for the whole run; the reader of the version the servers restored.
+  std::string checkpoint_dir;
+  PosixFileSystem fs;
+  std::optional<CheckpointDirLock> writer_lock;
+  std::unique_ptr<worker::CheckpointDriver> checkpoints;
+  std::unique_ptr<CheckpointReader> restored;
+  uint64_t resumed_step = 0;
+  std::optional<uint64_t> last_checkpoint_step;  // the step of the newest checkpoint requested
   uint64_t generation = 0;  // bumped when the node goes away: handles of an older one are dead
   bool mpi_initialized_here = false;
 };
@@ -198,7 +226,7 @@ std::pair<int, int> Init(const Config& c) {
   return {rank, size};
 }
 
-void Declare(const std::string& name, const std::vector<int64_t>& shape) {
+void Declare(const std::string& name, const std::vector<int64_t>& shape, const OptimizerArgs& opt) {
   Runtime& r = R();
   if (r.state != State::kInitialized) {
     Raise(r.state == State::kNone ? NotIn("declare('" + name + "')", r.state)
@@ -218,9 +246,16 @@ void Declare(const std::string& name, const std::vector<int64_t>& shape) {
   spec.name = name;
   spec.size = n;
   spec.shape = dims;
-  spec.optimizer.kind = "sum";  // the table holds the sum of the last step's pushes
-  spec.checkpointed = false;
-  r.tables[name] = TableState{.id = static_cast<uint32_t>(r.specs.size()), .shape = dims};
+  const bool server_optimizer = opt.kind != OptimizerKind::kSum;
+  if (auto o = LookupOptimizer(opt.kind); !o.ok()) throw py::value_error("declare('" + name + "'): " + o.status().message());
+  spec.optimizer = OptimizerConfig{.kind = opt.kind, .learning_rate = opt.lr, .momentum = opt.momentum, .beta1 = opt.beta1,
+                                   .beta2 = opt.beta2, .epsilon = opt.eps, .weight_decay = opt.weight_decay,
+                                   .initial_accumulator = opt.initial_accumulator};
+  // "sum": the table holds the sum of the last step's pushes, bookkeeping no checkpoint keeps.
+  // Otherwise the servers hold the weights, from the workers' step 0 on.
+  spec.checkpointed = server_optimizer;
+  if (server_optimizer) spec.init.kind = InitKind::kFirstPush;
+  r.tables[name] = TableState{.id = static_cast<uint32_t>(r.specs.size()), .shape = dims, .server_optimizer = server_optimizer};
   r.specs.push_back(std::move(spec));
 }
 
@@ -261,43 +296,130 @@ Result<std::unique_ptr<Transport>> MakeTransport(const Config& c, const Cluster&
   return CreateTcpTransport(o);
 }
 
+// Resolves what start(resume=...) names: "auto" (checkpoint_dir's newest valid version, or a fresh
+// start when it has none), else "DIR", "DIR@N" or "DIR@TAG" (an error if there is none). Null: fresh.
+std::unique_ptr<CheckpointReader> ResolveResume(const std::string& resume, const std::string& checkpoint_dir, bool lead) {
+  auto warn = [lead](const std::string& w) {
+    if (lead) std::cerr << "shardps: start: warning: " << w << std::endl;
+  };
+  if (resume == "auto") {
+    Result<AutoResume> a = ResolveCheckpointAuto(checkpoint_dir, warn);
+    if (!a.ok()) Raise(a.status().WithContext("start(resume='auto')"));
+    if (!a->version) {
+      if (lead) std::cerr << "shardps: start(resume='auto'): " << a->why << "; starting fresh" << std::endl;
+      return nullptr;
+    }
+    return std::make_unique<CheckpointReader>(std::move(*a->version));
+  }
+  Result<CheckpointVersion> v = ResolveCheckpoint(resume, warn);
+  if (!v.ok()) Raise(v.status().WithContext("start(resume='" + resume + "')"));
+  return std::make_unique<CheckpointReader>(std::move(*v));
+}
+
 // Starts the node. On a worker returns true at once; on a server serves until every worker has
-// finished (Node::Finish) and returns false.
-bool Start() {
+// finished (Node::Finish) and returns false. checkpoint_dir: where checkpoint() writes (the lead
+// worker commits the versions and holds the directory's writer lock; every server writes its
+// shards there, so it is one machine's directory or a shared file system). resume: see
+// ResolveResume; the servers load the version, the workers go on from its step.
+bool Start(const std::string& checkpoint_dir, const std::string& resume, int64_t keep_last) {
   Runtime& r = R();
   if (r.state != State::kInitialized) Raise(NotIn("start", r.state));
+  if (resume == "auto" && checkpoint_dir.empty()) throw py::value_error("start: resume='auto' resumes from checkpoint_dir: give it");
+  if (keep_last < 0) throw py::value_error("start: keep_last must be >= 0 (0 keeps every version)");
   Result<TableLayout> layout = TableLayout::Create(r.specs, r.cluster->num_servers());
   if (!layout.ok()) Raise(layout.status().WithContext("start: the declared tables"));
+  const bool any_checkpointed = std::any_of(r.specs.begin(), r.specs.end(), [](const TableSpec& t) { return t.checkpointed; });
+  if ((!checkpoint_dir.empty() || !resume.empty()) && !any_checkpointed) {
+    throw py::value_error("start: checkpoints hold the tables whose servers run an optimizer (declare(..., optimizer=...)); "
+                          "none is declared (declared: " + [&] {
+                            std::string names;
+                            for (const TableSpec& t : r.specs) names += (names.empty() ? "'" : ", '") + t.name + "'";
+                            return names.empty() ? std::string("none") : names;
+                          }() + ")");
+  }
+  const Cluster& cluster = *r.cluster;
+  const bool lead = cluster.is_worker() && cluster.worker_index() == 0;
+  if (lead && !checkpoint_dir.empty()) {
+    Check(EnsureWritableDirectory(r.fs, checkpoint_dir, "checkpoint directory").WithContext("start"));
+    Result<CheckpointDirLock> lock = CheckpointDirLock::Acquire(checkpoint_dir, CheckpointDirLock::Kind::kWriter,
+                                                                "shardps (python)", Ms(0));
+    if (!lock.ok()) Raise(lock.status().WithContext("start: checkpoint directory " + checkpoint_dir));
+    if (!lock->taken_over_from().empty()) {
+      std::cerr << "shardps: start: took over the lock of " << checkpoint_dir << " left by " << lock->taken_over_from()
+                << " (that process is gone)" << std::endl;
+    }
+    r.writer_lock = std::move(*lock);
+  }
+  std::unique_ptr<CheckpointReader> reader;
+  if (!resume.empty()) {
+    reader = ResolveResume(resume, checkpoint_dir, lead);
+    if (reader) {
+      // Checked here on every rank (the servers check again as they load): each checkpointed
+      // table must be in the version with the same size and optimizer state.
+      for (const TableSpec& t : r.specs) {
+        if (!t.checkpointed) continue;
+        Result<uint32_t> found = reader->FindTable(t.name, t.size, static_cast<uint32_t>(OptimizerSlots(t.optimizer.kind)));
+        if (!found.ok()) Raise(found.status().WithContext("start: resuming from " + reader->checkpoint().path));
+      }
+      r.resumed_step = reader->checkpoint().manifest.step();
+      for (auto& [name, t] : r.tables) {
+        if (t.server_optimizer) t.next_step = r.resumed_step;
+      }
+      if (lead) {
+        std::cerr << "shardps: resuming from " << reader->checkpoint().path << " at step " << r.resumed_step << std::endl;
+      }
+    }
+  }
   NodeOptions options;
   options.client.request_timeout = r.config.timeout;
+  options.server.max_hold = r.config.timeout;
   options.startup_timeout = std::max(r.config.setup_timeout, r.config.timeout);
   options.finish_timeout = r.config.finish_timeout;
+  options.server.checkpoint_dir = checkpoint_dir;
+  options.server.file_system = &r.fs;
+  r.restored = std::move(reader);
+  if (cluster.is_server()) options.restore_from = r.restored.get();
+  r.checkpoint_dir = checkpoint_dir;
   r.state = State::kStarting;
   Status s;
   {
     py::gil_scoped_release release;
-    Result<std::unique_ptr<Transport>> transport = MakeTransport(r.config, *r.cluster);
+    Result<std::unique_ptr<Transport>> transport = MakeTransport(r.config, cluster);
     if (!transport.ok()) {
       s = transport.status();
     } else {
-      Result<std::unique_ptr<Node>> node = Node::Start(std::move(*transport), *r.cluster, *layout, options);
+      Result<std::unique_ptr<Node>> node = Node::Start(std::move(*transport), cluster, *layout, options);
       if (node.ok()) r.node = std::move(*node);
       else s = node.status();
     }
   }
   if (!s.ok()) {
     r.state = State::kFailed;
-    Raise(s.WithContext("start: " + r.cluster->Describe(r.config.rank)));
+    Raise(s.WithContext("start: " + cluster.Describe(r.config.rank)));
   }
   r.state = State::kStarted;
-  if (r.node->client()) return true;
+  if (r.node->client()) {
+    if (lead && !checkpoint_dir.empty()) {
+      worker::CheckpointRun run{.seed = 0,
+                                .config = "shardps python job",
+                                .num_servers = static_cast<uint32_t>(cluster.num_servers()),
+                                .num_workers = static_cast<uint32_t>(cluster.num_workers()),
+                                .chunk_floats = layout->chunk_floats(),
+                                .tables = layout->tables()};
+      worker::CheckpointOptions co{.dir = checkpoint_dir, .every = 1, .keep_last = static_cast<uint64_t>(keep_last),
+                                   .timeout = std::max(r.config.timeout, Ms(120000))};
+      r.checkpoints = std::make_unique<worker::CheckpointDriver>(r.fs, *r.node->client(), run, co);
+      if (r.restored) r.checkpoints->set_resumed_at(r.resumed_step);
+    }
+    return true;
+  }
   // A server only: serve until every worker said goodbye.
   {
     py::gil_scoped_release release;
     s = r.node->Finish();
   }
   r.state = s.ok() ? State::kServed : State::kFailed;
-  Check(s.WithContext("serving: " + r.cluster->Describe(r.config.rank)));
+  Check(s.WithContext("serving: " + cluster.Describe(r.config.rank)));
   return false;
 }
 
@@ -313,10 +435,18 @@ void Shutdown() {
     const bool finish = r.state == State::kStarted;  // a worker (servers finished in start())
     r.state = State::kStarting;                      // refuses other calls meanwhile
     py::gil_scoped_release release;
-    if (finish) {
+    if (finish && r.checkpoints && r.last_checkpoint_step) {
+      // The newest checkpoint asked for is committed before the servers go.
+      s = r.checkpoints->OnStep({.step = *r.last_checkpoint_step}, /*final=*/true);
+    }
+    r.checkpoints.reset();
+    if (finish && s.ok()) {
       s = r.node->Finish();
+    } else if (finish) {
+      r.node->Abandon(s);
     }
     r.node.reset();
+    r.writer_lock.reset();
   }
   ++r.generation;
   r.state = State::kShutdown;
@@ -343,9 +473,10 @@ worker::KVClient& Client(const std::string& what) {
 // One push_pull in flight: its handle and the array it reads and writes (kept alive until done).
 class PushPullHandle {
  public:
-  PushPullHandle(worker::Handle h, py::array array, std::span<float> data, bool average, int workers, std::string what)
-      : handle_(std::move(h)), array_(std::move(array)), data_(data), average_(average), workers_(workers),
-        what_(std::move(what)), generation_(R().generation) {}
+  // divide_by > 1: the answer (a sum) is divided by it (push_pull(average=True) of a sum table).
+  PushPullHandle(worker::Handle h, py::array array, std::span<float> data, int divide_by, std::string what)
+      : handle_(std::move(h)), array_(std::move(array)), data_(data), divide_by_(divide_by), what_(std::move(what)),
+        generation_(R().generation) {}
 
   ~PushPullHandle() {
     // Dropped while pending: take the buffer back from the transport before the array may go.
@@ -375,8 +506,8 @@ class PushPullHandle {
       if (s.code() == StatusCode::kDeadlineExceeded && !handle_.done()) Raise(s);
       finished_ = true;
       result_ = s;
-      if (s.ok() && average_ && workers_ > 1) {
-        const float n = static_cast<float>(workers_);
+      if (s.ok() && divide_by_ > 1) {
+        const float n = static_cast<float>(divide_by_);
         py::gil_scoped_release release;
         for (float& v : data_) v /= n;
       }
@@ -391,8 +522,7 @@ class PushPullHandle {
   worker::Handle handle_;
   py::array array_;
   std::span<float> data_;
-  bool average_;
-  int workers_;
+  int divide_by_;
   std::string what_;
   uint64_t generation_;
   bool finished_ = false;
@@ -411,8 +541,14 @@ std::string ShapeString(const std::vector<uint64_t>& shape) {
   return s + ")";
 }
 
-std::unique_ptr<PushPullHandle> PushPullAsync(py::object obj, const std::string& name, bool average) {
-  const std::string what = "push_pull('" + name + "')";
+// The array `obj` checked for an in-place operation on table `name`: float32, C-contiguous,
+// writable, the declared shape.
+struct Target {
+  py::array array;
+  std::span<float> data;
+  TableState* table;
+};
+Target CheckTarget(py::object obj, const std::string& name, const std::string& what) {
   if (!py::isinstance<py::array>(obj)) {
     throw py::type_error(what + ": expected a numpy.ndarray of float32, got " + std::string(py::str(obj.get_type().attr("__name__"))));
   }
@@ -423,23 +559,190 @@ std::unique_ptr<PushPullHandle> PushPullAsync(py::object obj, const std::string&
   }
   if (!(arr.flags() & py::array::c_style)) throw py::value_error(what + ": the array is not C-contiguous (use numpy.ascontiguousarray)");
   if (!arr.writeable()) throw py::value_error(what + ": the array is read-only; the result is written into it");
-  worker::KVClient& client = Client(what);
   Runtime& r = R();
   auto it = r.tables.find(name);
   if (it == r.tables.end()) throw py::value_error(what + ": no table of that name was declared (declared: " + DeclaredNames() + ")");
-  TableState& t = it->second;
   std::vector<uint64_t> shape(arr.shape(), arr.shape() + arr.ndim());
-  if (shape != t.shape) {
-    throw py::value_error(what + ": the array's shape " + ShapeString(shape) + " differs from the declared " + ShapeString(t.shape));
+  if (shape != it->second.shape) {
+    throw py::value_error(what + ": the array's shape " + ShapeString(shape) + " differs from the declared " + ShapeString(it->second.shape));
+  }
+  std::span<float> data(static_cast<float*>(arr.mutable_data()), static_cast<size_t>(arr.size()));
+  return Target{std::move(arr), data, &it->second};
+}
+
+std::unique_ptr<PushPullHandle> PushPullAsync(py::object obj, const std::string& name, bool average) {
+  const std::string what = "push_pull('" + name + "')";
+  Target x = CheckTarget(std::move(obj), name, what);
+  worker::KVClient& client = Client(what);
+  TableState& t = *x.table;
+  const int workers = R().cluster->num_workers();
+  int divide_by = average ? workers : 1;
+  if (t.server_optimizer) {
+    if (t.next_step == 0) {
+      Raise(FailedPrecondition(what + ": the table's servers run an optimizer and its weights are not set yet: call "
+                               "shardps.initialize(array, '" + name + "') first (one worker's array becomes the weights)"));
+    }
+    // The push is a gradient, the answer the weights: average=True makes the optimizer see the
+    // mean of the workers' gradients (each scaled before it is sent; exact for a power-of-two count).
+    if (average && workers > 1) {
+      const float inv = 1.0f / static_cast<float>(workers);
+      py::gil_scoped_release release;
+      for (float& v : x.data) v *= inv;
+    }
+    divide_by = 1;
   }
   const uint64_t step = t.next_step++;
-  std::span<float> data(static_cast<float*>(arr.mutable_data()), static_cast<size_t>(arr.size()));
-  // In place: the gradient is sent from `data` and the sum received into it. Each chunk's reply
+  // In place: the gradient is sent from `data` and the answer received into it. Each chunk's reply
   // comes only after the server has received that chunk's push, so it never overwrites bytes
   // still to be sent.
-  worker::Handle h = client.PushPull(t.id, data, data, step);
-  return std::make_unique<PushPullHandle>(std::move(h), std::move(arr), data, average, r.cluster->num_workers(),
-                                          what + " step " + std::to_string(step));
+  worker::Handle h = client.PushPull(t.id, x.data, x.data, step);
+  return std::make_unique<PushPullHandle>(std::move(h), std::move(x.array), x.data, divide_by, what + " step " + std::to_string(step));
+}
+
+// A table whose servers run an optimizer: its weights. Fresh (step 0): worker `root`'s array
+// becomes them (the others push -0.0, so the sum is root's values bit for bit, signed zeros
+// included) and every worker's array receives them. Resumed or already set: the current weights.
+std::unique_ptr<PushPullHandle> InitializeAsync(py::object obj, const std::string& name, int root) {
+  const std::string what = "initialize('" + name + "')";
+  Target x = CheckTarget(std::move(obj), name, what);
+  worker::KVClient& client = Client(what);
+  TableState& t = *x.table;
+  if (!t.server_optimizer) {
+    throw py::value_error(what + ": the table's servers run no optimizer (optimizer 'sum'); its push_pull answers sums, "
+                          "there are no weights to set");
+  }
+  const Cluster& cluster = *R().cluster;
+  if (root < 0 || root >= cluster.num_workers()) {
+    throw py::value_error(what + ": root " + std::to_string(root) + " outside the workers 0.." + std::to_string(cluster.num_workers() - 1));
+  }
+  if (t.next_step > 0) {  // the weights exist: pull those of the newest step
+    worker::Handle h = client.Pull(t.id, x.data, t.next_step);
+    return std::make_unique<PushPullHandle>(std::move(h), std::move(x.array), x.data, 1, what + " (weights of step " + std::to_string(t.next_step) + ")");
+  }
+  if (cluster.worker_index() != root) std::fill(x.data.begin(), x.data.end(), -0.0f);
+  t.next_step = 1;
+  worker::Handle h = client.PushPull(t.id, x.data, x.data, 0);
+  return std::make_unique<PushPullHandle>(std::move(h), std::move(x.array), x.data, 1, what + " step 0");
+}
+
+// The weights of a table whose servers run an optimizer, after its newest step.
+std::unique_ptr<PushPullHandle> PullAsync(py::object obj, const std::string& name) {
+  const std::string what = "pull('" + name + "')";
+  Target x = CheckTarget(std::move(obj), name, what);
+  worker::KVClient& client = Client(what);
+  TableState& t = *x.table;
+  if (!t.server_optimizer) throw py::value_error(what + ": the table's servers run no optimizer (optimizer 'sum'): use push_pull");
+  if (t.next_step == 0) Raise(FailedPrecondition(what + ": the weights are not set yet: call shardps.initialize(array, '" + name + "') first"));
+  worker::Handle h = client.Pull(t.id, x.data, t.next_step);
+  return std::make_unique<PushPullHandle>(std::move(h), std::move(x.array), x.data, 1, what + " step " + std::to_string(t.next_step));
+}
+
+// Every worker calls it after the same step of every table whose servers run an optimizer; the
+// lead worker's call writes a version of the checkpoint directory at that step (in the
+// background; `wait`: until it is committed). The version before is committed first.
+void Checkpoint(bool wait) {
+  Client("checkpoint");
+  Runtime& r = R();
+  if (r.checkpoint_dir.empty()) Raise(FailedPrecondition("checkpoint: start() was given no checkpoint_dir"));
+  std::optional<uint64_t> step;
+  std::string first;
+  for (const auto& [name, t] : r.tables) {
+    if (!t.server_optimizer) continue;
+    if (!step) {
+      step = t.next_step;
+      first = name;
+    } else if (*step != t.next_step) {
+      Raise(FailedPrecondition("checkpoint: the tables are at different steps ('" + first + "' at " + std::to_string(*step) + ", '" +
+                               name + "' at " + std::to_string(t.next_step) + "): checkpoint after a step of every table"));
+    }
+  }
+  if (!step || *step == 0) Raise(FailedPrecondition("checkpoint: no weights yet (call initialize() on every table first)"));
+  if (!r.checkpoints) return;  // not the lead worker: it writes
+  Status s;
+  {
+    py::gil_scoped_release release;
+    s = r.checkpoints->OnStep({.step = *step}, wait);
+  }
+  r.last_checkpoint_step = *step;
+  Check(s.WithContext("checkpoint at step " + std::to_string(*step)));
+}
+
+// The weights of every dense table of a checkpoint version ("DIR", "DIR@N", "DIR@TAG"), each in
+// its recorded shape (sparse tables, rows by key, are left out). No job needed.
+struct SavedWeights {
+  std::string path;
+  uint64_t version = 0;
+  uint64_t step = 0;
+  struct Tensor {
+    std::string name;
+    std::vector<uint64_t> shape;
+    std::vector<float> values;
+  };
+  std::vector<Tensor> tensors;
+};
+SavedWeights ReadCheckpointWeights(const std::string& spec, const std::string& what) {
+  auto warn = [what](const std::string& w) { std::cerr << "shardps: " << what << ": warning: " << w << std::endl; };
+  SavedWeights out;
+  Status s;
+  {
+    py::gil_scoped_release release;
+    Result<CheckpointVersion> v = ResolveCheckpoint(spec, warn);
+    if (!v.ok()) Raise(v.status().WithContext(what));
+    out.path = v->path;
+    out.version = v->version;
+    out.step = v->manifest.step();
+    CheckpointReader reader(std::move(*v));
+    uint32_t id = 0;
+    for (const CheckpointManifest::Table& t : reader.checkpoint().manifest.tables()) {
+      const uint32_t index = id++;
+      if (t.row_dim > 0) continue;
+      SavedWeights::Tensor x{.name = t.name, .shape = t.shape.empty() ? std::vector<uint64_t>{t.size} : t.shape};
+      x.values.resize(t.size);
+      std::vector<float> slots(t.size * t.slots);
+      s = reader.Read(index, 0, t.size, x.values, slots);
+      if (!s.ok()) {
+        s = s.WithContext(what + ": table '" + t.name + "'");
+        break;
+      }
+      out.tensors.push_back(std::move(x));
+    }
+  }
+  Check(s);
+  return out;
+}
+
+// name -> numpy float32 array, plus "__step__": the steps the version holds.
+py::dict LoadCheckpoint(const std::string& spec) {
+  SavedWeights w = ReadCheckpointWeights(spec, "load_checkpoint('" + spec + "')");
+  py::dict out;
+  for (SavedWeights::Tensor& t : w.tensors) {
+    std::vector<py::ssize_t> shape(t.shape.begin(), t.shape.end());
+    py::array_t<float> a(shape);
+    std::copy(t.values.begin(), t.values.end(), a.mutable_data());
+    out[py::str(t.name)] = std::move(a);
+  }
+  out[py::str("__step__")] = py::int_(w.step);
+  return out;
+}
+
+// The weights as a safetensors file (atomically written; metadata: the source version and step).
+// Returns the version's path.
+std::string ExportCheckpoint(const std::string& spec, const std::string& path) {
+  const std::string what = "export_checkpoint('" + spec + "')";
+  SavedWeights w = ReadCheckpointWeights(spec, what);
+  std::vector<SafetensorsTensor> tensors;
+  for (const SavedWeights::Tensor& t : w.tensors) {
+    tensors.push_back({.name = t.name, .dtype = "F32", .shape = t.shape,
+                       .bytes = std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(t.values.data()), t.values.size() * sizeof(float))});
+  }
+  PosixFileSystem fs;
+  Status s;
+  {
+    py::gil_scoped_release release;
+    s = WriteSafetensors(fs, path, tensors, {{"source", w.path}, {"step", std::to_string(w.step)}});
+  }
+  Check(s.WithContext(what + " to " + path));
+  return w.path;
 }
 
 void Barrier(std::optional<double> timeout) {
@@ -507,9 +810,27 @@ PYBIND11_MODULE(_core, m) {
       .def("done", &PushPullHandle::done)
       .def("__repr__", [](const PushPullHandle& h) { return "<shardps.Handle " + h.what() + ">"; });
 
+  py::class_<OptimizerArgs>(m, "OptimizerArgs")
+      .def(py::init<>())
+      .def_readwrite("kind", &OptimizerArgs::kind)
+      .def_readwrite("lr", &OptimizerArgs::lr)
+      .def_readwrite("momentum", &OptimizerArgs::momentum)
+      .def_readwrite("beta1", &OptimizerArgs::beta1)
+      .def_readwrite("beta2", &OptimizerArgs::beta2)
+      .def_readwrite("eps", &OptimizerArgs::eps)
+      .def_readwrite("weight_decay", &OptimizerArgs::weight_decay)
+      .def_readwrite("initial_accumulator", &OptimizerArgs::initial_accumulator);
+
   m.def("init", &Init, py::arg("config"));
-  m.def("declare", &Declare, py::arg("name"), py::arg("shape"));
-  m.def("start", &Start);
+  m.def("declare", &Declare, py::arg("name"), py::arg("shape"), py::arg("optimizer"));
+  m.def("start", &Start, py::arg("checkpoint_dir"), py::arg("resume"), py::arg("keep_last"));
+  m.def("initialize_async", &InitializeAsync, py::arg("array"), py::arg("name"), py::arg("root"));
+  m.def("pull_async", &PullAsync, py::arg("array"), py::arg("name"));
+  m.def("checkpoint", &Checkpoint, py::arg("wait"));
+  m.def("load_checkpoint", &LoadCheckpoint, py::arg("spec"));
+  m.def("export_checkpoint", &ExportCheckpoint, py::arg("spec"), py::arg("path"));
+  m.def("resumed_step", [] { return R().resumed_step; });
+  m.def("optimizers", [] { return RegisteredOptimizerNames(); });
   m.def("shutdown", &Shutdown);
   m.def("push_pull_async", &PushPullAsync, py::arg("array"), py::arg("name"), py::arg("average") = true);
   m.def("barrier", &Barrier, py::arg("timeout") = py::none());

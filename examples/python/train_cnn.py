@@ -41,8 +41,14 @@ statistically. --single --grad-shards 2 computes each step's gradient as 2 worke
 of the two half-batch gradients): that is bit-identical to 2 workers (a + b is commutative and
 / 2 exact; with more than 2 shares the server's summation order may differ).
 
-Server ranks run this script up to broadcast_parameters (the first communication call), serve
-there until the workers finish, and exit 0. Worker 0 prints progress every --log-every steps (the
+--server-optimizer: the servers run the SGD with momentum and hold the weights
+(DistributedOptimizer(..., server_optimizer=True)); then --checkpoint-dir DIR writes a checkpoint
+(a registry version: `shardps ckpt list DIR`) after every epoch and at the end, --resume auto (or
+DIR@VERSION) goes on from one, on any number of servers, with the same weights bit for bit as an
+uninterrupted run, and --export FILE writes the final checkpoint's weights as safetensors.
+
+Server ranks run this script up to spt.start() (the first communication call), serve there
+until the workers finish, and exit 0. Worker 0 prints progress every --log-every steps (the
 loss of the global batch, samples/s of the whole job), the test accuracy after every epoch
 (the workers evaluate disjoint halves of the test set and sum the counts), and at the end one
 JSON line:
@@ -187,6 +193,16 @@ def parse_args(argv=None):
     g.add_argument("--num-workers", type=int, help="TCP: workers in the job (SHARDPS_NUM_WORKERS)")
     g.add_argument("--secret-file", help="TCP: the shared secret (SHARDPS_SECRET_FILE)")
     g.add_argument("--timeout", type=float, default=300.0, help="deadline (s) of every shardps wait")
+    g.add_argument("--server-optimizer", action="store_true",
+                   help="the servers run SGD with momentum and hold the weights (DistributedOptimizer("
+                        "server_optimizer=True)); needed for --checkpoint-dir")
+    g.add_argument("--checkpoint-dir", help="with --server-optimizer: a checkpoint (registry version) after every "
+                                            "epoch and at the end, in this directory (shared by every process)")
+    g.add_argument("--resume", help="with --checkpoint-dir: 'auto' (its newest version, else a fresh start), or "
+                                    "DIR, DIR@VERSION, DIR@TAG; training goes on from the version's step")
+    g.add_argument("--keep-last", type=int, default=0, help="keep this many newest checkpoints (0: all)")
+    g.add_argument("--export", help="with --checkpoint-dir: worker 0 writes the final checkpoint's weights to this "
+                                    "safetensors file (through the registry)")
     a = p.parse_args(argv)
     for name in ("epochs", "batch_size", "threads", "grad_shards"):
         if getattr(a, name) < 1:
@@ -205,8 +221,18 @@ def parse_args(argv=None):
         p.error("--log-every must be >= 0")
     if a.servers is not None and a.servers < 1:
         p.error(f"--servers must be >= 1, got {a.servers}")
-    if a.out and not os.path.isdir(os.path.dirname(os.path.abspath(a.out))):
-        p.error(f"--out {a.out}: directory {os.path.dirname(os.path.abspath(a.out))} does not exist")
+    for name in ("out", "export"):
+        v = getattr(a, name)
+        if v and not os.path.isdir(os.path.dirname(os.path.abspath(v))):
+            p.error(f"--{name} {v}: directory {os.path.dirname(os.path.abspath(v))} does not exist")
+    if a.single and (a.server_optimizer or a.checkpoint_dir or a.resume or a.export):
+        p.error("--server-optimizer, --checkpoint-dir, --resume and --export need shardps (not --single)")
+    if a.checkpoint_dir and not a.server_optimizer:
+        p.error("--checkpoint-dir needs --server-optimizer (the checkpoints hold the servers' weights)")
+    if (a.resume or a.export) and not a.checkpoint_dir:
+        p.error("--resume and --export need --checkpoint-dir")
+    if a.keep_last < 0:
+        p.error(f"--keep-last must be >= 0, got {a.keep_last}")
     return a
 
 
@@ -247,13 +273,22 @@ def main(argv=None):
     torch.manual_seed(a.seed)
     model = Net()
     opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=a.momentum)
+    done = 0  # optimizer steps already taken (a resumed run's)
     if comm:
         shardps, spt = comm
-        opt = spt.DistributedOptimizer(opt, model.named_parameters())
+        opt = spt.DistributedOptimizer(opt, model.named_parameters(), server_optimizer=a.server_optimizer)
         spt.declare("metrics.loss", (1,))   # the global batch's loss (mean of the workers' means)
         spt.declare("metrics.eval", (2,))   # (correct, examples) summed over the workers
-        spt.broadcast_parameters(model.state_dict(), root_worker=0)  # starts the node; servers serve and exit here
-        spt.broadcast_optimizer_state(opt, root_worker=0)
+        try:  # servers serve here and exit; a bad --resume is reported on every rank
+            spt.start(checkpoint_dir=a.checkpoint_dir, resume=a.resume, keep_last=a.keep_last)
+        except (shardps.Error, ValueError) as e:
+            print(f"train_cnn.py: error: {e}", file=sys.stderr, flush=True)
+            return 2
+        spt.broadcast_parameters(model.state_dict(), root_worker=0)  # resumed: the checkpoint's weights
+        if a.server_optimizer:
+            done = max(0, shardps.resumed_step() - 1)  # the tables' step 0 is the initial weights
+        else:
+            spt.broadcast_optimizer_state(opt, root_worker=0)
     lead = w == 0
 
     def log(msg):
@@ -295,12 +330,15 @@ def main(argv=None):
     accuracy = None
     total_steps = a.epochs * steps_per_epoch if a.max_steps is None else min(a.max_steps, a.epochs * steps_per_epoch)
     epochs = -(-total_steps // steps_per_epoch)
-    for epoch in range(epochs):
+    if done:
+        log(f"resumed after {done} steps (epoch {done // steps_per_epoch + 1}, step {done % steps_per_epoch} of it)")
+    for epoch in range(done // steps_per_epoch, epochs):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(a.seed * 1000003 + epoch))
         t_epoch = time.perf_counter()
         t_log, samples_log = t_epoch, 0
         epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
-        for step in range(epoch_steps):
+        first = done - epoch * steps_per_epoch if epoch == done // steps_per_epoch else 0
+        for step in range(first, epoch_steps):
             idx = order[step * a.batch_size + w * share: step * a.batch_size + (w + 1) * share]
             opt.zero_grad()
             if a.grad_shards == 1:
@@ -328,13 +366,21 @@ def main(argv=None):
                 log(f"step {gstep} epoch {epoch + 1} loss {gl:.4f} {samples_log / (now - t_log):.0f} samples/s")
                 t_log, samples_log = now, 0
         train_seconds += time.perf_counter() - t_epoch
+        if a.checkpoint_dir:  # after every epoch (and the last step): written while the evaluation runs
+            shardps.checkpoint(wait=epoch == epochs - 1)
         accuracy = evaluate()
         log(f"epoch {epoch + 1}: test accuracy {accuracy:.4f} ({time.perf_counter() - t_start:.1f} s)")
+    if accuracy is None:  # resumed at the end: nothing left to train
+        accuracy = evaluate()
     wall = time.perf_counter() - t_start
     if lead:
         if a.out:
             save_atomically(model, a.out)
-        print(json.dumps({"test_accuracy": round(accuracy, 6), "samples_per_second": round(samples / train_seconds, 1),
+        if a.export:
+            src = shardps.export_checkpoint(a.checkpoint_dir, a.export)
+            log(f"exported {src} to {a.export}")
+        print(json.dumps({"test_accuracy": round(accuracy, 6),
+                          "samples_per_second": round(samples / train_seconds, 1) if train_seconds else None,
                           "wall_seconds": round(wall, 2), "weights_sha256": weights_sha256(model)}), flush=True)
     return 0
 

@@ -59,9 +59,9 @@ def run_single(out, *extra):
     return run([PY, SCRIPT, "--single", *SUBSET, "--out", out, *extra], "single " + " ".join(extra))
 
 
-def run_mpi(out, *extra):
-    cmd = sc.mpirun_cmd("mpirun", 3, [PY, SCRIPT, "--servers", "1", *SUBSET, "--out", out, *extra])
-    return run(cmd, "mpirun " + " ".join(extra))
+def run_mpi(out, *extra, servers=1):
+    cmd = sc.mpirun_cmd("mpirun", servers + 2, [PY, SCRIPT, "--servers", str(servers), *SUBSET, "--out", out, *extra])
+    return run(cmd, f"mpirun ({servers} server(s)) " + " ".join(extra))
 
 
 def run_tcp(out, secret, *extra):
@@ -111,6 +111,32 @@ def test_cnn_mpi_matches_single(tmp_path):
     assert mpi4["weights_sha256"] != single4["weights_sha256"] or diff4 == 0
 
 
+@needs_mpi
+def test_cnn_server_optimizer_checkpoints(tmp_path):
+    """--server-optimizer (the servers run SGD with momentum) with --checkpoint-dir: 2 epochs of 16
+    steps uninterrupted; the same cut after the first epoch (on 2 servers) and resumed with
+    --resume auto (on 1 server) ends with the same weights bit for bit; --export writes the final
+    checkpoint's weights, equal to the --out state_dict."""
+    d = str(tmp_path)
+    small = ["--train-limit", "1024", "--epochs", "2", "--server-optimizer"]
+    full = run_mpi(f"{d}/full.pt", *small, "--checkpoint-dir", f"{d}/ck_full", "--export", f"{d}/full.safetensors")
+    cut = run_mpi(f"{d}/cut.pt", *small, "--checkpoint-dir", f"{d}/ck_cut", "--max-steps", "16", servers=2)
+    resumed = run_mpi(f"{d}/resumed.pt", *small, "--checkpoint-dir", f"{d}/ck_cut", "--resume", "auto")
+    print(f"server optimizer: accuracy {full['test_accuracy']} (full), {cut['test_accuracy']} (after the cut), "
+          f"{resumed['test_accuracy']} (resumed)")
+    assert cut["weights_sha256"] != full["weights_sha256"]
+    assert resumed["weights_sha256"] == full["weights_sha256"], "the resumed run ends with other weights"
+    assert resumed["test_accuracy"] == full["test_accuracy"]
+    assert full["test_accuracy"] > 0.5, full
+    final = torch.load(f"{d}/full.pt")
+    exported = sc.read_safetensors_f32(f"{d}/full.safetensors")
+    assert sorted(exported) == sorted(final)
+    for k, t in final.items():
+        assert exported[k].shape == tuple(t.shape) and (exported[k] == t.numpy()).all(), k
+    versions = sorted(os.listdir(f"{d}/ck_full"))
+    assert [v for v in versions if v.startswith("v")] == ["v00000001", "v00000002"], versions
+
+
 def test_cnn_tcp_matches_single(tmp_path, secret):
     """The same subset epoch over TCP (3 processes started on their own with the SHARDPS_*
     variables, as the example's docstring shows) against --single --grad-shards 2."""
@@ -137,6 +163,9 @@ def test_cnn_bad_flags(tmp_path):
     refused([PY, SCRIPT, "--single", "--data-dir", str(tmp_path / "empty")],
             "train-images-idx3-ubyte.gz not found", "empty data dir")
     refused([PY, SCRIPT, "--single", "--batch-size", "0"], "--batch-size must be >= 1", "batch size 0")
+    refused([PY, SCRIPT, "--single", "--server-optimizer"], "need shardps (not --single)", "server optimizer, single")
+    refused([PY, SCRIPT, "--checkpoint-dir", str(tmp_path)], "--checkpoint-dir needs --server-optimizer",
+            "checkpoints without the server optimizer")
     refused([PY, SCRIPT, "--single", "--batch-size", "64", "--grad-shards", "3"], "not divisible by --grad-shards 3",
             "grad shards")
     if shardps._core.with_mpi:

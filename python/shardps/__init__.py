@@ -29,6 +29,7 @@ __all__ = [
 ]
 
 Handle = _core.Handle
+_job = _core.Job()  # this process's job: every call below goes through it
 
 _local_rank = 0
 _atexit_registered = False
@@ -105,7 +106,7 @@ def init(servers=None, *, transport=None, role=None, rank=None, num_workers=None
             c.peer_timeout = pt
     elif transport != "mpi":
         raise ValueError(f"init: transport must be 'mpi' or 'tcp', got {transport!r}")
-    result = _core.init(c)
+    result = _job.init(c)
     if local_rank is not None:
         _local_rank = int(local_rank)
     elif "OMPI_COMM_WORLD_LOCAL_RANK" in env:
@@ -113,7 +114,7 @@ def init(servers=None, *, transport=None, role=None, rank=None, num_workers=None
     elif "SLURM_LOCALID" in env:
         _local_rank = int(env["SLURM_LOCALID"])
     else:
-        _local_rank = _core.rank()  # no launcher told: one host
+        _local_rank = _job.rank()  # no launcher told: one host
     if not _atexit_registered:
         atexit.register(_shutdown_at_exit)
         _atexit_registered = True
@@ -147,7 +148,7 @@ def declare(name, shape, optimizer=None, **hyper):
         raise ValueError(f"declare({name!r}): optimizer settings {sorted(hyper)} given without an optimizer")
     for key, value in hyper.items():
         setattr(args, key, float(value))
-    _core.declare(name, dims, args)
+    _job.declare(name, dims, args)
 
 
 def optimizers():
@@ -165,31 +166,31 @@ def start(checkpoint_dir=None, resume=None, keep_last=0):
     versions (0: all). resume: "auto" (checkpoint_dir's newest valid version, or a fresh start if
     it has none), or "DIR", "DIR@VERSION", "DIR@TAG" (an error if there is none): the servers load
     it, whatever server count wrote it, and those tables go on from its step (resumed_step())."""
-    return _core.start(checkpoint_dir or "", resume or "", int(keep_last))
+    return _job.start(checkpoint_dir or "", resume or "", int(keep_last))
 
 
 def push_pull_async(array, name, average=True):
     """Pushes `array` (numpy float32, C-contiguous, the declared shape) as table `name`'s next step;
     returns a Handle whose wait(timeout=None) writes the sum (mean when average) into `array` and
     returns it. Keep `array` unchanged until then."""
-    return _core.push_pull_async(array, name, average)
+    return _job.push_pull_async(array, name, average)
 
 
 def push_pull(array, name, average=True, timeout=None):
     """push_pull_async(...).wait(timeout): the sum (or mean) over workers, written into `array`."""
-    return _core.push_pull_async(array, name, average).wait(timeout)
+    return _job.push_pull_async(array, name, average).wait(timeout)
 
 
 def initialize(array, name, root=0, timeout=None):
     """Sets the weights of table `name` (declared with an optimizer) from worker `root`'s `array`;
     every worker's `array` then holds them (bit for bit). After a resume, or when already set,
     the array receives the table's current weights instead. Every worker calls it."""
-    return _core.initialize_async(array, name, int(root)).wait(timeout)
+    return _job.initialize_async(array, name, int(root)).wait(timeout)
 
 
 def pull(array, name, timeout=None):
     """The current weights of table `name` (declared with an optimizer), written into `array`."""
-    return _core.pull_async(array, name).wait(timeout)
+    return _job.pull_async(array, name).wait(timeout)
 
 
 def checkpoint(wait=False):
@@ -197,12 +198,12 @@ def checkpoint(wait=False):
     worker 0 writes a version of start()'s checkpoint_dir at that step, in the background
     (wait=True: until it is committed). A checkpoint still being written is committed first,
     and the last one before shutdown()."""
-    _core.checkpoint(bool(wait))
+    _job.checkpoint(bool(wait))
 
 
 def resumed_step():
     """The step the job resumed from (0: a fresh start)."""
-    return _core.resumed_step()
+    return _job.resumed_step()
 
 
 def load_checkpoint(spec):
@@ -219,18 +220,18 @@ def export_checkpoint(spec, path):
 
 def barrier(timeout=None):
     """Returns once every worker has entered the same barrier (workers only)."""
-    _core.barrier(timeout)
+    _job.barrier(timeout)
 
 
 def shutdown():
     """Workers say goodbye (the servers stop serving once all have); stops the node; finalises
     MPI if init() initialised it. Idempotent; also run at exit."""
-    _core.shutdown()
+    _job.shutdown()
 
 
 def _shutdown_at_exit():
     try:
-        _core.shutdown()
+        _job.shutdown()
     except Exception as e:  # noqa: BLE001  an exit status of 0 would hide it
         print(f"shardps: at exit: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         sys.stdout.flush()
@@ -238,11 +239,11 @@ def _shutdown_at_exit():
 
 
 def rank():
-    return _core.rank()
+    return _job.rank()
 
 
 def size():
-    return _core.size()
+    return _job.size()
 
 
 def local_rank():
@@ -250,26 +251,26 @@ def local_rank():
 
 
 def num_workers():
-    return _core.num_workers()
+    return _job.num_workers()
 
 
 def num_servers():
-    return _core.num_servers()
+    return _job.num_servers()
 
 
 def worker_index():
     """This process's index among the workers (-1 on a server)."""
-    return _core.worker_index()
+    return _job.worker_index()
 
 
 def is_server():
-    return _core.is_server()
+    return _job.is_server()
 
 
 def is_worker():
-    return _core.is_worker()
+    return _job.is_worker()
 
 
 def next_step(name):
     """The step the next push_pull of table `name` will be."""
-    return _core.next_step(name)
+    return _job.next_step(name)

@@ -70,7 +70,7 @@ def start(checkpoint_dir=None, resume=None, keep_last=0):
     checkpoint_dir, resume, keep_last: as shardps.start() (checkpoints need
     DistributedOptimizer(..., server_optimizer=True)); call this explicitly to give them, before
     any other communication call (which would start the node without them)."""
-    if not _core.started():
+    if not shardps._job.started():
         if not shardps.start(checkpoint_dir, resume, keep_last):  # a server: served until every worker said goodbye
             shardps.shutdown()
             sys.exit(0)
@@ -87,7 +87,7 @@ def start(checkpoint_dir=None, resume=None, keep_last=0):
 
 def declare(name, shape, optimizer=None, **hyper):
     """Declares a float32 table (before the node starts), remembering it for shardps.torch."""
-    if _core.started():
+    if shardps._job.started():
         raise shardps.Error(f"shardps.torch: cannot declare table {name!r}: the node has started (the first "
                             f"communication call starts it); create DistributedOptimizer and call "
                             f"broadcast_parameters before the first communication call")
@@ -101,7 +101,7 @@ def declare(name, shape, optimizer=None, **hyper):
 
 
 def _ensure_stream_declared():
-    if STREAM_TABLE not in _declared and not _core.started():
+    if STREAM_TABLE not in _declared and not shardps._job.started():
         shardps.declare(STREAM_TABLE, (STREAM_FLOATS,))
         _declared[STREAM_TABLE] = (STREAM_FLOATS,)
 
@@ -200,7 +200,7 @@ def broadcast_parameters(params, root_worker=0):
     declares a table "bcast.<name>" per float32 tensor and starts the node (server ranks serve
     there and exit); other entries (and everything after start without such tables) go as bytes."""
     items = _items(params)
-    if not _core.started():
+    if not shardps._job.started():
         for name, t in items:
             if _bcast_eligible(t) and name not in _server_tables and "bcast." + name not in _declared:
                 declare("bcast." + name, tuple(t.shape))
@@ -217,7 +217,7 @@ def broadcast_parameters(params, root_worker=0):
             # (or, resumed, the checkpoint's weights come back to every worker).
             with torch.no_grad():
                 buf = t.detach().contiguous().clone()
-            handles.append((_core.initialize_async(buf.numpy(), name, root_worker), buf, t))
+            handles.append((shardps._job.initialize_async(buf.numpy(), name, root_worker), buf, t))
         elif _bcast_eligible(t) and _declared.get(table) == tuple(t.shape):
             with torch.no_grad():
                 buf = t.detach().contiguous().clone() if is_root else torch.full(t.shape, -0.0)
@@ -422,7 +422,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         for p in unset:
             buf = self._buffers[id(p)]
             np.copyto(buf, p.detach().numpy())
-            handles.append((_core.initialize_async(buf, self._names[id(p)], 0), buf, p))
+            handles.append((shardps._job.initialize_async(buf, self._names[id(p)], 0), buf, p))
         for h, buf, p in handles:
             h.wait(self._timeout)
             with torch.no_grad():

@@ -1,5 +1,5 @@
 // shardps._core: the pybind11 extension behind the `shardps` Python package (python/shardps).
-// One job per process: init() (MPI_Init under mpirun, or the TCP settings), declare() the tables
+// A Job object (the package makes one per process): init() (MPI_Init under mpirun, or the TCP settings), declare() the tables
 // (optimizer "sum", so a push_pull answers the sum of that step's pushes), start() the Node, then
 // push_pull (in place on a float32 C-contiguous numpy array), barrier and shutdown. The
 // environment is read by the Python side only (shardps/__init__.py); this file gets plain values.
@@ -100,9 +100,10 @@ struct OptimizerArgs {
   float initial_accumulator = 0.1f;
 };
 
-// The process's job. Touched with the GIL held, except inside the blocking calls, which first move
-// the state to one that refuses other calls (kStarting) or touch only the node.
-struct Runtime {
+// A process's job: the Python package holds one (shardps._job) and passes it to every call; a
+// Handle keeps its job alive. Touched with the GIL held, except inside the blocking calls, which
+// first move the state to one that refuses other calls (kStarting) or touch only the node.
+struct Job {
   State state = State::kNone;
   Config config;
   std::optional<Cluster> cluster;
@@ -121,11 +122,6 @@ struct Runtime {
   uint64_t generation = 0;  // bumped when the node goes away: handles of an older one are dead
   bool mpi_initialized_here = false;
 };
-
-Runtime& R() {
-  static Runtime* r = new Runtime();  // never destroyed: the atexit shutdown stops the node
-  return *r;
-}
 
 std::string StateName(State s) {
   switch (s) {
@@ -171,14 +167,13 @@ Ms ToMs(double seconds, const char* what) {
   return Ms(std::max<int64_t>(1, static_cast<int64_t>(seconds * 1000)));
 }
 
-Ms WaitTimeout(const std::optional<double>& timeout) {
-  return timeout ? ToMs(*timeout, "timeout") : R().config.timeout;
+Ms WaitTimeout(const Job& r, const std::optional<double>& timeout) {
+  return timeout ? ToMs(*timeout, "timeout") : r.config.timeout;
 }
 
 // ---- init, declare, start, shutdown ----
 
-std::pair<int, int> Init(const Config& c) {
-  Runtime& r = R();
+std::pair<int, int> Init(Job& r, const Config& c) {
   if (r.state != State::kNone) Raise(FailedPrecondition("init: already called (shardps is " + StateName(r.state) + ")"));
   if (c.num_servers < 1) throw py::value_error("init: servers must be at least 1, got " + std::to_string(c.num_servers));
   int rank = c.rank, size = c.size;
@@ -226,8 +221,7 @@ std::pair<int, int> Init(const Config& c) {
   return {rank, size};
 }
 
-void Declare(const std::string& name, const std::vector<int64_t>& shape, const OptimizerArgs& opt) {
-  Runtime& r = R();
+void Declare(Job& r, const std::string& name, const std::vector<int64_t>& shape, const OptimizerArgs& opt) {
   if (r.state != State::kInitialized) {
     Raise(r.state == State::kNone ? NotIn("declare('" + name + "')", r.state)
                                   : FailedPrecondition("declare('" + name + "'): tables are declared before start(); shardps is " +
@@ -321,8 +315,7 @@ std::unique_ptr<CheckpointReader> ResolveResume(const std::string& resume, const
 // worker commits the versions and holds the directory's writer lock; every server writes its
 // shards there, so it is one machine's directory or a shared file system). resume: see
 // ResolveResume; the servers load the version, the workers go on from its step.
-bool Start(const std::string& checkpoint_dir, const std::string& resume, int64_t keep_last) {
-  Runtime& r = R();
+bool Start(Job& r, const std::string& checkpoint_dir, const std::string& resume, int64_t keep_last) {
   if (r.state != State::kInitialized) Raise(NotIn("start", r.state));
   if (resume == "auto" && checkpoint_dir.empty()) throw py::value_error("start: resume='auto' resumes from checkpoint_dir: give it");
   if (keep_last < 0) throw py::value_error("start: keep_last must be >= 0 (0 keeps every version)");
@@ -425,8 +418,7 @@ bool Start(const std::string& checkpoint_dir, const std::string& resume, int64_t
 
 // Workers say goodbye (Node::Finish), the node stops, MPI is finalised (if init() started it and
 // every step succeeded; after a failure mpirun is left to end the job). Idempotent.
-void Shutdown() {
-  Runtime& r = R();
+void Shutdown(Job& r) {
   if (r.state == State::kNone || r.state == State::kShutdown) return;
   if (r.state == State::kStarting) Raise(NotIn("shutdown", r.state));
   [[maybe_unused]] const bool failed_before = r.state == State::kFailed;
@@ -460,8 +452,7 @@ void Shutdown() {
   Check(s.WithContext("shutdown: " + (r.cluster ? r.cluster->Describe(r.config.rank) : std::string("this process"))));
 }
 
-worker::KVClient& Client(const std::string& what) {
-  Runtime& r = R();
+worker::KVClient& Client(Job& r, const std::string& what) {
   if (r.state != State::kStarted || !r.node) Raise(NotIn(what, r.state));
   worker::KVClient* c = r.node->client();
   if (!c) Raise(FailedPrecondition(what + ": " + r.cluster->Describe(r.config.rank) + " only serves; run it on the workers"));
@@ -474,13 +465,14 @@ worker::KVClient& Client(const std::string& what) {
 class PushPullHandle {
  public:
   // divide_by > 1: the answer (a sum) is divided by it (push_pull(average=True) of a sum table).
-  PushPullHandle(worker::Handle h, py::array array, std::span<float> data, int divide_by, std::string what)
-      : handle_(std::move(h)), array_(std::move(array)), data_(data), divide_by_(divide_by), what_(std::move(what)),
-        generation_(R().generation) {}
+  PushPullHandle(std::shared_ptr<Job> job, worker::Handle h, py::array array, std::span<float> data, int divide_by,
+                 std::string what)
+      : job_(std::move(job)), handle_(std::move(h)), array_(std::move(array)), data_(data), divide_by_(divide_by),
+        what_(std::move(what)), generation_(job_->generation) {}
 
   ~PushPullHandle() {
     // Dropped while pending: take the buffer back from the transport before the array may go.
-    if (finished_ || generation_ != R().generation || !R().node || handle_.done()) return;
+    if (finished_ || generation_ != job_->generation || !job_->node || handle_.done()) return;
     Status s;
     {
       py::gil_scoped_release release;
@@ -499,10 +491,10 @@ class PushPullHandle {
   // timeout leaves the operation pending (wait again, or drop the handle to cancel it).
   py::array Wait(std::optional<double> timeout) {
     if (!finished_) {
-      if (generation_ != R().generation || !R().node) {
+      if (generation_ != job_->generation || !job_->node) {
         Raise(FailedPrecondition(what_ + ": shardps was shut down before this push_pull was waited for"));
       }
-      Status s = WaitFor(handle_, WaitTimeout(timeout), what_);
+      Status s = WaitFor(handle_, WaitTimeout(*job_, timeout), what_);
       if (s.code() == StatusCode::kDeadlineExceeded && !handle_.done()) Raise(s);
       finished_ = true;
       result_ = s;
@@ -519,6 +511,7 @@ class PushPullHandle {
   const std::string& what() const { return what_; }
 
  private:
+  std::shared_ptr<Job> job_;
   worker::Handle handle_;
   py::array array_;
   std::span<float> data_;
@@ -529,9 +522,9 @@ class PushPullHandle {
   Status result_;
 };
 
-std::string DeclaredNames() {
+std::string DeclaredNames(const Job& r) {
   std::string out;
-  for (const TableSpec& s : R().specs) out += (out.empty() ? "'" : ", '") + s.name + "'";
+  for (const TableSpec& s : r.specs) out += (out.empty() ? "'" : ", '") + s.name + "'";
   return out.empty() ? "none" : out;
 }
 
@@ -548,7 +541,7 @@ struct Target {
   std::span<float> data;
   TableState* table;
 };
-Target CheckTarget(py::object obj, const std::string& name, const std::string& what) {
+Target CheckTarget(Job& r, py::object obj, const std::string& name, const std::string& what) {
   if (!py::isinstance<py::array>(obj)) {
     throw py::type_error(what + ": expected a numpy.ndarray of float32, got " + std::string(py::str(obj.get_type().attr("__name__"))));
   }
@@ -559,9 +552,8 @@ Target CheckTarget(py::object obj, const std::string& name, const std::string& w
   }
   if (!(arr.flags() & py::array::c_style)) throw py::value_error(what + ": the array is not C-contiguous (use numpy.ascontiguousarray)");
   if (!arr.writeable()) throw py::value_error(what + ": the array is read-only; the result is written into it");
-  Runtime& r = R();
   auto it = r.tables.find(name);
-  if (it == r.tables.end()) throw py::value_error(what + ": no table of that name was declared (declared: " + DeclaredNames() + ")");
+  if (it == r.tables.end()) throw py::value_error(what + ": no table of that name was declared (declared: " + DeclaredNames(r) + ")");
   std::vector<uint64_t> shape(arr.shape(), arr.shape() + arr.ndim());
   if (shape != it->second.shape) {
     throw py::value_error(what + ": the array's shape " + ShapeString(shape) + " differs from the declared " + ShapeString(it->second.shape));
@@ -570,12 +562,13 @@ Target CheckTarget(py::object obj, const std::string& name, const std::string& w
   return Target{std::move(arr), data, &it->second};
 }
 
-std::unique_ptr<PushPullHandle> PushPullAsync(py::object obj, const std::string& name, bool average) {
+std::unique_ptr<PushPullHandle> PushPullAsync(const std::shared_ptr<Job>& job, py::object obj, const std::string& name, bool average) {
+  Job& r = *job;
   const std::string what = "push_pull('" + name + "')";
-  Target x = CheckTarget(std::move(obj), name, what);
-  worker::KVClient& client = Client(what);
+  Target x = CheckTarget(r, std::move(obj), name, what);
+  worker::KVClient& client = Client(r, what);
   TableState& t = *x.table;
-  const int workers = R().cluster->num_workers();
+  const int workers = r.cluster->num_workers();
   int divide_by = average ? workers : 1;
   if (t.server_optimizer) {
     if (t.next_step == 0) {
@@ -596,53 +589,54 @@ std::unique_ptr<PushPullHandle> PushPullAsync(py::object obj, const std::string&
   // comes only after the server has received that chunk's push, so it never overwrites bytes
   // still to be sent.
   worker::Handle h = client.PushPull(t.id, x.data, x.data, step);
-  return std::make_unique<PushPullHandle>(std::move(h), std::move(x.array), x.data, divide_by, what + " step " + std::to_string(step));
+  return std::make_unique<PushPullHandle>(job, std::move(h), std::move(x.array), x.data, divide_by, what + " step " + std::to_string(step));
 }
 
 // A table whose servers run an optimizer: its weights. Fresh (step 0): worker `root`'s array
 // becomes them (the others push -0.0, so the sum is root's values bit for bit, signed zeros
 // included) and every worker's array receives them. Resumed or already set: the current weights.
-std::unique_ptr<PushPullHandle> InitializeAsync(py::object obj, const std::string& name, int root) {
+std::unique_ptr<PushPullHandle> InitializeAsync(const std::shared_ptr<Job>& job, py::object obj, const std::string& name, int root) {
+  Job& r = *job;
   const std::string what = "initialize('" + name + "')";
-  Target x = CheckTarget(std::move(obj), name, what);
-  worker::KVClient& client = Client(what);
+  Target x = CheckTarget(r, std::move(obj), name, what);
+  worker::KVClient& client = Client(r, what);
   TableState& t = *x.table;
   if (!t.server_optimizer) {
     throw py::value_error(what + ": the table's servers run no optimizer (optimizer 'sum'); its push_pull answers sums, "
                           "there are no weights to set");
   }
-  const Cluster& cluster = *R().cluster;
+  const Cluster& cluster = *r.cluster;
   if (root < 0 || root >= cluster.num_workers()) {
     throw py::value_error(what + ": root " + std::to_string(root) + " outside the workers 0.." + std::to_string(cluster.num_workers() - 1));
   }
   if (t.next_step > 0) {  // the weights exist: pull those of the newest step
     worker::Handle h = client.Pull(t.id, x.data, t.next_step);
-    return std::make_unique<PushPullHandle>(std::move(h), std::move(x.array), x.data, 1, what + " (weights of step " + std::to_string(t.next_step) + ")");
+    return std::make_unique<PushPullHandle>(job, std::move(h), std::move(x.array), x.data, 1, what + " (weights of step " + std::to_string(t.next_step) + ")");
   }
   if (cluster.worker_index() != root) std::fill(x.data.begin(), x.data.end(), -0.0f);
   t.next_step = 1;
   worker::Handle h = client.PushPull(t.id, x.data, x.data, 0);
-  return std::make_unique<PushPullHandle>(std::move(h), std::move(x.array), x.data, 1, what + " step 0");
+  return std::make_unique<PushPullHandle>(job, std::move(h), std::move(x.array), x.data, 1, what + " step 0");
 }
 
 // The weights of a table whose servers run an optimizer, after its newest step.
-std::unique_ptr<PushPullHandle> PullAsync(py::object obj, const std::string& name) {
+std::unique_ptr<PushPullHandle> PullAsync(const std::shared_ptr<Job>& job, py::object obj, const std::string& name) {
+  Job& r = *job;
   const std::string what = "pull('" + name + "')";
-  Target x = CheckTarget(std::move(obj), name, what);
-  worker::KVClient& client = Client(what);
+  Target x = CheckTarget(r, std::move(obj), name, what);
+  worker::KVClient& client = Client(r, what);
   TableState& t = *x.table;
   if (!t.server_optimizer) throw py::value_error(what + ": the table's servers run no optimizer (optimizer 'sum'): use push_pull");
   if (t.next_step == 0) Raise(FailedPrecondition(what + ": the weights are not set yet: call shardps.initialize(array, '" + name + "') first"));
   worker::Handle h = client.Pull(t.id, x.data, t.next_step);
-  return std::make_unique<PushPullHandle>(std::move(h), std::move(x.array), x.data, 1, what + " step " + std::to_string(t.next_step));
+  return std::make_unique<PushPullHandle>(job, std::move(h), std::move(x.array), x.data, 1, what + " step " + std::to_string(t.next_step));
 }
 
 // Every worker calls it after the same step of every table whose servers run an optimizer; the
 // lead worker's call writes a version of the checkpoint directory at that step (in the
 // background; `wait`: until it is committed). The version before is committed first.
-void Checkpoint(bool wait) {
-  Client("checkpoint");
-  Runtime& r = R();
+void Checkpoint(Job& r, bool wait) {
+  Client(r, "checkpoint");
   if (r.checkpoint_dir.empty()) Raise(FailedPrecondition("checkpoint: start() was given no checkpoint_dir"));
   std::optional<uint64_t> step;
   std::string first;
@@ -745,21 +739,21 @@ std::string ExportCheckpoint(const std::string& spec, const std::string& path) {
   return w.path;
 }
 
-void Barrier(std::optional<double> timeout) {
-  worker::KVClient& client = Client("barrier");
+void Barrier(Job& r, std::optional<double> timeout) {
+  worker::KVClient& client = Client(r, "barrier");
   worker::Handle h = client.Barrier();
-  Check(WaitFor(h, WaitTimeout(timeout), "barrier"));
+  Check(WaitFor(h, WaitTimeout(r, timeout), "barrier"));
 }
 
-int64_t NextStep(const std::string& name) {
-  auto it = R().tables.find(name);
-  if (it == R().tables.end()) throw py::value_error("no table '" + name + "' was declared (declared: " + DeclaredNames() + ")");
+int64_t NextStep(const Job& r, const std::string& name) {
+  auto it = r.tables.find(name);
+  if (it == r.tables.end()) throw py::value_error("no table '" + name + "' was declared (declared: " + DeclaredNames(r) + ")");
   return static_cast<int64_t>(it->second.next_step);
 }
 
-const Cluster& Clus(const char* what) {
-  if (!R().cluster) Raise(NotIn(what, R().state));
-  return *R().cluster;
+const Cluster& Clus(const Job& r, const char* what) {
+  if (!r.cluster) Raise(NotIn(what, r.state));
+  return *r.cluster;
 }
 
 }  // namespace
@@ -821,28 +815,31 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("weight_decay", &OptimizerArgs::weight_decay)
       .def_readwrite("initial_accumulator", &OptimizerArgs::initial_accumulator);
 
-  m.def("init", &Init, py::arg("config"));
-  m.def("declare", &Declare, py::arg("name"), py::arg("shape"), py::arg("optimizer"));
-  m.def("start", &Start, py::arg("checkpoint_dir"), py::arg("resume"), py::arg("keep_last"));
-  m.def("initialize_async", &InitializeAsync, py::arg("array"), py::arg("name"), py::arg("root"));
-  m.def("pull_async", &PullAsync, py::arg("array"), py::arg("name"));
-  m.def("checkpoint", &Checkpoint, py::arg("wait"));
+  // The job's calls are methods of Job (shardps/__init__.py makes one and calls through it).
+  py::class_<Job, std::shared_ptr<Job>>(m, "Job")
+      .def(py::init<>())
+      .def("init", &Init, py::arg("config"))
+      .def("declare", &Declare, py::arg("name"), py::arg("shape"), py::arg("optimizer"))
+      .def("start", &Start, py::arg("checkpoint_dir"), py::arg("resume"), py::arg("keep_last"))
+      .def("shutdown", &Shutdown)
+      .def("push_pull_async", &PushPullAsync, py::arg("array"), py::arg("name"), py::arg("average") = true)
+      .def("initialize_async", &InitializeAsync, py::arg("array"), py::arg("name"), py::arg("root"))
+      .def("pull_async", &PullAsync, py::arg("array"), py::arg("name"))
+      .def("checkpoint", &Checkpoint, py::arg("wait"))
+      .def("barrier", &Barrier, py::arg("timeout") = py::none())
+      .def("next_step", &NextStep, py::arg("name"))
+      .def("resumed_step", [](const Job& r) { return r.resumed_step; })
+      .def("initialized", [](const Job& r) { return r.state != State::kNone; })
+      .def("started", [](const Job& r) { return r.state == State::kStarted || r.state == State::kServed; })
+      .def("rank", [](const Job& r) { return Clus(r, "rank").rank(); })
+      .def("size", [](const Job& r) { return Clus(r, "size").size(); })
+      .def("num_workers", [](const Job& r) { return Clus(r, "num_workers").num_workers(); })
+      .def("num_servers", [](const Job& r) { return Clus(r, "num_servers").num_servers(); })
+      .def("worker_index", [](const Job& r) { return Clus(r, "worker_index").worker_index(); })
+      .def("is_server", [](const Job& r) { return Clus(r, "is_server").is_server(); })
+      .def("is_worker", [](const Job& r) { return Clus(r, "is_worker").is_worker(); });
   m.def("load_checkpoint", &LoadCheckpoint, py::arg("spec"));
   m.def("export_checkpoint", &ExportCheckpoint, py::arg("spec"), py::arg("path"));
-  m.def("resumed_step", [] { return R().resumed_step; });
   m.def("optimizers", [] { return RegisteredOptimizerNames(); });
-  m.def("shutdown", &Shutdown);
-  m.def("push_pull_async", &PushPullAsync, py::arg("array"), py::arg("name"), py::arg("average") = true);
-  m.def("barrier", &Barrier, py::arg("timeout") = py::none());
-  m.def("next_step", &NextStep, py::arg("name"));
-  m.def("initialized", [] { return R().state != State::kNone; });
-  m.def("started", [] { return R().state == State::kStarted || R().state == State::kServed; });
-  m.def("rank", [] { return Clus("rank").rank(); });
-  m.def("size", [] { return Clus("size").size(); });
-  m.def("num_workers", [] { return Clus("num_workers").num_workers(); });
-  m.def("num_servers", [] { return Clus("num_servers").num_servers(); });
-  m.def("worker_index", [] { return Clus("worker_index").worker_index(); });
-  m.def("is_server", [] { return Clus("is_server").is_server(); });
-  m.def("is_worker", [] { return Clus("is_worker").is_worker(); });
   m.attr("with_mpi") = py::bool_(SHARDPS_WITH_MPI != 0);
 }

@@ -13,6 +13,21 @@ import shardps
 
 WAIT = 30.0  # far more than the test allows for the failure to show
 
+
+def expect_failure(handle):
+    """Waits for `handle`; prints how it ended (ERROR is the expected outcome) and exits on any other."""
+    t0 = time.monotonic()
+    try:
+        handle.wait(timeout=WAIT)
+        print("UNEXPECTED-SUCCESS", flush=True)
+        sys.exit(2)
+    except shardps.TimeoutError as e:
+        print(f"TIMEOUT {time.monotonic() - t0:.2f} {e}", flush=True)
+        sys.exit(3)
+    except shardps.Error as e:
+        print(f"ERROR {time.monotonic() - t0:.2f} {e}", flush=True)
+
+
 shardps.init(servers=1, timeout_s=WAIT, finish_timeout_s=60.0)
 shardps.declare("t", shape=(1000,))
 if not shardps.start():
@@ -22,32 +37,14 @@ a = np.ones(1000, np.float32)
 if shardps.worker_index() == 0:
     h = shardps.push_pull_async(a, "t")
     print("PENDING", flush=True)
-    t0 = time.monotonic()
-    try:
-        h.wait(timeout=WAIT)
-        print("UNEXPECTED-SUCCESS", flush=True)
-        sys.exit(2)
-    except shardps.TimeoutError as e:
-        print(f"TIMEOUT {time.monotonic() - t0:.2f} {e}", flush=True)
-        sys.exit(3)
-    except shardps.Error as e:
-        print(f"ERROR {time.monotonic() - t0:.2f} {e}", flush=True)
 else:
     ready, _, _ = select.select([sys.stdin], [], [], 60)
     if not ready:
         print("NO-GO", flush=True)
         sys.exit(4)
     sys.stdin.readline()
-    t0 = time.monotonic()
-    try:
-        shardps.push_pull(a, "t", timeout=WAIT)
-        print("UNEXPECTED-SUCCESS", flush=True)
-        sys.exit(2)
-    except shardps.TimeoutError as e:
-        print(f"TIMEOUT {time.monotonic() - t0:.2f} {e}", flush=True)
-        sys.exit(3)
-    except shardps.Error as e:
-        print(f"ERROR {time.monotonic() - t0:.2f} {e}", flush=True)
+    h = shardps.push_pull_async(a, "t")
+expect_failure(h)
 try:
     shardps.shutdown()  # the server is gone: the goodbye fails, with a message
     print("SHUTDOWN-OK", flush=True)

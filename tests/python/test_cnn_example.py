@@ -26,7 +26,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from test_jobs import PY, ROLES, _stop_processes, job_env, sc, secret, tcp_env  # noqa: E402,F401
+from test_jobs import PY, _stop_processes, job_env, run_mpi_job, run_tcp_job, sc, secret, tcp_env  # noqa: E402,F401
 
 import shardps  # noqa: E402
 
@@ -46,37 +46,27 @@ def final_json(stdout, what):
     return r
 
 
-def run(cmd, what, env=None):
+def run_single(out, *extra):
+    what = "single " + " ".join(extra)
     t0 = time.time()
-    p = sc.popen(cmd, env=env or job_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = sc.popen([PY, SCRIPT, "--single", *SUBSET, "--out", out, *extra], env=job_env(), stdout=subprocess.PIPE,
+                 stderr=subprocess.PIPE, text=True)
     so, se = sc.communicate(p, RUN_TIMEOUT, what)
     print(f"--- {what}: {time.time() - t0:.1f} s, exit {p.returncode}\n{so}", flush=True)
     assert p.returncode == 0, f"{what} exited {p.returncode}\n--- stdout\n{so}\n--- stderr\n{se}"
     return final_json(so, what)
 
 
-def run_single(out, *extra):
-    return run([PY, SCRIPT, "--single", *SUBSET, "--out", out, *extra], "single " + " ".join(extra))
-
-
 def run_mpi(out, *extra, servers=1):
-    cmd = sc.mpirun_cmd("mpirun", servers + 2, [PY, SCRIPT, "--servers", str(servers), *SUBSET, "--out", out, *extra])
-    return run(cmd, f"mpirun ({servers} server(s)) " + " ".join(extra))
+    what = f"mpirun ({servers} server(s)) " + " ".join(extra)
+    argv = [PY, SCRIPT, "--servers", str(servers), *SUBSET, "--out", out, *extra]
+    return final_json(run_mpi_job(servers + 2, argv, what, timeout=RUN_TIMEOUT), what)
 
 
 def run_tcp(out, secret, *extra):
-    port = sc.free_port()
-    procs = {}
-    for role, rank in ROLES:
-        args = [PY, SCRIPT, *SUBSET, *extra] + (["--out", out] if (role, rank) == ("worker", 0) else [])
-        procs[f"{role} {rank}"] = sc.popen(args, env=tcp_env(port, secret, role, rank), stdout=subprocess.PIPE,
-                                           stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + RUN_TIMEOUT
-    outputs = {}
-    for name, p in procs.items():
-        so, se = sc.communicate(p, max(1, deadline - time.time()), name)
-        assert p.returncode == 0, f"{name} exited {p.returncode}\n--- stdout\n{so}\n--- stderr\n{se}"
-        outputs[name] = so
+    outputs = run_tcp_job(
+        lambda role, rank: [PY, SCRIPT, *SUBSET, *extra] + (["--out", out] if (role, rank) == ("worker", 0) else []),
+        lambda role, rank, port: tcp_env(port, secret, role, rank), "tcp job", timeout=RUN_TIMEOUT)
     print(f"--- tcp worker 0:\n{outputs['worker 0']}")
     assert outputs["server 0"] == "" and outputs["worker 1"] == "", "only worker 0 prints"
     return final_json(outputs["worker 0"], "tcp worker 0")

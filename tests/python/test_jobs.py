@@ -57,11 +57,32 @@ PYTEST = [PY, "-m", "pytest", "-q", "-x", "--color=no", "-p", "no:cacheprovider"
 ROLES = [("server", 0), ("worker", 0), ("worker", 1)]
 
 
-def check_outputs(outputs):
-    for name, (code, so, se) in outputs.items():
-        assert code == 0, f"{name} exited {code}\n--- stdout\n{so}\n--- stderr\n{se}"
-    text = "".join(so for _, so, _ in outputs.values())
-    assert_passed(text)
+def run_mpi_job(ranks, argv, what, env=None, timeout=JOB_TIMEOUT):
+    """`argv` under mpirun with `ranks` ranks, within `timeout` s; asserts exit 0; returns stdout."""
+    t0 = time.time()
+    p = sc.popen(sc.mpirun_cmd("mpirun", ranks, argv), env=env or job_env(), stdout=subprocess.PIPE,
+                 stderr=subprocess.PIPE, text=True)
+    so, se = sc.communicate(p, timeout, what)
+    print(f"--- {what}: {time.time() - t0:.1f} s, exit {p.returncode}\n{so}", flush=True)
+    assert p.returncode == 0, f"{what}: mpirun exited {p.returncode}\n--- stdout\n{so}\n--- stderr\n{se}"
+    return so
+
+
+def run_tcp_job(argv_of, env_of, what, roles=ROLES, timeout=JOB_TIMEOUT):
+    """One process per (role, rank) of `roles` over TCP on a free port of 127.0.0.1: argv_of(role,
+    rank) with the environment env_of(role, rank, port); one deadline for all. Asserts every exit
+    status is 0; returns each process's stdout by "role rank"."""
+    t0 = time.time()
+    port = sc.free_port()
+    procs = {f"{role} {rank}": sc.popen(argv_of(role, rank), env=env_of(role, rank, port), stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+             for role, rank in roles}
+    deadline = time.time() + timeout
+    outputs = {name: (p, *sc.communicate(p, max(1, deadline - time.time()), f"{what}: {name}")) for name, p in procs.items()}
+    print(f"--- {what}: {time.time() - t0:.1f} s")
+    for name, (p, so, se) in outputs.items():
+        assert p.returncode == 0, f"{what}: {name} exited {p.returncode}\n--- stdout\n{so}\n--- stderr\n{se}"
+    return {name: so for name, (_, so, _) in outputs.items()}
 
 
 def assert_passed(text):
@@ -72,29 +93,13 @@ def assert_passed(text):
 
 @pytest.mark.skipif(not shardps._core.with_mpi, reason="built without MPI (SHARDPS_WITH_MPI=OFF)")
 def test_mpi_job():
-    env = job_env()
-    cmd = sc.mpirun_cmd("mpirun", 3, PYTEST)
-    t0 = time.time()
-    p = sc.popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    so, se = sc.communicate(p, JOB_TIMEOUT, "mpirun job")
-    print(f"mpirun job: {time.time() - t0:.1f} s, exit {p.returncode}\n{so}\n{se}")
-    assert p.returncode == 0, f"mpirun exited {p.returncode}\n--- stdout\n{so}\n--- stderr\n{se}"
-    assert_passed(so)
+    assert_passed(run_mpi_job(3, PYTEST, "mpirun job"))
 
 
 def test_tcp_job(secret):
-    port = sc.free_port()
-    procs = {}
-    for role, rank in ROLES:
-        procs[f"{role} {rank}"] = sc.popen(PYTEST, env=tcp_env(port, secret, role, rank), stdout=subprocess.PIPE,
-                                           stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + JOB_TIMEOUT
-    outputs = {}
-    for name, p in procs.items():
-        so, se = sc.communicate(p, max(1, deadline - time.time()), name)
-        outputs[name] = (p.returncode, so, se)
-    print("\n".join(f"--- {n}: exit {c}\n{so}{se}" for n, (c, so, se) in outputs.items()))
-    check_outputs(outputs)
+    outputs = run_tcp_job(lambda role, rank: PYTEST, lambda role, rank, port: tcp_env(port, secret, role, rank), "tcp job")
+    print("\n".join(f"--- {n}\n{so}" for n, so in outputs.items()))
+    assert_passed("".join(outputs.values()))
 
 
 def _lines(p):

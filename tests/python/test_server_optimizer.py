@@ -4,16 +4,14 @@ workers, SGD+momentum and Adam on the servers. Against single-process torch on t
 final weights); a job cut after 20 steps on 2 servers and resumed on 1 server ends bit-identical to
 the uninterrupted run; over TCP the same weights as under mpirun."""
 import os
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from test_jobs import JOB_TIMEOUT, PY, _stop_processes, job_env, sc, secret, tcp_env  # noqa: E402,F401
+from test_jobs import PY, _stop_processes, job_env, run_mpi_job, run_tcp_job, sc, secret, tcp_env  # noqa: E402,F401
 from torch_common import LR, MOMENTUM, STEPS, data, loss_fn, make_mlp  # noqa: E402
 
 import shardps  # noqa: E402
@@ -40,24 +38,14 @@ def reference():
 def run(out, ckpt, phase, servers, transport="mpi", secret=None):
     os.makedirs(out, exist_ok=True)
     env = dict(SPT_OUT=out, SPT_CKPT=ckpt, SPT_PHASE=phase, SPT_SERVERS=str(servers))
-    t0 = time.time()
+    what = f"{transport} job ({phase}, {servers} servers)"
     if transport == "mpi":
-        p = sc.popen(sc.mpirun_cmd("mpirun", servers + 2, [PY, JOB]), env=job_env(**env), stdout=subprocess.PIPE,
-                     stderr=subprocess.PIPE, text=True)
-        so, se = sc.communicate(p, JOB_TIMEOUT, f"mpirun server-optimizer job ({phase})")
-        assert p.returncode == 0, f"mpirun exited {p.returncode}\n--- stdout\n{so}\n--- stderr\n{se}"
+        run_mpi_job(servers + 2, [PY, JOB], what, env=job_env(**env))
     else:
-        port = sc.free_port()
-        procs = {}
-        for role, rank in [("server", k) for k in range(servers)] + [("worker", 0), ("worker", 1)]:
-            e = tcp_env(port, secret, role, rank)
-            e.update(env, SHARDPS_NUM_SERVERS=str(servers))
-            procs[f"{role} {rank}"] = sc.popen([PY, JOB], env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + JOB_TIMEOUT
-        for name, p in procs.items():
-            so, se = sc.communicate(p, max(1, deadline - time.time()), name)
-            assert p.returncode == 0, f"{name} exited {p.returncode}\n--- stdout\n{so}\n--- stderr\n{se}"
-    print(f"{transport} job ({phase}, {servers} servers): {time.time() - t0:.1f} s")
+        roles = [("server", k) for k in range(servers)] + [("worker", 0), ("worker", 1)]
+        run_tcp_job(lambda role, rank: [PY, JOB],
+                    lambda role, rank, port: {**tcp_env(port, secret, role, rank), **env, "SHARDPS_NUM_SERVERS": str(servers)},
+                    what, roles=roles)
     r = [sc.read_json(os.path.join(out, f"w{k}.json"), f"worker {k}'s results") for k in (0, 1)]
     assert r[0]["done"] and r[1]["done"]
     assert r[0]["final"] == r[1]["final"], "the workers' final weights differ"

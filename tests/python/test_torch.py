@@ -7,14 +7,13 @@ in this process (or a child), without a job."""
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from test_jobs import JOB_TIMEOUT, PY, ROLES, _stop_processes, job_env, sc, secret, tcp_env  # noqa: E402,F401
+from test_jobs import PY, _stop_processes, job_env, run_mpi_job, run_tcp_job, sc, secret, tcp_env  # noqa: E402,F401
 from torch_common import LR, MOMENTUM, STEPS, data, loss_fn, make_mlp, tensors_hash  # noqa: E402
 
 import shardps  # noqa: E402
@@ -80,27 +79,12 @@ def check_job(out):
 
 
 def run_mpi(out):
-    t0 = time.time()
-    p = sc.popen(sc.mpirun_cmd("mpirun", 3, [PY, JOB]), env=job_env(SPT_OUT=out), stdout=subprocess.PIPE,
-                 stderr=subprocess.PIPE, text=True)
-    so, se = sc.communicate(p, JOB_TIMEOUT, "mpirun torch job")
-    print(f"mpirun torch job: {time.time() - t0:.1f} s, exit {p.returncode}")
-    assert p.returncode == 0, f"mpirun exited {p.returncode}\n--- stdout\n{so}\n--- stderr\n{se}"
+    run_mpi_job(3, [PY, JOB], "mpirun torch job", env=job_env(SPT_OUT=out))
 
 
 def run_tcp(out, secret):
-    t0 = time.time()
-    port = sc.free_port()
-    procs = {}
-    for role, rank in ROLES:
-        env = tcp_env(port, secret, role, rank)
-        env["SPT_OUT"] = out
-        procs[f"{role} {rank}"] = sc.popen([PY, JOB], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + JOB_TIMEOUT
-    for name, p in procs.items():
-        so, se = sc.communicate(p, max(1, deadline - time.time()), name)
-        assert p.returncode == 0, f"{name} exited {p.returncode}\n--- stdout\n{so}\n--- stderr\n{se}"
-    print(f"tcp torch job: {time.time() - t0:.1f} s")
+    run_tcp_job(lambda role, rank: [PY, JOB], lambda role, rank, port: {**tcp_env(port, secret, role, rank), "SPT_OUT": out},
+                "tcp torch job")
 
 
 @pytest.mark.skipif(not shardps._core.with_mpi, reason="built without MPI (SHARDPS_WITH_MPI=OFF)")

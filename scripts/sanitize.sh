@@ -72,7 +72,7 @@ cd "$BUILD"
 for run in "${RUNS[@]}"; do
   declare -n sel="$run"
   touch .sanitize-stamp
-  if ! ctest_run "$STAGE" . --output-on-failure --no-tests=error --timeout 900 -j1 "${sel[@]}" "$@"; then
+  if ! ctest_run "$STAGE" . --output-on-failure --no-tests=error --timeout 900 -j"${SHARDPS_CTEST_JOBS:-2}" "${sel[@]}" "$@"; then
     status=1
   fi
   # Every test's output (passing ones too) and the files the checks wrote their processes' output

@@ -10,6 +10,9 @@
 #   scripts/test.sh                 # everything
 #   scripts/test.sh -L multirank    # extra args go to the normal suite's ctest (labels: unit, multirank, mpi, ...)
 # SHARDPS_FUZZ_SECONDS (default 10) bounds each fuzzer's run; 0 skips fuzzing.
+# SHARDPS_CTEST_JOBS (default 2) tests run at once in every stage (here and in scripts/sanitize.sh):
+# many tests mostly wait (deadlines, timeouts, Slurm, a job's other processes), and every test must
+# pass on a loaded machine anyway.
 # SHARDPS_SANITIZERS=0 skips the TCP-only build and the sanitizer stages, =1 runs them. Default: run
 # them under CI (CI=true) and when no ctest arguments are given; skip them when extra arguments
 # narrow the normal suite.
@@ -47,12 +50,14 @@ fi
 # mpirun as root (CI runs as root) and with more ranks than cores: the tests set what they need
 # themselves; nothing is asked of the user here.
 status=0
+export SHARDPS_CTEST_JOBS="${SHARDPS_CTEST_JOBS:-2}"
+case "$SHARDPS_CTEST_JOBS" in ''|*[!0-9]*|0) echo "test.sh: SHARDPS_CTEST_JOBS must be a positive number, not '$SHARDPS_CTEST_JOBS'" >&2; exit 2;; esac
 t0=$SECONDS
 # Under CI the normal suite leaves out the label `extended`: long runs whose claim other tests
 # already check (a developer's scripts/test.sh without CI=true runs them).
 CTEST_SELECT=()
 if [ "${CI:-}" = "true" ]; then CTEST_SELECT=(-LE '^extended$'); fi
-ctest_run "normal suite" "${SHARDPS_BUILD_DIR:-build}" --output-on-failure --timeout 900 -j1 "${CTEST_SELECT[@]}" "$@" || status=1
+ctest_run "normal suite" "${SHARDPS_BUILD_DIR:-build}" --output-on-failure --timeout 900 -j"$SHARDPS_CTEST_JOBS" "${CTEST_SELECT[@]}" "$@" || status=1
 STAGES+=("normal suite: $((SECONDS - t0)) s, exit $status")
 echo "== ${STAGES[-1]} =="
 if [ "$SHARDPS_SANITIZERS" = "1" ]; then
@@ -60,7 +65,7 @@ if [ "$SHARDPS_SANITIZERS" = "1" ]; then
   t0=$SECONDS
   tcp_status=0
   if SHARDPS_BUILD_DIR=build-tcp SHARDPS_BUILD_TARGETS=shardps_cli bash scripts/build.sh -DSHARDPS_BUILD_TESTS=ON -DSHARDPS_WITH_MPI=OFF "${LAUNCHER[@]}"; then
-    ctest_run "TCP-only" build-tcp --output-on-failure --timeout 900 -j1 -L '^(tcp|install)$' -LE '^convergence$' || tcp_status=1
+    ctest_run "TCP-only" build-tcp --output-on-failure --timeout 900 -j"$SHARDPS_CTEST_JOBS" -L '^(tcp|install)$' -LE '^convergence$' || tcp_status=1
   else
     tcp_status=1; ctest_failures_note "TCP-only" "the build failed"
   fi

@@ -1,6 +1,6 @@
 """shardps.torch with the optimizer on the servers (CTest label `python`): server_opt_job.py, 2
-workers, SGD+momentum and Adam on the servers. Against single-process torch on the global batch
-(within 1e-6; measured 9e-8 for both); checkpoints through the registry (load_checkpoint and the safetensors export equal the
+workers, SGD+momentum, Adam, Adagrad and SGD with weight decay on the servers. Against
+single-process torch on the global batch (within 1e-6); checkpoints through the registry (load_checkpoint and the safetensors export equal the
 final weights); a job cut after 20 steps on 2 servers and resumed on 1 server ends bit-identical to
 the uninterrupted run; over TCP the same weights as under mpirun."""
 import os
@@ -12,27 +12,24 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from test_jobs import PY, _stop_processes, job_env, run_mpi_job, run_tcp_job, sc, secret, tcp_env  # noqa: E402,F401
-from torch_common import LR, MOMENTUM, STEPS, data, loss_fn, make_mlp  # noqa: E402
+from torch_common import STEPS, data, loss_fn, models_and_optimizers, server_state  # noqa: E402
 
 import shardps  # noqa: E402
 
 JOB = os.path.join(HERE, "server_opt_job.py")
-ADAM_LR = 0.01
 
 
 def reference():
-    """Both models trained in one process on the whole global batch, from worker 0's initial weights."""
+    """The four models trained in one process on the whole global batch, from worker 0's initial weights."""
     torch.set_num_threads(1)
-    m_sgd, m_adam = make_mlp(100), make_mlp(500)
-    o_sgd = torch.optim.SGD(m_sgd.parameters(), lr=LR, momentum=MOMENTUM)
-    o_adam = torch.optim.Adam(m_adam.parameters(), lr=ADAM_LR)
+    models = models_and_optimizers(0)
     X, Y = data()
     for step in range(STEPS):
-        for m, o in ((m_sgd, o_sgd), (m_adam, o_adam)):
+        for _, m, o in models:
             o.zero_grad()
             loss_fn(m, X[step], Y[step]).backward()
             o.step()
-    return {**m_sgd.state_dict(prefix="sgd."), **m_adam.state_dict(prefix="adam.")}
+    return server_state(models)
 
 
 def run(out, ckpt, phase, servers, transport="mpi", secret=None):
@@ -63,17 +60,14 @@ def check_final(out, r, steps_in_ckpt):
     for k, t in final.items():
         assert exported[k].shape == tuple(t.shape) and (exported[k] == t.numpy()).all(), k
     ref = reference()
-    for prefix, tol in (("sgd.", 1e-6), ("adam.", 1e-6)):
+    initial = server_state(models_and_optimizers(0))
+    for prefix, tol in (("sgd.", 1e-6), ("adam.", 1e-6), ("adagrad.", 1e-6), ("plain.", 1e-6)):
         diff = max(float((final[k] - ref[k]).abs().max()) for k in ref if k.startswith(prefix))
-        moved = max(float((final[k] - make_ref_initial()[k]).abs().max()) for k in ref if k.startswith(prefix))
+        moved = max(float((final[k] - initial[k]).abs().max()) for k in ref if k.startswith(prefix))
         print(f"{prefix[:-1]}: max abs difference from single-process torch {diff:.3g} (weights moved up to {moved:.3g})")
         assert moved > 1e-2, f"{prefix} weights did not move"
         assert diff <= tol, f"{prefix[:-1]} on the servers differs from single-process torch by {diff} (> {tol})"
     return final
-
-
-def make_ref_initial():
-    return {**make_mlp(100).state_dict(prefix="sgd."), **make_mlp(500).state_dict(prefix="adam.")}
 
 
 @pytest.mark.skipif(not shardps._core.with_mpi, reason="built without MPI (SHARDPS_WITH_MPI=OFF)")

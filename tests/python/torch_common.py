@@ -51,3 +51,24 @@ def optimizer_hash(opt):
             h.update(v.detach().contiguous().numpy().tobytes() if torch.is_tensor(v) else repr(v).encode())
     h.update(repr([{k: v for k, v in g.items()} for g in sd["param_groups"]]).encode())
     return h.hexdigest()
+
+
+# The server-optimizer tests (server_opt_job.py, test_server_optimizer.py): four models, one per
+# optimizer the servers run.
+ADAM_LR = 0.01
+ADAGRAD_LR = 0.05
+PLAIN_LR, PLAIN_WD = 0.1, 0.01
+
+
+def models_and_optimizers(seed_offset):
+    """(prefix, model, torch optimizer) of the four models; seed_offset 0 gives worker 0's weights."""
+    m = [make_mlp(s + seed_offset) for s in (100, 500, 700, 900)]
+    return [("sgd", m[0], torch.optim.SGD(m[0].parameters(), lr=LR, momentum=MOMENTUM)),
+            ("adam", m[1], torch.optim.Adam(m[1].parameters(), lr=ADAM_LR)),
+            ("adagrad", m[2], torch.optim.Adagrad(m[2].parameters(), lr=ADAGRAD_LR)),
+            ("plain", m[3], torch.optim.SGD(m[3].parameters(), lr=PLAIN_LR, weight_decay=PLAIN_WD))]
+
+
+def server_state(models):
+    """The models' weights by table name ("<prefix>.<parameter>")."""
+    return {k: v.detach().clone() for prefix, m, _ in models for k, v in m.state_dict(prefix=prefix + ".").items()}

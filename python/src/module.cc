@@ -438,8 +438,9 @@ void Shutdown(Job& r) {
       r.node->Abandon(s);
     }
     r.node.reset();
-    r.writer_lock.reset();
   }
+  r.checkpoints.reset();
+  r.writer_lock.reset();  // also when start() failed after taking it
   ++r.generation;
   r.state = State::kShutdown;
 #if SHARDPS_WITH_MPI

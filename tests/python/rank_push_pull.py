@@ -1,7 +1,8 @@
 """Run by pytest in every process of a 1-server, 2-worker job, under mpirun or over TCP (test_jobs.py
 sets SHARDPS_* for TCP): push_pull sums and means, several steps of two tables stepped
 independently, a table of several chunks, in-place results, async handles, a timeout that leaves
-the step pending, barrier, and argument errors. Both workers run the same operations in the same
+the step pending, barrier, argument errors, and a table whose servers run Adam (initialize, pull,
+push_pull answering weights, its errors). Both workers run the same operations in the same
 order; every wait has a deadline (TIMEOUT). The server rank serves in the fixture and then only
 checks its role."""
 import time
@@ -13,6 +14,7 @@ import shardps
 
 TIMEOUT = 30.0
 SHAPES = {"grad.w": (784, 10), "grad.b": (10,), "big": (300_000,)}  # big: two chunks of 256 Ki floats
+OPT_SHAPE, OPT_LR = (6, 5), 0.125  # the Adam table
 
 
 def grad(name, step, widx):
@@ -44,6 +46,14 @@ def job():
         shardps.declare("grad.w", shape=(3,))
     except ValueError as e:
         info["duplicate"] = e
+    for key, args, kwargs in (("bad_optimizer", ("o1", (3,), "rmsprop"), {}),
+                              ("settings_without_optimizer", ("o2", (3,)), {"lr": 0.1}),
+                              ("unknown_setting", ("o3", (3,), "adam"), {"learning_rate": 0.1})):
+        try:
+            shardps.declare(*args, **kwargs)
+        except (ValueError, TypeError) as e:
+            info[key] = e
+    shardps.declare("opt", shape=OPT_SHAPE, optimizer="adam", lr=OPT_LR)
     info["worker"] = shardps.start()  # a server serves here until both workers shut down
     return info
 
@@ -70,6 +80,44 @@ def test_errors_before_start(job):
     assert isinstance(e, shardps.Error), f"push_pull before start() raised {e!r}"
     assert "push_pull('grad.b')" in str(e) and "start" in str(e)
     assert isinstance(job.get("duplicate"), ValueError) and "already declared" in str(job["duplicate"])
+    e = job.get("bad_optimizer")
+    assert isinstance(e, ValueError) and "declare('o1')" in str(e) and "rmsprop" in str(e) and "adam" in str(e), e
+    e = job.get("settings_without_optimizer")
+    assert isinstance(e, ValueError) and "given without an optimizer" in str(e), e
+    e = job.get("unknown_setting")
+    assert isinstance(e, TypeError) and "unknown optimizer settings ['learning_rate']" in str(e), e
+
+
+def test_server_optimizer_table(worker):
+    w0 = np.arange(30, dtype=np.float32).reshape(OPT_SHAPE) * np.float32(0.5) - 3
+    with pytest.raises(shardps.Error, match=r"push_pull\('opt'\): the table's servers run an optimizer.*initialize"):
+        shardps.push_pull(np.zeros(OPT_SHAPE, np.float32), "opt")
+    with pytest.raises(shardps.Error, match=r"pull\('opt'\): the weights are not set yet"):
+        shardps.pull(np.zeros(OPT_SHAPE, np.float32), "opt")
+    with pytest.raises(ValueError, match=r"initialize\('grad.b'\): the table's servers run no optimizer"):
+        shardps.initialize(np.zeros(10, np.float32), "grad.b")
+    with pytest.raises(ValueError, match=r"root 2 outside the workers 0..1"):
+        shardps.initialize(np.zeros(OPT_SHAPE, np.float32), "opt", root=2)
+    with pytest.raises(shardps.Error, match=r"checkpoint: start\(\) was given no checkpoint_dir"):
+        shardps.checkpoint()
+    # Worker 1's array becomes the weights, on both workers, bit for bit.
+    a = w0.copy() if worker == 1 else np.full(OPT_SHAPE, 7.0, np.float32)
+    shardps.initialize(a, "opt", root=1, timeout=TIMEOUT)
+    assert np.array_equal(a, w0) and shardps.next_step("opt") == 1
+    got = np.zeros(OPT_SHAPE, np.float32)
+    shardps.pull(got, "opt", timeout=TIMEOUT)
+    assert np.array_equal(got, w0)
+    # One Adam step on the mean gradient: its first step moves each weight by lr * sign(g).
+    g = (np.arange(30, dtype=np.float32).reshape(OPT_SHAPE) % 3 - 1) * np.float32(worker + 1)
+    shardps.push_pull(g, "opt", timeout=TIMEOUT)
+    mean = (np.arange(30).reshape(OPT_SHAPE) % 3 - 1) * 1.5
+    assert np.allclose(g, w0 - OPT_LR * np.sign(mean), atol=1e-6), (g, w0)
+    shardps.pull(got, "opt", timeout=TIMEOUT)
+    assert np.array_equal(got, g) and shardps.next_step("opt") == 2
+    # initialize again: the table is set, so it answers the current weights.
+    again = np.zeros(OPT_SHAPE, np.float32)
+    shardps.initialize(again, "opt", timeout=TIMEOUT)
+    assert np.array_equal(again, g)
 
 
 def test_sum_steps_two_tables(worker):

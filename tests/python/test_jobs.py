@@ -86,9 +86,9 @@ def run_tcp_job(argv_of, env_of, what, roles=ROLES, timeout=JOB_TIMEOUT):
 
 
 def assert_passed(text):
-    """Each of the 3 processes' pytest summary: the server passes 2 tests, each worker all 10."""
+    """Each of the 3 processes' pytest summary: the server passes 2 tests, each worker all 11."""
     passed = sorted(int(n) for n in re.findall(r"(\d+) passed", text))
-    assert passed == [2, 10, 10], f"pytest summaries {passed}, expected [2, 10, 10]:\n{text}"
+    assert passed == [2, 11, 11], f"pytest summaries {passed}, expected [2, 11, 11]:\n{text}"
 
 
 @pytest.mark.skipif(not shardps._core.with_mpi, reason="built without MPI (SHARDPS_WITH_MPI=OFF)")

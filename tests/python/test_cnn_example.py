@@ -6,14 +6,15 @@ state_dicts; and its flag checks. ~25 s per test on an idle 2-core machine.
 Why two comparisons: rounding differences (the workers' two half-batch gradients averaged vs one
 backward pass over the global batch: float sums in another order, ~1e-8 after one step) are
 amplified by training (ReLU/max-pool switching, lr 0.05 with momentum): measured max abs weight
-differences 6e-7 after 4 steps, 1e-4 after 16, 3e-2 after 32. So
+differences 6e-7 after 4 steps, 1e-4 after 16, 3e-2 after 32 (before the example standardised its
+inputs and decayed its learning rate; now 1.5e-8 after 4 steps). So
   * over 4 steps, distributed vs plain --single: <= 1e-5 (a broken or unaveraged gradient moves
     the weights by ~1e-3 or more in 4 steps);
   * over a whole subset epoch (64 steps), distributed vs --single --grad-shards 2 (the same
     process computing the mean of the two half-batch gradients, one after the other): the
     same float operations (a + b is commutative, / 2 is exact), so equal up to 1e-6 (measured:
     bit-identical, equal weights_sha256), and the test accuracy after that epoch is > 0.6
-    (measured 0.71; an untrained or broken model stays near 0.1-0.5).
+    (measured 0.744; an untrained or broken model stays near 0.1-0.5).
 """
 import json
 import os
@@ -154,6 +155,8 @@ def test_cnn_bad_flags(tmp_path):
             "train-images-idx3-ubyte.gz not found", "empty data dir")
     refused([PY, SCRIPT, "--single", "--batch-size", "0"], "--batch-size must be >= 1", "batch size 0")
     refused([PY, SCRIPT, "--single", "--server-optimizer"], "need shardps (not --single)", "server optimizer, single")
+    refused([PY, SCRIPT, "--server-optimizer", "--schedule", "cosine"], "keep the learning rate they were given",
+            "a schedule with the server optimizer")
     refused([PY, SCRIPT, "--checkpoint-dir", str(tmp_path)], "--checkpoint-dir needs --server-optimizer",
             "checkpoints without the server optimizer")
     refused([PY, SCRIPT, "--single", "--batch-size", "64", "--grad-shards", "3"], "not divisible by --grad-shards 3",

@@ -693,8 +693,7 @@ SavedWeights ReadCheckpointWeights(const std::string& spec, const std::string& w
       if (t.row_dim > 0) continue;
       SavedWeights::Tensor x{.name = t.name, .shape = t.shape.empty() ? std::vector<uint64_t>{t.size} : t.shape};
       x.values.resize(t.size);
-      std::vector<float> slots(t.size * t.slots);
-      s = reader.Read(index, 0, t.size, x.values, slots);
+      s = reader.Read(index, 0, t.size, x.values, {});  // the weights only: no optimizer state is read
       if (!s.ok()) {
         s = s.WithContext(what + ": table '" + t.name + "'");
         break;
